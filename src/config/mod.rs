@@ -1,0 +1,762 @@
+//! The profile: one YAML file read once, expanded, validated, and turned into [`Config`].
+//!
+//! Parse first, validate once: `raw` mirrors the file, [`Config::from_raw`] converts it
+//! and collects every semantic problem it finds (not just the first), each with the
+//! file, line, column and key path. Code outside this module only sees [`Config`].
+//!
+//! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
+//! the working directory Warden was started in, as a shell user would expect.
+
+mod raw;
+pub mod units;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use warden_actors::spec::{
+    HeaderSpec, HeaderValue, HealthSpec, Isolation, ProcessSpec, RestartPolicy, RestartSpec,
+    ServerSpec, ToolSpec, Transport,
+};
+
+pub use raw::LogFormat;
+use raw::{RawMcpServer, RawProfile, RawServerDefaults, RestartPolicyName};
+use yaml::{Located, Mark, Node, NodeKind, Spanned};
+
+/// Everything wrong with one profile, each problem with its place.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Located>,
+}
+
+impl ConfigError {
+    fn one(file: &str, problem: Located) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![problem],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if problem.mark.line == 0 {
+                write!(f, "{}: {}", self.file, problem.message)?;
+            } else {
+                write!(f, "{}:{problem}", self.file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated profile.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from (for reloads and messages).
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub logging: LoggingConfig,
+    /// Upstream MCP servers in profile order (the order they start in).
+    pub servers: Vec<ServerSpec>,
+    /// Naming and presentation of each server's tools on the aggregate endpoint.
+    pub naming: BTreeMap<String, ServerNaming>,
+    pub gateway: GatewayConfig,
+    pub sessions: SessionsConfig,
+    /// Sections contributed by extensions (`extensions.<name>`), as parsed trees.
+    pub extensions: BTreeMap<String, ExtensionSection>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The canonical URL clients use to reach this Warden (OAuth audience, metadata).
+    pub public_url: String,
+    pub state_dir: PathBuf,
+    pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub require_master_key: bool,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// `None`: run the embedded cluster.
+    pub url: Option<String>,
+    pub migrate_on_start: bool,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub embedded: EmbeddedConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    pub bin_dir: Option<PathBuf>,
+    /// `None`: a free loopback port is chosen at each start.
+    pub port: Option<u16>,
+    pub start_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerNaming {
+    /// Prefix before the separator on `/mcp` (default: the server's name).
+    pub prefix: String,
+    pub pin_tools: bool,
+    /// Upstream tool name → alias / description override.
+    pub tools: BTreeMap<String, ToolNaming>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolNaming {
+    pub alias: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Between the server prefix and the tool name on `/mcp` (`github__create_issue`).
+    pub separator: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionsConfig {
+    pub idle_timeout: Duration,
+    pub max_per_principal: usize,
+    pub max_total: usize,
+}
+
+/// An extension's own section, handed to it unparsed with its place in the file.
+#[derive(Clone, Debug)]
+pub struct ExtensionSection {
+    pub name: String,
+    pub node: Node,
+    pub file: String,
+}
+
+impl ExtensionSection {
+    /// Deserialises the section into the extension's own type, with located errors.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let mut path = yaml::Path::default();
+        path.push(yaml::Segment::Key("extensions".into()));
+        path.push(yaml::Segment::Key(self.name.clone()));
+        yaml::from_node_at(&self.node, path)
+            .map_err(|problem| ConfigError::one(&self.file, problem))
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+impl Config {
+    /// Reads, expands and validates the profile at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(
+                &file,
+                Located {
+                    mark: Mark::default(),
+                    path: String::new(),
+                    message: format!("cannot read the profile: {e}"),
+                },
+            )
+        })?;
+        let mut config = Config::parse(&text, &file, &|name| std::env::var(name).ok())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses a profile from text; `env` answers `${VAR}` lookups.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut root = yaml::parse(text).map_err(|p| ConfigError::one(file, p))?;
+        let mut problems = Vec::new();
+        yaml::expand_env(&mut root, env, &mut yaml::Path::default(), &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            });
+        }
+        let extensions = take_extensions(&mut root, file)?;
+        let raw: RawProfile = yaml::from_node(&root).map_err(|p| ConfigError::one(file, p))?;
+        let mut config = Config::from_raw(raw, env).map_err(|problems| ConfigError {
+            file: file.to_owned(),
+            problems,
+        })?;
+        config.extensions = extensions;
+        Ok(config)
+    }
+
+    fn from_raw(
+        raw: RawProfile,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Located>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(Located {
+                mark: Mark::default(),
+                path: path.to_owned(),
+                message,
+            })
+        };
+
+        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().unwrap_or_else(|_| {
+            problem(
+                "server.listen",
+                format!("expected an address such as `127.0.0.1:8080`, found `{listen_text}`"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let public_url = raw
+            .server
+            .public_url
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            problem(
+                "server.public_url",
+                format!("expected an http:// or https:// URL, found `{public_url}`"),
+            );
+        }
+        let max_body_bytes = raw.server.max_body_bytes.map_or(4 << 20, |s| s.0);
+        if max_body_bytes < 1024 {
+            problem(
+                "server.max_body_bytes",
+                format!("must be at least 1KiB, found {max_body_bytes} bytes"),
+            );
+        }
+        let default_hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "[::1]".to_owned(),
+        ];
+        let server = ServerConfig {
+            listen,
+            allowed_hosts: raw.server.allowed_hosts.unwrap_or_else(|| {
+                let mut hosts = default_hosts;
+                if let Some(host) = host_of(&public_url) {
+                    if !hosts.contains(&host) {
+                        hosts.push(host);
+                    }
+                }
+                hosts
+            }),
+            allowed_origins: raw.server.allowed_origins.unwrap_or_default(),
+            public_url,
+            state_dir: PathBuf::from(raw.server.state_dir.as_deref().unwrap_or(".warden")),
+            shutdown_grace: raw
+                .server
+                .shutdown_grace
+                .map_or(Duration::from_secs(10), |d| d.0),
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            max_json_depth: raw.server.max_json_depth.unwrap_or(64),
+            master_key_file: raw.server.master_key_file.map(PathBuf::from),
+            require_master_key: raw.server.require_master_key.unwrap_or(false),
+            max_connections: raw.server.max_connections.unwrap_or(10_000),
+        };
+        if server.max_json_depth == 0 || server.max_json_depth > 1024 {
+            problem(
+                "server.max_json_depth",
+                format!(
+                    "must be between 1 and 1024, found {}",
+                    server.max_json_depth
+                ),
+            );
+        }
+
+        let database = DatabaseConfig {
+            url: raw
+                .database
+                .url
+                .filter(|u| !u.is_empty())
+                .or_else(|| env("DATABASE_URL").filter(|u| !u.is_empty())),
+            migrate_on_start: raw.database.migrate_on_start.unwrap_or(true),
+            pool_size: raw.database.pool_size.unwrap_or(16),
+            connect_timeout: raw
+                .database
+                .connect_timeout
+                .map_or(Duration::from_secs(5), |d| d.0),
+            embedded: EmbeddedConfig {
+                bin_dir: raw.database.embedded.bin_dir.map(PathBuf::from),
+                port: raw.database.embedded.port,
+                start_timeout: raw
+                    .database
+                    .embedded
+                    .start_timeout
+                    .map_or(Duration::from_secs(30), |d| d.0),
+            },
+        };
+        if database.pool_size == 0 {
+            problem("database.pool_size", "must be at least 1".into());
+        }
+
+        let logging = LoggingConfig {
+            level: raw.logging.level.unwrap_or_else(|| "info".into()),
+            format: raw.logging.format.unwrap_or_default(),
+        };
+
+        let gateway = GatewayConfig {
+            separator: raw.gateway.separator.unwrap_or_else(|| "__".into()),
+        };
+        if gateway.separator.is_empty() {
+            problem("gateway.separator", "must not be empty".into());
+        }
+        let sessions = SessionsConfig {
+            idle_timeout: raw
+                .sessions
+                .idle_timeout
+                .map_or(Duration::from_secs(30 * 60), |d| d.0),
+            max_per_principal: raw.sessions.max_per_principal.unwrap_or(100),
+            max_total: raw.sessions.max_total.unwrap_or(10_000),
+        };
+
+        let mut servers = Vec::new();
+        let mut naming = BTreeMap::new();
+        let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+        for (name, spanned) in raw.servers {
+            let enabled = spanned.value.enabled.unwrap_or(true);
+            match server_spec(&name, &spanned, &raw.defaults) {
+                Ok(_) if !enabled => {}
+                Ok((spec, names)) => {
+                    if let Some(other) = prefixes.insert(names.prefix.clone(), name.clone()) {
+                        problems.push(spanned.error(format!(
+                            "tool prefix `{}` is already used by server `{other}`",
+                            names.prefix
+                        )));
+                    }
+                    naming.insert(name.clone(), names);
+                    servers.push(spec);
+                }
+                Err(mut errors) => problems.append(&mut errors),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            source: None,
+            server,
+            database,
+            logging,
+            servers,
+            naming,
+            gateway,
+            sessions,
+            extensions: BTreeMap::new(),
+        })
+    }
+
+    /// Where the embedded cluster keeps its data.
+    pub fn embedded_data_dir(&self) -> PathBuf {
+        self.server.state_dir.join("postgres")
+    }
+}
+
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    Some(host.to_owned())
+}
+
+/// Removes `extensions:` from the tree so the core schema never sees it.
+fn take_extensions(
+    root: &mut Node,
+    file: &str,
+) -> Result<BTreeMap<String, ExtensionSection>, ConfigError> {
+    let mut sections = BTreeMap::new();
+    let NodeKind::Map(entries) = &mut root.kind else {
+        return Ok(sections);
+    };
+    let Some(index) = entries.iter().position(
+        |(k, _)| matches!(&k.kind, NodeKind::Scalar { text, .. } if text == "extensions"),
+    ) else {
+        return Ok(sections);
+    };
+    let (_, value) = entries.remove(index);
+    match value.kind {
+        NodeKind::Map(items) => {
+            for (key, node) in items {
+                if let NodeKind::Scalar { text, .. } = key.kind {
+                    sections.insert(
+                        text.clone(),
+                        ExtensionSection {
+                            name: text,
+                            node,
+                            file: file.to_owned(),
+                        },
+                    );
+                }
+            }
+            Ok(sections)
+        }
+        NodeKind::Scalar {
+            ref text,
+            plain: true,
+        } if text.is_empty() || text == "~" => Ok(sections),
+        _ => Err(ConfigError::one(
+            file,
+            Located {
+                mark: value.mark,
+                path: "extensions".into(),
+                message: "expected a mapping of extension name to its section".into(),
+            },
+        )),
+    }
+}
+
+fn server_spec(
+    name: &str,
+    spanned: &Spanned<RawMcpServer>,
+    defaults: &RawServerDefaults,
+) -> Result<(ServerSpec, ServerNaming), Vec<Located>> {
+    let raw = &spanned.value;
+    let mut problems = Vec::new();
+    let mut fail = |message: String| problems.push(spanned.error(message));
+
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        fail(format!(
+            "server name `{name}` may only hold letters, digits, `-` and `_`"
+        ));
+    }
+
+    let inherit_env = raw
+        .inherit_env
+        .clone()
+        .or_else(|| defaults.inherit_env.clone())
+        .unwrap_or_else(|| DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect());
+    let process = raw.command.as_ref().map(|command| ProcessSpec {
+        command: command.clone(),
+        args: raw.args.clone().unwrap_or_default(),
+        cwd: raw.cwd.as_ref().map(PathBuf::from),
+        env: raw.env.clone().unwrap_or_default(),
+        secrets: raw.secrets.clone().unwrap_or_default(),
+        user_secrets: raw.user_secrets.clone().unwrap_or_default(),
+        inherit_env,
+    });
+
+    let transport = match (process, &raw.port, &raw.url) {
+        (Some(process), None, None) => Some(Transport::Stdio(process)),
+        (Some(process), Some(port), url) => {
+            if port != "auto" {
+                fail(format!(
+                    "`port` must be `auto` (Warden leases the port), found `{port}`"
+                ));
+            }
+            let url = url
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:{port}/mcp".to_owned());
+            if !url.contains("{port}") {
+                fail(format!(
+                    "`url` of an HTTP child must contain `{{port}}`, found `{url}`"
+                ));
+            }
+            Some(Transport::HttpChild { process, url })
+        }
+        (Some(_), None, Some(_)) => {
+            fail("`url` with `command` needs `port: auto` (an HTTP child); drop `url` for a stdio child".into());
+            None
+        }
+        (None, _, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                fail(format!(
+                    "`url` must be an http:// or https:// URL, found `{url}`"
+                ));
+            }
+            let mut headers: Vec<HeaderSpec> = raw
+                .headers
+                .iter()
+                .flatten()
+                .map(|(name, value)| HeaderSpec {
+                    name: name.clone(),
+                    value: HeaderValue::Literal(value.clone()),
+                })
+                .collect();
+            for (header, secret) in raw.header_secrets.iter().flatten() {
+                // `Bearer:github_token` puts the scheme before the secret's value.
+                let (prefix, secret) = match secret.split_once(':') {
+                    Some((scheme, secret)) => (format!("{scheme} "), secret.to_owned()),
+                    None => (String::new(), secret.clone()),
+                };
+                headers.push(HeaderSpec {
+                    name: header.clone(),
+                    value: HeaderValue::Secret {
+                        name: secret,
+                        prefix,
+                    },
+                });
+            }
+            Some(Transport::Remote {
+                url: url.clone(),
+                headers,
+            })
+        }
+        (None, _, None) => {
+            fail("a server needs `command` (a child process) or `url` (a remote server)".into());
+            None
+        }
+    };
+    if raw.command.is_none() && (raw.args.is_some() || raw.env.is_some() || raw.secrets.is_some()) {
+        fail("`args`, `env` and `secrets` only apply to servers with a `command`".into());
+    }
+    if raw.command.is_some() && (raw.headers.is_some() || raw.header_secrets.is_some()) {
+        fail("`headers` only apply to remote servers (`url` without `command`)".into());
+    }
+
+    let d = &defaults.restart;
+    let r = &raw.restart;
+    let policy = match r
+        .policy
+        .or(d.policy)
+        .unwrap_or(RestartPolicyName::Permanent)
+    {
+        RestartPolicyName::Permanent => RestartPolicy::Permanent,
+        RestartPolicyName::Transient => RestartPolicy::Transient,
+        RestartPolicyName::Temporary => RestartPolicy::Temporary,
+    };
+    let pick = |own: Option<units::Dur>, default: Option<units::Dur>, fallback: Duration| {
+        own.or(default).map_or(fallback, |d| d.0)
+    };
+    let restart = RestartSpec {
+        policy,
+        backoff_initial: pick(
+            r.backoff_initial,
+            d.backoff_initial,
+            Duration::from_millis(500),
+        ),
+        backoff_max: pick(r.backoff_max, d.backoff_max, Duration::from_secs(30)),
+        backoff_reset_after: pick(
+            r.backoff_reset_after,
+            d.backoff_reset_after,
+            Duration::from_secs(60),
+        ),
+        max_restarts: r.max_restarts.or(d.max_restarts).unwrap_or(5),
+        restart_window: pick(r.restart_window, d.restart_window, Duration::from_secs(60)),
+    };
+    if restart.backoff_initial > restart.backoff_max {
+        fail(format!(
+            "restart.backoff_initial ({:?}) is larger than restart.backoff_max ({:?})",
+            restart.backoff_initial, restart.backoff_max
+        ));
+    }
+    let dh = &defaults.health;
+    let h = &raw.health;
+    let health = HealthSpec {
+        interval: pick(h.interval, dh.interval, Duration::from_secs(15)),
+        timeout: pick(h.timeout, dh.timeout, Duration::from_secs(5)),
+        failures_before_restart: h
+            .failures_before_restart
+            .or(dh.failures_before_restart)
+            .unwrap_or(3),
+    };
+    if health.failures_before_restart == 0 {
+        fail("health.failures_before_restart must be at least 1".into());
+    }
+    let isolation = match raw.isolation {
+        None | Some(raw::IsolationKind::Shared) => {
+            if raw.user_secrets.is_some() {
+                fail("`user_secrets` needs `isolation: per_user`".into());
+            }
+            Isolation::Shared
+        }
+        Some(raw::IsolationKind::PerUser) => {
+            if raw.command.is_none() {
+                fail("`isolation: per_user` needs a `command` (one child per user)".into());
+            }
+            Isolation::PerUser {
+                idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(600), |d| d.0),
+                max_instances: raw.max_instances.unwrap_or(50),
+            }
+        }
+    };
+    let max_concurrent_calls = raw
+        .max_concurrent_calls
+        .or(defaults.max_concurrent_calls)
+        .unwrap_or(64);
+    if max_concurrent_calls == 0 {
+        fail("max_concurrent_calls must be at least 1".into());
+    }
+    let tools: BTreeMap<String, ToolSpec> = raw
+        .tools
+        .iter()
+        .map(|(tool, t)| {
+            (
+                tool.clone(),
+                ToolSpec {
+                    call_timeout: t.call_timeout.map(|d| d.0),
+                },
+            )
+        })
+        .collect();
+    let naming = ServerNaming {
+        prefix: raw.prefix.clone().unwrap_or_else(|| name.to_owned()),
+        pin_tools: raw.pin_tools.unwrap_or(true),
+        tools: raw
+            .tools
+            .iter()
+            .map(|(tool, t)| {
+                (
+                    tool.clone(),
+                    ToolNaming {
+                        alias: t.alias.clone(),
+                        description: t.description.clone(),
+                    },
+                )
+            })
+            .collect(),
+    };
+
+    match transport {
+        Some(transport) if problems.is_empty() => Ok((
+            ServerSpec {
+                name: name.to_owned(),
+                transport,
+                restart,
+                health,
+                call_timeout: pick(
+                    raw.call_timeout,
+                    defaults.call_timeout,
+                    Duration::from_secs(60),
+                ),
+                max_concurrent_calls,
+                max_queued_calls: raw
+                    .max_queued_calls
+                    .or(defaults.max_queued_calls)
+                    .unwrap_or(256),
+                stop_grace: pick(raw.stop_grace, defaults.stop_grace, Duration::from_secs(5)),
+                startup_timeout: pick(
+                    raw.startup_timeout,
+                    defaults.startup_timeout,
+                    Duration::from_secs(30),
+                ),
+                isolation,
+                tools,
+            },
+            naming,
+        )),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml", &|_| None)
+    }
+
+    #[test]
+    fn empty_profile_gets_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.database.url.is_none());
+        assert!(config.servers.is_empty());
+    }
+
+    #[test]
+    fn error_message_names_file_line_column_and_path() {
+        let err =
+            parse("servers:\n  github:\n    command: gh\n    restart:\n      max_restarts: many\n")
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "test.yaml:5:21: servers.github.restart.max_restarts: expected an integer"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_their_server() {
+        let err = parse("servers:\n  a:\n    args: [x]\n  b:\n    command: x\n    port: 99\n")
+            .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert_eq!(err.problems[0].path, "servers.a");
+        assert_eq!(err.problems[0].mark.line, 3);
+        assert!(err.to_string().contains("`port` must be `auto`"));
+    }
+
+    #[test]
+    fn servers_keep_profile_order_and_kinds() {
+        let config = parse(
+            "servers:\n  zeta:\n    command: z\n  alpha:\n    command: a\n    port: auto\n  remote:\n    url: https://example.com/mcp\n    header_secrets: {Authorization: 'Bearer:tok'}\n",
+        )
+        .unwrap();
+        let names: Vec<_> = config.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha", "remote"]);
+        assert_eq!(config.servers[1].transport.kind(), "http");
+        let Transport::Remote { headers, .. } = &config.servers[2].transport else {
+            panic!("remote expected");
+        };
+        assert_eq!(
+            headers[0].value,
+            HeaderValue::Secret {
+                name: "tok".into(),
+                prefix: "Bearer ".into()
+            }
+        );
+    }
+
+    #[test]
+    fn extension_sections_are_handed_over_with_locations() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Mine {
+            #[allow(dead_code)]
+            level: u8,
+        }
+        let config = parse("extensions:\n  mine:\n    level: high\n").unwrap();
+        let err = config.extensions["mine"].parse::<Mine>().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("test.yaml:3:12: extensions.mine.level: expected an integer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn database_url_falls_back_to_environment() {
+        let config = Config::parse("", "t.yaml", &|n| {
+            (n == "DATABASE_URL").then(|| "postgres://x".to_string())
+        })
+        .unwrap();
+        assert_eq!(config.database.url.as_deref(), Some("postgres://x"));
+    }
+}

@@ -1,0 +1,189 @@
+//! The profile exactly as written: one struct per section, every field optional where the
+//! profile may omit it, unknown keys rejected. Nothing outside `config/` sees these types;
+//! `Config::from_raw` turns them into validated values once.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::units::{ByteSize, Dur};
+use super::yaml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub defaults: RawServerDefaults,
+    #[serde(default)]
+    pub servers: IndexMap<String, Spanned<RawMcpServer>>,
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub sessions: RawSessions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub state_dir: Option<String>,
+    pub shutdown_grace: Option<Dur>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub max_json_depth: Option<usize>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub master_key_file: Option<String>,
+    pub require_master_key: Option<bool>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<String>,
+    pub migrate_on_start: Option<bool>,
+    pub pool_size: Option<usize>,
+    pub connect_timeout: Option<Dur>,
+    #[serde(default)]
+    pub embedded: RawEmbedded,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedded {
+    pub bin_dir: Option<String>,
+    pub port: Option<u16>,
+    pub start_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Values every server inherits unless it sets its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerDefaults {
+    #[serde(default)]
+    pub restart: RawRestart,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub call_timeout: Option<Dur>,
+    pub max_concurrent_calls: Option<usize>,
+    pub max_queued_calls: Option<usize>,
+    pub stop_grace: Option<Dur>,
+    pub startup_timeout: Option<Dur>,
+    pub inherit_env: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    pub enabled: Option<bool>,
+    // stdio / http child
+    pub command: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub secrets: Option<BTreeMap<String, String>>,
+    pub inherit_env: Option<Vec<String>>,
+    /// `auto` makes this an HTTP child on a leased port.
+    pub port: Option<String>,
+    // remote (or the URL template of an HTTP child)
+    pub url: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub header_secrets: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub restart: RawRestart,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub call_timeout: Option<Dur>,
+    pub max_concurrent_calls: Option<usize>,
+    pub max_queued_calls: Option<usize>,
+    pub stop_grace: Option<Dur>,
+    pub startup_timeout: Option<Dur>,
+    pub isolation: Option<IsolationKind>,
+    pub user_secrets: Option<BTreeMap<String, String>>,
+    pub idle_timeout: Option<Dur>,
+    pub max_instances: Option<usize>,
+    // naming on the aggregate endpoint
+    pub prefix: Option<String>,
+    pub pin_tools: Option<bool>,
+    #[serde(default)]
+    pub tools: BTreeMap<String, RawTool>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationKind {
+    Shared,
+    PerUser,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    pub policy: Option<RestartPolicyName>,
+    pub backoff_initial: Option<Dur>,
+    pub backoff_max: Option<Dur>,
+    pub backoff_reset_after: Option<Dur>,
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<Dur>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartPolicyName {
+    Permanent,
+    Transient,
+    Temporary,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub failures_before_restart: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    pub alias: Option<String>,
+    pub description: Option<String>,
+    pub call_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub separator: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    pub idle_timeout: Option<Dur>,
+    pub max_per_principal: Option<usize>,
+    pub max_total: Option<usize>,
+}

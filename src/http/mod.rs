@@ -1,0 +1,67 @@
+//! The one HTTP listener and everything that knows about HTTP: routing, status codes,
+//! connection limits, graceful draining. Nothing outside `http/` picks a status code.
+//!
+//! Layers, outermost first (each may answer without calling the next):
+//!
+//! ```text
+//!   connection limit (server.max_connections; excess connections wait in the backlog)
+//!   └─ TCP_NODELAY on every accepted socket
+//!      └─ router: routes contributed through the registry (built-ins and extensions)
+//! ```
+
+pub mod health;
+pub mod listener;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::extension::Registry;
+pub use listener::LimitedListener;
+
+/// Shared state every handler receives.
+pub type AppState = Arc<App>;
+
+/// Assembles the router from every registered route set.
+pub fn router(state: AppState, registry: &Registry) -> Router {
+    let mut router = Router::new();
+    for (_owner, factory) in &registry.routes {
+        router = router.merge(factory());
+    }
+    router.with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight
+/// requests up to `grace` to finish; whatever is still open after that is dropped.
+pub async fn serve(
+    listener: LimitedListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { signal.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => {
+            if let Err(error) = result {
+                tracing::error!(%error, "HTTP server failed");
+            }
+            return;
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(())) => tracing::info!("all in-flight requests finished"),
+        Ok(Err(error)) => tracing::error!(%error, "HTTP server failed while draining"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "shutdown grace elapsed; closing the remaining connections"
+        ),
+    }
+}
