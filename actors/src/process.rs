@@ -218,10 +218,10 @@ fn harden(command: &mut Command, hardening: Hardening) -> io::Result<()> {
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            if let Some(fd) = lifeline_fd {
-                if libc::dup2(fd, LIFELINE_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(fd) = lifeline_fd
+                && libc::dup2(fd, LIFELINE_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

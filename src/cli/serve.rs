@@ -40,10 +40,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     let registry = Registry::with(&[]);
     let database = Database::open(&config).await?;
     let started = start(&config, &database, &registry, master_key, logging).await;
-    let result = match started {
-        Ok(code) => Ok(code),
-        Err(error) => Err(error),
-    };
+    let result = started;
     if let Err(error) = database.shutdown(config.server.shutdown_grace).await {
         tracing::error!(%error, "stopping the database failed");
     }
@@ -139,15 +136,13 @@ fn reload(app: &App, logging: Option<&LogReload>) {
                     tracing::warn!(key, "changed in the profile; takes effect after a restart");
                 }
             }
-            if new.logging.level != current.logging.level {
-                if let Some(handle) = logging {
-                    if handle
-                        .reload(super::level_filter(&new.logging.level))
-                        .is_ok()
-                    {
-                        tracing::info!(level = %new.logging.level, "log level changed");
-                    }
-                }
+            if new.logging.level != current.logging.level
+                && let Some(handle) = logging
+                && handle
+                    .reload(super::level_filter(&new.logging.level))
+                    .is_ok()
+            {
+                tracing::info!(level = %new.logging.level, "log level changed");
             }
             app.config.store(Arc::new(new));
             tracing::info!(profile = %path.display(), "profile reloaded");

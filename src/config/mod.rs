@@ -260,10 +260,10 @@ impl Config {
             listen,
             allowed_hosts: raw.server.allowed_hosts.unwrap_or_else(|| {
                 let mut hosts = default_hosts;
-                if let Some(host) = host_of(&public_url) {
-                    if !hosts.contains(&host) {
-                        hosts.push(host);
-                    }
+                if let Some(host) = host_of(&public_url)
+                    && !hosts.contains(&host)
+                {
+                    hosts.push(host);
                 }
                 hosts
             }),

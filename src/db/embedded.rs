@@ -248,13 +248,13 @@ impl EmbeddedCluster {
         let deadline = Instant::now() + self.options.start_timeout;
         let config = self.pg_config("postgres");
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.child.try_wait() {
-                    return Err(EmbeddedError::ExitedEarly {
-                        status: process::describe_exit(&status),
-                        log: self.recent_log(),
-                    });
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.child.try_wait()
+            {
+                return Err(EmbeddedError::ExitedEarly {
+                    status: process::describe_exit(&status),
+                    log: self.recent_log(),
+                });
             }
             if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
                 drop(client);
@@ -347,12 +347,11 @@ fn find_binaries(configured: Option<&Path>) -> Result<PathBuf, EmbeddedError> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let initdb = dir.join("initdb");
-            if let Ok(real) = std::fs::canonicalize(&initdb) {
-                if let Some(parent) = real.parent() {
-                    if complete(parent) {
-                        return Ok(parent.to_path_buf());
-                    }
-                }
+            if let Ok(real) = std::fs::canonicalize(&initdb)
+                && let Some(parent) = real.parent()
+                && complete(parent)
+            {
+                return Ok(parent.to_path_buf());
             }
         }
     }

@@ -53,33 +53,33 @@ fn process_metrics() -> String {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // Fields after the command name, 0-based: utime 11, stime 12, starttime 19, rss 21.
-            let num = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            let ticks = ticks.max(1) as f64;
-            let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
-            let _ = writeln!(
-                out,
-                "process_cpu_seconds_total {}",
-                (num(11) + num(12)) / ticks
-            );
-            let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
-            let _ = writeln!(
-                out,
-                "process_resident_memory_bytes {}",
-                num(21) * page as f64
-            );
-            if let Some(boot) = boot_time() {
-                let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
-                let _ = writeln!(out, "process_start_time_seconds {}", boot + num(19) / ticks);
-            }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after the command name, 0-based: utime 11, stime 12, starttime 19, rss 21.
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let ticks = ticks.max(1) as f64;
+        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {}",
+            (num(11) + num(12)) / ticks
+        );
+        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+        let _ = writeln!(
+            out,
+            "process_resident_memory_bytes {}",
+            num(21) * page as f64
+        );
+        if let Some(boot) = boot_time() {
+            let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
+            let _ = writeln!(out, "process_start_time_seconds {}", boot + num(19) / ticks);
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {

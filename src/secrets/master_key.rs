@@ -204,10 +204,10 @@ fn read_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
         path: path.to_path_buf(),
         error,
     })?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "the master key file is readable by group or others; chmod 600 it");
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the master key file is readable by group or others; chmod 600 it");
     }
     parse_key(&text, &path.display().to_string())
 }
