@@ -8,26 +8,120 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
+use warden_actors::reconciler::Diff;
+use warden_actors::tree::Tree;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::secrets::MasterKey;
+use crate::policy::PolicyEngine;
+use crate::secrets::{MasterKey, SecretStore};
+
+/// Applies a new log filter (`logging.level`) without a restart.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub struct App {
     /// The profile in force; replaced whole on reload.
     pub config: ArcSwap<Config>,
     pub db: Pool,
     pub master_key: Arc<MasterKey>,
+    pub secrets: SecretStore,
     pub readiness: Readiness,
     pub metrics: Option<PrometheusHandle>,
+    pub tree: Tree,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub policy: ArcSwap<PolicyEngine>,
+    pub log_level: Option<LogLevelSetter>,
+    /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        db: Pool,
+        master_key: Arc<MasterKey>,
+        metrics: Option<PrometheusHandle>,
+        tree: Tree,
+        authenticator: Arc<dyn Authenticator>,
+        log_level: Option<LogLevelSetter>,
+    ) -> App {
+        App {
+            secrets: SecretStore::new(db.clone(), master_key.clone()),
+            config: ArcSwap::from_pointee(config),
+            db,
+            master_key,
+            readiness: Readiness::default(),
+            metrics,
+            tree,
+            authenticator,
+            policy: ArcSwap::from_pointee(PolicyEngine::new()),
+            log_level,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// True when a pooled connection answers within the pool's timeouts.
     pub async fn database_reachable(&self) -> bool {
         match self.db.get().await {
             Ok(client) => client.simple_query("").await.is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// The RFC 9728 metadata URL for the MCP resource, named in `WWW-Authenticate`.
+    pub fn resource_metadata_url(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            self.config.load().server.public_url
+        )
+    }
+
+    /// Re-reads the profile from its file and applies what can change live: servers
+    /// (reconciled), the log level, and everything read per request. What needs a restart
+    /// is logged as such. A profile with errors is refused whole; the running one stays.
+    pub async fn reload(&self) -> Result<Diff, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.config.load_full();
+        let path = current
+            .source
+            .clone()
+            .ok_or_else(|| "the profile was not read from a file; nothing to reload".to_owned())?;
+        let new = Config::load(&path).map_err(|e| {
+            tracing::error!("profile reload refused, keeping the running one:\n{e}");
+            e.to_string()
+        })?;
+        for (key, changed) in [
+            ("server.listen", new.server.listen != current.server.listen),
+            (
+                "server.state_dir",
+                new.server.state_dir != current.server.state_dir,
+            ),
+            (
+                "server.public_url",
+                new.server.public_url != current.server.public_url,
+            ),
+            ("database", new.database.url != current.database.url),
+        ] {
+            if changed {
+                tracing::warn!(key, "changed in the profile; takes effect after a restart");
+            }
+        }
+        if new.logging.level != current.logging.level
+            && let Some(set) = &self.log_level
+            && set(&new.logging.level)
+        {
+            tracing::info!(level = %new.logging.level, "log level changed");
+        }
+        let servers = new.servers.clone();
+        self.config.store(Arc::new(new));
+        let diff = self
+            .tree
+            .reconcile(servers)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(profile = %path.display(), "profile reloaded");
+        Ok(diff)
     }
 }
 

@@ -12,11 +12,13 @@
 //! actors; nothing below `http` imports it.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod extension;
 pub mod http;
+pub mod policy;
 pub mod secrets;
 pub mod systemd;
 
@@ -41,5 +43,6 @@ impl extension::Extension for Builtins {
         registry.migrations(db::migrate::builtin());
         registry.routes("warden", http::health::routes);
         registry.routes("warden", http::metrics::routes);
+        registry.routes("warden", http::admin::routes);
     }
 }

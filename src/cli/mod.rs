@@ -3,6 +3,7 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod secret;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ enum Command {
     /// Check a profile.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the encrypted secret store.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -103,6 +107,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = profile.load()?;
             let _logging = init_logging(&config);
             runtime()?.block_on(migrate(config))
+        }
+        Command::Secret(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(secret::run(command))
         }
         Command::Serve(profile) => {
             let config = profile.load()?;
@@ -154,6 +162,17 @@ async fn migrate(config: Config) -> Result<ExitCode> {
         report.already_applied
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// CLI commands log warnings and errors only, to stderr.
+fn init_cli_logging() -> Option<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(level_filter(
+            &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok()
 }
 
 /// Lets a reload change the log filter without restarting.

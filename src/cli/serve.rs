@@ -1,9 +1,10 @@
 //! `warden serve`: start everything in order, run until a signal, stop in reverse.
 //!
 //! Start: state directory → master key → database (embedded or external) → migrations →
-//! master-key check → listener → `READY=1`. Stop (SIGTERM/SIGINT): `STOPPING=1` →
-//! `/readyz` turns 503 → stop accepting → in-flight requests get `server.shutdown_grace`
-//! → the database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
+//! master-key check → supervision tree → listener → `READY=1`.
+//! Stop (SIGTERM/SIGINT): `STOPPING=1` → `/readyz` turns 503 → stop accepting → in-flight
+//! requests get `server.shutdown_grace` → the servers stop in reverse order → the
+//! database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -11,17 +12,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use warden_actors::supervisor::RestartReason;
+use warden_actors::tree::{Tree, TreeConfig};
 
 use super::LogReload;
-use crate::app::{App, Readiness};
+use crate::app::{App, LogLevelSetter};
+use crate::auth::bootstrap::{self, BootstrapAuthenticator};
 use crate::config::Config;
 use crate::db::Database;
 use crate::extension::Registry;
 use crate::http;
-use crate::secrets::MasterKey;
+use crate::secrets::{MasterKey, SecretStore, store};
 use crate::systemd;
 
 pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<ExitCode> {
@@ -39,8 +42,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
 
     let registry = Registry::with(&[]);
     let database = Database::open(&config).await?;
-    let started = start(&config, &database, &registry, master_key, logging).await;
-    let result = started;
+    let result = run(&config, &database, &registry, master_key, logging).await;
     if let Err(error) = database.shutdown(config.server.shutdown_grace).await {
         tracing::error!(%error, "stopping the database failed");
     }
@@ -48,7 +50,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     result
 }
 
-async fn start(
+async fn run(
     config: &Config,
     database: &Database,
     registry: &Registry,
@@ -64,18 +66,37 @@ async fn start(
         );
     }
     check_master_key(database, &master_key).await?;
+    let master_key = Arc::new(master_key);
+    let secrets = SecretStore::new(database.pool.clone(), master_key.clone());
+
+    let tree = Tree::start(TreeConfig {
+        specs: config.servers.clone(),
+        secrets: Arc::new(secrets.clone()),
+        client_name: "warden".into(),
+        client_version: crate::VERSION.into(),
+    })
+    .await?;
+
+    let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
+        .context("creating the bootstrap admin token in the state directory")?;
+    let authenticator = Arc::new(BootstrapAuthenticator::new(&admin_token));
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let local = listener.local_addr()?;
-    let app = Arc::new(App {
-        config: ArcSwap::from_pointee(config.clone()),
-        db: database.pool.clone(),
-        master_key: Arc::new(master_key),
-        readiness: Readiness::default(),
-        metrics: http::metrics::install(),
+    let log_level: Option<LogLevelSetter> = logging.map(|handle| -> LogLevelSetter {
+        Box::new(move |level: &str| handle.reload(super::level_filter(level)).is_ok())
     });
+    let app = Arc::new(App::new(
+        config.clone(),
+        database.pool.clone(),
+        master_key,
+        http::metrics::install(),
+        tree,
+        authenticator,
+        log_level,
+    ));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
@@ -84,74 +105,154 @@ async fn start(
         shutdown.clone(),
         config.server.shutdown_grace,
     ));
+    let secret_watch = tokio::spawn(watch_secret_changes(
+        app.clone(),
+        database.pg_config.clone(),
+        shutdown.clone(),
+    ));
 
     app.readiness.set_tree_up(true);
     tracing::info!(address = %local, public_url = %config.server.public_url, "Warden is ready");
+    announce_admin_token(&config.server.state_dir, &admin_token, created);
     systemd::notify("READY=1\nSTATUS=serving");
     let watchdog_app = app.clone();
     systemd::spawn_watchdog(move || !watchdog_app.readiness.is_draining());
 
-    wait_for_shutdown(&app, logging.as_ref()).await?;
+    let outcome = wait_for_shutdown(&app).await;
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
     shutdown.cancel();
     let _ = server.await;
-    Ok(ExitCode::SUCCESS)
+    secret_watch.abort();
+    app.tree.shutdown().await;
+    outcome
 }
 
-/// Runs reloads on SIGHUP and returns on SIGTERM or SIGINT.
-async fn wait_for_shutdown(app: &App, logging: Option<&LogReload>) -> Result<()> {
+/// Runs reloads on SIGHUP; returns on SIGTERM or SIGINT (exit 0) or when the supervision
+/// tree fails (exit 1, for the service manager to restart Warden).
+async fn wait_for_shutdown(app: &Arc<App>) -> Result<ExitCode> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
-            _ = hup.recv() => reload(app, logging),
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(ExitCode::SUCCESS) }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(ExitCode::SUCCESS) }
+            _ = app.tree.failed() => {
+                tracing::error!("the supervision tree failed; shutting down");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ = hup.recv() => {
+                systemd::notify("RELOADING=1");
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = app.reload().await;
+                    systemd::notify("READY=1");
+                });
+            }
         }
     }
 }
 
-/// Re-reads the profile and applies what can change live; what cannot is logged.
-fn reload(app: &App, logging: Option<&LogReload>) {
-    systemd::notify("RELOADING=1");
-    let current = app.config.load_full();
-    let Some(path) = current.source.clone() else {
-        tracing::warn!("SIGHUP: the profile was not read from a file; nothing to reload");
-        return;
-    };
-    match Config::load(&path) {
-        Ok(new) => {
-            for (key, changed) in [
-                ("server.listen", new.server.listen != current.server.listen),
-                (
-                    "server.state_dir",
-                    new.server.state_dir != current.server.state_dir,
-                ),
-                ("database", new.database.url != current.database.url),
-            ] {
-                if changed {
-                    tracing::warn!(key, "changed in the profile; takes effect after a restart");
-                }
-            }
-            if new.logging.level != current.logging.level
-                && let Some(handle) = logging
-                && handle
-                    .reload(super::level_filter(&new.logging.level))
+fn announce_admin_token(state_dir: &Path, token: &str, created: bool) {
+    // Printed to stdout, not the log: log pipelines should not collect credentials.
+    if created {
+        println!(
+            "Bootstrap admin token (also in {}): {token}",
+            state_dir.join(bootstrap::FILE).display()
+        );
+    } else {
+        println!(
+            "Bootstrap admin token: see {}",
+            state_dir.join(bootstrap::FILE).display()
+        );
+    }
+}
+
+/// Restarts the servers that use a secret when `warden secret set` (in any process)
+/// changes it. Listens on PostgreSQL's `NOTIFY` channel; reconnects if the connection
+/// drops.
+async fn watch_secret_changes(
+    app: Arc<App>,
+    pg_config: tokio_postgres::Config,
+    shutdown: CancellationToken,
+) {
+    let mut delay = std::time::Duration::from_millis(250);
+    while !shutdown.is_cancelled() {
+        match pg_config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                delay = std::time::Duration::from_millis(250);
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    use futures_util::StreamExt as _;
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                            let _ = tx.send(n.payload().to_owned());
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {}", store::CHANNEL))
+                    .await
                     .is_ok()
-            {
-                tracing::info!(level = %new.logging.level, "log level changed");
+                {
+                    loop {
+                        tokio::select! {
+                            name = rx.recv() => match name {
+                                Some(name) => restart_users_of(&app, &name).await,
+                                None => break,
+                            },
+                            _ = shutdown.cancelled() => { driver.abort(); return; }
+                        }
+                    }
+                }
+                driver.abort();
             }
-            app.config.store(Arc::new(new));
-            tracing::info!(profile = %path.display(), "profile reloaded");
+            Err(error) => {
+                tracing::debug!(%error, "secret change listener cannot connect; retrying")
+            }
         }
-        Err(error) => {
-            tracing::error!("profile reload refused, keeping the running one:\n{error}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+async fn restart_users_of(app: &App, secret: &str) {
+    use warden_actors::spec::{HeaderValue, Transport};
+    for entry in app.tree.directory.all().iter() {
+        let spec = entry.spec();
+        let uses = match &spec.transport {
+            Transport::Stdio(p) | Transport::HttpChild { process: p, .. } => {
+                p.secrets.values().any(|s| s == secret)
+                    || p.user_secrets.values().any(|s| s == secret)
+            }
+            Transport::Remote { headers, .. } => headers
+                .iter()
+                .any(|h| matches!(&h.value, HeaderValue::Secret { name, .. } if name == secret)),
+        };
+        if !uses {
+            continue;
+        }
+        tracing::info!(server = %spec.name, "a secret it uses changed; restarting it");
+        let mut targets: Vec<Option<String>> = vec![None];
+        targets.extend(entry.user_instances().iter().map(|i| i.user.clone()));
+        for user in targets {
+            let _ = app
+                .tree
+                .restart(
+                    &spec.name,
+                    user.as_deref(),
+                    RestartReason::SecretChanged(secret.to_owned()),
+                )
+                .await;
         }
     }
-    systemd::notify("READY=1");
 }
 
 /// Creates the state directory with mode 0700, tightening an existing one that others

@@ -165,6 +165,29 @@ impl EmbeddedCluster {
         Ok(cluster)
     }
 
+    /// Connects to a cluster another Warden process already runs on `options.data_dir`
+    /// (for CLI commands next to a running `warden serve`). `None` if none answers.
+    pub async fn attach(options: ClusterOptions) -> Option<Self> {
+        if !options.data_dir.join("postmaster.pid").exists() {
+            return None;
+        }
+        let socket_dir = socket_dir(&options, None).ok()?;
+        let cluster = EmbeddedCluster {
+            options,
+            socket_dir,
+            child: None,
+            log: Arc::new(Mutex::new(VecDeque::new())),
+        };
+        let (client, connection) = cluster
+            .pg_config("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        drop(client);
+        drop(connection);
+        Some(cluster)
+    }
+
     async fn launch(
         &mut self,
         bin_dir: &Path,

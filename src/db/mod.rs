@@ -50,6 +50,16 @@ impl Database {
     /// Connects to `database.url`, or starts the embedded cluster (creating Warden's
     /// database in it on first start). Does not run migrations.
     pub async fn open(config: &Config) -> Result<Database, DbError> {
+        Database::open_with(config, false).await
+    }
+
+    /// Like [`Database::open`], but first tries the embedded cluster a running
+    /// `warden serve` already owns (CLI commands run beside it).
+    pub async fn open_shared(config: &Config) -> Result<Database, DbError> {
+        Database::open_with(config, true).await
+    }
+
+    async fn open_with(config: &Config, attach: bool) -> Result<Database, DbError> {
         let (pg_config, embedded) = match &config.database.url {
             Some(url) => (
                 tokio_postgres::Config::from_str(url).map_err(DbError::BadUrl)?,
@@ -62,7 +72,15 @@ impl Database {
                 if let Some(port) = config.database.embedded.port {
                     options.port = port;
                 }
-                let cluster = EmbeddedCluster::start(options).await?;
+                let attached = if attach {
+                    EmbeddedCluster::attach(options.clone()).await
+                } else {
+                    None
+                };
+                let cluster = match attached {
+                    Some(cluster) => cluster,
+                    None => EmbeddedCluster::start(options).await?,
+                };
                 ensure_database(&cluster, EMBEDDED_DATABASE).await?;
                 (cluster.pg_config(EMBEDDED_DATABASE), Some(cluster))
             }

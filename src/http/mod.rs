@@ -9,6 +9,8 @@
 //!      └─ router: routes contributed through the registry (built-ins and extensions)
 //! ```
 
+pub mod admin;
+pub mod error;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -17,10 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderMap, header};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::auth::{Principal, bearer_token};
 use crate::extension::Registry;
+pub use error::ApiError;
 pub use listener::LimitedListener;
 
 /// Shared state every handler receives.
@@ -64,4 +69,19 @@ pub async fn serve(
             "shutdown grace elapsed; closing the remaining connections"
         ),
     }
+}
+
+/// Verifies the caller's bearer token (the one authentication step of every governed
+/// REST route).
+pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    app.authenticator
+        .authenticate(bearer_token(header))
+        .await
+        .map_err(|rejection| ApiError::Unauthorized {
+            rejection,
+            resource_metadata: app.resource_metadata_url(),
+        })
 }

@@ -1,0 +1,235 @@
+//! Audit records and the queue every surface writes them into.
+//!
+//! This module is the contract between the call paths (gateway, identity, policy, AI
+//! proxy, lifecycle) and the AuditWriter actor: the row types, and [`Audit`], the handle
+//! that enqueues them. Enqueueing never waits on PostgreSQL. When the queue is full the
+//! profile's `audit.on_backlog` decides: `block` (wait up to a timeout) or `fail_closed`
+//! (refuse, so the governed call is refused) — a record is never dropped silently.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Outcome of a tool call, as stored in `mcp_tool_executions.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolStatus {
+    Success,
+    /// The tool ran and reported failure (`isError: true`), or the upstream answered
+    /// with a JSON-RPC error.
+    Error,
+    Denied,
+    Timeout,
+    Cancelled,
+    RateLimited,
+}
+
+impl ToolStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolStatus::Success => "success",
+            ToolStatus::Error => "error",
+            ToolStatus::Denied => "denied",
+            ToolStatus::Timeout => "timeout",
+            ToolStatus::Cancelled => "cancelled",
+            ToolStatus::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// One row of `mcp_tool_executions`.
+#[derive(Clone, Debug)]
+pub struct ToolCallRecord {
+    /// UUIDv7: time-ordered, unique, the idempotency key for spool replay.
+    pub id: Uuid,
+    /// 32 lowercase hex characters.
+    pub trace_id: String,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub server_name: String,
+    /// The upstream's own tool name.
+    pub tool_name: String,
+    /// The name the client called (`server__tool` on `/mcp`).
+    pub requested_name: String,
+    pub input: Option<Box<RawValue>>,
+    pub output: Option<Box<RawValue>>,
+    pub status: ToolStatus,
+    pub error: Option<String>,
+    pub started_at: SystemTime,
+    pub completed_at: SystemTime,
+    pub duration_us: i64,
+}
+
+/// One row of `audit_events`: permission decisions, logins, token grants, lifecycle,
+/// config and secret changes, hook outcomes, rate-limit rejections.
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub trace_id: Option<String>,
+    pub occurred_at: SystemTime,
+    /// Dotted kind: `permission.decision`, `auth.login`, `server.lifecycle`, …
+    pub kind: &'static str,
+    /// `user`, `client`, `system`.
+    pub actor_kind: &'static str,
+    pub actor_id: Option<String>,
+    /// What the event is about (a tool, a server, a secret's name, a token id).
+    pub subject: Option<String>,
+    /// `allow`, `deny`, or None where no decision applies.
+    pub decision: Option<&'static str>,
+    pub reason: Option<String>,
+    pub attributes: Value,
+}
+
+impl AuditEvent {
+    pub fn new(kind: &'static str, actor_kind: &'static str) -> Self {
+        AuditEvent {
+            id: Uuid::now_v7(),
+            trace_id: None,
+            occurred_at: SystemTime::now(),
+            kind,
+            actor_kind,
+            actor_id: None,
+            subject: None,
+            decision: None,
+            reason: None,
+            attributes: Value::Null,
+        }
+    }
+}
+
+/// Anything the audit trail stores.
+#[derive(Clone, Debug)]
+pub enum AuditRecord {
+    ToolCall(Box<ToolCallRecord>),
+    Event(Box<AuditEvent>),
+}
+
+/// Why a record was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuditRefused {
+    #[error(
+        "the audit trail is backlogged (queue and spool full); governed calls are refused until it drains"
+    )]
+    Backlogged,
+    #[error("the audit writer is not running")]
+    Stopped,
+    #[error("the audit record could not be made durable: {0}")]
+    NotDurable(String),
+}
+
+/// What happens when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Callers wait up to this long for room, then are refused.
+    Block(Duration),
+    /// Refuse at once.
+    FailClosed,
+}
+
+/// A queued item: the record, and for durable acknowledgement a reply once the record
+/// is in PostgreSQL or the fsynced spool.
+pub struct Queued {
+    pub record: AuditRecord,
+    pub durable: Option<oneshot::Sender<Result<(), AuditRefused>>>,
+}
+
+/// The handle every surface holds. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    queue: mpsc::Sender<Queued>,
+    backlog: Backlog,
+    /// Set by the writer while its spool is full (fail_closed refuses before dispatch).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The writer's end of the queue.
+pub struct AuditQueue {
+    pub receiver: mpsc::Receiver<Queued>,
+    pub refusing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Audit {
+    /// A bounded queue of `capacity` records.
+    pub fn channel(capacity: usize, backlog: Backlog) -> (Audit, AuditQueue) {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Audit {
+                queue,
+                backlog,
+                refusing: refusing.clone(),
+            },
+            AuditQueue { receiver, refusing },
+        )
+    }
+
+    /// Whether a governed call may start: false while the trail refuses records
+    /// (`fail_closed` with a full spool).
+    pub fn accepting(&self) -> bool {
+        !self.refusing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Enqueues a record. Returns at once unless the queue is full and the backlog mode
+    /// is `block`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a record is either enqueued or handed back as an error; dropping the
+    /// future while blocked loses the record only from this caller's point of view (the
+    /// call it describes was not completed either).
+    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditRefused> {
+        if !self.accepting() {
+            return Err(AuditRefused::Backlogged);
+        }
+        self.enqueue(Queued {
+            record,
+            durable: None,
+        })
+        .await
+    }
+
+    /// Enqueues a record and waits until it is durable (`audit.ack: durable`).
+    pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditRefused> {
+        if !self.accepting() {
+            return Err(AuditRefused::Backlogged);
+        }
+        let (reply, done) = oneshot::channel();
+        self.enqueue(Queued {
+            record,
+            durable: Some(reply),
+        })
+        .await?;
+        done.await.unwrap_or(Err(AuditRefused::Stopped))
+    }
+
+    async fn enqueue(&self, item: Queued) -> Result<(), AuditRefused> {
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditRefused::Stopped),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                metrics::counter!("warden_audit_queue_full_total").increment(1);
+                match self.backlog {
+                    Backlog::FailClosed => Err(AuditRefused::Backlogged),
+                    Backlog::Block(wait) => {
+                        match tokio::time::timeout(wait, self.queue.send(item)).await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(_)) => Err(AuditRefused::Stopped),
+                            Err(_) => Err(AuditRefused::Backlogged),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}

@@ -1,0 +1,145 @@
+//! Trace context (W3C `traceparent`): one trace id per request, carried through the
+//! permission decision, the tool call, hook outcomes and model requests, so one
+//! `WHERE trace_id = …` shows the whole story.
+
+use std::fmt;
+
+use rand::RngCore;
+
+/// `traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A new trace with a random id.
+    pub fn generate() -> Self {
+        let mut rng = rand::rng();
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        loop {
+            rng.fill_bytes(&mut trace_id);
+            if trace_id != [0; 16] {
+                break;
+            }
+        }
+        loop {
+            rng.fill_bytes(&mut span_id);
+            if span_id != [0; 8] {
+                break;
+            }
+        }
+        TraceContext {
+            trace_id,
+            span_id,
+            sampled: true,
+        }
+    }
+
+    /// Parses a `traceparent` header; `None` for anything malformed (the caller then
+    /// starts a new trace, as the W3C spec asks).
+    pub fn parse(header: &str) -> Option<Self> {
+        let header = header.trim();
+        let mut parts = header.split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let parent = parts.next()?;
+        let flags = parts.next()?;
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || parent.len() != 16
+            || flags.len() != 2
+        {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let lower = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        };
+        if !(lower(version) && lower(trace) && lower(parent) && lower(flags)) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        hex::decode_to_slice(trace, &mut trace_id).ok()?;
+        hex::decode_to_slice(parent, &mut span_id).ok()?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// A child span in the same trace (Warden's own hop).
+    pub fn child(&self) -> Self {
+        let mut span_id = [0u8; 8];
+        loop {
+            rand::rng().fill_bytes(&mut span_id);
+            if span_id != [0; 8] {
+                break;
+            }
+        }
+        TraceContext { span_id, ..*self }
+    }
+
+    /// The 32-hex-character trace id stored in audit rows.
+    pub fn trace_id_hex(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    pub fn header(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            u8::from(self.sampled)
+        )
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.header())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_malformed() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::parse(header).unwrap();
+        assert_eq!(ctx.header(), header);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = ctx.child();
+        assert_eq!(child.trace_id, ctx.trace_id);
+        assert_ne!(child.span_id, ctx.span_id);
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+        assert_ne!(
+            TraceContext::generate().trace_id,
+            TraceContext::generate().trace_id
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The admin API: server status, restarts, reloads, and the event stream. Every route
+//! authenticates the caller and passes the permission check (`Permission::Admin`).
+//!
+//! - `GET /admin/servers` — name, kind, state, pid, restarts, last error and exit,
+//!   uptime, tool count (per-user instances listed under their server).
+//! - `POST /admin/servers/{name}/restart` — restart now; clears a `failed` state.
+//! - `POST /admin/reload` — re-read the profile and reconcile (same as SIGHUP).
+//! - `GET /events` — lifecycle events as Server-Sent Events (stable JSON shape).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream;
+use serde_json::{Value, json};
+use warden_actors::directory::{Instance, ServerStatus};
+use warden_actors::supervisor::RestartReason;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::Principal;
+use crate::policy::Permission;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/servers", get(list_servers))
+        .route("/admin/servers/{name}/restart", post(restart_server))
+        .route("/admin/reload", post(reload))
+        .route("/events", get(events))
+}
+
+/// Authenticates and checks `Permission::Admin { action }`.
+pub async fn admin_principal(
+    app: &AppState,
+    headers: &HeaderMap,
+    action: &str,
+) -> Result<Arc<Principal>, ApiError> {
+    let principal = super::authenticate(app, headers).await?;
+    app.policy
+        .load()
+        .check(&principal, &Permission::Admin { action })
+        .map_err(|denial| ApiError::Forbidden {
+            denial,
+            resource_metadata: app.resource_metadata_url(),
+        })?;
+    Ok(principal)
+}
+
+fn describe(status: &ServerStatus) -> Value {
+    json!({
+        "name": status.name,
+        "user": status.user,
+        "kind": status.kind,
+        "state": status.state,
+        "pid": status.pid,
+        "restarts": status.restarts,
+        "last_error": status.last_error,
+        "last_exit": status.last_exit,
+        "uptime_secs": status.uptime().map(|d| d.as_secs_f64()),
+        "tools": status.tools,
+    })
+}
+
+async fn list_servers(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin_principal(&app, &headers, "servers.read").await?;
+    let servers: Vec<Value> = app
+        .tree
+        .directory
+        .all()
+        .iter()
+        .map(|entry| {
+            let mut server = describe(&entry.shared().status());
+            let instances: Vec<Value> = entry
+                .user_instances()
+                .iter()
+                .map(|i: &Arc<Instance>| describe(&i.status()))
+                .collect();
+            if !instances.is_empty() {
+                server["instances"] = Value::from(instances);
+            }
+            server
+        })
+        .collect();
+    Ok(Json(json!({ "servers": servers })))
+}
+
+async fn restart_server(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = admin_principal(&app, &headers, "servers.restart").await?;
+    if app.tree.directory.get(&name).is_none() {
+        return Err(ApiError::NotFound(format!("no server named `{name}`")));
+    }
+    tracing::info!(server = %name, by = %principal.subject, "operator restart");
+    app.tree
+        .restart(&name, None, RestartReason::Operator)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"restarting": name})))
+}
+
+async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    admin_principal(&app, &headers, "config.reload").await?;
+    let diff = app.reload().await.map_err(ApiError::BadRequest)?;
+    Ok(Json(json!({ "reloaded": true, "servers": diff })))
+}
+
+async fn events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_principal(&app, &headers, "events.read").await?;
+    let receiver = app
+        .tree
+        .events
+        .subscribe("sse", 1024)
+        .await
+        .ok_or_else(|| ApiError::Unavailable("the event bus is not running".into()))?;
+    Ok(Sse::new(event_stream(receiver)).keep_alive(KeepAlive::default()))
+}
+
+fn event_stream(
+    receiver: tokio::sync::mpsc::Receiver<Arc<warden_actors::events::Event>>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        let data = serde_json::to_string(&*event).unwrap_or_default();
+        Some((
+            Ok(SseEvent::default().event(event.name()).data(data)),
+            receiver,
+        ))
+    })
+}

@@ -1,0 +1,155 @@
+//! The one mapping from domain errors to HTTP answers for Warden's REST surfaces (admin
+//! API, OAuth, AI proxy). Handlers return [`ApiError`]; nothing else in `http/` picks a
+//! status code. (The MCP endpoint answers most failures in JSON-RPC instead; see
+//! `mcp/`.)
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthRejection;
+use crate::policy::Denial;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401 with `WWW-Authenticate: Bearer resource_metadata=…` so clients can discover
+    /// the authorization server.
+    Unauthorized {
+        rejection: AuthRejection,
+        resource_metadata: String,
+    },
+    /// 403; for a missing scope, `WWW-Authenticate` names it (`insufficient_scope`) so a
+    /// client can step up.
+    Forbidden {
+        denial: Denial,
+        resource_metadata: String,
+    },
+    BadRequest(String),
+    NotFound(String),
+    Conflict(String),
+    PayloadTooLarge {
+        limit: usize,
+    },
+    /// 429 with `Retry-After` (whole seconds, rounded up).
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 503: a dependency (database, upstream, audit trail) cannot serve right now.
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized {
+                rejection: AuthRejection::MissingToken,
+                ..
+            } => "unauthorized",
+            ApiError::Unauthorized { .. } => "invalid_token",
+            ApiError::Forbidden {
+                denial: Denial::InsufficientScope { .. },
+                ..
+            } => "insufficient_scope",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::Unauthorized { rejection, .. } => rejection.to_string(),
+            ApiError::Forbidden { denial, .. } => denial.to_string(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("request body larger than {limit} bytes (server.max_body_bytes)")
+            }
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Internal(m) => m.clone(),
+            ApiError::RateLimited { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// The `WWW-Authenticate` value for a 401 or 403 (RFC 6750, RFC 9728).
+pub fn www_authenticate(error: &ApiError) -> Option<String> {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    match error {
+        ApiError::Unauthorized {
+            rejection: AuthRejection::MissingToken,
+            resource_metadata,
+        } => Some(format!(
+            "Bearer resource_metadata=\"{}\"",
+            quote(resource_metadata)
+        )),
+        ApiError::Unauthorized {
+            rejection,
+            resource_metadata,
+        } => Some(format!(
+            "Bearer resource_metadata=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+            quote(resource_metadata),
+            quote(&rejection.to_string())
+        )),
+        ApiError::Forbidden {
+            denial: Denial::InsufficientScope { required },
+            resource_metadata,
+        } => Some(format!(
+            "Bearer resource_metadata=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+            quote(resource_metadata),
+            quote(required)
+        )),
+        _ => None,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(message) = &self {
+            tracing::error!(%message, "internal error answered with 500");
+        }
+        let mut response = (
+            self.status(),
+            Json(json!({"error": self.code(), "message": self.message()})),
+        )
+            .into_response();
+        if let Some(value) = www_authenticate(&self).and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,226 @@
+//! The secret store: named values in PostgreSQL, encrypted at rest with the master key,
+//! optionally per user. Values leave the store only as [`Redacted`] and only towards a
+//! child's environment or an upstream request header — never into a log line, an error,
+//! an event or an audit row.
+//!
+//! Changes are announced with `NOTIFY warden_secrets, '<name>'` (in the same transaction),
+//! so a running Warden restarts the servers that use a changed secret even when the
+//! change came from `warden secret set` in another process.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+use warden_actors::secrets::{SecretError, SecretSource};
+
+use super::{MasterKey, Redacted};
+
+/// The channel secret changes are announced on.
+pub const CHANNEL: &str = "warden_secrets";
+/// Longest accepted secret value.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "secret names may hold letters, digits, `_`, `-`, `.` and `/` (1 to 128 characters), found `{0}`"
+    )]
+    BadName(String),
+    #[error("the secret value is empty")]
+    Empty,
+    #[error("the secret value is larger than {MAX_VALUE_BYTES} bytes")]
+    TooLarge,
+    #[error("no secret named `{0}`")]
+    NotFound(String),
+    #[error("secret `{0}` cannot be decrypted with this master key")]
+    Undecryptable(String),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// One row of `warden secret list`: never the value.
+#[derive(Debug, Clone)]
+pub struct SecretInfo {
+    pub name: String,
+    pub owner: Option<String>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+#[derive(Clone)]
+pub struct SecretStore {
+    pool: Pool,
+    key: Arc<MasterKey>,
+}
+
+fn context(name: &str, owner: &str) -> Vec<u8> {
+    format!("secret:{owner}/{name}").into_bytes()
+}
+
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+impl SecretStore {
+    pub fn new(pool: Pool, key: Arc<MasterKey>) -> Self {
+        SecretStore { pool, key }
+    }
+
+    /// Creates or replaces a secret, and announces the change.
+    pub async fn set(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        value: &Redacted<String>,
+    ) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let value = value.expose();
+        if value.is_empty() {
+            return Err(StoreError::Empty);
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StoreError::TooLarge);
+        }
+        let owner = owner.unwrap_or("");
+        let sealed = self.key.seal(value.as_bytes(), &context(name, owner));
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO secrets (name, owner, ciphertext) VALUES ($1, $2, $3)
+             ON CONFLICT (name, owner) DO UPDATE SET ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+            &[&name, &owner, &sealed],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, name: &str, owner: Option<&str>) -> Result<(), StoreError> {
+        let owner = owner.unwrap_or("");
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM secrets WHERE name = $1 AND owner = $2",
+                &[&name, &owner],
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound(name.to_owned()));
+        }
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<SecretInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, owner, created_at, updated_at FROM secrets ORDER BY name, owner",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let owner: String = r.get(1);
+                SecretInfo {
+                    name: r.get(0),
+                    owner: (!owner.is_empty()).then_some(owner),
+                    created_at: r.get(2),
+                    updated_at: r.get(3),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn get(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<Redacted<String>, StoreError> {
+        let owner = owner.unwrap_or("");
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT ciphertext FROM secrets WHERE name = $1 AND owner = $2",
+                &[&name, &owner],
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        let sealed: Vec<u8> = row.get(0);
+        let plain = self
+            .key
+            .open(&sealed, &context(name, owner))
+            .map_err(|_| StoreError::Undecryptable(name.to_owned()))?;
+        String::from_utf8(plain)
+            .map(Redacted::new)
+            .map_err(|_| StoreError::Undecryptable(name.to_owned()))
+    }
+
+    /// Every stored value (decrypted), for redacting them out of audit payloads.
+    pub async fn all_values(&self) -> Result<Vec<Redacted<String>>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT name, owner, ciphertext FROM secrets", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let name: String = r.get(0);
+                let owner: String = r.get(1);
+                let sealed: Vec<u8> = r.get(2);
+                let plain = self.key.open(&sealed, &context(&name, &owner)).ok()?;
+                String::from_utf8(plain).ok().map(Redacted::new)
+            })
+            .collect())
+    }
+}
+
+impl SecretSource for SecretStore {
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Redacted<String>, SecretError>> {
+        Box::pin(async move {
+            self.get(name, user).await.map_err(|e| match (e, user) {
+                (StoreError::NotFound(_), Some(user)) => SecretError::MissingForUser {
+                    name: name.to_owned(),
+                    user: user.to_owned(),
+                },
+                (StoreError::NotFound(_), None) => SecretError::Missing {
+                    name: name.to_owned(),
+                },
+                (other, _) => SecretError::Unavailable(other.to_string()),
+            })
+        })
+    }
+}
