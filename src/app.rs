@@ -13,6 +13,7 @@ use warden_actors::tree::Tree;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::policy::PolicyEngine;
 use crate::secrets::{MasterKey, SecretStore};
 
@@ -28,6 +29,7 @@ pub struct App {
     pub readiness: Readiness,
     pub metrics: Option<PrometheusHandle>,
     pub tree: Tree,
+    pub gateway: Gateway,
     pub authenticator: Arc<dyn Authenticator>,
     pub policy: ArcSwap<PolicyEngine>,
     pub log_level: Option<LogLevelSetter>,
@@ -43,6 +45,7 @@ impl App {
         master_key: Arc<MasterKey>,
         metrics: Option<PrometheusHandle>,
         tree: Tree,
+        gateway: Gateway,
         authenticator: Arc<dyn Authenticator>,
         log_level: Option<LogLevelSetter>,
     ) -> App {
@@ -54,6 +57,7 @@ impl App {
             readiness: Readiness::default(),
             metrics,
             tree,
+            gateway,
             authenticator,
             policy: ArcSwap::from_pointee(PolicyEngine::new()),
             log_level,
@@ -114,7 +118,15 @@ impl App {
             tracing::info!(level = %new.logging.level, "log level changed");
         }
         let servers = new.servers.clone();
+        self.gateway
+            .sessions
+            .set_limits(crate::gateway::session::SessionLimits {
+                idle_timeout: new.sessions.idle_timeout,
+                max_total: new.sessions.max_total,
+                max_per_principal: new.sessions.max_per_principal,
+            });
         self.config.store(Arc::new(new));
+        self.gateway.invalidate();
         let diff = self
             .tree
             .reconcile(servers)

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod extension;
+pub mod gateway;
 pub mod http;
 pub mod policy;
 pub mod secrets;
@@ -44,5 +45,6 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::health::routes);
         registry.routes("warden", http::metrics::routes);
         registry.routes("warden", http::admin::routes);
+        registry.routes("warden", http::mcp::routes);
     }
 }

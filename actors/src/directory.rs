@@ -243,8 +243,10 @@ pub struct ServerEntry {
     pub limiter: CallLimiter,
     shared: Arc<Instance>,
     users: Mutex<HashMap<String, Arc<Instance>>>,
-    /// Bumped whenever any instance's catalog changes (the gateway rebuilds on change).
+    /// Bumped whenever any instance's catalog changes.
     catalog_version: AtomicU64,
+    /// The directory's generation, bumped with it (one load tells readers to rebuild).
+    generation: Arc<AtomicU64>,
 }
 
 impl ServerEntry {
@@ -288,6 +290,7 @@ impl ServerEntry {
 
     pub(crate) fn catalog_changed(&self) {
         self.catalog_version.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -295,8 +298,8 @@ impl ServerEntry {
 #[derive(Default)]
 pub struct Directory {
     entries: ArcSwap<Vec<Arc<ServerEntry>>>,
-    /// Bumped when servers are added or removed or any catalog changes.
-    version: AtomicU64,
+    /// Bumped when servers are added, removed or reordered, or any catalog changes.
+    generation: Arc<AtomicU64>,
 }
 
 impl Directory {
@@ -319,11 +322,11 @@ impl Directory {
 
     /// Changes whenever the set of servers or any catalog changes.
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn bump(&self) {
-        self.version.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Adds or replaces the entry for `spec.name`, keeping its limiter's in-flight count.
@@ -346,6 +349,7 @@ impl Directory {
                     shared: Arc::new(Instance::new(spec, None)),
                     users: Mutex::new(HashMap::new()),
                     catalog_version: AtomicU64::new(0),
+                    generation: self.generation.clone(),
                 });
                 entries.push(entry.clone());
                 entry

@@ -53,7 +53,8 @@ pub struct TreeConfig {
     pub client_version: String,
 }
 
-/// The running tree.
+/// The running tree. Cloning gives another handle to the same tree.
+#[derive(Clone)]
 pub struct Tree {
     pub directory: Arc<Directory>,
     pub events: EventBus,
@@ -192,6 +193,12 @@ impl Tree {
             error: e.to_string(),
         })?
         .map_err(TreeError::Refused)
+    }
+
+    /// The root supervisor, for actors outside this crate that join the tree (the
+    /// SessionsSupervisor, the AuditWriter).
+    pub fn root_cell(&self) -> ractor::ActorCell {
+        self.root.get_cell()
     }
 
     /// Resolves if a core actor crashed and the tree stopped.

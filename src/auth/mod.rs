@@ -82,7 +82,7 @@ impl Scopes {
         )
     }
 
-    pub fn from_iter<I: IntoIterator<Item = S>, S: Into<String>>(scopes: I) -> Scopes {
+    pub fn from_list<I: IntoIterator<Item = S>, S: Into<String>>(scopes: I) -> Scopes {
         Scopes(scopes.into_iter().map(Into::into).collect())
     }
 

@@ -23,9 +23,14 @@ use crate::auth::bootstrap::{self, BootstrapAuthenticator};
 use crate::config::Config;
 use crate::db::Database;
 use crate::extension::Registry;
+use crate::gateway::Gateway;
+use crate::gateway::pins::Pins;
+use crate::gateway::session::{SessionLimits, SessionManager};
 use crate::http;
 use crate::secrets::{MasterKey, SecretStore, store};
 use crate::systemd;
+use warden_actors::audit::{Audit, AuditQueue, Backlog};
+use warden_actors::events::EventKind;
 
 pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<ExitCode> {
     if let Ok(exe) = std::env::current_exe() {
@@ -77,6 +82,22 @@ async fn run(
     })
     .await?;
 
+    let (audit, audit_queue) =
+        Audit::channel(65_536, Backlog::Block(std::time::Duration::from_secs(5)));
+    spawn_interim_audit_consumer(audit_queue);
+    let pins = Arc::new(Pins::load(database.pool.clone(), audit.clone()).await?);
+    let sessions = SessionManager::start(
+        SessionLimits {
+            idle_timeout: config.sessions.idle_timeout,
+            max_total: config.sessions.max_total,
+            max_per_principal: config.sessions.max_per_principal,
+        },
+        Some(tree.root_cell()),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
+
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
     let authenticator = Arc::new(BootstrapAuthenticator::new(&admin_token));
@@ -94,9 +115,11 @@ async fn run(
         master_key,
         http::metrics::install(),
         tree,
+        gateway,
         authenticator,
         log_level,
     ));
+    let announcer = tokio::spawn(announce_changes(app.clone()));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
@@ -125,6 +148,7 @@ async fn run(
     shutdown.cancel();
     let _ = server.await;
     secret_watch.abort();
+    announcer.abort();
     app.tree.shutdown().await;
     outcome
 }
@@ -293,4 +317,42 @@ async fn check_master_key(database: &Database, key: &MasterKey) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Until the AuditWriter lands, queued records are logged at debug level only.
+fn spawn_interim_audit_consumer(mut queue: AuditQueue) {
+    tracing::warn!("the audit trail is not persisted yet in this build (interim consumer)");
+    tokio::spawn(async move {
+        while let Some(item) = queue.receiver.recv().await {
+            tracing::debug!(record = ?item.record, "audit record");
+            if let Some(reply) = item.durable {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    });
+}
+
+/// Turns lifecycle events into `notifications/*/list_changed` for the sessions that can
+/// see the server.
+async fn announce_changes(app: Arc<App>) {
+    let Some(mut events) = app.tree.events.subscribe("gateway", 1024).await else {
+        return;
+    };
+    while let Some(event) = events.recv().await {
+        let Some(server) = event.server.as_deref() else {
+            continue;
+        };
+        let kinds: &[&str] = match event.kind {
+            EventKind::ToolsChanged { .. } => &["tools"],
+            EventKind::ResourcesChanged => &["resources"],
+            EventKind::PromptsChanged => &["prompts"],
+            EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
+                &["tools", "resources", "prompts"]
+            }
+            _ => &[],
+        };
+        for kind in kinds {
+            http::mcp::announce_list_changed(&app, server, kind);
+        }
+    }
 }

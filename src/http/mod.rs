@@ -12,7 +12,9 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod jsonlimits;
 pub mod listener;
+pub mod mcp;
 pub mod metrics;
 
 use std::sync::Arc;

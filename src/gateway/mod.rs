@@ -1,0 +1,846 @@
+//! The MCP gateway's logic, independent of HTTP: naming and routing (`routes`), tool
+//! pinning (`pins`), client sessions (`session`), and [`Gateway`], which takes one
+//! authorised client request to the upstream that owns it.
+//!
+//! The order of a `tools/call` is fixed and every step is visible in [`Gateway::call_tool`]:
+//! route → **the permission check** (its decision audited, allow or deny) → the server's
+//! instance (per-user instances start here) → the concurrency bound → the upstream call
+//! with its deadline → the `mcp_tool_executions` row. A call that is refused at any step
+//! still leaves its row.
+
+pub mod pins;
+pub mod routes;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warden_actors::audit::{
+    Audit, AuditEvent, AuditRecord, AuditRefused, ToolCallRecord, ToolStatus,
+};
+use warden_actors::directory::{Directory, Instance, LimitError, ServerEntry};
+use warden_actors::jsonrpc::{RpcError, code};
+use warden_actors::spec::Isolation;
+use warden_actors::trace::TraceContext;
+use warden_actors::tree::Tree;
+use warden_actors::upstream::{CallError, CallOptions, UpcallSink};
+
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::policy::{Denial, Permission, PolicyEngine};
+use pins::Pins;
+use routes::RouteTable;
+use session::{Session, SessionManager};
+
+/// Who is asking, on whose behalf, and where upcalls go.
+pub struct CallContext {
+    pub principal: Arc<Principal>,
+    pub session: Option<Arc<Session>>,
+    pub trace: TraceContext,
+    /// `Some(server)` on `/mcp/{server}`: names are the upstream's own.
+    pub scope: Option<Arc<str>>,
+    pub sink: Option<UpcallSink>,
+    pub cancel: CancellationToken,
+}
+
+impl CallContext {
+    fn session_id(&self) -> Option<String> {
+        self.session.as_ref().map(|s| s.id.clone())
+    }
+}
+
+/// Why a request did not reach (or come back from) its upstream. The HTTP layer maps
+/// each to a JSON-RPC error; the messages name the server and the limit involved.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    #[error("unknown prompt `{0}`")]
+    UnknownPrompt(String),
+    #[error("no server offers resource `{0}`")]
+    UnknownResource(String),
+    #[error("no server named `{0}`")]
+    UnknownServer(String),
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    #[error("server `{server}` is not ready (state: {state})")]
+    NotReady {
+        server: String,
+        state: String,
+        detail: Option<String>,
+    },
+    #[error(
+        "server `{server}` is at its limit of {max_concurrent} concurrent calls with {max_queued} queued \
+         (max_concurrent_calls / max_queued_calls); try again shortly"
+    )]
+    Overloaded {
+        server: String,
+        max_concurrent: usize,
+        max_queued: usize,
+    },
+    #[error(
+        "server `{server}` did not answer `{method}` within {after:?} (call_timeout); the call was cancelled"
+    )]
+    Timeout {
+        server: String,
+        method: String,
+        after: Duration,
+    },
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("permission denied: {0}")]
+    Denied(Denial),
+    #[error(
+        "tool `{tool}` of server `{server}` changed its definition since it was approved; \
+         it is withheld until an operator approves the change"
+    )]
+    Withheld { server: String, tool: String },
+    #[error("{0}")]
+    Upstream(RpcError),
+    #[error("server `{server}` stopped answering during the call: {reason}")]
+    Lost { server: String, reason: String },
+    #[error("{0}")]
+    Audit(AuditRefused),
+}
+
+impl GatewayError {
+    /// The JSON-RPC error a client receives.
+    pub fn to_rpc(&self) -> RpcError {
+        match self {
+            GatewayError::UnknownTool(_)
+            | GatewayError::UnknownPrompt(_)
+            | GatewayError::UnknownServer(_)
+            | GatewayError::InvalidParams(_) => RpcError::new(code::INVALID_PARAMS, self.to_string()),
+            GatewayError::UnknownResource(uri) => {
+                RpcError::new(-32002, self.to_string()).with_data(json!({ "uri": uri }))
+            }
+            GatewayError::NotReady { server, state, detail } => RpcError::new(code::SERVER_UNAVAILABLE, self.to_string())
+                .with_data(json!({"server": server, "state": state, "last_error": detail})),
+            GatewayError::Overloaded {
+                server,
+                max_concurrent,
+                max_queued,
+            } => RpcError::new(code::SERVER_UNAVAILABLE, self.to_string()).with_data(
+                json!({"server": server, "max_concurrent_calls": max_concurrent, "max_queued_calls": max_queued}),
+            ),
+            GatewayError::Timeout { server, after, .. } => RpcError::new(code::TIMEOUT, self.to_string())
+                .with_data(json!({"server": server, "timeout_ms": after.as_millis() as u64})),
+            GatewayError::Cancelled => RpcError::new(code::CANCELLED, self.to_string()),
+            GatewayError::Denied(_) => RpcError::new(code::FORBIDDEN, self.to_string()),
+            GatewayError::Withheld { server, tool } => {
+                RpcError::new(code::FORBIDDEN, self.to_string()).with_data(json!({"server": server, "tool": tool}))
+            }
+            GatewayError::Upstream(error) => error.clone(),
+            GatewayError::Lost { server, .. } => {
+                RpcError::new(code::SERVER_UNAVAILABLE, self.to_string()).with_data(json!({ "server": server }))
+            }
+            GatewayError::Audit(_) => RpcError::new(code::AUDIT_UNAVAILABLE, self.to_string()),
+        }
+    }
+
+    fn status(&self) -> ToolStatus {
+        match self {
+            GatewayError::Denied(_) | GatewayError::Withheld { .. } => ToolStatus::Denied,
+            GatewayError::Timeout { .. } => ToolStatus::Timeout,
+            GatewayError::Cancelled => ToolStatus::Cancelled,
+            _ => ToolStatus::Error,
+        }
+    }
+}
+
+/// The gateway: routing table, pins and sessions over the supervision tree.
+pub struct Gateway {
+    pub directory: Arc<Directory>,
+    tree: Tree,
+    routes: ArcSwap<RouteTable>,
+    rebuild: std::sync::Mutex<()>,
+    pub pins: Arc<Pins>,
+    pub sessions: SessionManager,
+    pub audit: Audit,
+}
+
+/// A resolved tool: where it goes and what the permission check needs to know.
+struct Target {
+    server: Arc<str>,
+    upstream: String,
+    annotations: Option<Value>,
+    withheld: bool,
+}
+
+impl Gateway {
+    pub fn new(tree: Tree, pins: Arc<Pins>, sessions: SessionManager, audit: Audit) -> Gateway {
+        Gateway {
+            directory: tree.directory.clone(),
+            tree,
+            routes: ArcSwap::from_pointee(RouteTable {
+                built_for: (u64::MAX, u64::MAX),
+                ..RouteTable::default()
+            }),
+            rebuild: std::sync::Mutex::new(()),
+            pins,
+            sessions,
+            audit,
+        }
+    }
+
+    /// The current routing table, rebuilt first if a catalog or a pin changed.
+    pub fn routes(&self, config: &Config) -> Arc<RouteTable> {
+        let wanted = (self.directory.version(), self.pins.generation());
+        let current = self.routes.load_full();
+        if current.built_for == wanted {
+            return current;
+        }
+        let _one_builder = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.routes.load_full();
+        if current.built_for == wanted {
+            return current;
+        }
+        let table = Arc::new(RouteTable::build(&self.directory, config, &self.pins));
+        self.routes.store(table.clone());
+        table
+    }
+
+    /// Forces the next lookup to rebuild (naming changed in a reloaded profile).
+    pub fn invalidate(&self) {
+        self.routes.store(Arc::new(RouteTable {
+            built_for: (u64::MAX, u64::MAX),
+            ..RouteTable::default()
+        }));
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Listing
+    // -----------------------------------------------------------------------------------
+
+    /// The tools `ctx.principal` may call, as the client should see them.
+    pub async fn list_tools(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+    ) -> Result<Vec<Value>, GatewayError> {
+        match &ctx.scope {
+            Some(server) => {
+                let instance = self.instance(ctx, server).await?;
+                let catalog = instance.catalog();
+                let pin_tools = config.naming.get(&**server).is_none_or(|n| n.pin_tools);
+                Ok(catalog
+                    .tools
+                    .iter()
+                    .filter(|tool| {
+                        let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                        let allowed = policy
+                            .check(
+                                &ctx.principal,
+                                &Permission::CallTool {
+                                    server,
+                                    tool: name,
+                                    annotations: tool.get("annotations"),
+                                },
+                            )
+                            .is_ok();
+                        allowed
+                            && !(pin_tools
+                                && self.pins.check(server, name, tool) == pins::PinCheck::Changed)
+                    })
+                    .cloned()
+                    .collect())
+            }
+            None => {
+                self.start_user_instances(ctx).await;
+                let table = self.routes(config);
+                Ok(table
+                    .tool_order
+                    .iter()
+                    .filter_map(|name| table.tools.get(name))
+                    .filter(|route| !route.withheld)
+                    .filter(|route| {
+                        policy
+                            .check(
+                                &ctx.principal,
+                                &Permission::CallTool {
+                                    server: &route.server,
+                                    tool: &route.upstream,
+                                    annotations: route.annotations(),
+                                },
+                            )
+                            .is_ok()
+                    })
+                    .map(|route| (*route.definition).clone())
+                    .collect())
+            }
+        }
+    }
+
+    /// Per-user servers list the user's own instance: start it so its tools appear.
+    async fn start_user_instances(&self, ctx: &CallContext) {
+        for entry in self.directory.all().iter() {
+            if let Isolation::PerUser { .. } = entry.spec().isolation
+                && entry.user_instance(ctx.principal.user_id()).is_none()
+                && let Ok(instance) = self
+                    .tree
+                    .instance_for(&entry.name, ctx.principal.user_id())
+                    .await
+            {
+                let _ = instance.wait_ready(entry.spec().startup_timeout).await;
+            }
+        }
+    }
+
+    pub async fn list_prompts(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let allowed = |server: &str, prompt: &str| {
+            policy
+                .check(&ctx.principal, &Permission::GetPrompt { server, prompt })
+                .is_ok()
+        };
+        match &ctx.scope {
+            Some(server) => {
+                let catalog = self.instance(ctx, server).await?.catalog();
+                Ok(catalog
+                    .prompts
+                    .iter()
+                    .filter(|p| {
+                        allowed(
+                            server,
+                            p.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        )
+                    })
+                    .cloned()
+                    .collect())
+            }
+            None => {
+                let table = self.routes(config);
+                Ok(table
+                    .prompt_order
+                    .iter()
+                    .filter_map(|name| table.prompts.get(name))
+                    .filter(|route| allowed(&route.server, &route.upstream))
+                    .map(|route| (*route.definition).clone())
+                    .collect())
+            }
+        }
+    }
+
+    /// Resources (`templates: false`) or resource templates (`true`) visible to the caller.
+    pub async fn list_resources(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        templates: bool,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let allowed = |server: &str| {
+            policy
+                .check(&ctx.principal, &Permission::List { server })
+                .is_ok()
+        };
+        match &ctx.scope {
+            Some(server) => {
+                if !allowed(server) {
+                    return Ok(Vec::new());
+                }
+                let catalog = self.instance(ctx, server).await?.catalog();
+                Ok(if templates {
+                    catalog.resource_templates.clone()
+                } else {
+                    catalog.resources.clone()
+                })
+            }
+            None => {
+                let table = self.routes(config);
+                let list = if templates {
+                    &table.template_list
+                } else {
+                    &table.resource_list
+                };
+                Ok(list
+                    .iter()
+                    .filter(|(server, _)| allowed(server))
+                    .map(|(_, item)| item.clone())
+                    .collect())
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // tools/call
+    // -----------------------------------------------------------------------------------
+
+    /// Calls a tool. Always leaves one `mcp_tool_executions` row, and one
+    /// `permission.decision` event once the tool is known.
+    pub async fn call_tool(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        mut params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        let requested = match params.get("name") {
+            Some(Value::String(name)) => name.clone(),
+            _ => {
+                return Err(GatewayError::InvalidParams(
+                    "`name` must be a string naming the tool".into(),
+                ));
+            }
+        };
+        let arguments = params.get("arguments").cloned();
+        if arguments.as_ref().is_some_and(|a| !a.is_object()) {
+            return Err(GatewayError::InvalidParams(
+                "`arguments` must be an object".into(),
+            ));
+        }
+        let mut row = ToolCallRecord {
+            id: Uuid::now_v7(),
+            trace_id: ctx.trace.trace_id_hex(),
+            session_id: ctx.session_id(),
+            user_id: Some(ctx.principal.user_id().to_owned()),
+            client_id: ctx.principal.client_id.clone(),
+            server_name: String::new(),
+            tool_name: String::new(),
+            requested_name: requested.clone(),
+            input: arguments
+                .as_ref()
+                .and_then(|a| serde_json::value::to_raw_value(a).ok()),
+            output: None,
+            status: ToolStatus::Error,
+            error: None,
+            started_at,
+            completed_at: started_at,
+            duration_us: 0,
+        };
+        let outcome = self
+            .call_tool_inner(config, policy, ctx, &requested, &mut params, &mut row)
+            .await;
+        row.completed_at = SystemTime::now();
+        row.duration_us = clock.elapsed().as_micros() as i64;
+        match &outcome {
+            Ok(result) => {
+                row.status = if result_is_error(result) {
+                    ToolStatus::Error
+                } else {
+                    ToolStatus::Success
+                };
+                row.output = Some(result.clone());
+            }
+            Err(error) => {
+                row.status = error.status();
+                row.error = Some(error.to_string());
+            }
+        }
+        if let Err(refused) = self
+            .audit
+            .record(AuditRecord::ToolCall(Box::new(row)))
+            .await
+        {
+            // The call already happened; the refusal is logged loudly (the trail's own
+            // metrics count it) and the client still gets its answer.
+            tracing::error!(error = %refused, "the tool call's audit row was refused");
+        }
+        outcome
+    }
+
+    async fn call_tool_inner(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        requested: &str,
+        params: &mut Map<String, Value>,
+        row: &mut ToolCallRecord,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let target = self.resolve_tool(config, ctx, requested).await?;
+        row.server_name = target.server.to_string();
+        row.tool_name = target.upstream.clone();
+        let decision = policy.check(
+            &ctx.principal,
+            &Permission::CallTool {
+                server: &target.server,
+                tool: &target.upstream,
+                annotations: target.annotations.as_ref(),
+            },
+        );
+        self.record_decision(
+            ctx,
+            &format!("{}/{}", target.server, target.upstream),
+            "tools/call",
+            &decision,
+        )
+        .await?;
+        decision.map_err(GatewayError::Denied)?;
+        if target.withheld {
+            return Err(GatewayError::Withheld {
+                server: target.server.to_string(),
+                tool: target.upstream,
+            });
+        }
+        params.insert("name".into(), Value::from(target.upstream.clone()));
+        let entry = self.entry(&target.server)?;
+        let spec = entry.spec();
+        let timeout = spec
+            .tools
+            .get(&target.upstream)
+            .and_then(|t| t.call_timeout)
+            .unwrap_or(spec.call_timeout);
+        self.forward(
+            ctx,
+            &entry,
+            "tools/call",
+            Some(std::mem::take(params)),
+            timeout,
+        )
+        .await
+    }
+
+    async fn resolve_tool(
+        &self,
+        config: &Config,
+        ctx: &CallContext,
+        requested: &str,
+    ) -> Result<Target, GatewayError> {
+        match &ctx.scope {
+            Some(server) => {
+                let instance = self.instance(ctx, server).await?;
+                let catalog = instance.catalog();
+                let tool = catalog
+                    .tool(requested)
+                    .ok_or_else(|| GatewayError::UnknownTool(requested.to_owned()))?;
+                let pin_tools = config.naming.get(&**server).is_none_or(|n| n.pin_tools);
+                Ok(Target {
+                    server: server.clone(),
+                    upstream: requested.to_owned(),
+                    annotations: tool.get("annotations").cloned(),
+                    withheld: pin_tools
+                        && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
+                })
+            }
+            None => {
+                let table = self.routes(config);
+                let route = table
+                    .tools
+                    .get(requested)
+                    .ok_or_else(|| GatewayError::UnknownTool(requested.to_owned()))?;
+                Ok(Target {
+                    server: route.server.clone(),
+                    upstream: route.upstream.clone(),
+                    annotations: route.annotations().cloned(),
+                    withheld: route.withheld,
+                })
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // resources and prompts
+    // -----------------------------------------------------------------------------------
+
+    pub async fn read_resource(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let uri = params
+            .get("uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GatewayError::InvalidParams("`uri` must be a string".into()))?
+            .to_owned();
+        let server = match &ctx.scope {
+            Some(server) => server.clone(),
+            None => self
+                .routes(config)
+                .resource_server(&uri)
+                .ok_or_else(|| GatewayError::UnknownResource(uri.clone()))?,
+        };
+        let decision = policy.check(
+            &ctx.principal,
+            &Permission::ReadResource {
+                server: &server,
+                uri: &uri,
+            },
+        );
+        self.record_decision(ctx, &format!("{server}/{uri}"), "resources/read", &decision)
+            .await?;
+        decision.map_err(GatewayError::Denied)?;
+        let entry = self.entry(&server)?;
+        let timeout = entry.spec().call_timeout;
+        self.forward(ctx, &entry, "resources/read", Some(params), timeout)
+            .await
+    }
+
+    pub async fn get_prompt(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        mut params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let requested = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                GatewayError::InvalidParams("`name` must be a string naming the prompt".into())
+            })?
+            .to_owned();
+        let (server, upstream) = match &ctx.scope {
+            Some(server) => (server.clone(), requested.clone()),
+            None => {
+                let table = self.routes(config);
+                let route = table
+                    .prompts
+                    .get(&requested)
+                    .ok_or_else(|| GatewayError::UnknownPrompt(requested.clone()))?;
+                (route.server.clone(), route.upstream.clone())
+            }
+        };
+        let decision = policy.check(
+            &ctx.principal,
+            &Permission::GetPrompt {
+                server: &server,
+                prompt: &upstream,
+            },
+        );
+        self.record_decision(
+            ctx,
+            &format!("{server}/{upstream}"),
+            "prompts/get",
+            &decision,
+        )
+        .await?;
+        decision.map_err(GatewayError::Denied)?;
+        params.insert("name".into(), Value::from(upstream));
+        let entry = self.entry(&server)?;
+        let timeout = entry.spec().call_timeout;
+        self.forward(ctx, &entry, "prompts/get", Some(params), timeout)
+            .await
+    }
+
+    /// `completion/complete`: routed by the prompt or resource it completes.
+    pub async fn complete(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        mut params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let reference = params.get("ref").cloned().unwrap_or(Value::Null);
+        let kind = reference
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (server, rewritten) = match (kind, &ctx.scope) {
+            (_, Some(server)) => (server.clone(), None),
+            ("ref/prompt", None) => {
+                let name = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let table = self.routes(config);
+                let route = table
+                    .prompts
+                    .get(name)
+                    .ok_or_else(|| GatewayError::UnknownPrompt(name.to_owned()))?;
+                (route.server.clone(), Some(route.upstream.clone()))
+            }
+            ("ref/resource", None) => {
+                let uri = reference
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let server = self
+                    .routes(config)
+                    .resource_server(uri)
+                    .ok_or_else(|| GatewayError::UnknownResource(uri.to_owned()))?;
+                (server, None)
+            }
+            _ => {
+                return Err(GatewayError::InvalidParams(
+                    "`ref.type` must be `ref/prompt` or `ref/resource`".into(),
+                ));
+            }
+        };
+        let decision = policy.check(&ctx.principal, &Permission::List { server: &server });
+        decision.map_err(GatewayError::Denied)?;
+        if let (Some(upstream), Some(Value::Object(reference))) = (rewritten, params.get_mut("ref"))
+        {
+            reference.insert("name".into(), Value::from(upstream));
+        }
+        let entry = self.entry(&server)?;
+        let timeout = entry.spec().call_timeout;
+        self.forward(ctx, &entry, "completion/complete", Some(params), timeout)
+            .await
+    }
+
+    // -----------------------------------------------------------------------------------
+    // plumbing
+    // -----------------------------------------------------------------------------------
+
+    fn entry(&self, server: &str) -> Result<Arc<ServerEntry>, GatewayError> {
+        self.directory
+            .get(server)
+            .ok_or_else(|| GatewayError::UnknownServer(server.to_owned()))
+    }
+
+    /// The instance serving this caller: the shared one, or the caller's own.
+    async fn instance(
+        &self,
+        ctx: &CallContext,
+        server: &str,
+    ) -> Result<Arc<Instance>, GatewayError> {
+        let entry = self.entry(server)?;
+        match entry.spec().isolation {
+            Isolation::Shared => Ok(entry.shared().clone()),
+            Isolation::PerUser { .. } => {
+                let instance = match entry.user_instance(ctx.principal.user_id()) {
+                    Some(instance) => instance,
+                    None => self
+                        .tree
+                        .instance_for(server, ctx.principal.user_id())
+                        .await
+                        .map_err(|e| GatewayError::NotReady {
+                            server: server.to_owned(),
+                            state: "unavailable".into(),
+                            detail: Some(e.to_string()),
+                        })?,
+                };
+                instance
+                    .wait_ready(entry.spec().startup_timeout)
+                    .await
+                    .map_err(|status| GatewayError::NotReady {
+                        server: server.to_owned(),
+                        state: status.state.as_str().to_owned(),
+                        detail: status.last_error.clone(),
+                    })?;
+                Ok(instance)
+            }
+        }
+    }
+
+    /// Sends a request to the instance serving `ctx`, within the server's concurrency
+    /// bound and `timeout`.
+    async fn forward(
+        &self,
+        ctx: &CallContext,
+        entry: &ServerEntry,
+        method: &str,
+        params: Option<Map<String, Value>>,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let server = entry.name.to_string();
+        let instance = self.instance(ctx, &server).await?;
+        let not_ready = |instance: &Instance| {
+            let status = instance.status();
+            GatewayError::NotReady {
+                server: server.clone(),
+                state: status.state.as_str().to_owned(),
+                detail: status.last_error.clone(),
+            }
+        };
+        if instance.connection().is_none() {
+            return Err(not_ready(&instance));
+        }
+        let deadline = Instant::now() + timeout;
+        let _permit = entry.limiter.acquire(timeout).await.map_err(|e| match e {
+            LimitError::Full {
+                max_concurrent,
+                max_queued,
+            } => GatewayError::Overloaded {
+                server: server.clone(),
+                max_concurrent,
+                max_queued,
+            },
+            LimitError::TimedOut => GatewayError::Timeout {
+                server: server.clone(),
+                method: method.to_owned(),
+                after: timeout,
+            },
+        })?;
+        // The instance may have stopped while this call waited for a slot.
+        let connection = instance.connection().ok_or_else(|| not_ready(&instance))?;
+        instance.touch();
+        let options = CallOptions {
+            timeout: Some(deadline.saturating_duration_since(Instant::now())),
+            sink: ctx.sink.clone(),
+            session: ctx.session.as_ref().map(|s| Arc::from(s.id.as_str())),
+            cancel: Some(ctx.cancel.clone()),
+        };
+        connection
+            .call(method, params, options)
+            .await
+            .map_err(|e| match e {
+                CallError::Rpc(error) => GatewayError::Upstream(error),
+                CallError::Timeout(_) => GatewayError::Timeout {
+                    server: server.clone(),
+                    method: method.to_owned(),
+                    after: timeout,
+                },
+                CallError::Cancelled => GatewayError::Cancelled,
+                CallError::Closed(reason) | CallError::Send(reason) => GatewayError::Lost {
+                    server: server.clone(),
+                    reason,
+                },
+            })
+    }
+
+    /// Records a permission decision. When the trail refuses it (`fail_closed` with a
+    /// full spool), the governed request is refused too.
+    async fn record_decision(
+        &self,
+        ctx: &CallContext,
+        subject: &str,
+        action: &str,
+        decision: &Result<(), Denial>,
+    ) -> Result<(), GatewayError> {
+        let mut event = AuditEvent::new("permission.decision", actor_kind(&ctx.principal));
+        event.trace_id = Some(ctx.trace.trace_id_hex());
+        event.actor_id = Some(ctx.principal.user_id().to_owned());
+        event.subject = Some(subject.to_owned());
+        event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
+        event.reason = decision.as_ref().err().map(|d| d.to_string());
+        event.attributes = json!({
+            "action": action,
+            "client_id": ctx.principal.client_id,
+            "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
+            "scopes": ctx.principal.scopes.to_header_value(),
+            "roles": ctx.principal.roles,
+            "issuer": ctx.principal.issuer,
+        });
+        self.audit
+            .record(AuditRecord::Event(Box::new(event)))
+            .await
+            .map_err(GatewayError::Audit)
+    }
+}
+
+fn actor_kind(principal: &Principal) -> &'static str {
+    match principal.kind {
+        crate::auth::PrincipalKind::Service => "client",
+        _ => "user",
+    }
+}
+
+/// True when a tool result reports failure (`"isError": true`). The substring test keeps
+/// the common case free of a parse.
+pub fn result_is_error(result: &RawValue) -> bool {
+    let text = result.get();
+    if !text.contains("\"isError\"") {
+        return false;
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("isError").and_then(Value::as_bool))
+        .unwrap_or(false)
+}

@@ -1,0 +1,1238 @@
+//! The MCP endpoint clients connect to: `/mcp` (every permitted tool of every server, as
+//! `{server}__{tool}`) and `/mcp/{server}` (one server, names untouched), over streamable
+//! HTTP in both protocol eras.
+//!
+//! - **Handshake era** (2024-11-05 … 2025-11-25): `initialize` creates a session (an
+//!   actor) and answers `Mcp-Session-Id`; later requests carry it (missing → 400, unknown
+//!   → 404) and `MCP-Protocol-Version` (unsupported → 400). `GET` opens the session's
+//!   notification stream (resumable with `Last-Event-ID`); `DELETE` ends the session.
+//! - **Stateless era** (2026-07-28): no session; every request carries
+//!   `_meta["io.modelcontextprotocol/protocolVersion"]` and client capabilities, and the
+//!   `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers must agree with the body
+//!   (-32020, HTTP 400); `server/discover` describes Warden.
+//!
+//! Checks before any parsing: `Host` and `Origin` against the profile's allow-lists
+//! (403), the body size (413) and nesting depth (400). Then authentication (401 with
+//! `WWW-Authenticate` naming the protected-resource metadata), then the gateway.
+//!
+//! Every request's call runs in its own task, so a client that disconnects mid-call
+//! cancels the upstream request and still leaves an audit row. A request is answered as
+//! JSON unless the upstream sends something (progress, a log line, a sampling request)
+//! before its result; then the answer becomes an SSE stream carrying those first.
+
+// Handlers here build complete responses on every early exit; a `Response` as the error
+// type is the point, and boxing it would only add an allocation per refusal.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::stream::{self, Stream, StreamExt};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warden_actors::jsonrpc::{self, RpcError, code};
+use warden_actors::trace::TraceContext;
+use warden_actors::upstream::Upcall;
+
+use super::AppState;
+use super::error::{ApiError, www_authenticate};
+use super::jsonlimits::exceeds_depth;
+use crate::auth::{AuthRejection, Principal, bearer_token};
+use crate::config::Config;
+use crate::gateway::session::{NewSession, Session};
+use crate::gateway::{CallContext, GatewayError};
+use crate::policy::{Permission, PolicyEngine};
+
+/// Revisions reachable with the `initialize` handshake, oldest first.
+pub const HANDSHAKE_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// The stateless revision.
+pub const MODERN_VERSION: &str = "2026-07-28";
+const LATEST_HANDSHAKE: &str = "2025-11-25";
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+const HEADER_MISMATCH: i64 = -32020;
+/// Capacity of a call's upcall channel (progress notifications beyond it are counted
+/// and dropped; server→client requests wait).
+const UPCALL_BUFFER: usize = 64;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/mcp",
+            post(post_aggregate)
+                .get(get_aggregate)
+                .delete(delete_aggregate),
+        )
+        .route(
+            "/mcp/{server}",
+            post(post_server).get(get_server).delete(delete_server),
+        )
+}
+
+async fn post_aggregate(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    handle_post(app, None, headers, body).await
+}
+
+async fn post_server(
+    State(app): State<AppState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle_post(app, Some(server), headers, body).await
+}
+
+async fn get_aggregate(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    handle_get(app, None, headers).await
+}
+
+async fn get_server(
+    State(app): State<AppState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    handle_get(app, Some(server), headers).await
+}
+
+async fn delete_aggregate(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    handle_delete(app, None, headers).await
+}
+
+async fn delete_server(
+    State(app): State<AppState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    handle_delete(app, Some(server), headers).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------------------
+
+/// A JSON-RPC error answer with its HTTP status.
+fn rpc_error(status: StatusCode, id: Option<&Value>, error: RpcError) -> Response {
+    let id = id.map_or_else(|| "null".to_owned(), Value::to_string);
+    let mut body = Vec::with_capacity(128);
+    jsonrpc::write_error(&mut body, &id, &error);
+    json_response(status, body)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn auth_failure(app: &AppState, rejection: AuthRejection, id: Option<&Value>) -> Response {
+    let error = ApiError::Unauthorized {
+        rejection: rejection.clone(),
+        resource_metadata: app.resource_metadata_url(),
+    };
+    let mut response = rpc_error(
+        StatusCode::UNAUTHORIZED,
+        id,
+        RpcError::new(
+            code::FORBIDDEN,
+            format!("authentication required: {rejection}"),
+        ),
+    );
+    if let Some(value) = www_authenticate(&error).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn scope_failure(app: &AppState, error: &GatewayError, id: Option<&Value>) -> Response {
+    let GatewayError::Denied(denial) = error else {
+        return rpc_error(StatusCode::OK, id, error.to_rpc());
+    };
+    let api = ApiError::Forbidden {
+        denial: denial.clone(),
+        resource_metadata: app.resource_metadata_url(),
+    };
+    let mut response = rpc_error(StatusCode::FORBIDDEN, id, error.to_rpc());
+    if let Some(value) = www_authenticate(&api).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Host` must be one Warden answers to, and a browser `Origin` one the profile allows
+/// (DNS-rebinding protection).
+fn check_host_and_origin(config: &Config, headers: &HeaderMap) -> Result<(), Response> {
+    if let Some(host) = header_str(headers, "host") {
+        let name = if host.starts_with('[') {
+            host.split_inclusive(']').next().unwrap_or(host)
+        } else {
+            host.split(':').next().unwrap_or(host)
+        };
+        if !config
+            .server
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(name))
+        {
+            return Err(rpc_error(
+                StatusCode::FORBIDDEN,
+                None,
+                RpcError::new(
+                    code::INVALID_REQUEST,
+                    format!("Host `{name}` is not allowed (server.allowed_hosts)"),
+                ),
+            ));
+        }
+    }
+    if let Some(origin) = header_str(headers, "origin") {
+        let same_origin = origin.eq_ignore_ascii_case(&config.server.public_url);
+        if !same_origin
+            && !config
+                .server
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+        {
+            return Err(rpc_error(
+                StatusCode::FORBIDDEN,
+                None,
+                RpcError::new(
+                    code::INVALID_REQUEST,
+                    format!("Origin `{origin}` is not allowed (server.allowed_origins)"),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    RpcError::new(
+                        code::INVALID_REQUEST,
+                        format!("request body larger than {limit} bytes (server.max_body_bytes)"),
+                    ),
+                ))
+            } else {
+                Err(rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    RpcError::new(
+                        code::PARSE_ERROR,
+                        format!("could not read the request body: {error}"),
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// One JSON-RPC message from a client.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    jsonrpc: Option<String>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+fn trace_of(headers: &HeaderMap) -> TraceContext {
+    header_str(headers, "traceparent")
+        .and_then(TraceContext::parse)
+        .map(|parent| parent.child())
+        .unwrap_or_else(TraceContext::generate)
+}
+
+fn with_trace(mut response: Response, trace: &TraceContext) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// POST
+// ---------------------------------------------------------------------------------------
+
+/// How a request is being served.
+enum Era {
+    /// In a handshake-era session.
+    Session(Arc<Session>),
+    /// A 2026-07-28 request on its own.
+    Stateless { capabilities: Value },
+    /// `initialize`, before the session exists.
+    Initialize,
+}
+
+async fn handle_post(
+    app: AppState,
+    scope: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let config = app.config.load_full();
+    if let Err(response) = check_host_and_origin(&config, &headers) {
+        return response;
+    }
+    let body = match read_body(body, config.server.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if exceeds_depth(&body, config.server.max_json_depth) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            RpcError::new(
+                code::INVALID_REQUEST,
+                format!(
+                    "JSON nested deeper than {} levels (server.max_json_depth)",
+                    config.server.max_json_depth
+                ),
+            ),
+        );
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            RpcError::new(
+                code::INVALID_REQUEST,
+                "JSON-RPC batches are not supported; send one message per request",
+            ),
+        );
+    }
+    let message: Incoming = match serde_json::from_slice(&body) {
+        Ok(message) => message,
+        Err(error) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                RpcError::new(
+                    code::PARSE_ERROR,
+                    format!("the body is not a JSON-RPC message: {error}"),
+                ),
+            );
+        }
+    };
+    if message.jsonrpc.as_deref() != Some("2.0") {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            message.id.as_ref(),
+            RpcError::new(code::INVALID_REQUEST, "`jsonrpc` must be \"2.0\""),
+        );
+    }
+    let trace = trace_of(&headers);
+    let bearer = bearer_token(header_str(&headers, "authorization"));
+    let principal = match app.authenticator.authenticate(bearer).await {
+        Ok(principal) => principal,
+        Err(rejection) => {
+            return with_trace(auth_failure(&app, rejection, message.id.as_ref()), &trace);
+        }
+    };
+    if let Some(server) = &scope
+        && app.gateway.directory.get(server).is_none()
+    {
+        return with_trace(
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                message.id.as_ref(),
+                RpcError::new(code::INVALID_PARAMS, format!("no server named `{server}`")),
+            ),
+            &trace,
+        );
+    }
+    let era = match classify(&app, &scope, &headers, &message, &principal) {
+        Ok(era) => era,
+        Err(response) => return with_trace(response, &trace),
+    };
+    if let Era::Session(session) = &era {
+        session.touch();
+    }
+    let response = match (&message.method, &message.id) {
+        (Some(method), Some(id)) if !id.is_null() => {
+            let params = match &message.params {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(map)) => map.clone(),
+                Some(_) => {
+                    return with_trace(
+                        rpc_error(
+                            StatusCode::OK,
+                            Some(id),
+                            RpcError::new(code::INVALID_PARAMS, "`params` must be an object"),
+                        ),
+                        &trace,
+                    );
+                }
+            };
+            request(
+                app.clone(),
+                config,
+                scope,
+                era,
+                principal,
+                trace,
+                id.clone(),
+                method.clone(),
+                params,
+                &headers,
+            )
+            .await
+        }
+        (Some(method), _) => notification(&era, method, message.params.as_ref()),
+        (None, Some(id)) if message.result.is_some() || message.error.is_some() => {
+            answer(&era, id, message.result, message.error)
+        }
+        _ => rpc_error(
+            StatusCode::BAD_REQUEST,
+            message.id.as_ref(),
+            RpcError::new(
+                code::INVALID_REQUEST,
+                "not a request, notification or response",
+            ),
+        ),
+    };
+    with_trace(response, &trace)
+}
+
+/// Decides the protocol era and validates its headers.
+fn classify(
+    app: &AppState,
+    scope: &Option<String>,
+    headers: &HeaderMap,
+    message: &Incoming,
+    principal: &Principal,
+) -> Result<Era, Response> {
+    let id = message.id.as_ref();
+    let version_header = header_str(headers, "mcp-protocol-version");
+    let meta = message.params.as_ref().and_then(|p| p.get("_meta"));
+    let meta_version = meta.and_then(|m| m.get(META_VERSION));
+    let session_header = header_str(headers, "mcp-session-id");
+    let modern = version_header == Some(MODERN_VERSION)
+        || (session_header.is_none() && meta_version.is_some());
+    if message.method.as_deref() == Some("initialize") && !modern {
+        return Ok(Era::Initialize);
+    }
+    if modern {
+        return stateless(headers, message, meta, meta_version)
+            .map(|capabilities| Era::Stateless { capabilities });
+    }
+    let Some(session_id) = session_header else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            RpcError::new(
+                code::INVALID_REQUEST,
+                "missing Mcp-Session-Id header: send `initialize` first, or use protocol 2026-07-28 with per-request `_meta`",
+            ),
+        ));
+    };
+    let session = app
+        .gateway
+        .sessions
+        .table
+        .get(session_id)
+        .filter(|s| {
+            s.principal.subject == principal.subject && s.scope.as_deref() == scope.as_deref()
+        })
+        .ok_or_else(|| {
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                id,
+                RpcError::new(
+                    code::INVALID_REQUEST,
+                    "unknown or expired session; initialize a new one",
+                ),
+            )
+        })?;
+    if let Some(version) = version_header
+        && version != session.protocol_version
+        && !HANDSHAKE_VERSIONS.contains(&version)
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            RpcError::new(
+                code::INVALID_REQUEST,
+                format!(
+                    "unsupported MCP-Protocol-Version `{version}`; this session speaks {}",
+                    session.protocol_version
+                ),
+            ),
+        ));
+    }
+    Ok(Era::Session(session))
+}
+
+/// The 2026-07-28 validation ladder: envelope keys, then header agreement, then version.
+fn stateless(
+    headers: &HeaderMap,
+    message: &Incoming,
+    meta: Option<&Value>,
+    meta_version: Option<&Value>,
+) -> Result<Value, Response> {
+    let id = message.id.as_ref();
+    let bad = |status, code, text: String| Err(rpc_error(status, id, RpcError::new(code, text)));
+    let Some(meta) = meta.and_then(Value::as_object) else {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_PARAMS,
+            format!(
+                "params._meta must be an object carrying `{META_VERSION}` and `{META_CAPABILITIES}`"
+            ),
+        );
+    };
+    let missing: Vec<&str> = [META_VERSION, META_CAPABILITIES]
+        .into_iter()
+        .filter(|key| !meta.contains_key(*key))
+        .collect();
+    if !missing.is_empty() && message.method.is_some() && message.id.is_some() {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_PARAMS,
+            format!("params._meta is missing {}", missing.join(", ")),
+        );
+    }
+    let version = meta_version.and_then(Value::as_str);
+    if header_str(headers, "mcp-protocol-version") != version {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match params._meta's protocol version".into(),
+        );
+    }
+    if header_str(headers, "mcp-method") != message.method.as_deref() {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            "Mcp-Method header does not match the request's method".into(),
+        );
+    }
+    let name_key = match message.method.as_deref() {
+        Some("tools/call") | Some("prompts/get") => Some("name"),
+        Some("resources/read") => Some("uri"),
+        _ => None,
+    };
+    if let Some(key) = name_key
+        && let Some(body_value) = message
+            .params
+            .as_ref()
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str)
+        && decode_header_value(header_str(headers, "mcp-name")).as_deref() != Some(body_value)
+    {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            format!("Mcp-Name header does not match the request's `{key}`"),
+        );
+    }
+    if version != Some(MODERN_VERSION) {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            RpcError::new(
+                code::UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+            )
+            .with_data(json!({
+                "supported": [MODERN_VERSION],
+                "requested": version,
+            })),
+        ));
+    }
+    Ok(meta
+        .get(META_CAPABILITIES)
+        .cloned()
+        .unwrap_or_else(|| json!({})))
+}
+
+/// `Mcp-Name` values may be sent as `=?base64?…?=` when they are not plain ASCII.
+fn decode_header_value(value: Option<&str>) -> Option<String> {
+    use base64::Engine as _;
+    let value = value?;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(payload) => base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok()),
+        None => Some(value.to_owned()),
+    }
+}
+
+fn notification(era: &Era, method: &str, params: Option<&Value>) -> Response {
+    if let ("notifications/cancelled", Era::Session(session)) = (method, era)
+        && let Some(request_id) = params.and_then(|p| p.get("requestId"))
+    {
+        session.cancel_request(&request_id.to_string());
+    }
+    accepted()
+}
+
+fn answer(era: &Era, id: &Value, result: Option<Value>, error: Option<RpcError>) -> Response {
+    if let Era::Session(session) = era
+        && let Some(id) = id.as_str()
+    {
+        let outcome = match error {
+            Some(error) => Err(error),
+            None => Ok(result.unwrap_or(Value::Null)),
+        };
+        session.deliver_answer(id, outcome);
+    }
+    accepted()
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// The capabilities Warden offers on `scope`: what the upstreams really support.
+fn capabilities(app: &AppState, scope: &Option<String>) -> Value {
+    let catalogs: Vec<_> = app
+        .gateway
+        .directory
+        .all()
+        .iter()
+        .filter(|e| scope.as_deref().is_none_or(|s| s == &*e.name))
+        .filter_map(|e| crate::gateway::routes::catalog_of(e))
+        .collect();
+    let any = |key: &str| catalogs.iter().any(|c| c.capabilities.get(key).is_some());
+    let mut capabilities = json!({ "tools": { "listChanged": true } });
+    if any("resources") || scope.is_none() {
+        let subscribe = catalogs
+            .iter()
+            .any(|c| c.capabilities.pointer("/resources/subscribe") == Some(&Value::Bool(true)));
+        capabilities["resources"] = json!({ "listChanged": true, "subscribe": subscribe });
+    }
+    if any("prompts") || scope.is_none() {
+        capabilities["prompts"] = json!({ "listChanged": true });
+    }
+    if any("completions") {
+        capabilities["completions"] = json!({});
+    }
+    capabilities["logging"] = json!({});
+    capabilities
+}
+
+fn server_info() -> Value {
+    json!({ "name": "warden", "title": "Warden", "version": crate::VERSION })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    app: AppState,
+    config: Arc<Config>,
+    scope: Option<String>,
+    era: Era,
+    principal: Arc<Principal>,
+    trace: TraceContext,
+    id: Value,
+    method: String,
+    params: Map<String, Value>,
+    headers: &HeaderMap,
+) -> Response {
+    let modern = matches!(era, Era::Stateless { .. });
+    let ok = |result: Value| result_response(&id, &result_text(result), &trace, modern);
+    match method.as_str() {
+        "initialize" => return initialize(&app, scope, principal, &id, &params, &trace).await,
+        "ping" => return ok(json!({})),
+        "server/discover" => {
+            return ok(json!({
+                "supportedVersions": [MODERN_VERSION],
+                "capabilities": capabilities(&app, &scope),
+                "serverInfo": server_info(),
+                "ttlMs": 60_000,
+                "cacheScope": "private",
+            }));
+        }
+        "logging/setLevel" => {
+            if let Era::Session(session) = &era
+                && let Ok(mut level) = session.log_level.lock()
+            {
+                *level = params
+                    .get("level")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            return ok(json!({}));
+        }
+        "resources/subscribe" | "resources/unsubscribe" => return ok(json!({})),
+        _ => {}
+    }
+    let session = match &era {
+        Era::Session(session) => Some(session.clone()),
+        _ => None,
+    };
+    let client_capabilities = match &era {
+        Era::Session(session) => session.client_capabilities.clone(),
+        Era::Stateless { capabilities } => capabilities.clone(),
+        Era::Initialize => Value::Null,
+    };
+    let accepts_sse = header_str(headers, "accept")
+        .is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
+    let (sink, upcalls) = if accepts_sse {
+        let (sink, upcalls) = mpsc::channel(UPCALL_BUFFER);
+        (Some(sink), Some(upcalls))
+    } else {
+        (None, None)
+    };
+    let cancel = match &session {
+        Some(session) => session.begin_request(&id.to_string()),
+        None => CancellationToken::new(),
+    };
+    let ctx = CallContext {
+        principal,
+        session: session.clone(),
+        trace,
+        scope: scope.as_deref().map(Arc::from),
+        sink,
+        cancel: cancel.clone(),
+    };
+    let policy = app.policy.load_full();
+    let task_app = app.clone();
+    let call = tokio::spawn(async move {
+        let gateway = &task_app.gateway;
+        let outcome = match method.as_str() {
+            "tools/list" => gateway
+                .list_tools(&config, &policy, &ctx)
+                .await
+                .map(|tools| result_text(json!({ "tools": tools }))),
+            "tools/call" => gateway.call_tool(&config, &policy, &ctx, params).await,
+            "prompts/list" => gateway
+                .list_prompts(&config, &policy, &ctx)
+                .await
+                .map(|prompts| result_text(json!({ "prompts": prompts }))),
+            "prompts/get" => gateway.get_prompt(&config, &policy, &ctx, params).await,
+            "resources/list" => gateway
+                .list_resources(&config, &policy, &ctx, false)
+                .await
+                .map(|resources| result_text(json!({ "resources": resources }))),
+            "resources/templates/list" => gateway
+                .list_resources(&config, &policy, &ctx, true)
+                .await
+                .map(|templates| result_text(json!({ "resourceTemplates": templates }))),
+            "resources/read" => gateway.read_resource(&config, &policy, &ctx, params).await,
+            "completion/complete" => gateway.complete(&config, &policy, &ctx, params).await,
+            other => Err(GatewayError::Upstream(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("method `{other}` is not supported by Warden"),
+            ))),
+        };
+        // The sink closes here, which ends an SSE answer after the result.
+        drop(ctx);
+        outcome
+    });
+    let finish = RequestGuard {
+        session: session.clone(),
+        id: id.to_string(),
+        cancel,
+    };
+    respond(
+        app,
+        call,
+        upcalls,
+        finish,
+        session,
+        client_capabilities,
+        id,
+        trace,
+        modern,
+    )
+    .await
+}
+
+/// Cancels the call if the client goes away before the answer, and unregisters it.
+struct RequestGuard {
+    session: Option<Arc<Session>>,
+    id: String,
+    cancel: CancellationToken,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(session) = &self.session {
+            session.end_request(&self.id);
+        }
+    }
+}
+
+type CallTask = tokio::task::JoinHandle<Result<Box<RawValue>, GatewayError>>;
+
+/// Waits for the result; switches to SSE if the upstream sends anything first.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    app: AppState,
+    mut call: CallTask,
+    upcalls: Option<mpsc::Receiver<Upcall>>,
+    guard: RequestGuard,
+    session: Option<Arc<Session>>,
+    client_capabilities: Value,
+    id: Value,
+    trace: TraceContext,
+    modern: bool,
+) -> Response {
+    let Some(mut upcalls) = upcalls else {
+        let outcome = (&mut call).await;
+        drop(guard);
+        return finish(&app, outcome, &id, &trace, modern);
+    };
+    let first = tokio::select! {
+        biased;
+        outcome = &mut call => {
+            drop(guard);
+            return finish(&app, outcome, &id, &trace, modern);
+        }
+        upcall = upcalls.recv() => upcall,
+    };
+    let Some(first) = first else {
+        let outcome = (&mut call).await;
+        drop(guard);
+        return finish(&app, outcome, &id, &trace, modern);
+    };
+    // Something arrived before the result: answer with an event stream.
+    let state = SseState {
+        call: Some(call),
+        upcalls,
+        pending: Some(first),
+        session,
+        client_capabilities,
+        id,
+        trace,
+        modern,
+        guard: Some(guard),
+    };
+    let events = stream::unfold(state, next_event);
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+struct SseState {
+    call: Option<CallTask>,
+    upcalls: mpsc::Receiver<Upcall>,
+    pending: Option<Upcall>,
+    session: Option<Arc<Session>>,
+    client_capabilities: Value,
+    id: Value,
+    trace: TraceContext,
+    modern: bool,
+    guard: Option<RequestGuard>,
+}
+
+async fn next_event(mut state: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
+    loop {
+        if let Some(upcall) = state.pending.take() {
+            if let Some(event) = upcall_event(&state, upcall) {
+                return Some((Ok(event), state));
+            }
+            continue;
+        }
+        let call = state.call.as_mut()?;
+        tokio::select! {
+            biased;
+            upcall = state.upcalls.recv() => {
+                if let Some(upcall) = upcall {
+                    state.pending = Some(upcall);
+                    continue;
+                }
+                // The call dropped its sink: only the result is left.
+                let outcome = call.await;
+                return Some((Ok(final_event(outcome, &state)), finish_state(state)));
+            }
+            outcome = &mut *call => {
+                // Deliver anything queued before the result, then the result itself.
+                while let Ok(upcall) = state.upcalls.try_recv() {
+                    if let Some(event) = upcall_event(&state, upcall) {
+                        let result = final_event(outcome, &state);
+                        let mut bytes = event.to_vec();
+                        bytes.extend_from_slice(&result);
+                        return Some((Ok(Bytes::from(bytes)), finish_state(state)));
+                    }
+                }
+                return Some((Ok(final_event(outcome, &state)), finish_state(state)));
+            }
+        }
+    }
+}
+
+fn finish_state(mut state: SseState) -> SseState {
+    state.call = None;
+    state.guard = None;
+    state
+}
+
+fn sse_bytes(data: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(data.len() + 24);
+    event.extend_from_slice(b"event: message\ndata: ");
+    event.extend_from_slice(data);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+fn upcall_event(state: &SseState, upcall: Upcall) -> Option<Bytes> {
+    match upcall {
+        Upcall::Notification { method, params } => {
+            let mut frame = Vec::new();
+            jsonrpc::write_notification(&mut frame, &method, Some(&params.to_string()));
+            Some(sse_bytes(&frame))
+        }
+        Upcall::Request {
+            method,
+            params,
+            reply,
+        } => {
+            let capability = match method.as_str() {
+                "sampling/createMessage" => "sampling",
+                "elicitation/create" => "elicitation",
+                "roots/list" => "roots",
+                _ => "",
+            };
+            let Some(session) = state
+                .session
+                .as_ref()
+                .filter(|_| state.client_capabilities.get(capability).is_some())
+            else {
+                let _ = reply.send(Err(RpcError::new(
+                    code::METHOD_NOT_FOUND,
+                    format!("the client does not support `{method}`"),
+                )));
+                return None;
+            };
+            let request_id = session.expect_answer(reply);
+            let mut frame = Vec::new();
+            jsonrpc::write_request(
+                &mut frame,
+                &Value::from(request_id).to_string(),
+                &method,
+                Some(&params.to_string()),
+            );
+            Some(sse_bytes(&frame))
+        }
+    }
+}
+
+fn final_event(
+    outcome: Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>,
+    state: &SseState,
+) -> Bytes {
+    let mut frame = Vec::new();
+    match flatten(outcome) {
+        Ok(result) => {
+            let result = decorate(result.get(), &state.trace, state.modern);
+            jsonrpc::write_result(&mut frame, &state.id.to_string(), &result);
+        }
+        Err(error) => jsonrpc::write_error(&mut frame, &state.id.to_string(), &error.to_rpc()),
+    }
+    sse_bytes(&frame)
+}
+
+fn flatten(
+    outcome: Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>,
+) -> Result<Box<RawValue>, GatewayError> {
+    outcome.unwrap_or_else(|join| {
+        Err(GatewayError::Upstream(RpcError::new(
+            code::INTERNAL_ERROR,
+            format!("the request failed inside Warden: {join}"),
+        )))
+    })
+}
+
+fn finish(
+    app: &AppState,
+    outcome: Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>,
+    id: &Value,
+    trace: &TraceContext,
+    modern: bool,
+) -> Response {
+    match flatten(outcome) {
+        Ok(result) => result_response(id, &result, trace, modern),
+        Err(error @ GatewayError::Denied(_)) => scope_failure(app, &error, Some(id)),
+        Err(error) => {
+            let status = if modern && error.to_rpc().code == code::METHOD_NOT_FOUND {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            };
+            rpc_error(status, Some(id), error.to_rpc())
+        }
+    }
+}
+
+fn result_text(value: Value) -> Box<RawValue> {
+    // Serialising a Value cannot fail.
+    serde_json::value::to_raw_value(&value)
+        .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_default())
+}
+
+/// Adds `_meta.traceparent` (and `resultType` for the stateless era) to a result.
+fn decorate(result: &str, trace: &TraceContext, modern: bool) -> String {
+    let mut text = jsonrpc::add_meta(result, "traceparent", &Value::from(trace.header()))
+        .unwrap_or_else(|| result.to_owned());
+    if modern && !text.contains("\"resultType\"") && text.trim_start().starts_with('{') {
+        let body = text.trim_start()[1..].trim_start().to_owned();
+        text = if body.starts_with('}') {
+            format!("{{\"resultType\":\"complete\"{body}")
+        } else {
+            format!("{{\"resultType\":\"complete\",{body}")
+        };
+    }
+    text
+}
+
+fn result_response(id: &Value, result: &RawValue, trace: &TraceContext, modern: bool) -> Response {
+    let result = decorate(result.get(), trace, modern);
+    let mut body = Vec::with_capacity(result.len() + 48);
+    jsonrpc::write_result(&mut body, &id.to_string(), &result);
+    json_response(StatusCode::OK, body)
+}
+
+async fn initialize(
+    app: &AppState,
+    scope: Option<String>,
+    principal: Arc<Principal>,
+    id: &Value,
+    params: &Map<String, Value>,
+    trace: &TraceContext,
+) -> Response {
+    let requested = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(LATEST_HANDSHAKE);
+    let version = if HANDSHAKE_VERSIONS.contains(&requested) {
+        requested
+    } else {
+        LATEST_HANDSHAKE
+    };
+    let policy = app.policy.load();
+    if let Some(server) = &scope
+        && let Err(denial) = policy.check(&principal, &Permission::List { server })
+    {
+        return scope_failure(app, &GatewayError::Denied(denial), Some(id));
+    }
+    let created = app
+        .gateway
+        .sessions
+        .create(NewSession {
+            principal,
+            protocol_version: version.to_owned(),
+            client_info: params.get("clientInfo").cloned().unwrap_or(Value::Null),
+            client_capabilities: params
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+            scope: scope.clone(),
+        })
+        .await;
+    let session = match created {
+        Ok(session) => session,
+        Err(message) => {
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(id),
+                RpcError::new(code::SERVER_UNAVAILABLE, message),
+            );
+        }
+    };
+    let instructions = scope.as_ref().and_then(|server| {
+        app.gateway
+            .directory
+            .get(server)
+            .and_then(|e| crate::gateway::routes::catalog_of(&e))
+            .and_then(|c| c.instructions.clone())
+    });
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(app, &scope),
+        "serverInfo": server_info(),
+    });
+    if let Some(instructions) = instructions {
+        result["instructions"] = Value::from(instructions);
+    }
+    let mut response = result_response(id, &result_text(result), trace, false);
+    if let Ok(value) = HeaderValue::from_str(&session.id) {
+        response.headers_mut().insert("mcp-session-id", value);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// GET and DELETE
+// ---------------------------------------------------------------------------------------
+
+async fn session_of(
+    app: &AppState,
+    scope: &Option<String>,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Arc<Session>, Response> {
+    let config = app.config.load_full();
+    check_host_and_origin(&config, headers)?;
+    if header_str(headers, "mcp-protocol-version") == Some(MODERN_VERSION) {
+        return Err(rpc_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            RpcError::new(
+                code::INVALID_REQUEST,
+                format!("{method} is not part of protocol {MODERN_VERSION}"),
+            ),
+        ));
+    }
+    let bearer = bearer_token(header_str(headers, "authorization"));
+    let principal = app
+        .authenticator
+        .authenticate(bearer)
+        .await
+        .map_err(|rejection| auth_failure(app, rejection, None))?;
+    let id = header_str(headers, "mcp-session-id").ok_or_else(|| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            RpcError::new(code::INVALID_REQUEST, "missing Mcp-Session-Id header"),
+        )
+    })?;
+    app.gateway
+        .sessions
+        .table
+        .get(id)
+        .filter(|s| {
+            s.principal.subject == principal.subject && s.scope.as_deref() == scope.as_deref()
+        })
+        .ok_or_else(|| {
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                RpcError::new(code::INVALID_REQUEST, "unknown or expired session"),
+            )
+        })
+}
+
+async fn handle_get(app: AppState, scope: Option<String>, headers: HeaderMap) -> Response {
+    let session = match session_of(&app, &scope, &headers, &Method::GET).await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let last_event_id = header_str(&headers, "last-event-id").and_then(|v| v.parse().ok());
+    let receiver = session.open_stream(last_event_id);
+    let closed = session.closed.clone();
+    let events = stream::unfold((receiver, closed), |(mut receiver, closed)| async move {
+        tokio::select! {
+            item = receiver.recv() => {
+                let (id, data) = item?;
+                let event = format!("id: {id}\nevent: message\ndata: {data}\n\n");
+                Some((Ok::<_, Infallible>(Bytes::from(event)), (receiver, closed)))
+            }
+            _ = closed.cancelled() => None,
+        }
+    });
+    // A comment first, so the headers go out at once and the client sees the stream open.
+    let events =
+        stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b": stream open\n\n")) })
+            .chain(events);
+    let mut response = Response::new(Body::from_stream(keep_alive(events)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Interleaves a comment every 15 s so proxies keep an idle stream open.
+fn keep_alive(
+    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let ticks = tokio_stream_interval(std::time::Duration::from_secs(15))
+        .map(|_| Ok(Bytes::from_static(b": keep-alive\n\n")));
+    futures_util::stream::select(
+        events.map(Some).chain(stream::once(async { None })),
+        ticks.map(Some),
+    )
+    .take_while(|item| std::future::ready(item.is_some()))
+    .filter_map(std::future::ready)
+}
+
+fn tokio_stream_interval(period: std::time::Duration) -> impl Stream<Item = ()> + Send + 'static {
+    stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+        |mut interval| async move {
+            interval.tick().await;
+            Some(((), interval))
+        },
+    )
+}
+
+async fn handle_delete(app: AppState, scope: Option<String>, headers: HeaderMap) -> Response {
+    match session_of(&app, &scope, &headers, &Method::DELETE).await {
+        Ok(session) => {
+            app.gateway.sessions.end(&session.id, "ended by the client");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// Tells sessions that can see `server` that its list of `kind` changed.
+pub fn announce_list_changed(app: &AppState, server: &str, kind: &str) {
+    let method = format!("notifications/{kind}/list_changed");
+    let mut frame = Vec::new();
+    jsonrpc::write_notification(&mut frame, &method, None);
+    let data: Arc<str> = Arc::from(String::from_utf8_lossy(&frame).as_ref());
+    let policy = app.policy.load_full();
+    app.gateway.sessions.broadcast(data, |session| {
+        session.scope.as_deref().is_none_or(|s| s == server)
+            && policy_allows(&policy, &session.principal, server)
+    });
+}
+
+fn policy_allows(policy: &PolicyEngine, principal: &Principal, server: &str) -> bool {
+    policy
+        .check(principal, &Permission::List { server })
+        .is_ok()
+}
