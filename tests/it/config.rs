@@ -100,8 +100,14 @@ fn config_check_names_an_unset_variable_and_honours_defaults_and_escapes() {
     );
 
     let text = GOOD
-        .replace("127.0.0.1:9000", "${WARDEN_IT_UNSET_LISTEN:-127.0.0.1:9001}")
-        .replace("args: [stdio]", "args: [\"${WARDEN_IT_ARG}\", \"$${NOT_EXPANDED}\"]");
+        .replace(
+            "127.0.0.1:9000",
+            "${WARDEN_IT_UNSET_LISTEN:-127.0.0.1:9001}",
+        )
+        .replace(
+            "args: [stdio]",
+            "args: [\"${WARDEN_IT_ARG}\", \"$${NOT_EXPANDED}\"]",
+        );
     let (_, output) = check(&text, &[("WARDEN_IT_ARG", "stdio")]);
     assert!(output.status.success(), "{output:?}");
     assert!(

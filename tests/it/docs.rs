@@ -43,7 +43,8 @@ fn readme_has_two_setup_commands_and_ci_runs_the_test_one() {
     let ci = read(".ci/run");
     assert!(
         ci.lines()
-            .any(|l| !l.trim_start().starts_with('#') && l.trim_end().ends_with(test_command.as_str())),
+            .any(|l| !l.trim_start().starts_with('#')
+                && l.trim_end().ends_with(test_command.as_str())),
         ".ci/run does not run the README's test command `{test_command}`"
     );
 }
@@ -136,5 +137,8 @@ fn every_rust_file_opens_with_a_module_doc() {
         })
         .map(|p| p.strip_prefix(repo()).unwrap_or(p).display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a `//!` module doc: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` module doc: {missing:?}"
+    );
 }

@@ -66,10 +66,9 @@ fn concurrent_migrate_runs_apply_each_migration_once() {
         let again = run(profile.command(&["migrate"]));
         assert!(again.status.success(), "{again:?}");
         assert!(
-            again.stdout.contains(&format!(
-                "0 applied, {} already in place",
-                expected.len()
-            )),
+            again
+                .stdout
+                .contains(&format!("0 applied, {} already in place", expected.len())),
             "{again:?}"
         );
     }

@@ -71,7 +71,10 @@ fn embedded_serve_is_ready_stops_cleanly_and_reuses_its_data() {
         metrics.body
     );
 
-    let state_mode = std::fs::metadata(&state_dir).expect("state dir").permissions().mode();
+    let state_mode = std::fs::metadata(&state_dir)
+        .expect("state dir")
+        .permissions()
+        .mode();
     assert_eq!(state_mode & 0o066, 0, "state dir mode {state_mode:o}");
     let key_mode = std::fs::metadata(state_dir.join("master.key"))
         .expect("a generated master key")
@@ -222,7 +225,11 @@ fn systemd_notify_gets_ready_watchdog_and_stopping() {
 
     let mut warden = profile.start();
     let first = receive_until(&socket, "READY=1", &warden);
-    assert_eq!(first.len(), 1, "READY=1 is the first notification: {first:?}");
+    assert_eq!(
+        first.len(),
+        1,
+        "READY=1 is the first notification: {first:?}"
+    );
     assert!(first[0].contains("STATUS="), "{first:?}");
     receive_until(&socket, "WATCHDOG=1", &warden);
 

@@ -109,7 +109,11 @@ impl TestCluster {
     /// Creates a database `name` (empty, or copied from `template`).
     pub fn create_database(&self, name: &str, template: Option<&str>) {
         let sql = match template {
-            Some(template) => format!("CREATE DATABASE {} TEMPLATE {}", ident(name), ident(template)),
+            Some(template) => format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                ident(name),
+                ident(template)
+            ),
             None => format!("CREATE DATABASE {}", ident(name)),
         };
         let admin = self.pg_config("postgres");

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use super::dirs;
+use super::{dirs, procs};
 
 /// How long a start may take before the test fails (first starts run `initdb`; CI is a
 /// loaded 2-core machine running debug builds).
@@ -71,7 +71,14 @@ pub fn command(args: &[&str]) -> Command {
     // SAFETY: prctl is async-signal-safe and touches nothing but the child.
     unsafe {
         command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -103,7 +110,10 @@ pub fn run(command: Command) -> Output {
 /// kernel hands out ports in a way that makes this rare).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-    listener.local_addr().expect("bound listener has an address").port()
+    listener
+        .local_addr()
+        .expect("bound listener has an address")
+        .port()
 }
 
 /// A profile file and a state directory in a temp dir of their own.
@@ -269,11 +279,17 @@ impl WardenProcess {
         let streams: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
             (
                 Stream::Stdout,
-                child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
             ),
             (
                 Stream::Stderr,
-                child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
             ),
         ];
         for (stream, reader) in streams {
@@ -393,7 +409,8 @@ impl WardenProcess {
         seen(&self.shared.lock())
     }
 
-    /// Waits for the ready line; panics with the log if it does not come.
+    /// Waits for the ready line, then for the signal handlers; panics with the log if
+    /// either does not come.
     pub fn wait_ready(&self) {
         if !self.wait_for_log(READY_LINE, START_TIMEOUT) {
             panic!(
@@ -402,6 +419,31 @@ impl WardenProcess {
                 self.describe_status(),
                 self.log()
             );
+        }
+        // FIXME: `warden serve` logs "Warden is ready" (and sends READY=1) before it
+        // installs its SIGTERM/SIGINT/SIGHUP handlers, so a signal sent right after
+        // readiness gets the default action and kills it. Until serve installs them
+        // first, wait (polling /proc, the only way to see it) until it catches all three.
+        // Once fixed this returns at the first look.
+        let wanted: u64 = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .map(|s| 1u64 << (s - 1))
+            .sum();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let caught = procs::caught_signals(self.pid as i32).unwrap_or(0);
+            if caught & wanted == wanted || self.shared.lock().status.is_some() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "warden (pid {}) logged readiness but installed no signal handlers within \
+                     {START_TIMEOUT:?}; its log:\n{}",
+                    self.pid,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
