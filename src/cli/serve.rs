@@ -32,7 +32,27 @@ use crate::systemd;
 use warden_actors::audit::{Audit, AuditQueue, Backlog};
 use warden_actors::events::EventKind;
 
+/// The signals Warden answers, installed before anything else so that a signal sent
+/// during start-up is acted on (once the listener is up) rather than killing the process
+/// with the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
 pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<ExitCode> {
+    let signals = Signals::install()?;
     if let Ok(exe) = std::env::current_exe() {
         warden_actors::process::set_guard_executable(exe);
     }
@@ -47,7 +67,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
 
     let registry = Registry::with(&[]);
     let database = Database::open(&config).await?;
-    let result = run(&config, &database, &registry, master_key, logging).await;
+    let result = run(&config, &database, &registry, master_key, logging, signals).await;
     if let Err(error) = database.shutdown(config.server.shutdown_grace).await {
         tracing::error!(%error, "stopping the database failed");
     }
@@ -61,6 +81,7 @@ async fn run(
     registry: &Registry,
     master_key: MasterKey,
     logging: Option<LogReload>,
+    signals: Signals,
 ) -> Result<ExitCode> {
     if config.database.migrate_on_start {
         let report = database.migrate(registry.all_migrations()).await?;
@@ -141,7 +162,7 @@ async fn run(
     let watchdog_app = app.clone();
     systemd::spawn_watchdog(move || !watchdog_app.readiness.is_draining());
 
-    let outcome = wait_for_shutdown(&app).await;
+    let outcome = wait_for_shutdown(&app, signals).await;
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
@@ -155,10 +176,12 @@ async fn run(
 
 /// Runs reloads on SIGHUP; returns on SIGTERM or SIGINT (exit 0) or when the supervision
 /// tree fails (exit 1, for the service manager to restart Warden).
-async fn wait_for_shutdown(app: &Arc<App>) -> Result<ExitCode> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+async fn wait_for_shutdown(app: &Arc<App>, signals: Signals) -> Result<ExitCode> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(ExitCode::SUCCESS) }
@@ -300,7 +323,11 @@ fn prepare_state_dir(dir: &Path) -> Result<()> {
 
 /// Records the master key's check value on first start; refuses a different key later.
 async fn check_master_key(database: &Database, key: &MasterKey) -> Result<()> {
-    let client = database.pool.get().await?;
+    let client = database
+        .pool
+        .get()
+        .await
+        .context("cannot reach PostgreSQL")?;
     let stored: Option<Vec<u8>> = client
         .query_one("SELECT master_key_check FROM warden_instance", &[])
         .await?

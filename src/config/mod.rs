@@ -48,8 +48,10 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            if problem.mark.line == 0 {
+            if problem.mark.line == 0 && problem.path.is_empty() {
                 write!(f, "{}: {}", self.file, problem.message)?;
+            } else if problem.mark.line == 0 {
+                write!(f, "{}: {}: {}", self.file, problem.path, problem.message)?;
             } else {
                 write!(f, "{}:{problem}", self.file)?;
             }
@@ -107,7 +109,8 @@ pub struct DatabaseConfig {
 #[derive(Clone, Debug)]
 pub struct EmbeddedConfig {
     pub bin_dir: Option<PathBuf>,
-    /// `None`: a free loopback port is chosen at each start.
+    /// The port number in the name of the cluster's Unix socket (default 5432). The
+    /// embedded cluster never listens on TCP.
     pub port: Option<u16>,
     pub start_timeout: Duration,
 }
@@ -204,9 +207,16 @@ impl Config {
         }
         let extensions = take_extensions(&mut root, file)?;
         let raw: RawProfile = yaml::from_node(&root).map_err(|p| ConfigError::one(file, p))?;
-        let mut config = Config::from_raw(raw, env).map_err(|problems| ConfigError {
-            file: file.to_owned(),
-            problems,
+        let mut config = Config::from_raw(raw, env).map_err(|mut problems| {
+            for problem in &mut problems {
+                if problem.mark.line == 0 {
+                    problem.mark = yaml::mark_at(&root, &problem.path).unwrap_or_default();
+                }
+            }
+            ConfigError {
+                file: file.to_owned(),
+                problems,
+            }
         })?;
         config.extensions = extensions;
         Ok(config)

@@ -374,6 +374,40 @@ fn scalar_text(node: &Node) -> &str {
     }
 }
 
+/// The place of the node at dotted `path` (`server.listen`, `hooks[2].name`): the value
+/// when it exists, else the deepest ancestor found. For errors found after parsing.
+pub fn mark_at(root: &Node, path: &str) -> Option<Mark> {
+    if path.is_empty() {
+        return None;
+    }
+    let mut node = root;
+    for segment in path.split('.') {
+        let (key, indexes) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            let NodeKind::Map(entries) = &node.kind else {
+                return Some(node.mark);
+            };
+            match entries.iter().find(|(k, _)| scalar_text(k) == key) {
+                Some((_, value)) => node = value,
+                None => return Some(node.mark),
+            }
+        }
+        for index in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            let (NodeKind::Seq(items), Ok(index)) = (&node.kind, index.parse::<usize>()) else {
+                return Some(node.mark);
+            };
+            match items.get(index) {
+                Some(item) => node = item,
+                None => return Some(node.mark),
+            }
+        }
+    }
+    Some(node.mark)
+}
+
 // ---------------------------------------------------------------------------------------
 // Key paths
 // ---------------------------------------------------------------------------------------

@@ -168,11 +168,10 @@ fn serve_refuses_a_bad_profile_before_creating_anything() {
     serve.arg(&path);
     let output = run(serve);
     assert!(!output.status.success(), "{output:?}");
-    // FIXME: problems found after deserialisation (`Config::from_raw`) carry neither the
-    // line:column nor the key path today: this prints `FILE: expected an address …`
-    // where it should print `FILE:3:11: server.listen: expected an address …`.
     assert!(
-        output.stderr.contains(&format!("{}:", path.display())),
+        output
+            .stderr
+            .contains(&format!("{}:3:11: server.listen:", path.display())),
         "{output:?}"
     );
     assert!(

@@ -53,14 +53,6 @@ pub fn get(pid: i32) -> Option<Proc> {
     })
 }
 
-/// The signals `pid` has handlers for (`SigCgt` in `/proc/<pid>/status`; bit n-1 is
-/// signal n).
-pub fn caught_signals(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
-    u64::from_str_radix(mask.trim(), 16).ok()
-}
-
 /// Every process visible now.
 pub fn all() -> Vec<Proc> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use super::{dirs, procs};
+use super::dirs;
 
 /// How long a start may take before the test fails (first starts run `initdb`; CI is a
 /// loaded 2-core machine running debug builds).
@@ -409,8 +409,8 @@ impl WardenProcess {
         seen(&self.shared.lock())
     }
 
-    /// Waits for the ready line, then for the signal handlers; panics with the log if
-    /// either does not come.
+    /// Waits for the ready line; panics with the log if it does not come. Warden installs
+    /// its signal handlers before it says it is ready, so signals may follow at once.
     pub fn wait_ready(&self) {
         if !self.wait_for_log(READY_LINE, START_TIMEOUT) {
             panic!(
@@ -419,31 +419,6 @@ impl WardenProcess {
                 self.describe_status(),
                 self.log()
             );
-        }
-        // FIXME: `warden serve` logs "Warden is ready" (and sends READY=1) before it
-        // installs its SIGTERM/SIGINT/SIGHUP handlers, so a signal sent right after
-        // readiness gets the default action and kills it. Until serve installs them
-        // first, wait (polling /proc, the only way to see it) until it catches all three.
-        // Once fixed this returns at the first look.
-        let wanted: u64 = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM]
-            .iter()
-            .map(|s| 1u64 << (s - 1))
-            .sum();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let caught = procs::caught_signals(self.pid as i32).unwrap_or(0);
-            if caught & wanted == wanted || self.shared.lock().status.is_some() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "warden (pid {}) logged readiness but installed no signal handlers within \
-                     {START_TIMEOUT:?}; its log:\n{}",
-                    self.pid,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
