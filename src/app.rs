@@ -30,6 +30,8 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     pub tree: Tree,
     pub gateway: Gateway,
+    /// The audit trail's queue (every surface records through it).
+    pub audit: warden_actors::audit::Audit,
     pub authenticator: Arc<dyn Authenticator>,
     pub policy: ArcSwap<PolicyEngine>,
     pub log_level: Option<LogLevelSetter>,
@@ -57,6 +59,7 @@ impl App {
             readiness: Readiness::default(),
             metrics,
             tree,
+            audit: gateway.audit.clone(),
             gateway,
             authenticator,
             policy: ArcSwap::from_pointee(PolicyEngine::new()),
