@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use warden_actors::reconciler::Diff;
 use warden_actors::tree::Tree;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::policy::PolicyEngine;
@@ -33,7 +33,10 @@ pub struct App {
     /// The audit trail's queue (every surface records through it).
     pub audit: warden_actors::audit::Audit,
     pub authenticator: Arc<dyn Authenticator>,
-    pub policy: ArcSwap<PolicyEngine>,
+    /// Identity: tokens, users, the OAuth authorization server (also `authenticator`).
+    pub identity: Arc<Identity>,
+    /// The permission rules (shared with identity; swapped whole on reload).
+    pub policy: Arc<ArcSwap<PolicyEngine>>,
     pub log_level: Option<LogLevelSetter>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
@@ -48,7 +51,7 @@ impl App {
         metrics: Option<PrometheusHandle>,
         tree: Tree,
         gateway: Gateway,
-        authenticator: Arc<dyn Authenticator>,
+        identity: Arc<Identity>,
         log_level: Option<LogLevelSetter>,
     ) -> App {
         App {
@@ -61,8 +64,9 @@ impl App {
             tree,
             audit: gateway.audit.clone(),
             gateway,
-            authenticator,
-            policy: ArcSwap::from_pointee(PolicyEngine::new()),
+            authenticator: identity.clone(),
+            policy: identity.policy(),
+            identity,
             log_level,
             reload_lock: tokio::sync::Mutex::new(()),
         }
@@ -128,6 +132,7 @@ impl App {
                 max_total: new.sessions.max_total,
                 max_per_principal: new.sessions.max_per_principal,
             });
+        self.identity.reconfigure(&new);
         self.config.store(Arc::new(new));
         self.gateway.invalidate();
         let diff = self

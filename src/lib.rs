@@ -46,5 +46,7 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::metrics::routes);
         registry.routes("warden", http::admin::routes);
         registry.routes("warden", http::mcp::routes);
+        registry.routes("warden", http::wellknown::routes);
+        registry.routes("warden", http::oauth::routes);
     }
 }

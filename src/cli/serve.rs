@@ -19,7 +19,9 @@ use warden_actors::tree::{Tree, TreeConfig};
 
 use super::LogReload;
 use crate::app::{App, LogLevelSetter};
-use crate::auth::bootstrap::{self, BootstrapAuthenticator};
+use crate::auth::Identity;
+use crate::auth::bootstrap;
+use crate::auth::secret::Redacted;
 use crate::config::Config;
 use crate::db::Database;
 use crate::extension::Registry;
@@ -119,9 +121,19 @@ async fn run(
     .map_err(anyhow::Error::msg)?;
     let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
 
+    let identity = Identity::start(
+        config,
+        database.pool.clone(),
+        master_key.clone(),
+        gateway.audit.clone(),
+    )
+    .await?;
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
-    let authenticator = Arc::new(BootstrapAuthenticator::new(&admin_token));
+    identity
+        .register_bootstrap(&admin_token)
+        .await
+        .context("registering the bootstrap admin token")?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -137,7 +149,7 @@ async fn run(
         http::metrics::install(),
         tree,
         gateway,
-        authenticator,
+        identity,
         log_level,
     ));
     let announcer = tokio::spawn(announce_changes(app.clone()));
@@ -151,6 +163,11 @@ async fn run(
     ));
     let secret_watch = tokio::spawn(watch_secret_changes(
         app.clone(),
+        database.pg_config.clone(),
+        shutdown.clone(),
+    ));
+    let identity_watch = tokio::spawn(crate::auth::service::watch_notices(
+        app.identity.clone(),
         database.pg_config.clone(),
         shutdown.clone(),
     ));
@@ -169,6 +186,7 @@ async fn run(
     shutdown.cancel();
     let _ = server.await;
     secret_watch.abort();
+    identity_watch.abort();
     announcer.abort();
     app.tree.shutdown().await;
     outcome
@@ -202,12 +220,13 @@ async fn wait_for_shutdown(app: &Arc<App>, signals: Signals) -> Result<ExitCode>
     }
 }
 
-fn announce_admin_token(state_dir: &Path, token: &str, created: bool) {
+fn announce_admin_token(state_dir: &Path, token: &Redacted<String>, created: bool) {
     // Printed to stdout, not the log: log pipelines should not collect credentials.
     if created {
         println!(
-            "Bootstrap admin token (also in {}): {token}",
-            state_dir.join(bootstrap::FILE).display()
+            "Bootstrap admin token (also in {}): {}",
+            state_dir.join(bootstrap::FILE).display(),
+            token.expose()
         );
     } else {
         println!(

@@ -27,6 +27,10 @@ pub struct RawProfile {
     pub gateway: RawGateway,
     #[serde(default)]
     pub sessions: RawSessions,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<RawRole>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +97,8 @@ pub struct RawServerDefaults {
     pub stop_grace: Option<Dur>,
     pub startup_timeout: Option<Dur>,
     pub inherit_env: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub write_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +136,9 @@ pub struct RawMcpServer {
     pub pin_tools: Option<bool>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
+    // the permission check
+    pub scopes: Option<Vec<String>>,
+    pub write_scopes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -172,6 +181,7 @@ pub struct RawTool {
     pub alias: Option<String>,
     pub description: Option<String>,
     pub call_timeout: Option<Dur>,
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,4 +196,49 @@ pub struct RawSessions {
     pub idle_timeout: Option<Dur>,
     pub max_per_principal: Option<usize>,
     pub max_total: Option<usize>,
+}
+
+/// `identity:` — the built-in issuer, token lifetimes, login, and federation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub access_token_ttl: Option<Dur>,
+    pub refresh_token_ttl: Option<Dur>,
+    pub max_token_ttl: Option<Dur>,
+    pub login_session_ttl: Option<Dur>,
+    pub login_attempts_per_minute: Option<u32>,
+    pub dynamic_registration: Option<bool>,
+    pub client_metadata_documents: Option<bool>,
+    pub allow_insecure_loopback: Option<bool>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<Spanned<RawTrustedIssuer>>,
+}
+
+/// One entry of `identity.trusted_issuers`: an external OAuth/OIDC issuer whose tokens
+/// Warden accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub discovery: Option<bool>,
+    pub audience: Option<String>,
+    pub scope_claim: Option<String>,
+    pub role_claim: Option<String>,
+    pub subject_claim: Option<String>,
+    pub tier_claim: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub allow_insecure_loopback: Option<bool>,
+    pub min_refresh_interval: Option<Dur>,
+    pub jwks_cache_ttl: Option<Dur>,
+}
+
+/// `roles.<name>`: the scopes a role grants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub scopes: Vec<String>,
+    pub description: Option<String>,
 }
