@@ -3,6 +3,7 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod identity;
 mod secret;
 mod serve;
 
@@ -59,6 +60,18 @@ enum Command {
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Manage users (passwords, roles, disabling).
+    #[command(subcommand)]
+    User(identity::UserCommand),
+    /// Issue access tokens for operators and scripts.
+    #[command(subcommand)]
+    Token(identity::TokenCommand),
+    /// Rotate and list Warden's signing keys.
+    #[command(subcommand)]
+    Keys(identity::KeysCommand),
+    /// Manage API keys of service accounts.
+    #[command(subcommand)]
+    Apikey(identity::ApiKeyCommand),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -111,6 +124,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(secret::run(command))
+        }
+        Command::User(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::user(command))
+        }
+        Command::Token(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::token(command))
+        }
+        Command::Keys(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::keys_command(command))
+        }
+        Command::Apikey(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::apikey(command))
         }
         Command::Serve(profile) => {
             let config = profile.load()?;
