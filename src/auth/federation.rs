@@ -138,7 +138,11 @@ impl Federation {
     }
 
     /// The key `kid`, refetching the JWKS when it is unknown (rate-limited) or stale.
-    async fn key(&self, state: &Issuer, kid: &str) -> Result<Option<Arc<FetchedKey>>, AuthRejection> {
+    async fn key(
+        &self,
+        state: &Issuer,
+        kid: &str,
+    ) -> Result<Option<Arc<FetchedKey>>, AuthRejection> {
         let keys = state.keys.load();
         let stale = keys
             .fetched_at
@@ -186,7 +190,10 @@ impl Federation {
         }
     }
 
-    async fn fetch(&self, config: &TrustedIssuer) -> Result<HashMap<String, Arc<FetchedKey>>, String> {
+    async fn fetch(
+        &self,
+        config: &TrustedIssuer,
+    ) -> Result<HashMap<String, Arc<FetchedKey>>, String> {
         let allow = config.allow_insecure_loopback;
         let jwks_uri = match &config.jwks_uri {
             Some(uri) => uri.clone(),
@@ -197,13 +204,21 @@ impl Federation {
                     "/.well-known/oauth-authorization-server",
                 ] {
                     let url = format!("{}{suffix}", config.issuer);
-                    if let Ok(doc) = super::oauth::fetch_json(&self.http, &url, JWKS_MAX_BYTES).await {
-                        if doc.get("issuer").and_then(Value::as_str).map(|s| s.trim_end_matches('/'))
+                    if let Ok(doc) =
+                        super::oauth::fetch_json(&self.http, &url, JWKS_MAX_BYTES).await
+                    {
+                        if doc
+                            .get("issuer")
+                            .and_then(Value::as_str)
+                            .map(|s| s.trim_end_matches('/'))
                             != Some(config.issuer.as_str())
                         {
                             return Err(format!("{url} names another issuer"));
                         }
-                        found = doc.get("jwks_uri").and_then(Value::as_str).map(str::to_owned);
+                        found = doc
+                            .get("jwks_uri")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned);
                         break;
                     }
                 }
@@ -220,8 +235,17 @@ impl Federation {
 /// keys without a kid and malformed keys are skipped.
 fn parse_jwks(jwks: &Value) -> HashMap<String, Arc<FetchedKey>> {
     let mut keys = HashMap::new();
-    for raw in jwks.get("keys").and_then(Value::as_array).into_iter().flatten() {
-        if raw.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+    for raw in jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if raw
+            .get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
@@ -233,9 +257,11 @@ fn parse_jwks(jwks: &Value) -> HashMap<String, Arc<FetchedKey>> {
         let usable = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) | AlgorithmParameters::EllipticCurve(_) => true,
             // The verifier indexes 32 bytes of `x`: check the length first.
-            AlgorithmParameters::OctetKeyPair(p) => base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&p.x)
-                .is_ok_and(|x| x.len() == 32),
+            AlgorithmParameters::OctetKeyPair(p) => {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&p.x)
+                    .is_ok_and(|x| x.len() == 32)
+            }
             _ => false,
         };
         if !usable {
@@ -246,7 +272,13 @@ fn parse_jwks(jwks: &Value) -> HashMap<String, Arc<FetchedKey>> {
             .and_then(Value::as_str)
             .and_then(|a| Algorithm::from_str(a).ok());
         if let Ok(decoding) = DecodingKey::from_jwk(&jwk) {
-            keys.insert(kid, Arc::new(FetchedKey { decoding, algorithm }));
+            keys.insert(
+                kid,
+                Arc::new(FetchedKey {
+                    decoding,
+                    algorithm,
+                }),
+            );
         }
     }
     keys
@@ -355,7 +387,12 @@ mod tests {
         .unwrap();
         let policy = PolicyEngine::from_config(&config);
         let claims = json!({"sub": "u1", "scp": ["tools:read"], "groups": "dev", "email": "a@b.c", "exp": 4_000_000_000u64});
-        let verified = principal(&config.identity.trusted_issuers[0], claims.as_object().unwrap(), &policy).unwrap();
+        let verified = principal(
+            &config.identity.trusted_issuers[0],
+            claims.as_object().unwrap(),
+            &policy,
+        )
+        .unwrap();
         let p = verified.principal;
         assert_eq!(p.subject, "https://idp.example.com|u1");
         assert!(p.scopes.grants("tools:read") && p.scopes.grants("github:read"));
@@ -363,6 +400,13 @@ mod tests {
         assert_eq!(p.name.as_deref(), Some("a@b.c"));
         assert_eq!(p.tier, "user");
         let missing = json!({"scp": "x"});
-        assert!(principal(&config.identity.trusted_issuers[0], missing.as_object().unwrap(), &policy).is_err());
+        assert!(
+            principal(
+                &config.identity.trusted_issuers[0],
+                missing.as_object().unwrap(),
+                &policy
+            )
+            .is_err()
+        );
     }
 }

@@ -214,7 +214,11 @@ async fn insert_new<C: GenericClient>(client: &C, master: &MasterKey) -> Result<
         .jwk
         .get("x")
         .and_then(Value::as_str)
-        .and_then(|x| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(x).ok())
+        .and_then(|x| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(x)
+                .ok()
+        })
         .unwrap_or_default();
     client
         .execute(
@@ -330,7 +334,9 @@ mod tests {
         assert_eq!(jwk["crv"], "Ed25519");
         assert_eq!(jwk["alg"], "EdDSA");
         assert!(jwk.get("d").is_none(), "{jwk}");
-        let (token, kid) = set.sign(&json!({"sub": "x", "exp": 4_000_000_000u64}), "at+jwt").unwrap();
+        let (token, kid) = set
+            .sign(&json!({"sub": "x", "exp": 4_000_000_000u64}), "at+jwt")
+            .unwrap();
         assert_eq!(jwk["kid"], kid.as_str());
         let key = set.get(&kid).unwrap();
         let mut validation = jsonwebtoken::Validation::new(ALGORITHM);

@@ -144,7 +144,13 @@ impl Scopes {
         if self.0.contains("*") {
             return granter.clone();
         }
-        Scopes(self.0.iter().filter(|s| granter.grants(s)).cloned().collect())
+        Scopes(
+            self.0
+                .iter()
+                .filter(|s| granter.grants(s))
+                .cloned()
+                .collect(),
+        )
     }
 
     pub fn len(&self) -> usize {

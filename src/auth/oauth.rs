@@ -113,7 +113,9 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), RegistrationError> {
             if crate::config::identity::is_loopback_url(uri) {
                 Ok(())
             } else {
-                bad("http redirect URIs are allowed only on loopback hosts (127.0.0.1, [::1], localhost)")
+                bad(
+                    "http redirect URIs are allowed only on loopback hosts (127.0.0.1, [::1], localhost)",
+                )
             }
         }
         "javascript" | "data" | "file" | "vbscript" | "about" | "blob" => {
@@ -334,8 +336,8 @@ pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
     if !well_formed {
         return false;
     }
-    let computed =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(verifier.as_bytes()));
     secret::equal(computed.as_bytes(), challenge.as_bytes())
 }
 
@@ -383,7 +385,9 @@ pub enum CodeRefusal {
     Unknown,
     Expired,
     /// Used before: what the first exchange issued (its refresh family) is revoked.
-    Replayed { family: Option<Uuid> },
+    Replayed {
+        family: Option<Uuid>,
+    },
 }
 
 /// Redeems a code once, binding it to `family` (the refresh family the exchange
@@ -469,7 +473,9 @@ pub enum RefreshRefusal {
     Expired,
     Revoked,
     /// Presented after it was rotated: the family is revoked now.
-    Reused { family: Uuid },
+    Reused {
+        family: Uuid,
+    },
 }
 
 /// Marks a refresh token used and returns its grant; a second use is reuse.

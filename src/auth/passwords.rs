@@ -72,7 +72,11 @@ impl Passwords {
 
     pub async fn hash(&self, password: Redacted<String>) -> Result<String, PasswordError> {
         Passwords::check_policy(password.expose())?;
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Pool)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Pool)?;
         tokio::task::spawn_blocking(move || hash_blocking(password.expose().as_bytes()))
             .await
             .map_err(|_| PasswordError::Pool)?
@@ -88,7 +92,11 @@ impl Passwords {
         if password.expose().len() > MAX_LENGTH {
             return Ok(false);
         }
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Pool)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Pool)?;
         tokio::task::spawn_blocking(move || match hash {
             Some(hash) => verify_blocking(password.expose().as_bytes(), &hash),
             None => {
@@ -108,10 +116,16 @@ mod tests {
     #[test]
     fn hashes_are_argon2id_and_verify() {
         let hash = hash_blocking(b"correct horse").unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(verify_blocking(b"correct horse", &hash));
         assert!(!verify_blocking(b"wrong horse", &hash));
         assert!(!verify_blocking(b"x", "not a hash"));
-        assert!(matches!(Passwords::check_policy("short"), Err(PasswordError::TooShort)));
+        assert!(matches!(
+            Passwords::check_policy("short"),
+            Err(PasswordError::TooShort)
+        ));
     }
 }

@@ -38,9 +38,7 @@ impl LoginLimiter {
                 *tokens + now.duration_since(*at).as_secs_f64() * rate < capacity
             });
         }
-        let (tokens, at) = buckets
-            .entry(key.to_lowercase())
-            .or_insert((capacity, now));
+        let (tokens, at) = buckets.entry(key.to_lowercase()).or_insert((capacity, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(capacity);
         *at = now;
         if *tokens >= 1.0 {
@@ -63,7 +61,10 @@ mod tests {
             assert!(limiter.attempt("Alice", 3).is_ok());
         }
         let wait = limiter.attempt("alice", 3).unwrap_err();
-        assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(limiter.attempt("bob", 3).is_ok());
     }
 }

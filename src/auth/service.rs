@@ -29,7 +29,9 @@ use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 use super::cache::{self, TokenCache};
 use super::federation::Federation;
 use super::keys::{self, KeySet};
-use super::oauth::{self, Client, ClientDocuments, CodeGrant, CodeRefusal, RefreshGrant, RefreshRefusal};
+use super::oauth::{
+    self, Client, ClientDocuments, CodeGrant, CodeRefusal, RefreshGrant, RefreshRefusal,
+};
 use super::passwords::Passwords;
 use super::ratelimit::LoginLimiter;
 use super::secret::{self, Redacted};
@@ -141,9 +143,7 @@ impl Identity {
             keys_reload: tokio::sync::Mutex::new(()),
             cache: TokenCache::new(CACHE_ENTRIES),
             http,
-            passwords: Passwords::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            passwords: Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             logins: LoginLimiter::new(),
             client_documents: ClientDocuments::default(),
         };
@@ -190,7 +190,11 @@ impl Identity {
 
     /// The trusted issuers (for protected-resource metadata).
     pub fn trusted_issuers(&self) -> Vec<String> {
-        self.federation.load().issuers().map(str::to_owned).collect()
+        self.federation
+            .load()
+            .issuers()
+            .map(str::to_owned)
+            .collect()
     }
 
     pub async fn reload_keys(&self) -> Result<(), IdentityStartError> {
@@ -210,7 +214,10 @@ impl Identity {
     // Authentication
     // -----------------------------------------------------------------------------------
 
-    async fn authenticate_token(&self, bearer: Option<&str>) -> Result<Arc<Principal>, AuthRejection> {
+    async fn authenticate_token(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Principal>, AuthRejection> {
         let Some(token) = bearer else {
             return self
                 .settings
@@ -295,31 +302,33 @@ impl Identity {
         token: &str,
     ) -> Result<(Principal, u64, Option<String>), AuthRejection> {
         let config = self.settings.load().config.clone();
-        let claims = match tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience) {
-            Ok(claims) => claims,
-            Err(VerifyError::Rejected(rejection)) => return Err(rejection),
-            Err(VerifyError::UnknownKey(kid)) => {
-                // A key made by another process (a rotation) is in the database.
-                let client = self.db.get().await.map_err(unavailable)?;
-                let exists = client
-                    .query_opt("SELECT 1 FROM signing_keys WHERE kid = $1", &[&kid])
-                    .await
-                    .map_err(unavailable)?
-                    .is_some();
-                drop(client);
-                if !exists {
-                    return Err(AuthRejection::InvalidToken("unknown key id".into()));
-                }
-                self.reload_keys().await.map_err(unavailable)?;
-                match tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience) {
-                    Ok(claims) => claims,
-                    Err(VerifyError::Rejected(rejection)) => return Err(rejection),
-                    Err(VerifyError::UnknownKey(_)) => {
+        let claims =
+            match tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience) {
+                Ok(claims) => claims,
+                Err(VerifyError::Rejected(rejection)) => return Err(rejection),
+                Err(VerifyError::UnknownKey(kid)) => {
+                    // A key made by another process (a rotation) is in the database.
+                    let client = self.db.get().await.map_err(unavailable)?;
+                    let exists = client
+                        .query_opt("SELECT 1 FROM signing_keys WHERE kid = $1", &[&kid])
+                        .await
+                        .map_err(unavailable)?
+                        .is_some();
+                    drop(client);
+                    if !exists {
                         return Err(AuthRejection::InvalidToken("unknown key id".into()));
                     }
+                    self.reload_keys().await.map_err(unavailable)?;
+                    match tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience)
+                    {
+                        Ok(claims) => claims,
+                        Err(VerifyError::Rejected(rejection)) => return Err(rejection),
+                        Err(VerifyError::UnknownKey(_)) => {
+                            return Err(AuthRejection::InvalidToken("unknown key id".into()));
+                        }
+                    }
                 }
-            }
-        };
+            };
         let family = claims.fid.as_deref().map(oauth::family_token_id);
         let mut ids = vec![claims.jti.as_str()];
         if let Some(f) = &family {
@@ -332,7 +341,10 @@ impl Identity {
         {
             return Err(AuthRejection::Disabled);
         }
-        if store::any_revoked(&**client, &ids).await.map_err(unavailable)? {
+        if store::any_revoked(&**client, &ids)
+            .await
+            .map_err(unavailable)?
+        {
             return Err(AuthRejection::Revoked);
         }
         let principal = tokens::principal(&claims, &config.issuer);
@@ -344,7 +356,9 @@ impl Identity {
         token: &str,
     ) -> Result<(Principal, u64, Option<String>), AuthRejection> {
         let client = self.db.get().await.map_err(unavailable)?;
-        let grant = store::api_key(&**client, token).await.map_err(unavailable)??;
+        let grant = store::api_key(&**client, token)
+            .await
+            .map_err(unavailable)??;
         let kind = grant.identity.principal_kind();
         let until = grant
             .expires_at
@@ -382,6 +396,10 @@ impl Identity {
         {
             tracing::error!(%error, "cannot reload the signing keys after a rotation");
         }
+        tracing::info!(
+            kind,
+            "identity change noticed; cached verifications dropped"
+        );
         if notice
             .get("detail")
             .and_then(|d| d.get("origin"))
@@ -423,7 +441,8 @@ impl Identity {
     ) -> Result<IdentityRow, LoginError> {
         let per_minute = self.settings.load().config.login_attempts_per_minute;
         if let Err(wait) = self.logins.attempt(username, per_minute) {
-            self.login_event(username, client_id, false, "rate limited").await;
+            self.login_event(username, client_id, false, "rate limited")
+                .await;
             return Err(LoginError::RateLimited(wait));
         }
         let client = self
@@ -450,11 +469,13 @@ impl Identity {
         match row {
             Some(row) if ok && !row.disabled => {
                 let _ = store::touch_login(&**client, row.id).await;
-                self.login_event(username, client_id, true, "password").await;
+                self.login_event(username, client_id, true, "password")
+                    .await;
                 Ok(row)
             }
             Some(row) if ok && row.disabled => {
-                self.login_event(username, client_id, false, "account disabled").await;
+                self.login_event(username, client_id, false, "account disabled")
+                    .await;
                 Err(LoginError::Invalid)
             }
             _ => {
@@ -563,8 +584,12 @@ impl Identity {
             .await
             .map_err(OAuthError::server)?
             .map_err(|e| match e {
-                oauth::RegistrationError::RedirectUri(m) => OAuthError::new("invalid_redirect_uri", m),
-                oauth::RegistrationError::Metadata(m) => OAuthError::new("invalid_client_metadata", m),
+                oauth::RegistrationError::RedirectUri(m) => {
+                    OAuthError::new("invalid_redirect_uri", m)
+                }
+                oauth::RegistrationError::Metadata(m) => {
+                    OAuthError::new("invalid_client_metadata", m)
+                }
             })?;
         let mut event = AuditEvent::new("oauth.client_registered", "client");
         event.actor_id = Some(client.client_id.clone());
@@ -590,7 +615,10 @@ impl Identity {
                 _ => false,
             };
             if !ok {
-                return Err(OAuthError::new("invalid_client", "client authentication failed"));
+                return Err(OAuthError::new(
+                    "invalid_client",
+                    "client authentication failed",
+                ));
             }
         }
         Ok(client)
@@ -662,7 +690,10 @@ impl Identity {
         let db = self.db.get().await.map_err(OAuthError::server)?;
         match store::find(&**db, name).await.map_err(OAuthError::server)? {
             Some(row) if !row.disabled => Ok(row),
-            _ => Err(OAuthError::new("invalid_grant", "the account is disabled or gone")),
+            _ => Err(OAuthError::new(
+                "invalid_grant",
+                "the account is disabled or gone",
+            )),
         }
     }
 
@@ -694,7 +725,10 @@ impl Identity {
         resource: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         if !client.allows_grant("authorization_code") {
-            return Err(OAuthError::new("unauthorized_client", "the client may not use authorization codes"));
+            return Err(OAuthError::new(
+                "unauthorized_client",
+                "the client may not use authorization codes",
+            ));
         }
         self.check_resource(resource)?;
         let family = Uuid::now_v7();
@@ -706,7 +740,8 @@ impl Identity {
             Ok(grant) => grant,
             Err(CodeRefusal::Replayed { family }) => {
                 if let Some(family) = family {
-                    self.revoke_family(family, "authorization code replayed").await?;
+                    self.revoke_family(family, "authorization code replayed")
+                        .await?;
                 }
                 return Err(OAuthError::new(
                     "invalid_grant",
@@ -714,15 +749,24 @@ impl Identity {
                 ));
             }
             Err(CodeRefusal::Expired) => {
-                return Err(OAuthError::new("invalid_grant", "the authorization code expired"));
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "the authorization code expired",
+                ));
             }
             Err(CodeRefusal::Unknown) => {
-                return Err(OAuthError::new("invalid_grant", "unknown authorization code"));
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "unknown authorization code",
+                ));
             }
         };
         drop(db);
         if grant.client_id != client.client_id {
-            return Err(OAuthError::new("invalid_grant", "the code was issued to another client"));
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "the code was issued to another client",
+            ));
         }
         if redirect_uri != Some(grant.redirect_uri.as_str()) {
             return Err(OAuthError::new(
@@ -731,15 +775,24 @@ impl Identity {
             ));
         }
         let Some(verifier) = verifier else {
-            return Err(OAuthError::new("invalid_grant", "code_verifier is required (PKCE)"));
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "code_verifier is required (PKCE)",
+            ));
         };
         if !oauth::pkce_matches(verifier, &grant.code_challenge) {
-            return Err(OAuthError::new("invalid_grant", "code_verifier does not match the code_challenge"));
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "code_verifier does not match the code_challenge",
+            ));
         }
         if let (Some(asked), Some(bound)) = (resource, grant.resource.as_deref())
             && asked.trim_end_matches('/') != bound.trim_end_matches('/')
         {
-            return Err(OAuthError::new("invalid_target", "resource differs from the authorization request"));
+            return Err(OAuthError::new(
+                "invalid_target",
+                "resource differs from the authorization request",
+            ));
         }
         let user = self.user_for_grant(&grant.identity).await?;
         self.grant_tokens(
@@ -813,9 +866,12 @@ impl Identity {
         scope: Option<&str>,
         resource: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
-        let result = self.refresh_inner(client, refresh_token, scope, resource).await;
+        let result = self
+            .refresh_inner(client, refresh_token, scope, resource)
+            .await;
         if let Err(error) = &result {
-            self.token_refused("refresh_token", &client.client_id, error).await;
+            self.token_refused("refresh_token", &client.client_id, error)
+                .await;
         }
         result
     }
@@ -835,7 +891,10 @@ impl Identity {
             .map_err(OAuthError::server)?
             && owner != client.client_id
         {
-            return Err(OAuthError::new("invalid_grant", "the refresh token was issued to another client"));
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "the refresh token was issued to another client",
+            ));
         }
         let grant = match oauth::use_refresh(&**db, refresh_token)
             .await
@@ -851,10 +910,16 @@ impl Identity {
                 ));
             }
             Err(RefreshRefusal::Revoked) => {
-                return Err(OAuthError::new("invalid_grant", "the refresh token is revoked"));
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "the refresh token is revoked",
+                ));
             }
             Err(RefreshRefusal::Expired) => {
-                return Err(OAuthError::new("invalid_grant", "the refresh token expired"));
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "the refresh token expired",
+                ));
             }
             Err(RefreshRefusal::Unknown) => {
                 return Err(OAuthError::new("invalid_grant", "unknown refresh token"));
@@ -883,8 +948,15 @@ impl Identity {
         let user = self.user_for_grant(&grant.identity).await?;
         // Roles may have shrunk since the grant.
         let scopes = self.grantable(&user.roles, &scopes);
-        self.grant_tokens(client, &user, scopes, grant.resource, grant.family, "refresh_token")
-            .await
+        self.grant_tokens(
+            client,
+            &user,
+            scopes,
+            grant.resource,
+            grant.family,
+            "refresh_token",
+        )
+        .await
     }
 
     /// `grant_type=client_credentials`: a service account, its API key as the secret.
@@ -899,7 +971,8 @@ impl Identity {
             .client_credentials_inner(client_id, secret, scope, resource)
             .await;
         if let Err(error) = &result {
-            self.token_refused("client_credentials", client_id, error).await;
+            self.token_refused("client_credentials", client_id, error)
+                .await;
         }
         result
     }
@@ -929,7 +1002,10 @@ impl Identity {
                 if !requested.is_within(&grant.scopes) {
                     return Err(OAuthError::new(
                         "invalid_scope",
-                        format!("the service account's key grants `{}`", grant.scopes.to_header_value()),
+                        format!(
+                            "the service account's key grants `{}`",
+                            grant.scopes.to_header_value()
+                        ),
                     ));
                 }
                 requested
@@ -999,7 +1075,8 @@ impl Identity {
             return self.revoke_family(family, "revoked by the client").await;
         }
         let config = self.settings.load().config.clone();
-        if let Ok(claims) = tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience)
+        if let Ok(claims) =
+            tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience)
             && claims.client_id == client.client_id
         {
             store::revoke(
@@ -1011,7 +1088,13 @@ impl Identity {
             .await
             .map_err(OAuthError::server)?;
             self.cache.invalidate(Some(&claims.jti), None, None);
-            let _ = store::notify(&**db, "token.revoked", &claims.jti, json!({"origin": "serve"})).await;
+            let _ = store::notify(
+                &**db,
+                "token.revoked",
+                &claims.jti,
+                json!({"origin": "serve"}),
+            )
+            .await;
             let mut event = AuditEvent::new("auth.token_revoked", "client");
             event.actor_id = Some(client.client_id.clone());
             event.subject = Some(claims.jti);
@@ -1072,7 +1155,10 @@ impl Identity {
 
     /// Makes the bootstrap token an API key of the `bootstrap-admin` service account
     /// (role `admin`, scope `*`), revoking earlier bootstrap tokens.
-    pub async fn register_bootstrap(&self, token: &Redacted<String>) -> Result<(), IdentityStartError> {
+    pub async fn register_bootstrap(
+        &self,
+        token: &Redacted<String>,
+    ) -> Result<(), IdentityStartError> {
         let db = self.db.get().await?;
         let (row, _) = store::ensure(
             &**db,
@@ -1190,7 +1276,9 @@ pub async fn watch_notices(
                 }
                 driver.abort();
             }
-            Err(error) => tracing::debug!(%error, "identity notice listener cannot connect; retrying"),
+            Err(error) => {
+                tracing::debug!(%error, "identity notice listener cannot connect; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -27,7 +27,9 @@ pub enum StoreError {
         actual: String,
         expected: String,
     },
-    #[error("names may hold letters, digits and `.`, `_`, `-`, `@` (1 to 64 characters); `{0}` does not")]
+    #[error(
+        "names may hold letters, digits and `.`, `_`, `-`, `@` (1 to 64 characters); `{0}` does not"
+    )]
     BadName(String),
     #[error("database error: {0}")]
     Database(#[from] tokio_postgres::Error),
@@ -85,9 +87,15 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-pub async fn find<C: GenericClient>(client: &C, name: &str) -> Result<Option<IdentityRow>, StoreError> {
+pub async fn find<C: GenericClient>(
+    client: &C,
+    name: &str,
+) -> Result<Option<IdentityRow>, StoreError> {
     Ok(client
-        .query_opt(&format!("SELECT {COLUMNS} FROM identities WHERE name = $1"), &[&name])
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM identities WHERE name = $1"),
+            &[&name],
+        )
         .await?
         .as_ref()
         .map(IdentityRow::from_row))
@@ -107,7 +115,8 @@ pub async fn find_with_password<C: GenericClient>(
         .map(|row| {
             (
                 IdentityRow::from_row(&row),
-                row.get::<_, Option<String>>("password_hash").map(Redacted::new),
+                row.get::<_, Option<String>>("password_hash")
+                    .map(Redacted::new),
             )
         }))
 }
@@ -220,14 +229,20 @@ pub async fn set_password<C: GenericClient>(
 
 pub async fn touch_login<C: GenericClient>(client: &C, id: Uuid) -> Result<(), StoreError> {
     client
-        .execute("UPDATE identities SET last_login_at = now() WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE identities SET last_login_at = now() WHERE id = $1",
+            &[&id],
+        )
         .await?;
     Ok(())
 }
 
 pub async fn list<C: GenericClient>(client: &C) -> Result<Vec<IdentityRow>, StoreError> {
     Ok(client
-        .query(&format!("SELECT {COLUMNS} FROM identities ORDER BY name"), &[])
+        .query(
+            &format!("SELECT {COLUMNS} FROM identities ORDER BY name"),
+            &[],
+        )
         .await?
         .iter()
         .map(IdentityRow::from_row)
@@ -324,7 +339,9 @@ pub async fn api_key<C: GenericClient>(
         )
         .await?;
     let Some(row) = row else {
-        return Ok(Err(super::AuthRejection::InvalidToken("unknown API key".into())));
+        return Ok(Err(super::AuthRejection::InvalidToken(
+            "unknown API key".into(),
+        )));
     };
     let identity = IdentityRow::from_row(&row);
     let expires_at: Option<SystemTime> = row.get("expires_at");

@@ -76,7 +76,12 @@ pub fn unix_now() -> u64 {
 }
 
 /// Signs an access token for `grant`.
-pub fn issue(keys: &KeySet, issuer: &str, audience: &str, grant: &Grant) -> Result<Issued, KeyError> {
+pub fn issue(
+    keys: &KeySet,
+    issuer: &str,
+    audience: &str,
+    grant: &Grant,
+) -> Result<Issued, KeyError> {
     let now = unix_now();
     let exp = now + grant.ttl.as_secs().max(1);
     let jti = Uuid::now_v7().to_string();
@@ -159,7 +164,9 @@ pub fn verify(
         t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
     });
     if !typ_ok {
-        return Err(AuthRejection::InvalidToken("not an access token (typ must be at+jwt)".into()).into());
+        return Err(
+            AuthRejection::InvalidToken("not an access token (typ must be at+jwt)".into()).into(),
+        );
     }
     let kid = header
         .kid
@@ -263,14 +270,23 @@ mod tests {
         let good = issue(&keys, ISS, AUD, &grant()).unwrap();
         let parts: Vec<&str> = good.token.expose().split('.').collect();
         let header: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[0]).unwrap(),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[0])
+                .unwrap(),
         )
         .unwrap();
         let kid = header["kid"].as_str().unwrap();
 
         // alg: none, no signature.
-        let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})), parts[1]);
-        assert!(matches!(rejected(verify(&none, &keys, ISS, AUD)), AuthRejection::MalformedToken(_)));
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
+            parts[1]
+        );
+        assert!(matches!(
+            rejected(verify(&none, &keys, ISS, AUD)),
+            AuthRejection::MalformedToken(_)
+        ));
 
         // HS256 with the public key as the HMAC secret.
         let public = keys.get(kid).unwrap().jwk["x"].as_str().unwrap().to_owned();
@@ -278,43 +294,80 @@ mod tests {
         hs.kid = Some(kid.to_owned());
         hs.typ = Some("at+jwt".into());
         let claims: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap(),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
         )
         .unwrap();
-        let forged = jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(public.as_bytes())).unwrap();
-        assert!(matches!(rejected(verify(&forged, &keys, ISS, AUD)), AuthRejection::InvalidToken(_)));
+        let forged = jsonwebtoken::encode(
+            &hs,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(
+            rejected(verify(&forged, &keys, ISS, AUD)),
+            AuthRejection::InvalidToken(_)
+        ));
 
         // Tampered payload.
         let mut escalated = claims.clone();
         escalated["scope"] = json!("*");
         let tampered = format!("{}.{}.{}", parts[0], b64(&escalated), parts[2]);
-        assert_eq!(rejected(verify(&tampered, &keys, ISS, AUD)), AuthRejection::InvalidToken("bad signature".into()));
+        assert_eq!(
+            rejected(verify(&tampered, &keys, ISS, AUD)),
+            AuthRejection::InvalidToken("bad signature".into())
+        );
 
         // Wrong issuer and audience.
-        assert!(matches!(rejected(verify(good.token.expose(), &keys, "http://other", AUD)), AuthRejection::InvalidToken(_)));
-        assert_eq!(rejected(verify(good.token.expose(), &keys, ISS, "http://other")), AuthRejection::WrongAudience);
+        assert!(matches!(
+            rejected(verify(good.token.expose(), &keys, "http://other", AUD)),
+            AuthRejection::InvalidToken(_)
+        ));
+        assert_eq!(
+            rejected(verify(good.token.expose(), &keys, ISS, "http://other")),
+            AuthRejection::WrongAudience
+        );
 
         // Unknown kid.
         let other = KeySet::generate_ephemeral();
         let foreign = issue(&other, ISS, AUD, &grant()).unwrap();
-        assert!(matches!(verify(foreign.token.expose(), &keys, ISS, AUD), Err(VerifyError::UnknownKey(_))));
+        assert!(matches!(
+            verify(foreign.token.expose(), &keys, ISS, AUD),
+            Err(VerifyError::UnknownKey(_))
+        ));
 
         // Expired, and not yet valid.
         let mut old = claims.clone();
         old["exp"] = json!(unix_now() - 3600);
         let (expired, _) = keys.sign(&old, ACCESS_TOKEN_TYP).unwrap();
-        assert_eq!(rejected(verify(&expired, &keys, ISS, AUD)), AuthRejection::ExpiredToken);
+        assert_eq!(
+            rejected(verify(&expired, &keys, ISS, AUD)),
+            AuthRejection::ExpiredToken
+        );
         let mut future = claims.clone();
         future["nbf"] = json!(unix_now() + 3600);
         let (early, _) = keys.sign(&future, ACCESS_TOKEN_TYP).unwrap();
-        assert_eq!(rejected(verify(&early, &keys, ISS, AUD)), AuthRejection::ExpiredToken);
+        assert_eq!(
+            rejected(verify(&early, &keys, ISS, AUD)),
+            AuthRejection::ExpiredToken
+        );
 
         // A JWT that is not an access token (an ID token, say).
         let (id_token, _) = keys.sign(&claims, "JWT").unwrap();
-        assert!(matches!(rejected(verify(&id_token, &keys, ISS, AUD)), AuthRejection::InvalidToken(_)));
+        assert!(matches!(
+            rejected(verify(&id_token, &keys, ISS, AUD)),
+            AuthRejection::InvalidToken(_)
+        ));
 
         // Garbage.
-        assert!(matches!(rejected(verify("abc", &keys, ISS, AUD)), AuthRejection::MalformedToken(_)));
-        assert!(matches!(rejected(verify("a.b.c", &keys, ISS, AUD)), AuthRejection::MalformedToken(_)));
+        assert!(matches!(
+            rejected(verify("abc", &keys, ISS, AUD)),
+            AuthRejection::MalformedToken(_)
+        ));
+        assert!(matches!(
+            rejected(verify("a.b.c", &keys, ISS, AUD)),
+            AuthRejection::MalformedToken(_)
+        ));
     }
 }

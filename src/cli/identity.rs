@@ -141,7 +141,9 @@ fn read_password() -> Result<Redacted<String>> {
         value.pop();
     }
     if value.is_empty() {
-        bail!("no password on stdin: pipe it in, e.g. `printf %s \"$PASSWORD\" | warden user add …`");
+        bail!(
+            "no password on stdin: pipe it in, e.g. `printf %s \"$PASSWORD\" | warden user add …`"
+        );
     }
     crate::auth::passwords::Passwords::check_policy(&value)?;
     Ok(Redacted::new(value))
@@ -181,7 +183,10 @@ fn check_roles(config: &Config, roles: &[String]) -> Result<()> {
 }
 
 fn when(time: Option<std::time::SystemTime>) -> String {
-    time.map_or_else(|| "-".into(), |t| humantime::format_rfc3339_seconds(t).to_string())
+    time.map_or_else(
+        || "-".into(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
 }
 
 pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
@@ -200,8 +205,18 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             .await??;
             let client = database.pool.get().await?;
             let row = store::create(&**client, &name, "user", &roles, Some(&hash)).await?;
-            store::notify(&**client, "user.added", &name, json!({"origin": "cli", "roles": roles})).await?;
-            println!("user `{}` added with role(s) {}", row.name, row.roles.join(", "));
+            store::notify(
+                &**client,
+                "user.added",
+                &name,
+                json!({"origin": "cli", "roles": roles}),
+            )
+            .await?;
+            println!(
+                "user `{}` added with role(s) {}",
+                row.name,
+                row.roles.join(", ")
+            );
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }
@@ -238,7 +253,13 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             .await??;
             let client = database.pool.get().await?;
             store::set_password(&**client, &name, &hash).await?;
-            store::notify(&**client, "user.password_changed", &name, json!({"origin": "cli"})).await?;
+            store::notify(
+                &**client,
+                "user.password_changed",
+                &name,
+                json!({"origin": "cli"}),
+            )
+            .await?;
             println!("password of `{name}` changed");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
@@ -251,7 +272,11 @@ async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Resu
     let (config, database) = open(&profile).await?;
     let client = database.pool.get().await?;
     store::set_disabled(&**client, &name, disabled).await?;
-    let kind = if disabled { "user.disabled" } else { "user.enabled" };
+    let kind = if disabled {
+        "user.disabled"
+    } else {
+        "user.enabled"
+    };
     store::notify(&**client, kind, &name, json!({"origin": "cli"})).await?;
     println!("`{name}` {}", if disabled { "disabled" } else { "enabled" });
     drop(client);
@@ -332,7 +357,14 @@ pub(crate) async fn keys_command(command: KeysCommand) -> Result<ExitCode> {
                 json!({"origin": "cli", "retired": retired}),
             )
             .await?;
-            println!("new signing key {kid}; retired {} (they verify until their tokens expire)", if retired.is_empty() { "none".to_owned() } else { retired.join(", ") });
+            println!(
+                "new signing key {kid}; retired {} (they verify until their tokens expire)",
+                if retired.is_empty() {
+                    "none".to_owned()
+                } else {
+                    retired.join(", ")
+                }
+            );
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }
@@ -347,7 +379,11 @@ pub(crate) async fn keys_command(command: KeysCommand) -> Result<ExitCode> {
                     when(Some(key.created_at)),
                     match key.retired_at {
                         None => "active".to_owned(),
-                        Some(at) => format!("retired {}, verifies until {}", when(Some(at)), when(Some(key.verifies_until))),
+                        Some(at) => format!(
+                            "retired {}, verifies until {}",
+                            when(Some(at)),
+                            when(Some(key.verifies_until))
+                        ),
                     }
                 );
             }
@@ -384,7 +420,10 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
                 json!({"origin": "cli", "key_id": key.id, "prefix": key.prefix, "scopes": scopes.to_header_value()}),
             )
             .await?;
-            eprintln!("API key {} ({}) for `{name}`; it is shown once:", key.id, key.prefix);
+            eprintln!(
+                "API key {} ({}) for `{name}`; it is shown once:",
+                key.id, key.prefix
+            );
             println!("{}", key.key.expose());
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
@@ -401,7 +440,8 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
                     key.scopes,
                     when(Some(key.created_at)),
                     when(key.expires_at),
-                    key.revoked_at.map_or("active".into(), |t| format!("revoked {}", when(Some(t)))),
+                    key.revoked_at
+                        .map_or("active".into(), |t| format!("revoked {}", when(Some(t)))),
                 );
             }
             drop(client);
@@ -409,7 +449,9 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
         }
         ApiKeyCommand::Revoke { id, name, profile } => {
             if id.is_none() && name.is_none() {
-                bail!("name the key to revoke (its id) or `--name` for every key of a service account");
+                bail!(
+                    "name the key to revoke (its id) or `--name` for every key of a service account"
+                );
             }
             let (config, database) = open(&profile).await?;
             let client = database.pool.get().await?;

@@ -146,7 +146,11 @@ pub fn check_fetch_url(url: &str, allow_insecure_loopback: bool) -> Result<(), S
 
 fn check_scopes(path: &str, scopes: &[String], problems: &mut Vec<Located>) {
     for scope in scopes {
-        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+        if scope.is_empty()
+            || scope
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        {
             problems.push(problem(
                 path,
                 format!("`{scope}` is not a valid scope (no spaces, quotes or backslashes)"),
@@ -167,7 +171,10 @@ pub fn identity(raw: RawIdentity, public_url: &str, problems: &mut Vec<Located>)
         .unwrap_or_else(|| public_url.to_owned())
         .trim_end_matches('/')
         .to_owned();
-    for (key, value) in [("identity.issuer", &issuer), ("identity.audience", &audience)] {
+    for (key, value) in [
+        ("identity.issuer", &issuer),
+        ("identity.audience", &audience),
+    ] {
         if !(value.starts_with("http://") || value.starts_with("https://")) {
             problems.push(problem(
                 key,
@@ -215,10 +222,7 @@ pub fn identity(raw: RawIdentity, public_url: &str, problems: &mut Vec<Located>)
                 .iter()
                 .any(|t: &TrustedIssuer| t.issuer == issuer.issuer)
             {
-                problems.push(spanned.error(format!(
-                    "issuer `{}` is listed twice",
-                    issuer.issuer
-                )));
+                problems.push(spanned.error(format!("issuer `{}` is listed twice", issuer.issuer)));
             }
             trusted_issuers.push(issuer);
         }
@@ -262,9 +266,11 @@ fn trusted_issuer(
         problems.push(spanned.error(format!("jwks_uri {message}")));
     }
     if raw.jwks_uri.is_none() && raw.discovery == Some(false) {
-        problems.push(spanned.error(
-            "needs `jwks_uri`, or `discovery: true` to find it in the issuer's metadata",
-        ));
+        problems.push(
+            spanned.error(
+                "needs `jwks_uri`, or `discovery: true` to find it in the issuer's metadata",
+            ),
+        );
     }
     let algorithms = raw
         .algorithms
@@ -329,7 +335,11 @@ pub fn roles(
             problems.push(spanned.error(format!("role name `{name}` must not contain spaces")));
         }
         let before = problems.len();
-        check_scopes(&format!("roles.{name}.scopes"), &spanned.value.scopes, problems);
+        check_scopes(
+            &format!("roles.{name}.scopes"),
+            &spanned.value.scopes,
+            problems,
+        );
         for p in &mut problems[before..] {
             p.mark = spanned.mark;
         }
@@ -368,7 +378,11 @@ pub fn server_access(
         problems,
     );
     for (tool, scopes) in &access.tools {
-        check_scopes(&format!("servers.{name}.tools.{tool}.scopes"), scopes, problems);
+        check_scopes(
+            &format!("servers.{name}.tools.{tool}.scopes"),
+            scopes,
+            problems,
+        );
     }
     access
 }

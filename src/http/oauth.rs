@@ -172,7 +172,10 @@ fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Resp
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -227,11 +230,20 @@ fn redirect_error(app: &AppState, pending: &Pending, error: &str, description: &
 fn csrf_cookie(app: &AppState) -> (String, String) {
     let token = secret::short_id("");
     let names = cookie_names(app);
-    let cookie = format!("{}={token}{}; Max-Age={FORM_TTL_SECS}", names.csrf, names.attributes);
+    let cookie = format!(
+        "{}={token}{}; Max-Age={FORM_TTL_SECS}",
+        names.csrf, names.attributes
+    );
     (token, cookie)
 }
 
-fn login_page(app: &AppState, mut pending: Pending, client: &str, error: Option<&str>, status: StatusCode) -> Response {
+fn login_page(
+    app: &AppState,
+    mut pending: Pending,
+    client: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
     let (csrf, cookie) = csrf_cookie(app);
     pending.csrf = csrf.clone();
     pending.exp = unix_now() + FORM_TTL_SECS;
@@ -255,7 +267,14 @@ fn login_page(app: &AppState, mut pending: Pending, client: &str, error: Option<
     )
 }
 
-fn consent_page(app: &AppState, mut pending: Pending, client: &Client, user: &str, scopes: &Scopes, extra: Option<String>) -> Response {
+fn consent_page(
+    app: &AppState,
+    mut pending: Pending,
+    client: &Client,
+    user: &str,
+    scopes: &Scopes,
+    extra: Option<String>,
+) -> Response {
     let (csrf, cookie) = csrf_cookie(app);
     pending.csrf = csrf.clone();
     pending.exp = unix_now() + FORM_TTL_SECS;
@@ -318,7 +337,10 @@ async fn authorize(
         }
     }
     let Some(client_id) = map.get("client_id") else {
-        return error_page(StatusCode::BAD_REQUEST, "The request names no client (client_id).");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The request names no client (client_id).",
+        );
     };
     let client = match app.identity.client(client_id).await {
         Ok(Some(client)) => client,
@@ -347,36 +369,77 @@ async fn authorize(
         redirect_uri,
         scope: map.get("scope").copied().unwrap_or_default().to_owned(),
         state: map.get("state").map(|s| (*s).to_owned()),
-        code_challenge: map.get("code_challenge").copied().unwrap_or_default().to_owned(),
+        code_challenge: map
+            .get("code_challenge")
+            .copied()
+            .unwrap_or_default()
+            .to_owned(),
         resource: map.get("resource").map(|s| (*s).to_owned()),
         csrf: String::new(),
         exp: 0,
     };
     if map.get("response_type") != Some(&"code") {
-        return redirect_error(&app, &pending, "unsupported_response_type", "only response_type=code is supported");
+        return redirect_error(
+            &app,
+            &pending,
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        );
     }
     if pending.code_challenge.is_empty() {
-        return redirect_error(&app, &pending, "invalid_request", "code_challenge is required (PKCE with S256)");
+        return redirect_error(
+            &app,
+            &pending,
+            "invalid_request",
+            "code_challenge is required (PKCE with S256)",
+        );
     }
     if map.get("code_challenge_method") != Some(&"S256") {
-        return redirect_error(&app, &pending, "invalid_request", "code_challenge_method must be S256");
+        return redirect_error(
+            &app,
+            &pending,
+            "invalid_request",
+            "code_challenge_method must be S256",
+        );
     }
     if !oauth::is_s256_challenge(&pending.code_challenge) {
-        return redirect_error(&app, &pending, "invalid_request", "code_challenge is not an S256 challenge");
+        return redirect_error(
+            &app,
+            &pending,
+            "invalid_request",
+            "code_challenge is not an S256 challenge",
+        );
     }
     if let Some(resource) = &pending.resource
         && !app.identity.is_own_resource(resource)
     {
-        return redirect_error(&app, &pending, "invalid_target", "the resource is not this Warden");
+        return redirect_error(
+            &app,
+            &pending,
+            "invalid_target",
+            "the resource is not this Warden",
+        );
     }
     if !client.allows_grant("authorization_code") {
-        return redirect_error(&app, &pending, "unauthorized_client", "the client may not use authorization codes");
+        return redirect_error(
+            &app,
+            &pending,
+            "unauthorized_client",
+            "the client may not use authorization codes",
+        );
     }
     match session_user(&app, &headers).await {
         Some(user) => {
-            let scopes = app.identity.grantable(&user.roles, &Scopes::parse(&pending.scope));
+            let scopes = app
+                .identity
+                .grantable(&user.roles, &Scopes::parse(&pending.scope));
             if scopes.is_empty() {
-                return redirect_error(&app, &pending, "access_denied", "your roles grant none of the requested scopes");
+                return redirect_error(
+                    &app,
+                    &pending,
+                    "access_denied",
+                    "your roles grant none of the requested scopes",
+                );
             }
             consent_page(&app, pending, &client, &user.name, &scopes, None)
         }
@@ -413,7 +476,12 @@ struct ConsentForm {
 
 /// The pending request of a form, if the form is genuine: sealed by Warden, not expired,
 /// and its CSRF token equal to the cookie's and the sealed one.
-fn genuine(app: &AppState, headers: &HeaderMap, sealed: &str, csrf: &str) -> Result<Pending, Response> {
+fn genuine(
+    app: &AppState,
+    headers: &HeaderMap,
+    sealed: &str,
+    csrf: &str,
+) -> Result<Pending, Response> {
     let refused = || {
         error_page(
             StatusCode::FORBIDDEN,
@@ -430,7 +498,11 @@ fn genuine(app: &AppState, headers: &HeaderMap, sealed: &str, csrf: &str) -> Res
     if ok { Ok(pending) } else { Err(refused()) }
 }
 
-async fn login(State(app): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let pending = match genuine(&app, &headers, &form.pending, &form.csrf) {
         Ok(pending) => pending,
         Err(response) => return response,
@@ -441,12 +513,22 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, Form(form): Form
     };
     let user = match app
         .identity
-        .login(form.username.trim(), Redacted::new(form.password), &client.client_id)
+        .login(
+            form.username.trim(),
+            Redacted::new(form.password),
+            &client.client_id,
+        )
         .await
     {
         Ok(user) => user,
         Err(LoginError::Invalid) => {
-            return login_page(&app, pending, client.display_name(), Some("Wrong username or password."), StatusCode::UNAUTHORIZED);
+            return login_page(
+                &app,
+                pending,
+                client.display_name(),
+                Some("Wrong username or password."),
+                StatusCode::UNAUTHORIZED,
+            );
         }
         Err(LoginError::RateLimited(wait)) => {
             let mut response = login_page(
@@ -456,13 +538,17 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, Form(form): Form
                 Some("Too many sign-in attempts for this username; wait a minute and try again."),
                 StatusCode::TOO_MANY_REQUESTS,
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
             return response;
         }
         Err(LoginError::Unavailable(_)) => {
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in is unavailable right now; try again shortly.");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable right now; try again shortly.",
+            );
         }
     };
     let ttl = app.identity.config().login_session_ttl;
@@ -475,15 +561,38 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, Form(form): Form
         SESSION_CONTEXT,
     );
     let names = cookie_names(&app);
-    let session_cookie = format!("{}={session}{}; Max-Age={}", names.session, names.attributes, ttl.as_secs());
-    let scopes = app.identity.grantable(&user.roles, &Scopes::parse(&pending.scope));
+    let session_cookie = format!(
+        "{}={session}{}; Max-Age={}",
+        names.session,
+        names.attributes,
+        ttl.as_secs()
+    );
+    let scopes = app
+        .identity
+        .grantable(&user.roles, &Scopes::parse(&pending.scope));
     if scopes.is_empty() {
-        return redirect_error(&app, &pending, "access_denied", "your roles grant none of the requested scopes");
+        return redirect_error(
+            &app,
+            &pending,
+            "access_denied",
+            "your roles grant none of the requested scopes",
+        );
     }
-    consent_page(&app, pending, &client, &user.name, &scopes, Some(session_cookie))
+    consent_page(
+        &app,
+        pending,
+        &client,
+        &user.name,
+        &scopes,
+        Some(session_cookie),
+    )
 }
 
-async fn consent(State(app): State<AppState>, headers: HeaderMap, Form(form): Form<ConsentForm>) -> Response {
+async fn consent(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ConsentForm>,
+) -> Response {
     let pending = match genuine(&app, &headers, &form.pending, &form.csrf) {
         Ok(pending) => pending,
         Err(response) => return response,
@@ -493,17 +602,35 @@ async fn consent(State(app): State<AppState>, headers: HeaderMap, Form(form): Fo
         _ => return error_page(StatusCode::BAD_REQUEST, "Unknown client."),
     };
     let Some(user) = session_user(&app, &headers).await else {
-        return login_page(&app, pending, client.display_name(), Some("Your session ended; sign in again."), StatusCode::UNAUTHORIZED);
+        return login_page(
+            &app,
+            pending,
+            client.display_name(),
+            Some("Your session ended; sign in again."),
+            StatusCode::UNAUTHORIZED,
+        );
     };
     if form.decision != "allow" {
         app.identity
             .consent_event(&user.name, &client.client_id, false, &pending.scope)
             .await;
-        return redirect_error(&app, &pending, "access_denied", "the user denied the request");
+        return redirect_error(
+            &app,
+            &pending,
+            "access_denied",
+            "the user denied the request",
+        );
     }
-    let scopes = app.identity.grantable(&user.roles, &Scopes::parse(&pending.scope));
+    let scopes = app
+        .identity
+        .grantable(&user.roles, &Scopes::parse(&pending.scope));
     if scopes.is_empty() {
-        return redirect_error(&app, &pending, "access_denied", "your roles grant none of the requested scopes");
+        return redirect_error(
+            &app,
+            &pending,
+            "access_denied",
+            "your roles grant none of the requested scopes",
+        );
     }
     let code = match app
         .identity
@@ -518,10 +645,20 @@ async fn consent(State(app): State<AppState>, headers: HeaderMap, Form(form): Fo
         .await
     {
         Ok(code) => code,
-        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, "Warden could not complete the authorization; try again."),
+        Err(_) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Warden could not complete the authorization; try again.",
+            );
+        }
     };
     app.identity
-        .consent_event(&user.name, &client.client_id, true, &scopes.to_header_value())
+        .consent_event(
+            &user.name,
+            &client.client_id,
+            true,
+            &scopes.to_header_value(),
+        )
         .await;
     let mut params = vec![("code", code.expose().as_str())];
     if let Some(state) = &pending.state {
@@ -536,11 +673,17 @@ async fn consent(State(app): State<AppState>, headers: HeaderMap, Form(form): Fo
 
 /// Client credentials from `Authorization: Basic` (RFC 6749 §2.3.1, form-encoded parts)
 /// or the body.
-fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, Option<Redacted<String>>), ApiError> {
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(String, Option<Redacted<String>>), ApiError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        });
     if let Some(encoded) = basic {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -570,14 +713,22 @@ fn form_map(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, Api
     let mut map = HashMap::new();
     for (name, value) in pairs {
         if map.contains_key(&name) {
-            return Err(OAuthError::new("invalid_request", format!("`{name}` appears more than once")).into());
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("`{name}` appears more than once"),
+            )
+            .into());
         }
         map.insert(name, value);
     }
     Ok(map)
 }
 
-async fn token(State(app): State<AppState>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, ApiError> {
+async fn token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
     let form = form_map(pairs)?;
     let get = |name: &str| form.get(name).map(String::as_str);
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
@@ -588,9 +739,16 @@ async fn token(State(app): State<AppState>, headers: HeaderMap, Form(pairs): For
                 .identity
                 .authenticate_client(&client_id, client_secret.as_ref())
                 .await?;
-            let code = get("code").ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+            let code = get("code")
+                .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
             app.identity
-                .exchange_code(&client, code, get("redirect_uri"), get("code_verifier"), resource)
+                .exchange_code(
+                    &client,
+                    code,
+                    get("redirect_uri"),
+                    get("code_verifier"),
+                    resource,
+                )
                 .await?
         }
         Some("refresh_token") => {
@@ -598,8 +756,11 @@ async fn token(State(app): State<AppState>, headers: HeaderMap, Form(pairs): For
                 .identity
                 .authenticate_client(&client_id, client_secret.as_ref())
                 .await?;
-            let refresh = get("refresh_token").ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
-            app.identity.refresh(&client, refresh, get("scope"), resource).await?
+            let refresh = get("refresh_token")
+                .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
+            app.identity
+                .refresh(&client, refresh, get("scope"), resource)
+                .await?
         }
         Some("client_credentials") => {
             app.identity
@@ -638,7 +799,8 @@ async fn register(
     State(app): State<AppState>,
     request: Result<Json<oauth::RegistrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request.map_err(|e| OAuthError::new("invalid_client_metadata", e.body_text()))?;
+    let Json(request) =
+        request.map_err(|e| OAuthError::new("invalid_client_metadata", e.body_text()))?;
     let (client, secret) = app.identity.register_client(request).await?;
     let mut body = json!({
         "client_id": client.client_id,
@@ -663,10 +825,17 @@ async fn register(
     Ok(response)
 }
 
-async fn revoke(State(app): State<AppState>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, ApiError> {
+async fn revoke(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
     let form = form_map(pairs)?;
     let (client_id, secret) = client_credentials(&headers, &form)?;
-    let client = app.identity.authenticate_client(&client_id, secret.as_ref()).await?;
+    let client = app
+        .identity
+        .authenticate_client(&client_id, secret.as_ref())
+        .await?;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
@@ -674,7 +843,11 @@ async fn revoke(State(app): State<AppState>, headers: HeaderMap, Form(pairs): Fo
     Ok(StatusCode::OK.into_response())
 }
 
-async fn introspect(State(app): State<AppState>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn introspect(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     super::admin::admin_principal(&app, &headers, "tokens.introspect").await?;
     let form = form_map(pairs)?;
     let token = form
@@ -689,9 +862,15 @@ mod tests {
 
     #[test]
     fn html_is_escaped_and_cookies_parsed() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; warden_csrf=abc; b=2"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; warden_csrf=abc; b=2"),
+        );
         assert_eq!(cookie(&headers, "warden_csrf"), Some("abc"));
         assert_eq!(cookie(&headers, "warden"), None);
     }

@@ -22,7 +22,10 @@ pub fn routes() -> Router<AppState> {
             "/.well-known/oauth-authorization-server",
             get(authorization_server),
         )
-        .route("/.well-known/openid-configuration", get(authorization_server))
+        .route(
+            "/.well-known/openid-configuration",
+            get(authorization_server),
+        )
         .route(
             "/.well-known/oauth-protected-resource",
             get(protected_resource_root),

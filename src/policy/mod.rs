@@ -317,13 +317,43 @@ servers:
             tool,
             annotations,
         };
-        check_decision(&e, "github:read", call("list_issues", Some(&read_only)), Ok(()));
+        check_decision(
+            &e,
+            "github:read",
+            call("list_issues", Some(&read_only)),
+            Ok(()),
+        );
         check_decision(&e, "github:read", call("list_issues", None), Ok(()));
-        check_decision(&e, "tools:read", call("list_issues", None), Err("github:read"));
-        check_decision(&e, "github:read", call("create", Some(&destructive)), Err("github:write"));
-        check_decision(&e, "github:write", call("create", Some(&destructive)), Ok(()));
-        check_decision(&e, "github:write", call("delete_repo", None), Err("github:admin github:write"));
-        check_decision(&e, "github:admin github:write", call("delete_repo", None), Ok(()));
+        check_decision(
+            &e,
+            "tools:read",
+            call("list_issues", None),
+            Err("github:read"),
+        );
+        check_decision(
+            &e,
+            "github:read",
+            call("create", Some(&destructive)),
+            Err("github:write"),
+        );
+        check_decision(
+            &e,
+            "github:write",
+            call("create", Some(&destructive)),
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "github:write",
+            call("delete_repo", None),
+            Err("github:admin github:write"),
+        );
+        check_decision(
+            &e,
+            "github:admin github:write",
+            call("delete_repo", None),
+            Ok(()),
+        );
         check_decision(&e, "*", call("delete_repo", Some(&destructive)), Ok(()));
     }
 
@@ -337,12 +367,49 @@ servers:
         };
         check_decision(&e, "tools:read", plain(None), Ok(()));
         check_decision(&e, "", plain(None), Err("tools:read"));
-        check_decision(&e, "tools:read", plain(Some(&json!({"destructiveHint": true}))), Err("tools:write"));
-        check_decision(&e, "tools:read", Permission::List { server: "plain" }, Ok(()));
-        check_decision(&e, "tools:read", Permission::Admin { action: "servers.read" }, Err("admin"));
-        check_decision(&e, "admin", Permission::Admin { action: "servers.read" }, Ok(()));
-        check_decision(&e, "tools:read", Permission::UseModel { model: "m" }, Err("ai:chat"));
-        check_decision(&e, "", Permission::ReadResource { server: "github", uri: "x" }, Err("github:read"));
+        check_decision(
+            &e,
+            "tools:read",
+            plain(Some(&json!({"destructiveHint": true}))),
+            Err("tools:write"),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::List { server: "plain" },
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::Admin {
+                action: "servers.read",
+            },
+            Err("admin"),
+        );
+        check_decision(
+            &e,
+            "admin",
+            Permission::Admin {
+                action: "servers.read",
+            },
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::UseModel { model: "m" },
+            Err("ai:chat"),
+        );
+        check_decision(
+            &e,
+            "",
+            Permission::ReadResource {
+                server: "github",
+                uri: "x",
+            },
+            Err("github:read"),
+        );
     }
 
     #[test]
@@ -359,7 +426,9 @@ servers:
 
     #[test]
     fn roles_expand_to_scope_sets() {
-        let e = engine("roles:\n  dev: {scopes: [github:read, github:write]}\n  anonymous: {scopes: [tools:read]}\n");
+        let e = engine(
+            "roles:\n  dev: {scopes: [github:read, github:write]}\n  anonymous: {scopes: [tools:read]}\n",
+        );
         let scopes = e.role_scopes(&["dev", "unknown"]);
         assert!(scopes.grants("github:write") && !scopes.grants("admin"));
         assert!(e.role_scopes(&["admin"]).grants("anything"));

@@ -11,5 +11,6 @@ mod support;
 
 mod config;
 mod docs;
+mod identity;
 mod migrate;
 mod serve;
