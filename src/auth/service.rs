@@ -149,7 +149,7 @@ impl Identity {
         };
         {
             let mut client = identity.db.get().await?;
-            if let Some(kid) = keys::ensure_active(&mut **client, &identity.master).await? {
+            if let Some(kid) = keys::ensure_active(&mut client, &identity.master).await? {
                 tracing::info!(%kid, "created the first signing key");
             }
         }

@@ -149,10 +149,10 @@ pub fn cli(profile: &Profile, args: &[&str], stdin: Option<&str>) -> (bool, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("warden CLI starts");
-    if let Some(mut pipe) = child.stdin.take() {
-        if let Some(text) = stdin {
-            pipe.write_all(text.as_bytes()).expect("write stdin");
-        }
+    if let Some(mut pipe) = child.stdin.take()
+        && let Some(text) = stdin
+    {
+        pipe.write_all(text.as_bytes()).expect("write stdin");
     }
     let output = child.wait_with_output().expect("warden CLI finishes");
     (
