@@ -3,6 +3,8 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod bridge;
+mod instance;
 mod secret;
 mod serve;
 
@@ -56,6 +58,8 @@ enum Command {
     /// Check a profile.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A stdio MCP server that forwards to a Warden gateway (for stdio-only clients).
+    Bridge(bridge::BridgeArgs),
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -107,6 +111,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = profile.load()?;
             let _logging = init_logging(&config);
             runtime()?.block_on(migrate(config))
+        }
+        Command::Bridge(args) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(bridge::run(args))
         }
         Command::Secret(command) => {
             let _logging = init_cli_logging();

@@ -13,3 +13,4 @@ mod config;
 mod docs;
 mod migrate;
 mod serve;
+mod supervision;
