@@ -43,7 +43,7 @@ impl Running {
 
     fn start_with(servers: Value, edit: impl FnOnce(&mut warden::Profile)) -> Running {
         let db = TestDb::new();
-        let mut profile = warden::Profile::with_database(&db.url());
+        let mut profile = warden::Profile::with_database(db.url());
         profile.set("servers", servers);
         edit(&mut profile);
         let warden = profile.start();
@@ -275,7 +275,7 @@ fn no_child_outlives_a_sigterm_or_a_kill9() {
 #[test]
 fn secrets_reach_the_child_environment_and_never_the_log() {
     let db = TestDb::new();
-    let mut profile = warden::Profile::with_database(&db.url());
+    let mut profile = warden::Profile::with_database(db.url());
     let value = format!("s3cr3t-{}", std::process::id());
     let mut set = profile.command(&["secret", "set", "api_token"]);
     set.stdin(std::process::Stdio::piped())
