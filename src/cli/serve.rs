@@ -159,6 +159,7 @@ async fn run(
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
+    app.gateway.closing.cancel();
     shutdown.cancel();
     let _ = server.await;
     secret_watch.abort();

@@ -154,6 +154,24 @@ impl GatewayError {
     }
 }
 
+/// What a 2026-07-28 `subscriptions/listen` stream asked to hear about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenFilter {
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+}
+
+/// One open `subscriptions/listen` stream.
+pub struct Listener {
+    /// The JSON-RPC id of the request that opened it (the subscription id).
+    pub id: Value,
+    pub principal: Arc<Principal>,
+    pub scope: Option<Arc<str>>,
+    pub filter: ListenFilter,
+    pub sender: tokio::sync::mpsc::Sender<Arc<str>>,
+}
+
 /// The gateway: routing table, pins and sessions over the supervision tree.
 pub struct Gateway {
     pub directory: Arc<Directory>,
@@ -163,6 +181,10 @@ pub struct Gateway {
     pub pins: Arc<Pins>,
     pub sessions: SessionManager,
     pub audit: Audit,
+    /// Open `subscriptions/listen` streams (stateless clients' change notifications).
+    listeners: std::sync::Mutex<Vec<Listener>>,
+    /// Cancelled when Warden shuts down; listen streams then end gracefully.
+    pub closing: CancellationToken,
 }
 
 /// A resolved tool: where it goes and what the permission check needs to know.
@@ -186,7 +208,49 @@ impl Gateway {
             pins,
             sessions,
             audit,
+            listeners: std::sync::Mutex::new(Vec::new()),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Registers a `subscriptions/listen` stream.
+    pub fn add_listener(&self, listener: Listener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+
+    /// Sends `notifications/{kind}/list_changed` about `server` to every listen stream
+    /// that asked for it and may see the server (closed streams are dropped).
+    pub fn notify_listeners(&self, policy: &PolicyEngine, server: &str, kind: &str) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|listener| {
+            let wanted = match kind {
+                "tools" => listener.filter.tools,
+                "prompts" => listener.filter.prompts,
+                "resources" => listener.filter.resources,
+                _ => false,
+            };
+            let visible = listener.scope.as_deref().is_none_or(|s| s == server)
+                && policy
+                    .check(&listener.principal, &Permission::List { server })
+                    .is_ok();
+            if !(wanted && visible) {
+                return !listener.sender.is_closed();
+            }
+            let notification = json!({
+                "jsonrpc": "2.0",
+                "method": format!("notifications/{kind}/list_changed"),
+                "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": listener.id}},
+            });
+            !matches!(
+                listener
+                    .sender
+                    .try_send(Arc::from(notification.to_string())),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+            )
+        });
     }
 
     /// The current routing table, rebuilt first if a catalog or a pin changed.

@@ -2,7 +2,8 @@
 //! authenticates the caller and passes the permission check (`Permission::Admin`).
 //!
 //! - `GET /admin/servers` — name, kind, state, pid, restarts, last error and exit,
-//!   uptime, tool count (per-user instances listed under their server).
+//!   uptime, tool count, calls in flight and queued (per-user instances listed under
+//!   their server).
 //! - `POST /admin/servers/{name}/restart` — restart now; clears a `failed` state.
 //! - `POST /admin/reload` — re-read the profile and reconcile (same as SIGHUP).
 //! - `POST /admin/tools/{server}/{tool}/approve` — accept a pinned tool's changed
@@ -81,6 +82,8 @@ async fn list_servers(
         .iter()
         .map(|entry| {
             let mut server = describe(&entry.shared().status());
+            server["in_flight"] = Value::from(entry.limiter.in_flight());
+            server["queued"] = Value::from(entry.limiter.waiting());
             let instances: Vec<Value> = entry
                 .user_instances()
                 .iter()

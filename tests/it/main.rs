@@ -11,6 +11,7 @@ mod support;
 
 mod config;
 mod docs;
+mod gateway;
 mod migrate;
 mod serve;
 mod supervision;
