@@ -46,5 +46,6 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::metrics::routes);
         registry.routes("warden", http::admin::routes);
         registry.routes("warden", http::mcp::routes);
+        registry.routes("warden", http::hooks::routes);
     }
 }

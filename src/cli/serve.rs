@@ -110,7 +110,7 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
+    let gateway = Gateway::new(tree.clone(), pins, sessions, audit, database.pool.clone());
 
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
@@ -133,6 +133,9 @@ async fn run(
         authenticator,
         log_level,
     ));
+    app.gateway
+        .sessions
+        .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
     let announcer = tokio::spawn(announce_changes(app.clone()));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();

@@ -7,6 +7,7 @@
 //! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
 //! the working directory Warden was started in, as a shell user would expect.
 
+pub mod policy;
 mod raw;
 pub mod units;
 pub mod yaml;
@@ -76,6 +77,8 @@ pub struct Config {
     pub naming: BTreeMap<String, ServerNaming>,
     pub gateway: GatewayConfig,
     pub sessions: SessionsConfig,
+    /// Rate limits, quotas and hooks (`rate_limits`, `quotas`, `hooks`).
+    pub policy: policy::PolicyConfig,
     /// Sections contributed by extensions (`extensions.<name>`), as parsed trees.
     pub extensions: BTreeMap<String, ExtensionSection>,
 }
@@ -346,6 +349,30 @@ impl Config {
             max_total: raw.sessions.max_total.unwrap_or(10_000),
         };
 
+        let mut server_rates = Vec::new();
+        let mut tool_rates = Vec::new();
+        for (name, spanned) in &raw.servers {
+            if let Some(rate) = &spanned.value.rate_limit {
+                server_rates.push((name.clone(), rate.clone()));
+            }
+            for (tool, settings) in &spanned.value.tools {
+                if let Some(rate) = &settings.rate_limit {
+                    tool_rates.push(((name.clone(), tool.clone()), rate.clone()));
+                }
+            }
+        }
+        let policy = policy::build(
+            &raw.rate_limits,
+            server_rates,
+            tool_rates,
+            &raw.quotas,
+            &raw.hooks,
+        )
+        .unwrap_or_else(|mut errors| {
+            problems.append(&mut errors);
+            policy::PolicyConfig::default()
+        });
+
         let mut servers = Vec::new();
         let mut naming = BTreeMap::new();
         let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
@@ -379,6 +406,7 @@ impl Config {
             naming,
             gateway,
             sessions,
+            policy,
             extensions: BTreeMap::new(),
         })
     }

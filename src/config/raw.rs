@@ -27,6 +27,12 @@ pub struct RawProfile {
     pub gateway: RawGateway,
     #[serde(default)]
     pub sessions: RawSessions,
+    #[serde(default)]
+    pub rate_limits: super::policy::RawRateLimits,
+    #[serde(default)]
+    pub quotas: Vec<Spanned<super::policy::RawQuota>>,
+    #[serde(default)]
+    pub hooks: Vec<Spanned<super::policy::RawHook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +134,8 @@ pub struct RawMcpServer {
     // naming on the aggregate endpoint
     pub prefix: Option<String>,
     pub pin_tools: Option<bool>,
+    /// Per caller, for this server (`10/s`).
+    pub rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
 }
@@ -172,6 +180,8 @@ pub struct RawTool {
     pub alias: Option<String>,
     pub description: Option<String>,
     pub call_timeout: Option<Dur>,
+    /// Per caller, for this tool (`1/m`).
+    pub rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

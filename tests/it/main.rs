@@ -13,5 +13,6 @@ mod config;
 mod docs;
 mod gateway;
 mod migrate;
+mod policy;
 mod serve;
 mod supervision;
