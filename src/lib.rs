@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;

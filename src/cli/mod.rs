@@ -85,6 +85,11 @@ pub fn main() -> ExitCode {
         let code = warden_actors::process::guard_main(rest);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    // Built-in MCP servers run as children of this same binary; no runtime, no logging.
+    if args.get(1).is_some_and(|a| a == "builtin-server") {
+        let name = args.get(2).and_then(|a| a.to_str()).unwrap_or_default();
+        return ExitCode::from(u8::try_from(crate::builtin::run(name)).unwrap_or(1));
+    }
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => code,

@@ -498,9 +498,33 @@ fn server_spec(
         .clone()
         .or_else(|| defaults.inherit_env.clone())
         .unwrap_or_else(|| DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect());
-    let process = raw.command.as_ref().map(|command| ProcessSpec {
+    // A built-in server is this binary run as `warden builtin-server <name>`.
+    let builtin_command = raw.builtin.as_ref().map(|name| {
+        if !crate::builtin::NAMES.contains(&name.as_str()) {
+            fail(format!(
+                "`builtin` must be one of {}, found `{name}`",
+                crate::builtin::NAMES.join(", ")
+            ));
+        }
+        if raw.command.is_some() || raw.url.is_some() {
+            fail("`builtin` cannot be combined with `command` or `url`".into());
+        }
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "warden".into());
+        (exe, vec!["builtin-server".to_owned(), name.clone()])
+    });
+    let command = builtin_command
+        .clone()
+        .map(|(exe, _)| exe)
+        .or_else(|| raw.command.clone());
+    let process = command.as_ref().map(|command| ProcessSpec {
         command: command.clone(),
-        args: raw.args.clone().unwrap_or_default(),
+        args: builtin_command
+            .as_ref()
+            .map(|(_, args)| args.clone())
+            .or_else(|| raw.args.clone())
+            .unwrap_or_default(),
         cwd: raw.cwd.as_ref().map(PathBuf::from),
         env: raw.env.clone().unwrap_or_default(),
         secrets: raw.secrets.clone().unwrap_or_default(),

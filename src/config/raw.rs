@@ -105,6 +105,8 @@ pub struct RawServerDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     pub enabled: Option<bool>,
+    /// A server built into the binary (`demo`), run as a stdio child.
+    pub builtin: Option<String>,
     // stdio / http child
     pub command: Option<String>,
     pub args: Option<Vec<String>>,

@@ -429,3 +429,20 @@ fn a_third_party_server_runs_under_the_tree() {
     let sum = client.call("everything__get-sum", json!({"a": 2, "b": 3}));
     assert!(sum.text().contains('5'), "{:?}", sum.message);
 }
+
+#[test]
+fn the_builtin_demo_server_runs_from_the_binary_itself() {
+    let running = Running::start(json!({ "demo": {"builtin": "demo"} }));
+    let mut events = running.events();
+    running.wait_ready("demo", &mut events);
+    let mut client = running.client();
+    assert_eq!(
+        client.call("demo__echo", json!({"message": "hi"})).text(),
+        "hi"
+    );
+    assert_eq!(
+        client.call("demo__add", json!({"a": 2, "b": 40})).text(),
+        "42"
+    );
+    assert!(client.call("demo__now", json!({})).text().ends_with('Z'));
+}
