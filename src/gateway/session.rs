@@ -398,7 +398,6 @@ impl Actor for SessionsSupervisor {
                         let _ = actor.send_message(SessionMsg::End("idle timeout".into()));
                     }
                 }
-                metrics::gauge!("warden_sessions").set(state.sessions.len() as f64);
             }
         }
         Ok(())

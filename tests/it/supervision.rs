@@ -125,6 +125,19 @@ fn killed_child_is_restarted_and_serves_again() {
     let status = running.server("fix");
     assert_eq!(status["restarts"], 1, "{status}");
     assert_eq!(status["state"], "ready");
+    let metrics = http::get(&running.warden.url("/metrics")).body;
+    assert!(
+        metrics.contains("warden_server_up{server=\"fix\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_server_restarts_total{server=\"fix\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_server_state{server=\"fix\",state=\"ready\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
