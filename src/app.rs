@@ -13,8 +13,11 @@ use warden_actors::tree::Tree;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Rules};
 use crate::policy::PolicyEngine;
+use crate::policy::hooks::Hooks;
+use crate::policy::limits::RateLimiter;
+use crate::policy::quotas::QuotaRule;
 use crate::secrets::{MasterKey, SecretStore};
 
 /// Applies a new log filter (`logging.level`) without a restart.
@@ -37,6 +40,10 @@ pub struct App {
     pub identity: Arc<Identity>,
     /// The permission rules (shared with identity; swapped whole on reload).
     pub policy: Arc<ArcSwap<PolicyEngine>>,
+    /// Rate limits, hooks and quotas from the profile; replaced whole on reload.
+    pub limits: ArcSwap<RateLimiter>,
+    pub hooks: ArcSwap<Hooks>,
+    pub quotas: ArcSwap<Vec<QuotaRule>>,
     pub log_level: Option<LogLevelSetter>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
@@ -56,6 +63,9 @@ impl App {
     ) -> App {
         App {
             secrets: SecretStore::new(db.clone(), master_key.clone()),
+            limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
+            hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
+            quotas: ArcSwap::from_pointee(config.policy.quotas.clone()),
             config: ArcSwap::from_pointee(config),
             db,
             master_key,
@@ -69,6 +79,16 @@ impl App {
             identity,
             log_level,
             reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The rules in force, as one snapshot (a reload between two loads cannot mix them).
+    pub fn rules(&self) -> Rules {
+        Rules {
+            policy: self.policy.load_full(),
+            limits: self.limits.load_full(),
+            hooks: self.hooks.load_full(),
+            quotas: self.quotas.load_full(),
         }
     }
 
@@ -132,6 +152,14 @@ impl App {
                 max_total: new.sessions.max_total,
                 max_per_principal: new.sessions.max_per_principal,
             });
+        if new.policy.limits != *self.limits.load().config() {
+            tracing::info!("rate limits changed; applying them now");
+            self.limits
+                .store(Arc::new(RateLimiter::new(new.policy.limits.clone())));
+        }
+        self.hooks
+            .store(Arc::new(Hooks::new(new.policy.hooks.clone())));
+        self.quotas.store(Arc::new(new.policy.quotas.clone()));
         self.identity.reconfigure(&new);
         self.config.store(Arc::new(new));
         self.gateway.invalidate();

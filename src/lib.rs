@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -48,5 +49,6 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::mcp::routes);
         registry.routes("warden", http::wellknown::routes);
         registry.routes("warden", http::oauth::routes);
+        registry.routes("warden", http::hooks::routes);
     }
 }

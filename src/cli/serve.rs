@@ -6,7 +6,6 @@
 //! requests get `server.shutdown_grace` → the servers stop in reverse order → the
 //! database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use warden_actors::supervisor::RestartReason;
 use warden_actors::tree::{Tree, TreeConfig};
 
-use super::LogReload;
+use super::{LogReload, instance};
 use crate::app::{App, LogLevelSetter};
 use crate::auth::Identity;
 use crate::auth::bootstrap;
@@ -58,13 +57,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     if let Ok(exe) = std::env::current_exe() {
         warden_actors::process::set_guard_executable(exe);
     }
-    prepare_state_dir(&config.server.state_dir)?;
-    let master_key = MasterKey::load(
-        &config.server.state_dir,
-        config.server.master_key_file.as_deref(),
-        config.server.require_master_key,
-        &|name| std::env::var(name).ok(),
-    )?;
+    let master_key = instance::master_key(&config)?;
     tracing::info!(origin = %master_key.origin, "master key loaded");
 
     let registry = Registry::with(&[]);
@@ -93,7 +86,7 @@ async fn run(
             "schema up to date"
         );
     }
-    check_master_key(database, &master_key).await?;
+    instance::verify_master_key(database, &master_key).await?;
     let master_key = Arc::new(master_key);
     let secrets = SecretStore::new(database.pool.clone(), master_key.clone());
 
@@ -119,7 +112,7 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
+    let gateway = Gateway::new(tree.clone(), pins, sessions, audit, database.pool.clone());
 
     let identity = Identity::start(
         config,
@@ -152,6 +145,9 @@ async fn run(
         identity,
         log_level,
     ));
+    app.gateway
+        .sessions
+        .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
     let announcer = tokio::spawn(announce_changes(app.clone()));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
@@ -183,6 +179,7 @@ async fn run(
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
+    app.gateway.closing.cancel();
     shutdown.cancel();
     let _ = server.await;
     secret_watch.abort();
@@ -319,50 +316,6 @@ async fn restart_users_of(app: &App, secret: &str) {
                 .await;
         }
     }
-}
-
-/// Creates the state directory with mode 0700, tightening an existing one that others
-/// could read.
-fn prepare_state_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
-    // 0711 is what the embedded cluster needs when running as root (see db/embedded.rs).
-    if meta.permissions().mode() & 0o066 != 0 {
-        tracing::warn!(dir = %dir.display(), "the state directory was readable by others; restricting it to 0700");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-/// Records the master key's check value on first start; refuses a different key later.
-async fn check_master_key(database: &Database, key: &MasterKey) -> Result<()> {
-    let client = database
-        .pool
-        .get()
-        .await
-        .context("cannot reach PostgreSQL")?;
-    let stored: Option<Vec<u8>> = client
-        .query_one("SELECT master_key_check FROM warden_instance", &[])
-        .await?
-        .get(0);
-    match stored {
-        Some(stored) => key.verify_check_value(&stored)?,
-        None => {
-            client
-                .execute(
-                    "UPDATE warden_instance SET master_key_check = $1 WHERE master_key_check IS NULL",
-                    &[&key.check_value()],
-                )
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Until the AuditWriter lands, queued records are logged at debug level only.

@@ -28,6 +28,12 @@ pub struct RawProfile {
     #[serde(default)]
     pub sessions: RawSessions,
     #[serde(default)]
+    pub rate_limits: super::policy::RawRateLimits,
+    #[serde(default)]
+    pub quotas: Vec<Spanned<super::policy::RawQuota>>,
+    #[serde(default)]
+    pub hooks: Vec<Spanned<super::policy::RawHook>>,
+    #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]
     pub roles: BTreeMap<String, Spanned<RawRole>>,
@@ -105,6 +111,8 @@ pub struct RawServerDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     pub enabled: Option<bool>,
+    /// A server built into the binary (`demo`), run as a stdio child.
+    pub builtin: Option<String>,
     // stdio / http child
     pub command: Option<String>,
     pub args: Option<Vec<String>>,
@@ -134,6 +142,8 @@ pub struct RawMcpServer {
     // naming on the aggregate endpoint
     pub prefix: Option<String>,
     pub pin_tools: Option<bool>,
+    /// Per caller, for this server (`10/s`).
+    pub rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
     // the permission check
@@ -181,6 +191,8 @@ pub struct RawTool {
     pub alias: Option<String>,
     pub description: Option<String>,
     pub call_timeout: Option<Dur>,
+    /// Per caller, for this tool (`1/m`).
+    pub rate_limit: Option<Spanned<String>>,
     pub scopes: Option<Vec<String>>,
 }
 

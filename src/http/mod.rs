@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod hooks;
 pub mod jsonlimits;
 pub mod listener;
 pub mod mcp;

@@ -49,6 +49,24 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth/introspect", post(introspect))
 }
 
+/// The profile's `rate_limits.oauth`, per client (or per `subject` where there is no
+/// client yet).
+fn oauth_limit(app: &AppState, subject: &str) -> Result<(), ApiError> {
+    app.limits
+        .load()
+        .check(
+            crate::policy::limits::Surface::OAuth,
+            subject,
+            "anon",
+            None,
+            None,
+        )
+        .map_err(|limited| ApiError::RateLimited {
+            message: limited.to_string(),
+            retry_after_secs: limited.retry_after_secs(),
+        })
+}
+
 impl From<OAuthError> for ApiError {
     fn from(error: OAuthError) -> Self {
         ApiError::OAuth {
@@ -734,6 +752,7 @@ async fn token(
     let form = form_map(pairs)?;
     let get = |name: &str| form.get(name).map(String::as_str);
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
+    oauth_limit(&app, &client_id)?;
     let resource = get("resource");
     let response = match get("grant_type") {
         Some("authorization_code") => {
@@ -801,6 +820,7 @@ async fn register(
     State(app): State<AppState>,
     request: Result<Json<oauth::RegistrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    oauth_limit(&app, "registration")?;
     let Json(request) =
         request.map_err(|e| OAuthError::new("invalid_client_metadata", e.body_text()))?;
     let (client, secret) = app.identity.register_client(request).await?;

@@ -12,11 +12,17 @@
 //! | call a tool | `tools.<tool>.scopes` if set; else the server's `write_scopes` (default `tools:write`) when the tool is marked `destructiveHint: true`; else the server's `scopes` |
 //! | the admin API | `admin` |
 //! | a model request | `ai:chat` |
+//! | report a client-side lifecycle event (`POST /hooks/{event}`) | `hooks:report` |
 //!
 //! A principal's scopes grant a permission when they contain every required scope, or
 //! `*`. Roles are scope sets ([`PolicyEngine::role_scopes`]); identity turns a principal's
 //! roles into scopes when it verifies a token, so the check itself only compares sets.
 //! The check allocates nothing on the allow path: it runs for every tool of every listing.
+
+pub mod credentials;
+pub mod hooks;
+pub mod limits;
+pub mod quotas;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +62,10 @@ pub enum Permission<'a> {
     UseModel {
         model: &'a str,
     },
+    /// Report a client-side lifecycle event (`POST /hooks/{event}`).
+    ReportEvent {
+        event: &'a str,
+    },
 }
 
 /// A refusal, with what would have been needed.
@@ -73,6 +83,8 @@ pub enum Denial {
 pub const ADMIN_SCOPE: &str = "admin";
 /// The scope a model request requires.
 pub const MODEL_SCOPE: &str = "ai:chat";
+/// The scope reporting a client-side lifecycle event requires.
+pub const REPORT_SCOPE: &str = "hooks:report";
 
 /// One server's rules, shared (`Arc`) so a lookup copies nothing.
 #[derive(Clone, Debug)]
@@ -104,6 +116,7 @@ pub struct PolicyEngine {
     roles: HashMap<String, Scopes>,
     admin: Arc<[String]>,
     model: Arc<[String]>,
+    report: Arc<[String]>,
 }
 
 impl Default for PolicyEngine {
@@ -137,6 +150,7 @@ impl PolicyEngine {
                 .collect(),
             admin: vec![ADMIN_SCOPE.to_owned()].into(),
             model: vec![MODEL_SCOPE.to_owned()].into(),
+            report: vec![REPORT_SCOPE.to_owned()].into(),
         }
     }
 
@@ -170,6 +184,7 @@ impl PolicyEngine {
             }
             Permission::Admin { .. } => &self.admin,
             Permission::UseModel { .. } => &self.model,
+            Permission::ReportEvent { .. } => &self.report,
         }
     }
 
@@ -230,6 +245,7 @@ impl PolicyEngine {
         }
         add(&self.admin);
         add(&self.model);
+        add(&self.report);
         let role_scopes: Vec<String> = self
             .roles
             .values()

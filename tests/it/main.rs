@@ -11,6 +11,9 @@ mod support;
 
 mod config;
 mod docs;
+mod gateway;
 mod identity;
 mod migrate;
+mod policy;
 mod serve;
+mod supervision;
