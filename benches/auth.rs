@@ -135,7 +135,7 @@ fn bench(c: &mut Criterion) {
         v.set_audience(&[ISS]);
         v
     };
-    if let Some(der) = openssl(
+    let ec = openssl(
         &[
             "genpkey",
             "-algorithm",
@@ -145,19 +145,19 @@ fn bench(c: &mut Criterion) {
             "-outform",
             "DER",
         ],
-        None,
-    ) {
-        if let Some((token, key)) = foreign_token(Algorithm::ES256, &EncodingKey::from_ec_der(&der))
-        {
-            let v = validation(Algorithm::ES256);
-            c.bench_function("auth/verify_uncached/ES256", |b| {
-                b.iter(|| {
-                    jsonwebtoken::decode::<Value>(black_box(&token), &key, &v).expect("verifies")
-                })
-            });
-        }
+        Some(&[
+            "pkcs8", "-topk8", "-nocrypt", "-inform", "DER", "-outform", "DER",
+        ]),
+    );
+    if let Some(der) = ec
+        && let Some((token, key)) = foreign_token(Algorithm::ES256, &EncodingKey::from_ec_der(&der))
+    {
+        let v = validation(Algorithm::ES256);
+        c.bench_function("auth/verify_uncached/ES256", |b| {
+            b.iter(|| jsonwebtoken::decode::<Value>(black_box(&token), &key, &v).expect("verifies"))
+        });
     }
-    if let Some(der) = openssl(
+    let rsa = openssl(
         &[
             "genpkey",
             "-algorithm",
@@ -168,17 +168,15 @@ fn bench(c: &mut Criterion) {
             "DER",
         ],
         Some(&["rsa", "-inform", "DER", "-outform", "DER", "-traditional"]),
-    ) {
-        if let Some((token, key)) =
+    );
+    if let Some(der) = rsa
+        && let Some((token, key)) =
             foreign_token(Algorithm::RS256, &EncodingKey::from_rsa_der(&der))
-        {
-            let v = validation(Algorithm::RS256);
-            c.bench_function("auth/verify_uncached/RS256", |b| {
-                b.iter(|| {
-                    jsonwebtoken::decode::<Value>(black_box(&token), &key, &v).expect("verifies")
-                })
-            });
-        }
+    {
+        let v = validation(Algorithm::RS256);
+        c.bench_function("auth/verify_uncached/RS256", |b| {
+            b.iter(|| jsonwebtoken::decode::<Value>(black_box(&token), &key, &v).expect("verifies"))
+        });
     }
     let hash = passwords::hash_blocking(b"correct horse battery").expect("hashes");
     let mut group = c.benchmark_group("auth/argon2id");
