@@ -376,3 +376,66 @@ fn anonymous_access_only_when_the_anonymous_role_grants_scopes() {
         "anonymous never reaches the admin API: {admin:?}"
     );
 }
+
+#[test]
+fn client_id_metadata_documents_identify_clients_by_url() {
+    let env = Env::start(|p| {
+        p.set("identity.allow_insecure_loopback", true);
+    });
+    env.add_user("fay", "user");
+    // A document names its own URL, so the listener is bound before the documents exist.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let port = std_listener.local_addr().expect("address").port();
+    let good = format!("http://127.0.0.1:{port}/client.json");
+    let liar = format!("http://127.0.0.1:{port}/liar.json");
+    let documents = vec![
+        (
+            "/client.json",
+            json!({"client_id": good, "client_name": "Metadata App", "redirect_uris": [REDIRECT]}),
+        ),
+        (
+            "/liar.json",
+            json!({"client_id": "https://someone-else.example.com/client.json", "redirect_uris": [REDIRECT]}),
+        ),
+    ];
+    crate::support::rt::handle().spawn(async move {
+        use axum::routing::get;
+        let mut router = axum::Router::new();
+        for (path, document) in documents {
+            router = router.route(path, get(move || async move { axum::Json(document) }));
+        }
+        let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let (verifier, challenge) = pkce();
+    let page = http::get(&env.url(&format!(
+        "/oauth/authorize?{}",
+        authorize_query(&good, REDIRECT, "tools:read", &challenge, "m")
+    )));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("Metadata App"), "{}", page.body);
+    let consented = authorize_over_http(
+        &env,
+        &authorize_query(&good, REDIRECT, "tools:read", &challenge, "m"),
+        "fay",
+        PASSWORD,
+    );
+    let code = query(&consented.location)["code"].clone();
+    let tokens = exchange(&env, &good, &code, REDIRECT, &verifier);
+    assert_eq!(tokens.status, 200, "{tokens:?}");
+    let access = tokens.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        env.call_tool(&access, "fx__echo", json!({"message": "cimd"}))
+            .status,
+        200
+    );
+    // A document that names another client_id is not trusted.
+    let refused = http::get(&env.url(&format!(
+        "/oauth/authorize?{}",
+        authorize_query(&liar, REDIRECT, "tools:read", &challenge, "m")
+    )));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.header("location").is_none());
+}
