@@ -3,6 +3,7 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod audit;
 mod secret;
 mod serve;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Verify and search the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -111,6 +115,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(secret::run(command))
+        }
+        Command::Audit(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(audit::run(command))
         }
         Command::Serve(profile) => {
             let config = profile.load()?;

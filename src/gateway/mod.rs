@@ -488,6 +488,24 @@ impl Gateway {
         }
         params.insert("name".into(), Value::from(target.upstream.clone()));
         let entry = self.entry(&target.server)?;
+        // `audit.ack: durable` (audit work, docs/audit.md): the call's "started" record is
+        // durable — committed, or fsynced in the spool — before the tool is dispatched;
+        // if the trail cannot make it durable the call is refused, not dispatched.
+        if config.audit.ack == crate::config::AckMode::Durable {
+            let mut started = AuditEvent::new("tool.started", actor_kind(&ctx.principal));
+            started.trace_id = Some(ctx.trace.trace_id_hex());
+            started.actor_id = Some(ctx.principal.user_id().to_owned());
+            started.subject = Some(format!("{}/{}", target.server, target.upstream));
+            started.attributes = json!({
+                "execution_id": row.id,
+                "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
+                "client_id": ctx.principal.client_id,
+            });
+            self.audit
+                .record_durable(AuditRecord::Event(Box::new(started)))
+                .await
+                .map_err(GatewayError::Audit)?;
+        }
         let spec = entry.spec();
         let timeout = spec
             .tools
