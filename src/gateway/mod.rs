@@ -440,9 +440,11 @@ impl Gateway {
                 row.error = Some(error.to_string());
             }
         }
+        // `record_completed`: the call was admitted and ran, so its row is kept even while
+        // the trail refuses new calls (audit work, docs/audit.md).
         if let Err(refused) = self
             .audit
-            .record(AuditRecord::ToolCall(Box::new(row)))
+            .record_completed(AuditRecord::ToolCall(Box::new(row)))
             .await
         {
             // The call already happened; the refusal is logged loudly (the trail's own

@@ -297,6 +297,37 @@ impl Audit {
         .await
     }
 
+    /// Enqueues the record of something that already happened (a tool call's outcome).
+    /// Unlike [`Audit::record`] it is not refused because the trail is refusing new
+    /// governed calls (`fail_closed`): the call it describes was admitted and ran, so its
+    /// row must be kept. It waits for room in the queue up to the `block` timeout (five
+    /// seconds under `fail_closed`) and is refused only when there is none.
+    ///
+    /// # Cancel safety
+    /// As [`Audit::record`].
+    pub async fn record_completed(&self, record: AuditRecord) -> Result<(), AuditRefused> {
+        let item = Queued {
+            record,
+            durable: None,
+        };
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditRefused::Stopped),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                metrics::counter!("warden_audit_queue_full_total").increment(1);
+                let wait = match self.backlog {
+                    Backlog::Block(wait) => wait,
+                    Backlog::FailClosed => Duration::from_secs(5),
+                };
+                match tokio::time::timeout(wait, self.queue.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(AuditRefused::Stopped),
+                    Err(_) => Err(AuditRefused::Backlogged),
+                }
+            }
+        }
+    }
+
     /// Enqueues a record and waits until it is durable (`audit.ack: durable`): committed
     /// to PostgreSQL or fsynced in the local spool.
     ///
