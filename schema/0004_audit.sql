@@ -5,9 +5,14 @@
 --
 -- Every row carries `batch_seq`, the batch it was written in. `audit_batches` holds one
 -- row per batch: for each of its rows a 33-byte entry (table tag, id, first 16 bytes of
--- the SHA-256 of the row's canonical text), and a hash chained over the previous batch's
--- hash, the sequence number and the SHA-256 of the entries. `warden audit verify`
--- recomputes both and names the first row or batch that no longer matches.
+-- the SHA-256 of the row's canonical encoding — actors/src/audit/store.rs `row_hash`),
+-- and a hash chained over the previous batch's hash, the sequence number and the SHA-256
+-- of the entries. `warden audit verify` recomputes both from the rows as they stand and
+-- names the first row or batch that no longer matches.
+--
+-- Payloads are `json`, not `jsonb`: json keeps the exact text Warden wrote, so the
+-- writer can hash rows itself (no hashing work inside PostgreSQL on the write path) and
+-- verify recomputes the same bytes. `->`, `->>` and casts to jsonb work as usual.
 
 CREATE TABLE mcp_tool_executions (
     id                UUID PRIMARY KEY,            -- UUIDv7: time-ordered; the replay key
@@ -18,10 +23,10 @@ CREATE TABLE mcp_tool_executions (
     server_name       TEXT NOT NULL,
     tool_name         TEXT NOT NULL,               -- the upstream's own name
     requested_name    TEXT NOT NULL,               -- what the client called (server__tool)
-    input             JSONB,                       -- arguments, redacted
+    input             JSON,                       -- arguments, redacted
     input_truncated   BOOLEAN NOT NULL DEFAULT FALSE,
     input_sha256      BYTEA,                       -- of the full redacted input, when truncated
-    output            JSONB,                       -- the result, redacted
+    output            JSON,                       -- the result, redacted
     output_truncated  BOOLEAN NOT NULL DEFAULT FALSE,
     output_sha256     BYTEA,
     status            TEXT NOT NULL CHECK (status IN
@@ -50,7 +55,7 @@ CREATE TABLE audit_events (
     subject      TEXT,               -- a tool, a server, a secret's name, a token id
     decision     TEXT,               -- allow, deny, or NULL
     reason       TEXT,
-    attributes   JSONB NOT NULL DEFAULT '{}'::jsonb,
+    attributes   JSON NOT NULL DEFAULT '{}'::json,
     batch_seq    BIGINT
 );
 CREATE INDEX audit_events_actor_time ON audit_events (actor_id, occurred_at);
@@ -103,43 +108,8 @@ CREATE TABLE audit_batches (
 );
 CREATE INDEX audit_batches_last_at ON audit_batches (last_at) WHERE pruned_at IS NULL;
 
--- Timestamps in canonical text, whatever the session's TimeZone and DateStyle.
+-- Timestamps as ISO 8601 UTC text, whatever the session's TimeZone (for search output).
 CREATE FUNCTION warden_audit_ts(t TIMESTAMPTZ) RETURNS TEXT
 LANGUAGE sql STABLE AS $$
     SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
-$$;
-
--- The entries of batch `p_seq` as the rows stand now: for each row, ordered by table
--- then id, the table tag, the id, and the first 16 bytes of the SHA-256 of the row's
--- canonical text (every column, bytea as hex, timestamps in UTC).
-CREATE FUNCTION warden_audit_entries(p_seq BIGINT) RETURNS BYTEA
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(string_agg(entry, ''::bytea ORDER BY tag, id), ''::bytea)
-    FROM (
-        SELECT 1 AS tag, t.id,
-               '\x01'::bytea || uuid_send(t.id) || substring(sha256(convert_to(ROW(
-                   t.id, t.trace_id, t.session_id, t.user_id, t.client_id, t.server_name,
-                   t.tool_name, t.requested_name, t.input, t.input_truncated,
-                   encode(t.input_sha256, 'hex'), t.output, t.output_truncated,
-                   encode(t.output_sha256, 'hex'), t.status, t.error,
-                   warden_audit_ts(t.started_at), warden_audit_ts(t.completed_at),
-                   t.duration_us, t.batch_seq)::text, 'UTF8')) FROM 1 FOR 16) AS entry
-        FROM mcp_tool_executions t WHERE t.batch_seq = p_seq
-        UNION ALL
-        SELECT 2, e.id,
-               '\x02'::bytea || uuid_send(e.id) || substring(sha256(convert_to(ROW(
-                   e.id, e.trace_id, warden_audit_ts(e.occurred_at), e.kind, e.actor_kind,
-                   e.actor_id, e.subject, e.decision, e.reason, e.attributes,
-                   e.batch_seq)::text, 'UTF8')) FROM 1 FOR 16)
-        FROM audit_events e WHERE e.batch_seq = p_seq
-        UNION ALL
-        SELECT 3, a.id,
-               '\x03'::bytea || uuid_send(a.id) || substring(sha256(convert_to(ROW(
-                   a.id, a.trace_id, a.user_id, a.client_id, a.session_id, a.provider,
-                   a.model, a.requested_model, a.input_tokens, a.output_tokens,
-                   a.cache_read_tokens, a.cache_write_tokens, a.cost_microdollars,
-                   a.latency_ms, a.ttft_ms, a.status, a.error, a.streaming,
-                   warden_audit_ts(a.created_at), a.batch_seq)::text, 'UTF8')) FROM 1 FOR 16)
-        FROM ai_requests a WHERE a.batch_seq = p_seq
-    ) rows
 $$;

@@ -10,20 +10,21 @@
 //! off. Keep the printed head (sequence number and hash) somewhere else — a later verify
 //! must show the same batch with the same hash (docs/audit.md).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
-use warden_actors::audit::prepare::micros;
-use warden_actors::audit::store::{ENTRY_BYTES, Micros, chain_hash};
+use warden_actors::audit::prepare::{AiRow, EventRow, Payload, Row, ToolRow, micros};
+use warden_actors::audit::store::{self, ENTRY_BYTES, Micros, chain_hash};
 
 /// Problems listed at most (the first is what an auditor needs; the count is exact up
 /// to here).
 pub const MAX_PROBLEMS: usize = 100;
-/// Batches read per query.
-const PAGE: i64 = 200;
+/// Batches read per round (their rows are read with them).
+const PAGE: i64 = 20;
 
 /// One mismatch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -183,8 +184,7 @@ pub async fn verify(
     loop {
         let rows = client
             .query(
-                "SELECT seq, prev_hash, hash, row_count, entries, pruned_at IS NOT NULL,
-                        CASE WHEN pruned_at IS NULL THEN warden_audit_entries(seq) END
+                "SELECT seq, prev_hash, hash, row_count, entries, pruned_at IS NOT NULL
                  FROM audit_batches WHERE seq >= $1 ORDER BY seq LIMIT $2",
                 &[&next, &PAGE],
             )
@@ -192,6 +192,9 @@ pub async fn verify(
         if rows.is_empty() {
             break;
         }
+        let first_seq: i64 = rows[0].get(0);
+        let last_seq: i64 = rows[rows.len() - 1].get(0);
+        let mut stored_rows = rows_of_batches(client, first_seq, last_seq).await?;
         for row in &rows {
             let seq: i64 = row.get(0);
             let prev_hash: Vec<u8> = row.get(1);
@@ -199,7 +202,7 @@ pub async fn verify(
             let row_count: i32 = row.get(3);
             let stored: Vec<u8> = row.get(4);
             let pruned: bool = row.get(5);
-            let current: Option<Vec<u8>> = row.get(6);
+            let current = stored_rows.remove(&seq).map(|rows| store::entries(rows.iter()));
             report.batches += 1;
             match &prev {
                 Some((prev_seq, prev_hash_expected)) => {
@@ -228,7 +231,8 @@ pub async fn verify(
             }
             if pruned {
                 report.pruned_batches += 1;
-            } else if let Some(current) = current {
+            } else {
+                let current = current.unwrap_or_default();
                 report.rows += (current.len() / ENTRY_BYTES) as u64;
                 if current != stored {
                     compare(seq, &entries(&stored), &entries(&current), &mut report);
@@ -268,6 +272,110 @@ pub async fn verify(
         });
     }
     Ok(report)
+}
+
+/// The rows of batches `first..=last`, as stored now, by batch.
+async fn rows_of_batches(
+    client: &impl GenericClient,
+    first: i64,
+    last: i64,
+) -> Result<HashMap<i64, Vec<Row>>, tokio_postgres::Error> {
+    let mut by_batch: HashMap<i64, Vec<Row>> = HashMap::new();
+    let payload = |json: Option<String>, truncated: bool, sha: Option<Vec<u8>>| {
+        json.map(|json| Payload {
+            json,
+            truncated,
+            sha256: sha.map(hex::encode),
+        })
+    };
+    for r in client
+        .query(
+            "SELECT batch_seq, id, trace_id, session_id, user_id, client_id, server_name, tool_name,
+                    requested_name, input::text, input_truncated, input_sha256, output::text,
+                    output_truncated, output_sha256, status, error, started_at, completed_at,
+                    duration_us
+             FROM mcp_tool_executions WHERE batch_seq BETWEEN $1 AND $2",
+            &[&first, &last],
+        )
+        .await?
+    {
+        let row = Row::Tool(ToolRow {
+            id: r.get(1),
+            trace_id: r.get(2),
+            session_id: r.get(3),
+            user_id: r.get(4),
+            client_id: r.get(5),
+            server_name: r.get(6),
+            tool_name: r.get(7),
+            requested_name: r.get(8),
+            input: payload(r.get(9), r.get(10), r.get(11)),
+            output: payload(r.get(12), r.get(13), r.get(14)),
+            status: r.get(15),
+            error: r.get(16),
+            started_at_us: micros(r.get(17)),
+            completed_at_us: micros(r.get(18)),
+            duration_us: r.get(19),
+        });
+        by_batch.entry(r.get(0)).or_default().push(row);
+    }
+    for r in client
+        .query(
+            "SELECT batch_seq, id, trace_id, occurred_at, kind, actor_kind, actor_id, subject,
+                    decision, reason, attributes::text
+             FROM audit_events WHERE batch_seq BETWEEN $1 AND $2",
+            &[&first, &last],
+        )
+        .await?
+    {
+        let row = Row::Event(EventRow {
+            id: r.get(1),
+            trace_id: r.get(2),
+            occurred_at_us: micros(r.get(3)),
+            kind: r.get(4),
+            actor_kind: r.get(5),
+            actor_id: r.get(6),
+            subject: r.get(7),
+            decision: r.get(8),
+            reason: r.get(9),
+            attributes: r.get(10),
+        });
+        by_batch.entry(r.get(0)).or_default().push(row);
+    }
+    for r in client
+        .query(
+            "SELECT batch_seq, id, trace_id, user_id, client_id, session_id, provider, model,
+                    requested_model, input_tokens, output_tokens, cache_read_tokens,
+                    cache_write_tokens, cost_microdollars, latency_ms, ttft_ms, status, error,
+                    streaming, created_at
+             FROM ai_requests WHERE batch_seq BETWEEN $1 AND $2",
+            &[&first, &last],
+        )
+        .await?
+    {
+        let row = Row::Ai(AiRow {
+            id: r.get(1),
+            trace_id: r.get(2),
+            user_id: r.get(3),
+            client_id: r.get(4),
+            session_id: r.get(5),
+            provider: r.get(6),
+            model: r.get(7),
+            requested_model: r.get(8),
+            input_tokens: r.get(9),
+            output_tokens: r.get(10),
+            cache_read_tokens: r.get(11),
+            cache_write_tokens: r.get(12),
+            cost_microdollars: r.get(13),
+            latency_ms: r.get(14),
+            ttft_ms: r.get(15),
+            status: r.get(16),
+            error: r.get(17),
+            streaming: r.get(18),
+            created_at_us: micros(r.get(19)),
+        });
+        by_batch.entry(r.get(0)).or_default().push(row);
+    }
+    Ok(by_batch)
 }
 
 /// Merges two entry lists sorted by (tag, id) and reports the differences in order.

@@ -645,3 +645,63 @@ fn block_makes_callers_wait_for_room_and_completes_them_when_postgres_returns() 
         query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions") == 9
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
+    let db = TestDb::new();
+    let mut profile = profile_with_fixture(db.url());
+    profile.set("audit.retention", "400d");
+    let mut warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    for i in 0..3 {
+        assert!(is_success(&mcp.echo(&format!("old call {i}"))));
+    }
+    eventually("the rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == 3
+    });
+    // The job runs at the first start and finds nothing to do.
+    eventually("the first retention run", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM scheduler_jobs WHERE name = 'audit.retention' AND last_detail LIKE 'nothing%'",
+        ) == 1
+    });
+    let status = warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", warden.log());
+    // Everything written so far is now "500 days old", and the job last ran two hours ago
+    // (it runs hourly).
+    db.execute("UPDATE audit_batches SET last_at = now() - interval '500 days'");
+    db.execute("UPDATE scheduler_jobs SET last_started_at = now() - interval '2 hours'");
+    let old_batches = count(&db, "SELECT count(*) FROM audit_batches");
+
+    let warden = profile.start();
+    eventually("the retention run", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM scheduler_jobs WHERE name = 'audit.retention' AND last_status = 'ok' AND last_detail LIKE 'deleted%'",
+        ) == 1
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM mcp_tool_executions"), 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM audit_batches WHERE pruned_at IS NOT NULL"),
+        old_batches
+    );
+    eventually("the audit.retention event", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM audit_events WHERE kind = 'audit.retention' AND (attributes->'rows'->>'mcp_tool_executions')::int = 3",
+        ) == 1
+    });
+    drop(warden);
+    let verify = audit_cli(&profile, &["verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(
+        verify.stdout.contains(&format!("({old_batches} pruned by retention)")),
+        "{}",
+        verify.stdout
+    );
+}

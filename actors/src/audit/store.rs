@@ -3,11 +3,13 @@
 //!
 //! **The chain.** Under a transaction-scoped advisory lock (so replicas writing into the
 //! same database take turns), the batch gets the next sequence number and the previous
-//! batch's hash. After the COPY, `warden_audit_entries(seq)` (schema/0004_audit.sql)
-//! computes one entry per row from the rows *as PostgreSQL stored them* — so jsonb
-//! normalisation and time precision cannot make a later check disagree — and the seal
-//! stores them with `hash = sha256(prev_hash || seq (8 bytes, big-endian) ||
-//! sha256(entries))`. [`chain_hash`] is the same function for `warden audit verify`.
+//! batch's hash. Its seal in `audit_batches` holds one 33-byte entry per row — table tag,
+//! id, and the first 16 bytes of [`row_hash`] — sorted by (tag, id), and
+//! `hash = sha256(prev_hash || seq (8 bytes, big-endian) || sha256(entries))`
+//! ([`chain_hash`]). Rows are hashed here, in the writer, over a length-prefixed encoding
+//! of exactly the values stored (payloads are `json`, which keeps the text byte for byte,
+//! and times are whole microseconds), so PostgreSQL does no hashing on the write path and
+//! `warden audit verify` recomputes the same bytes from the rows as they stand.
 //!
 //! **Idempotence.** [`write_batch`] with `idempotent` COPYs into a temporary staging table
 //! and inserts with `ON CONFLICT (id) DO NOTHING`: rows already present (a spool replayed
@@ -95,6 +97,143 @@ pub struct Written {
     pub skipped: usize,
 }
 
+/// Table tags in batch entries.
+pub const TAG_TOOL: u8 = 1;
+pub const TAG_EVENT: u8 = 2;
+pub const TAG_AI: u8 = 3;
+
+/// A length-prefixed, unambiguous encoding of a row's values, hashed.
+struct Canon(Sha256);
+
+impl Canon {
+    fn new(tag: u8) -> Canon {
+        let mut hasher = Sha256::new();
+        hasher.update([tag]);
+        Canon(hasher)
+    }
+    fn text(&mut self, value: Option<&str>) {
+        match value {
+            None => self.0.update([0]),
+            Some(text) => {
+                self.0.update([1]);
+                self.0.update((text.len() as u64).to_be_bytes());
+                self.0.update(text.as_bytes());
+            }
+        }
+    }
+    fn int(&mut self, value: Option<i64>) {
+        match value {
+            None => self.0.update([0]),
+            Some(v) => {
+                self.0.update([1]);
+                self.0.update(v.to_be_bytes());
+            }
+        }
+    }
+    fn flag(&mut self, value: bool) {
+        self.0.update([2, u8::from(value)]);
+    }
+    fn payload(&mut self, payload: &Option<Payload>) {
+        self.text(payload.as_ref().map(|p| p.json.as_str()));
+        self.flag(payload.as_ref().is_some_and(|p| p.truncated));
+        self.text(payload.as_ref().and_then(|p| p.sha256.as_deref()));
+    }
+    fn finish(self) -> [u8; 16] {
+        let digest = self.0.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+}
+
+/// The table tag of a row.
+pub fn tag(row: &Row) -> u8 {
+    match row {
+        Row::Tool(_) => TAG_TOOL,
+        Row::Event(_) => TAG_EVENT,
+        Row::Ai(_) => TAG_AI,
+    }
+}
+
+/// The first 16 bytes of the SHA-256 of a row's canonical encoding: every stored column
+/// but `batch_seq`, in column order.
+pub fn row_hash(row: &Row) -> [u8; 16] {
+    let mut c = Canon::new(tag(row));
+    match row {
+        Row::Tool(t) => {
+            c.0.update(t.id.as_bytes());
+            c.text(Some(&t.trace_id));
+            c.text(t.session_id.as_deref());
+            c.text(t.user_id.as_deref());
+            c.text(t.client_id.as_deref());
+            c.text(Some(&t.server_name));
+            c.text(Some(&t.tool_name));
+            c.text(Some(&t.requested_name));
+            c.payload(&t.input);
+            c.payload(&t.output);
+            c.text(Some(&t.status));
+            c.text(t.error.as_deref());
+            c.int(Some(t.started_at_us));
+            c.int(Some(t.completed_at_us));
+            c.int(Some(t.duration_us));
+        }
+        Row::Event(e) => {
+            c.0.update(e.id.as_bytes());
+            c.text(e.trace_id.as_deref());
+            c.int(Some(e.occurred_at_us));
+            c.text(Some(&e.kind));
+            c.text(Some(&e.actor_kind));
+            c.text(e.actor_id.as_deref());
+            c.text(e.subject.as_deref());
+            c.text(e.decision.as_deref());
+            c.text(e.reason.as_deref());
+            c.text(Some(&e.attributes));
+        }
+        Row::Ai(a) => {
+            c.0.update(a.id.as_bytes());
+            c.text(Some(&a.trace_id));
+            c.text(a.user_id.as_deref());
+            c.text(a.client_id.as_deref());
+            c.text(a.session_id.as_deref());
+            c.text(Some(&a.provider));
+            c.text(Some(&a.model));
+            c.text(a.requested_model.as_deref());
+            for v in [
+                a.input_tokens,
+                a.output_tokens,
+                a.cache_read_tokens,
+                a.cache_write_tokens,
+                a.cost_microdollars,
+                a.latency_ms,
+                a.ttft_ms,
+            ] {
+                c.int(v);
+            }
+            c.text(Some(&a.status));
+            c.text(a.error.as_deref());
+            c.flag(a.streaming);
+            c.int(Some(a.created_at_us));
+        }
+    }
+    c.finish()
+}
+
+/// The entries of a batch: one per row, sorted by (tag, id).
+pub fn entries<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<u8> {
+    let mut list: Vec<(u8, uuid::Uuid, [u8; 16])> = rows
+        .into_iter()
+        .map(|r| (tag(r), r.id(), row_hash(r)))
+        .collect();
+    list.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut out = Vec::with_capacity(list.len() * ENTRY_BYTES);
+    for (tag, id, hash) in list {
+        out.push(tag);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&hash);
+    }
+    out
+}
+
 /// `sha256(prev || seq.to_be_bytes() || sha256(entries))`: the hash a batch is sealed
 /// with.
 pub fn chain_hash(prev: &[u8], seq: i64, entries: &[u8]) -> [u8; 32] {
@@ -170,39 +309,64 @@ pub async fn write_batch(
     copy_tools(&tx, tool_table, &tools, seq).await?;
     copy_events(&tx, event_table, &events, seq).await?;
     copy_ai(&tx, ai_table, &ais, seq).await?;
-    if idempotent {
+    let stored: Vec<&Row> = if idempotent {
+        let mut inserted = std::collections::HashSet::new();
         for (stage, table) in [
             ("warden_stage_tools", "mcp_tool_executions"),
             ("warden_stage_events", "audit_events"),
             ("warden_stage_ai", "ai_requests"),
         ] {
-            tx.execute(
-                &format!("INSERT INTO {table} SELECT * FROM {stage} ON CONFLICT (id) DO NOTHING"),
-                &[],
-            )
-            .await?;
+            for row in tx
+                .query(
+                    &format!(
+                        "INSERT INTO {table} SELECT * FROM {stage} ON CONFLICT (id) DO NOTHING RETURNING id"
+                    ),
+                    &[],
+                )
+                .await?
+            {
+                inserted.insert(row.get::<_, uuid::Uuid>(0));
+            }
         }
+        rows.iter().filter(|r| inserted.contains(&r.id())).collect()
+    } else {
+        rows.iter().collect()
+    };
+    if stored.is_empty() {
+        tx.commit().await?;
+        return Ok(Written {
+            seq: None,
+            rows: 0,
+            skipped: rows.len(),
+        });
     }
-    let first = rows.iter().map(Row::at_us).min().unwrap_or(0);
-    let last = rows.iter().map(Row::at_us).max().unwrap_or(0);
-    let sealed = tx
-        .query_opt(
-            "INSERT INTO audit_batches
-                 (seq, prev_hash, hash, row_count, entries, first_at, last_at, writer, replayed)
-             SELECT $1, $2::bytea, sha256($2::bytea || int8send($1::bigint) || sha256(e.entries)),
-                    length(e.entries) / 33, e.entries, $3, $4, $5, $6
-             FROM (SELECT warden_audit_entries($1) AS entries) e
-             WHERE length(e.entries) > 0
-             RETURNING row_count",
-            &[&seq, &prev, &Micros(first), &Micros(last), &writer, &replayed],
-        )
-        .await?;
+    let entries = entries(stored.iter().copied());
+    let hash = chain_hash(&prev, seq, &entries);
+    let first = stored.iter().map(|r| r.at_us()).min().unwrap_or(0);
+    let last = stored.iter().map(|r| r.at_us()).max().unwrap_or(0);
+    let count = stored.len() as i32;
+    tx.execute(
+        "INSERT INTO audit_batches
+             (seq, prev_hash, hash, row_count, entries, first_at, last_at, writer, replayed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &seq,
+            &prev,
+            &hash.as_slice(),
+            &count,
+            &entries,
+            &Micros(first),
+            &Micros(last),
+            &writer,
+            &replayed,
+        ],
+    )
+    .await?;
     tx.commit().await?;
-    let inserted = sealed.map_or(0, |r| r.get::<_, i32>(0) as usize);
     Ok(Written {
-        seq: (inserted > 0).then_some(seq),
-        rows: inserted,
-        skipped: rows.len().saturating_sub(inserted),
+        seq: Some(seq),
+        rows: stored.len(),
+        skipped: rows.len() - stored.len(),
     })
 }
 
@@ -218,10 +382,10 @@ const TOOL_TYPES: &[Type] = &[
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
-    Type::JSONB,
+    Type::JSON,
     Type::BOOL,
     Type::BYTEA,
-    Type::JSONB,
+    Type::JSON,
     Type::BOOL,
     Type::BYTEA,
     Type::TEXT,
@@ -292,7 +456,7 @@ const EVENT_TYPES: &[Type] = &[
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
-    Type::JSONB,
+    Type::JSON,
     Type::INT8,
 ];
 
