@@ -633,8 +633,55 @@ impl ToSql for Micros {
 mod tests {
     use super::*;
 
+    use crate::audit::prepare::{EventRow, Row};
+
+    fn event(subject: &str) -> Row {
+        Row::Event(EventRow {
+            id: uuid::Uuid::now_v7(),
+            trace_id: None,
+            occurred_at_us: 1,
+            kind: "k".into(),
+            actor_kind: "system".into(),
+            actor_id: None,
+            subject: Some(subject.into()),
+            decision: None,
+            reason: None,
+            attributes: "{}".into(),
+        })
+    }
+
     #[test]
-    fn chain_hash_matches_the_sql_definition() {
+    fn row_hash_covers_every_value_and_tells_null_from_empty() {
+        let a = event("x");
+        let Row::Event(mut e) = a.clone() else {
+            unreachable!()
+        };
+        e.subject = Some(String::new());
+        let empty = Row::Event(e.clone());
+        e.subject = None;
+        let null = Row::Event(e.clone());
+        e.subject = Some("x".into());
+        e.attributes = "{ }".into();
+        let spaced = Row::Event(e);
+        let hashes = [row_hash(&a), row_hash(&empty), row_hash(&null), row_hash(&spaced)];
+        for i in 0..hashes.len() {
+            for j in i + 1..hashes.len() {
+                assert_ne!(hashes[i], hashes[j], "{i} vs {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn entries_are_sorted_and_fixed_size() {
+        let rows = [event("b"), event("a")];
+        let bytes = entries(rows.iter().rev());
+        assert_eq!(bytes.len(), 2 * ENTRY_BYTES);
+        assert_eq!(bytes, entries(rows.iter()));
+        assert_eq!(&bytes[1..17], rows[0].id().as_bytes());
+    }
+
+    #[test]
+    fn chain_hash_is_prev_seq_and_the_entries_digest() {
         // sha256('\x00'*32 || int8send(1) || sha256('')), computed independently.
         let mut expected = Sha256::new();
         expected.update([0u8; 32]);

@@ -733,7 +733,7 @@ impl State {
 }
 
 /// The row with its JSON payloads stored as JSON strings of their text, for a batch
-/// PostgreSQL refused (a number out of jsonb's range, for instance).
+/// PostgreSQL refused (a value a column could not take).
 fn degrade(row: &Row) -> Row {
     let stringify = |p: &Option<Payload>| {
         p.as_ref().map(|p| Payload {
