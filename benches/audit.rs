@@ -19,9 +19,7 @@ use warden::db::{ClusterOptions, EmbeddedCluster};
 use warden_actors::audit::prepare::{Preparer, Row};
 use warden_actors::audit::scrub::Scrubber;
 use warden_actors::audit::store::write_batch;
-use warden_actors::audit::{
-    Audit, AuditEvent, AuditRecord, Backlog, ToolCallRecord, ToolStatus,
-};
+use warden_actors::audit::{Audit, AuditEvent, AuditRecord, Backlog, ToolCallRecord, ToolStatus};
 
 fn tool_record(i: usize) -> AuditRecord {
     let now = SystemTime::now();

@@ -15,8 +15,11 @@ use warden_actors::tree::Tree;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Rules};
 use crate::policy::PolicyEngine;
+use crate::policy::hooks::Hooks;
+use crate::policy::limits::RateLimiter;
+use crate::policy::quotas::QuotaRule;
 use crate::secrets::{MasterKey, SecretStore};
 
 /// Applies a new log filter (`logging.level`) without a restart.
@@ -39,6 +42,10 @@ pub struct App {
     pub redaction: ScrubberCell,
     pub authenticator: Arc<dyn Authenticator>,
     pub policy: ArcSwap<PolicyEngine>,
+    /// Rate limits, hooks and quotas from the profile; replaced whole on reload.
+    pub limits: ArcSwap<RateLimiter>,
+    pub hooks: ArcSwap<Hooks>,
+    pub quotas: ArcSwap<Vec<QuotaRule>>,
     pub log_level: Option<LogLevelSetter>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
@@ -60,6 +67,9 @@ impl App {
             secrets: SecretStore::new(db.clone(), master_key.clone())
                 .with_audit(gateway.audit.clone()),
             redaction: Scrubber::new(&config.audit.redact, &[]).into_cell(),
+            limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
+            hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
+            quotas: ArcSwap::from_pointee(config.policy.quotas.clone()),
             config: ArcSwap::from_pointee(config),
             db,
             master_key,
@@ -72,6 +82,16 @@ impl App {
             policy: ArcSwap::from_pointee(PolicyEngine::new()),
             log_level,
             reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The rules in force, as one snapshot (a reload between two loads cannot mix them).
+    pub fn rules(&self) -> Rules {
+        Rules {
+            policy: self.policy.load_full(),
+            limits: self.limits.load_full(),
+            hooks: self.hooks.load_full(),
+            quotas: self.quotas.load_full(),
         }
     }
 
@@ -139,10 +159,22 @@ impl App {
                 max_total: new.sessions.max_total,
                 max_per_principal: new.sessions.max_per_principal,
             });
+        if new.policy.limits != *self.limits.load().config() {
+            tracing::info!("rate limits changed; applying them now");
+            self.limits
+                .store(Arc::new(RateLimiter::new(new.policy.limits.clone())));
+        }
+        self.hooks
+            .store(Arc::new(Hooks::new(new.policy.hooks.clone())));
+        self.quotas.store(Arc::new(new.policy.quotas.clone()));
         self.config.store(Arc::new(new));
         self.gateway.invalidate();
         crate::audit::refresh_redaction(&self.redaction, &self.config.load(), &self.secrets).await;
-        let diff = self.tree.reconcile(servers).await.map_err(|e| e.to_string());
+        let diff = self
+            .tree
+            .reconcile(servers)
+            .await
+            .map_err(|e| e.to_string());
         self.record_reload(&path, diff.as_ref().map_err(String::as_str))
             .await;
         let diff = diff?;
@@ -158,8 +190,7 @@ impl App {
         match outcome {
             Ok(diff) => {
                 event.reason = Some("applied".into());
-                event.attributes =
-                    serde_json::json!({ "applied": true, "servers": serde_json::to_value(diff).unwrap_or_default() });
+                event.attributes = serde_json::json!({ "applied": true, "servers": serde_json::to_value(diff).unwrap_or_default() });
             }
             Err(error) => {
                 event.reason = Some(error.to_owned());

@@ -81,6 +81,9 @@ impl Registry {
 
     /// The jobs the profile enables.
     pub fn build_jobs(&self, app: &Arc<App>) -> Vec<Arc<dyn Job>> {
-        self.jobs.iter().filter_map(|(_, factory)| factory(app)).collect()
+        self.jobs
+            .iter()
+            .filter_map(|(_, factory)| factory(app))
+            .collect()
     }
 }

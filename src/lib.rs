@@ -14,6 +14,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -49,5 +50,6 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::mcp::routes);
         registry.routes("warden", http::audit::routes);
         registry.jobs("warden", audit::retention::job);
+        registry.routes("warden", http::hooks::routes);
     }
 }

@@ -278,7 +278,7 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "exited".to_owned(),
     }
 }
@@ -352,6 +352,10 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
             libc::SIGCHLD => {
                 if let Some(code) = reap(child_pid) {
                     kill_other_group_members();
+                    if code > 128 {
+                        // Die the way the child died, so Warden reports the signal.
+                        reraise(code - 128);
+                    }
                     return code;
                 }
             }
@@ -365,6 +369,20 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// Terminates the guard with `signal` (default action), as its child was.
+fn reraise(signal: i32) {
+    // SAFETY: restoring the default action, unblocking and raising a signal in this
+    // single-purpose process; if the signal does not end it, the caller exits normally.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
     }
 }
 

@@ -157,7 +157,9 @@ impl Actor for SchedulerActor {
 impl State {
     async fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
         if self.leader.as_ref().is_some_and(Client::is_closed) {
-            tracing::warn!("the scheduler lost its leader connection; another replica may take over");
+            tracing::warn!(
+                "the scheduler lost its leader connection; another replica may take over"
+            );
             self.leader = None;
             self.leader_flag.store(false, Ordering::Relaxed);
         }
@@ -204,7 +206,12 @@ impl State {
             return false;
         }
         tracing::info!("this replica now leads the scheduler (runs background jobs)");
-        let names: Vec<String> = self.config.jobs.iter().map(|j| j.name().to_owned()).collect();
+        let names: Vec<String> = self
+            .config
+            .jobs
+            .iter()
+            .map(|j| j.name().to_owned())
+            .collect();
         let last = tokio::time::timeout(
             QUERY_TIMEOUT,
             client.query(

@@ -49,7 +49,10 @@ pub async fn record_now(pool: &Pool, event: AuditEvent) -> Result<(), StoreError
     };
     let row = preparer.row(&AuditRecord::Event(Box::new(event)));
     let mut client = pool.get().await?;
-    let writer = format!("{} (cli)", warden_actors::audit::writer::default_writer_name());
+    let writer = format!(
+        "{} (cli)",
+        warden_actors::audit::writer::default_writer_name()
+    );
     store::write_batch(&mut client, &[row], &writer, false, false).await?;
     Ok(())
 }

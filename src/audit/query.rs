@@ -233,7 +233,10 @@ pub fn summary_line(item: &Value) -> String {
                 .unwrap_or("-")
                 .to_owned(),
         ),
-        _ => (format!("{}/{}", s("provider"), s("model")), s("status").to_owned()),
+        _ => (
+            format!("{}/{}", s("provider"), s("model")),
+            s("status").to_owned(),
+        ),
     };
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}",

@@ -120,7 +120,11 @@ impl RetentionJob {
 /// The registry's factory: the job when `audit.retention` is set.
 pub fn job(app: &Arc<crate::app::App>) -> Option<Arc<dyn Job>> {
     let retention = app.config.load().audit.retention?;
-    Some(RetentionJob::new(app.db.clone(), app.audit.clone(), retention))
+    Some(RetentionJob::new(
+        app.db.clone(),
+        app.audit.clone(),
+        retention,
+    ))
 }
 
 fn db(e: tokio_postgres::Error) -> String {

@@ -202,7 +202,9 @@ pub async fn verify(
             let row_count: i32 = row.get(3);
             let stored: Vec<u8> = row.get(4);
             let pruned: bool = row.get(5);
-            let current = stored_rows.remove(&seq).map(|rows| store::entries(rows.iter()));
+            let current = stored_rows
+                .remove(&seq)
+                .map(|rows| store::entries(rows.iter()));
             report.batches += 1;
             match &prev {
                 Some((prev_seq, prev_hash_expected)) => {

@@ -82,7 +82,11 @@ pub(crate) async fn run(command: AuditCommand) -> Result<ExitCode> {
 }
 
 async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode> {
-    let client = database.pool.get().await.context("cannot reach PostgreSQL")?;
+    let client = database
+        .pool
+        .get()
+        .await
+        .context("cannot reach PostgreSQL")?;
     match command {
         AuditCommand::Verify { since, json, .. } => {
             let since = query::since_for_verify(since.as_deref())?;

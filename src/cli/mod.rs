@@ -4,6 +4,8 @@
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
 mod audit;
+mod bridge;
+mod instance;
 mod secret;
 mod serve;
 
@@ -57,6 +59,8 @@ enum Command {
     /// Check a profile.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A stdio MCP server that forwards to a Warden gateway (for stdio-only clients).
+    Bridge(bridge::BridgeArgs),
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -85,6 +89,11 @@ pub fn main() -> ExitCode {
         let code = warden_actors::process::guard_main(rest);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    // Built-in MCP servers run as children of this same binary; no runtime, no logging.
+    if args.get(1).is_some_and(|a| a == "builtin-server") {
+        let name = args.get(2).and_then(|a| a.to_str()).unwrap_or_default();
+        return ExitCode::from(u8::try_from(crate::builtin::run(name)).unwrap_or(1));
+    }
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => code,
@@ -111,6 +120,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = profile.load()?;
             let _logging = init_logging(&config);
             runtime()?.block_on(migrate(config))
+        }
+        Command::Bridge(args) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(bridge::run(args))
         }
         Command::Secret(command) => {
             let _logging = init_cli_logging();

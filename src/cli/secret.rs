@@ -11,7 +11,7 @@ use clap::Subcommand;
 
 use super::ProfileArg;
 use crate::db::Database;
-use crate::secrets::{MasterKey, Redacted, SecretStore};
+use crate::secrets::{Redacted, SecretStore};
 
 #[derive(Subcommand)]
 pub(crate) enum SecretCommand {
@@ -46,14 +46,10 @@ pub(crate) async fn run(command: SecretCommand) -> Result<ExitCode> {
         | SecretCommand::Delete { profile, .. } => profile.clone(),
     };
     let config = profile.load()?;
-    let key = MasterKey::load(
-        &config.server.state_dir,
-        config.server.master_key_file.as_deref(),
-        true,
-        &|name| std::env::var(name).ok(),
-    )
-    .context("the secret store needs the same master key as `warden serve`")?;
+    let key = super::instance::master_key(&config)
+        .context("the secret store needs the same master key as `warden serve`")?;
     let database = Database::open_shared(&config).await?;
+    super::instance::verify_master_key(&database, &key).await?;
     let store = SecretStore::new(database.pool.clone(), Arc::new(key));
     let result = execute(&store, command).await;
     database.shutdown(config.server.shutdown_grace).await?;

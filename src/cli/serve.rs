@@ -8,7 +8,6 @@
 //! stop in reverse order → the writer drains every queued record into PostgreSQL or the
 //! spool → the database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use warden_actors::supervisor::RestartReason;
 use warden_actors::tree::{Tree, TreeConfig};
 
-use super::LogReload;
+use super::{LogReload, instance};
 use crate::app::{App, LogLevelSetter};
 use crate::auth::bootstrap::{self, BootstrapAuthenticator};
 use crate::config::Config;
@@ -60,13 +59,7 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     if let Ok(exe) = std::env::current_exe() {
         warden_actors::process::set_guard_executable(exe);
     }
-    prepare_state_dir(&config.server.state_dir)?;
-    let master_key = MasterKey::load(
-        &config.server.state_dir,
-        config.server.master_key_file.as_deref(),
-        config.server.require_master_key,
-        &|name| std::env::var(name).ok(),
-    )?;
+    let master_key = instance::master_key(&config)?;
     tracing::info!(origin = %master_key.origin, "master key loaded");
 
     let registry = Registry::with(&[]);
@@ -95,7 +88,7 @@ async fn run(
             "schema up to date"
         );
     }
-    check_master_key(database, &master_key).await?;
+    instance::verify_master_key(database, &master_key).await?;
     let master_key = Arc::new(master_key);
     let secrets = SecretStore::new(database.pool.clone(), master_key.clone());
 
@@ -107,8 +100,7 @@ async fn run(
     })
     .await?;
 
-    let (audit, audit_queue) =
-        Audit::channel(config.audit.queue_capacity, config.audit.backlog());
+    let (audit, audit_queue) = Audit::channel(config.audit.queue_capacity, config.audit.backlog());
     // Subscribed first thing, so the servers' start-up events are recorded too.
     let lifecycle = crate::audit::lifecycle::spawn(&tree.events, audit.clone()).await;
     let pins = Arc::new(Pins::load(database.pool.clone(), audit.clone()).await?);
@@ -122,7 +114,7 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
+    let gateway = Gateway::new(tree.clone(), pins, sessions, audit, database.pool.clone());
 
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
@@ -175,6 +167,9 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    app.gateway
+        .sessions
+        .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
     let announcer = tokio::spawn(announce_changes(app.clone()));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
@@ -201,6 +196,7 @@ async fn run(
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
+    app.gateway.closing.cancel();
     shutdown.cancel();
     let _ = server.await;
     secret_watch.abort();
@@ -346,50 +342,6 @@ async fn restart_users_of(app: &App, secret: &str) {
                 .await;
         }
     }
-}
-
-/// Creates the state directory with mode 0700, tightening an existing one that others
-/// could read.
-fn prepare_state_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
-    // 0711 is what the embedded cluster needs when running as root (see db/embedded.rs).
-    if meta.permissions().mode() & 0o066 != 0 {
-        tracing::warn!(dir = %dir.display(), "the state directory was readable by others; restricting it to 0700");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-/// Records the master key's check value on first start; refuses a different key later.
-async fn check_master_key(database: &Database, key: &MasterKey) -> Result<()> {
-    let client = database
-        .pool
-        .get()
-        .await
-        .context("cannot reach PostgreSQL")?;
-    let stored: Option<Vec<u8>> = client
-        .query_one("SELECT master_key_check FROM warden_instance", &[])
-        .await?
-        .get(0);
-    match stored {
-        Some(stored) => key.verify_check_value(&stored)?,
-        None => {
-            client
-                .execute(
-                    "UPDATE warden_instance SET master_key_check = $1 WHERE master_key_check IS NULL",
-                    &[&key.check_value()],
-                )
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Turns lifecycle events into `notifications/*/list_changed` for the sessions that can

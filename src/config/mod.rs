@@ -7,6 +7,7 @@
 //! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
 //! the working directory Warden was started in, as a shell user would expect.
 
+pub mod policy;
 mod raw;
 pub mod units;
 pub mod yaml;
@@ -77,6 +78,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub sessions: SessionsConfig,
     pub audit: AuditConfig,
+    /// Rate limits, quotas and hooks (`rate_limits`, `quotas`, `hooks`).
+    pub policy: policy::PolicyConfig,
     /// Sections contributed by extensions (`extensions.<name>`), as parsed trees.
     pub extensions: BTreeMap<String, ExtensionSection>,
 }
@@ -379,6 +382,29 @@ impl Config {
         };
 
         let audit = audit_config(raw.audit, &mut problems);
+        let mut server_rates = Vec::new();
+        let mut tool_rates = Vec::new();
+        for (name, spanned) in &raw.servers {
+            if let Some(rate) = &spanned.value.rate_limit {
+                server_rates.push((name.clone(), rate.clone()));
+            }
+            for (tool, settings) in &spanned.value.tools {
+                if let Some(rate) = &settings.rate_limit {
+                    tool_rates.push(((name.clone(), tool.clone()), rate.clone()));
+                }
+            }
+        }
+        let policy = policy::build(
+            &raw.rate_limits,
+            server_rates,
+            tool_rates,
+            &raw.quotas,
+            &raw.hooks,
+        )
+        .unwrap_or_else(|mut errors| {
+            problems.append(&mut errors);
+            policy::PolicyConfig::default()
+        });
 
         let mut servers = Vec::new();
         let mut naming = BTreeMap::new();
@@ -414,6 +440,7 @@ impl Config {
             gateway,
             sessions,
             audit,
+            policy,
             extensions: BTreeMap::new(),
         })
     }
@@ -576,9 +603,33 @@ fn server_spec(
         .clone()
         .or_else(|| defaults.inherit_env.clone())
         .unwrap_or_else(|| DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect());
-    let process = raw.command.as_ref().map(|command| ProcessSpec {
+    // A built-in server is this binary run as `warden builtin-server <name>`.
+    let builtin_command = raw.builtin.as_ref().map(|name| {
+        if !crate::builtin::NAMES.contains(&name.as_str()) {
+            fail(format!(
+                "`builtin` must be one of {}, found `{name}`",
+                crate::builtin::NAMES.join(", ")
+            ));
+        }
+        if raw.command.is_some() || raw.url.is_some() {
+            fail("`builtin` cannot be combined with `command` or `url`".into());
+        }
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "warden".into());
+        (exe, vec!["builtin-server".to_owned(), name.clone()])
+    });
+    let command = builtin_command
+        .clone()
+        .map(|(exe, _)| exe)
+        .or_else(|| raw.command.clone());
+    let process = command.as_ref().map(|command| ProcessSpec {
         command: command.clone(),
-        args: raw.args.clone().unwrap_or_default(),
+        args: builtin_command
+            .as_ref()
+            .map(|(_, args)| args.clone())
+            .or_else(|| raw.args.clone())
+            .unwrap_or_default(),
         cwd: raw.cwd.as_ref().map(PathBuf::from),
         env: raw.env.clone().unwrap_or_default(),
         secrets: raw.secrets.clone().unwrap_or_default(),
@@ -886,7 +937,9 @@ mod tests {
         let err = parse("audit:\n  redact:\n    - ok\n    - 'bad(('\n").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("test.yaml:4:7: audit.redact[1]: `bad((` is not a valid regular expression"),
+            text.starts_with(
+                "test.yaml:4:7: audit.redact[1]: `bad((` is not a valid regular expression"
+            ),
             "{text}"
         );
     }

@@ -29,6 +29,12 @@ pub struct RawProfile {
     pub sessions: RawSessions,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub rate_limits: super::policy::RawRateLimits,
+    #[serde(default)]
+    pub quotas: Vec<Spanned<super::policy::RawQuota>>,
+    #[serde(default)]
+    pub hooks: Vec<Spanned<super::policy::RawHook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +107,8 @@ pub struct RawServerDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     pub enabled: Option<bool>,
+    /// A server built into the binary (`demo`), run as a stdio child.
+    pub builtin: Option<String>,
     // stdio / http child
     pub command: Option<String>,
     pub args: Option<Vec<String>>,
@@ -130,6 +138,8 @@ pub struct RawMcpServer {
     // naming on the aggregate endpoint
     pub prefix: Option<String>,
     pub pin_tools: Option<bool>,
+    /// Per caller, for this server (`10/s`).
+    pub rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
 }
@@ -174,6 +184,8 @@ pub struct RawTool {
     pub alias: Option<String>,
     pub description: Option<String>,
     pub call_timeout: Option<Dur>,
+    /// Per caller, for this tool (`1/m`).
+    pub rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,9 +2,12 @@
 //! authenticates the caller and passes the permission check (`Permission::Admin`).
 //!
 //! - `GET /admin/servers` — name, kind, state, pid, restarts, last error and exit,
-//!   uptime, tool count (per-user instances listed under their server).
+//!   uptime, tool count, calls in flight and queued (per-user instances listed under
+//!   their server).
 //! - `POST /admin/servers/{name}/restart` — restart now; clears a `failed` state.
 //! - `POST /admin/reload` — re-read the profile and reconcile (same as SIGHUP).
+//! - `POST /admin/tools/{server}/{tool}/approve` — accept a pinned tool's changed
+//!   definition (it was withheld since the upstream changed it).
 //! - `GET /events` — lifecycle events as Server-Sent Events (stable JSON shape).
 
 use std::convert::Infallible;
@@ -31,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/servers", get(list_servers))
         .route("/admin/servers/{name}/restart", post(restart_server))
         .route("/admin/reload", post(reload))
+        .route("/admin/tools/{server}/{tool}/approve", post(approve_tool))
         .route("/events", get(events))
 }
 
@@ -41,6 +45,19 @@ pub async fn admin_principal(
     action: &str,
 ) -> Result<Arc<Principal>, ApiError> {
     let principal = super::authenticate(app, headers).await?;
+    app.limits
+        .load()
+        .check(
+            crate::policy::limits::Surface::Admin,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        )
+        .map_err(|limited| ApiError::RateLimited {
+            message: limited.to_string(),
+            retry_after_secs: limited.retry_after_secs(),
+        })?;
     app.policy
         .load()
         .check(&principal, &Permission::Admin { action })
@@ -78,6 +95,8 @@ async fn list_servers(
         .iter()
         .map(|entry| {
             let mut server = describe(&entry.shared().status());
+            server["in_flight"] = Value::from(entry.limiter.in_flight());
+            server["queued"] = Value::from(entry.limiter.waiting());
             let instances: Vec<Value> = entry
                 .user_instances()
                 .iter()
@@ -140,4 +159,38 @@ fn event_stream(
             receiver,
         ))
     })
+}
+
+async fn approve_tool(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((server, tool)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = admin_principal(&app, &headers, "tools.approve").await?;
+    let entry = app
+        .tree
+        .directory
+        .get(&server)
+        .ok_or_else(|| ApiError::NotFound(format!("no server named `{server}`")))?;
+    let catalog = crate::gateway::routes::catalog_of(&entry)
+        .ok_or_else(|| ApiError::Unavailable(format!("server `{server}` is not ready")))?;
+    let definition = catalog
+        .tool(&tool)
+        .ok_or_else(|| ApiError::NotFound(format!("server `{server}` has no tool `{tool}`")))?;
+    if !app.gateway.pins.approve(&server, &tool, definition).await {
+        return Err(ApiError::Conflict(format!(
+            "tool `{tool}` of `{server}` has no change awaiting approval"
+        )));
+    }
+    let mut event = warden_actors::audit::AuditEvent::new("tool.definition_approved", "user");
+    event.actor_id = Some(principal.user_id().to_owned());
+    event.subject = Some(format!("{server}/{tool}"));
+    event.decision = Some("allow");
+    event.attributes = json!({ "definition": definition });
+    app.audit
+        .record(warden_actors::audit::AuditRecord::Event(Box::new(event)))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    tracing::info!(%server, %tool, by = %principal.subject, "tool definition approved");
+    Ok(Json(json!({ "approved": format!("{server}/{tool}") })))
 }

@@ -42,7 +42,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
     let audit = app.audit.backlog();
     if audit.refusing {
-        reasons.push("the audit trail is backlogged and refuses records (audit.on_backlog: fail_closed)".to_owned());
+        reasons.push(
+            "the audit trail is backlogged and refuses records (audit.on_backlog: fail_closed)"
+                .to_owned(),
+        );
     }
     if reasons.is_empty() {
         (

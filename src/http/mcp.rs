@@ -51,6 +51,8 @@ use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
 use crate::gateway::{CallContext, GatewayError};
+use crate::policy::hooks::{HookContext, HookEvent};
+use crate::policy::limits::Surface;
 use crate::policy::{Permission, PolicyEngine};
 
 /// Revisions reachable with the `initialize` handshake, oldest first.
@@ -64,6 +66,9 @@ const HEADER_MISMATCH: i64 = -32020;
 /// Capacity of a call's upcall channel (progress notifications beyond it are counted
 /// and dropped; server→client requests wait).
 const UPCALL_BUFFER: usize = 64;
+/// How long a stateless client may reuse a listing (it also hears `list_changed` on a
+/// `subscriptions/listen` stream).
+const LIST_TTL_MS: u64 = 10_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -673,6 +678,23 @@ async fn request(
 ) -> Response {
     let modern = matches!(era, Era::Stateless { .. });
     let ok = |result: Value| result_response(&id, &result_text(result), &trace, modern);
+    // tools/call checks the surface limit with its server's and tool's; every other
+    // request is checked here.
+    if method != "tools/call"
+        && let Err(limited) = app.limits.load().check(
+            Surface::Mcp,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        )
+    {
+        return rpc_error(
+            StatusCode::OK,
+            Some(&id),
+            GatewayError::RateLimited(limited).to_rpc(),
+        );
+    }
     match method.as_str() {
         "initialize" => return initialize(&app, scope, principal, &id, &params, &trace).await,
         "ping" => return ok(json!({})),
@@ -697,6 +719,7 @@ async fn request(
             return ok(json!({}));
         }
         "resources/subscribe" | "resources/unsubscribe" => return ok(json!({})),
+        "subscriptions/listen" if modern => return listen(&app, scope, principal, id, &params),
         _ => {}
     }
     let session = match &era {
@@ -728,7 +751,8 @@ async fn request(
         sink,
         cancel: cancel.clone(),
     };
-    let policy = app.policy.load_full();
+    let rules = app.rules();
+    let policy = rules.policy.clone();
     let task_app = app.clone();
     let call = tokio::spawn(async move {
         let gateway = &task_app.gateway;
@@ -737,7 +761,7 @@ async fn request(
                 .list_tools(&config, &policy, &ctx)
                 .await
                 .map(|tools| result_text(json!({ "tools": tools }))),
-            "tools/call" => gateway.call_tool(&config, &policy, &ctx, params).await,
+            "tools/call" => gateway.call_tool(&config, &rules, &ctx, params).await,
             "prompts/list" => gateway
                 .list_prompts(&config, &policy, &ctx)
                 .await
@@ -760,7 +784,19 @@ async fn request(
         };
         // The sink closes here, which ends an SSE answer after the result.
         drop(ctx);
-        outcome
+        let cacheable = matches!(
+            method.as_str(),
+            "tools/list"
+                | "prompts/list"
+                | "resources/list"
+                | "resources/templates/list"
+                | "resources/read"
+        );
+        if modern && cacheable {
+            outcome.map(|result| with_cache_hints(&result))
+        } else {
+            outcome
+        }
     });
     let finish = RequestGuard {
         session: session.clone(),
@@ -817,24 +853,63 @@ async fn respond(
         drop(guard);
         return finish(&app, outcome, &id, &trace, modern);
     };
+    // Upcalls first: when both are ready, the notifications must not be lost to a JSON
+    // answer that has no room for them.
     let first = tokio::select! {
         biased;
-        outcome = &mut call => {
-            drop(guard);
-            return finish(&app, outcome, &id, &trace, modern);
-        }
         upcall = upcalls.recv() => upcall,
+        outcome = &mut call => {
+            match upcalls.try_recv() {
+                Ok(upcall) => {
+                    return sse_answer(Some(call), upcalls, upcall, guard, session, client_capabilities, id, trace, modern, Some(outcome));
+                }
+                Err(_) => {
+                    drop(guard);
+                    return finish(&app, outcome, &id, &trace, modern);
+                }
+            }
+        }
     };
     let Some(first) = first else {
         let outcome = (&mut call).await;
         drop(guard);
         return finish(&app, outcome, &id, &trace, modern);
     };
-    // Something arrived before the result: answer with an event stream.
+    sse_answer(
+        Some(call),
+        upcalls,
+        first,
+        guard,
+        session,
+        client_capabilities,
+        id,
+        trace,
+        modern,
+        None,
+    )
+}
+
+type CallOutcome = Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>;
+
+/// Answers with an event stream: `first`, then further upcalls, then the result.
+#[allow(clippy::too_many_arguments)]
+fn sse_answer(
+    call: Option<CallTask>,
+    upcalls: mpsc::Receiver<Upcall>,
+    first: Upcall,
+    guard: RequestGuard,
+    session: Option<Arc<Session>>,
+    client_capabilities: Value,
+    id: Value,
+    trace: TraceContext,
+    modern: bool,
+    finished: Option<CallOutcome>,
+) -> Response {
     let state = SseState {
-        call: Some(call),
+        call,
         upcalls,
         pending: Some(first),
+        finished,
         session,
         client_capabilities,
         id,
@@ -857,6 +932,8 @@ struct SseState {
     call: Option<CallTask>,
     upcalls: mpsc::Receiver<Upcall>,
     pending: Option<Upcall>,
+    /// The call's outcome once it is known; sent after every queued upcall.
+    finished: Option<CallOutcome>,
     session: Option<Arc<Session>>,
     client_capabilities: Value,
     id: Value,
@@ -873,30 +950,24 @@ async fn next_event(mut state: SseState) -> Option<(Result<Bytes, Infallible>, S
             }
             continue;
         }
+        if state.finished.is_some() {
+            // Everything queued before the result goes out first, in order.
+            if let Ok(upcall) = state.upcalls.try_recv() {
+                state.pending = Some(upcall);
+                continue;
+            }
+            let outcome = state.finished.take()?;
+            return Some((Ok(final_event(outcome, &state)), finish_state(state)));
+        }
         let call = state.call.as_mut()?;
         tokio::select! {
             biased;
-            upcall = state.upcalls.recv() => {
-                if let Some(upcall) = upcall {
-                    state.pending = Some(upcall);
-                    continue;
-                }
+            upcall = state.upcalls.recv() => match upcall {
+                Some(upcall) => state.pending = Some(upcall),
                 // The call dropped its sink: only the result is left.
-                let outcome = call.await;
-                return Some((Ok(final_event(outcome, &state)), finish_state(state)));
-            }
-            outcome = &mut *call => {
-                // Deliver anything queued before the result, then the result itself.
-                while let Ok(upcall) = state.upcalls.try_recv() {
-                    if let Some(event) = upcall_event(&state, upcall) {
-                        let result = final_event(outcome, &state);
-                        let mut bytes = event.to_vec();
-                        bytes.extend_from_slice(&result);
-                        return Some((Ok(Bytes::from(bytes)), finish_state(state)));
-                    }
-                }
-                return Some((Ok(final_event(outcome, &state)), finish_state(state)));
-            }
+                None => state.finished = Some(call.await),
+            },
+            outcome = &mut *call => state.finished = Some(outcome),
         }
     }
 }
@@ -1010,6 +1081,15 @@ fn result_text(value: Value) -> Box<RawValue> {
         .unwrap_or_else(|_| RawValue::from_string("{}".into()).unwrap_or_default())
 }
 
+/// 2026-07-28 makes listings and reads cacheable and requires the hints: what Warden
+/// lists is filtered per caller, so it may only be cached per authorisation context.
+fn with_cache_hints(result: &RawValue) -> Box<RawValue> {
+    let mut value: Map<String, Value> = serde_json::from_str(result.get()).unwrap_or_default();
+    value.entry("ttlMs").or_insert(Value::from(LIST_TTL_MS));
+    value.entry("cacheScope").or_insert(Value::from("private"));
+    result_text(Value::Object(value))
+}
+
 /// Adds `_meta.traceparent` (and `resultType` for the stateless era) to a result.
 fn decorate(result: &str, trace: &TraceContext, modern: bool) -> String {
     let mut text = jsonrpc::add_meta(result, "traceparent", &Value::from(trace.header()))
@@ -1079,6 +1159,12 @@ async fn initialize(
             );
         }
     };
+    if let Err(error) = session_start_hooks(app, &session, trace).await {
+        app.gateway
+            .sessions
+            .end(&session.id, "refused by a SessionStart hook");
+        return rpc_error(StatusCode::OK, Some(id), error.to_rpc());
+    }
     let instructions = scope.as_ref().and_then(|server| {
         app.gateway
             .directory
@@ -1218,6 +1304,81 @@ async fn handle_delete(app: AppState, scope: Option<String>, headers: HeaderMap)
     }
 }
 
+/// `subscriptions/listen` (2026-07-28): an SSE stream that first acknowledges the
+/// notification types Warden will honour, then carries them, each tagged with the
+/// subscription id, until the client leaves or Warden shuts down (then a final result
+/// closes it gracefully).
+fn listen(
+    app: &AppState,
+    scope: Option<String>,
+    principal: Arc<Principal>,
+    id: Value,
+    params: &Map<String, Value>,
+) -> Response {
+    let requested = params.get("notifications").cloned().unwrap_or(Value::Null);
+    let flag = |key: &str| requested.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let filter = crate::gateway::ListenFilter {
+        tools: flag("toolsListChanged"),
+        prompts: flag("promptsListChanged"),
+        resources: flag("resourcesListChanged"),
+    };
+    let (sender, receiver) = mpsc::channel::<Arc<str>>(64);
+    app.gateway.add_listener(crate::gateway::Listener {
+        id: id.clone(),
+        principal,
+        scope: scope.as_deref().map(Arc::from),
+        filter,
+        sender,
+    });
+    let mut honoured = Map::new();
+    for (key, on) in [
+        ("toolsListChanged", filter.tools),
+        ("promptsListChanged", filter.prompts),
+        ("resourcesListChanged", filter.resources),
+    ] {
+        if on {
+            honoured.insert(key.into(), Value::Bool(true));
+        }
+    }
+    let ack = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": honoured, "_meta": {"io.modelcontextprotocol/subscriptionId": id}},
+    });
+    let closing = app.gateway.closing.clone();
+    let first =
+        stream::once(async move { Ok::<_, Infallible>(sse_bytes(ack.to_string().as_bytes())) });
+    let rest = stream::unfold(
+        (receiver, closing, Some(id)),
+        |(mut receiver, closing, id)| async move {
+            let id = id?;
+            tokio::select! {
+                item = receiver.recv() => {
+                    let data = item?;
+                    Some((Ok(sse_bytes(data.as_bytes())), (receiver, closing, Some(id))))
+                }
+                _ = closing.cancelled() => {
+                    let result = json!({
+                        "resultType": "complete",
+                        "_meta": {"io.modelcontextprotocol/subscriptionId": id},
+                    });
+                    let mut frame = Vec::new();
+                    jsonrpc::write_result(&mut frame, &id.to_string(), &result.to_string());
+                    Some((Ok(sse_bytes(&frame)), (receiver, closing, None)))
+                }
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(keep_alive(first.chain(rest))));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 /// Tells sessions that can see `server` that its list of `kind` changed.
 pub fn announce_list_changed(app: &AppState, server: &str, kind: &str) {
     let method = format!("notifications/{kind}/list_changed");
@@ -1225,6 +1386,7 @@ pub fn announce_list_changed(app: &AppState, server: &str, kind: &str) {
     jsonrpc::write_notification(&mut frame, &method, None);
     let data: Arc<str> = Arc::from(String::from_utf8_lossy(&frame).as_ref());
     let policy = app.policy.load_full();
+    app.gateway.notify_listeners(&policy, server, kind);
     app.gateway.sessions.broadcast(data, |session| {
         session.scope.as_deref().is_none_or(|s| s == server)
             && policy_allows(&policy, &session.principal, server)
@@ -1235,4 +1397,87 @@ fn policy_allows(policy: &PolicyEngine, principal: &Principal, server: &str) -> 
     policy
         .check(principal, &Permission::List { server })
         .is_ok()
+}
+
+/// Runs `SessionStart` hooks for a new session; a denial refuses the session.
+async fn session_start_hooks(
+    app: &AppState,
+    session: &Arc<Session>,
+    trace: &TraceContext,
+) -> Result<(), GatewayError> {
+    let hooks = app.hooks.load_full();
+    if !hooks.any(HookEvent::SessionStart) {
+        return Ok(());
+    }
+    let context = session_hook_context(HookEvent::SessionStart, session, trace);
+    let payload =
+        json!({"client_info": session.client_info, "protocol_version": session.protocol_version});
+    let verdict = hooks.run(&context, &payload, app.gateway.http()).await;
+    let call = CallContext {
+        principal: session.principal.clone(),
+        session: Some(session.clone()),
+        trace: *trace,
+        scope: None,
+        sink: None,
+        cancel: CancellationToken::new(),
+    };
+    app.gateway
+        .record_hooks(&call, &verdict.reports, HookEvent::SessionStart)
+        .await;
+    match verdict.denied {
+        Some((hook, reason)) => Err(GatewayError::HookDenied { hook, reason }),
+        None => Ok(()),
+    }
+}
+
+/// The facts session hooks match on.
+pub fn session_hook_context(
+    event: HookEvent,
+    session: &Session,
+    trace: &TraceContext,
+) -> HookContext {
+    HookContext {
+        event,
+        server: session.scope.clone(),
+        tool: None,
+        principal: session.principal.user_id().to_owned(),
+        roles: session.principal.roles.clone(),
+        scopes: session.principal.scopes.iter().map(str::to_owned).collect(),
+        session_id: Some(session.id.clone()),
+        trace_id: trace.trace_id_hex(),
+    }
+}
+
+/// Runs `SessionEnd` hooks when a session ends (called by the session actor; the
+/// outcome is audited, the session is gone either way).
+pub fn on_session_end(
+    app: std::sync::Weak<crate::app::App>,
+) -> impl Fn(Arc<Session>, String) + Send + Sync + 'static {
+    move |session: Arc<Session>, reason: String| {
+        let Some(app) = app.upgrade() else {
+            return;
+        };
+        let hooks = app.hooks.load_full();
+        if !hooks.any(HookEvent::SessionEnd) {
+            return;
+        }
+        tokio::spawn(async move {
+            let trace = TraceContext::generate();
+            let context = session_hook_context(HookEvent::SessionEnd, &session, &trace);
+            let verdict = hooks
+                .run(&context, &json!({ "reason": reason }), app.gateway.http())
+                .await;
+            let call = CallContext {
+                principal: session.principal.clone(),
+                session: Some(session.clone()),
+                trace,
+                scope: None,
+                sink: None,
+                cancel: CancellationToken::new(),
+            };
+            app.gateway
+                .record_hooks(&call, &verdict.reports, HookEvent::SessionEnd)
+                .await;
+        });
+    }
 }

@@ -70,11 +70,14 @@ impl Mcp {
             session: String::new(),
         };
         wait_for_server(warden, &mcp.token);
-        let response = mcp.post(&json!({
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "audit-test", "version": "1"}}
-        }), None);
+        let response = mcp.post(
+            &json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                           "clientInfo": {"name": "audit-test", "version": "1"}}
+            }),
+            None,
+        );
         assert_eq!(response.status, 200, "{response:?}");
         mcp.session = response
             .header("mcp-session-id")
@@ -179,7 +182,7 @@ fn audit_cli(profile: &Profile, args: &[&str]) -> warden::Output {
 
 #[test]
 fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify_catches_tampering()
- {
+{
     let db = TestDb::new();
     let mut profile = profile_with_fixture(db.url());
     let warden = profile.start();
@@ -191,7 +194,11 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
         let trace = format!("{:032x}", 0xabc0_0000 + i);
         let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
         let message = format!("hello number {i}");
-        let response = mcp.call("fx__echo", json!({ "message": message }), Some(&traceparent));
+        let response = mcp.call(
+            "fx__echo",
+            json!({ "message": message }),
+            Some(&traceparent),
+        );
         assert!(is_success(&response), "{response}");
         assert_eq!(
             response["result"]["_meta"]["traceparent"]
@@ -233,12 +240,16 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
         );
         assert_eq!(decisions, 1, "decision for trace {trace}");
     }
-    let unknown_status: String =
-        db.query("SELECT status FROM mcp_tool_executions WHERE requested_name = 'fx__no_such_tool'")[0]
-            .get(0);
+    let unknown_status: String = db
+        .query("SELECT status FROM mcp_tool_executions WHERE requested_name = 'fx__no_such_tool'")
+        [0]
+    .get(0);
     assert_eq!(unknown_status, "error");
     assert_eq!(
-        count(&db, "SELECT count(*) - count(DISTINCT id) FROM mcp_tool_executions"),
+        count(
+            &db,
+            "SELECT count(*) - count(DISTINCT id) FROM mcp_tool_executions"
+        ),
         0
     );
     // The server's start-up is in the trail too.
@@ -256,11 +267,28 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     let page: Value = serde_json::from_str(&search.stdout).expect("search --json prints JSON");
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 2, "{page}");
-    assert!(items.iter().any(|i| i["type"] == "tool_call" && i["input"]["message"] == *message));
-    assert!(items.iter().any(|i| i["type"] == "event" && i["kind"] == "permission.decision"));
-    let table = audit_cli(&profile, &["search", "--user", "admin", "--tool", "echo", "--since", "1h"]);
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "tool_call" && i["input"]["message"] == *message)
+    );
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "event" && i["kind"] == "permission.decision")
+    );
+    let table = audit_cli(
+        &profile,
+        &[
+            "search", "--user", "admin", "--tool", "echo", "--since", "1h",
+        ],
+    );
     assert!(table.status.success(), "{table:?}");
-    assert!(table.stdout.contains("fx__echo\tsuccess"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("fx__echo\tsuccess"),
+        "{}",
+        table.stdout
+    );
 
     let token = std::fs::read_to_string(profile.state_dir().join("admin.token")).unwrap();
     let auth = format!("Bearer {}", token.trim());
@@ -270,11 +298,17 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     assert_eq!(response.json()["items"].as_array().map(Vec::len), Some(2));
     // Paginated: one tool call per page.
     let url = warden.url("/admin/audit?kind=tool_call&limit=5");
-    let first = http::request("GET", &url, &[("Authorization", auth.as_str())], None).unwrap().json();
+    let first = http::request("GET", &url, &[("Authorization", auth.as_str())], None)
+        .unwrap()
+        .json();
     assert_eq!(first["items"].as_array().map(Vec::len), Some(5));
     let cursor = first["next_cursor"].as_str().expect("more pages");
-    let url = warden.url(&format!("/admin/audit?kind=tool_call&limit=100&cursor={cursor}"));
-    let rest = http::request("GET", &url, &[("Authorization", auth.as_str())], None).unwrap().json();
+    let url = warden.url(&format!(
+        "/admin/audit?kind=tool_call&limit=100&cursor={cursor}"
+    ));
+    let rest = http::request("GET", &url, &[("Authorization", auth.as_str())], None)
+        .unwrap()
+        .json();
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(N + 1 - 5));
     let unauthenticated = http::get(&warden.url("/admin/audit"));
     assert_eq!(unauthenticated.status, 401);
@@ -322,11 +356,15 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     let report: Value = serde_json::from_str(&verify.stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();
     assert!(
-        problems.iter().any(|p| p["problem"] == "row_deleted" && p["id"] == deleted.as_str()),
+        problems
+            .iter()
+            .any(|p| p["problem"] == "row_deleted" && p["id"] == deleted.as_str()),
         "{report}"
     );
     assert!(
-        problems.iter().any(|p| p["problem"] == "row_inserted" && p["seq"].is_null()),
+        problems
+            .iter()
+            .any(|p| p["problem"] == "row_inserted" && p["seq"].is_null()),
         "{report}"
     );
 }
@@ -336,14 +374,16 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records_the_start()
- {
+fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records_the_start() {
     let db = TestDb::new();
     let mut profile = profile_with_fixture(db.url());
     profile.set("audit.ack", "durable");
     profile.set("audit.redact", json!([r"\bcustomer-\d{6}\b"]));
     // A fixed master key, so `warden secret set` works before the first start.
-    profile.env("WARDEN_MASTER_KEY", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+    profile.env(
+        "WARDEN_MASTER_KEY",
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    );
     let secret = "sup3r-s3cret-token-value";
     let mut set = profile.command(&["secret", "set", "upstream_token"]);
     set.stdin(std::process::Stdio::piped());
@@ -372,7 +412,10 @@ fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records
     let message = format!("use {secret} for customer-123456 please");
     let response = mcp.echo(&message);
     assert!(is_success(&response), "{response}");
-    assert!(response.to_string().contains(secret), "the client still gets its answer");
+    assert!(
+        response.to_string().contains(secret),
+        "the client still gets its answer"
+    );
 
     eventually("the tool row", DEADLINE, || {
         count(&db, "SELECT count(*) FROM mcp_tool_executions") == 1
@@ -381,7 +424,10 @@ fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records
     let (id, input, output): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     for stored in [&input, &output] {
         assert!(!stored.contains(secret), "secret stored: {stored}");
-        assert!(!stored.contains("customer-123456"), "pattern not redacted: {stored}");
+        assert!(
+            !stored.contains("customer-123456"),
+            "pattern not redacted: {stored}"
+        );
         assert!(stored.contains("[redacted]"), "{stored}");
     }
     let input: Value = serde_json::from_str(&input).unwrap();
@@ -390,7 +436,9 @@ fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM audit_events WHERE attributes::text LIKE '%{secret}%' OR coalesce(reason, '') LIKE '%{secret}%'")
+            &format!(
+                "SELECT count(*) FROM audit_events WHERE attributes::text LIKE '%{secret}%' OR coalesce(reason, '') LIKE '%{secret}%'"
+            )
         ),
         0
     );
@@ -461,7 +509,10 @@ fn postgres_stopped_mid_load_then_started_every_call_has_exactly_one_row() {
         readyz_audit(&warden).1["spool_bytes"] == 0
     });
     assert_eq!(
-        query_cluster(&cluster, "SELECT count(DISTINCT id) FROM mcp_tool_executions"),
+        query_cluster(
+            &cluster,
+            "SELECT count(DISTINCT id) FROM mcp_tool_executions"
+        ),
         calls
     );
     assert_eq!(
@@ -472,7 +523,10 @@ fn postgres_stopped_mid_load_then_started_every_call_has_exactly_one_row() {
         15
     );
     assert!(
-        query_cluster(&cluster, "SELECT count(*) FROM audit_batches WHERE replayed") >= 1,
+        query_cluster(
+            &cluster,
+            "SELECT count(*) FROM audit_batches WHERE replayed"
+        ) >= 1,
         "the outage's rows came from the spool"
     );
     let verify = audit_cli(&profile, &["verify"]);
@@ -527,7 +581,10 @@ fn warden_killed_while_spooling_replays_the_spool_at_restart_without_duplicates(
         25
     );
     assert_eq!(
-        query_cluster(&cluster, "SELECT count(DISTINCT id) FROM mcp_tool_executions"),
+        query_cluster(
+            &cluster,
+            "SELECT count(DISTINCT id) FROM mcp_tool_executions"
+        ),
         25
     );
     drop(warden);
@@ -626,8 +683,7 @@ fn block_makes_callers_wait_for_room_and_completes_them_when_postgres_returns() 
         .collect();
     eventually("a caller waiting on a full queue", DEADLINE, || {
         let (_, audit) = readyz_audit(&warden);
-        audit["stalled"] == true
-            && metric(&warden, "warden_audit_queue_full_total") > full_before
+        audit["stalled"] == true && metric(&warden, "warden_audit_queue_full_total") > full_before
     });
     assert!(
         callers.iter().any(|c| !c.is_finished()),
@@ -687,7 +743,10 @@ fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
     });
     assert_eq!(count(&db, "SELECT count(*) FROM mcp_tool_executions"), 0);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM audit_batches WHERE pruned_at IS NOT NULL"),
+        count(
+            &db,
+            "SELECT count(*) FROM audit_batches WHERE pruned_at IS NOT NULL"
+        ),
         old_batches
     );
     eventually("the audit.retention event", DEADLINE, || {
@@ -700,7 +759,9 @@ fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
     let verify = audit_cli(&profile, &["verify"]);
     assert!(verify.status.success(), "{verify:?}");
     assert!(
-        verify.stdout.contains(&format!("({old_batches} pruned by retention)")),
+        verify
+            .stdout
+            .contains(&format!("({old_batches} pruned by retention)")),
         "{}",
         verify.stdout
     );

@@ -12,5 +12,8 @@ mod support;
 mod audit;
 mod config;
 mod docs;
+mod gateway;
 mod migrate;
+mod policy;
 mod serve;
+mod supervision;

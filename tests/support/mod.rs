@@ -13,13 +13,18 @@
 //!   exit status with deadlines, the captured log in every failure message.
 //! - [`procs`]: `/proc` helpers that prove no child outlived its parent.
 //! - [`http`]: a tiny HTTP/1.1 client, enough for probes and JSON endpoints.
+//! - [`mcp`]: a blocking MCP client over streamable HTTP and a reader of `/events`.
+//! - [`external`]: the fixture server, the Python `mcp` SDK and npm packages, installed
+//!   into `target/` on first use.
 //!
 //! Waiting is always for an event (a log line, an exit, a datagram) with a deadline;
 //! the only polling is of `/proc` for a process that is not ours to wait for.
 
 pub mod db;
 pub mod dirs;
+pub mod external;
 pub mod http;
+pub mod mcp;
 pub mod procs;
 pub mod rt;
 pub mod warden;

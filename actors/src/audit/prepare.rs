@@ -320,7 +320,10 @@ mod tests {
         let text = serde_json::to_string(&row).unwrap();
         assert!(!text.contains("tok_supersecret"), "{text}");
         let Row::Tool(row) = row else { panic!() };
-        assert_eq!(row.error.as_deref(), Some("upstream said [redacted]\u{fffd}"));
+        assert_eq!(
+            row.error.as_deref(),
+            Some("upstream said [redacted]\u{fffd}")
+        );
     }
 
     #[test]

@@ -37,14 +37,20 @@ pub const BUILTIN_PATTERNS: &[(&str, &str)] = &[
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
     ),
     ("github token", r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
-    ("github fine-grained token", r"\bgithub_pat_[A-Za-z0-9_]{22,}\b"),
+    (
+        "github fine-grained token",
+        r"\bgithub_pat_[A-Za-z0-9_]{22,}\b",
+    ),
     ("gitlab token", r"\bglpat-[A-Za-z0-9_\-]{20,}\b"),
     ("slack token", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b"),
     (
         "openai or anthropic key",
         r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}\b",
     ),
-    ("stripe key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b"),
+    (
+        "stripe key",
+        r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
+    ),
     ("google api key", r"\bAIza[0-9A-Za-z_\-]{35}\b"),
     (
         "json web token",
@@ -86,7 +92,8 @@ impl Scrubber {
             .filter_map(|(_, p)| Regex::new(p).ok())
             .collect();
         all.extend(patterns.iter().cloned());
-        let set = RegexSet::new(all.iter().map(Regex::as_str)).unwrap_or_else(|_| RegexSet::empty());
+        let set =
+            RegexSet::new(all.iter().map(Regex::as_str)).unwrap_or_else(|_| RegexSet::empty());
         let mut values: Vec<&str> = secrets
             .iter()
             .map(|s| s.expose().as_str())
@@ -224,18 +231,21 @@ mod tests {
     fn secrets_and_patterns_are_replaced_inside_json_strings_only() {
         let scrubber = Scrubber::new(
             &[Regex::new(r"\bcustomer-\d{4}\b").unwrap()],
-            &[secret("hunter2-secret"), secret("other-value-9"), secret("abc")],
+            &[
+                secret("hunter2-secret"),
+                secret("other-value-9"),
+                secret("abc"),
+            ],
         );
         let json = r#"{"message":"pw hunter2-secret and customer-1234","n":1,"list":["other-value-9"],"short":"abc"}"#;
         let out = scrubber.scrub_json(json);
         let value: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(
-            value["message"],
-            "pw [redacted] and [redacted]",
-            "{out}"
-        );
+        assert_eq!(value["message"], "pw [redacted] and [redacted]", "{out}");
         assert_eq!(value["list"][0], "[redacted]");
-        assert_eq!(value["short"], "abc", "values under MIN_SECRET_LEN are kept");
+        assert_eq!(
+            value["short"], "abc",
+            "values under MIN_SECRET_LEN are kept"
+        );
         assert_eq!(value["n"], 1);
     }
 
@@ -254,7 +264,10 @@ mod tests {
         for (text, leaked) in [
             ("key AKIAABCDEFGHIJKLMNOP here", "AKIAABCDEFGHIJKLMNOP"),
             ("token ghp_0123456789abcdefghijABCDEFGHIJ0123", "ghp_0123"),
-            ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345", "abcdefghijklmnop"),
+            (
+                "Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345",
+                "abcdefghijklmnop",
+            ),
             ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz", "api03"),
         ] {
             let out = scrubber.scrub_text(text);

@@ -153,8 +153,8 @@ impl Spool {
     /// Encodes `rows` as one entry (for [`Spool::append`] and size checks).
     pub fn encode(rows: &[Row]) -> Result<Vec<u8>, SpoolError> {
         let payload = serde_json::to_vec(rows).map_err(|e| SpoolError::Encode(e.to_string()))?;
-        let length =
-            u32::try_from(payload.len()).map_err(|_| SpoolError::Encode("batch over 4 GiB".into()))?;
+        let length = u32::try_from(payload.len())
+            .map_err(|_| SpoolError::Encode("batch over 4 GiB".into()))?;
         let mut entry = Vec::with_capacity(HEADER + payload.len());
         entry.extend_from_slice(MAGIC);
         entry.extend_from_slice(&length.to_le_bytes());
@@ -225,11 +225,7 @@ impl Spool {
 
 /// Reads and checks the entry at `offset`. `Ok(None)` at the end; an error for a torn or
 /// damaged entry.
-fn read_entry(
-    file: &mut File,
-    offset: u64,
-    len: u64,
-) -> std::io::Result<Option<(Vec<Row>, u64)>> {
+fn read_entry(file: &mut File, offset: u64, len: u64) -> std::io::Result<Option<(Vec<Row>, u64)>> {
     if offset >= len {
         return Ok(None);
     }
@@ -307,7 +303,9 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path()).unwrap();
-        spool.append(&Spool::encode(&rows(2)).unwrap(), None).unwrap();
+        spool
+            .append(&Spool::encode(&rows(2)).unwrap(), None)
+            .unwrap();
         let good = spool.len();
         drop(spool);
         let entry = Spool::encode(&rows(5)).unwrap();

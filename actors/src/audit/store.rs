@@ -302,7 +302,11 @@ pub async fn write_batch(
         .await?;
     }
     let (tool_table, event_table, ai_table) = if idempotent {
-        ("warden_stage_tools", "warden_stage_events", "warden_stage_ai")
+        (
+            "warden_stage_tools",
+            "warden_stage_events",
+            "warden_stage_ai",
+        )
     } else {
         ("mcp_tool_executions", "audit_events", "ai_requests")
     };
@@ -663,7 +667,12 @@ mod tests {
         e.subject = Some("x".into());
         e.attributes = "{ }".into();
         let spaced = Row::Event(e);
-        let hashes = [row_hash(&a), row_hash(&empty), row_hash(&null), row_hash(&spaced)];
+        let hashes = [
+            row_hash(&a),
+            row_hash(&empty),
+            row_hash(&null),
+            row_hash(&spaced),
+        ];
         for i in 0..hashes.len() {
             for j in i + 1..hashes.len() {
                 assert_ne!(hashes[i], hashes[j], "{i} vs {j}");

@@ -416,8 +416,8 @@ impl State {
     /// PostgreSQL, else the spool, else held. `unbounded` (shutdown) ignores the spool's
     /// size limit rather than lose the batch.
     async fn place(&mut self, mut batch: Batch, unbounded: bool) {
-        let try_database = !self.spool_pending()
-            && (!self.database_down || Instant::now() >= self.retry_at);
+        let try_database =
+            !self.spool_pending() && (!self.database_down || Instant::now() >= self.retry_at);
         if try_database {
             match self.write(&batch.rows, false).await {
                 Ok(()) => {
@@ -440,13 +440,17 @@ impl State {
         let max = (!unbounded).then_some(self.config.spool_max_bytes);
         let rows = batch.rows.len();
         let result = match Spool::encode(&batch.rows) {
-            Ok(entry) => self.with_spool(move |spool| spool.append(&entry, max)).await,
+            Ok(entry) => {
+                self.with_spool(move |spool| spool.append(&entry, max))
+                    .await
+            }
             Err(error) => Err(error),
         };
         match result {
             Ok(()) => {
                 metrics::counter!("warden_audit_rows_spooled_total").increment(rows as u64);
-                metrics::counter!("warden_audit_batches_total", "outcome" => "spooled").increment(1);
+                metrics::counter!("warden_audit_batches_total", "outcome" => "spooled")
+                    .increment(1);
                 self.update_spool_gauge();
                 batch.answer(Ok(()));
             }
@@ -487,7 +491,10 @@ impl State {
                 let rows = batch.rows;
                 let max = Some(self.config.spool_max_bytes);
                 let appended = match Spool::encode(&rows) {
-                    Ok(entry) => self.with_spool(move |spool| spool.append(&entry, max)).await,
+                    Ok(entry) => {
+                        self.with_spool(move |spool| spool.append(&entry, max))
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 match appended {

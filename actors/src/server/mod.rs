@@ -102,6 +102,8 @@ pub struct ServerState {
     pub exit: Option<ExitOutcome>,
     stop_replies: Vec<RpcReplyPort<()>>,
     refresh_in_flight: bool,
+    /// The attempt is ending because the connection closed (not by request).
+    connection_lost: bool,
 }
 
 impl ServerState {
@@ -127,9 +129,11 @@ impl ServerState {
         self.phase = Phase::Stopping;
         self.instance.withdraw();
         match self.child.as_mut() {
-            Some(child) if !child.task.is_finished() => child.request_stop(grace),
-            // No process (remote), or it is already gone: the attempt is over now.
-            _ => myself.stop(None),
+            // The watcher reports the exit with `ChildExited`, which ends the actor (if
+            // the child is already gone, that message is on its way).
+            Some(child) => child.request_stop(grace),
+            // No process (remote): the attempt is over now.
+            None => myself.stop(None),
         }
     }
 }
@@ -174,6 +178,7 @@ impl Actor for McpServer {
             exit: None,
             stop_replies: Vec::new(),
             refresh_in_flight: false,
+            connection_lost: false,
         })
     }
 
@@ -191,6 +196,10 @@ impl Actor for McpServer {
             } => {
                 if state.phase == Phase::Stopping {
                     if let Some(exit) = state.exit.as_mut() {
+                        // A lost connection is usually the child dying: say how it died.
+                        if state.connection_lost {
+                            exit.reason = format!("the process {description}");
+                        }
                         exit.exit_status.get_or_insert(description);
                     }
                 } else {
@@ -339,6 +348,7 @@ fn on_connection_event(
                     ran_for: state.ran_for(),
                 };
                 // The child has usually exited already; give it a moment to say how.
+                state.connection_lost = true;
                 state.finish(myself, outcome, Duration::from_millis(500));
             }
         }

@@ -1,0 +1,619 @@
+//! The MCP gateway through `warden serve`: real clients (the official Python SDK in both
+//! protocol eras, and through `warden bridge`), pass-through of `_meta`, progress,
+//! logging, sampling and list changes, tool pinning, and every edge case a client must be
+//! able to act on (limits, deadlines, a dying upstream, bad bodies, bad sessions, bad
+//! versions, bad origins).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::supervision::fixture;
+use crate::support::mcp::{EventStream, McpClient, admin_token, event};
+use crate::support::{TestDb, external, http, warden};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Gateway {
+    warden: warden::WardenProcess,
+    token: String,
+    profile: warden::Profile,
+    _db: TestDb,
+}
+
+impl Gateway {
+    fn start(servers: Value) -> Gateway {
+        let db = TestDb::new();
+        let mut profile = warden::Profile::with_database(db.url());
+        profile.set("servers", servers);
+        let warden = profile.start();
+        let token = admin_token(&warden, &profile.state_dir());
+        let gateway = Gateway {
+            warden,
+            token,
+            profile,
+            _db: db,
+        };
+        gateway.wait_all_ready();
+        gateway
+    }
+
+    fn wait_all_ready(&self) {
+        let mut events = EventStream::open(&self.warden, &self.token);
+        let names: Vec<String> = self.profile.value["servers"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for name in names {
+            if self.status(&name)["state"] != "ready" {
+                let server = name.clone();
+                events.wait_for(WAIT, move |e| {
+                    e["event"] == "ready" && e["server"] == server.as_str()
+                });
+            }
+        }
+    }
+
+    fn status(&self, name: &str) -> Value {
+        let response = http::request(
+            "GET",
+            &self.warden.url("/admin/servers"),
+            &[("Authorization", &format!("Bearer {}", self.token))],
+            None,
+        )
+        .expect("GET /admin/servers");
+        response.json()["servers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    fn client(&self) -> McpClient {
+        McpClient::connect(self.warden.url("/mcp"), &self.token)
+    }
+}
+
+fn run_python(args: &[&str]) -> Value {
+    let output = Command::new(external::python())
+        .arg(external::script("client_scenarios.py"))
+        .args(args)
+        .output()
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad report {last:?}: {e}"))
+}
+
+#[test]
+fn python_sdk_client_works_in_both_protocol_eras() {
+    for mode in ["legacy", "auto"] {
+        let gateway = Gateway::start(
+            json!({ "fix": fixture(&format!("py-{mode}-{}", std::process::id()), &[]) }),
+        );
+        let report = run_python(&["http", &gateway.warden.url("/mcp"), &gateway.token, mode]);
+        let tools = report["tools"].as_array().expect("tools");
+        assert!(tools.contains(&json!("fix__echo")), "{report}");
+        assert_eq!(report["echo"], json!(["hello from python"]), "{report}");
+        assert_eq!(
+            report["progress"],
+            json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]),
+            "{report}"
+        );
+        assert_eq!(report["fail_is_error"], true, "{report}");
+        assert!(
+            report["unknown_tool"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("fix__missing"),
+            "{report}"
+        );
+        if mode == "legacy" {
+            assert_eq!(
+                report["sample"],
+                json!(["sampled by the python client"]),
+                "{report}"
+            );
+            assert_eq!(report["log_result"], json!(["logged"]), "{report}");
+            let notes = report["notifications"].as_array().expect("notifications");
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n["kind"] == "log" && n["data"] == "a log line"),
+                "{report}"
+            );
+            assert!(
+                notes.iter().any(|n| n["kind"] == "tools_list_changed"),
+                "{report}"
+            );
+        } else {
+            assert_eq!(report["listen_event"], "ToolsListChanged", "{report}");
+        }
+    }
+}
+
+#[test]
+fn bridge_serves_a_stdio_client_and_survives_a_warden_restart() {
+    let db = TestDb::new();
+    let mut profile = warden::Profile::with_database(db.url());
+    profile.set(
+        "servers",
+        json!({ "fix": fixture(&format!("bridge-{}", std::process::id()), &[]) }),
+    );
+    let port = warden::free_port();
+    profile.set("server.listen", format!("127.0.0.1:{port}"));
+    let start = |profile: &warden::Profile| {
+        let command = profile.command(&["serve"]);
+        let process =
+            warden::WardenProcess::spawn(command, Some(format!("http://127.0.0.1:{port}")));
+        process.wait_ready();
+        let token = admin_token(&process, &profile.state_dir());
+        let mut events = EventStream::open(&process, &token);
+        if !process.log().contains("server ready") {
+            events.wait_for(WAIT, event("ready", "fix"));
+        }
+        process
+    };
+    let mut warden = start(&profile);
+    let token_file = profile.state_dir().join("admin.token");
+    let mut client = Command::new(external::python())
+        .arg(external::script("client_scenarios.py"))
+        .args([
+            "bridge",
+            warden::bin(),
+            &format!("http://127.0.0.1:{port}/mcp"),
+        ])
+        .arg(&token_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Python stdio client");
+    let mut stdout = BufReader::new(client.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("read the client's request to restart");
+    assert!(line.contains("restart-warden"), "{line}");
+    let status = warden.sigterm();
+    assert!(status.success());
+    warden = start(&profile);
+    client
+        .stdin
+        .as_mut()
+        .expect("piped stdin")
+        .write_all(b"restarted\n")
+        .expect("tell the client");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read the report");
+    let output = client.wait_with_output().expect("the client ends");
+    assert!(
+        output.status.success(),
+        "{rest}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        warden.log()
+    );
+    let report: Value =
+        serde_json::from_str(rest.lines().last().unwrap_or_default()).expect("a JSON report");
+    assert!(
+        report["tools"]
+            .as_array()
+            .expect("tools")
+            .contains(&json!("fix__echo")),
+        "{report}"
+    );
+    assert_eq!(report["echo"], json!(["through the bridge"]));
+    assert_eq!(report["progress"], json!([1.0, 2.0]));
+    assert_eq!(
+        report["echo_after_restart"],
+        json!(["after the restart"]),
+        "{report}"
+    );
+}
+
+#[test]
+fn meta_passes_through_and_the_trace_comes_back() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("meta-{}", std::process::id()), &[]) }));
+    let mut client = gateway.client();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "fix__echo", "arguments": {"message": "m"}, "_meta": {"custom/key": [1, 2]}}});
+    let answer = client.post_json(&body, &[("traceparent", parent)]);
+    assert_eq!(
+        answer.result()["_meta"]["receivedMeta"]["custom/key"],
+        json!([1, 2]),
+        "{:?}",
+        answer.message
+    );
+    let returned = answer
+        .response
+        .header("traceparent")
+        .expect("a traceparent header");
+    assert!(
+        returned.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{returned}"
+    );
+    assert_eq!(answer.result()["_meta"]["traceparent"], returned);
+}
+
+#[test]
+fn concurrency_limit_and_deadline_fail_fast_with_clear_errors() {
+    let mut server = fixture(&format!("limits-{}", std::process::id()), &[]);
+    server["max_concurrent_calls"] = 1.into();
+    server["max_queued_calls"] = 0.into();
+    server["call_timeout"] = "1500ms".into();
+    let gateway = Gateway::start(json!({ "fix": server }));
+    let url = gateway.warden.url("/mcp");
+    let token = gateway.token.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slow = std::thread::spawn(move || {
+        let mut client = McpClient::connect(url, &token);
+        tx.send(()).expect("signal");
+        client.call("fix__slow", json!({"ms": 600}))
+    });
+    rx.recv().expect("the slow call's client connected");
+    // Wait (with a deadline) until Warden reports the slow call holding the only slot.
+    let deadline = std::time::Instant::now() + WAIT;
+    while gateway.status("fix")["in_flight"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow call never showed in flight"
+        );
+        assert!(
+            !slow.is_finished(),
+            "the slow call ended before it was seen in flight"
+        );
+    }
+    let mut client = gateway.client();
+    let refused = client.call("fix__echo", json!({"message": "x"}));
+    let error = refused.error();
+    assert_eq!(error["code"], -32001, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`fix`") && message.contains("1 concurrent calls"),
+        "{message}"
+    );
+    assert!(
+        slow.join()
+            .expect("slow call")
+            .message
+            .get("result")
+            .is_some()
+    );
+
+    let late = client.call("fix__slow", json!({"ms": 5000}));
+    let error = late.error();
+    assert_eq!(error["code"], -32002, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("call_timeout"),
+        "{error}"
+    );
+}
+
+#[test]
+fn upstream_dying_mid_call_fails_that_call_and_the_session_survives() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("dying-{}", std::process::id()), &[]) }));
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    let url = gateway.warden.url("/mcp");
+    let mut client = McpClient::connect(url, &gateway.token);
+    let crash = client.call("fix__crash", json!({"code": 7}));
+    let error = crash.error();
+    assert_eq!(error["code"], -32001, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`fix`"),
+        "{error}"
+    );
+    events.wait_for(WAIT, event("ready", "fix"));
+    assert_eq!(
+        client.call("fix__echo", json!({"message": "again"})).text(),
+        "again"
+    );
+}
+
+#[test]
+fn malformed_and_hostile_requests_get_specific_answers() {
+    let mut server = fixture(&format!("edges-{}", std::process::id()), &[]);
+    server["max_concurrent_calls"] = 4.into();
+    let db = TestDb::new();
+    let mut profile = warden::Profile::with_database(db.url());
+    profile.set("servers", json!({ "fix": server }));
+    profile.set("server.max_body_bytes", 4096);
+    profile.set("server.max_json_depth", 16);
+    let warden = profile.start();
+    let token = admin_token(&warden, &profile.state_dir());
+    let url = warden.url("/mcp");
+    let client = McpClient::connect(url.clone(), &token);
+
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+        "a".repeat(5000)
+    );
+    assert_eq!(client.post_raw(big.as_bytes(), &[]).status, 413);
+
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":{}1{}}}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let answer = crate::support::mcp::parse_answer(client.post_raw(deep.as_bytes(), &[]));
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_json_depth")
+    );
+
+    let answer = crate::support::mcp::parse_answer(client.post_raw(b"{not json", &[]));
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.error()["code"], -32700);
+
+    let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    assert_eq!(
+        client
+            .post_raw(ping, &[("Mcp-Session-Id", "no-such-session")])
+            .status,
+        404
+    );
+    assert_eq!(client.post_raw(ping, &[("Mcp-Session-Id", "")]).status, 400);
+    assert_eq!(
+        client
+            .post_raw(ping, &[("MCP-Protocol-Version", "1999-01-01")])
+            .status,
+        400
+    );
+    assert_eq!(
+        client
+            .post_raw(ping, &[("Origin", "http://evil.example")])
+            .status,
+        403
+    );
+    assert_eq!(
+        client.post_raw(ping, &[("Host", "evil.example")]).status,
+        403
+    );
+    assert_eq!(client.post_raw(ping, &[("Authorization", "")]).status, 401);
+    let unauthorised = client.post_raw(ping, &[("Authorization", "Bearer wrong")]);
+    assert_eq!(unauthorised.status, 401);
+    let challenge = unauthorised.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    assert_eq!(
+        client.post_raw(ping, &[]).status,
+        200,
+        "the session is unharmed"
+    );
+}
+
+#[test]
+fn stateless_requests_need_matching_headers() {
+    let gateway = Gateway::start(
+        json!({ "fix": fixture(&format!("stateless-{}", std::process::id()), &[]) }),
+    );
+    let client = McpClient::new(gateway.warden.url("/mcp"), Some(gateway.token.clone()));
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "fix__echo", "arguments": {"message": "s"}, "_meta": meta}});
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "fix__echo"),
+    ];
+    let answer =
+        crate::support::mcp::parse_answer(client.post_raw(call.to_string().as_bytes(), &headers));
+    assert_eq!(answer.status, 200, "{:?}", answer.message);
+    assert_eq!(answer.result()["resultType"], "complete");
+    assert_eq!(answer.text(), "s");
+    let wrong_name = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "other"),
+    ];
+    let answer = crate::support::mcp::parse_answer(
+        client.post_raw(call.to_string().as_bytes(), &wrong_name),
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.error()["code"], -32020);
+    let mut old = call.clone();
+    old["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2027-01-01".into();
+    let future = [
+        ("MCP-Protocol-Version", "2027-01-01"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "fix__echo"),
+    ];
+    let answer =
+        crate::support::mcp::parse_answer(client.post_raw(old.to_string().as_bytes(), &future));
+    assert_eq!(answer.error()["code"], -32022);
+    assert_eq!(answer.error()["data"]["supported"], json!(["2026-07-28"]));
+}
+
+#[test]
+fn a_changed_tool_definition_is_withheld_until_approved() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("pins-{}", std::process::id()), &[]) }));
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    let mut client = gateway.client();
+    assert_eq!(
+        client
+            .call("fix__echo", json!({"message": "trusted"}))
+            .text(),
+        "trusted"
+    );
+    client.call("fix__mutate_tools", json!({}));
+    events.wait_for(WAIT, |e| {
+        e["event"] == "tools_changed" && e["changed"] == json!(["echo"])
+    });
+    let tools = client.request("tools/list", json!({}));
+    let names: Vec<&str> = tools.result()["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"fix__echo"), "{names:?}");
+    assert!(names.contains(&"fix__added_tool"), "{names:?}");
+    let refused = client.call("fix__echo", json!({"message": "x"}));
+    assert_eq!(refused.error()["code"], -32003, "{:?}", refused.message);
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("withheld")
+    );
+    let approve = http::request(
+        "POST",
+        &gateway.warden.url("/admin/tools/fix/echo/approve"),
+        &[("Authorization", &format!("Bearer {}", gateway.token))],
+        None,
+    )
+    .expect("approve");
+    assert_eq!(approve.status, 200, "{approve:?}");
+    assert_eq!(
+        client
+            .call("fix__echo", json!({"message": "approved"}))
+            .text(),
+        "approved"
+    );
+}
+
+#[test]
+fn per_server_route_keeps_upstream_names() {
+    let gateway = Gateway::start(json!({
+        "fix": fixture(&format!("route-{}", std::process::id()), &[]),
+        "other": fixture(&format!("route2-{}", std::process::id()), &[]),
+    }));
+    let mut client = McpClient::connect(gateway.warden.url("/mcp/fix"), &gateway.token);
+    let tools = client.request("tools/list", json!({}));
+    let names: Vec<&str> = tools.result()["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"echo") && !names.iter().any(|n| n.contains("__")),
+        "{names:?}"
+    );
+    assert_eq!(
+        client.call("echo", json!({"message": "direct"})).text(),
+        "direct"
+    );
+    let unknown = McpClient::new(gateway.warden.url("/mcp/nope"), Some(gateway.token.clone()));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    assert_eq!(
+        unknown.post_raw(body.to_string().as_bytes(), &[]).status,
+        404
+    );
+}
+
+#[test]
+fn sessions_expire_end_and_are_bounded_per_principal() {
+    let db = TestDb::new();
+    let mut profile = warden::Profile::with_database(db.url());
+    profile.set(
+        "servers",
+        json!({ "fix": fixture(&format!("sessions-{}", std::process::id()), &[]) }),
+    );
+    profile.set(
+        "sessions",
+        json!({"idle_timeout": "1s", "max_per_principal": 2}),
+    );
+    let warden = profile.start();
+    let token = admin_token(&warden, &profile.state_dir());
+    let url = warden.url("/mcp");
+    let first = McpClient::connect(url.clone(), &token);
+    let _second = McpClient::connect(url.clone(), &token);
+    let mut third = McpClient::new(url.clone(), Some(token.clone()));
+    let refused = third.initialize(json!({}));
+    assert_eq!(refused.status, 503, "{:?}", refused.message);
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_per_principal")
+    );
+
+    // DELETE ends a session: it is unknown afterwards, and its slot is free again.
+    let delete = http::request(
+        "DELETE",
+        &url,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            (
+                "Mcp-Session-Id",
+                first.session.as_deref().unwrap_or_default(),
+            ),
+        ],
+        None,
+    )
+    .expect("DELETE");
+    assert_eq!(delete.status, 204);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(first.post_raw(ping, &[]).status, 404);
+    let mut fourth = McpClient::new(url.clone(), Some(token.clone()));
+    assert_eq!(fourth.initialize(json!({})).status, 200);
+
+    // An idle session expires (idle_timeout 1s); waiting is on Warden's own sweep.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = fourth.post_raw(ping, &[]).status;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session never expired"
+        );
+        // Each ping keeps it alive; back off past the idle timeout between tries.
+        std::thread::park_timeout(Duration::from_millis(1500));
+    }
+}
+
+#[test]
+fn the_notification_stream_resumes_from_last_event_id() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("resume-{}", std::process::id()), &[]) }));
+    let mut client = gateway.client();
+    let session = client.session.clone().expect("a session");
+    // Two list changes while no stream is open are kept for replay.
+    client.call("fix__mutate_tools", json!({}));
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    events.wait_for(WAIT, |e| e["event"] == "tools_changed");
+    let authority = gateway
+        .warden
+        .base_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {session}\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n",
+        gateway.token
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("notifications/tools/list_changed") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read the stream") == 0 {
+            panic!("the stream ended; saw {seen}");
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("id: 1"), "{seen}");
+}
