@@ -105,14 +105,10 @@ impl Spool {
             .len();
         let mut offset = 0u64;
         let mut entries = 0u64;
-        loop {
-            match read_entry(&mut file, offset, total) {
-                Ok(Some((_, next))) => {
-                    offset = next;
-                    entries += 1;
-                }
-                Ok(None) | Err(_) => break,
-            }
+        // Stops at the end, or at the first torn or damaged entry.
+        while let Ok(Some((_, next))) = read_entry(&mut file, offset, total) {
+            offset = next;
+            entries += 1;
         }
         let mut spool = Spool {
             path,

@@ -224,7 +224,7 @@ pub fn entries<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<u8> {
         .into_iter()
         .map(|r| (tag(r), r.id(), row_hash(r)))
         .collect();
-    list.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    list.sort_unstable_by_key(|e| (e.0, e.1));
     let mut out = Vec::with_capacity(list.len() * ENTRY_BYTES);
     for (tag, id, hash) in list {
         out.push(tag);

@@ -320,7 +320,7 @@ impl State {
         if self.held.is_some() {
             self.retry_held().await;
             if self.held.is_some() {
-                let _ = myself.send_after(self.backoff, || WriterMsg::Pump);
+                drop(myself.send_after(self.backoff, || WriterMsg::Pump));
                 return;
             }
         }
@@ -335,12 +335,12 @@ impl State {
         if self.closed {
             // No sender is left; only the spool may still need work.
             if self.spool_pending() {
-                let _ = myself.send_after(self.backoff, || WriterMsg::Pump);
+                drop(myself.send_after(self.backoff, || WriterMsg::Pump));
             }
             return;
         }
         if self.held.is_some() {
-            let _ = myself.send_after(self.backoff, || WriterMsg::Pump);
+            drop(myself.send_after(self.backoff, || WriterMsg::Pump));
         } else {
             let _ = myself.send_message(WriterMsg::Pump);
         }
