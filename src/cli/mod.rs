@@ -3,6 +3,7 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod audit;
 mod bridge;
 mod identity;
 mod instance;
@@ -64,6 +65,9 @@ enum Command {
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Verify and search the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Manage users (passwords, roles, disabling).
     #[command(subcommand)]
     User(identity::UserCommand),
@@ -137,6 +141,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(secret::run(command))
+        }
+        Command::Audit(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(audit::run(command))
         }
         Command::User(command) => {
             let _logging = init_cli_logging();

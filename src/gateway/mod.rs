@@ -563,9 +563,11 @@ impl Gateway {
                 row.error = Some(error.to_string());
             }
         }
+        // `record_completed`: the call was admitted and ran, so its row is kept even while
+        // the trail refuses new calls (audit work, docs/audit.md).
         if let Err(refused) = self
             .audit
-            .record(AuditRecord::ToolCall(Box::new(row)))
+            .record_completed(AuditRecord::ToolCall(Box::new(row)))
             .await
         {
             // The call already happened; the refusal is logged loudly (the trail's own
@@ -641,6 +643,24 @@ impl Gateway {
         }
         params.insert("name".into(), Value::from(target.upstream.clone()));
         let entry = self.entry(&target.server)?;
+        // `audit.ack: durable` (audit work, docs/audit.md): the call's "started" record is
+        // durable — committed, or fsynced in the spool — before the tool is dispatched;
+        // if the trail cannot make it durable the call is refused, not dispatched.
+        if config.audit.ack == crate::config::AckMode::Durable {
+            let mut started = AuditEvent::new("tool.started", actor_kind(&ctx.principal));
+            started.trace_id = Some(ctx.trace.trace_id_hex());
+            started.actor_id = Some(ctx.principal.user_id().to_owned());
+            started.subject = Some(format!("{}/{}", target.server, target.upstream));
+            started.attributes = json!({
+                "execution_id": row.id,
+                "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
+                "client_id": ctx.principal.client_id,
+            });
+            self.audit
+                .record_durable(AuditRecord::Event(Box::new(started)))
+                .await
+                .map_err(GatewayError::Audit)?;
+        }
         let spec = entry.spec();
         let timeout = spec
             .tools
