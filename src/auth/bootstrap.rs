@@ -1,8 +1,9 @@
 //! The bootstrap admin token: on first start Warden creates `<state_dir>/admin.token`
 //! (mode 0600) holding a random `wk_…` token, and prints it, so an operator can use the
 //! admin API and the gateway before any user exists. It is an API key of the
-//! `bootstrap-admin` service account (role `admin`, scope `*`); only its hash is stored.
-//! Delete the file and restart to rotate it: the previous bootstrap key is revoked.
+//! `admin` service account (role `admin`, scope `*`); only its hash is stored, and it is
+//! checked in memory, so it works while PostgreSQL is unreachable. Delete the file and
+//! restart to rotate it: the previous bootstrap key is revoked.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,7 +14,7 @@ use super::secret::{self, Redacted};
 pub const FILE: &str = "admin.token";
 pub const PREFIX: &str = secret::API_KEY_PREFIX;
 /// The service account the bootstrap token belongs to.
-pub const ACCOUNT: &str = "bootstrap-admin";
+pub const ACCOUNT: &str = "admin";
 
 /// Reads the bootstrap token, creating it on first start. Returns the token and whether
 /// it was just created.

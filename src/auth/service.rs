@@ -47,6 +47,9 @@ const CACHE_ENTRIES: usize = 100_000;
 /// API-key principals are re-checked at least this often (revocation by a process
 /// whose notice was missed still lands).
 const API_KEY_CACHE_SECS: u64 = 300;
+/// How long a verified token whose revocation state could not be read (PostgreSQL
+/// unreachable) is trusted before it is checked again.
+const DEGRADED_CACHE_SECS: u64 = 60;
 
 /// An OAuth error answer (`error`, `error_description`); `http/` picks the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +109,9 @@ pub struct Identity {
     pub passwords: Passwords,
     pub logins: LoginLimiter,
     pub client_documents: ClientDocuments,
+    /// The bootstrap token's hash and principal: checked in memory, so the operator's
+    /// token works even while PostgreSQL is unreachable.
+    bootstrap: ArcSwap<Option<([u8; 32], Arc<Principal>)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -146,6 +152,7 @@ impl Identity {
             passwords: Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             logins: LoginLimiter::new(),
             client_documents: ClientDocuments::default(),
+            bootstrap: ArcSwap::from_pointee(None),
         };
         {
             let mut client = identity.db.get().await?;
@@ -234,6 +241,11 @@ impl Identity {
         let key = cache::key(token);
         if let Some(principal) = self.cache.get(&key) {
             return Ok(principal);
+        }
+        if let Some((hash, principal)) = &**self.bootstrap.load()
+            && secret::equal(hash, &key)
+        {
+            return Ok(principal.clone());
         }
         match self.verify_uncached(token).await {
             Ok((principal, expires_at, family)) => {
@@ -334,21 +346,47 @@ impl Identity {
         if let Some(f) = &family {
             ids.push(f);
         }
-        let client = self.db.get().await.map_err(unavailable)?;
-        if store::is_disabled(&**client, &claims.sub)
-            .await
-            .map_err(unavailable)?
-        {
-            return Err(AuthRejection::Disabled);
-        }
-        if store::any_revoked(&**client, &ids)
-            .await
-            .map_err(unavailable)?
-        {
-            return Err(AuthRejection::Revoked);
+        match self.account_state(&claims.sub, &ids).await {
+            Ok(None) => {}
+            Ok(Some(rejection)) => return Err(rejection),
+            Err(error) => {
+                // The signature, issuer, audience and lifetime are proven; only the
+                // disabled/revoked state is unknown while PostgreSQL is unreachable. Serve
+                // (tool calls spool their audit rows meanwhile) and look again soon.
+                tracing::warn!(%error, "cannot check revocation while PostgreSQL is unreachable; accepting a verified token for at most 60 s");
+                let principal = tokens::principal(&claims, &config.issuer);
+                return Ok((
+                    principal,
+                    claims.exp.min(unix_now() + DEGRADED_CACHE_SECS),
+                    claims.fid,
+                ));
+            }
         }
         let principal = tokens::principal(&claims, &config.issuer);
         Ok((principal, claims.exp, claims.fid))
+    }
+
+    /// `Some(rejection)` when the account is disabled or the token revoked; `Err` when
+    /// PostgreSQL cannot answer.
+    async fn account_state(
+        &self,
+        subject: &str,
+        ids: &[&str],
+    ) -> Result<Option<AuthRejection>, String> {
+        let client = self.db.get().await.map_err(|e| e.to_string())?;
+        if store::is_disabled(&**client, subject)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Some(AuthRejection::Disabled));
+        }
+        if store::any_revoked(&**client, ids)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Some(AuthRejection::Revoked));
+        }
+        Ok(None)
     }
 
     async fn verify_api_key(
@@ -391,6 +429,12 @@ impl Identity {
         let kind = notice.get("kind").and_then(Value::as_str).unwrap_or("");
         let subject = notice.get("subject").and_then(Value::as_str);
         self.cache.clear();
+        if subject == Some(super::bootstrap::ACCOUNT)
+            && matches!(kind, "apikey.revoked" | "user.disabled")
+        {
+            // The in-memory bootstrap check must not outlive a revocation.
+            self.bootstrap.store(Arc::new(None));
+        }
         if kind == "keys.rotated"
             && let Err(error) = self.reload_keys().await
         {
@@ -1153,7 +1197,7 @@ impl Identity {
     // The bootstrap admin
     // -----------------------------------------------------------------------------------
 
-    /// Makes the bootstrap token an API key of the `bootstrap-admin` service account
+    /// Makes the bootstrap token an API key of the `admin` service account
     /// (role `admin`, scope `*`), revoking earlier bootstrap tokens.
     pub async fn register_bootstrap(
         &self,
@@ -1175,6 +1219,23 @@ impl Identity {
             Some(&secret::hash(token.expose())),
         )
         .await?;
+        let scopes = Scopes::parse("*");
+        let principal = Principal {
+            subject: super::bootstrap::ACCOUNT.to_owned(),
+            name: Some("bootstrap admin".into()),
+            issuer: self.settings.load().config.issuer.clone(),
+            client_id: None,
+            tier: tokens::tier(&row.roles, PrincipalKind::Service, &scopes),
+            scopes,
+            roles: row.roles,
+            kind: PrincipalKind::Service,
+            token_id: Some("bootstrap".into()),
+            expires_at: None,
+        };
+        self.bootstrap.store(Arc::new(Some((
+            cache::key(token.expose()),
+            Arc::new(principal),
+        ))));
         Ok(())
     }
 }
