@@ -21,7 +21,7 @@ fn error_of(response: &http::Response) -> String {
 
 #[test]
 fn authorization_code_flow_grants_what_roles_allow_and_refresh_rotates() {
-    let env = Env::start(|_| {});
+    let mut env = Env::start(|_| {});
     env.add_user("alice", "user");
     let client_id = env.register(REDIRECT);
     let (verifier, challenge) = pkce();
@@ -112,6 +112,40 @@ fn authorization_code_flow_grants_what_roles_allow_and_refresh_rotates() {
         &[],
     );
     assert_eq!(error_of(&again), "invalid_grant", "{again:?}");
+
+    // The story is on the audit trail (a clean stop flushes it), and no credential is.
+    let status = env.warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", env.warden.log());
+    let kinds: Vec<String> = env
+        .db
+        .query("SELECT DISTINCT kind FROM audit_events ORDER BY kind")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for kind in [
+        "auth.consent",
+        "auth.login",
+        "auth.token_issued",
+        "auth.token_refused",
+        "auth.token_revoked",
+        "oauth.client_registered",
+        "permission.decision",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no `{kind}` event in {kinds:?}"
+        );
+    }
+    for secret in [&access, &refresh, &refresh2, &params["code"], PASSWORD] {
+        let leaks = env.db.query(&format!(
+            "SELECT count(*) FROM audit_events WHERE attributes::text LIKE '%{secret}%' OR coalesce(reason, '') LIKE '%{secret}%'"
+        ));
+        assert_eq!(
+            leaks[0].get::<_, i64>(0),
+            0,
+            "a credential reached the audit trail"
+        );
+    }
 }
 
 #[test]
