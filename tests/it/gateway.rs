@@ -589,9 +589,9 @@ fn the_notification_stream_resumes_from_last_event_id() {
         Gateway::start(json!({ "fix": fixture(&format!("resume-{}", std::process::id()), &[]) }));
     let mut client = gateway.client();
     let session = client.session.clone().expect("a session");
-    // Two list changes while no stream is open are kept for replay.
-    client.call("fix__mutate_tools", json!({}));
+    // A list change while no stream is open is kept for replay.
     let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    client.call("fix__mutate_tools", json!({}));
     events.wait_for(WAIT, |e| e["event"] == "tools_changed");
     let authority = gateway
         .warden
