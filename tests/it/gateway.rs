@@ -589,8 +589,7 @@ fn the_notification_stream_resumes_from_last_event_id() {
         Gateway::start(json!({ "fix": fixture(&format!("resume-{}", std::process::id()), &[]) }));
     let mut client = gateway.client();
     let session = client.session.clone().expect("a session");
-    // Two list changes while no stream is open are kept for replay. The event stream is
-    // subscribed before the change, or the change can be announced before anyone listens.
+    // A list change while no stream is open is kept for replay.
     let mut events = EventStream::open(&gateway.warden, &gateway.token);
     client.call("fix__mutate_tools", json!({}));
     events.wait_for(WAIT, |e| e["event"] == "tools_changed");
