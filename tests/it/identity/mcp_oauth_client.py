@@ -104,8 +104,7 @@ async def main(url, username, password):
         callback_handler=callback_handler,
     )
     async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
-        # The handshake era: this test is about authorization, not protocol revisions.
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
             tools = await client.list_tools()
             result = await client.call_tool("fx__echo", {"message": "from the python sdk"})
     authorize = urllib.parse.parse_qs(urllib.parse.urlparse(seen["authorize_urls"][0]).query)
