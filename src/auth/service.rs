@@ -1295,56 +1295,15 @@ pub async fn issue_offline(
     Ok(issued)
 }
 
-/// Listens on the `warden_identity` channel and hands every notice to
-/// [`Identity::on_notice`]; reconnects when the connection drops. On every (re)connect
-/// the cache is cleared, since notices sent while disconnected are lost.
-pub async fn watch_notices(
-    identity: Arc<Identity>,
-    pg_config: tokio_postgres::Config,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    use futures_util::StreamExt as _;
-    let mut delay = Duration::from_millis(250);
-    while !shutdown.is_cancelled() {
-        match pg_config.connect(tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                delay = Duration::from_millis(250);
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let _ = tx.send(n.payload().to_owned());
-                        }
-                    }
-                });
-                if client
-                    .batch_execute(&format!("LISTEN {}", store::CHANNEL))
-                    .await
-                    .is_ok()
-                {
-                    identity.cache.clear();
-                    loop {
-                        tokio::select! {
-                            notice = rx.recv() => match notice {
-                                Some(payload) => identity.on_notice(&payload).await,
-                                None => break,
-                            },
-                            _ = shutdown.cancelled() => { driver.abort(); return; }
-                        }
-                    }
-                }
-                driver.abort();
-            }
-            Err(error) => {
-                tracing::debug!(%error, "identity notice listener cannot connect; retrying")
-            }
+/// Handles one notice from the process-wide listener (`db::notify`): a (re)connection
+/// clears the verified-token cache, since notices sent while disconnected are lost; an
+/// identity notice goes to [`Identity::on_notice`].
+pub async fn handle_notice(identity: &Identity, notice: &crate::db::notify::Notice) {
+    match notice {
+        crate::db::notify::Notice::Connected => identity.cache.clear(),
+        crate::db::notify::Notice::Message { channel, payload } if channel == store::CHANNEL => {
+            identity.on_notice(payload).await
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        crate::db::notify::Notice::Message { .. } => {}
     }
 }

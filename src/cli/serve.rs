@@ -191,16 +191,37 @@ async fn run(
         shutdown.clone(),
         config.server.shutdown_grace,
     ));
-    let secret_watch = tokio::spawn(watch_secret_changes(
-        app.clone(),
+    // One LISTEN connection for changes made elsewhere (the CLI, other replicas). It is
+    // listening before Warden says it is ready, so no change announced after that is lost.
+    let (mut notices, listening) = crate::db::notify::spawn(
         database.pg_config.clone(),
+        vec![store::CHANNEL, crate::auth::store::CHANNEL],
         shutdown.clone(),
-    ));
-    let identity_watch = tokio::spawn(crate::auth::service::watch_notices(
-        app.identity.clone(),
-        database.pg_config.clone(),
-        shutdown.clone(),
-    ));
+    );
+    if tokio::time::timeout(config.database.connect_timeout, listening)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the change listener is not connected yet; it keeps retrying");
+    }
+    let notice_app = app.clone();
+    let notice_task = tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
+            if let crate::db::notify::Notice::Message { channel, payload } = &notice
+                && channel == store::CHANNEL
+            {
+                // The new value must be redacted from audit payloads from now on.
+                crate::audit::refresh_redaction(
+                    &notice_app.redaction,
+                    &notice_app.config.load(),
+                    &notice_app.secrets,
+                )
+                .await;
+                restart_users_of(&notice_app, payload).await;
+            }
+        }
+    });
 
     app.readiness.set_tree_up(true);
     tracing::info!(address = %local, public_url = %config.server.public_url, "Warden is ready");
@@ -216,8 +237,7 @@ async fn run(
     app.gateway.closing.cancel();
     shutdown.cancel();
     let _ = server.await;
-    secret_watch.abort();
-    identity_watch.abort();
+    notice_task.abort();
     announcer.abort();
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
@@ -275,62 +295,7 @@ fn announce_admin_token(state_dir: &Path, token: &Redacted<String>, created: boo
     }
 }
 
-/// Restarts the servers that use a secret when `warden secret set` (in any process)
-/// changes it. Listens on PostgreSQL's `NOTIFY` channel; reconnects if the connection
-/// drops.
-async fn watch_secret_changes(
-    app: Arc<App>,
-    pg_config: tokio_postgres::Config,
-    shutdown: CancellationToken,
-) {
-    let mut delay = std::time::Duration::from_millis(250);
-    while !shutdown.is_cancelled() {
-        match pg_config.connect(tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                delay = std::time::Duration::from_millis(250);
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    use futures_util::StreamExt as _;
-                    while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let _ = tx.send(n.payload().to_owned());
-                        }
-                    }
-                });
-                if client
-                    .batch_execute(&format!("LISTEN {}", store::CHANNEL))
-                    .await
-                    .is_ok()
-                {
-                    loop {
-                        tokio::select! {
-                            name = rx.recv() => match name {
-                                Some(name) => {
-                                    crate::audit::refresh_redaction(&app.redaction, &app.config.load(), &app.secrets).await;
-                                    restart_users_of(&app, &name).await
-                                }
-                                None => break,
-                            },
-                            _ = shutdown.cancelled() => { driver.abort(); return; }
-                        }
-                    }
-                }
-                driver.abort();
-            }
-            Err(error) => {
-                tracing::debug!(%error, "secret change listener cannot connect; retrying")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
-    }
-}
-
+/// Restarts the servers that use `secret` (changed by `warden secret set` in any process).
 async fn restart_users_of(app: &App, secret: &str) {
     use warden_actors::spec::{HeaderValue, Transport};
     for entry in app.tree.directory.all().iter() {
