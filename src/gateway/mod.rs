@@ -401,6 +401,14 @@ impl Gateway {
         }
     }
 
+    /// Whether some per-user server has no instance for this caller yet.
+    fn has_unstarted_user_instances(&self, ctx: &CallContext) -> bool {
+        self.directory.all().iter().any(|entry| {
+            matches!(entry.spec().isolation, Isolation::PerUser { .. })
+                && entry.user_instance(ctx.principal.user_id()).is_none()
+        })
+    }
+
     /// Per-user servers list the user's own instance: start it so its tools appear.
     async fn start_user_instances(&self, ctx: &CallContext) {
         for entry in self.directory.all().iter() {
@@ -815,20 +823,32 @@ impl Gateway {
             Some(server) => {
                 let instance = self.instance(ctx, server).await?;
                 let catalog = instance.catalog();
-                let tool = catalog
-                    .tool(requested)
-                    .ok_or_else(|| GatewayError::UnknownTool(requested.to_owned()))?;
                 let pin_tools = config.naming.get(&**server).is_none_or(|n| n.pin_tools);
+                // The per-server route is transparent: a name the upstream did not list is
+                // still passed on (after the permission check, by name) and the upstream
+                // answers for it, as it would to a direct client.
+                let (annotations, withheld) = match catalog.tool(requested) {
+                    Some(tool) => (
+                        tool.get("annotations").cloned(),
+                        pin_tools
+                            && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
+                    ),
+                    None => (None, false),
+                };
                 Ok(Target {
                     server: server.clone(),
                     upstream: requested.to_owned(),
-                    annotations: tool.get("annotations").cloned(),
-                    withheld: pin_tools
-                        && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
+                    annotations,
+                    withheld,
                 })
             }
             None => {
-                let table = self.routes(config);
+                let mut table = self.routes(config);
+                if !table.tools.contains_key(requested) && self.has_unstarted_user_instances(ctx) {
+                    // A per-user server lists its tools once the caller's instance runs.
+                    self.start_user_instances(ctx).await;
+                    table = self.routes(config);
+                }
                 let route = table
                     .tools
                     .get(requested)

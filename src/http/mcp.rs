@@ -678,6 +678,18 @@ async fn request(
 ) -> Response {
     let modern = matches!(era, Era::Stateless { .. });
     let ok = |result: Value| result_response(&id, &result_text(result), &trace, modern);
+    // Acknowledgements are answered exactly `{}` (strict clients compare them), without
+    // the trace in `_meta`; the `traceparent` header still carries it.
+    let empty = || {
+        let body = if modern {
+            r#"{"resultType":"complete"}"#
+        } else {
+            "{}"
+        };
+        let mut frame = Vec::with_capacity(64);
+        jsonrpc::write_result(&mut frame, &id.to_string(), body);
+        json_response(StatusCode::OK, frame)
+    };
     // tools/call checks the surface limit with its server's and tool's; every other
     // request is checked here.
     if method != "tools/call"
@@ -697,7 +709,7 @@ async fn request(
     }
     match method.as_str() {
         "initialize" => return initialize(&app, scope, principal, &id, &params, &trace).await,
-        "ping" => return ok(json!({})),
+        "ping" => return empty(),
         "server/discover" => {
             return ok(json!({
                 "supportedVersions": [MODERN_VERSION],
@@ -716,9 +728,9 @@ async fn request(
                     .and_then(Value::as_str)
                     .map(str::to_owned);
             }
-            return ok(json!({}));
+            return empty();
         }
-        "resources/subscribe" | "resources/unsubscribe" => return ok(json!({})),
+        "resources/subscribe" | "resources/unsubscribe" => return empty(),
         "subscriptions/listen" if modern => return listen(&app, scope, principal, id, &params),
         _ => {}
     }

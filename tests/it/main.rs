@@ -11,6 +11,7 @@ mod support;
 
 mod audit;
 mod config;
+mod conformance;
 mod docs;
 mod gateway;
 mod identity;
