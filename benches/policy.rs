@@ -43,7 +43,9 @@ fn bench(c: &mut Criterion) {
     let policy = PolicyEngine::from_config(&config);
     let limits = RateLimiter::new(config.policy.limits.clone());
     let hooks = Hooks::new(config.policy.hooks.clone());
-    let http = warden_actors::upstream::http::client_builder().build().expect("a client");
+    let http = warden_actors::upstream::http::client_builder()
+        .build()
+        .expect("a client");
     let principal = Principal {
         subject: "alice".into(),
         name: None,
@@ -82,7 +84,9 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("policy/call_path", |b| {
         b.iter(|| {
-            policy.check(black_box(&principal), black_box(&call)).expect("allowed");
+            policy
+                .check(black_box(&principal), black_box(&call))
+                .expect("allowed");
             limits
                 .check(Surface::Mcp, "alice", "user", Some("fs"), Some("read_file"))
                 .expect("within the limit");
@@ -91,7 +95,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     c.bench_function("policy/rate_limit", |b| {
-        b.iter(|| limits.check(Surface::Mcp, black_box("alice"), "user", Some("fs"), Some("read_file")))
+        b.iter(|| {
+            limits.check(
+                Surface::Mcp,
+                black_box("alice"),
+                "user",
+                Some("fs"),
+                Some("read_file"),
+            )
+        })
     });
     c.bench_function("policy/hooks_no_match", |b| b.iter(|| dispatch(&hooks)));
     let none = Hooks::new(Vec::new());

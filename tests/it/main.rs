@@ -17,5 +17,6 @@ mod gateway;
 mod identity;
 mod migrate;
 mod policy;
+mod rmcp_client;
 mod serve;
 mod supervision;
