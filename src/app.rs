@@ -27,14 +27,14 @@ pub type LogLevelSetter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub struct App {
     /// The profile in force; replaced whole on reload.
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     pub db: Pool,
     pub master_key: Arc<MasterKey>,
     pub secrets: SecretStore,
     pub readiness: Readiness,
     pub metrics: Option<PrometheusHandle>,
     pub tree: Tree,
-    pub gateway: Gateway,
+    pub gateway: Arc<Gateway>,
     /// The audit trail's queue (every surface records through it).
     pub audit: warden_actors::audit::Audit,
     /// The redaction rules the audit writer applies (`audit.redact` and the secret
@@ -73,14 +73,14 @@ impl App {
             limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
             hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
             quotas: ArcSwap::from_pointee(config.policy.quotas.clone()),
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             db,
             master_key,
             readiness: Readiness::default(),
             metrics,
             tree,
             audit: gateway.audit.clone(),
-            gateway,
+            gateway: Arc::new(gateway),
             authenticator: identity.clone(),
             policy: identity.policy(),
             identity,

@@ -34,7 +34,6 @@ use crate::secrets::{MasterKey, SecretStore, store};
 use crate::systemd;
 use warden_actors::audit::Audit;
 use warden_actors::audit::writer::{AuditWriter, WriterConfig, default_writer_name};
-use warden_actors::events::EventKind;
 use warden_actors::scheduler::{Scheduler, SchedulerConfig};
 
 /// The signals Warden answers, installed before anything else so that a signal sent
@@ -182,7 +181,17 @@ async fn run(
     app.gateway
         .sessions
         .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
-    let announcer = tokio::spawn(announce_changes(app.clone()));
+    crate::gateway::actor::start(
+        crate::gateway::actor::GatewayArgs {
+            gateway: app.gateway.clone(),
+            policy: app.policy.clone(),
+            config: app.config.clone(),
+        },
+        &app.tree.events,
+        app.tree.root_cell(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
@@ -238,7 +247,6 @@ async fn run(
     shutdown.cancel();
     let _ = server.await;
     notice_task.abort();
-    announcer.abort();
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
     app.tree.shutdown().await;
@@ -324,31 +332,6 @@ async fn restart_users_of(app: &App, secret: &str) {
                     RestartReason::SecretChanged(secret.to_owned()),
                 )
                 .await;
-        }
-    }
-}
-
-/// Turns lifecycle events into `notifications/*/list_changed` for the sessions that can
-/// see the server.
-async fn announce_changes(app: Arc<App>) {
-    let Some(mut events) = app.tree.events.subscribe("gateway", 1024).await else {
-        return;
-    };
-    while let Some(event) = events.recv().await {
-        let Some(server) = event.server.as_deref() else {
-            continue;
-        };
-        let kinds: &[&str] = match event.kind {
-            EventKind::ToolsChanged { .. } => &["tools"],
-            EventKind::ResourcesChanged => &["resources"],
-            EventKind::PromptsChanged => &["prompts"],
-            EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
-                &["tools", "resources", "prompts"]
-            }
-            _ => &[],
-        };
-        for kind in kinds {
-            http::mcp::announce_list_changed(&app, server, kind);
         }
     }
 }

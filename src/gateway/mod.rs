@@ -8,6 +8,7 @@
 //! with its deadline → the `mcp_tool_executions` row. A call that is refused at any step
 //! still leaves its row.
 
+pub mod actor;
 pub mod pins;
 pub mod routes;
 pub mod session;
@@ -265,6 +266,21 @@ impl Gateway {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// Tells the sessions and listen streams that can see `server` that its list of
+    /// `kind` (`tools`, `resources`, `prompts`) changed.
+    pub fn announce_list_changed(&self, policy: &PolicyEngine, server: &str, kind: &str) {
+        self.notify_listeners(policy, server, kind);
+        let notification =
+            json!({"jsonrpc": "2.0", "method": format!("notifications/{kind}/list_changed")});
+        let data: Arc<str> = Arc::from(notification.to_string());
+        self.sessions.broadcast(data, |session| {
+            session.scope.as_deref().is_none_or(|s| s == server)
+                && policy
+                    .check(&session.principal, &Permission::List { server })
+                    .is_ok()
+        });
     }
 
     /// The HTTP client webhook hooks use.

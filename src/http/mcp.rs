@@ -51,9 +51,9 @@ use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
 use crate::gateway::{CallContext, GatewayError};
+use crate::policy::Permission;
 use crate::policy::hooks::{HookContext, HookEvent};
 use crate::policy::limits::Surface;
-use crate::policy::{Permission, PolicyEngine};
 
 /// Revisions reachable with the `initialize` handshake, oldest first.
 pub const HANDSHAKE_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -1389,26 +1389,6 @@ fn listen(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// Tells sessions that can see `server` that its list of `kind` changed.
-pub fn announce_list_changed(app: &AppState, server: &str, kind: &str) {
-    let method = format!("notifications/{kind}/list_changed");
-    let mut frame = Vec::new();
-    jsonrpc::write_notification(&mut frame, &method, None);
-    let data: Arc<str> = Arc::from(String::from_utf8_lossy(&frame).as_ref());
-    let policy = app.policy.load_full();
-    app.gateway.notify_listeners(&policy, server, kind);
-    app.gateway.sessions.broadcast(data, |session| {
-        session.scope.as_deref().is_none_or(|s| s == server)
-            && policy_allows(&policy, &session.principal, server)
-    });
-}
-
-fn policy_allows(policy: &PolicyEngine, principal: &Principal, server: &str) -> bool {
-    policy
-        .check(principal, &Permission::List { server })
-        .is_ok()
 }
 
 /// Runs `SessionStart` hooks for a new session; a denial refuses the session.
