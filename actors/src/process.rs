@@ -138,6 +138,35 @@ pub async fn spawn(mut command: Command, hardening: Hardening) -> io::Result<Gro
     Ok(GroupChild { child, pgid })
 }
 
+/// Reads `stream` line by line on a task of its own, handing each line (cut at `max`
+/// bytes, on a character boundary) to `on_line`, until the stream ends. A child's output
+/// is always drained this way: an undrained pipe would stall the child once it fills.
+pub fn read_lines(
+    stream: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    max: usize,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = Vec::with_capacity(512);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(line.trim_ascii_end());
+                    let mut cut = text.len().min(max);
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    on_line(&text[..cut]);
+                }
+            }
+        }
+    });
+}
+
 /// A spawned child and its process group. Dropping it SIGKILLs the whole group, so an
 /// abandoned child (a panicking actor, say) cannot linger.
 #[derive(Debug)]
@@ -150,6 +179,17 @@ impl GroupChild {
     /// The process group id (also the pid of the direct child or its guard).
     pub fn pgid(&self) -> libc::pid_t {
         self.pgid
+    }
+
+    /// Drains the child's stdout and stderr (whichever were piped and not taken yet)
+    /// line by line into `on_line`.
+    pub fn drain_output(&mut self, max: usize, on_line: impl Fn(&str) + Clone + Send + 'static) {
+        if let Some(stdout) = self.child.stdout.take() {
+            read_lines(stdout, max, on_line.clone());
+        }
+        if let Some(stderr) = self.child.stderr.take() {
+            read_lines(stderr, max, on_line);
+        }
     }
 
     /// See [`stop`].

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use warden_actors::process::{self, GroupChild, Hardening};
 
@@ -235,34 +234,15 @@ impl EmbeddedCluster {
         let mut child = process::spawn(command, hardening)
             .await
             .map_err(io_err("cannot start postgres"))?;
-        for stream in [
-            child
-                .child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = self.log.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(target: "warden::postgres", "{line}");
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if log.len() == 20 {
-                        log.pop_front();
-                    }
-                    log.push_back(line);
-                }
-            });
-        }
+        let log = self.log.clone();
+        child.drain_output(4096, move |line| {
+            tracing::debug!(target: "warden::postgres", "{line}");
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() == 20 {
+                log.pop_front();
+            }
+            log.push_back(line.to_owned());
+        });
         self.child = Some(child);
         self.wait_ready().await
     }

@@ -114,23 +114,10 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 .await
                 .map_err(|reason| fail(reason, None, Some(port)))?;
             let pid = child.child.id();
-            for stream in [
-                child
-                    .child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                child
-                    .child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                upstream::stdio::drain_to_log(server.clone(), stream);
-            }
+            let log_as = server.clone();
+            child.drain_output(4096, move |line| {
+                tracing::info!(target: "warden::upstream::stderr", server = %log_as, "{line}");
+            });
             let control = watch_child(child, ctx.myself.clone());
             let url = url.replace("{port}", &port.to_string());
             let connection = upstream::http::connect(server.clone(), url, Vec::new(), events_tx)

@@ -57,7 +57,7 @@ pub fn connect(
     tokio::spawn(write_loop(conn.clone(), stdin, queue));
     tokio::spawn(read_loop(conn.clone(), stdout));
     if let Some(stderr) = stderr {
-        tokio::spawn(drain_stderr(server, stderr));
+        drain_to_log(server, stderr);
     }
     conn
 }
@@ -125,32 +125,10 @@ async fn read_loop(conn: Arc<Connection>, stdout: ChildStdout) {
     }
 }
 
-/// Logs every line `stream` produces, tagged with the server (stdout and stderr of HTTP
-/// children, which speak MCP over their port instead).
-pub fn drain_to_log(server: Arc<str>, stream: Box<dyn tokio::io::AsyncRead + Send + Unpin>) {
-    tokio::spawn(drain_stderr(server, stream));
-}
-
-async fn drain_stderr(server: Arc<str>, stderr: impl tokio::io::AsyncRead + Unpin) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::with_capacity(512);
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(line.trim_ascii_end());
-                let shown: &str = if text.len() > MAX_STDERR_LINE {
-                    let mut cut = MAX_STDERR_LINE;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    &text[..cut]
-                } else {
-                    &text
-                };
-                tracing::info!(target: "warden::upstream::stderr", server = %server, "{shown}");
-            }
-        }
-    }
+/// Logs every line `stream` produces (a child's stderr, an HTTP child's stdout), tagged
+/// with the server.
+pub fn drain_to_log(server: Arc<str>, stream: impl tokio::io::AsyncRead + Send + Unpin + 'static) {
+    crate::process::read_lines(stream, MAX_STDERR_LINE, move |line| {
+        tracing::info!(target: "warden::upstream::stderr", server = %server, "{line}");
+    });
 }
