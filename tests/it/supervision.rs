@@ -543,7 +543,7 @@ fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
         e["event"] == "stopped" && e["server"] == "mail" && e["user"] == "alice"
     });
     assert!(stopped["reason"].as_str().is_some(), "{stopped}");
-        if let Some(process) = procs::get(alice_pid.parse().expect("a pid")) {
+    if let Some(process) = procs::get(alice_pid.parse().expect("a pid")) {
         procs::wait_all_gone(&[process], WAIT)
             .unwrap_or_else(|left| panic!("alice's process outlived its idle timeout: {left:?}"));
     }
