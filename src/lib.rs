@@ -11,6 +11,7 @@
 //! tree lives in the `warden-actors` crate. Data flows one way: `http` → `policy` →
 //! actors; nothing below `http` imports it.
 
+pub mod ai;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -53,5 +54,7 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::wellknown::routes);
         registry.routes("warden", http::oauth::routes);
         registry.routes("warden", http::hooks::routes);
+        registry.routes("warden", http::ai::routes);
+        ai::provider::register_builtins(registry);
     }
 }
