@@ -88,10 +88,7 @@ impl Registry {
         &mut self,
         owner: &'static str,
         kind: &'static str,
-        factory: impl Fn(&ProviderSettings) -> Result<Arc<dyn Provider>, String>
-        + Send
-        + Sync
-        + 'static,
+        factory: impl Fn(&ProviderSettings) -> Result<Arc<dyn Provider>, String> + Send + Sync + 'static,
     ) {
         self.ai_providers.push((owner, kind, Arc::new(factory)));
     }

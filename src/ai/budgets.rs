@@ -201,7 +201,10 @@ pub async fn check(pool: &Pool, applied: &[Applied]) -> Result<(), BudgetError> 
         if let Some(max) = budget.max_tokens
             && tokens.max(0) as u64 >= max
         {
-            return Err(exhausted(format!("{tokens} tokens"), format!("{max} tokens")));
+            return Err(exhausted(
+                format!("{tokens} tokens"),
+                format!("{max} tokens"),
+            ));
         }
     }
     Ok(())
@@ -283,7 +286,10 @@ mod tests {
         };
         assert_eq!(
             names("alice", &["user"], "gpt"),
-            [("everyone".into(), "alice".into()), ("alice".into(), "alice".into())]
+            [
+                ("everyone".into(), "alice".into()),
+                ("alice".into(), "alice".into())
+            ]
         );
         assert_eq!(
             names("bob", &["intern"], "claude"),

@@ -27,14 +27,18 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 use uuid::Uuid;
-use warden_actors::audit::{AiRequestRecord, Audit, AuditEvent, AuditRecord, AuditRefused, ToolStatus};
+use warden_actors::audit::{
+    AiRequestRecord, Audit, AuditEvent, AuditRecord, AuditRefused, ToolStatus,
+};
 use warden_actors::trace::TraceContext;
 
 use super::budgets::{self, Applied, BudgetError};
 use super::keys::{AuthHeaders, KeyError};
 use super::pricing::{self, Usage};
 use super::sse::{SseEvent, SseReader, event_bytes, write_event};
-use super::wire::{self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai};
+use super::wire::{
+    self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai,
+};
 use super::{Ai, AiState, Route};
 use crate::auth::{Principal, PrincipalKind};
 use crate::policy::limits::{RateLimited, RateLimiter, Surface};
@@ -80,7 +84,7 @@ pub enum AiError {
     #[error("{0}")]
     RateLimited(RateLimited),
     #[error("{0}")]
-    Budget(BudgetError),
+    Budget(Box<BudgetError>),
     #[error("{0}")]
     Audit(AuditRefused),
     #[error("{0}")]
@@ -117,7 +121,8 @@ impl AiError {
     fn row_status(&self) -> ToolStatus {
         match self {
             AiError::Denied { .. } => ToolStatus::Denied,
-            AiError::RateLimited(_) | AiError::Budget(BudgetError::Exhausted { .. }) => {
+            AiError::RateLimited(_) => ToolStatus::RateLimited,
+            AiError::Budget(budget) if matches!(**budget, BudgetError::Exhausted { .. }) => {
                 ToolStatus::RateLimited
             }
             AiError::Timeout { .. } => ToolStatus::Timeout,
@@ -192,12 +197,25 @@ impl Ai {
             budgets: Vec::new(),
         });
         let result = self
-            .run(policy, limits, caller, format, body, top, stream, &route, &state, &mut account)
+            .run(
+                policy,
+                limits,
+                caller,
+                format,
+                body,
+                top,
+                stream,
+                &route,
+                &state,
+                &mut account,
+            )
             .await;
         if let Err(error) = &result
             && let Some(mut account) = account.take()
         {
-            account.finish(error.row_status(), Some(error.to_string())).await;
+            account
+                .finish(error.row_status(), Some(error.to_string()))
+                .await;
         }
         result
     }
@@ -217,27 +235,45 @@ impl Ai {
         account: &mut Option<Accounting>,
     ) -> Result<Answer, AiError> {
         let principal = &caller.principal;
-        let decision = policy.check(principal, &Permission::UseModel { model: &route.alias });
-        self.record_decision(caller, route, format, &decision).await?;
+        let decision = policy.check(
+            principal,
+            &Permission::UseModel {
+                model: &route.alias,
+            },
+        );
+        self.record_decision(caller, route, format, &decision)
+            .await?;
         decision.map_err(|denial| AiError::Denied {
             model: route.alias.clone(),
             denial,
         })?;
-        if let Err(limited) = limits.check(Surface::Ai, principal.user_id(), &principal.tier, None, None) {
+        if let Err(limited) = limits.check(
+            Surface::Ai,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        ) {
             let error = AiError::RateLimited(limited);
             self.record_rejection(caller, route, &error, None).await?;
             return Err(error);
         }
-        let applied = budgets::applicable(&state.budgets, principal.user_id(), &principal.roles, &route.alias);
+        let applied = budgets::applicable(
+            &state.budgets,
+            principal.user_id(),
+            &principal.roles,
+            &route.alias,
+        );
         if !applied.is_empty() {
             if let Err(refusal) = budgets::check(&self.pool, &applied).await {
                 let budget = match &refusal {
                     BudgetError::Exhausted { budget, .. } => Some(budget.clone()),
                     BudgetError::Unavailable { .. } => None,
                 };
-                let error = AiError::Budget(refusal);
+                let error = AiError::Budget(Box::new(refusal));
                 if budget.is_some() {
-                    self.record_rejection(caller, route, &error, budget.as_deref()).await?;
+                    self.record_rejection(caller, route, &error, budget.as_deref())
+                        .await?;
                 }
                 return Err(error);
             }
@@ -248,7 +284,12 @@ impl Ai {
         let auth = match &route.settings.api_key_secret {
             Some(secret) => Some(
                 self.keys
-                    .headers(&self.secrets, &route.provider_name, secret, route.provider.as_ref())
+                    .headers(
+                        &self.secrets,
+                        &route.provider_name,
+                        secret,
+                        route.provider.as_ref(),
+                    )
                     .await
                     .map_err(AiError::Key)?,
             ),
@@ -257,19 +298,21 @@ impl Ai {
 
         // The request in the provider's format.
         let provider_wire = route.wire();
-        let mut client_usage = false;
-        let upstream_body = if provider_wire == format {
-            passthrough_body(&mut top, route, format, stream, &mut client_usage)?
+        let (upstream_body, client_usage) = if provider_wire == format {
+            passthrough_body(&mut top, &route.model, format, stream)?
         } else {
             let full: Map<String, Value> = serde_json::from_slice(body)
                 .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-            client_usage = format == Wire::OpenAi
+            let asked = format == Wire::OpenAi
                 && full
                     .get("stream_options")
                     .and_then(|o| o.get("include_usage"))
                     .and_then(Value::as_bool)
                     == Some(true);
-            translate_body(&full, format, route)?
+            (
+                translate_body(&full, format, provider_wire, &route.model, route.provider.dialect())?,
+                asked,
+            )
         };
 
         let mut headers = HeaderMap::new();
@@ -328,7 +371,9 @@ impl Ai {
                 });
             }
             let Some(account) = account.take() else {
-                return Err(AiError::BadRequest("the request was already answered".into()));
+                return Err(AiError::BadRequest(
+                    "the request was already answered".into(),
+                ));
             };
             let mode = if provider_wire == format {
                 Mode::Passthrough {
@@ -386,10 +431,13 @@ impl Ai {
             }
             let probe: Probe = serde_json::from_slice(&answer)
                 .map_err(|e| bad(format!("the answer is not a JSON object: {e}")))?;
-            let usage = probe.usage.as_ref().map_or_else(Usage::default, |u| match provider_wire {
-                Wire::Anthropic => anthropic::usage(u),
-                _ => openai::usage(u),
-            });
+            let usage = probe
+                .usage
+                .as_ref()
+                .map_or_else(Usage::default, |u| match provider_wire {
+                    Wire::Anthropic => anthropic::usage(u),
+                    _ => openai::usage(u),
+                });
             (answer, usage, probe.model)
         } else {
             let value: Value = serde_json::from_slice(&answer)
@@ -485,30 +533,34 @@ fn actor_kind(principal: &Principal) -> &'static str {
 }
 
 /// The client's body with `model` replaced (and, for an OpenAI stream, its usage report
-/// asked for); everything else as the client wrote it.
-fn passthrough_body(
+/// asked for); everything else as the client wrote it. Also returns whether the client
+/// itself asked for the usage report.
+pub fn passthrough_body(
     top: &mut IndexMap<String, Box<RawValue>>,
-    route: &Route,
+    model: &str,
     format: Wire,
     stream: bool,
-    client_usage: &mut bool,
-) -> Result<Vec<u8>, AiError> {
-    let internal = |e: serde_json::Error| AiError::BadRequest(format!("cannot re-encode the request: {e}"));
+) -> Result<(Vec<u8>, bool), AiError> {
+    let internal =
+        |e: serde_json::Error| AiError::BadRequest(format!("cannot re-encode the request: {e}"));
     top.insert(
         "model".into(),
-        serde_json::value::to_raw_value(&route.model).map_err(internal)?,
+        serde_json::value::to_raw_value(model).map_err(internal)?,
     );
+    let mut client_usage = false;
     if format == Wire::OpenAi && stream {
         let options: Option<Value> = top
             .get("stream_options")
             .and_then(|v| serde_json::from_str(v.get()).ok());
-        *client_usage = options
+        client_usage = options
             .as_ref()
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-        if !*client_usage {
-            let mut options = options.filter(Value::is_object).unwrap_or_else(|| json!({}));
+        if !client_usage {
+            let mut options = options
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
             options["include_usage"] = Value::Bool(true);
             top.insert(
                 "stream_options".into(),
@@ -516,23 +568,29 @@ fn passthrough_body(
             );
         }
     }
-    serde_json::to_vec(top).map_err(internal)
+    Ok((serde_json::to_vec(top).map_err(internal)?, client_usage))
 }
 
-/// The client's request translated into the provider's format.
-fn translate_body(full: &Map<String, Value>, format: Wire, route: &Route) -> Result<Vec<u8>, AiError> {
-    let target = route.wire();
+/// The client's request (in `format`) translated into the provider's format (`target`).
+pub fn translate_body(
+    full: &Map<String, Value>,
+    format: Wire,
+    target: Wire,
+    model: &str,
+    dialect: openai::Dialect,
+) -> Result<Vec<u8>, AiError> {
     let neutral = match format {
         Wire::Anthropic => anthropic::parse_request(full),
         _ => openai::parse_request(full),
     }
     .map_err(|e| AiError::Translation(e.toward(target)))?;
     let rendered = match target {
-        Wire::OpenAi => openai::render_request(&neutral, &route.model, route.provider.dialect()),
-        Wire::Anthropic => anthropic::render_request(&neutral, &route.model),
+        Wire::OpenAi => openai::render_request(&neutral, model, dialect),
+        Wire::Anthropic => anthropic::render_request(&neutral, model),
         Wire::Gemini => gemini::render_request(&neutral).map_err(AiError::Translation)?,
     };
-    serde_json::to_vec(&rendered).map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
+    serde_json::to_vec(&rendered)
+        .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
 }
 
 enum ReadFailure {
@@ -684,7 +742,8 @@ struct Charge {
 
 impl Charge {
     async fn run(self) {
-        if let Err(error) = budgets::charge(&self.pool, &self.budgets, self.cost, self.tokens).await {
+        if let Err(error) = budgets::charge(&self.pool, &self.budgets, self.cost, self.tokens).await
+        {
             tracing::error!(%error, "a model request could not be charged to its budgets");
         }
     }
@@ -711,10 +770,16 @@ impl Accounting {
     }
 
     /// The finished row and the charge it implies; `None` once taken.
-    fn close(&mut self, status: ToolStatus, error: Option<String>) -> Option<(AuditRecord, Option<Charge>)> {
+    fn close(
+        &mut self,
+        status: ToolStatus,
+        error: Option<String>,
+    ) -> Option<(AuditRecord, Option<Charge>)> {
         let mut row = self.row.take()?;
         let usage = self.usage;
-        let price = self.state.price(self.answered_model.as_deref(), &self.route);
+        let price = self
+            .state
+            .price(self.answered_model.as_deref(), &self.route);
         let cost = price.and_then(|p| pricing::cost_microdollars(&usage, &p));
         let as_i64 = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
         row.input_tokens = as_i64(usage.input);
@@ -722,7 +787,8 @@ impl Accounting {
         row.cache_read_tokens = as_i64(usage.cache_read);
         row.cache_write_tokens = as_i64(usage.cache_write);
         row.cost_microdollars = cost;
-        row.latency_ms = Some(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX));
+        row.latency_ms =
+            Some(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX));
         row.ttft_ms = self
             .ttft
             .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
@@ -790,7 +856,9 @@ impl Drop for Accounting {
                     }
                 });
             }
-            Err(_) => tracing::error!("a cancelled model request could not be recorded: no runtime"),
+            Err(_) => {
+                tracing::error!("a cancelled model request could not be recorded: no runtime")
+            }
         }
     }
 }
@@ -888,7 +956,13 @@ impl Relay {
                 Some(Failure::Provider(message)) => {
                     self.closed = true;
                     self.account
-                        .finish(ToolStatus::Error, Some(format!("provider `{}` reported: {message}", self.account.route.provider_name)))
+                        .finish(
+                            ToolStatus::Error,
+                            Some(format!(
+                                "provider `{}` reported: {message}",
+                                self.account.route.provider_name
+                            )),
+                        )
                         .await;
                 }
                 Some(Failure::Warden(status, message)) => {
@@ -980,7 +1054,9 @@ mod tests {
             "slow down"
         );
         assert_eq!(
-            error_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#),
+            error_message(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#
+            ),
             "busy"
         );
         assert_eq!(error_message(b"upstream exploded"), "upstream exploded");

@@ -42,8 +42,8 @@ use budgets::BudgetRule;
 pub use exchange::{AiError, Answer, Caller};
 use keys::KeyCache;
 use pricing::Price;
-use provider::{Provider, ProviderFactory};
 pub use provider::ProviderSettings;
+use provider::{Provider, ProviderFactory};
 use wire::Wire;
 
 /// The validated `ai:` section.
@@ -184,14 +184,23 @@ impl Ai {
     }
 
     /// The aliases `principal` may use, with their provider, in profile order.
-    pub fn models_for(&self, policy: &PolicyEngine, principal: &Principal) -> Vec<(String, String)> {
+    pub fn models_for(
+        &self,
+        policy: &PolicyEngine,
+        principal: &Principal,
+    ) -> Vec<(String, String)> {
         self.state
             .load()
             .routes
             .values()
             .filter(|route| {
                 policy
-                    .check(principal, &Permission::UseModel { model: &route.alias })
+                    .check(
+                        principal,
+                        &Permission::UseModel {
+                            model: &route.alias,
+                        },
+                    )
                     .is_ok()
             })
             .map(|route| (route.alias.clone(), route.provider_name.clone()))

@@ -71,7 +71,8 @@ pub fn cost_microdollars(usage: &Usage, price: &Price) -> Option<i64> {
     if usage.is_empty() {
         return None;
     }
-    let part = |tokens: Option<u64>, price: u64| u128::from(tokens.unwrap_or(0)) * u128::from(price);
+    let part =
+        |tokens: Option<u64>, price: u64| u128::from(tokens.unwrap_or(0)) * u128::from(price);
     let picodollars = part(usage.input, price.input)
         + part(usage.output, price.output)
         + part(usage.cache_read, price.cache_read)
@@ -86,14 +87,15 @@ pub fn cost_microdollars(usage: &Usage, price: &Price) -> Option<i64> {
 pub fn parse_decimal(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let bad = || {
-        format!("expected a non-negative decimal number such as `3`, `0.30` or `15.00`, found `{text}`")
+        format!(
+            "expected a non-negative decimal number such as `3`, `0.30` or `15.00`, found `{text}`"
+        )
     };
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty() && fraction.is_empty() {
         return Err(bad());
     }
-    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     if fraction.len() > 6 {

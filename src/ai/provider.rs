@@ -47,7 +47,10 @@ pub trait Provider: Send + Sync + 'static {
     fn url(&self, model: &str, stream: bool) -> String;
 
     /// The headers that carry `key` (marked sensitive).
-    fn auth_headers(&self, key: &Redacted<String>) -> Result<Vec<(HeaderName, HeaderValue)>, String>;
+    fn auth_headers(
+        &self,
+        key: &Redacted<String>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String>;
 
     /// Fixed headers on every request (the kind's own and the profile's `headers`).
     fn fixed_headers(&self) -> &[(HeaderName, HeaderValue)];
@@ -166,7 +169,10 @@ impl Provider for Builtin {
         }
     }
 
-    fn auth_headers(&self, key: &Redacted<String>) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    fn auth_headers(
+        &self,
+        key: &Redacted<String>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
         let text = if self.bearer {
             format!("Bearer {}", key.expose())
         } else {
@@ -220,7 +226,10 @@ mod tests {
     fn each_kind_has_its_url_and_key_header() {
         let key = Redacted::new("sk-test".to_owned());
         let anthropic = builtin("anthropic", &settings("anthropic", None)).unwrap();
-        assert_eq!(anthropic.url("m", true), "https://api.anthropic.com/v1/messages");
+        assert_eq!(
+            anthropic.url("m", true),
+            "https://api.anthropic.com/v1/messages"
+        );
         let headers = anthropic.auth_headers(&key).unwrap();
         assert_eq!(headers[0].0, "x-api-key");
         assert!(headers[0].1.is_sensitive());
@@ -233,16 +242,26 @@ mod tests {
         );
 
         let openai = builtin("openai", &settings("openai", None)).unwrap();
-        assert_eq!(openai.url("m", false), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(
+            openai.url("m", false),
+            "https://api.openai.com/v1/chat/completions"
+        );
         assert_eq!(openai.auth_headers(&key).unwrap()[0].1, "Bearer sk-test");
         assert_eq!(openai.dialect().max_tokens_field, "max_completion_tokens");
 
-        let gemini = builtin("gemini", &settings("gemini", Some("http://127.0.0.1:9/v1beta"))).unwrap();
+        let gemini = builtin(
+            "gemini",
+            &settings("gemini", Some("http://127.0.0.1:9/v1beta")),
+        )
+        .unwrap();
         assert_eq!(
             gemini.url("gemini-2.5-flash", true),
             "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
-        assert_eq!(gemini.url("a/b", false), "http://127.0.0.1:9/v1beta/models/a%2Fb:generateContent");
+        assert_eq!(
+            gemini.url("a/b", false),
+            "http://127.0.0.1:9/v1beta/models/a%2Fb:generateContent"
+        );
 
         let err = builtin("openai_compatible", &settings("openai_compatible", None))
             .err()

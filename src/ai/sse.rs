@@ -136,7 +136,10 @@ mod tests {
             .unwrap();
         assert!(out.is_empty());
         reader
-            .push(b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\ndata: [DONE]", &mut out)
+            .push(
+                b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\ndata: [DONE]",
+                &mut out,
+            )
             .unwrap();
         assert_eq!(
             out,

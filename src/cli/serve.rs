@@ -212,7 +212,9 @@ async fn run(
         while let Some(notice) = notices.recv().await {
             crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
             match &notice {
-                crate::db::notify::Notice::Message { channel, payload } if channel == store::CHANNEL => {
+                crate::db::notify::Notice::Message { channel, payload }
+                    if channel == store::CHANNEL =>
+                {
                     notice_app.ai.secret_changed(payload)
                 }
                 crate::db::notify::Notice::Connected => notice_app.ai.forget_keys(),

@@ -22,8 +22,8 @@ use super::yaml::{Located, Mark, Spanned};
 use crate::ai::budgets::{BudgetRule, BudgetSubject, BudgetWindow};
 use crate::ai::pricing::{self, Price};
 use crate::ai::{AiConfig, ModelRoute, ProviderSettings};
-use crate::policy::hooks::Pattern;
 use crate::policy::MODEL_SCOPE;
+use crate::policy::hooks::Pattern;
 
 /// `ai:`.
 #[derive(Debug, Default, Deserialize)]
@@ -128,9 +128,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         path,
         message,
     };
-    let scopes = raw
-        .scopes
-        .unwrap_or_else(|| vec![MODEL_SCOPE.to_owned()]);
+    let scopes = raw.scopes.unwrap_or_else(|| vec![MODEL_SCOPE.to_owned()]);
 
     let mut providers = BTreeMap::new();
     for (name, spanned) in &raw.providers {
@@ -143,7 +141,10 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
             ));
         }
         if p.kind.is_empty() {
-            fail("`kind` must name a provider kind (anthropic, openai, gemini, openai_compatible)".into());
+            fail(
+                "`kind` must name a provider kind (anthropic, openai, gemini, openai_compatible)"
+                    .into(),
+            );
         }
         if let Some(url) = &p.base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -179,7 +180,10 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
             ProviderSettings {
                 name: name.clone(),
                 kind: p.kind.clone(),
-                base_url: p.base_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+                base_url: p
+                    .base_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
                 api_key_secret: p.api_key_secret.clone(),
                 headers,
                 timeout,
@@ -199,7 +203,10 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         };
         let input = parse("input", &p.input);
         let output = parse("output", &p.output);
-        let cache_read = p.cache_read.as_ref().map_or(input, |v| parse("cache_read", v));
+        let cache_read = p
+            .cache_read
+            .as_ref()
+            .map_or(input, |v| parse("cache_read", v));
         let cache_write = p
             .cache_write
             .as_ref()
@@ -295,7 +302,9 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         let role = pattern(&b.role, &mut fail);
         for alias in b.models.iter().flatten() {
             if !models.contains_key(alias) {
-                fail(format!("`models` names `{alias}`, which is not in ai.models"));
+                fail(format!(
+                    "`models` names `{alias}`, which is not in ai.models"
+                ));
             }
         }
         if let Some(window) = window {
@@ -323,8 +332,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 .models
                 .as_ref()
                 .is_none_or(|list| list.contains(&route.alias));
-            if applies && !prices.contains_key(&route.model) && !prices.contains_key(&route.alias)
-            {
+            if applies && !prices.contains_key(&route.model) && !prices.contains_key(&route.alias) {
                 problems.push(located(
                     format!("ai.models.{}", route.alias),
                     format!(
@@ -357,7 +365,12 @@ fn valid_name(name: &str) -> bool {
 fn is_reserved_header(name: &str) -> bool {
     matches!(
         name,
-        "authorization" | "x-api-key" | "x-goog-api-key" | "content-type" | "content-length" | "host"
+        "authorization"
+            | "x-api-key"
+            | "x-goog-api-key"
+            | "content-type"
+            | "content-length"
+            | "host"
     )
 }
 
@@ -448,10 +461,7 @@ ai:
 ",
         )
         .unwrap_err();
-        assert!(
-            err.to_string().contains("add `ai.prices.gpt-x`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("add `ai.prices.gpt-x`"), "{err}");
         // A token budget needs no price.
         parse(
             "

@@ -121,7 +121,11 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
 
 async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
-    let format = if anthropic { Wire::Anthropic } else { Wire::OpenAi };
+    let format = if anthropic {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
     let principal = match authenticate(&app, &headers).await {
         Ok(principal) => principal,
         Err(error) => return error_response(format, error),
@@ -174,7 +178,11 @@ async fn authenticate(
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(ApiError::PayloadTooLarge { limit })
         }
         Err(error) => Err(ApiError::BadRequest(format!(
@@ -197,13 +205,14 @@ fn api_error(app: &AppState, error: AiError) -> ApiError {
             retry_after_secs: limited.retry_after_secs(),
             message,
         },
-        AiError::Budget(budget @ BudgetError::Exhausted { .. }) => ApiError::RateLimited {
-            retry_after_secs: budget.retry_after_secs().unwrap_or(60),
-            message,
+        AiError::Budget(budget) => match *budget {
+            BudgetError::Exhausted { .. } => ApiError::RateLimited {
+                retry_after_secs: budget.retry_after_secs().unwrap_or(60),
+                message,
+            },
+            BudgetError::Unavailable { .. } => ApiError::Unavailable(message),
         },
-        AiError::Budget(BudgetError::Unavailable { .. }) | AiError::Audit(_) | AiError::Key(_) => {
-            ApiError::Unavailable(message)
-        }
+        AiError::Audit(_) | AiError::Key(_) => ApiError::Unavailable(message),
         AiError::Upstream {
             status,
             retry_after_secs,

@@ -57,10 +57,10 @@ fn profile_keys() -> Vec<String> {
         "src/config/policy.rs",
         "src/config/ai.rs",
     ]
-        .iter()
-        .map(|f| read(f))
-        .collect::<Vec<_>>()
-        .join("\n");
+    .iter()
+    .map(|f| read(f))
+    .collect::<Vec<_>>()
+    .join("\n");
     let mut keys = Vec::new();
     let mut in_struct = false;
     for line in raw.lines() {

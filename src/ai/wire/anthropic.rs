@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
-    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid,
-    merge_turns, string,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid, merge_turns,
+    string,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -49,7 +49,12 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             "stop_sequences" => {
                 request.stop = value
                     .as_array()
-                    .map(|items| items.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default()
             }
             "stream" => request.stream = value.as_bool().unwrap_or(false),
@@ -74,10 +79,16 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
         Some(Value::String(s)) => request.system.push(s.clone()),
         Some(Value::Array(blocks)) => {
             for block in blocks {
-                request.system.push(string(block, "text", "system[]")?.to_owned());
+                request
+                    .system
+                    .push(string(block, "text", "system[]")?.to_owned());
             }
         }
-        Some(_) => return Err(invalid("`system` must be a string or a list of text blocks")),
+        Some(_) => {
+            return Err(invalid(
+                "`system` must be a string or a list of text blocks",
+            ));
+        }
     }
     let messages = body
         .get("messages")
@@ -100,7 +111,11 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
                     }
                 }
             }
-            _ => return Err(invalid(format!("{context}: `content` must be a string or a list"))),
+            _ => {
+                return Err(invalid(format!(
+                    "{context}: `content` must be a string or a list"
+                )));
+            }
         }
         request.messages.push(Message { role, parts });
     }
@@ -143,7 +158,11 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             "tool" => ToolChoice::Tool(string(choice, "name", "tool_choice")?.to_owned()),
             other => return Err(invalid(format!("unknown `tool_choice.type` `{other}`"))),
         });
-        if choice.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+        if choice
+            .get("disable_parallel_tool_use")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             request.parallel_tool_calls = Some(false);
         }
     }
@@ -189,7 +208,10 @@ fn read_block(block: &Value, context: &str) -> Result<Option<Part>, WireError> {
             Part::ToolResult(ToolResult {
                 id: string(block, "tool_use_id", context)?.to_owned(),
                 content,
-                is_error: block.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                is_error: block
+                    .get("is_error")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
         }
         // Earlier reasoning is the provider's own; another provider cannot continue it.
@@ -383,11 +405,23 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
     for block in content {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => parts.push(Part::Text(
-                block.get("text").and_then(Value::as_str).unwrap_or("").to_owned(),
+                block
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
             )),
             Some("tool_use") => parts.push(Part::ToolCall(ToolCall {
-                id: block.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-                name: block.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                id: block
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                name: block
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
                 arguments: block
                     .get("input")
                     .map_or_else(|| "{}".to_owned(), Value::to_string),
@@ -396,8 +430,16 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         }
     }
     Ok(ChatResponse {
-        id: body.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-        model: body.get("model").and_then(Value::as_str).unwrap_or("").to_owned(),
+        id: body
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
         parts,
         finish: body
             .get("stop_reason")
@@ -465,8 +507,16 @@ impl StreamDecoder for Decoder {
             "message_start" => {
                 let message = data.get("message").unwrap_or(&Value::Null);
                 out.push(Delta::Start {
-                    id: message.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-                    model: message.get("model").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    id: message
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    model: message
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
                 });
                 if let Some(reported) = message.get("usage") {
                     out.push(Delta::Usage(usage(reported)));
@@ -489,8 +539,16 @@ impl StreamDecoder for Decoder {
                         self.tools.insert(index, ordinal);
                         out.push(Delta::ToolStart {
                             index: ordinal,
-                            id: block.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-                            name: block.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                            id: block
+                                .get("id")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned(),
+                            name: block
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned(),
                         });
                     }
                     _ => {}
@@ -704,23 +762,50 @@ mod tests {
         assert_eq!(request.parallel_tool_calls, Some(false));
         assert_eq!(request.user.as_deref(), Some("u1"));
         let rendered = render_request(&request, "claude");
-        assert_eq!(rendered["messages"][1]["content"][0]["input"]["city"], "Oslo");
+        assert_eq!(
+            rendered["messages"][1]["content"][0]["input"]["city"],
+            "Oslo"
+        );
         assert_eq!(rendered["messages"][2]["content"][0]["type"], "tool_result");
-        assert_eq!(rendered["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+        assert_eq!(
+            rendered["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
         assert_eq!(rendered["max_tokens"], 50);
     }
 
     #[test]
     fn named_events_decode_and_encode_back() {
         let events = [
-            ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":3}}}"#),
-            ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#),
-            ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
-            ("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#),
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":3}}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#,
+            ),
             ("ping", r#"{"type":"ping"}"#),
-            ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+            ),
             ("message_stop", r#"{"type":"message_stop"}"#),
         ];
         let mut decoder = Decoder::default();

@@ -92,7 +92,8 @@ pub fn render_request(request: &ChatRequest) -> Result<Value, WireError> {
             .tools
             .iter()
             .map(|tool| {
-                let mut declaration = json!({"name": tool.name, "parameters": schema(&tool.parameters)});
+                let mut declaration =
+                    json!({"name": tool.name, "parameters": schema(&tool.parameters)});
                 if let Some(description) = &tool.description {
                     declaration["description"] = Value::from(description.clone());
                 }
@@ -199,10 +200,17 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         if let Some(text) = part.get("text").and_then(Value::as_str) {
             parts.push(Part::Text(text.to_owned()));
         } else if let Some(call) = part.get("functionCall") {
-            let n = parts.iter().filter(|p| matches!(p, Part::ToolCall(_))).count();
+            let n = parts
+                .iter()
+                .filter(|p| matches!(p, Part::ToolCall(_)))
+                .count();
             parts.push(Part::ToolCall(ToolCall {
                 id: call_id(call, &prefix, n),
-                name: call.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                name: call
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
                 arguments: call
                     .get("args")
                     .map_or_else(|| "{}".to_owned(), Value::to_string),
@@ -215,7 +223,9 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
             .get("finishReason")
             .and_then(Value::as_str)
             .map(|r| parse_finish(r, called)),
-        None if body.pointer("/promptFeedback/blockReason").is_some() => Some(Finish::ContentFilter),
+        None if body.pointer("/promptFeedback/blockReason").is_some() => {
+            Some(Finish::ContentFilter)
+        }
         None => return Err(invalid("the provider's answer has no `candidates`")),
     };
     Ok(ChatResponse {
@@ -301,7 +311,11 @@ impl StreamDecoder for Decoder {
                 out.push(Delta::ToolStart {
                     index,
                     id: call_id(call, &self.prefix, index),
-                    name: call.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    name: call
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
                 });
                 out.push(Delta::ToolArgs {
                     index,
@@ -367,7 +381,10 @@ mod tests {
         };
         let body = render_request(&request).unwrap();
         assert_eq!(body["contents"][1]["role"], "model");
-        assert_eq!(body["contents"][1]["parts"][0]["functionCall"]["args"]["city"], "Oslo");
+        assert_eq!(
+            body["contents"][1]["parts"][0]["functionCall"]["args"]["city"],
+            "Oslo"
+        );
         assert_eq!(
             body["contents"][2]["parts"][0]["functionResponse"],
             json!({"id": "call_1", "name": "weather", "response": {"content": "rain"}})
@@ -382,8 +399,10 @@ mod tests {
 
     #[test]
     fn usage_separates_cached_input_and_counts_thoughts_as_output() {
-        let u = usage(&json!({"promptTokenCount": 100, "cachedContentTokenCount": 40,
-                              "candidatesTokenCount": 7, "thoughtsTokenCount": 3}));
+        let u = usage(
+            &json!({"promptTokenCount": 100, "cachedContentTokenCount": 40,
+                              "candidatesTokenCount": 7, "thoughtsTokenCount": 3}),
+        );
         assert_eq!(
             u,
             Usage {

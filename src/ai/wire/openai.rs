@@ -71,8 +71,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             "user" => request.user = value.as_str().map(str::to_owned),
             "n" if value.as_u64().is_none_or(|n| n == 1) => {}
             "logprobs" if value.as_bool() != Some(true) => {}
-            "response_format"
-                if value.get("type").and_then(Value::as_str) == Some("text") => {}
+            "response_format" if value.get("type").and_then(Value::as_str) == Some("text") => {}
             other if DROPPED_FIELDS.contains(&other) => {}
             other => untranslatable.push(format!("`{other}`")),
         }
@@ -155,7 +154,9 @@ fn text_of(content: &Value, context: &str) -> Result<String, WireError> {
             }
             Ok(text)
         }
-        _ => Err(invalid(format!("{context}: `content` must be a string or a list"))),
+        _ => Err(invalid(format!(
+            "{context}: `content` must be a string or a list"
+        ))),
     }
 }
 
@@ -180,7 +181,9 @@ fn read_message(request: &mut ChatRequest, message: &Value, i: usize) -> Result<
                                     .pointer("/image_url/url")
                                     .and_then(Value::as_str)
                                     .ok_or_else(|| {
-                                        invalid(format!("{context}: `image_url.url` must be a string"))
+                                        invalid(format!(
+                                            "{context}: `image_url.url` must be a string"
+                                        ))
                                     })?;
                                 parts.push(Part::Image(Image::from_url(url)));
                             }
@@ -196,7 +199,11 @@ fn read_message(request: &mut ChatRequest, message: &Value, i: usize) -> Result<
                         }
                     }
                 }
-                _ => return Err(invalid(format!("{context}: `content` must be a string or a list"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "{context}: `content` must be a string or a list"
+                    )));
+                }
             }
             request.messages.push(Message {
                 role: Role::User,
@@ -220,7 +227,9 @@ fn read_message(request: &mut ChatRequest, message: &Value, i: usize) -> Result<
                     name: call
                         .pointer("/function/name")
                         .and_then(Value::as_str)
-                        .ok_or_else(|| invalid(format!("{context}: a tool call needs `function.name`")))?
+                        .ok_or_else(|| {
+                            invalid(format!("{context}: a tool call needs `function.name`"))
+                        })?
                         .to_owned(),
                     arguments: call
                         .pointer("/function/arguments")
@@ -442,7 +451,11 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         .flatten()
     {
         parts.push(Part::ToolCall(ToolCall {
-            id: call.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+            id: call
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
             name: call
                 .pointer("/function/name")
                 .and_then(Value::as_str)
@@ -456,8 +469,16 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         }));
     }
     Ok(ChatResponse {
-        id: body.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-        model: body.get("model").and_then(Value::as_str).unwrap_or("").to_owned(),
+        id: body
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
         parts,
         finish: choice
             .get("finish_reason")
@@ -546,8 +567,16 @@ impl StreamDecoder for Decoder {
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: chunk.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-                model: chunk.get("model").and_then(Value::as_str).unwrap_or("").to_owned(),
+                id: chunk
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                model: chunk
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
             });
         }
         if let Some(choice) = chunk.pointer("/choices/0") {
@@ -742,8 +771,13 @@ mod tests {
             })
         );
         assert!(matches!(&request.messages[1].parts[0], Part::ToolCall(c) if c.name == "weather"));
-        assert!(matches!(&request.messages[2].parts[0], Part::ToolResult(r) if r.content == "rain"));
-        assert_eq!(request.tool_choice, Some(ToolChoice::Tool("weather".into())));
+        assert!(
+            matches!(&request.messages[2].parts[0], Part::ToolResult(r) if r.content == "rain")
+        );
+        assert_eq!(
+            request.tool_choice,
+            Some(ToolChoice::Tool("weather".into()))
+        );
         assert_eq!(request.max_tokens, Some(100));
         assert_eq!(request.stop, ["END"]);
         assert!(request.stream);

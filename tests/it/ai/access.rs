@@ -12,7 +12,8 @@ use crate::support::http;
 
 #[test]
 fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
-    let provider = FakeProvider::start(|_| fake::json_reply(fake::openai_answer("m", "ok", 1, 1, 0)));
+    let provider =
+        FakeProvider::start(|_| fake::json_reply(fake::openai_answer("m", "ok", 1, 1, 0)));
     let env = Env::start(
         json!({
             "providers": {"local": {"kind": "openai_compatible", "base_url": format!("{}/v1", provider.url)}},
@@ -98,7 +99,10 @@ fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
 
     // Three a minute, then 429 with Retry-After and a recorded rejection.
     for _ in 0..3 {
-        assert_eq!(env.chat(&alice, ask("cheap", "hi"), &Trace::new()).status, 200);
+        assert_eq!(
+            env.chat(&alice, ask("cheap", "hi"), &Trace::new()).status,
+            200
+        );
     }
     let trace = Trace::new();
     let limited = env.chat(&alice, ask("cheap", "hi"), &trace);

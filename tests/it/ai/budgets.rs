@@ -58,7 +58,11 @@ fn a_spent_budget_refuses_the_next_request_records_it_and_survives_a_restart() {
         ),
         "{message}"
     );
-    assert_eq!(anthropic.seen().len(), 2, "the refused request never reached the provider");
+    assert_eq!(
+        anthropic.seen().len(),
+        2,
+        "the refused request never reached the provider"
+    );
     let row = env.row(&trace);
     assert_eq!(row["status"], "rate_limited");
     assert_eq!(row["error"], message.as_str());
@@ -71,14 +75,22 @@ fn a_spent_budget_refuses_the_next_request_records_it_and_survives_a_restart() {
     assert_eq!(rejections[0]["subject"], "ai/claude");
 
     // Bob has a budget of his own.
-    assert_eq!(env.chat(&bob, ask("claude", "hi"), &Trace::new()).status, 200);
+    assert_eq!(
+        env.chat(&bob, ask("claude", "hi"), &Trace::new()).status,
+        200
+    );
 
     // Carol's token budget: 240 tokens used, over her 200, so the next is refused.
-    assert_eq!(env.chat(&carol, ask("claude", "hi"), &Trace::new()).status, 200);
+    assert_eq!(
+        env.chat(&carol, ask("claude", "hi"), &Trace::new()).status,
+        200
+    );
     let refused = env.chat(&carol, ask("claude", "hi"), &Trace::new());
     assert_eq!(refused.status, 429, "{refused:?}");
     assert!(
-        refused.body.contains("budget `carol-tokens` is spent for user `carol`: 240 tokens of 200 tokens this month"),
+        refused.body.contains(
+            "budget `carol-tokens` is spent for user `carol`: 240 tokens of 200 tokens this month"
+        ),
         "{refused:?}"
     );
 
@@ -108,6 +120,9 @@ fn a_spent_budget_refuses_the_next_request_records_it_and_survives_a_restart() {
     let alice = env.token("alice", "ai:chat");
     let refused = env.chat(&alice, ask("claude", "hi"), &Trace::new());
     assert_eq!(refused.status, 429, "{refused:?}");
-    assert!(refused.body.contains("budget `daily-spend` is spent"), "{refused:?}");
+    assert!(
+        refused.body.contains("budget `daily-spend` is spent"),
+        "{refused:?}"
+    );
     assert_eq!(anthropic.seen().len(), 4);
 }

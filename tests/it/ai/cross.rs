@@ -52,7 +52,9 @@ fn openai_shaped_clients_are_served_by_an_anthropic_provider() {
                 json!({"output_tokens": 4}),
                 None,
             ),
-            (true, true) => fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}"),
+            (true, true) => {
+                fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
+            }
         }
     });
     let unused = FakeProvider::start(|_| fake::Reply::Hang);
@@ -97,7 +99,10 @@ fn openai_shaped_clients_are_served_by_an_anthropic_provider() {
         ])
     );
     assert_eq!(sent["tools"][0]["name"], "weather");
-    assert_eq!(sent["tools"][0]["input_schema"]["required"], json!(["city"]));
+    assert_eq!(
+        sent["tools"][0]["input_schema"]["required"],
+        json!(["city"])
+    );
     assert_eq!(sent["tool_choice"], json!({"type": "auto"}));
     let answer = response.json();
     assert_eq!(answer["object"], "chat.completion");
@@ -133,12 +138,24 @@ fn openai_shaped_clients_are_served_by_an_anthropic_provider() {
     assert_eq!(openai_stream_text(&response.body), "Hello");
     let chunks = sse_json(&response.body);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
     let usage = chunks.last().expect("chunks")["usage"].clone();
     assert_eq!(usage["prompt_tokens"], 9);
     assert_eq!(usage["completion_tokens"], 4);
-    assert!(response.body.ends_with("data: [DONE]\n\n"), "{}", response.body);
+    assert!(
+        response.body.ends_with("data: [DONE]\n\n"),
+        "{}",
+        response.body
+    );
     let row = env.row(&trace);
     assert_eq!(row["output_tokens"], 4);
     assert_eq!(row["cost_microdollars"], 9 * 3 + 4 * 15);
@@ -164,11 +181,18 @@ fn openai_shaped_clients_are_served_by_an_anthropic_provider() {
         .filter_map(|c| c["function"]["arguments"].as_str())
         .collect();
     assert_eq!(arguments, "{\"city\":\"Oslo\"}");
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
     assert_eq!(openai_stream_text(&response.body), "Let me check.");
     assert!(!response.body.contains("\"usage\""), "not asked for");
     let row = env.row(&trace);
-    assert_eq!((row["input_tokens"].clone(), row["output_tokens"].clone()), (json!(60), json!(20)));
+    assert_eq!(
+        (row["input_tokens"].clone(), row["output_tokens"].clone()),
+        (json!(60), json!(20))
+    );
 }
 
 #[test]
@@ -176,9 +200,15 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
     let openai = FakeProvider::start(|seen| {
         let tools = seen.body["tools"].is_array();
         match (seen.streaming(), tools) {
-            (false, _) => fake::json_reply(fake::openai_tool_answer("gpt-test", "weather", "{\"city\":\"Oslo\"}")),
+            (false, _) => fake::json_reply(fake::openai_tool_answer(
+                "gpt-test",
+                "weather",
+                "{\"city\":\"Oslo\"}",
+            )),
             (true, false) => fake::openai_stream(seen, "gpt-test", &["Hel", "lo"], 11, 5),
-            (true, true) => fake::openai_tool_stream("gpt-test", "weather", "{\"city\":", "\"Oslo\"}"),
+            (true, true) => {
+                fake::openai_tool_stream("gpt-test", "weather", "{\"city\":", "\"Oslo\"}")
+            }
         }
     });
     let unused = FakeProvider::start(|_| fake::Reply::Hang);
@@ -209,7 +239,11 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
     let seen = openai.last();
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(seen.header("authorization"), Some("Bearer sk-oai-cross"));
-    assert_eq!(seen.header("anthropic-beta"), None, "Anthropic headers stay with Anthropic");
+    assert_eq!(
+        seen.header("anthropic-beta"),
+        None,
+        "Anthropic headers stay with Anthropic"
+    );
     let sent = seen.body;
     assert_eq!(sent["model"], "gpt-test");
     assert_eq!(sent["max_completion_tokens"], 100);
@@ -225,7 +259,10 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
         ])
     );
     assert_eq!(sent["tools"][0]["type"], "function");
-    assert_eq!(sent["tools"][0]["function"]["parameters"]["properties"]["city"]["type"], "string");
+    assert_eq!(
+        sent["tools"][0]["function"]["parameters"]["properties"]["city"]["type"],
+        "string"
+    );
     assert_eq!(sent["tool_choice"], "required");
     let answer = response.json();
     assert_eq!(answer["type"], "message");
@@ -234,7 +271,10 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
         answer["content"],
         json!([{"type": "tool_use", "id": "call_abc", "name": "weather", "input": {"city": "Oslo"}}])
     );
-    assert_eq!(answer["usage"], json!({"input_tokens": 50, "output_tokens": 10}));
+    assert_eq!(
+        answer["usage"],
+        json!({"input_tokens": 50, "output_tokens": 10})
+    );
     assert_eq!(env.row(&trace)["cost_microdollars"], 50 * 5 / 2 + 10 * 10);
 
     // A streamed text answer: Warden asks the provider for its usage report.
@@ -254,12 +294,18 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
     assert_eq!(names.first().map(String::as_str), Some("message_start"));
     assert_eq!(names.last().map(String::as_str), Some("message_stop"));
     let events = sse_json(&response.body);
-    let end = events.iter().find(|e| e["type"] == "message_delta").expect("message_delta");
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .expect("message_delta");
     assert_eq!(end["delta"]["stop_reason"], "end_turn");
     assert_eq!(end["usage"]["input_tokens"], 11);
     assert_eq!(end["usage"]["output_tokens"], 5);
     let row = env.row(&trace);
-    assert_eq!((row["input_tokens"].clone(), row["output_tokens"].clone()), (json!(11), json!(5)));
+    assert_eq!(
+        (row["input_tokens"].clone(), row["output_tokens"].clone()),
+        (json!(11), json!(5))
+    );
 
     // A streamed tool call.
     let trace = Trace::new();
@@ -283,7 +329,10 @@ fn anthropic_shaped_clients_are_served_by_an_openai_provider() {
         .filter_map(|e| e["delta"]["partial_json"].as_str())
         .collect();
     assert_eq!(input, "{\"city\":\"Oslo\"}");
-    let end = events.iter().find(|e| e["type"] == "message_delta").expect("message_delta");
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .expect("message_delta");
     assert_eq!(end["delta"]["stop_reason"], "tool_use");
     assert_eq!(env.row(&trace)["status"], "success");
 }

@@ -14,7 +14,11 @@ fn scripted(seen: &fake::Seen) -> Reply {
     let text = seen.body["messages"][0]["content"]
         .as_str()
         .map(str::to_owned)
-        .or_else(|| seen.body["messages"][0]["content"][0]["text"].as_str().map(str::to_owned))
+        .or_else(|| {
+            seen.body["messages"][0]["content"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     match text.as_str() {
         "429" => Reply::Json {
@@ -88,7 +92,10 @@ fn provider_errors_pass_back_with_their_status_and_silence_times_out() {
     );
     let row = env.row(&trace);
     assert_eq!(row["status"], "error");
-    assert!(row["error"].as_str().is_some_and(|e| e.contains("429")), "{row}");
+    assert!(
+        row["error"].as_str().is_some_and(|e| e.contains("429")),
+        "{row}"
+    );
     assert_eq!(row["input_tokens"], Value::Null);
 
     // Streamed requests fail the same way before any event.
@@ -110,7 +117,11 @@ fn provider_errors_pass_back_with_their_status_and_silence_times_out() {
     let body = response.json();
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "overloaded_error");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("Overloaded")));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Overloaded"))
+    );
 
     // A provider that never answers: 504 once its timeout passes; the row says timeout.
     let trace = Trace::new();
@@ -122,7 +133,10 @@ fn provider_errors_pass_back_with_their_status_and_silence_times_out() {
             .is_some_and(|m| m.contains("did not answer within 1s (ai.providers.flaky.timeout)")),
         "{response:?}"
     );
-    assert!(openai.wait_for_peer_closes(1, WAIT), "Warden gave up the connection");
+    assert!(
+        openai.wait_for_peer_closes(1, WAIT),
+        "Warden gave up the connection"
+    );
     assert_eq!(env.row(&trace)["status"], "timeout");
 
     // A stream that ends before the answer did: an error event, and an error row.
@@ -214,9 +228,9 @@ fn a_client_that_goes_away_mid_stream_closes_the_upstream_and_leaves_its_row() {
     assert_eq!(row["cost_microdollars"], 30 * 3 + 15);
     assert!(row["ttft_ms"].is_i64());
     assert!(
-        row["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("the client went away") && e.contains("output may be undercounted")),
+        row["error"].as_str().is_some_and(
+            |e| e.contains("the client went away") && e.contains("output may be undercounted")
+        ),
         "{row}"
     );
 

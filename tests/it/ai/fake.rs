@@ -48,7 +48,10 @@ pub enum Reply {
     },
     /// Events (each already in SSE form), then the end of the stream — or, with
     /// `hold_open`, nothing more until the peer closes the connection.
-    Events { events: Vec<String>, hold_open: bool },
+    Events {
+        events: Vec<String>,
+        hold_open: bool,
+    },
     /// Never answers; waits for the peer to close.
     Hang,
 }
@@ -90,7 +93,11 @@ impl FakeProvider {
 
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The last request.
@@ -101,7 +108,11 @@ impl FakeProvider {
     /// Waits until the peer has closed `n` held connections.
     pub fn wait_for_peer_closes(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut closes = self.shared.peer_closes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closes = self
+            .shared
+            .peer_closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         while *closes < n {
             let now = Instant::now();
             if now >= deadline {
@@ -159,7 +170,11 @@ fn serve(stream: TcpStream, handler: &Handler, shared: &Shared) {
         body: serde_json::from_str(&raw).unwrap_or(Value::Null),
         raw,
     };
-    shared.seen.lock().unwrap_or_else(|e| e.into_inner()).push(seen.clone());
+    shared
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(seen.clone());
     shared.changed.notify_all();
     let mut stream = stream;
     match handler(&seen) {
@@ -260,17 +275,29 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
 }
 
 /// A stream of `pieces`; the usage chunk only when the request asked for it.
-pub fn openai_stream(request: &Seen, model: &str, pieces: &[&str], prompt: u64, completion: u64) -> Reply {
-    let mut events = vec![data(&chunk(model, json!({"role": "assistant", "content": ""}), None))];
+pub fn openai_stream(
+    request: &Seen,
+    model: &str,
+    pieces: &[&str],
+    prompt: u64,
+    completion: u64,
+) -> Reply {
+    let mut events = vec![data(&chunk(
+        model,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ))];
     for piece in pieces {
         events.push(data(&chunk(model, json!({"content": piece}), None)));
     }
     events.push(data(&chunk(model, json!({}), Some("stop"))));
     if request.body["stream_options"]["include_usage"] == true {
-        events.push(data(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+        events.push(data(
+            &json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
             "created": 1, "model": model, "choices": [],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion}})));
+                      "total_tokens": prompt + completion}}),
+        ));
     }
     events.push("data: [DONE]\n\n".into());
     Reply::Events {
@@ -282,15 +309,33 @@ pub fn openai_stream(request: &Seen, model: &str, pieces: &[&str], prompt: u64, 
 /// A streamed tool call (arguments in two pieces).
 pub fn openai_tool_stream(model: &str, name: &str, first: &str, second: &str) -> Reply {
     let events = vec![
-        data(&chunk(model, json!({"role": "assistant", "content": null}), None)),
-        data(&chunk(model, json!({"tool_calls": [{"index": 0, "id": "call_abc", "type": "function",
-                                                   "function": {"name": name, "arguments": ""}}]}), None)),
-        data(&chunk(model, json!({"tool_calls": [{"index": 0, "function": {"arguments": first}}]}), None)),
-        data(&chunk(model, json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}), None)),
+        data(&chunk(
+            model,
+            json!({"role": "assistant", "content": null}),
+            None,
+        )),
+        data(&chunk(
+            model,
+            json!({"tool_calls": [{"index": 0, "id": "call_abc", "type": "function",
+                                                   "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )),
+        data(&chunk(
+            model,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": first}}]}),
+            None,
+        )),
+        data(&chunk(
+            model,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}),
+            None,
+        )),
         data(&chunk(model, json!({}), Some("tool_calls"))),
-        data(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+        data(
+            &json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                      "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}})),
+                     "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}}),
+        ),
         "data: [DONE]\n\n".into(),
     ];
     Reply::Events {
@@ -328,11 +373,17 @@ pub fn anthropic_stream(
     cut_after: Option<usize>,
 ) -> Reply {
     let mut events = vec![
-        named("message_start", &json!({"type": "message_start", "message": {
+        named(
+            "message_start",
+            &json!({"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}})),
-        named("content_block_start", &json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}})),
+            "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
+        ),
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
         named("ping", &json!({"type": "ping"})),
     ];
     for (i, piece) in pieces.iter().enumerate() {
@@ -342,8 +393,11 @@ pub fn anthropic_stream(
                 hold_open: true,
             };
         }
-        events.push(named("content_block_delta", &json!({"type": "content_block_delta",
-            "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+        events.push(named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+        ));
     }
     if cut_after.is_some() {
         return Reply::Events {
@@ -351,9 +405,15 @@ pub fn anthropic_stream(
             hold_open: true,
         };
     }
-    events.push(named("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
-    events.push(named("message_delta", &json!({"type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": end_usage})));
+    events.push(named(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(named(
+        "message_delta",
+        &json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": end_usage}),
+    ));
     events.push(named("message_stop", &json!({"type": "message_stop"})));
     Reply::Events {
         events,
@@ -364,24 +424,51 @@ pub fn anthropic_stream(
 /// A streamed tool use: text, then a tool_use block with its input in two pieces.
 pub fn anthropic_tool_stream(model: &str, name: &str, first: &str, second: &str) -> Reply {
     let events = vec![
-        named("message_start", &json!({"type": "message_start", "message": {
+        named(
+            "message_start",
+            &json!({"type": "message_start", "message": {
             "id": "msg_tool", "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 60, "output_tokens": 1}}})),
-        named("content_block_start", &json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}})),
-        named("content_block_delta", &json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": "Let me check."}})),
-        named("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
-        named("content_block_start", &json!({"type": "content_block_start", "index": 1,
-            "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}})),
-        named("content_block_delta", &json!({"type": "content_block_delta", "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": first}})),
-        named("content_block_delta", &json!({"type": "content_block_delta", "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": second}})),
-        named("content_block_stop", &json!({"type": "content_block_stop", "index": 1})),
-        named("message_delta", &json!({"type": "message_delta",
-            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 20}})),
+            "usage": {"input_tokens": 60, "output_tokens": 1}}}),
+        ),
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Let me check."}}),
+        ),
+        named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}}),
+        ),
+        named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": first}}),
+        ),
+        named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": second}}),
+        ),
+        named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 1}),
+        ),
+        named(
+            "message_delta",
+            &json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 20}}),
+        ),
         named("message_stop", &json!({"type": "message_stop"})),
     ];
     Reply::Events {
@@ -404,7 +491,8 @@ pub fn gemini_stream(model_version: &str, pieces: &[&str], usage: Value) -> Repl
     let mut events = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
         let last = i + 1 == pieces.len();
-        let mut candidate = json!({"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0});
+        let mut candidate =
+            json!({"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0});
         if last {
             candidate["finishReason"] = json!("STOP");
         }

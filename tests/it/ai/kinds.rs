@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 
 use super::fake::{self, FakeProvider};
 use super::{
-    Env, Trace, anthropic_stream_text, ask, ask_anthropic, openai_stream_text, sse_events,
-    streamed,
+    Env, Trace, anthropic_stream_text, ask, ask_anthropic, openai_stream_text, sse_events, streamed,
 };
 
 #[test]
@@ -17,14 +16,26 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
         if seen.streaming() {
             fake::openai_stream(seen, "gpt-test-2025", &["Hel", "lo"], 40, 12)
         } else {
-            fake::json_reply(fake::openai_answer("gpt-test-2025", "Hello from openai", 120, 30, 20))
+            fake::json_reply(fake::openai_answer(
+                "gpt-test-2025",
+                "Hello from openai",
+                120,
+                30,
+                20,
+            ))
         }
     });
     let local = FakeProvider::start(|seen| {
         if seen.streaming() {
             fake::openai_stream(seen, "llama-test", &["lo", "cal"], 7, 3)
         } else {
-            fake::json_reply(fake::openai_answer("llama-test", "Hello from local", 7, 3, 0))
+            fake::json_reply(fake::openai_answer(
+                "llama-test",
+                "Hello from local",
+                7,
+                3,
+                0,
+            ))
         }
     });
     let key = "sk-openai-kinds-key";
@@ -54,7 +65,10 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     let response = env.chat(&token, ask("gpt", "Hi"), &trace);
     assert_eq!(response.status, 200, "{response:?}");
     let answer = response.json();
-    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from openai");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from openai"
+    );
     assert!(
         response
             .header("traceparent")
@@ -62,17 +76,29 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
         "{response:?}"
     );
     let seen = openai.last();
-    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("POST", "/v1/chat/completions"));
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {key}").as_str()));
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {key}").as_str())
+    );
     assert_eq!(seen.header("openai-organization"), Some("org-test"));
     assert_eq!(seen.body["model"], "gpt-test");
-    assert_eq!(seen.body["messages"], json!([{"role": "user", "content": "Hi"}]));
+    assert_eq!(
+        seen.body["messages"],
+        json!([{"role": "user", "content": "Hi"}])
+    );
     let row = env.row(&trace);
     assert_eq!(row["user_id"], "alice", "{row}");
     assert_eq!(row["provider"], "openai");
     assert_eq!(row["model"], "gpt-test-2025", "the model that answered");
     assert_eq!(row["requested_model"], "gpt");
-    assert_eq!(row["input_tokens"], 100, "prompt tokens less the cached ones");
+    assert_eq!(
+        row["input_tokens"], 100,
+        "prompt tokens less the cached ones"
+    );
     assert_eq!(row["output_tokens"], 30);
     assert_eq!(row["cache_read_tokens"], 20);
     assert_eq!(row["cache_write_tokens"], Value::Null);
@@ -98,11 +124,20 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     assert_eq!(openai_stream_text(&response.body), "Hello");
     assert!(!response.body.contains("\"usage\""), "{}", response.body);
-    assert_eq!(sse_events(&response.body).last().map(|(_, d)| d.as_str()), Some("[DONE]"));
-    assert_eq!(openai.last().body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        sse_events(&response.body).last().map(|(_, d)| d.as_str()),
+        Some("[DONE]")
+    );
+    assert_eq!(
+        openai.last().body["stream_options"],
+        json!({"include_usage": true})
+    );
     let row = env.row(&trace);
     assert_eq!(row["streaming"], true);
-    assert_eq!((row["input_tokens"].clone(), row["output_tokens"].clone()), (json!(40), json!(12)));
+    assert_eq!(
+        (row["input_tokens"].clone(), row["output_tokens"].clone()),
+        (json!(40), json!(12))
+    );
     assert_eq!(row["cost_microdollars"], 40 * 5 / 2 + 12 * 10);
     assert!(row["ttft_ms"].is_i64(), "{row}");
 
@@ -110,16 +145,26 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     let trace = Trace::new();
     let response = env.chat(
         &token,
-        streamed(ask("gpt", "Hi"), json!({"stream_options": {"include_usage": true}})),
+        streamed(
+            ask("gpt", "Hi"),
+            json!({"stream_options": {"include_usage": true}}),
+        ),
         &trace,
     );
-    assert!(response.body.contains("\"prompt_tokens\":40"), "{}", response.body);
+    assert!(
+        response.body.contains("\"prompt_tokens\":40"),
+        "{}",
+        response.body
+    );
     env.row(&trace);
 
     // OpenAI-compatible: no key configured, none sent; rounding to whole microdollars.
     let trace = Trace::new();
     let response = env.chat(&token, ask("llama", "Hi"), &trace);
-    assert_eq!(response.json()["choices"][0]["message"]["content"], "Hello from local");
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "Hello from local"
+    );
     let seen = local.last();
     assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.body["model"], "llama-test");
@@ -172,18 +217,30 @@ fn anthropic_kind_answers_messages_complete_and_streamed() {
     let trace = Trace::new();
     let response = env.messages(&token, ask_anthropic("claude", "Hi"), &trace);
     assert_eq!(response.status, 200, "{response:?}");
-    assert_eq!(response.json(), answer, "passed through as the provider sent it");
+    assert_eq!(
+        response.json(),
+        answer,
+        "passed through as the provider sent it"
+    );
     let seen = anthropic.last();
     assert_eq!(seen.path, "/v1/messages");
     assert_eq!(seen.header("x-api-key"), Some(key));
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(seen.header("anthropic-beta"), Some("prompt-caching-2024-07-31"));
+    assert_eq!(
+        seen.header("anthropic-beta"),
+        Some("prompt-caching-2024-07-31")
+    );
     assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.body["model"], "claude-test");
     assert_eq!(seen.body["max_tokens"], 256);
     let row = env.row(&trace);
     assert_eq!(
-        [&row["input_tokens"], &row["output_tokens"], &row["cache_read_tokens"], &row["cache_write_tokens"]],
+        [
+            &row["input_tokens"],
+            &row["output_tokens"],
+            &row["cache_read_tokens"],
+            &row["cache_write_tokens"]
+        ],
         [&json!(200), &json!(40), &json!(1000), &json!(100)]
     );
     // 200 × $3 + 40 × $15 + 1000 × $0.30 + 100 × $3.75 per million.
@@ -191,7 +248,11 @@ fn anthropic_kind_answers_messages_complete_and_streamed() {
     assert_eq!(row["user_id"], "alice");
 
     let trace = Trace::new();
-    let response = env.messages(&token, streamed(ask_anthropic("claude", "Hi"), json!({})), &trace);
+    let response = env.messages(
+        &token,
+        streamed(ask_anthropic("claude", "Hi"), json!({})),
+        &trace,
+    );
     assert_eq!(response.status, 200, "{response:?}");
     let names: Vec<String> = sse_events(&response.body)
         .into_iter()
@@ -227,7 +288,11 @@ fn gemini_kind_serves_openai_and_anthropic_clients() {
         if seen.streaming() {
             fake::gemini_stream("gemini-test-001", &["Hel", "lo"], stream_usage.clone())
         } else {
-            fake::json_reply(fake::gemini_answer("gemini-test-001", "Hello from gemini", usage.clone()))
+            fake::json_reply(fake::gemini_answer(
+                "gemini-test-001",
+                "Hello from gemini",
+                usage.clone(),
+            ))
         }
     });
     let key = "gemini-kinds-key";
@@ -243,7 +308,8 @@ fn gemini_kind_serves_openai_and_anthropic_clients() {
     );
     let token = env.token("alice", "ai:chat");
     let mut request = ask("flash", "Hi");
-    request["messages"] = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]);
+    request["messages"] =
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]);
     request["max_tokens"] = json!(64);
 
     let trace = Trace::new();
@@ -251,19 +317,31 @@ fn gemini_kind_serves_openai_and_anthropic_clients() {
     assert_eq!(response.status, 200, "{response:?}");
     let answer = response.json();
     assert_eq!(answer["object"], "chat.completion");
-    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from gemini");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from gemini"
+    );
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(answer["usage"]["prompt_tokens"], 80);
     assert_eq!(answer["usage"]["completion_tokens"], 20);
     let seen = gemini.last();
     assert_eq!(seen.path, "/v1beta/models/gemini-test:generateContent");
     assert_eq!(seen.header("x-goog-api-key"), Some(key));
-    assert_eq!(seen.body["systemInstruction"]["parts"][0]["text"], "Be brief.");
-    assert_eq!(seen.body["contents"], json!([{"role": "user", "parts": [{"text": "Hi"}]}]));
+    assert_eq!(
+        seen.body["systemInstruction"]["parts"][0]["text"],
+        "Be brief."
+    );
+    assert_eq!(
+        seen.body["contents"],
+        json!([{"role": "user", "parts": [{"text": "Hi"}]}])
+    );
     assert_eq!(seen.body["generationConfig"]["maxOutputTokens"], 64);
     let row = env.row(&trace);
     assert_eq!(row["model"], "gemini-test-001");
-    assert_eq!((row["input_tokens"].clone(), row["output_tokens"].clone()), (json!(80), json!(20)));
+    assert_eq!(
+        (row["input_tokens"].clone(), row["output_tokens"].clone()),
+        (json!(80), json!(20))
+    );
     // Priced by the route's model: 80 × $0.30 + 20 × $2.50 per million.
     assert_eq!(row["cost_microdollars"], 24 + 50);
 
@@ -272,15 +350,30 @@ fn gemini_kind_serves_openai_and_anthropic_clients() {
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(openai_stream_text(&response.body), "Hello");
     let chunks = super::sse_json(&response.body);
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"), "{chunks:?}");
-    assert_eq!(sse_events(&response.body).last().map(|(_, d)| d.as_str()), Some("[DONE]"));
-    assert_eq!(gemini.last().path, "/v1beta/models/gemini-test:streamGenerateContent?alt=sse");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop"),
+        "{chunks:?}"
+    );
+    assert_eq!(
+        sse_events(&response.body).last().map(|(_, d)| d.as_str()),
+        Some("[DONE]")
+    );
+    assert_eq!(
+        gemini.last().path,
+        "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
+    );
     let row = env.row(&trace);
     assert_eq!(row["cost_microdollars"], 74);
     assert_eq!(row["streaming"], true);
 
     let trace = Trace::new();
-    let response = env.messages(&token, streamed(ask_anthropic("flash", "Hi"), json!({})), &trace);
+    let response = env.messages(
+        &token,
+        streamed(ask_anthropic("flash", "Hi"), json!({})),
+        &trace,
+    );
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(anthropic_stream_text(&response.body), "Hello");
     let events = super::sse_json(&response.body);
@@ -290,6 +383,9 @@ fn gemini_kind_serves_openai_and_anthropic_clients() {
         .expect("a message_delta");
     assert_eq!(end["delta"]["stop_reason"], "end_turn");
     assert_eq!(end["usage"]["output_tokens"], 20);
-    assert_eq!(events.last().map(|e| e["type"].clone()), Some(json!("message_stop")));
+    assert_eq!(
+        events.last().map(|e| e["type"].clone()),
+        Some(json!("message_stop"))
+    );
     assert_eq!(env.row(&trace)["cost_microdollars"], 74);
 }

@@ -13,7 +13,10 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     let key = format!("sk-live-{}-do-not-leak", std::process::id());
     let openai = FakeProvider::start(|seen| {
         let quoted = seen.header("authorization").unwrap_or_default().to_owned();
-        match seen.body["messages"][0]["content"].as_str().unwrap_or_default() {
+        match seen.body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+        {
             "quote-400" => Reply::Json {
                 status: 400,
                 headers: Vec::new(),
@@ -30,10 +33,19 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     });
     let anthropic = FakeProvider::start(|seen| {
         if seen.streaming() {
-            fake::anthropic_stream("claude-test", &["x"], json!({"input_tokens": 2, "output_tokens": 1}),
-                                   json!({"output_tokens": 2}), None)
+            fake::anthropic_stream(
+                "claude-test",
+                &["x"],
+                json!({"input_tokens": 2, "output_tokens": 1}),
+                json!({"output_tokens": 2}),
+                None,
+            )
         } else {
-            fake::json_reply(fake::anthropic_answer("claude-test", "fine", json!({"input_tokens": 2, "output_tokens": 2})))
+            fake::json_reply(fake::anthropic_answer(
+                "claude-test",
+                "fine",
+                json!({"input_tokens": 2, "output_tokens": 2}),
+            ))
         }
     });
     let env = Env::start(
@@ -56,7 +68,13 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     let mut responses = Vec::new();
     for (request, anthropic_client) in [
         (ask("gpt", "hello"), false),
-        (streamed(ask("gpt", "hello"), json!({"stream_options": {"include_usage": true}})), false),
+        (
+            streamed(
+                ask("gpt", "hello"),
+                json!({"stream_options": {"include_usage": true}}),
+            ),
+            false,
+        ),
         (ask("gpt", "quote-400"), false),
         (ask("gpt", "quote-401"), false),
         (ask("claude", "hello"), false),
@@ -76,7 +94,9 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 400, 502, 200, 200, 200, 502]);
     assert!(
-        responses[2].body.contains("bad request made with Bearer [redacted]"),
+        responses[2]
+            .body
+            .contains("bad request made with Bearer [redacted]"),
         "{:?}",
         responses[2]
     );
@@ -95,9 +115,15 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     responses.push(models);
 
     for response in &responses {
-        assert!(!response.body.contains(&key), "the key reached a client: {response:?}");
+        assert!(
+            !response.body.contains(&key),
+            "the key reached a client: {response:?}"
+        );
         for (name, value) in &response.headers {
-            assert!(!value.contains(&key), "the key reached a client in `{name}`");
+            assert!(
+                !value.contains(&key),
+                "the key reached a client in `{name}`"
+            );
         }
     }
     assert!(!env.warden.log().contains(&key), "the key reached the log");
@@ -111,9 +137,15 @@ fn provider_keys_never_reach_clients_logs_or_the_audit_trail_and_tokens_never_re
     let seen: Vec<fake::Seen> = openai.seen().into_iter().chain(anthropic.seen()).collect();
     assert_eq!(seen.len(), 8);
     for request in &seen {
-        assert!(!request.raw.contains(&token), "a provider saw the client's token");
+        assert!(
+            !request.raw.contains(&token),
+            "a provider saw the client's token"
+        );
         for (name, value) in &request.headers {
-            assert!(!value.contains(&token), "a provider saw the client's token in `{name}`");
+            assert!(
+                !value.contains(&token),
+                "a provider saw the client's token in `{name}`"
+            );
         }
         let credential = request
             .header("authorization")

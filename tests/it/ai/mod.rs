@@ -51,7 +51,8 @@ impl Env {
         profile.set("ai", ai);
         customize(&mut profile);
         for (name, value) in secrets {
-            let (ok, _, err) = crate::identity::cli(&profile, &["secret", "set", name], Some(value));
+            let (ok, _, err) =
+                crate::identity::cli(&profile, &["secret", "set", name], Some(value));
             assert!(ok, "secret set {name}: {err}");
         }
         let warden = profile.start();
@@ -91,7 +92,12 @@ impl Env {
     }
 
     pub fn chat(&self, token: &str, body: Value, trace: &Trace) -> Response {
-        self.post("/v1/chat/completions", token, &body, &[("traceparent", &trace.header)])
+        self.post(
+            "/v1/chat/completions",
+            token,
+            &body,
+            &[("traceparent", &trace.header)],
+        )
     }
 
     /// `POST /v1/messages` the way Anthropic's SDKs send it (`x-api-key`).
@@ -219,7 +225,11 @@ pub fn sse_json(body: &str) -> Vec<Value> {
 pub fn openai_stream_text(body: &str) -> String {
     sse_json(body)
         .iter()
-        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -234,7 +244,13 @@ pub fn anthropic_stream_text(body: &str) -> String {
 
 /// Sends a streaming request and reads until `needle` appears in what arrived, then
 /// drops the connection (a client that goes away mid-answer).
-pub fn stream_then_hang_up(warden: &WardenProcess, path: &str, headers: &[(&str, &str)], body: &Value, needle: &str) {
+pub fn stream_then_hang_up(
+    warden: &WardenProcess,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    needle: &str,
+) {
     let authority = warden.base_url().trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&authority).expect("connect to Warden");
     stream
@@ -255,7 +271,11 @@ pub fn stream_then_hang_up(warden: &WardenProcess, path: &str, headers: &[(&str,
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains(needle) {
         let n = stream.read(&mut buf).expect("read the stream");
-        assert!(n > 0, "the stream ended before `{needle}`: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "the stream ended before `{needle}`: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
     drop(stream);
