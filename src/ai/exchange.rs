@@ -795,6 +795,7 @@ impl Accounting {
         if let Some(model) = self.answered_model.take() {
             row.model = model;
         }
+        record_metrics(&self.route, status, &usage, cost, self.started.elapsed(), self.ttft);
         row.status = status;
         row.error = error;
         let charge = (!self.budgets.is_empty() && !usage.is_empty()).then(|| Charge {
@@ -832,6 +833,46 @@ impl Accounting {
             "the client went away before the answer was complete ({} content events relayed); {tokens}",
             self.content_deltas
         )
+    }
+}
+
+/// Prometheus figures for one finished request (labels bounded by the profile: provider
+/// names and model aliases).
+fn record_metrics(
+    route: &Route,
+    status: ToolStatus,
+    usage: &Usage,
+    cost: Option<i64>,
+    latency: Duration,
+    ttft: Option<Duration>,
+) {
+    let provider = route.provider_name.clone();
+    let model = route.alias.clone();
+    metrics::counter!("warden_ai_requests_total", "provider" => provider.clone(),
+        "model" => model.clone(), "status" => status.as_str())
+    .increment(1);
+    for (class, tokens) in [
+        ("input", usage.input),
+        ("output", usage.output),
+        ("cache_read", usage.cache_read),
+        ("cache_write", usage.cache_write),
+    ] {
+        if let Some(tokens) = tokens {
+            metrics::counter!("warden_ai_tokens_total", "provider" => provider.clone(),
+                "model" => model.clone(), "class" => class)
+            .increment(tokens);
+        }
+    }
+    if let Some(cost) = cost {
+        metrics::counter!("warden_ai_cost_microdollars_total", "provider" => provider.clone(),
+            "model" => model.clone())
+        .increment(u64::try_from(cost).unwrap_or(0));
+    }
+    metrics::histogram!("warden_ai_request_seconds", "provider" => provider.clone())
+        .record(latency.as_secs_f64());
+    if let Some(ttft) = ttft {
+        metrics::histogram!("warden_ai_ttft_seconds", "provider" => provider)
+            .record(ttft.as_secs_f64());
     }
 }
 

@@ -7,14 +7,14 @@
 use serde_json::json;
 
 use super::fake::{self, FakeProvider};
-use super::{Env, Trace, ask};
-use crate::support::http;
+use super::{Env, Trace, WAIT, ask};
+use crate::support::{dirs, http, warden};
 
 #[test]
 fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
     let provider =
         FakeProvider::start(|_| fake::json_reply(fake::openai_answer("m", "ok", 1, 1, 0)));
-    let env = Env::start(
+    let mut env = Env::start(
         json!({
             "providers": {"local": {"kind": "openai_compatible", "base_url": format!("{}/v1", provider.url)}},
             "models": {
@@ -29,23 +29,23 @@ fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
         },
     );
     let alice = env.token("alice", "ai:chat");
-    let get = |token: &str, extra: &[(&str, &str)]| {
+    let get = |env: &Env, token: &str, extra: &[(&str, &str)]| {
         let auth = format!("Bearer {token}");
         let mut headers = vec![("Authorization", auth.as_str())];
         headers.extend_from_slice(extra);
         http::request("GET", &env.warden.url("/v1/models"), &headers, None).expect("GET /v1/models")
     };
 
-    let listed = get(&alice, &[]).json();
+    let listed = get(&env, &alice, &[]).json();
     assert_eq!(
         listed,
         json!({"object": "list", "data": [{"id": "cheap", "object": "model", "created": 0, "owned_by": "local"}]})
     );
-    let anthropic_shape = get(&alice, &[("anthropic-version", "2023-06-01")]).json();
+    let anthropic_shape = get(&env, &alice, &[("anthropic-version", "2023-06-01")]).json();
     assert_eq!(anthropic_shape["data"][0]["id"], "cheap");
     assert_eq!(anthropic_shape["data"][0]["type"], "model");
     assert_eq!(anthropic_shape["has_more"], false);
-    let all: Vec<String> = get(&env.admin_token(), &[]).json()["data"]
+    let all: Vec<String> = get(&env, &env.admin_token(), &[]).json()["data"]
         .as_array()
         .expect("a list")
         .iter()
@@ -116,4 +116,44 @@ fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
     );
     assert_eq!(rejection[0]["attributes"]["surface"], "ai");
     assert_eq!(provider.seen().len(), 3);
+
+    // A reload (SIGHUP) routes a new model at once.
+    env.profile
+        .set("ai.models.fresh", json!({"provider": "local", "model": "m"}));
+    env.profile.write();
+    let mark = env.warden.log_mark();
+    env.warden.sighup();
+    assert!(
+        env.warden.wait_for_log_since(mark, "profile reloaded", WAIT),
+        "{}",
+        env.warden.log()
+    );
+    let ids: Vec<serde_json::Value> = get(&env, &alice, &[]).json()["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("cheap"), json!("fresh")]);
+}
+
+#[test]
+fn config_check_refuses_an_unknown_provider_kind_with_the_known_ones() {
+    let dir = dirs::temp_dir("ai-config");
+    let path = dir.path().join("profile.yaml");
+    std::fs::write(
+        &path,
+        "ai:\n  providers:\n    odd: {kind: bogus}\n  models:\n    m: {provider: odd, model: x}\n",
+    )
+    .expect("write the profile");
+    let mut command = warden::command(&["config", "check"]);
+    command.arg(&path);
+    let output = warden::run(command);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.contains(
+            "ai.providers.odd.kind: unknown provider kind `bogus`; expected one of anthropic, gemini, openai, openai_compatible"
+        ),
+        "{output:?}"
+    );
 }

@@ -179,6 +179,17 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     let row = env.row(&trace);
     assert_eq!(row["input_tokens"], 7);
     assert_eq!(row["status"], "success");
+
+    // A key rotated from the command line (another process) is used from then on: the
+    // change is announced to the running Warden, which drops the cached one.
+    let rotated = "sk-openai-rotated-key";
+    let (ok, _, err) = crate::identity::cli(&env.profile, &["secret", "set", "openai_key"], Some(rotated));
+    assert!(ok, "secret set: {err}");
+    let wanted = format!("Bearer {rotated}");
+    super::eventually("the rotated key on upstream requests", || {
+        env.chat(&token, ask("gpt", "Hi"), &Trace::new());
+        openai.last().header("authorization") == Some(wanted.as_str())
+    });
 }
 
 #[test]
