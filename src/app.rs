@@ -50,6 +50,8 @@ pub struct App {
     pub hooks: ArcSwap<Hooks>,
     pub quotas: ArcSwap<Vec<QuotaRule>>,
     pub log_level: Option<LogLevelSetter>,
+    /// The AI gateway: providers, routes, prices, budgets, provider keys.
+    pub ai: crate::ai::Ai,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -66,9 +68,11 @@ impl App {
         identity: Arc<Identity>,
         log_level: Option<LogLevelSetter>,
     ) -> App {
+        let secrets =
+            SecretStore::new(db.clone(), master_key.clone()).with_audit(gateway.audit.clone());
         App {
-            secrets: SecretStore::new(db.clone(), master_key.clone())
-                .with_audit(gateway.audit.clone()),
+            ai: crate::ai::Ai::new(db.clone(), secrets.clone(), gateway.audit.clone()),
+            secrets,
             redaction: Scrubber::new(&config.audit.redact, &[]).into_cell(),
             limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
             hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
@@ -155,6 +159,15 @@ impl App {
         {
             tracing::info!(level = %new.logging.level, "log level changed");
         }
+        let ai = match self.ai.prepare(&new) {
+            Ok(ai) => ai,
+            Err(e) => {
+                let message = format!("{}: {e}", path.display());
+                tracing::error!("profile reload refused, keeping the running one:\n{message}");
+                self.record_reload(&path, Err(&message)).await;
+                return Err(message);
+            }
+        };
         let servers = new.servers.clone();
         self.gateway
             .sessions
@@ -172,6 +185,7 @@ impl App {
             .store(Arc::new(Hooks::new(new.policy.hooks.clone())));
         self.quotas.store(Arc::new(new.policy.quotas.clone()));
         self.identity.reconfigure(&new);
+        self.ai.install(ai);
         self.config.store(Arc::new(new));
         self.gateway.invalidate();
         crate::audit::refresh_redaction(&self.redaction, &self.config.load(), &self.secrets).await;

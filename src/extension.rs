@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::Router;
 use warden_actors::scheduler::Job;
 
+use crate::ai::provider::{Provider, ProviderFactory, ProviderSettings};
 use crate::app::App;
 use crate::db::Migration;
 use crate::http::AppState;
@@ -39,6 +40,8 @@ pub struct Registry {
     pub(crate) routes: Vec<(&'static str, RouteFactory)>,
     pub(crate) migrations: Vec<Migration>,
     pub(crate) jobs: Vec<(&'static str, JobFactory)>,
+    /// AI provider kinds: (owner, kind, factory).
+    pub(crate) ai_providers: Vec<(&'static str, &'static str, ProviderFactory)>,
 }
 
 impl Registry {
@@ -77,6 +80,25 @@ impl Registry {
         factory: impl Fn(&Arc<App>) -> Option<Arc<dyn Job>> + Send + Sync + 'static,
     ) {
         self.jobs.push((owner, Box::new(factory)));
+    }
+
+    /// Adds an AI provider kind: `ai.providers.<name>.kind: <kind>` entries are built by
+    /// `factory`. A later registration of the same kind replaces an earlier one.
+    pub fn ai_providers(
+        &mut self,
+        owner: &'static str,
+        kind: &'static str,
+        factory: impl Fn(&ProviderSettings) -> Result<Arc<dyn Provider>, String> + Send + Sync + 'static,
+    ) {
+        self.ai_providers.push((owner, kind, Arc::new(factory)));
+    }
+
+    /// Every AI provider kind, by name.
+    pub fn provider_kinds(&self) -> crate::ai::ProviderKinds {
+        self.ai_providers
+            .iter()
+            .map(|(_, kind, factory)| ((*kind).to_owned(), factory.clone()))
+            .collect()
     }
 
     /// The jobs the profile enables.

@@ -7,10 +7,12 @@
 //!
 //! The library is organised by concern (see `docs/architecture.md`): `config` reads the
 //! profile, `db` owns PostgreSQL, `http` the one listener, `secrets` the master key and
-//! redaction, `audit` the trail's read side, `extension` the registries everything is assembled from; the supervision
+//! redaction, `audit` the trail's read side, `ai` the AI gateway (providers, translation,
+//! costs, budgets), `extension` the registries everything is assembled from; the supervision
 //! tree lives in the `warden-actors` crate. Data flows one way: `http` → `policy` →
 //! actors; nothing below `http` imports it.
 
+pub mod ai;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -53,5 +55,7 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::wellknown::routes);
         registry.routes("warden", http::oauth::routes);
         registry.routes("warden", http::hooks::routes);
+        registry.routes("warden", http::ai::routes);
+        ai::provider::register_builtins(registry);
     }
 }

@@ -181,6 +181,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn config_check(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            // Provider kinds come from the registry (extensions may add some).
+            let registry = crate::extension::Registry::with(&[]);
+            if let Err(error) = crate::ai::prepare(&registry.provider_kinds(), &config.ai) {
+                eprintln!("{}: {error}", file.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} server{}, listening on {})",
                 file.display(),

@@ -149,6 +149,9 @@ async fn run(
         log_level,
     ));
     crate::audit::refresh_redaction(&app.redaction, config, &app.secrets).await;
+    app.ai
+        .start(registry.provider_kinds(), config)
+        .context("the AI gateway (ai:)")?;
     let writer = AuditWriter::start(
         WriterConfig {
             pool: database.pool.clone(),
@@ -217,6 +220,15 @@ async fn run(
     let notice_task = tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
             crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
+            match &notice {
+                crate::db::notify::Notice::Message { channel, payload }
+                    if channel == store::CHANNEL =>
+                {
+                    notice_app.ai.secret_changed(payload)
+                }
+                crate::db::notify::Notice::Connected => notice_app.ai.forget_keys(),
+                _ => {}
+            }
             if let crate::db::notify::Notice::Message { channel, payload } = &notice
                 && channel == store::CHANNEL
             {

@@ -7,6 +7,7 @@
 //! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
 //! the working directory Warden was started in, as a shell user would expect.
 
+pub mod ai;
 pub mod identity;
 pub mod policy;
 mod raw;
@@ -92,6 +93,8 @@ pub struct Config {
     pub access: BTreeMap<String, AccessConfig>,
     /// The rules for a server not in `access` (from `defaults`).
     pub default_access: AccessConfig,
+    /// The AI gateway: providers, model routes, prices, budgets (`ai:`).
+    pub ai: crate::ai::AiConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -418,6 +421,7 @@ impl Config {
 
         let identity = identity::identity(raw.identity, &server.public_url, &mut problems);
         let roles = identity::roles(raw.roles, &mut problems);
+        let ai = ai::build(raw.ai, &mut problems);
         let default_access = AccessConfig::defaults(&raw.defaults);
         let mut access = BTreeMap::new();
 
@@ -465,6 +469,7 @@ impl Config {
             roles,
             access,
             default_access,
+            ai,
         })
     }
 

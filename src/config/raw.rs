@@ -39,6 +39,8 @@ pub struct RawProfile {
     pub identity: RawIdentity,
     #[serde(default)]
     pub roles: BTreeMap<String, Spanned<RawRole>>,
+    #[serde(default)]
+    pub ai: super::ai::RawAi,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,6 +38,14 @@ pub enum ApiError {
     },
     /// 503: a dependency (database, upstream, audit trail) cannot serve right now.
     Unavailable(String),
+    /// An upstream's failure passed on (AI proxy): the status is chosen by the caller
+    /// (`http/ai.rs`) — the provider's own for most errors, 502 when it could not be
+    /// reached or read, 504 when it did not answer in time. 429 carries `Retry-After`.
+    Upstream {
+        status: StatusCode,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     Internal(String),
     /// An OAuth 2.1 protocol error (RFC 6749 §5.2, RFC 7591 §3.2.2, RFC 8707):
     /// `{"error", "error_description"}`; `invalid_client` is 401, `server_error` 500,
@@ -49,7 +57,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized {
                 rejection: AuthRejection::Unavailable(_),
@@ -63,6 +71,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::OAuth { error, .. } => match *error {
                 "invalid_client" => StatusCode::UNAUTHORIZED,
@@ -73,7 +82,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized {
                 rejection: AuthRejection::MissingToken,
@@ -91,12 +100,18 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Upstream { status, .. } => match status.as_u16() {
+                429 => "rate_limited",
+                502 => "bad_gateway",
+                504 => "gateway_timeout",
+                _ => "upstream_error",
+            },
             ApiError::Internal(_) => "internal_error",
             ApiError::OAuth { error, .. } => error,
         }
     }
 
-    fn message(&self) -> String {
+    pub fn message(&self) -> String {
         match self {
             ApiError::Unauthorized { rejection, .. } => rejection.to_string(),
             ApiError::Forbidden { denial, .. } => denial.to_string(),
@@ -108,7 +123,9 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
-            ApiError::RateLimited { message, .. } => message.clone(),
+            ApiError::RateLimited { message, .. } | ApiError::Upstream { message, .. } => {
+                message.clone()
+            }
             ApiError::OAuth { description, .. } => description.clone(),
         }
     }
@@ -171,14 +188,21 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, value);
         }
-        if let ApiError::RateLimited {
-            retry_after_secs, ..
-        } = self
-        {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let retry_after = match self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(retry_after_secs),
+            ApiError::Upstream {
+                status,
+                retry_after_secs,
+                ..
+            } if status == StatusCode::TOO_MANY_REQUESTS => Some(retry_after_secs.unwrap_or(1)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }

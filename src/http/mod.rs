@@ -12,6 +12,7 @@
 //! ```
 
 pub mod admin;
+pub mod ai;
 pub mod audit;
 pub mod error;
 pub mod health;

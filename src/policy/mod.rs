@@ -11,7 +11,7 @@
 //! | see a server, read its resources, get its prompts | the server's `scopes` (default `tools:read`) |
 //! | call a tool | `tools.<tool>.scopes` if set; else the server's `write_scopes` (default `tools:write`) when the tool is marked `destructiveHint: true`; else the server's `scopes` |
 //! | the admin API | `admin` |
-//! | a model request | `ai:chat` |
+//! | a model request | `ai.models.<alias>.scopes` if set; else `ai.scopes` (default `ai:chat`) |
 //! | report a client-side lifecycle event (`POST /hooks/{event}`) | `hooks:report` |
 //!
 //! A principal's scopes grant a permission when they contain every required scope, or
@@ -116,6 +116,8 @@ pub struct PolicyEngine {
     roles: HashMap<String, Scopes>,
     admin: Arc<[String]>,
     model: Arc<[String]>,
+    /// Per model alias, replacing `model`.
+    models: HashMap<String, Arc<[String]>>,
     report: Arc<[String]>,
 }
 
@@ -149,7 +151,18 @@ impl PolicyEngine {
                 .map(|(name, role)| (name.clone(), Scopes::from_list(role.scopes.iter().cloned())))
                 .collect(),
             admin: vec![ADMIN_SCOPE.to_owned()].into(),
-            model: vec![MODEL_SCOPE.to_owned()].into(),
+            model: config.ai.scopes.clone().into(),
+            models: config
+                .ai
+                .models
+                .iter()
+                .filter_map(|(alias, route)| {
+                    route
+                        .scopes
+                        .as_ref()
+                        .map(|scopes| (alias.clone(), scopes.clone().into()))
+                })
+                .collect(),
             report: vec![REPORT_SCOPE.to_owned()].into(),
         }
     }
@@ -183,7 +196,7 @@ impl PolicyEngine {
                 }
             }
             Permission::Admin { .. } => &self.admin,
-            Permission::UseModel { .. } => &self.model,
+            Permission::UseModel { model } => self.models.get(*model).unwrap_or(&self.model),
             Permission::ReportEvent { .. } => &self.report,
         }
     }
@@ -245,6 +258,9 @@ impl PolicyEngine {
         }
         add(&self.admin);
         add(&self.model);
+        for scopes in self.models.values() {
+            add(scopes);
+        }
         add(&self.report);
         let role_scopes: Vec<String> = self
             .roles
@@ -426,6 +442,19 @@ servers:
             },
             Err("github:read"),
         );
+    }
+
+    #[test]
+    fn models_need_ai_chat_unless_the_profile_names_their_own_scopes() {
+        let e = engine(
+            "ai:\n  scopes: [ai:use]\n  providers: {p: {kind: openai}}\n  models:\n    cheap: {provider: p, model: a}\n    premium: {provider: p, model: b, scopes: [ai:premium, ai:use]}\n",
+        );
+        let model = |model| Permission::UseModel { model };
+        check_decision(&e, "ai:use", model("cheap"), Ok(()));
+        check_decision(&e, "ai:chat", model("cheap"), Err("ai:use"));
+        check_decision(&e, "ai:use", model("premium"), Err("ai:premium ai:use"));
+        check_decision(&e, "ai:use ai:premium", model("premium"), Ok(()));
+        assert!(e.known_scopes().contains(&"ai:premium".to_owned()));
     }
 
     #[test]

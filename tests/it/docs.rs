@@ -52,11 +52,15 @@ fn readme_has_two_setup_commands_and_ci_runs_the_test_one() {
 /// Field names of the `Raw*` structs in `src/config/raw.rs` and the section files beside
 /// it (`policy.rs`, …): every key a profile may hold.
 fn profile_keys() -> Vec<String> {
-    let raw = ["src/config/raw.rs", "src/config/policy.rs"]
-        .iter()
-        .map(|f| read(f))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let raw = [
+        "src/config/raw.rs",
+        "src/config/policy.rs",
+        "src/config/ai.rs",
+    ]
+    .iter()
+    .map(|f| read(f))
+    .collect::<Vec<_>>()
+    .join("\n");
     let mut keys = Vec::new();
     let mut in_struct = false;
     for line in raw.lines() {

@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod ai;
 mod audit;
 mod config;
 mod conformance;

@@ -1,0 +1,271 @@
+//! Time to first byte of streamed model requests, straight to a local upstream and
+//! through `warden serve`, under concurrency (`cargo bench --bench ai_ttfb`; figures in
+//! docs/benchmarks.md). The target: Warden adds at most 1 ms at p99 with 200
+//! concurrent streams.
+//!
+//! The harness starts, on this machine:
+//! - a stand-in OpenAI-compatible upstream (axum, `TCP_NODELAY`) whose streams send their
+//!   first chunk at once, then `EVENTS` more chunks `GAP_MS` apart, then the usage chunk
+//!   and `[DONE]` — so every stream of a round is open at the same time;
+//! - the release `warden` binary with an embedded PostgreSQL in a temp dir, one
+//!   `openai_compatible` provider pointing at the upstream, the audit trail on (every
+//!   request writes its permission decision and its `ai_requests` row), rate limits off;
+//! - `CONCURRENCY` client tasks (reqwest, one pooled HTTP/1.1 connection each), which in
+//!   each round send one streaming request each, at once, and record the time from
+//!   sending the request to the first body bytes.
+//!
+//! Rounds alternate between the direct path and the Warden path, so drift in the
+//! machine's load hits both alike. Settings come from the environment: `CONCURRENCY`
+//! (200), `ROUNDS` (10 per path), `EVENTS` (20), `GAP_MS` (10).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::routing::post;
+use axum::serve::ListenerExt;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn chunk(text: &str) -> Bytes {
+    Bytes::from(format!(
+        "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+    ))
+}
+
+async fn upstream(events: usize, gap: Duration) -> String {
+    let handler = move || async move {
+        let stream = futures_util::stream::unfold(0usize, move |i| async move {
+            if i > events + 1 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let bytes = match i {
+                n if n <= events => chunk("tok"),
+                _ => Bytes::from_static(
+                    b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20,\"total_tokens\":30}}\n\ndata: [DONE]\n\n",
+                ),
+            };
+            Some((Ok::<_, Infallible>(bytes), i + 1))
+        });
+        (
+            [("content-type", "text/event-stream")],
+            Body::from_stream(stream),
+        )
+    };
+    let router = Router::new().route("/v1/chat/completions", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let address = listener.local_addr().expect("address");
+    let listener = listener.tap_io(|socket| {
+        let _ = socket.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+struct Warden {
+    child: std::process::Child,
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn start_warden(upstream: &str) -> Warden {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let profile = serde_json::json!({
+        "server": {"listen": format!("127.0.0.1:{port}"), "state_dir": dir.path().join("state")},
+        "logging": {"level": "warn"},
+        "ai": {
+            "providers": {"local": {"kind": "openai_compatible", "base_url": format!("{upstream}/v1")}},
+            "models": {"bench": {"provider": "local", "model": "m"}},
+            "prices": {"m": {"input": 1, "output": 2}},
+        },
+    });
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(&path, profile.to_string()).expect("write the profile");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn,warden::cli::serve=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start warden");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let ready_tx = ready_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if line.contains("Warden is ready") {
+                    let _ = ready_tx.send(());
+                }
+                if line.contains("ERROR") {
+                    eprintln!("warden: {line}");
+                }
+            }
+        });
+    }
+    ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("warden became ready");
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token"))
+        .expect("the admin token")
+        .trim()
+        .to_owned();
+    Warden {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        token,
+        _dir: dir,
+    }
+}
+
+/// One round: every client sends one streaming request at once; the TTFB of each, in µs.
+async fn round(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    concurrency: usize,
+) -> Vec<u64> {
+    let body = Arc::new(
+        serde_json::json!({"model": "bench", "stream": true,
+                           "messages": [{"role": "user", "content": "Hello there"}]})
+        .to_string(),
+    );
+    let start = Arc::new(tokio::sync::Barrier::new(concurrency));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_owned();
+        let token = token.map(str::to_owned);
+        let body = body.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned());
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            start.wait().await;
+            let sent = Instant::now();
+            let response = request.send().await.expect("a response");
+            assert!(response.status().is_success(), "{}", response.status());
+            let mut response = response;
+            let first = response.chunk().await;
+            let ttfb = sent.elapsed();
+            assert!(matches!(first, Ok(Some(_))), "no first chunk");
+            while let Some(chunk) = response.chunk().await.expect("the rest of the stream") {
+                drop(chunk);
+            }
+            ttfb.as_micros() as u64
+        }));
+    }
+    let mut out = Vec::with_capacity(concurrency);
+    for task in tasks {
+        out.push(task.await.expect("a client task"));
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn summary(name: &str, mut samples: Vec<u64>) -> (f64, f64) {
+    samples.sort_unstable();
+    let (p50, p90, p99) = (
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.90),
+        percentile(&samples, 0.99),
+    );
+    println!(
+        "{name:<8} n={:<6} p50 {p50:>7.3} ms   p90 {p90:>7.3} ms   p99 {p99:>7.3} ms   max {:>7.3} ms",
+        samples.len(),
+        *samples.last().unwrap_or(&0) as f64 / 1000.0
+    );
+    (p50, p99)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let concurrency = setting("CONCURRENCY", 200);
+    let rounds = setting("ROUNDS", 10);
+    let events = setting("EVENTS", 20);
+    let gap = Duration::from_millis(setting("GAP_MS", 10) as u64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let upstream = upstream(events, gap).await;
+        let warden = tokio::task::spawn_blocking({
+            let upstream = upstream.clone();
+            move || start_warden(&upstream)
+        })
+        .await
+        .expect("start warden");
+        let client = warden_actors::upstream::http::client_builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .expect("a client");
+        let direct = format!("{upstream}/v1/chat/completions");
+        let via = format!("{}/v1/chat/completions", warden.url);
+        // Warm-up: connections opened on both paths, the token verified once.
+        round(&client, &direct, None, concurrency).await;
+        round(&client, &via, Some(&warden.token), concurrency).await;
+        let (mut direct_samples, mut via_samples) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            direct_samples.extend(round(&client, &direct, None, concurrency).await);
+            via_samples.extend(round(&client, &via, Some(&warden.token), concurrency).await);
+        }
+        println!(
+            "{concurrency} concurrent streams, {rounds} rounds per path, {events} events {gap:?} apart"
+        );
+        let (direct50, direct99) = summary("direct", direct_samples);
+        let (via50, via99) = summary("warden", via_samples);
+        println!(
+            "added    p50 {:>7.3} ms   p99 {:>7.3} ms",
+            via50 - direct50,
+            via99 - direct99
+        );
+        drop(warden);
+    });
+}

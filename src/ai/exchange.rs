@@ -1,0 +1,1125 @@
+//! One model request, from the permission check to its `ai_requests` row.
+//!
+//! [`Ai::chat`] runs the fixed order: route the requested model → **the permission check**
+//! (a `permission.decision` event, allow or deny) → the `ai` rate limit → budgets → the
+//! provider's key → the upstream request → the answer, complete or streamed → the row and
+//! the budget charge. Refusals on the way are `rate_limit.rejected` events, and every
+//! request that reached the permission check leaves exactly one row, written by
+//! [`Accounting`]: on completion, on failure, or — when the client goes away mid-stream or
+//! the request is abandoned — from its `Drop`, with the tokens the provider had reported
+//! up to then and status `cancelled`.
+//!
+//! Streams are relayed event by event as they arrive ([`Relay`]): untouched when client
+//! and provider speak the same format (only an OpenAI usage chunk the client did not ask
+//! for is held back), translated through [`Delta`]s otherwise. Dropping the relay (the
+//! client disconnected) closes the upstream connection, so the provider stops generating.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use indexmap::IndexMap;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+use uuid::Uuid;
+use warden_actors::audit::{
+    AiRequestRecord, Audit, AuditEvent, AuditRecord, AuditRefused, ToolStatus,
+};
+use warden_actors::trace::TraceContext;
+
+use super::budgets::{self, Applied, BudgetError};
+use super::keys::{AuthHeaders, KeyError};
+use super::pricing::{self, Usage};
+use super::sse::{SseEvent, SseReader, event_bytes, write_event};
+use super::wire::{
+    self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai,
+};
+use super::{Ai, AiState, Route};
+use crate::auth::{Principal, PrincipalKind};
+use crate::policy::limits::{RateLimited, RateLimiter, Surface};
+use crate::policy::{Denial, Permission, PolicyEngine};
+
+/// The largest complete answer Warden reads from a provider.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// The most of an error answer Warden reads (for its message).
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// Who is asking, and what of their request travels on.
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub trace: TraceContext,
+    pub session_id: Option<String>,
+    /// `anthropic-version` and `anthropic-beta` as the client sent them: forwarded to an
+    /// Anthropic provider when the client speaks the Anthropic format, never elsewhere.
+    pub anthropic_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A streamed answer: event-stream bytes in the client's format.
+pub type AnswerStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
+
+/// What the client gets.
+pub enum Answer {
+    /// A complete JSON answer.
+    Complete(Bytes),
+    /// An event stream.
+    Stream(AnswerStream),
+}
+
+/// Why a model request was refused or failed. `http/ai.rs` maps each to a status.
+#[derive(Debug, Error)]
+pub enum AiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Translation(WireError),
+    #[error("unknown model `{model}`; {}", allowed_list(.allowed))]
+    UnknownModel { model: String, allowed: Vec<String> },
+    #[error("permission denied for model `{model}`: {denial}")]
+    Denied { model: String, denial: Denial },
+    #[error("{0}")]
+    RateLimited(RateLimited),
+    #[error("{0}")]
+    Budget(Box<BudgetError>),
+    #[error("{0}")]
+    Audit(AuditRefused),
+    #[error("{0}")]
+    Key(KeyError),
+    /// The provider answered with an error status.
+    #[error("provider `{provider}` answered {status}: {message}")]
+    Upstream {
+        provider: String,
+        status: u16,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
+    #[error("provider `{provider}` cannot be reached: {reason}")]
+    Unreachable { provider: String, reason: String },
+    #[error(
+        "provider `{provider}` did not answer within {} (ai.providers.{provider}.timeout)",
+        humantime::format_duration(*after)
+    )]
+    Timeout { provider: String, after: Duration },
+    #[error("provider `{provider}` sent an answer Warden cannot read: {reason}")]
+    BadAnswer { provider: String, reason: String },
+}
+
+fn allowed_list(allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        "there are no models you may use (ai.models, and the scopes they require)".to_owned()
+    } else {
+        format!("models you may use: {}", allowed.join(", "))
+    }
+}
+
+impl AiError {
+    /// The row's status.
+    fn row_status(&self) -> ToolStatus {
+        match self {
+            AiError::Denied { .. } => ToolStatus::Denied,
+            AiError::RateLimited(_) => ToolStatus::RateLimited,
+            AiError::Budget(budget) if matches!(**budget, BudgetError::Exhausted { .. }) => {
+                ToolStatus::RateLimited
+            }
+            AiError::Timeout { .. } => ToolStatus::Timeout,
+            _ => ToolStatus::Error,
+        }
+    }
+}
+
+impl Ai {
+    /// Serves one model request whose body is in `format`.
+    pub async fn chat(
+        &self,
+        policy: &PolicyEngine,
+        limits: &RateLimiter,
+        caller: &Caller,
+        format: Wire,
+        body: &[u8],
+    ) -> Result<Answer, AiError> {
+        let started = Instant::now();
+        let created_at = SystemTime::now();
+        let state = self.state.load_full();
+        // Only the top level is parsed: everything else is forwarded as written when
+        // client and provider speak the same format.
+        let top: IndexMap<String, Box<RawValue>> = serde_json::from_slice(body)
+            .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+        let requested: String = top
+            .get("model")
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+            .ok_or_else(|| AiError::BadRequest("`model` must be a string naming a model".into()))?;
+        let stream = top.get("stream").is_some_and(|v| v.get().trim() == "true");
+        let Some(route) = state.routes.get(&requested).cloned() else {
+            return Err(AiError::UnknownModel {
+                allowed: self
+                    .models_for(policy, &caller.principal)
+                    .into_iter()
+                    .map(|(alias, _)| alias)
+                    .collect(),
+                model: requested,
+            });
+        };
+        let mut account = Some(Accounting {
+            row: Some(AiRequestRecord {
+                id: Uuid::now_v7(),
+                trace_id: caller.trace.trace_id_hex(),
+                user_id: Some(caller.principal.user_id().to_owned()),
+                client_id: caller.principal.client_id.clone(),
+                session_id: caller.session_id.clone(),
+                provider: route.provider_name.clone(),
+                model: route.model.clone(),
+                requested_model: Some(requested),
+                input_tokens: None,
+                output_tokens: None,
+                cache_read_tokens: None,
+                cache_write_tokens: None,
+                cost_microdollars: None,
+                latency_ms: None,
+                ttft_ms: None,
+                status: ToolStatus::Error,
+                error: None,
+                streaming: stream,
+                created_at,
+            }),
+            started,
+            usage: Usage::default(),
+            answered_model: None,
+            ttft: None,
+            content_deltas: 0,
+            audit: self.audit.clone(),
+            pool: self.pool.clone(),
+            state: state.clone(),
+            route: route.clone(),
+            budgets: Vec::new(),
+        });
+        let result = self
+            .run(
+                policy,
+                limits,
+                caller,
+                format,
+                body,
+                top,
+                stream,
+                &route,
+                &state,
+                &mut account,
+            )
+            .await;
+        if let Err(error) = &result
+            && let Some(mut account) = account.take()
+        {
+            account
+                .finish(error.row_status(), Some(error.to_string()))
+                .await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        policy: &PolicyEngine,
+        limits: &RateLimiter,
+        caller: &Caller,
+        format: Wire,
+        body: &[u8],
+        mut top: IndexMap<String, Box<RawValue>>,
+        stream: bool,
+        route: &Arc<Route>,
+        state: &AiState,
+        account: &mut Option<Accounting>,
+    ) -> Result<Answer, AiError> {
+        let principal = &caller.principal;
+        let decision = policy.check(
+            principal,
+            &Permission::UseModel {
+                model: &route.alias,
+            },
+        );
+        self.record_decision(caller, route, format, &decision)
+            .await?;
+        decision.map_err(|denial| AiError::Denied {
+            model: route.alias.clone(),
+            denial,
+        })?;
+        if let Err(limited) = limits.check(
+            Surface::Ai,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        ) {
+            let error = AiError::RateLimited(limited);
+            self.record_rejection(caller, route, &error, None).await?;
+            return Err(error);
+        }
+        let applied = budgets::applicable(
+            &state.budgets,
+            principal.user_id(),
+            &principal.roles,
+            &route.alias,
+        );
+        if !applied.is_empty() {
+            if let Err(refusal) = budgets::check(&self.pool, &applied).await {
+                let budget = match &refusal {
+                    BudgetError::Exhausted { budget, .. } => Some(budget.clone()),
+                    BudgetError::Unavailable { .. } => None,
+                };
+                let error = AiError::Budget(Box::new(refusal));
+                if budget.is_some() {
+                    self.record_rejection(caller, route, &error, budget.as_deref())
+                        .await?;
+                }
+                return Err(error);
+            }
+            if let Some(account) = account.as_mut() {
+                account.budgets = applied;
+            }
+        }
+        let auth = match &route.settings.api_key_secret {
+            Some(secret) => Some(
+                self.keys
+                    .headers(
+                        &self.secrets,
+                        &route.provider_name,
+                        secret,
+                        route.provider.as_ref(),
+                    )
+                    .await
+                    .map_err(AiError::Key)?,
+            ),
+            None => None,
+        };
+
+        // The request in the provider's format.
+        let provider_wire = route.wire();
+        let (upstream_body, client_usage) = if provider_wire == format {
+            passthrough_body(&mut top, &route.model, format, stream)?
+        } else {
+            let full: Map<String, Value> = serde_json::from_slice(body)
+                .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+            let asked = format == Wire::OpenAi
+                && full
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(Value::as_bool)
+                    == Some(true);
+            (
+                translate_body(&full, format, provider_wire, &route.model, route.provider.dialect())?,
+                asked,
+            )
+        };
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(traceparent) = HeaderValue::from_str(&caller.trace.header()) {
+            headers.insert("traceparent", traceparent);
+        }
+        for (name, value) in route.provider.fixed_headers() {
+            headers.insert(name.clone(), value.clone());
+        }
+        if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
+            for (name, value) in &caller.anthropic_headers {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in auth.iter().flat_map(|a| a.iter()) {
+            headers.insert(name.clone(), value.clone());
+        }
+        let request = self
+            .http
+            .post(route.provider.url(&route.model, stream))
+            .headers(headers)
+            .body(upstream_body);
+        let timeout = route.settings.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let provider = || route.provider_name.clone();
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => {
+                return Err(AiError::Timeout {
+                    provider: provider(),
+                    after: timeout,
+                });
+            }
+            Ok(Err(error)) => {
+                return Err(AiError::Unreachable {
+                    provider: provider(),
+                    reason: describe(&error),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if !response.status().is_success() {
+            return Err(upstream_error(route, response, auth.as_ref(), deadline).await);
+        }
+
+        if stream {
+            let is_sse = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if !is_sse {
+                return Err(AiError::BadAnswer {
+                    provider: provider(),
+                    reason: "it answered a streaming request without an event stream".into(),
+                });
+            }
+            let Some(account) = account.take() else {
+                return Err(AiError::BadRequest(
+                    "the request was already answered".into(),
+                ));
+            };
+            let mode = if provider_wire == format {
+                Mode::Passthrough {
+                    hold_usage_chunks: format == Wire::OpenAi && !client_usage,
+                }
+            } else {
+                Mode::Translate(wire::encoder(format, client_usage))
+            };
+            let relay = Relay {
+                upstream: response,
+                reader: SseReader::default(),
+                decoder: wire::decoder(provider_wire),
+                provider_wire,
+                client_wire: format,
+                mode,
+                idle: timeout,
+                account,
+                events: Vec::new(),
+                deltas: Vec::new(),
+                closed: false,
+                finished: false,
+                saw_finish: false,
+            };
+            let stream = futures_util::stream::unfold(relay, |mut relay| async move {
+                relay.next().await.map(|bytes| (Ok(bytes), relay))
+            });
+            return Ok(Answer::Stream(Box::pin(stream)));
+        }
+
+        let answer = read_body(response, MAX_ANSWER_BYTES, deadline)
+            .await
+            .map_err(|failure| match failure {
+                ReadFailure::TimedOut => AiError::Timeout {
+                    provider: provider(),
+                    after: timeout,
+                },
+                ReadFailure::Broken(reason) => AiError::Unreachable {
+                    provider: provider(),
+                    reason,
+                },
+                ReadFailure::TooLarge => AiError::BadAnswer {
+                    provider: provider(),
+                    reason: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+                },
+            })?;
+        let bad = |reason: String| AiError::BadAnswer {
+            provider: provider(),
+            reason,
+        };
+        let (bytes, usage, model) = if provider_wire == format {
+            #[derive(serde::Deserialize)]
+            struct Probe {
+                model: Option<String>,
+                usage: Option<Value>,
+            }
+            let probe: Probe = serde_json::from_slice(&answer)
+                .map_err(|e| bad(format!("the answer is not a JSON object: {e}")))?;
+            let usage = probe
+                .usage
+                .as_ref()
+                .map_or_else(Usage::default, |u| match provider_wire {
+                    Wire::Anthropic => anthropic::usage(u),
+                    _ => openai::usage(u),
+                });
+            (answer, usage, probe.model)
+        } else {
+            let value: Value = serde_json::from_slice(&answer)
+                .map_err(|e| bad(format!("the answer is not JSON: {e}")))?;
+            let mut neutral = match provider_wire {
+                Wire::OpenAi => openai::parse_response(&value),
+                Wire::Anthropic => anthropic::parse_response(&value),
+                Wire::Gemini => gemini::parse_response(&value),
+            }
+            .map_err(|e| bad(e.to_string()))?;
+            let answered = Some(neutral.model.clone()).filter(|m| !m.is_empty());
+            if neutral.model.is_empty() {
+                neutral.model = route.model.clone();
+            }
+            let rendered = match format {
+                Wire::Anthropic => anthropic::render_response(&neutral),
+                _ => openai::render_response(&neutral),
+            };
+            (Bytes::from(rendered.to_string()), neutral.usage, answered)
+        };
+        if let Some(mut account) = account.take() {
+            account.usage = usage;
+            account.answered_model = model;
+            account.finish(ToolStatus::Success, None).await;
+        }
+        Ok(Answer::Complete(bytes))
+    }
+
+    /// The `permission.decision` event. When the trail refuses it (`fail_closed` with a
+    /// full spool), the request is refused too.
+    async fn record_decision(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        format: Wire,
+        decision: &Result<(), Denial>,
+    ) -> Result<(), AiError> {
+        let principal = &caller.principal;
+        let mut event = AuditEvent::new("permission.decision", actor_kind(principal));
+        event.trace_id = Some(caller.trace.trace_id_hex());
+        event.actor_id = Some(principal.user_id().to_owned());
+        event.subject = Some(format!("ai/{}", route.alias));
+        event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
+        event.reason = decision.as_ref().err().map(|d| d.to_string());
+        event.attributes = json!({
+            "action": match format { Wire::Anthropic => "ai/messages", _ => "ai/chat.completions" },
+            "provider": route.provider_name,
+            "model": route.model,
+            "client_id": principal.client_id,
+            "session_id": caller.session_id,
+            "scopes": principal.scopes.to_header_value(),
+            "roles": principal.roles,
+            "issuer": principal.issuer,
+        });
+        self.audit
+            .record(AuditRecord::Event(Box::new(event)))
+            .await
+            .map_err(AiError::Audit)
+    }
+
+    /// A `rate_limit.rejected` event (rate limits and spent budgets).
+    async fn record_rejection(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        error: &AiError,
+        budget: Option<&str>,
+    ) -> Result<(), AiError> {
+        let principal = &caller.principal;
+        let mut event = AuditEvent::new("rate_limit.rejected", actor_kind(principal));
+        event.trace_id = Some(caller.trace.trace_id_hex());
+        event.actor_id = Some(principal.user_id().to_owned());
+        event.subject = Some(format!("ai/{}", route.alias));
+        event.decision = Some("deny");
+        event.reason = Some(error.to_string());
+        event.attributes = json!({
+            "surface": "ai",
+            "tier": principal.tier,
+            "budget": budget,
+        });
+        self.audit
+            .record(AuditRecord::Event(Box::new(event)))
+            .await
+            .map_err(AiError::Audit)
+    }
+}
+
+fn actor_kind(principal: &Principal) -> &'static str {
+    match principal.kind {
+        PrincipalKind::Service => "client",
+        _ => "user",
+    }
+}
+
+/// The client's body with `model` replaced (and, for an OpenAI stream, its usage report
+/// asked for); everything else as the client wrote it. Also returns whether the client
+/// itself asked for the usage report.
+pub fn passthrough_body(
+    top: &mut IndexMap<String, Box<RawValue>>,
+    model: &str,
+    format: Wire,
+    stream: bool,
+) -> Result<(Vec<u8>, bool), AiError> {
+    let internal =
+        |e: serde_json::Error| AiError::BadRequest(format!("cannot re-encode the request: {e}"));
+    top.insert(
+        "model".into(),
+        serde_json::value::to_raw_value(model).map_err(internal)?,
+    );
+    let mut client_usage = false;
+    if format == Wire::OpenAi && stream {
+        let options: Option<Value> = top
+            .get("stream_options")
+            .and_then(|v| serde_json::from_str(v.get()).ok());
+        client_usage = options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        if !client_usage {
+            let mut options = options
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            options["include_usage"] = Value::Bool(true);
+            top.insert(
+                "stream_options".into(),
+                serde_json::value::to_raw_value(&options).map_err(internal)?,
+            );
+        }
+    }
+    Ok((serde_json::to_vec(top).map_err(internal)?, client_usage))
+}
+
+/// The client's request (in `format`) translated into the provider's format (`target`).
+pub fn translate_body(
+    full: &Map<String, Value>,
+    format: Wire,
+    target: Wire,
+    model: &str,
+    dialect: openai::Dialect,
+) -> Result<Vec<u8>, AiError> {
+    let neutral = match format {
+        Wire::Anthropic => anthropic::parse_request(full),
+        _ => openai::parse_request(full),
+    }
+    .map_err(|e| AiError::Translation(e.toward(target)))?;
+    let rendered = match target {
+        Wire::OpenAi => openai::render_request(&neutral, model, dialect),
+        Wire::Anthropic => anthropic::render_request(&neutral, model),
+        Wire::Gemini => gemini::render_request(&neutral).map_err(AiError::Translation)?,
+    };
+    serde_json::to_vec(&rendered)
+        .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
+}
+
+enum ReadFailure {
+    TimedOut,
+    Broken(String),
+    TooLarge,
+}
+
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, ReadFailure> {
+    let mut body = BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => return Err(ReadFailure::TimedOut),
+            Ok(Err(error)) => return Err(ReadFailure::Broken(describe(&error))),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(ReadFailure::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// An error answer from the provider, with its message (never the provider's key).
+async fn upstream_error(
+    route: &Route,
+    response: reqwest::Response,
+    auth: Option<&AuthHeaders>,
+    deadline: tokio::time::Instant,
+) -> AiError {
+    let status = response.status().as_u16();
+    let retry_after_secs = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = read_body(response, MAX_ERROR_BYTES, deadline)
+        .await
+        .unwrap_or_default();
+    let message = if matches!(status, 401 | 403) {
+        // Such an answer is about Warden's own credentials and may quote part of them.
+        format!(
+            "it refused Warden's credentials (check the secret in ai.providers.{}.api_key_secret)",
+            route.provider_name
+        )
+    } else {
+        scrub(&error_message(&body), auth)
+    };
+    AiError::Upstream {
+        provider: route.provider_name.clone(),
+        status,
+        message,
+        retry_after_secs,
+    }
+}
+
+/// The message of an error answer in any of the three formats, or an excerpt of it.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        for pointer in ["/error/message", "/message", "/error", "/detail"] {
+            if let Some(text) = value.pointer(pointer).and_then(Value::as_str) {
+                return text.chars().take(500).collect();
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let excerpt: String = text.trim().chars().take(300).collect();
+    if excerpt.is_empty() {
+        "no details".to_owned()
+    } else {
+        excerpt
+    }
+}
+
+/// Removes the provider's key from a message should the provider have echoed it.
+fn scrub(message: &str, auth: Option<&AuthHeaders>) -> String {
+    let mut message = message.to_owned();
+    for (_, value) in auth.iter().flat_map(|a| a.iter()) {
+        if let Ok(text) = value.to_str() {
+            let key = text.strip_prefix("Bearer ").unwrap_or(text);
+            if key.len() >= 4 && message.contains(key) {
+                message = message.replace(key, "[redacted]");
+            }
+        }
+    }
+    message
+}
+
+/// A reqwest error with its causes (the URL it names never holds a key).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An error event in the client's format, sent when a stream fails midway.
+fn stream_error(format: Wire, message: &str) -> Bytes {
+    match format {
+        Wire::Anthropic => event_bytes(
+            Some("error"),
+            &anthropic::error_body(message, "api_error").to_string(),
+        ),
+        _ => event_bytes(
+            None,
+            &openai::error_body(message, "api_error", "upstream_error").to_string(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounting
+// ---------------------------------------------------------------------------------------
+
+/// The `ai_requests` row of one request, and the budgets it is charged to. Written once:
+/// by [`Accounting::finish`], or by `Drop` when the request is abandoned.
+pub(crate) struct Accounting {
+    row: Option<AiRequestRecord>,
+    started: Instant,
+    usage: Usage,
+    /// The model the provider says answered.
+    answered_model: Option<String>,
+    ttft: Option<Duration>,
+    content_deltas: u64,
+    audit: Audit,
+    pool: deadpool_postgres::Pool,
+    state: Arc<AiState>,
+    route: Arc<Route>,
+    budgets: Vec<Applied>,
+}
+
+/// A charge to the budgets, made after the row is queued.
+struct Charge {
+    pool: deadpool_postgres::Pool,
+    budgets: Vec<Applied>,
+    cost: i64,
+    tokens: i64,
+}
+
+impl Charge {
+    async fn run(self) {
+        if let Err(error) = budgets::charge(&self.pool, &self.budgets, self.cost, self.tokens).await
+        {
+            tracing::error!(%error, "a model request could not be charged to its budgets");
+        }
+    }
+}
+
+impl Accounting {
+    /// Takes note of what a stream delivered.
+    fn observe(&mut self, deltas: &[Delta]) {
+        for delta in deltas {
+            match delta {
+                Delta::Start { model, .. } if !model.is_empty() => {
+                    self.answered_model = Some(model.clone())
+                }
+                Delta::Usage(usage) => self.usage.merge(*usage),
+                d if d.is_content() => {
+                    self.content_deltas += 1;
+                    if self.ttft.is_none() {
+                        self.ttft = Some(self.started.elapsed());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The finished row and the charge it implies; `None` once taken.
+    fn close(
+        &mut self,
+        status: ToolStatus,
+        error: Option<String>,
+    ) -> Option<(AuditRecord, Option<Charge>)> {
+        let mut row = self.row.take()?;
+        let usage = self.usage;
+        let price = self
+            .state
+            .price(self.answered_model.as_deref(), &self.route);
+        let cost = price.and_then(|p| pricing::cost_microdollars(&usage, &p));
+        let as_i64 = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        row.input_tokens = as_i64(usage.input);
+        row.output_tokens = as_i64(usage.output);
+        row.cache_read_tokens = as_i64(usage.cache_read);
+        row.cache_write_tokens = as_i64(usage.cache_write);
+        row.cost_microdollars = cost;
+        row.latency_ms =
+            Some(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX));
+        row.ttft_ms = self
+            .ttft
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        if let Some(model) = self.answered_model.take() {
+            row.model = model;
+        }
+        record_metrics(&self.route, status, &usage, cost, self.started.elapsed(), self.ttft);
+        row.status = status;
+        row.error = error;
+        let charge = (!self.budgets.is_empty() && !usage.is_empty()).then(|| Charge {
+            pool: self.pool.clone(),
+            budgets: std::mem::take(&mut self.budgets),
+            cost: cost.unwrap_or(0),
+            tokens: i64::try_from(usage.total()).unwrap_or(i64::MAX),
+        });
+        Some((AuditRecord::AiRequest(Box::new(row)), charge))
+    }
+
+    /// Writes the row and charges the budgets (before the client sees the end of the
+    /// answer, so its next request is checked against this one's usage).
+    async fn finish(&mut self, status: ToolStatus, error: Option<String>) {
+        let Some((record, charge)) = self.close(status, error) else {
+            return;
+        };
+        // `record_completed`: the request was admitted and ran, so its row is kept even
+        // while the trail refuses new requests.
+        if let Err(refused) = self.audit.record_completed(record).await {
+            tracing::error!(error = %refused, "a model request's audit row was refused");
+        }
+        if let Some(charge) = charge {
+            charge.run().await;
+        }
+    }
+
+    fn abandoned_message(&self) -> String {
+        let tokens = if self.usage.is_empty() {
+            "the provider had reported no usage yet, so tokens and cost are unknown"
+        } else {
+            "tokens are the provider's last report before then (output may be undercounted)"
+        };
+        format!(
+            "the client went away before the answer was complete ({} content events relayed); {tokens}",
+            self.content_deltas
+        )
+    }
+}
+
+/// Prometheus figures for one finished request (labels bounded by the profile: provider
+/// names and model aliases).
+fn record_metrics(
+    route: &Route,
+    status: ToolStatus,
+    usage: &Usage,
+    cost: Option<i64>,
+    latency: Duration,
+    ttft: Option<Duration>,
+) {
+    let provider = route.provider_name.clone();
+    let model = route.alias.clone();
+    metrics::counter!("warden_ai_requests_total", "provider" => provider.clone(),
+        "model" => model.clone(), "status" => status.as_str())
+    .increment(1);
+    for (class, tokens) in [
+        ("input", usage.input),
+        ("output", usage.output),
+        ("cache_read", usage.cache_read),
+        ("cache_write", usage.cache_write),
+    ] {
+        if let Some(tokens) = tokens {
+            metrics::counter!("warden_ai_tokens_total", "provider" => provider.clone(),
+                "model" => model.clone(), "class" => class)
+            .increment(tokens);
+        }
+    }
+    if let Some(cost) = cost {
+        metrics::counter!("warden_ai_cost_microdollars_total", "provider" => provider.clone(),
+            "model" => model.clone())
+        .increment(u64::try_from(cost).unwrap_or(0));
+    }
+    metrics::histogram!("warden_ai_request_seconds", "provider" => provider.clone())
+        .record(latency.as_secs_f64());
+    if let Some(ttft) = ttft {
+        metrics::histogram!("warden_ai_ttft_seconds", "provider" => provider)
+            .record(ttft.as_secs_f64());
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        if self.row.is_none() {
+            return;
+        }
+        let message = self.abandoned_message();
+        let Some((record, charge)) = self.close(ToolStatus::Cancelled, Some(message)) else {
+            return;
+        };
+        let audit = self.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(refused) = audit.record_completed(record).await {
+                        tracing::error!(error = %refused, "a model request's audit row was refused");
+                    }
+                    if let Some(charge) = charge {
+                        charge.run().await;
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::error!("a cancelled model request could not be recorded: no runtime")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------
+
+enum Mode {
+    /// Same format: events go out as they came.
+    Passthrough {
+        /// An OpenAI client that did not ask for `include_usage` does not get the usage
+        /// chunk Warden asked for on its behalf.
+        hold_usage_chunks: bool,
+    },
+    Translate(Box<dyn StreamEncoder>),
+}
+
+/// Relays one upstream event stream to the client.
+struct Relay {
+    upstream: reqwest::Response,
+    reader: SseReader,
+    decoder: Box<dyn StreamDecoder>,
+    provider_wire: Wire,
+    client_wire: Wire,
+    mode: Mode,
+    /// The longest wait for the next piece of the answer.
+    idle: Duration,
+    account: Accounting,
+    events: Vec<SseEvent>,
+    deltas: Vec<Delta>,
+    /// Nothing more goes to the client.
+    closed: bool,
+    /// The provider's end marker arrived.
+    finished: bool,
+    /// The provider said why the answer ended (`finish_reason`, `stop_reason`, …).
+    saw_finish: bool,
+}
+
+enum Failure {
+    Provider(String),
+    Warden(ToolStatus, String),
+}
+
+impl Relay {
+    /// The next bytes for the client; `None` when the answer is over.
+    async fn next(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        while !self.closed {
+            let chunk = tokio::time::timeout(self.idle, self.upstream.chunk()).await;
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            let mut failure = None;
+            let mut ended = false;
+            match chunk {
+                Err(_) => {
+                    failure = Some(Failure::Warden(
+                        ToolStatus::Timeout,
+                        format!(
+                            "provider `{}` sent nothing for {} (ai.providers.{}.timeout); the answer was cut off",
+                            self.account.route.provider_name,
+                            humantime::format_duration(self.idle),
+                            self.account.route.provider_name
+                        ),
+                    ))
+                }
+                Ok(Err(error)) => {
+                    failure = Some(Failure::Warden(
+                        ToolStatus::Error,
+                        format!(
+                            "the connection to provider `{}` broke mid-answer: {}",
+                            self.account.route.provider_name,
+                            describe(&error)
+                        ),
+                    ))
+                }
+                Ok(Ok(None)) => {
+                    self.reader.finish(&mut events);
+                    ended = true;
+                }
+                Ok(Ok(Some(bytes))) => {
+                    if let Err(message) = self.reader.push(&bytes, &mut events) {
+                        failure = Some(Failure::Warden(ToolStatus::Error, message));
+                    }
+                }
+            }
+            if failure.is_none() {
+                failure = self.relay(&events, &mut out);
+            }
+            self.events = events;
+            if failure.is_none() && ended && !self.finished {
+                failure = self.end_without_marker(&mut out);
+            }
+            match failure {
+                Some(Failure::Provider(message)) => {
+                    self.closed = true;
+                    self.account
+                        .finish(
+                            ToolStatus::Error,
+                            Some(format!(
+                                "provider `{}` reported: {message}",
+                                self.account.route.provider_name
+                            )),
+                        )
+                        .await;
+                }
+                Some(Failure::Warden(status, message)) => {
+                    self.closed = true;
+                    out.extend_from_slice(&stream_error(self.client_wire, &message));
+                    self.account.finish(status, Some(message)).await;
+                }
+                None if self.finished => {
+                    self.closed = true;
+                    self.account.finish(ToolStatus::Success, None).await;
+                }
+                None => {}
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+        }
+        None
+    }
+
+    /// Sends on what `events` hold; a failure stops the stream.
+    fn relay(&mut self, events: &[SseEvent], out: &mut BytesMut) -> Option<Failure> {
+        for event in events {
+            if self.finished {
+                break;
+            }
+            self.deltas.clear();
+            if let Err(message) = self.decoder.decode(event, &mut self.deltas) {
+                return Some(Failure::Warden(ToolStatus::Error, message));
+            }
+            self.account.observe(&self.deltas);
+            match &mut self.mode {
+                Mode::Passthrough { hold_usage_chunks } => {
+                    let usage_only = self.deltas.iter().any(|d| matches!(d, Delta::Usage(_)))
+                        && self
+                            .deltas
+                            .iter()
+                            .all(|d| matches!(d, Delta::Usage(_) | Delta::Start { .. }));
+                    if !(*hold_usage_chunks && usage_only) {
+                        write_event(out, event.event.as_deref(), &event.data);
+                    }
+                }
+                Mode::Translate(encoder) => {
+                    for delta in &self.deltas {
+                        encoder.encode(delta, out);
+                    }
+                }
+            }
+            for delta in &self.deltas {
+                match delta {
+                    Delta::Done => self.finished = true,
+                    Delta::Finish(_) => self.saw_finish = true,
+                    Delta::Error(message) => return Some(Failure::Provider(message.clone())),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// The connection ended without the provider's end marker: Gemini streams end that
+    /// way; for the others it means the answer was cut off, unless it had finished.
+    fn end_without_marker(&mut self, out: &mut BytesMut) -> Option<Failure> {
+        if !(self.provider_wire == Wire::Gemini || self.saw_finish) {
+            return Some(Failure::Warden(
+                ToolStatus::Error,
+                format!(
+                    "provider `{}` closed the stream before the answer was complete",
+                    self.account.route.provider_name
+                ),
+            ));
+        }
+        if let Mode::Translate(encoder) = &mut self.mode {
+            encoder.encode(&Delta::Done, out);
+        }
+        self.finished = true;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_found_in_every_format_and_keys_are_scrubbed() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#),
+            "slow down"
+        );
+        assert_eq!(
+            error_message(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#
+            ),
+            "busy"
+        );
+        assert_eq!(error_message(b"upstream exploded"), "upstream exploded");
+        assert_eq!(error_message(b""), "no details");
+        let mut value = HeaderValue::from_static("Bearer sk-secret-123");
+        value.set_sensitive(true);
+        let auth: AuthHeaders = vec![(HeaderName::from_static("authorization"), value)].into();
+        assert_eq!(
+            scrub("bad key sk-secret-123 given", Some(&auth)),
+            "bad key [redacted] given"
+        );
+    }
+
+    #[test]
+    fn unknown_models_list_what_the_caller_may_use() {
+        let error = AiError::UnknownModel {
+            model: "gpt-9".into(),
+            allowed: vec!["claude".into(), "llama".into()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "unknown model `gpt-9`; models you may use: claude, llama"
+        );
+    }
+}

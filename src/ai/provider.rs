@@ -1,0 +1,271 @@
+//! Providers: where a model request goes and how it is authenticated.
+//!
+//! A **provider kind** (`anthropic`, `openai`, `gemini`, `openai_compatible`) is a factory
+//! contributed through the registry (`Registry::ai_providers`), exactly as an extension
+//! would add one (say, a provider behind a corporate proxy with its own auth); the
+//! built-ins register themselves in `lib.rs`. A factory turns one `ai.providers.<name>`
+//! entry into a [`Provider`]: the wire format it speaks, the URL for a model, and the
+//! headers that carry its key.
+//!
+//! The key itself comes from the secret store (`api_key_secret`) and reaches only
+//! [`Provider::auth_headers`], whose values are marked sensitive (never printed by
+//! `Debug`) and set on the upstream request alone. Nothing from the client's request
+//! headers is forwarded, apart from `anthropic-version` and `anthropic-beta` to an
+//! Anthropic provider when the client speaks that format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use warden_actors::redact::Redacted;
+
+use super::wire::Wire;
+use super::wire::openai::Dialect;
+
+/// One validated `ai.providers.<name>` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderSettings {
+    pub name: String,
+    pub kind: String,
+    /// Without a trailing slash; `None` takes the kind's default.
+    pub base_url: Option<String>,
+    /// The secret-store entry with the API key (`None`: the upstream needs no key).
+    pub api_key_secret: Option<String>,
+    /// Extra headers on every upstream request (organisation ids, routing hints).
+    pub headers: Vec<(String, String)>,
+    /// How long Warden waits for the answer to begin, and between two pieces of a
+    /// streamed answer (the whole answer when not streaming).
+    pub timeout: Duration,
+}
+
+/// A configured provider.
+pub trait Provider: Send + Sync + 'static {
+    /// The wire format its endpoint speaks.
+    fn wire(&self) -> Wire;
+
+    /// The URL a request for `model` goes to.
+    fn url(&self, model: &str, stream: bool) -> String;
+
+    /// The headers that carry `key` (marked sensitive).
+    fn auth_headers(
+        &self,
+        key: &Redacted<String>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String>;
+
+    /// Fixed headers on every request (the kind's own and the profile's `headers`).
+    fn fixed_headers(&self) -> &[(HeaderName, HeaderValue)];
+
+    /// How an OpenAI-format request is spelled for it.
+    fn dialect(&self) -> Dialect {
+        Dialect {
+            max_tokens_field: "max_tokens",
+        }
+    }
+}
+
+/// Builds a provider from its profile entry; an error names what is wrong with it.
+pub type ProviderFactory =
+    Arc<dyn Fn(&ProviderSettings) -> Result<Arc<dyn Provider>, String> + Send + Sync>;
+
+/// The kinds built into Warden.
+pub const BUILTIN_KINDS: &[&str] = &["anthropic", "openai", "gemini", "openai_compatible"];
+
+/// Registers the built-in kinds (called from `lib.rs`, like any extension's).
+pub fn register_builtins(registry: &mut crate::extension::Registry) {
+    for kind in BUILTIN_KINDS {
+        registry.ai_providers("warden", kind, move |settings| builtin(kind, settings));
+    }
+}
+
+/// A built-in provider: its wire format, default base URL, key header and URL shape.
+struct Builtin {
+    wire: Wire,
+    base_url: String,
+    dialect: Dialect,
+    key_header: HeaderName,
+    bearer: bool,
+    fixed: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>, String> {
+    let (wire, default_url, key_header, bearer, max_tokens_field) = match kind {
+        "anthropic" => (
+            Wire::Anthropic,
+            Some("https://api.anthropic.com"),
+            "x-api-key",
+            false,
+            "max_tokens",
+        ),
+        "openai" => (
+            Wire::OpenAi,
+            Some("https://api.openai.com/v1"),
+            "authorization",
+            true,
+            "max_completion_tokens",
+        ),
+        "gemini" => (
+            Wire::Gemini,
+            Some("https://generativelanguage.googleapis.com/v1beta"),
+            "x-goog-api-key",
+            false,
+            "max_tokens",
+        ),
+        "openai_compatible" => (Wire::OpenAi, None, "authorization", true, "max_tokens"),
+        other => return Err(format!("`{other}` is not a built-in provider kind")),
+    };
+    let base_url = settings
+        .base_url
+        .clone()
+        .or_else(|| default_url.map(str::to_owned))
+        .ok_or_else(|| {
+            "`base_url` is required for kind `openai_compatible` (the server's OpenAI-style \
+             API root, such as http://127.0.0.1:8000/v1)"
+                .to_owned()
+        })?;
+    let mut fixed = Vec::new();
+    if wire == Wire::Anthropic {
+        fixed.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(super::wire::anthropic::API_VERSION),
+        ));
+    }
+    for (name, value) in &settings.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("`headers.{name}` is not a valid header name"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("`headers.{name}` has a value that is not a valid header"))?;
+        fixed.retain(|(n, _)| *n != name);
+        fixed.push((name, value));
+    }
+    Ok(Arc::new(Builtin {
+        wire,
+        base_url,
+        dialect: Dialect { max_tokens_field },
+        key_header: HeaderName::from_static(key_header),
+        bearer,
+        fixed,
+    }))
+}
+
+impl Provider for Builtin {
+    fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    fn url(&self, model: &str, stream: bool) -> String {
+        match self.wire {
+            Wire::OpenAi => format!("{}/chat/completions", self.base_url),
+            Wire::Anthropic => format!("{}/v1/messages", self.base_url),
+            Wire::Gemini if stream => format!(
+                "{}/models/{}:streamGenerateContent?alt=sse",
+                self.base_url,
+                encode_segment(model)
+            ),
+            Wire::Gemini => format!(
+                "{}/models/{}:generateContent",
+                self.base_url,
+                encode_segment(model)
+            ),
+        }
+    }
+
+    fn auth_headers(
+        &self,
+        key: &Redacted<String>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        let text = if self.bearer {
+            format!("Bearer {}", key.expose())
+        } else {
+            key.expose().clone()
+        };
+        // The error names the secret's owner, never its value.
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| "the key holds characters a header cannot carry".to_owned())?;
+        value.set_sensitive(true);
+        Ok(vec![(self.key_header.clone(), value)])
+    }
+
+    fn fixed_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.fixed
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// Percent-encodes what may not appear in a path segment.
+fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(kind: &str, base_url: Option<&str>) -> ProviderSettings {
+        ProviderSettings {
+            name: "p".into(),
+            kind: kind.into(),
+            base_url: base_url.map(str::to_owned),
+            api_key_secret: Some("k".into()),
+            headers: vec![("OpenAI-Organization".into(), "org-1".into())],
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn each_kind_has_its_url_and_key_header() {
+        let key = Redacted::new("sk-test".to_owned());
+        let anthropic = builtin("anthropic", &settings("anthropic", None)).unwrap();
+        assert_eq!(
+            anthropic.url("m", true),
+            "https://api.anthropic.com/v1/messages"
+        );
+        let headers = anthropic.auth_headers(&key).unwrap();
+        assert_eq!(headers[0].0, "x-api-key");
+        assert!(headers[0].1.is_sensitive());
+        assert!(!format!("{:?}", headers[0].1).contains("sk-test"));
+        assert!(
+            anthropic
+                .fixed_headers()
+                .iter()
+                .any(|(n, _)| n == "anthropic-version")
+        );
+
+        let openai = builtin("openai", &settings("openai", None)).unwrap();
+        assert_eq!(
+            openai.url("m", false),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(openai.auth_headers(&key).unwrap()[0].1, "Bearer sk-test");
+        assert_eq!(openai.dialect().max_tokens_field, "max_completion_tokens");
+
+        let gemini = builtin(
+            "gemini",
+            &settings("gemini", Some("http://127.0.0.1:9/v1beta")),
+        )
+        .unwrap();
+        assert_eq!(
+            gemini.url("gemini-2.5-flash", true),
+            "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            gemini.url("a/b", false),
+            "http://127.0.0.1:9/v1beta/models/a%2Fb:generateContent"
+        );
+
+        let err = builtin("openai_compatible", &settings("openai_compatible", None))
+            .err()
+            .unwrap();
+        assert!(err.contains("`base_url` is required"), "{err}");
+    }
+}

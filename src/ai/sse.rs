@@ -1,0 +1,173 @@
+//! Server-Sent Events as the providers send them: an incremental reader that keeps each
+//! event's name (Anthropic's SDKs dispatch on `event:`), and the writer for events sent on
+//! to the client. The reader tolerates chunks split anywhere, `\r\n` line ends, comments
+//! and multi-line `data`; it refuses an event larger than [`MAX_EVENT_BYTES`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The largest single event accepted from a provider.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// One event: its name (`event:`) if any, and its data (`data:` lines joined by `\n`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental reader.
+#[derive(Default)]
+pub struct SseReader {
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already scanned for a line end.
+    scanned: usize,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+impl SseReader {
+    /// Adds `chunk`, appending every event it completes to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), String> {
+        self.buffer.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(offset) = self.buffer[self.scanned..].iter().position(|b| *b == b'\n') {
+            let end = self.scanned + offset;
+            let mut line = &self.buffer[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let line = String::from_utf8_lossy(line).into_owned();
+            self.line(&line, out);
+            start = end + 1;
+            self.scanned = start;
+        }
+        self.buffer.drain(..start);
+        self.scanned -= start;
+        if self.buffer.len() + self.data.len() > MAX_EVENT_BYTES {
+            return Err(format!(
+                "the provider sent an event larger than {MAX_EVENT_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.has_data {
+                out.push(SseEvent {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
+                self.has_data = false;
+            }
+            self.event = None;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            // `id:` and `retry:` mean nothing on a one-shot response stream.
+            _ => {}
+        }
+    }
+
+    /// What is left when the stream ends: a final event without its blank line (some
+    /// servers end that way).
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.buffer.is_empty() {
+            let rest = String::from_utf8_lossy(&self.buffer).into_owned();
+            self.buffer.clear();
+            self.scanned = 0;
+            for line in rest.split('\n') {
+                self.line(line.trim_end_matches('\r'), out);
+            }
+        }
+        self.line("", out);
+    }
+}
+
+/// Appends one event to `out`: `event: NAME` (when given) and `data: …`, then a blank line.
+pub fn write_event(out: &mut BytesMut, event: Option<&str>, data: &str) {
+    out.reserve(data.len() + event.map_or(0, str::len) + 16);
+    if let Some(event) = event {
+        out.put_slice(b"event: ");
+        out.put_slice(event.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in data.split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+/// One event as bytes.
+pub fn event_bytes(event: Option<&str>, data: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    write_event(&mut out, event, data);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_their_names_across_split_chunks() {
+        let mut reader = SseReader::default();
+        let mut out = Vec::new();
+        reader
+            .push(b"event: message_start\r\ndata: {\"a\"", &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        reader
+            .push(
+                b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\ndata: [DONE]",
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            [
+                SseEvent {
+                    event: Some("message_start".into()),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "x\ny".into()
+                },
+            ]
+        );
+        out.clear();
+        reader.finish(&mut out);
+        assert_eq!(out[0].data, "[DONE]");
+    }
+
+    #[test]
+    fn written_events_read_back() {
+        let mut bytes = BytesMut::new();
+        write_event(&mut bytes, Some("ping"), "{}");
+        write_event(&mut bytes, None, "a\nb");
+        let mut reader = SseReader::default();
+        let mut out = Vec::new();
+        reader.push(&bytes, &mut out).unwrap();
+        assert_eq!(out[0].event.as_deref(), Some("ping"));
+        assert_eq!(out[1].data, "a\nb");
+    }
+}

@@ -1,0 +1,294 @@
+//! The wire formats Warden speaks with clients and providers, and the neutral form
+//! requests and answers pass through when a client's format differs from its provider's.
+//!
+//! - [`openai`]: chat completions (clients on `/v1/chat/completions`; `openai` and
+//!   `openai_compatible` providers).
+//! - [`anthropic`]: messages (clients on `/v1/messages`; `anthropic` providers).
+//! - [`gemini`]: `generateContent` / `streamGenerateContent` (`gemini` providers only).
+//!
+//! When client and provider speak the same format, the request is forwarded as sent (only
+//! `model` is replaced, and an OpenAI stream asks for its usage report) and the answer
+//! comes back byte for byte, event for event; the decoders only watch it for usage. When
+//! they differ, the request is parsed into a [`ChatRequest`], rendered for the provider,
+//! and the answer decoded into [`ChatResponse`] or a stream of [`Delta`]s and rendered for
+//! the client. Fields with no equivalent on the other side are refused with a message
+//! naming them, except the few listed in `docs/ai-gateway.md` as dropped (hints that do
+//! not change what an answer means, such as Anthropic's `cache_control`).
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use thiserror::Error;
+
+use super::pricing::Usage;
+use super::sse::SseEvent;
+
+/// A wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Wire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+            Wire::Gemini => "gemini",
+        }
+    }
+}
+
+/// Why a request cannot be read or rendered.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The request is malformed in its own format.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request uses something the provider's format cannot express.
+    #[error("{what} cannot be translated for a provider speaking the {target} format")]
+    Untranslatable { what: String, target: &'static str },
+}
+
+impl WireError {
+    /// Names the provider's format in an [`WireError::Untranslatable`] (the readers do not
+    /// know it).
+    pub fn toward(self, target: Wire) -> WireError {
+        match self {
+            WireError::Untranslatable { what, .. } => WireError::Untranslatable {
+                what,
+                target: target.as_str(),
+            },
+            other => other,
+        }
+    }
+}
+
+pub(crate) fn invalid(message: impl Into<String>) -> WireError {
+    WireError::Invalid(message.into())
+}
+
+/// A chat request in neutral form.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatRequest {
+    /// System instructions, in order.
+    pub system: Vec<String>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub max_tokens: Option<u64>,
+    /// Numbers are kept as the client wrote them.
+    pub temperature: Option<Value>,
+    pub top_p: Option<Value>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    /// An end-user identifier for the provider's abuse monitoring.
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image(Image),
+    /// A tool call the assistant made; `arguments` is JSON text.
+    ToolCall(ToolCall),
+    /// The result of a tool call, sent back by the user side.
+    ToolResult(ToolResult),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Image {
+    Base64 { media_type: String, data: String },
+    Url(String),
+}
+
+impl Image {
+    /// Reads an OpenAI `image_url.url`: a `data:` URL or a plain URL.
+    pub fn from_url(url: &str) -> Image {
+        if let Some(rest) = url.strip_prefix("data:")
+            && let Some((media_type, data)) = rest.split_once(";base64,")
+        {
+            return Image::Base64 {
+                media_type: media_type.to_owned(),
+                data: data.to_owned(),
+            };
+        }
+        Image::Url(url.to_owned())
+    }
+
+    pub fn to_url(&self) -> String {
+        match self {
+            Image::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+            Image::Url(url) => url.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolResult {
+    pub id: String,
+    pub content: String,
+    pub is_error: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Tool(String),
+}
+
+/// Why the model stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    Other(String),
+}
+
+/// A complete answer in neutral form.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    /// Text and tool calls, in order.
+    pub parts: Vec<Part>,
+    pub finish: Option<Finish>,
+    pub usage: Usage,
+}
+
+/// One step of a streamed answer in neutral form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delta {
+    Start {
+        id: String,
+        model: String,
+    },
+    Text(String),
+    /// A tool call begins; `index` counts tool calls within the answer from 0.
+    ToolStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// More of a tool call's arguments (JSON text, in pieces).
+    ToolArgs {
+        index: usize,
+        json: String,
+    },
+    Finish(Finish),
+    /// Usage as reported so far (counts are cumulative).
+    Usage(Usage),
+    /// The provider reported an error inside the stream.
+    Error(String),
+    /// The provider's end-of-stream marker.
+    Done,
+}
+
+impl Delta {
+    /// True for deltas that carry part of the answer (what time-to-first-token waits for).
+    pub fn is_content(&self) -> bool {
+        matches!(
+            self,
+            Delta::Text(_) | Delta::ToolStart { .. } | Delta::ToolArgs { .. }
+        )
+    }
+}
+
+/// Reads a provider's stream events into deltas.
+pub trait StreamDecoder: Send {
+    fn decode(&mut self, event: &SseEvent, out: &mut Vec<Delta>) -> Result<(), String>;
+}
+
+/// Writes deltas as a client's stream events.
+pub trait StreamEncoder: Send {
+    fn encode(&mut self, delta: &Delta, out: &mut BytesMut);
+}
+
+/// The decoder for a provider's format.
+pub fn decoder(wire: Wire) -> Box<dyn StreamDecoder> {
+    match wire {
+        Wire::OpenAi => Box::new(openai::Decoder::default()),
+        Wire::Anthropic => Box::new(anthropic::Decoder::default()),
+        Wire::Gemini => Box::new(gemini::Decoder::default()),
+    }
+}
+
+/// The encoder for a client's format (clients speak OpenAI or Anthropic).
+pub fn encoder(wire: Wire, include_usage: bool) -> Box<dyn StreamEncoder> {
+    match wire {
+        Wire::Anthropic => Box::new(anthropic::Encoder::default()),
+        Wire::OpenAi | Wire::Gemini => Box::new(openai::Encoder::new(include_usage)),
+    }
+}
+
+/// Reads a JSON number field as a u64.
+pub(crate) fn count(value: &Value, key: &str) -> Option<u64> {
+    value.get(key).and_then(Value::as_u64)
+}
+
+/// The text of a string field, or an error naming it.
+pub(crate) fn string<'a>(value: &'a Value, key: &str, context: &str) -> Result<&'a str, WireError> {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{context}: `{key}` must be a string")))
+}
+
+/// Seconds since the Unix epoch (OpenAI's `created`).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Merges consecutive messages of the same role (Anthropic and Gemini want turns to
+/// alternate; an OpenAI conversation has one `tool` message per result).
+pub(crate) fn merge_turns(messages: &[Message]) -> Vec<Message> {
+    let mut merged: Vec<Message> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match merged.last_mut() {
+            Some(last) if last.role == message.role => {
+                last.parts.extend(message.parts.iter().cloned())
+            }
+            _ => merged.push(message.clone()),
+        }
+    }
+    merged
+}

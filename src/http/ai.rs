@@ -1,0 +1,305 @@
+//! The AI gateway's endpoints: `POST /v1/chat/completions` (OpenAI format),
+//! `POST /v1/messages` (Anthropic format), streaming or not, and `GET /v1/models` (the
+//! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
+//! carries `anthropic-version`).
+//!
+//! This file knows HTTP: the caller's token (`Authorization: Bearer`, or `x-api-key` as
+//! Anthropic's SDKs send it), the body limit (`server.max_body_bytes`) and depth limit,
+//! `traceparent` in and out, and the status of every failure — answered in the client's
+//! own error shape so its SDK reads it. The request itself is `ai::Ai::chat`.
+//!
+//! | Failure | Status |
+//! | --- | --- |
+//! | no or bad token | 401 with `WWW-Authenticate` |
+//! | malformed body, or a field the provider's format cannot express | 400 |
+//! | the model is not configured (the message lists the ones the caller may use) | 404 |
+//! | missing scope | 403 (`insufficient_scope`) |
+//! | body over `server.max_body_bytes` | 413 |
+//! | rate limit or spent budget | 429 with `Retry-After` |
+//! | provider answered 4xx/5xx | the same status (401/403 from the provider become 502: they are about Warden's key, not the caller's token); 429 keeps `Retry-After` |
+//! | provider unreachable, or its answer unreadable | 502 |
+//! | provider did not answer within its `timeout` | 504 |
+//! | audit trail refusing, budget counters or key unreachable | 503 |
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use warden_actors::trace::TraceContext;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::ai::budgets::BudgetError;
+use crate::ai::wire::{Wire, anthropic, openai};
+use crate::ai::{AiError, Answer, Caller};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+}
+
+async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    serve(app, headers, body, Wire::OpenAi).await
+}
+
+async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    serve(app, headers, body, Wire::Anthropic).await
+}
+
+fn trace_of(headers: &HeaderMap) -> TraceContext {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::generate)
+}
+
+async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> Response {
+    let trace = trace_of(&headers);
+    let result = async {
+        let principal = authenticate(&app, &headers).await?;
+        let (limit, depth) = {
+            let config = app.config.load();
+            (config.server.max_body_bytes, config.server.max_json_depth)
+        };
+        let bytes = read_body(body, limit).await?;
+        if super::jsonlimits::exceeds_depth(&bytes, depth) {
+            return Err(ApiError::BadRequest(format!(
+                "the body nests deeper than {depth} levels (server.max_json_depth)"
+            )));
+        }
+        let caller = Caller {
+            principal,
+            trace,
+            session_id: headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            anthropic_headers: ["anthropic-version", "anthropic-beta"]
+                .iter()
+                .filter_map(|name| {
+                    headers
+                        .get(*name)
+                        .map(|v| (HeaderName::from_static(name), v.clone()))
+                })
+                .collect(),
+        };
+        let policy = app.policy.load_full();
+        let limits = app.limits.load_full();
+        app.ai
+            .chat(&policy, &limits, &caller, format, &bytes)
+            .await
+            .map_err(|error| api_error(&app, error))
+    }
+    .await;
+    let mut response = match result {
+        Ok(Answer::Complete(bytes)) => {
+            ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+        }
+        Ok(Answer::Stream(stream)) => (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(stream),
+        )
+            .into_response(),
+        Err(error) => error_response(format, error),
+    };
+    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
+async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let anthropic = headers.contains_key("anthropic-version");
+    let format = if anthropic {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let principal = match authenticate(&app, &headers).await {
+        Ok(principal) => principal,
+        Err(error) => return error_response(format, error),
+    };
+    let models = app.ai.models_for(&app.policy.load(), &principal);
+    let body = if anthropic {
+        json!({
+            "data": models.iter().map(|(alias, _)| json!({
+                "type": "model",
+                "id": alias,
+                "display_name": alias,
+                "created_at": "1970-01-01T00:00:00Z",
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": models.first().map(|(a, _)| a),
+            "last_id": models.last().map(|(a, _)| a),
+        })
+    } else {
+        json!({
+            "object": "list",
+            "data": models.iter().map(|(alias, provider)| json!({
+                "id": alias,
+                "object": "model",
+                "created": 0,
+                "owned_by": provider,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    axum::Json(body).into_response()
+}
+
+/// The caller's token: `Authorization: Bearer …`, or `x-api-key` (what Anthropic's SDKs
+/// send; it carries a Warden token here, never a provider key).
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<std::sync::Arc<crate::auth::Principal>, ApiError> {
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    {
+        let mut with_bearer = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}")) {
+            with_bearer.insert(header::AUTHORIZATION, value);
+        }
+        return super::authenticate(app, &with_bearer).await;
+    }
+    super::authenticate(app, headers).await
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {error}"
+        ))),
+    }
+}
+
+/// The HTTP answer for an AI gateway failure.
+fn api_error(app: &AppState, error: AiError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        AiError::BadRequest(_) | AiError::Translation(_) => ApiError::BadRequest(message),
+        AiError::UnknownModel { .. } => ApiError::NotFound(message),
+        AiError::Denied { denial, .. } => ApiError::Forbidden {
+            denial,
+            resource_metadata: app.resource_metadata_url(),
+        },
+        AiError::RateLimited(limited) => ApiError::RateLimited {
+            retry_after_secs: limited.retry_after_secs(),
+            message,
+        },
+        AiError::Budget(budget) => match *budget {
+            BudgetError::Exhausted { .. } => ApiError::RateLimited {
+                retry_after_secs: budget.retry_after_secs().unwrap_or(60),
+                message,
+            },
+            BudgetError::Unavailable { .. } => ApiError::Unavailable(message),
+        },
+        AiError::Audit(_) | AiError::Key(_) => ApiError::Unavailable(message),
+        AiError::Upstream {
+            status,
+            retry_after_secs,
+            ..
+        } => ApiError::Upstream {
+            status: passed_on(status),
+            message,
+            retry_after_secs,
+        },
+        AiError::Unreachable { .. } | AiError::BadAnswer { .. } => ApiError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            message,
+            retry_after_secs: None,
+        },
+        AiError::Timeout { .. } => ApiError::Upstream {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message,
+            retry_after_secs: None,
+        },
+    }
+}
+
+/// The status a provider's error answer is passed on with: its own, except that a
+/// refusal of Warden's credentials (401, 403) is a bad gateway for the caller, and a
+/// provider-side request timeout (408) a gateway timeout.
+fn passed_on(upstream: u16) -> StatusCode {
+    match upstream {
+        401 | 403 => StatusCode::BAD_GATEWAY,
+        408 => StatusCode::GATEWAY_TIMEOUT,
+        400..=599 => StatusCode::from_u16(upstream).unwrap_or(StatusCode::BAD_GATEWAY),
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// `error` answered in the client's format (headers such as `WWW-Authenticate` and
+/// `Retry-After` as `ApiError` sets them).
+fn error_response(format: Wire, error: ApiError) -> Response {
+    let status = error.status();
+    let message = error.message();
+    let code = error.code();
+    let body: Value = match format {
+        Wire::Anthropic => anthropic::error_body(&message, anthropic_type(status)),
+        _ => openai::error_body(&message, openai_type(status), code),
+    };
+    let mut response = error.into_response();
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_statuses_pass_on_except_credential_refusals() {
+        assert_eq!(passed_on(429), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(passed_on(500), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(passed_on(529).as_u16(), 529);
+        assert_eq!(passed_on(400), StatusCode::BAD_REQUEST);
+        assert_eq!(passed_on(401), StatusCode::BAD_GATEWAY);
+        assert_eq!(passed_on(403), StatusCode::BAD_GATEWAY);
+        assert_eq!(passed_on(408), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(passed_on(302), StatusCode::BAD_GATEWAY);
+    }
+}
