@@ -68,7 +68,11 @@ const ID_STRIDE: u64 = 1_000_000_000;
 impl Target {
     /// Opens `n` clients (with their MCP handshakes), at most 32 at a time. Fails if any
     /// cannot be opened, naming how many and why.
-    pub async fn connect(&self, n: usize, first_caller: usize) -> Result<Vec<Client>, crate::Error> {
+    pub async fn connect(
+        &self,
+        n: usize,
+        first_caller: usize,
+    ) -> Result<Vec<Client>, crate::Error> {
         let mut clients = Vec::with_capacity(n);
         let mut failures: Vec<String> = Vec::new();
         for chunk_start in (0..n).step_by(32) {
@@ -104,7 +108,12 @@ impl Target {
             Err(crate::Error::Run(format!(
                 "{} of {n} clients could not connect: {}",
                 n - clients.len(),
-                failures.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                failures
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )))
         }
     }
@@ -189,7 +198,7 @@ pub async fn closed_loop(
                     Ok(()) => {}
                     Err(error) => {
                         if recorded {
-                            samples.error(&error.kind());
+                            samples.error_with(&error.kind(), || error.to_string());
                         }
                         // Do not spin on a target that fails fast.
                         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -273,6 +282,7 @@ pub async fn open_loop(
         let prefix = format!("{run}-o{}-", rate as u64);
         set.spawn(async move {
             let mut samples = Samples::default();
+            let mut last_done = measure_start;
             let mut tag = String::with_capacity(prefix.len() + 12);
             loop {
                 let next = rx.lock().await.recv().await;
@@ -291,30 +301,39 @@ pub async fn open_loop(
                 let done = Instant::now();
                 total.fetch_add(1, Ordering::Relaxed);
                 match outcome {
-                    Ok(()) if recorded => samples.ok(done - due),
+                    Ok(()) if recorded => {
+                        samples.ok(done - due);
+                        last_done = last_done.max(done);
+                    }
                     Ok(()) => {}
-                    Err(error) if recorded => samples.error(&error.kind()),
+                    Err(error) if recorded => {
+                        samples.error_with(&error.kind(), || error.to_string());
+                    }
                     Err(_) => {}
                 }
             }
-            (samples, client)
+            (samples, client, last_done)
         });
     }
     let mut samples = Samples::default();
     let mut clients = Vec::new();
+    let mut last_done = measure_start;
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((s, client)) => {
+            Ok((s, client, done)) => {
                 samples.merge(s);
                 clients.push(client);
+                last_done = last_done.max(done);
             }
             Err(_) => samples.error("driver_panic"),
         }
     }
+    // A target that fell behind finishes the window's calls late: its throughput is what
+    // it completed over the time it took, not the offered rate.
     let outcome = Outcome {
         samples,
         calls_total: total.load(Ordering::Relaxed),
-        window: plan.measure,
+        window: plan.measure.max(last_done - measure_start),
     };
     (outcome, clients)
 }

@@ -164,3 +164,27 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every source file opens with a `//!` doc saying what it owns.
+    #[test]
+    fn every_source_file_has_a_module_doc() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs")
+                && !std::fs::read_to_string(&path).unwrap().starts_with("//!")
+            {
+                missing.push(path);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "files without a module doc: {missing:?}"
+        );
+    }
+}

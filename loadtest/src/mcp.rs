@@ -150,7 +150,11 @@ struct InitializeResult {
 
 /// Finds the JSON-RPC response with id `id` in a JSON or SSE body and returns its
 /// `result` (owned), or the error it carries.
-pub fn extract_result(body: &[u8], event_stream: bool, id: &str) -> Result<Box<RawValue>, CallError> {
+pub fn extract_result(
+    body: &[u8],
+    event_stream: bool,
+    id: &str,
+) -> Result<Box<RawValue>, CallError> {
     let take = |answer: Answer<'_>| -> Result<Box<RawValue>, CallError> {
         if let Some(error) = answer.error {
             return Err(CallError::Rpc {
@@ -193,7 +197,9 @@ pub fn extract_result(body: &[u8], event_stream: bool, id: &str) -> Result<Box<R
         }
     }
     if other_ids.is_empty() {
-        Err(CallError::Protocol("no response in the event stream".into()))
+        Err(CallError::Protocol(
+            "no response in the event stream".into(),
+        ))
     } else {
         Err(CallError::Mismatch(format!(
             "expected id {id}, the stream answered {}",
@@ -270,7 +276,12 @@ impl Session {
         })
     }
 
-    fn request(&self, body: String, method: &str, name: Option<&str>) -> Result<Request<Full<Bytes>>, CallError> {
+    fn request(
+        &self,
+        body: String,
+        method: &str,
+        name: Option<&str>,
+    ) -> Result<Request<Full<Bytes>>, CallError> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.endpoint.path.as_str())
@@ -431,23 +442,33 @@ mod tests {
 
     #[test]
     fn another_callers_answer_is_a_mismatch() {
-        let body = br#"{"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"m-8"}]}}"#;
+        let body =
+            br#"{"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"m-8"}]}}"#;
         let error = extract_result(body, false, "7").unwrap_err();
         assert_eq!(error.kind(), "mismatch");
         let result = extract_result(body, false, "8").unwrap();
         assert_eq!(check_echo(&result, "m-7").unwrap_err().kind(), "mismatch");
         let sse = b"data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n";
-        assert_eq!(extract_result(sse, true, "7").unwrap_err().kind(), "mismatch");
+        assert_eq!(
+            extract_result(sse, true, "7").unwrap_err().kind(),
+            "mismatch"
+        );
     }
 
     #[test]
     fn rpc_errors_and_tool_errors_are_their_own_kinds() {
         let body = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Unknown tool"}}"#;
-        assert_eq!(extract_result(body, false, "1").unwrap_err().kind(), "rpc_-32602");
+        assert_eq!(
+            extract_result(body, false, "1").unwrap_err().kind(),
+            "rpc_-32602"
+        );
         let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"boom"}],"isError":true}}"#;
         let result = extract_result(body, false, "1").unwrap();
         assert_eq!(check_echo(&result, "x").unwrap_err().kind(), "tool_error");
-        assert_eq!(extract_result(b"not json", false, "1").unwrap_err().kind(), "protocol");
+        assert_eq!(
+            extract_result(b"not json", false, "1").unwrap_err().kind(),
+            "protocol"
+        );
     }
 
     #[test]

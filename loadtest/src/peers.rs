@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | supergateway | npm `supergateway` | `--stdio CMD --outputTransport streamableHttp --stateful`: streamable HTTP at `/mcp`; one child process per client session |
 //! | mcp-proxy | PyPI `mcp-proxy` | `mcp-proxy --port P CMD`: streamable HTTP at `/mcp`; one child shared by all sessions |
-//! | ContextForge | PyPI `mcp-contextforge-gateway` | `mcpgateway.translate` bridges the stdio server to streamable HTTP; the gateway registers it and serves it as a virtual server at `/servers/{id}/mcp` |
+//! | ContextForge | PyPI `mcp-contextforge-gateway` | `mcpgateway.translate` bridges the stdio server to streamable HTTP; the gateway registers it and serves it as a virtual server at `/servers/{id}/mcp`, with a JWT from its own `create_jwt_token` |
 //!
 //! Versions are pinned so that figures compare like with like across runs. A peer that
 //! cannot be installed or started is reported as skipped with the reason, never faked.
@@ -63,13 +63,25 @@ pub async fn start(name: &str, cache: &Path, fixture: &Path, logs: &Path) -> Res
     }
 }
 
-async fn run_install(mut command: tokio::process::Command, what: &str, log: &Path) -> Result<(), Error> {
-    let file = std::fs::File::create(log).map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
+async fn run_install(
+    mut command: tokio::process::Command,
+    what: &str,
+    log: &Path,
+) -> Result<(), Error> {
+    let file =
+        std::fs::File::create(log).map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
     let err = file
         .try_clone()
         .map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
-    command.stdin(Stdio::null()).stdout(file).stderr(err).kill_on_drop(true);
-    eprintln!("loadtest: installing {what} (first use; log in {})", log.display());
+    command
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .kill_on_drop(true);
+    eprintln!(
+        "loadtest: installing {what} (first use; log in {})",
+        log.display()
+    );
     let status = tokio::time::timeout(Duration::from_secs(900), command.status())
         .await
         .map_err(|_| Error::Start(format!("installing {what} took over 15 minutes")))?
@@ -85,7 +97,13 @@ async fn run_install(mut command: tokio::process::Command, what: &str, log: &Pat
 }
 
 /// A Python virtual environment under `cache/dir` with `package==version` installed.
-async fn venv(cache: &Path, dir: &str, package: &str, version: &str, probe: &str) -> Result<PathBuf, Error> {
+async fn venv(
+    cache: &Path,
+    dir: &str,
+    package: &str,
+    version: &str,
+    probe: &str,
+) -> Result<PathBuf, Error> {
     let root = cache.join(dir);
     let marker = root.join(format!(".installed-{version}"));
     if marker.exists() && root.join("bin").join(probe).exists() {
@@ -93,17 +111,29 @@ async fn venv(cache: &Path, dir: &str, package: &str, version: &str, probe: &str
     }
     let mut create = tokio::process::Command::new("python3");
     create.args(["-m", "venv"]).arg(&root);
-    run_install(create, &format!("a venv for {package}"), &cache.join(format!("{dir}-venv.log"))).await?;
+    run_install(
+        create,
+        &format!("a venv for {package}"),
+        &cache.join(format!("{dir}-venv.log")),
+    )
+    .await?;
     let mut pip = tokio::process::Command::new(root.join("bin/pip"));
     pip.args(["install", "--disable-pip-version-check", "-q"])
         .arg(format!("{package}=={version}"));
-    run_install(pip, &format!("{package} {version}"), &cache.join(format!("{dir}-pip.log"))).await?;
-    std::fs::write(&marker, version).map_err(|e| Error::Start(format!("{}: {e}", marker.display())))?;
+    run_install(
+        pip,
+        &format!("{package} {version}"),
+        &cache.join(format!("{dir}-pip.log")),
+    )
+    .await?;
+    std::fs::write(&marker, version)
+        .map_err(|e| Error::Start(format!("{}: {e}", marker.display())))?;
     Ok(root)
 }
 
 fn log_command(command: &mut tokio::process::Command, log: &Path) -> Result<(), Error> {
-    let file = std::fs::File::create(log).map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
+    let file =
+        std::fs::File::create(log).map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
     let err = file
         .try_clone()
         .map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
@@ -113,7 +143,12 @@ fn log_command(command: &mut tokio::process::Command, log: &Path) -> Result<(), 
 
 /// Waits until an MCP session can be opened at `endpoint` and lists a tool ending in
 /// `echo`; returns its name.
-async fn wait_mcp(endpoint: &Arc<Endpoint>, within: Duration, processes: &mut [Spawned], log: &Path) -> Result<String, Error> {
+async fn wait_mcp(
+    endpoint: &Arc<Endpoint>,
+    within: Duration,
+    processes: &mut [Spawned],
+    log: &Path,
+) -> Result<String, Error> {
     let deadline = Instant::now() + within;
     loop {
         for process in processes.iter_mut() {
@@ -125,8 +160,8 @@ async fn wait_mcp(endpoint: &Arc<Endpoint>, within: Duration, processes: &mut [S
                 )));
             }
         }
-        let mut session = Session::new(Arc::clone(endpoint), 1)
-            .map_err(|e| Error::Start(e.to_string()))?;
+        let mut session =
+            Session::new(Arc::clone(endpoint), 1).map_err(|e| Error::Start(e.to_string()))?;
         let last = match tokio::time::timeout(Duration::from_secs(10), session.list_tools()).await {
             Ok(Ok(names)) => {
                 if let Some(name) = names.iter().find(|n| *n == "echo" || n.ends_with("echo")) {
@@ -152,7 +187,8 @@ async fn supergateway(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
     let bin = root.join("node_modules/.bin/supergateway");
     let marker = root.join(format!(".installed-{SUPERGATEWAY_VERSION}"));
     if !(bin.exists() && marker.exists()) {
-        std::fs::create_dir_all(&root).map_err(|e| Error::Start(format!("{}: {e}", root.display())))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::Start(format!("{}: {e}", root.display())))?;
         let mut npm = tokio::process::Command::new("npm");
         npm.args(["install", "--no-audit", "--no-fund", "--prefix"])
             .arg(&root)
@@ -167,12 +203,21 @@ async fn supergateway(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
     command
         .arg("--stdio")
         .arg(fixture)
-        .args(["--outputTransport", "streamableHttp", "--stateful", "--logLevel", "none"])
+        .args([
+            "--outputTransport",
+            "streamableHttp",
+            "--stateful",
+            "--logLevel",
+            "none",
+        ])
         .arg("--port")
         .arg(port.to_string());
     log_command(&mut command, &log)?;
     let mut processes = vec![spawn(command, "supergateway")?];
-    let endpoint = Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)), "/mcp"));
+    let endpoint = Arc::new(Endpoint::new(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "/mcp",
+    ));
     let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, &log).await?;
     Ok(Peer {
         name: "supergateway",
@@ -185,7 +230,14 @@ async fn supergateway(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
 }
 
 async fn mcp_proxy(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer, Error> {
-    let root = venv(cache, "mcp-proxy", "mcp-proxy", MCP_PROXY_VERSION, "mcp-proxy").await?;
+    let root = venv(
+        cache,
+        "mcp-proxy",
+        "mcp-proxy",
+        MCP_PROXY_VERSION,
+        "mcp-proxy",
+    )
+    .await?;
     let port = free_port()?;
     let log = logs.join("mcp-proxy.log");
     let mut command = tokio::process::Command::new(root.join("bin/mcp-proxy"));
@@ -195,7 +247,10 @@ async fn mcp_proxy(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer, Er
         .arg(fixture);
     log_command(&mut command, &log)?;
     let mut processes = vec![spawn(command, "mcp-proxy")?];
-    let endpoint = Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)), "/mcp"));
+    let endpoint = Arc::new(Endpoint::new(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "/mcp",
+    ));
     let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, &log).await?;
     Ok(Peer {
         name: "mcp-proxy",
@@ -222,6 +277,7 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).map_err(|e| Error::Start(format!("{}: {e}", data.display())))?;
     let env = contextforge_env(&data);
+    let token = contextforge_token(&python, &env, &data).await?;
 
     // 1. The stdio fixture bridged to streamable HTTP by ContextForge's own translator.
     let bridge_port = free_port()?;
@@ -253,7 +309,11 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
 
     // 3. Register the bridge and make a virtual server of its tools.
     let admin = crate::http::Conn::new(addr);
-    let mut admin = Admin { conn: admin, addr };
+    let mut admin = Admin {
+        conn: admin,
+        addr,
+        token: token.clone(),
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         for process in processes.iter_mut() {
@@ -284,7 +344,10 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
     });
     let mut registered = None;
     for _ in 0..60 {
-        match admin.call(hyper::Method::POST, "/gateways", Some(&registration)).await {
+        match admin
+            .call(hyper::Method::POST, "/gateways", Some(&registration))
+            .await
+        {
             Ok((200 | 201, body)) => {
                 registered = Some(body);
                 break;
@@ -321,9 +384,9 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
         .map(|list| {
             list.iter()
                 .filter(|t| {
-                    t["originalName"] == "echo" || t["original_name"] == "echo" || t["name"]
-                        .as_str()
-                        .is_some_and(|n| n.ends_with("echo"))
+                    t["originalName"] == "echo"
+                        || t["original_name"] == "echo"
+                        || t["name"].as_str().is_some_and(|n| n.ends_with("echo"))
                 })
                 .filter_map(|t| t.get("id").cloned())
                 .collect()
@@ -336,7 +399,9 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
         )));
     }
     let server = json!({ "server": { "name": "loadtest", "associated_tools": tool_ids } });
-    let (status, body) = admin.call(hyper::Method::POST, "/servers", Some(&server)).await?;
+    let (status, body) = admin
+        .call(hyper::Method::POST, "/servers", Some(&server))
+        .await?;
     let server_id = body["id"].as_str().map(str::to_owned);
     let Some(server_id) = server_id.filter(|_| status == 200 || status == 201) else {
         return Err(Error::Start(format!(
@@ -344,7 +409,9 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
             truncate(&body.to_string(), 400)
         )));
     };
-    let endpoint = Arc::new(Endpoint::new(addr, &format!("/servers/{server_id}/mcp")));
+    let mut endpoint = Endpoint::new(addr, &format!("/servers/{server_id}/mcp"));
+    endpoint.bearer = Some(token);
+    let endpoint = Arc::new(endpoint);
     let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, &log).await?;
     Ok(Peer {
         name: "contextforge",
@@ -352,7 +419,9 @@ async fn contextforge(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
         endpoint,
         tool,
         processes,
-        note: "virtual server over mcpgateway.translate (stdio→streamable HTTP); SQLite; auth off".into(),
+        note:
+            "virtual server over mcpgateway.translate (stdio→streamable HTTP); SQLite; JWT auth on"
+                .into(),
     })
 }
 
@@ -360,30 +429,30 @@ fn truncate(text: &str, n: usize) -> String {
     text.chars().take(n).collect()
 }
 
-/// ContextForge's settings for a local, unauthenticated benchmark instance.
+/// ContextForge's settings for a local benchmark instance: SQLite, in-memory cache, no
+/// UI, no plugins, no rate limiting (its defaults would refuse the load), authentication
+/// on (JWT, as Warden's calls carry a bearer token).
 fn contextforge_env(data: &Path) -> Vec<(String, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     [
-        ("DATABASE_URL", format!("sqlite:///{}/mcp.db", data.display())),
-        ("AUTH_REQUIRED", "false".into()),
-        ("MCP_CLIENT_AUTH_ENABLED", "false".into()),
-        ("MCP_REQUIRE_AUTH", "false".into()),
-        ("TRUST_PROXY_AUTH", "true".into()),
-        ("TRUST_PROXY_AUTH_DANGEROUSLY", "true".into()),
-        ("ALLOW_UNAUTHENTICATED_ADMIN", "true".into()),
-        ("MCPGATEWAY_UI_ENABLED", "false".into()),
-        ("MCPGATEWAY_ADMIN_API_ENABLED", "true".into()),
+        (
+            "DATABASE_URL",
+            format!("sqlite:///{}/mcp.db", data.display()),
+        ),
         ("JWT_SECRET_KEY", secret.clone()),
         ("AUTH_ENCRYPTION_SECRET", format!("{secret}x")),
+        ("PLATFORM_ADMIN_EMAIL", CONTEXTFORGE_ADMIN.into()),
         ("PLATFORM_ADMIN_PASSWORD", format!("Pw-{secret}-9!")),
         ("BASIC_AUTH_PASSWORD", format!("Pw-{secret}-8!")),
+        ("MCPGATEWAY_UI_ENABLED", "false".into()),
+        ("MCPGATEWAY_ADMIN_API_ENABLED", "true".into()),
         ("CACHE_TYPE", "memory".into()),
         ("LOG_LEVEL", "ERROR".into()),
         ("PLUGINS_ENABLED", "false".into()),
         ("SSRF_PROTECTION_ENABLED", "false".into()),
-        ("SSRF_ALLOW_LOCALHOST", "true".into()),
-        ("SSRF_ALLOW_PRIVATE_NETWORKS", "true".into()),
-        ("ENVIRONMENT", "development".into()),
+        // Its default limits (100 MCP requests a minute) would refuse the load itself.
+        ("RATE_LIMITING_ENABLED", "false".into()),
+        ("RATE_LIMIT_LOCKOUT_ENABLED", "false".into()),
         ("HOME", data.display().to_string()),
     ]
     .into_iter()
@@ -391,14 +460,66 @@ fn contextforge_env(data: &Path) -> Vec<(String, String)> {
     .collect()
 }
 
+const CONTEXTFORGE_ADMIN: &str = "admin@example.com";
+
+/// A token for the platform admin, signed with the instance's secret by ContextForge's
+/// own tool.
+async fn contextforge_token(
+    python: &Path,
+    env: &[(String, String)],
+    data: &Path,
+) -> Result<String, Error> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .args([
+                "-m",
+                "mcpgateway.utils.create_jwt_token",
+                "--admin",
+                "-e",
+                "600",
+                "-u",
+            ])
+            .arg(CONTEXTFORGE_ADMIN)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(data)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| Error::Start("ContextForge's create_jwt_token took over 2 minutes".into()))?
+    .map_err(|e| Error::Start(format!("ContextForge's create_jwt_token: {e}")))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("ey") && l.split('.').count() == 3)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Error::Start(format!(
+                "ContextForge's create_jwt_token printed no token: {}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            ))
+        })
+}
+
 /// A tiny JSON client for ContextForge's REST API.
 struct Admin {
     conn: crate::http::Conn,
     addr: SocketAddr,
+    token: String,
 }
 
 impl Admin {
-    async fn call(&mut self, method: hyper::Method, path: &str, body: Option<&Value>) -> Result<(u16, Value), Error> {
+    async fn call(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), Error> {
         let bytes = body.map(Value::to_string).unwrap_or_default();
         let request = hyper::Request::builder()
             .method(method)
@@ -406,6 +527,10 @@ impl Admin {
             .header(hyper::header::HOST, self.addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::ACCEPT, "application/json")
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
             .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
             .map_err(|e| Error::Run(e.to_string()))?;
         let reply = self

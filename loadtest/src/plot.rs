@@ -23,7 +23,9 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" step for about `n` ticks over `0..max`.
@@ -53,7 +55,10 @@ pub fn latency_vs_load(title: &str, x_label: &str, series: &[Series]) -> String 
     let y_min = latencies.clone().fold(f64::INFINITY, f64::min);
     let y_max = latencies.fold(0.0_f64, f64::max);
     let (lo, hi) = if y_min.is_finite() && y_max > 0.0 {
-        (y_min.log10().floor(), y_max.log10().ceil().max(y_min.log10().floor() + 1.0))
+        (
+            y_min.log10().floor(),
+            y_max.log10().ceil().max(y_min.log10().floor() + 1.0),
+        )
     } else {
         (-1.0, 1.0)
     };
@@ -91,7 +96,11 @@ pub fn latency_vs_load(title: &str, x_label: &str, series: &[Series]) -> String 
     while decade <= hi {
         let value = 10f64.powf(decade);
         let py = y(value);
-        let label = if value >= 1.0 { format!("{value:.0}") } else { format!("{value}") };
+        let label = if value >= 1.0 {
+            format!("{value:.0}")
+        } else {
+            format!("{value}")
+        };
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
@@ -179,8 +188,14 @@ mod tests {
             "t",
             "calls/s",
             &[
-                Series { name: "a<b".into(), points: vec![(100.0, 0.2, 0.5), (1000.0, 0.3, 2.0)] },
-                Series { name: "c".into(), points: vec![(500.0, 1.0, 30.0)] },
+                Series {
+                    name: "a<b".into(),
+                    points: vec![(100.0, 0.2, 0.5), (1000.0, 0.3, 2.0)],
+                },
+                Series {
+                    name: "c".into(),
+                    points: vec![(500.0, 1.0, 30.0)],
+                },
             ],
         );
         assert!(svg.starts_with("<svg"));

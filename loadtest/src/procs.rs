@@ -35,7 +35,14 @@ pub fn spawn(mut command: Command, label: &str) -> Result<Spawned, Error> {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -59,7 +66,10 @@ impl Spawned {
     /// up to `grace` for it to exit, then SIGKILL to its whole group.
     pub async fn stop(mut self, grace: Duration) {
         signal_pid(self.pid, libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             signal_group(self.pid, libc::SIGKILL);
             let _ = self.child.wait().await;
         }
@@ -176,7 +186,11 @@ pub fn tree_cpu(root: u32) -> TreeCpu {
     let mut table: HashMap<u32, (u32, String, f64)> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(info) = stat(pid) {

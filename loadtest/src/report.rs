@@ -119,12 +119,20 @@ impl Report {
         let machine: Vec<String> = self
             .machine
             .iter()
-            .map(|(k, v)| format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
             .collect();
         let _ = writeln!(out, "Machine: {}\n", machine.join("; "));
         if !self.bars.is_empty() {
             let _ = writeln!(out, "### The bars\n");
-            let _ = writeln!(out, "| bar | target | measured | verdict |\n| --- | --- | --- | --- |");
+            let _ = writeln!(
+                out,
+                "| bar | target | measured | verdict |\n| --- | --- | --- | --- |"
+            );
             for bar in &self.bars {
                 let verdict = match bar.pass {
                     Some(true) => "**met**",
@@ -137,7 +145,11 @@ impl Report {
                     bar.name,
                     bar.target,
                     bar.measured.as_deref().unwrap_or("–"),
-                    if bar.detail.is_empty() { String::new() } else { format!(" ({})", bar.detail) }
+                    if bar.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", bar.detail)
+                    }
                 );
             }
             let _ = writeln!(out);
@@ -183,9 +195,17 @@ impl Report {
                 "Throughput ratio = Warden's calls/s ÷ the other's; p99 ratio = the other's p99 ÷ Warden's \
                  (above 1 means Warden is better on both).\n"
             );
-            let _ = writeln!(out, "| load | compared with | throughput ratio | p99 ratio |\n| --- | --- | ---: | ---: |");
+            let _ = writeln!(
+                out,
+                "| load | compared with | throughput ratio | p99 ratio |\n| --- | --- | ---: | ---: |"
+            );
             for (load, other, throughput, p99) in ratios {
-                let _ = writeln!(out, "| {load} | {other} | {} | {} |", opt(throughput, 2), opt(p99, 2));
+                let _ = writeln!(
+                    out,
+                    "| {load} | {other} | {} | {} |",
+                    opt(throughput, 2),
+                    opt(p99, 2)
+                );
             }
             let _ = writeln!(out);
         }
@@ -228,9 +248,11 @@ impl Report {
             .iter()
             .filter(|p| p.scenario == "echo" && p.target == "warden")
         {
-            for other in self.points.iter().filter(|p| {
-                p.scenario == "echo" && p.load == warden.load && p.target != "warden"
-            }) {
+            for other in self
+                .points
+                .iter()
+                .filter(|p| p.scenario == "echo" && p.load == warden.load && p.target != "warden")
+            {
                 let throughput = (other.summary.calls_per_s > 0.0)
                     .then(|| warden.summary.calls_per_s / other.summary.calls_per_s);
                 let p99 = match (warden.summary.p99_ms, other.summary.p99_ms) {

@@ -65,7 +65,10 @@ impl Paths {
                 )));
             }
         }
-        let out = args.out.clone().unwrap_or_else(|| target.join("loadtest-results"));
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target.join("loadtest-results"));
         let paths = Paths {
             warden,
             fixture,
@@ -73,7 +76,12 @@ impl Paths {
             peers: target.join("loadtest-peers"),
             out,
         };
-        for dir in [&paths.state, &paths.peers, &paths.out, &paths.out.join("logs")] {
+        for dir in [
+            &paths.state,
+            &paths.peers,
+            &paths.out,
+            &paths.out.join("logs"),
+        ] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 context: format!("creating {}", dir.display()),
                 source,
@@ -106,7 +114,9 @@ impl Settings {
             list.iter().map(|s| (*s).to_owned()).collect()
         });
         for scenario in &scenarios {
-            if !["echo", "governed", "fanout", "sessions", "chaos", "ai"].contains(&scenario.as_str()) {
+            if !["echo", "governed", "fanout", "sessions", "chaos", "ai"]
+                .contains(&scenario.as_str())
+            {
                 return Err(Error::Usage(format!("unknown scenario `{scenario}`")));
             }
         }
@@ -128,14 +138,17 @@ impl Settings {
                 vec![500.0, 1000.0, 2000.0, 3000.0, 5000.0, 8000.0]
             }
         });
-        if concurrency.iter().any(|&c| c == 0) || rates.iter().any(|&r| r <= 0.0) {
-            return Err(Error::Usage("concurrency and rates must be positive".into()));
+        if concurrency.contains(&0) || rates.iter().any(|&r| r <= 0.0) {
+            return Err(Error::Usage(
+                "concurrency and rates must be positive".into(),
+            ));
         }
         let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
         Ok(Settings {
             plan: Plan {
                 warmup: secs(args.warmup.unwrap_or(if quick { 0.3 } else { 1.0 })),
-                measure: secs(args.duration.unwrap_or(if quick { 1.0 } else { 4.0 })).max(Duration::from_millis(100)),
+                measure: secs(args.duration.unwrap_or(if quick { 1.0 } else { 4.0 }))
+                    .max(Duration::from_millis(100)),
                 call_timeout: secs(args.call_timeout).max(Duration::from_millis(10)),
             },
             scenarios,
@@ -208,7 +221,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
             _ => Ok(()),
         };
         if let Err(error) = outcome {
-            ctx.report.skip(format!("scenario {scenario}"), error.to_string());
+            ctx.report
+                .skip(format!("scenario {scenario}"), error.to_string());
         }
     }
     if let Err(error) = ctx.cold_start().await {
@@ -225,7 +239,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
 async fn wait_quiet(limit: f64) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let load = load_average().split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+        let load = load_average()
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok());
         match load {
             Some(load) if load >= limit && Instant::now() < deadline => {
                 eprintln!("loadtest: load average {load:.2} ≥ {limit}; waiting");
@@ -277,7 +294,9 @@ impl Ctx {
                     .and_then(|v| v.split_whitespace().next())
                     .and_then(|v| v.parse::<u64>().ok())
             })
-            .map_or_else(String::new, |kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
+            .map_or_else(String::new, |kib| {
+                format!("{:.1} GiB", kib as f64 / 1048576.0)
+            });
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let m = &mut self.report.machine;
         m.insert("cpu".into(), Value::from(model));
@@ -293,9 +312,10 @@ impl Ctx {
 
     fn binary_size(&mut self) {
         if let Ok(meta) = std::fs::metadata(&self.paths.warden) {
-            self.report
-                .facts
-                .insert("warden release binary bytes".into(), Value::from(meta.len()));
+            self.report.facts.insert(
+                "warden release binary bytes".into(),
+                Value::from(meta.len()),
+            );
         }
     }
 
@@ -308,7 +328,12 @@ impl Ctx {
     }
 
     /// Starts Warden with `servers` (name, fixture args) and optional profile changes.
-    async fn start_warden(&mut self, label: &str, servers: &[(String, Vec<String>)], extra: Option<&Value>) -> Result<Warden, Error> {
+    async fn start_warden(
+        &mut self,
+        label: &str,
+        servers: &[(String, Vec<String>)],
+        extra: Option<&Value>,
+    ) -> Result<Warden, Error> {
         let state = self.warden_state();
         let (mut profile, addr) = warden::base_profile(&state)?;
         for (name, args) in servers {
@@ -321,7 +346,15 @@ impl Ctx {
         warden::write_profile(&self.paths.warden, &profile, &path)
             .await
             .map_err(|e| Error::Start(format!("profile rejected: {e}")))?;
-        warden::start(&self.paths.warden, &path, addr, &state, &self.token, self.logs(&format!("warden-{label}.log"))).await
+        warden::start(
+            &self.paths.warden,
+            &path,
+            addr,
+            &state,
+            &self.token,
+            self.logs(&format!("warden-{label}.log")),
+        )
+        .await
     }
 
     fn warden_endpoint(&self, warden: &Warden, era: Era) -> Arc<Endpoint> {
@@ -332,7 +365,13 @@ impl Ctx {
     }
 
     /// Measures one point and records it. Returns the clients for reuse.
-    async fn measure(&mut self, scenario: &str, running: &Running, clients: Vec<Client>, load: Load) -> (Vec<Client>, Point) {
+    async fn measure(
+        &mut self,
+        scenario: &str,
+        running: &Running,
+        clients: Vec<Client>,
+        load: Load,
+    ) -> (Vec<Client>, Point) {
         let before = sum_cpu(&running.pids);
         let own_before = procs::own_cpu_seconds();
         let sampler = (!running.direct)
@@ -341,7 +380,9 @@ impl Ctx {
         let plan = self.settings.plan;
         let (outcome, clients) = match load {
             Load::Closed { .. } => drive::closed_loop(clients, &running.op, plan, &self.run).await,
-            Load::Open { rate } => drive::open_loop(clients, &running.op, rate, plan, &self.run).await,
+            Load::Open { rate } => {
+                drive::open_loop(clients, &running.op, rate, plan, &self.run).await
+            }
         };
         let mut cpu = sum_cpu(&running.pids).since(before);
         if running.direct {
@@ -378,18 +419,37 @@ impl Ctx {
 
     /// Every closed-loop concurrency, then every open-loop rate until the target falls
     /// behind.
-    async fn sweep(&mut self, scenario: &str, running: &Running, closed: &[usize], rates: &[f64]) -> Result<(), Error> {
-        let most = closed.iter().copied().max().unwrap_or(0).max(if rates.is_empty() { 0 } else { self.args.open_clients });
+    async fn sweep(
+        &mut self,
+        scenario: &str,
+        running: &Running,
+        closed: &[usize],
+        rates: &[f64],
+    ) -> Result<(), Error> {
+        let most = closed
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(if rates.is_empty() {
+                0
+            } else {
+                self.args.open_clients
+            });
         let mut pool = running.target.connect(most, 0).await?;
         for &n in closed {
             let rest = pool.split_off(n.min(pool.len()));
-            let (used, _) = self.measure(scenario, running, pool, Load::Closed { concurrency: n }).await;
+            let (used, _) = self
+                .measure(scenario, running, pool, Load::Closed { concurrency: n })
+                .await;
             pool = used;
             pool.extend(rest);
         }
         for (index, &rate) in rates.iter().enumerate() {
             let rest = pool.split_off(self.args.open_clients.min(pool.len()));
-            let (used, point) = self.measure(scenario, running, pool, Load::Open { rate }).await;
+            let (used, point) = self
+                .measure(scenario, running, pool, Load::Open { rate })
+                .await;
             pool = used;
             pool.extend(rest);
             let s = &point.summary;
@@ -414,7 +474,9 @@ impl Ctx {
     async fn echo(&mut self) -> Result<(), Error> {
         let closed = self.settings.concurrency.clone();
         let rates = self.settings.rates.clone();
-        let echo = Op::Echo { tool: "echo".into() };
+        let echo = Op::Echo {
+            tool: "echo".into(),
+        };
 
         // The upstream by itself, over stdio.
         let stdio = StdioServer::start(&self.paths.fixture.display().to_string(), &[]).await?;
@@ -428,7 +490,9 @@ impl Ctx {
         self.sweep("echo", &running, &closed, &rates).await?;
         let unmatched = stdio.unmatched.load(std::sync::atomic::Ordering::Relaxed);
         if unmatched > 0 {
-            self.report.notes.push(format!("direct-stdio: {unmatched} answers matched no request"));
+            self.report.notes.push(format!(
+                "direct-stdio: {unmatched} answers matched no request"
+            ));
         }
         drop(running);
         if let Ok(stdio) = Arc::try_unwrap(stdio) {
@@ -441,12 +505,19 @@ impl Ctx {
         }
 
         // Warden, both eras.
-        let warden = self.start_warden("echo", &[("echo".into(), Vec::new())], None).await?;
-        for (name, era, rates) in [("warden", Era::Handshake, rates.as_slice()), ("warden-stateless", Era::Stateless, &[][..])] {
+        let warden = self
+            .start_warden("echo", &[("echo".into(), Vec::new())], None)
+            .await?;
+        for (name, era, rates) in [
+            ("warden", Era::Handshake, rates.as_slice()),
+            ("warden-stateless", Era::Stateless, &[][..]),
+        ] {
             let running = Running {
                 name: name.into(),
                 target: Target::Http(self.warden_endpoint(&warden, era)),
-                op: Op::Echo { tool: "echo__echo".into() },
+                op: Op::Echo {
+                    tool: "echo__echo".into(),
+                },
                 pids: vec![warden.process.pid],
                 direct: false,
             };
@@ -468,14 +539,19 @@ impl Ctx {
                     let running = Running {
                         name: peer.name.into(),
                         target: Target::Http(Arc::clone(&peer.endpoint)),
-                        op: Op::Echo { tool: peer.tool.clone() },
+                        op: Op::Echo {
+                            tool: peer.tool.clone(),
+                        },
                         pids: peer.pids(),
                         direct: false,
                     };
                     let mut info = BTreeMap::new();
                     info.insert("name".into(), peer.name.to_owned());
                     info.insert("version".into(), peer.version.to_owned());
-                    info.insert("endpoint".into(), format!("http://{}{}", peer.endpoint.addr, peer.endpoint.path));
+                    info.insert(
+                        "endpoint".into(),
+                        format!("http://{}{}", peer.endpoint.addr, peer.endpoint.path),
+                    );
                     info.insert("tool".into(), peer.tool.clone());
                     info.insert("setup".into(), peer.note.clone());
                     self.report.peers.push(info);
@@ -490,7 +566,12 @@ impl Ctx {
         Ok(())
     }
 
-    async fn direct_http(&mut self, echo: &Op, closed: &[usize], rates: &[f64]) -> Result<(), Error> {
+    async fn direct_http(
+        &mut self,
+        echo: &Op,
+        closed: &[usize],
+        rates: &[f64],
+    ) -> Result<(), Error> {
         let port = procs::free_port()?;
         let mut command = tokio::process::Command::new(&self.paths.fixture);
         command
@@ -500,14 +581,20 @@ impl Ctx {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let process = procs::spawn(command, "fixture --http")?;
-        let endpoint = Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)), "/mcp"));
+        let endpoint = Arc::new(Endpoint::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/mcp",
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut session = Session::new(Arc::clone(&endpoint), 1).map_err(|e| Error::Start(e.to_string()))?;
+            let mut session =
+                Session::new(Arc::clone(&endpoint), 1).map_err(|e| Error::Start(e.to_string()))?;
             match session.ensure_ready().await {
                 Ok(()) => break,
                 Err(error) if Instant::now() > deadline => {
-                    return Err(Error::Start(format!("fixture --http not answering: {error}")));
+                    return Err(Error::Start(format!(
+                        "fixture --http not answering: {error}"
+                    )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -541,7 +628,10 @@ impl Ctx {
         let overlay: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Usage(format!("overlay {}: {e}", path.display())))?;
         let Value::Object(sections) = overlay else {
-            return Err(Error::Usage(format!("overlay {} is not a JSON object", path.display())));
+            return Err(Error::Usage(format!(
+                "overlay {} is not a JSON object",
+                path.display()
+            )));
         };
         let mut kept = serde_json::Map::new();
         let state = self.warden_state();
@@ -574,8 +664,16 @@ impl Ctx {
     async fn governed(&mut self) -> Result<(), Error> {
         let overlay = self.governed_overlay().await?;
         let rate = self.args.bar_rate;
-        let most = self.settings.concurrency.iter().copied().max().unwrap_or(64);
-        let echo = Op::Echo { tool: "echo".into() };
+        let most = self
+            .settings
+            .concurrency
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(64);
+        let echo = Op::Echo {
+            tool: "echo".into(),
+        };
 
         // The baseline at the bar's rate, in this scenario, right before Warden.
         let stdio = StdioServer::start(&self.paths.fixture.display().to_string(), &[]).await?;
@@ -598,7 +696,9 @@ impl Ctx {
         let running = Running {
             name: "warden".into(),
             target: Target::Http(self.warden_endpoint(&warden, Era::Handshake)),
-            op: Op::Echo { tool: "echo__echo".into() },
+            op: Op::Echo {
+                tool: "echo__echo".into(),
+            },
             pids: vec![warden.process.pid],
             direct: false,
         };
@@ -636,8 +736,12 @@ impl Ctx {
 
     async fn fanout(&mut self, warden: &Warden, n_servers: usize) -> Result<(), Error> {
         let endpoint = self.warden_endpoint(warden, Era::Handshake);
-        let mut probe = Session::new(Arc::clone(&endpoint), 1).map_err(|e| Error::Start(e.to_string()))?;
-        let names = probe.list_tools().await.map_err(|e| Error::Run(format!("tools/list: {e}")))?;
+        let mut probe =
+            Session::new(Arc::clone(&endpoint), 1).map_err(|e| Error::Start(e.to_string()))?;
+        let names = probe
+            .list_tools()
+            .await
+            .map_err(|e| Error::Run(format!("tools/list: {e}")))?;
         let missing: Vec<String> = (1..=n_servers)
             .map(|i| format!("s{i:02}__"))
             .filter(|prefix| !names.iter().any(|n| n.starts_with(prefix.as_str())))
@@ -651,15 +755,31 @@ impl Ctx {
         let running = Running {
             name: "warden".into(),
             target: Target::Http(endpoint),
-            op: Op::ListTools { expect: names.len() },
+            op: Op::ListTools {
+                expect: names.len(),
+            },
             pids: vec![warden.process.pid],
             direct: false,
         };
-        let closed: Vec<usize> = vec![self.settings.concurrency.iter().copied().max().unwrap_or(16).min(16)];
+        let closed: Vec<usize> = vec![
+            self.settings
+                .concurrency
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(16)
+                .min(16),
+        ];
         self.sweep("fanout", &running, &closed, &[]).await
     }
 
-    async fn sessions(&mut self, warden: &Warden, n_servers: usize, n: usize, pid: u32) -> Result<(), Error> {
+    async fn sessions(
+        &mut self,
+        warden: &Warden,
+        n_servers: usize,
+        n: usize,
+        pid: u32,
+    ) -> Result<(), Error> {
         let rss = |pid| procs::rss_kib(pid).map_or(0.0, |(rss, _)| rss as f64 / 1024.0);
         let before = rss(pid);
         let endpoint = self.warden_endpoint(warden, Era::Handshake);
@@ -670,17 +790,35 @@ impl Ctx {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = rss(pid);
         let facts = &mut self.report.facts;
-        facts.insert(format!("RSS MiB, {n_servers} servers, no session"), Value::from(round(before, 1)));
-        facts.insert(format!("RSS MiB, {n_servers} servers, {n} idle sessions"), Value::from(round(idle, 1)));
-        facts.insert(format!("seconds to open {n} sessions"), Value::from(round(open_s, 2)));
+        facts.insert(
+            format!("RSS MiB, {n_servers} servers, no session"),
+            Value::from(round(before, 1)),
+        );
+        facts.insert(
+            format!("RSS MiB, {n_servers} servers, {n} idle sessions"),
+            Value::from(round(idle, 1)),
+        );
+        facts.insert(
+            format!("seconds to open {n} sessions"),
+            Value::from(round(open_s, 2)),
+        );
         let running = Running {
             name: "warden".into(),
             target,
-            op: Op::Echo { tool: "s01__echo".into() },
+            op: Op::Echo {
+                tool: "s01__echo".into(),
+            },
             pids: vec![pid],
             direct: false,
         };
-        let (_clients, _) = self.measure("sessions", &running, clients, Load::Closed { concurrency: n }).await;
+        let (_clients, _) = self
+            .measure(
+                "sessions",
+                &running,
+                clients,
+                Load::Closed { concurrency: n },
+            )
+            .await;
         Ok(())
     }
 
@@ -701,7 +839,9 @@ impl Ctx {
             .map_err(|e| Error::Start(format!("chaos database: {e}")))?;
         let url = cluster.url(&db);
         let extra = json!({ "database": { "url": url } });
-        let started = self.start_warden("chaos", &[("echo".into(), Vec::new())], Some(&extra)).await;
+        let started = self
+            .start_warden("chaos", &[("echo".into(), Vec::new())], Some(&extra))
+            .await;
         let warden = match started {
             Ok(warden) => warden,
             Err(error) => {
@@ -712,7 +852,9 @@ impl Ctx {
         let outcome = self.chaos_run(&warden, &mut cluster, &options, &db).await;
         warden.stop().await;
         if let Err(error) = drop_database(&cluster, &db).await {
-            self.report.notes.push(format!("chaos: could not drop {db}: {error}"));
+            self.report
+                .notes
+                .push(format!("chaos: could not drop {db}: {error}"));
         }
         let _ = cluster.stop(Duration::from_secs(10)).await;
         outcome
@@ -735,7 +877,9 @@ impl Ctx {
             measure: total,
             call_timeout: self.settings.plan.call_timeout,
         };
-        let op = Op::Echo { tool: "echo__echo".into() };
+        let op = Op::Echo {
+            tool: "echo__echo".into(),
+        };
         let run = self.run.clone();
         let before = sum_cpu(&[warden.process.pid]);
         let load = tokio::spawn(async move { drive::closed_loop(clients, &op, plan, &run).await });
@@ -775,6 +919,7 @@ impl Ctx {
         let cpu = sum_cpu(&[warden.process.pid]).since(before);
         let made = outcome.calls_total;
         let errors = outcome.samples.errors.clone();
+        let examples = outcome.samples.examples.clone();
         let ok = outcome.samples.latencies_us.len() as u64;
         let summary = outcome.samples.summarise(outcome.window);
         let rows = count_rows(cluster, db).await;
@@ -799,6 +944,7 @@ impl Ctx {
                 "calls_made": made,
                 "calls_ok": ok,
                 "errors_by_kind": errors,
+                "error_examples": examples,
                 "rows_in_mcp_tool_executions": rows_value,
                 "rows_lost": lost_value,
             }),
@@ -864,7 +1010,9 @@ impl Ctx {
         let runs = if self.args.quick { 1 } else { 3 };
         let mut times = Vec::new();
         for _ in 0..runs {
-            let warden = self.start_warden("coldstart", &[("echo".into(), Vec::new())], None).await?;
+            let warden = self
+                .start_warden("coldstart", &[("echo".into(), Vec::new())], None)
+                .await?;
             times.push(warden.ready_after.as_secs_f64() * 1000.0);
             warden.stop().await;
         }
@@ -883,9 +1031,15 @@ impl Ctx {
         let saturation = r
             .points
             .iter()
-            .filter(|p| p.scenario == "governed" && p.target == "warden" && matches!(p.load, Load::Closed { .. }))
+            .filter(|p| {
+                p.scenario == "governed"
+                    && p.target == "warden"
+                    && matches!(p.load, Load::Closed { .. })
+            })
             .map(|p| p.summary.calls_per_s)
-            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            });
         bars.push(Bar {
             name: "tools/call saturation, governed profile".into(),
             target: format!("≥ {BAR_SATURATION:.0} calls/s"),
@@ -896,7 +1050,10 @@ impl Ctx {
         // Added p99 at the bar's rate.
         let rate = self.args.bar_rate;
         let load = Load::Open { rate };
-        let added = match (r.point("governed", "warden", load), r.point("governed", "direct-stdio", load)) {
+        let added = match (
+            r.point("governed", "warden", load),
+            r.point("governed", "direct-stdio", load),
+        ) {
             (Some(w), Some(d)) => match (w.summary.p99_ms, d.summary.p99_ms) {
                 (Some(wp), Some(dp)) => Some((wp - dp, wp, dp, w.summary.errors)),
                 _ => None,
@@ -908,7 +1065,9 @@ impl Ctx {
             target: format!("≤ {BAR_ADDED_P99_MS} ms"),
             measured: added.map(|(a, _, _, _)| format!("{a:.3} ms")),
             pass: added.map(|(a, _, _, errors)| a <= BAR_ADDED_P99_MS && errors == 0),
-            detail: added.map_or_else(String::new, |(_, w, d, _)| format!("Warden p99 {w:.3} ms, direct {d:.3} ms")),
+            detail: added.map_or_else(String::new, |(_, w, d, _)| {
+                format!("Warden p99 {w:.3} ms, direct {d:.3} ms")
+            }),
         });
         // Ahead of every peer (echo, highest concurrency).
         let most = self.settings.concurrency.iter().copied().max().unwrap_or(0);
@@ -929,7 +1088,10 @@ impl Ctx {
                     }),
                     pass: p.map(|p| {
                         w.summary.calls_per_s > p.summary.calls_per_s
-                            && w.summary.p99_ms.zip(p.summary.p99_ms).is_some_and(|(a, b)| a < b)
+                            && w.summary
+                                .p99_ms
+                                .zip(p.summary.p99_ms)
+                                .is_some_and(|(a, b)| a < b)
                     }),
                     detail: String::new(),
                 });
@@ -944,7 +1106,9 @@ impl Ctx {
         bars.push(Bar {
             name: "RSS with 1,000 idle sessions and 20 servers (children not counted)".into(),
             target: "≤ 60 MB".into(),
-            measured: rss.as_ref().map(|(_, v)| format!("{:.1} MB ({v:.1} MiB)", v * 1048576.0 / 1e6)),
+            measured: rss
+                .as_ref()
+                .map(|(_, v)| format!("{:.1} MB ({v:.1} MiB)", v * 1048576.0 / 1e6)),
             pass: rss.as_ref().map(|(_, v)| v * 1048576.0 <= BAR_RSS_BYTES),
             detail: rss.map(|(k, _)| k).unwrap_or_default(),
         });
@@ -962,7 +1126,10 @@ impl Ctx {
             detail: "median".into(),
         });
         // Binary size.
-        let size = r.facts.get("warden release binary bytes").and_then(Value::as_u64);
+        let size = r
+            .facts
+            .get("warden release binary bytes")
+            .and_then(Value::as_u64);
         bars.push(Bar {
             name: "release binary, stripped".into(),
             target: "≤ 25 MB".into(),
@@ -981,7 +1148,8 @@ impl Ctx {
                 source,
             })
         };
-        let json = serde_json::to_string_pretty(&self.report).map_err(|e| Error::Run(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&self.report).map_err(|e| Error::Run(e.to_string()))?;
         write(out.join("report.json"), json)?;
         let markdown = self.report.markdown();
         write(out.join("report.md"), markdown.clone())?;
@@ -1002,7 +1170,9 @@ impl Ctx {
     fn plot(&self) -> String {
         let mut series: Vec<crate::plot::Series> = Vec::new();
         for point in self.report.points.iter().filter(|p| p.scenario == "echo") {
-            let Load::Open { rate } = point.load else { continue };
+            let Load::Open { rate } = point.load else {
+                continue;
+            };
             let (Some(p50), Some(p99)) = (point.summary.p50_ms, point.summary.p99_ms) else {
                 continue;
             };
@@ -1029,7 +1199,10 @@ fn round(value: f64, digits: i32) -> f64 {
 
 /// Rows in `mcp_tool_executions`, waiting until the count stops growing (the audit writer
 /// batches). `None` when the table does not exist in this build.
-async fn count_rows(cluster: &::warden::db::EmbeddedCluster, db: &str) -> Result<Option<i64>, String> {
+async fn count_rows(
+    cluster: &::warden::db::EmbeddedCluster,
+    db: &str,
+) -> Result<Option<i64>, String> {
     let (client, connection) = cluster
         .pg_config(db)
         .connect(tokio_postgres::NoTls)
@@ -1037,7 +1210,10 @@ async fn count_rows(cluster: &::warden::db::EmbeddedCluster, db: &str) -> Result
         .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(connection);
     let exists = client
-        .query_one("SELECT to_regclass('public.mcp_tool_executions') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('public.mcp_tool_executions') IS NOT NULL",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?
         .get::<_, bool>(0);
@@ -1074,7 +1250,10 @@ async fn drop_database(cluster: &::warden::db::EmbeddedCluster, db: &str) -> Res
         .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(connection);
     let outcome = client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.replace('"', "\"\"")))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            db.replace('"', "\"\"")
+        ))
         .await
         .map_err(|e| e.to_string());
     drop(client);

@@ -17,6 +17,8 @@ pub struct Samples {
     pub latencies_us: Vec<u32>,
     /// Failed calls by kind (`timeout`, `http_503`, `mismatch`, …).
     pub errors: BTreeMap<String, u64>,
+    /// The first message seen of each kind, for the report.
+    pub examples: BTreeMap<String, String>,
 }
 
 impl Samples {
@@ -29,10 +31,23 @@ impl Samples {
         *self.errors.entry(kind.to_owned()).or_default() += 1;
     }
 
+    /// Counts an error and keeps its message if it is the first of its kind.
+    pub fn error_with(&mut self, kind: &str, message: impl FnOnce() -> String) {
+        if !self.examples.contains_key(kind) {
+            let mut text = message();
+            text.truncate(300);
+            self.examples.insert(kind.to_owned(), text);
+        }
+        self.error(kind);
+    }
+
     pub fn merge(&mut self, other: Samples) {
         self.latencies_us.extend(other.latencies_us);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
+        }
+        for (kind, text) in other.examples {
+            self.examples.entry(kind).or_insert(text);
         }
     }
 
@@ -57,6 +72,7 @@ impl Samples {
             calls_ok: ok,
             errors: self.error_total(),
             errors_by_kind: self.errors,
+            error_examples: self.examples,
             window_s: secs,
             calls_per_s: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
             mean_ms: mean,
@@ -86,6 +102,8 @@ pub struct Summary {
     pub calls_ok: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// The first message of each error kind.
+    pub error_examples: BTreeMap<String, String>,
     pub window_s: f64,
     pub calls_per_s: f64,
     pub mean_ms: Option<f64>,

@@ -50,7 +50,11 @@ impl StdioServer {
         let pending: Pending = Arc::default();
         let unmatched = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(stdin, rx));
-        tokio::spawn(read_loop(stdout, Arc::clone(&pending), Arc::clone(&unmatched)));
+        tokio::spawn(read_loop(
+            stdout,
+            Arc::clone(&pending),
+            Arc::clone(&unmatched),
+        ));
         let server = Arc::new(StdioServer {
             lines: tx,
             pending,
@@ -77,7 +81,11 @@ impl StdioServer {
     }
 
     /// Sends `{"jsonrpc":"2.0","id":N,"method":<rest>}` and waits for the answer's result.
-    async fn request(&self, rest: &str, timeout: Duration) -> Result<Box<serde_json::value::RawValue>, CallError> {
+    async fn request(
+        &self,
+        rest: &str,
+        timeout: Duration,
+    ) -> Result<Box<serde_json::value::RawValue>, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
@@ -102,7 +110,12 @@ impl StdioServer {
     }
 
     /// One `tools/call` of `echo` with `message`, checked.
-    pub async fn echo(&self, tool: &str, message: &str, timeout: Duration) -> Result<(), CallError> {
+    pub async fn echo(
+        &self,
+        tool: &str,
+        message: &str,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
         let rest = format!(
             r#""tools/call","params":{{"name":"{tool}","arguments":{{"message":"{message}"}}}}"#
         );

@@ -125,8 +125,8 @@ pub async fn start(
     token: &TokenSource,
     log: PathBuf,
 ) -> Result<Warden, Error> {
-    let log_file = std::fs::File::create(&log)
-        .map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
+    let log_file =
+        std::fs::File::create(&log).map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
     let log_err = log_file
         .try_clone()
         .map_err(|e| Error::Start(format!("{}: {e}", log.display())))?;
@@ -230,8 +230,8 @@ impl Warden {
                 String::from_utf8_lossy(&body)
             )));
         }
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| Error::Run(format!("/admin/servers: {e}")))?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Run(format!("/admin/servers: {e}")))?;
         Ok(value["servers"].as_array().cloned().unwrap_or_default())
     }
 
