@@ -75,6 +75,10 @@ pub struct Args {
     /// Scenarios to run (comma-separated): echo, governed, sessions, fanout, chaos, ai.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Option<Vec<String>>,
+    /// Only these targets of the `echo` scenario (comma-separated: direct-stdio,
+    /// direct-http, warden, warden-stateless, and peer names).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Option<Vec<String>>,
     /// Peers to run with --compare (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,

@@ -172,6 +172,34 @@ struct Running {
     direct: bool,
 }
 
+/// One measurement before it is summarised.
+struct Measured {
+    outcome: drive::Outcome,
+    cpu: TreeCpu,
+    peak_rss_mib: Option<f64>,
+    loadgen_cpu_s: f64,
+}
+
+impl Measured {
+    /// Two rounds of the same point as one.
+    fn merge(mut self, other: Measured) -> Measured {
+        self.outcome.samples.merge(other.outcome.samples);
+        self.outcome.calls_total += other.outcome.calls_total;
+        self.outcome.window += other.outcome.window;
+        self.cpu = TreeCpu {
+            gateway_s: self.cpu.gateway_s + other.cpu.gateway_s,
+            upstream_s: self.cpu.upstream_s + other.cpu.upstream_s,
+            postgres_s: self.cpu.postgres_s + other.cpu.postgres_s,
+        };
+        self.peak_rss_mib = match (self.peak_rss_mib, other.peak_rss_mib) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.loadgen_cpu_s += other.loadgen_cpu_s;
+        self
+    }
+}
+
 struct Ctx {
     args: Args,
     paths: Paths,
@@ -372,12 +400,26 @@ impl Ctx {
         clients: Vec<Client>,
         load: Load,
     ) -> (Vec<Client>, Point) {
+        let (measured, clients) = self
+            .measure_raw(running, clients, load, self.settings.plan)
+            .await;
+        let point = self.record(scenario, running, load, measured);
+        (clients, point)
+    }
+
+    /// Applies `load` once and takes the process figures around it.
+    async fn measure_raw(
+        &self,
+        running: &Running,
+        clients: Vec<Client>,
+        load: Load,
+        plan: Plan,
+    ) -> (Measured, Vec<Client>) {
         let before = sum_cpu(&running.pids);
         let own_before = procs::own_cpu_seconds();
         let sampler = (!running.direct)
             .then(|| running.pids.first().map(|&pid| RssSampler::start(pid)))
             .flatten();
-        let plan = self.settings.plan;
         let (outcome, clients) = match load {
             Load::Closed { .. } => drive::closed_loop(clients, &running.op, plan, &self.run).await,
             Load::Open { rate } => {
@@ -389,6 +431,29 @@ impl Ctx {
             cpu.upstream_s += cpu.gateway_s;
             cpu.gateway_s = 0.0;
         }
+        let measured = Measured {
+            outcome,
+            cpu,
+            peak_rss_mib: sampler.map(RssSampler::finish),
+            loadgen_cpu_s: procs::own_cpu_seconds() - own_before,
+        };
+        (measured, clients)
+    }
+
+    /// Summarises a measurement, prints it and adds it to the report.
+    fn record(
+        &mut self,
+        scenario: &str,
+        running: &Running,
+        load: Load,
+        measured: Measured,
+    ) -> Point {
+        let Measured {
+            outcome,
+            cpu,
+            peak_rss_mib,
+            loadgen_cpu_s,
+        } = measured;
         let per_call = (!running.direct && outcome.calls_total > 0)
             .then(|| cpu.gateway_s * 1e6 / outcome.calls_total as f64);
         let summary = outcome.samples.summarise(outcome.window);
@@ -409,12 +474,56 @@ impl Ctx {
             resources: Resources {
                 cpu,
                 gateway_cpu_us_per_call: per_call,
-                peak_rss_mib: sampler.map(RssSampler::finish),
-                loadgen_cpu_s: procs::own_cpu_seconds() - own_before,
+                peak_rss_mib,
+                loadgen_cpu_s,
             },
         };
         self.report.points.push(point.clone());
-        (clients, point)
+        point
+    }
+
+    /// Open loop at `rate` on two targets in alternating rounds, so that whatever else
+    /// the machine does hits both alike; each target's rounds are merged into one point.
+    async fn paired_open(
+        &mut self,
+        scenario: &str,
+        pair: [&Running; 2],
+        rate: f64,
+        rounds: usize,
+    ) -> Result<(), Error> {
+        let mut pools = Vec::new();
+        for running in pair {
+            pools.push(Some(
+                running
+                    .target
+                    .connect(self.args.open_clients, 30_000)
+                    .await?,
+            ));
+        }
+        let mut plan = self.settings.plan;
+        plan.measure = plan
+            .measure
+            .mul_f64(1.0 / rounds.max(1) as f64)
+            .max(Duration::from_millis(500));
+        let load = Load::Open { rate };
+        let mut merged: [Option<Measured>; 2] = [None, None];
+        for _ in 0..rounds.max(1) {
+            for (index, running) in pair.iter().enumerate() {
+                let clients = pools[index].take().unwrap_or_default();
+                let (measured, clients) = self.measure_raw(running, clients, load, plan).await;
+                pools[index] = Some(clients);
+                merged[index] = Some(match merged[index].take() {
+                    Some(before) => before.merge(measured),
+                    None => measured,
+                });
+            }
+        }
+        for (index, running) in pair.iter().enumerate() {
+            if let Some(measured) = merged[index].take() {
+                self.record(scenario, running, load, measured);
+            }
+        }
+        Ok(())
     }
 
     /// Every closed-loop concurrency, then every open-loop rate until the target falls
@@ -471,6 +580,14 @@ impl Ctx {
     // echo
     // -----------------------------------------------------------------------------------
 
+    /// Whether `--targets` lets target `name` run.
+    fn wanted(&self, name: &str) -> bool {
+        self.args
+            .targets
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|t| t == name))
+    }
+
     async fn echo(&mut self) -> Result<(), Error> {
         let closed = self.settings.concurrency.clone();
         let rates = self.settings.rates.clone();
@@ -479,60 +596,27 @@ impl Ctx {
         };
 
         // The upstream by itself, over stdio.
-        let stdio = StdioServer::start(&self.paths.fixture.display().to_string(), &[]).await?;
-        let running = Running {
-            name: "direct-stdio".into(),
-            target: Target::Stdio(Arc::clone(&stdio)),
-            op: echo.clone(),
-            pids: vec![stdio.process.pid],
-            direct: true,
-        };
-        self.sweep("echo", &running, &closed, &rates).await?;
-        let unmatched = stdio.unmatched.load(std::sync::atomic::Ordering::Relaxed);
-        if unmatched > 0 {
-            self.report.notes.push(format!(
-                "direct-stdio: {unmatched} answers matched no request"
-            ));
-        }
-        drop(running);
-        if let Ok(stdio) = Arc::try_unwrap(stdio) {
-            stdio.process.stop(Duration::from_secs(2)).await;
+        if self.wanted("direct-stdio") {
+            self.direct_stdio(&echo, &closed, &rates).await?;
         }
 
         // The upstream by itself, over streamable HTTP.
-        if let Err(error) = self.direct_http(&echo, &closed, &rates).await {
+        if self.wanted("direct-http")
+            && let Err(error) = self.direct_http(&echo, &closed, &rates).await
+        {
             self.report.skip("echo/direct-http", error.to_string());
         }
 
         // Warden, both eras.
-        let warden = self
-            .start_warden("echo", &[("echo".into(), Vec::new())], None)
-            .await?;
-        for (name, era, rates) in [
-            ("warden", Era::Handshake, rates.as_slice()),
-            ("warden-stateless", Era::Stateless, &[][..]),
-        ] {
-            let running = Running {
-                name: name.into(),
-                target: Target::Http(self.warden_endpoint(&warden, era)),
-                op: Op::Echo {
-                    tool: "echo__echo".into(),
-                },
-                pids: vec![warden.process.pid],
-                direct: false,
-            };
-            if let Err(error) = self.sweep("echo", &running, &closed, rates).await {
-                self.report.skip(format!("echo/{name}"), error.to_string());
-            }
+        if self.wanted("warden") || self.wanted("warden-stateless") {
+            self.echo_warden(&closed, &rates).await?;
         }
-        self.report.facts.insert(
-            "warden ready after (first start of the run), ms".into(),
-            Value::from(warden.ready_after.as_secs_f64() * 1000.0),
-        );
-        warden.stop().await;
 
         // The peers.
         for name in self.settings.peers.clone() {
+            if !self.wanted(&name) {
+                continue;
+            }
             let logs = self.paths.out.join("logs");
             match peers::start(&name, &self.paths.peers, &self.paths.fixture, &logs).await {
                 Ok(peer) => {
@@ -563,6 +647,63 @@ impl Ctx {
                 Err(error) => self.report.skip(format!("peer {name}"), error.to_string()),
             }
         }
+        Ok(())
+    }
+
+    async fn direct_stdio(
+        &mut self,
+        echo: &Op,
+        closed: &[usize],
+        rates: &[f64],
+    ) -> Result<(), Error> {
+        let stdio = StdioServer::start(&self.paths.fixture.display().to_string(), &[]).await?;
+        let running = Running {
+            name: "direct-stdio".into(),
+            target: Target::Stdio(Arc::clone(&stdio)),
+            op: echo.clone(),
+            pids: vec![stdio.process.pid],
+            direct: true,
+        };
+        self.sweep("echo", &running, closed, rates).await?;
+        let unmatched = stdio.unmatched.load(std::sync::atomic::Ordering::Relaxed);
+        if unmatched > 0 {
+            self.report.notes.push(format!(
+                "direct-stdio: {unmatched} answers matched no request"
+            ));
+        }
+        drop(running);
+        if let Ok(stdio) = Arc::try_unwrap(stdio) {
+            stdio.process.stop(Duration::from_secs(2)).await;
+        }
+
+        Ok(())
+    }
+
+    async fn echo_warden(&mut self, closed: &[usize], rates: &[f64]) -> Result<(), Error> {
+        let warden = self
+            .start_warden("echo", &[("echo".into(), Vec::new())], None)
+            .await?;
+        for (name, era, rates) in [
+            ("warden", Era::Handshake, rates),
+            ("warden-stateless", Era::Stateless, &[][..]),
+        ] {
+            if !self.wanted(name) {
+                continue;
+            }
+            let running = Running {
+                name: name.into(),
+                target: Target::Http(self.warden_endpoint(&warden, era)),
+                op: Op::Echo {
+                    tool: "echo__echo".into(),
+                },
+                pids: vec![warden.process.pid],
+                direct: false,
+            };
+            if let Err(error) = self.sweep("echo", &running, closed, rates).await {
+                self.report.skip(format!("echo/{name}"), error.to_string());
+            }
+        }
+        warden.stop().await;
         Ok(())
     }
 
@@ -671,29 +812,30 @@ impl Ctx {
             .copied()
             .max()
             .unwrap_or(64);
-        let echo = Op::Echo {
-            tool: "echo".into(),
-        };
-
-        // The baseline at the bar's rate, in this scenario, right before Warden.
         let stdio = StdioServer::start(&self.paths.fixture.display().to_string(), &[]).await?;
-        let running = Running {
+        let direct = Running {
             name: "direct-stdio".into(),
             target: Target::Stdio(Arc::clone(&stdio)),
-            op: echo,
+            op: Op::Echo {
+                tool: "echo".into(),
+            },
             pids: vec![stdio.process.pid],
             direct: true,
         };
-        self.sweep("governed", &running, &[most], &[rate]).await?;
-        drop(running);
-        if let Ok(stdio) = Arc::try_unwrap(stdio) {
-            stdio.process.stop(Duration::from_secs(2)).await;
-        }
-
-        let warden = self
+        let warden = match self
             .start_warden("governed", &[("echo".into(), Vec::new())], Some(&overlay))
-            .await?;
-        let running = Running {
+            .await
+        {
+            Ok(warden) => warden,
+            Err(error) => {
+                drop(direct);
+                if let Ok(stdio) = Arc::try_unwrap(stdio) {
+                    stdio.process.stop(Duration::from_secs(2)).await;
+                }
+                return Err(error);
+            }
+        };
+        let governed = Running {
             name: "warden".into(),
             target: Target::Http(self.warden_endpoint(&warden, Era::Handshake)),
             op: Op::Echo {
@@ -702,8 +844,19 @@ impl Ctx {
             pids: vec![warden.process.pid],
             direct: false,
         };
-        let outcome = self.sweep("governed", &running, &[most], &[rate]).await;
+        // Saturation, then the added latency at the bar's rate in alternating rounds.
+        let mut outcome = self.sweep("governed", &governed, &[most], &[]).await;
+        if outcome.is_ok() {
+            let rounds = if self.args.quick { 1 } else { 4 };
+            outcome = self
+                .paired_open("governed", [&direct, &governed], rate, rounds)
+                .await;
+        }
         warden.stop().await;
+        drop(direct);
+        if let Ok(stdio) = Arc::try_unwrap(stdio) {
+            stdio.process.stop(Duration::from_secs(2)).await;
+        }
         outcome
     }
 

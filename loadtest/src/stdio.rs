@@ -70,7 +70,8 @@ impl StdioServer {
             .request(&init, Duration::from_secs(10))
             .await
             .map_err(|e| crate::Error::Start(format!("stdio initialize: {e}")))?;
-        server.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec())?;
+        server
+            .send(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n".to_vec())?;
         Ok(server)
     }
 
