@@ -156,6 +156,20 @@ impl Client {
     }
 }
 
+/// Ends every client's session, at most 64 at a time.
+pub async fn close_all(clients: Vec<Client>) {
+    let mut set = tokio::task::JoinSet::new();
+    for client in clients {
+        if let Client::Http(mut session) = client {
+            if set.len() >= 64 {
+                set.join_next().await;
+            }
+            set.spawn(async move { session.close().await });
+        }
+    }
+    while set.join_next().await.is_some() {}
+}
+
 /// A random tag for this run, so payloads differ between runs too.
 pub fn run_tag() -> String {
     format!("{:08x}", rand::random::<u32>())

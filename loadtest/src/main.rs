@@ -79,6 +79,13 @@ pub struct Args {
     /// direct-http, warden, warden-stateless, and peer names).
     #[arg(long, value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
+    /// Also drive an MCP endpoint that is already running (target `url` of the `echo`
+    /// scenario), e.g. http://127.0.0.1:9000/mcp. No process figures for it.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The echo tool's name at --url.
+    #[arg(long, default_value = "echo")]
+    pub url_tool: String,
     /// Peers to run with --compare (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,

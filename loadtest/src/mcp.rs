@@ -414,6 +414,27 @@ impl Session {
         }
     }
 
+    /// Ends the session (`DELETE` with its id), as a well-behaved client does; servers
+    /// limit sessions per principal. Best effort: failures are ignored.
+    pub async fn close(&mut self) {
+        let Some(id) = self.session_id.take() else {
+            return;
+        };
+        self.initialised = false;
+        let mut builder = Request::builder()
+            .method(Method::DELETE)
+            .uri(self.endpoint.path.as_str())
+            .header(HOST, self.host.clone())
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", self.protocol_version.clone());
+        if let Some(bearer) = &self.bearer {
+            builder = builder.header(AUTHORIZATION, bearer.clone());
+        }
+        if let Ok(request) = builder.body(Full::new(Bytes::new())) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.send(request)).await;
+        }
+    }
+
     /// Drops the connection (after a timeout, when the request may still be in flight).
     pub fn reset_connection(&mut self) {
         self.conn.reset();

@@ -454,7 +454,7 @@ impl Ctx {
             peak_rss_mib,
             loadgen_cpu_s,
         } = measured;
-        let per_call = (!running.direct && outcome.calls_total > 0)
+        let per_call = (!running.direct && !running.pids.is_empty() && outcome.calls_total > 0)
             .then(|| cpu.gateway_s * 1e6 / outcome.calls_total as f64);
         let summary = outcome.samples.summarise(outcome.window);
         eprintln!(
@@ -523,6 +523,9 @@ impl Ctx {
                 self.record(scenario, running, load, measured);
             }
         }
+        for pool in pools.into_iter().flatten() {
+            drive::close_all(pool).await;
+        }
         Ok(())
     }
 
@@ -573,6 +576,7 @@ impl Ctx {
                 break;
             }
         }
+        drive::close_all(pool).await;
         Ok(())
     }
 
@@ -612,6 +616,14 @@ impl Ctx {
             self.echo_warden(&closed, &rates).await?;
         }
 
+        // An endpoint someone else runs.
+        if let Some(url) = self.args.url.clone()
+            && let Err(error) = self.echo_url(&url, &closed, &rates).await
+        {
+            self.report
+                .skip(format!("echo/url {url}"), error.to_string());
+        }
+
         // The peers.
         for name in self.settings.peers.clone() {
             if !self.wanted(&name) {
@@ -648,6 +660,42 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    async fn echo_url(&mut self, url: &str, closed: &[usize], rates: &[f64]) -> Result<(), Error> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| Error::Usage(format!("--url {url}: only http:// URLs")))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| Error::Usage(format!("--url {url}: cannot resolve {authority}")))?;
+        let mut endpoint = Endpoint::new(addr, &format!("/{path}"));
+        endpoint.bearer = match &self.token {
+            TokenSource::Literal(token) => Some(token.clone()),
+            TokenSource::File(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| Error::Io {
+                        context: format!("reading the token file {}", path.display()),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            TokenSource::Bootstrap => None,
+        };
+        let running = Running {
+            name: "url".into(),
+            target: Target::Http(Arc::new(endpoint)),
+            op: Op::Echo {
+                tool: self.args.url_tool.clone(),
+            },
+            pids: Vec::new(),
+            direct: false,
+        };
+        self.sweep("echo", &running, closed, rates).await
     }
 
     async fn direct_stdio(
@@ -964,7 +1012,7 @@ impl Ctx {
             pids: vec![pid],
             direct: false,
         };
-        let (_clients, _) = self
+        let (clients, _) = self
             .measure(
                 "sessions",
                 &running,
@@ -972,6 +1020,7 @@ impl Ctx {
                 Load::Closed { concurrency: n },
             )
             .await;
+        drive::close_all(clients).await;
         Ok(())
     }
 
