@@ -8,13 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
+use warden_actors::audit::scrub::{Scrubber, ScrubberCell};
+use warden_actors::audit::{AuditEvent, AuditRecord};
 use warden_actors::reconciler::Diff;
 use warden_actors::tree::Tree;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Rules};
 use crate::policy::PolicyEngine;
+use crate::policy::hooks::Hooks;
+use crate::policy::limits::RateLimiter;
+use crate::policy::quotas::QuotaRule;
 use crate::secrets::{MasterKey, SecretStore};
 
 /// Applies a new log filter (`logging.level`) without a restart.
@@ -32,8 +37,15 @@ pub struct App {
     pub gateway: Gateway,
     /// The audit trail's queue (every surface records through it).
     pub audit: warden_actors::audit::Audit,
+    /// The redaction rules the audit writer applies (`audit.redact` and the secret
+    /// store's values); see `audit::refresh_redaction`.
+    pub redaction: ScrubberCell,
     pub authenticator: Arc<dyn Authenticator>,
     pub policy: ArcSwap<PolicyEngine>,
+    /// Rate limits, hooks and quotas from the profile; replaced whole on reload.
+    pub limits: ArcSwap<RateLimiter>,
+    pub hooks: ArcSwap<Hooks>,
+    pub quotas: ArcSwap<Vec<QuotaRule>>,
     pub log_level: Option<LogLevelSetter>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
@@ -52,7 +64,12 @@ impl App {
         log_level: Option<LogLevelSetter>,
     ) -> App {
         App {
-            secrets: SecretStore::new(db.clone(), master_key.clone()),
+            secrets: SecretStore::new(db.clone(), master_key.clone())
+                .with_audit(gateway.audit.clone()),
+            redaction: Scrubber::new(&config.audit.redact, &[]).into_cell(),
+            limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
+            hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
+            quotas: ArcSwap::from_pointee(config.policy.quotas.clone()),
             config: ArcSwap::from_pointee(config),
             db,
             master_key,
@@ -65,6 +82,16 @@ impl App {
             policy: ArcSwap::from_pointee(PolicyEngine::new()),
             log_level,
             reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The rules in force, as one snapshot (a reload between two loads cannot mix them).
+    pub fn rules(&self) -> Rules {
+        Rules {
+            policy: self.policy.load_full(),
+            limits: self.limits.load_full(),
+            hooks: self.hooks.load_full(),
+            quotas: self.quotas.load_full(),
         }
     }
 
@@ -94,10 +121,14 @@ impl App {
             .source
             .clone()
             .ok_or_else(|| "the profile was not read from a file; nothing to reload".to_owned())?;
-        let new = Config::load(&path).map_err(|e| {
-            tracing::error!("profile reload refused, keeping the running one:\n{e}");
-            e.to_string()
-        })?;
+        let new = match Config::load(&path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("profile reload refused, keeping the running one:\n{e}");
+                self.record_reload(&path, Err(&e.to_string())).await;
+                return Err(e.to_string());
+            }
+        };
         for (key, changed) in [
             ("server.listen", new.server.listen != current.server.listen),
             (
@@ -128,15 +159,47 @@ impl App {
                 max_total: new.sessions.max_total,
                 max_per_principal: new.sessions.max_per_principal,
             });
+        if new.policy.limits != *self.limits.load().config() {
+            tracing::info!("rate limits changed; applying them now");
+            self.limits
+                .store(Arc::new(RateLimiter::new(new.policy.limits.clone())));
+        }
+        self.hooks
+            .store(Arc::new(Hooks::new(new.policy.hooks.clone())));
+        self.quotas.store(Arc::new(new.policy.quotas.clone()));
         self.config.store(Arc::new(new));
         self.gateway.invalidate();
+        crate::audit::refresh_redaction(&self.redaction, &self.config.load(), &self.secrets).await;
         let diff = self
             .tree
             .reconcile(servers)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string());
+        self.record_reload(&path, diff.as_ref().map_err(String::as_str))
+            .await;
+        let diff = diff?;
         tracing::info!(profile = %path.display(), "profile reloaded");
         Ok(diff)
+    }
+
+    /// The `config.reload` audit event.
+    async fn record_reload(&self, path: &std::path::Path, outcome: Result<&Diff, &str>) {
+        let mut event = AuditEvent::new("config.reload", "system");
+        event.subject = Some(path.display().to_string());
+        event.decision = None;
+        match outcome {
+            Ok(diff) => {
+                event.reason = Some("applied".into());
+                event.attributes = serde_json::json!({ "applied": true, "servers": serde_json::to_value(diff).unwrap_or_default() });
+            }
+            Err(error) => {
+                event.reason = Some(error.to_owned());
+                event.attributes = serde_json::json!({ "applied": false });
+            }
+        }
+        if let Err(error) = self.audit.record(AuditRecord::Event(Box::new(event))).await {
+            tracing::error!(%error, "the profile reload could not be audited");
+        }
     }
 }
 

@@ -7,8 +7,12 @@
 //! The trait is deliberately small and unstable for now (the public, versioned trait
 //! comes later); what matters today is that every contribution point is a registry.
 
-use axum::Router;
+use std::sync::Arc;
 
+use axum::Router;
+use warden_actors::scheduler::Job;
+
+use crate::app::App;
 use crate::db::Migration;
 use crate::http::AppState;
 
@@ -25,11 +29,16 @@ pub trait Extension: Send + Sync + 'static {
 /// Builds the routes an extension serves, given the shared application state.
 pub type RouteFactory = Box<dyn Fn() -> Router<AppState> + Send + Sync>;
 
+/// Builds a background job for the Scheduler from the running Warden; `None` when the
+/// profile does not enable it.
+pub type JobFactory = Box<dyn Fn(&Arc<App>) -> Option<Arc<dyn Job>> + Send + Sync>;
+
 /// Everything the running Warden is assembled from.
 #[derive(Default)]
 pub struct Registry {
     pub(crate) routes: Vec<(&'static str, RouteFactory)>,
     pub(crate) migrations: Vec<Migration>,
+    pub(crate) jobs: Vec<(&'static str, JobFactory)>,
 }
 
 impl Registry {
@@ -59,5 +68,22 @@ impl Registry {
 
     pub fn all_migrations(&self) -> &[Migration] {
         &self.migrations
+    }
+
+    /// Adds a background job, run by the Scheduler on one replica at a time.
+    pub fn jobs(
+        &mut self,
+        owner: &'static str,
+        factory: impl Fn(&Arc<App>) -> Option<Arc<dyn Job>> + Send + Sync + 'static,
+    ) {
+        self.jobs.push((owner, Box::new(factory)));
+    }
+
+    /// The jobs the profile enables.
+    pub fn build_jobs(&self, app: &Arc<App>) -> Vec<Arc<dyn Job>> {
+        self.jobs
+            .iter()
+            .filter_map(|(_, factory)| factory(app))
+            .collect()
     }
 }

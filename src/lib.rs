@@ -7,12 +7,14 @@
 //!
 //! The library is organised by concern (see `docs/architecture.md`): `config` reads the
 //! profile, `db` owns PostgreSQL, `http` the one listener, `secrets` the master key and
-//! redaction, `extension` the registries everything is assembled from; the supervision
+//! redaction, `audit` the trail's read side, `extension` the registries everything is assembled from; the supervision
 //! tree lives in the `warden-actors` crate. Data flows one way: `http` → `policy` →
 //! actors; nothing below `http` imports it.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -46,5 +48,8 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::metrics::routes);
         registry.routes("warden", http::admin::routes);
         registry.routes("warden", http::mcp::routes);
+        registry.routes("warden", http::audit::routes);
+        registry.jobs("warden", audit::retention::job);
+        registry.routes("warden", http::hooks::routes);
     }
 }

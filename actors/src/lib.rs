@@ -13,6 +13,7 @@ pub mod ports;
 pub mod process;
 pub mod reconciler;
 pub mod redact;
+pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod spec;

@@ -52,7 +52,6 @@ struct Bridge {
 }
 
 pub(crate) async fn run(args: BridgeArgs) -> Result<ExitCode> {
-    warden_actors::upstream::http::install_crypto_provider();
     let token = match (&args.token, &args.token_file) {
         (Some(token), _) => Some(token.trim().to_owned()),
         (None, Some(file)) => Some(
@@ -63,8 +62,7 @@ pub(crate) async fn run(args: BridgeArgs) -> Result<ExitCode> {
         ),
         (None, None) => None,
     };
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
+    let client = warden_actors::upstream::http::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;

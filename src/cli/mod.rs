@@ -3,6 +3,7 @@
 //!
 //! Every command that needs the profile takes `--config FILE` or reads `WARDEN_CONFIG`.
 
+mod audit;
 mod bridge;
 mod instance;
 mod secret;
@@ -63,6 +64,9 @@ enum Command {
     /// Manage the encrypted secret store.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Verify and search the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -84,6 +88,11 @@ pub fn main() -> ExitCode {
         let rest: Vec<_> = args.into_iter().skip(2).skip_while(|a| a == "--").collect();
         let code = warden_actors::process::guard_main(rest);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // Built-in MCP servers run as children of this same binary; no runtime, no logging.
+    if args.get(1).is_some_and(|a| a == "builtin-server") {
+        let name = args.get(2).and_then(|a| a.to_str()).unwrap_or_default();
+        return ExitCode::from(u8::try_from(crate::builtin::run(name)).unwrap_or(1));
     }
     let cli = Cli::parse_from(args);
     match run(cli) {
@@ -119,6 +128,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(secret::run(command))
+        }
+        Command::Audit(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(audit::run(command))
         }
         Command::Serve(profile) => {
             let config = profile.load()?;

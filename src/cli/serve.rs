@@ -1,10 +1,12 @@
 //! `warden serve`: start everything in order, run until a signal, stop in reverse.
 //!
 //! Start: state directory → master key → database (embedded or external) → migrations →
-//! master-key check → supervision tree → listener → `READY=1`.
+//! master-key check → supervision tree (and the audit trail's lifecycle subscriber) →
+//! AuditWriter (replaying a spool left by a crash) → Scheduler → listener → `READY=1`.
 //! Stop (SIGTERM/SIGINT): `STOPPING=1` → `/readyz` turns 503 → stop accepting → in-flight
-//! requests get `server.shutdown_grace` → the servers stop in reverse order → the
-//! database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
+//! requests get `server.shutdown_grace` → the AuditWriter leaves the tree → the servers
+//! stop in reverse order → the writer drains every queued record into PostgreSQL or the
+//! spool → the database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,8 +30,10 @@ use crate::gateway::session::{SessionLimits, SessionManager};
 use crate::http;
 use crate::secrets::{MasterKey, SecretStore, store};
 use crate::systemd;
-use warden_actors::audit::{Audit, AuditQueue, Backlog};
+use warden_actors::audit::Audit;
+use warden_actors::audit::writer::{AuditWriter, WriterConfig, default_writer_name};
 use warden_actors::events::EventKind;
+use warden_actors::scheduler::{Scheduler, SchedulerConfig};
 
 /// The signals Warden answers, installed before anything else so that a signal sent
 /// during start-up is acted on (once the listener is up) rather than killing the process
@@ -96,9 +100,9 @@ async fn run(
     })
     .await?;
 
-    let (audit, audit_queue) =
-        Audit::channel(65_536, Backlog::Block(std::time::Duration::from_secs(5)));
-    spawn_interim_audit_consumer(audit_queue);
+    let (audit, audit_queue) = Audit::channel(config.audit.queue_capacity, config.audit.backlog());
+    // Subscribed first thing, so the servers' start-up events are recorded too.
+    let lifecycle = crate::audit::lifecycle::spawn(&tree.events, audit.clone()).await;
     let pins = Arc::new(Pins::load(database.pool.clone(), audit.clone()).await?);
     let sessions = SessionManager::start(
         SessionLimits {
@@ -110,7 +114,7 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let gateway = Gateway::new(tree.clone(), pins, sessions, audit);
+    let gateway = Gateway::new(tree.clone(), pins, sessions, audit, database.pool.clone());
 
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
@@ -133,6 +137,39 @@ async fn run(
         authenticator,
         log_level,
     ));
+    crate::audit::refresh_redaction(&app.redaction, config, &app.secrets).await;
+    let writer = AuditWriter::start(
+        WriterConfig {
+            pool: database.pool.clone(),
+            spool_dir: config.server.state_dir.join("audit"),
+            batch_max_rows: config.audit.batch_max_rows,
+            batch_max_delay: config.audit.batch_max_delay,
+            spool_max_bytes: config.audit.spool_max_bytes,
+            max_payload_bytes: config.audit.max_payload_bytes,
+            backlog: config.audit.backlog(),
+            scrubber: app.redaction.clone(),
+            writer_name: default_writer_name(),
+        },
+        audit_queue,
+        Some(app.tree.root_cell()),
+    )
+    .await
+    .context("starting the audit writer")?;
+    let _scheduler = Scheduler::start(
+        SchedulerConfig {
+            pg_config: database.pg_config.clone(),
+            pool: database.pool.clone(),
+            jobs: registry.build_jobs(&app),
+            tick: std::time::Duration::from_secs(5),
+            runner_name: default_writer_name(),
+        },
+        Some(app.tree.root_cell()),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    app.gateway
+        .sessions
+        .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
     let announcer = tokio::spawn(announce_changes(app.clone()));
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
@@ -164,7 +201,15 @@ async fn run(
     let _ = server.await;
     secret_watch.abort();
     announcer.abort();
+    // The writer outlives the tree: it records the servers' stop events, then drains.
+    writer.detach();
     app.tree.shutdown().await;
+    if let Some(lifecycle) = lifecycle {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lifecycle).await;
+    }
+    writer
+        .shutdown(config.server.shutdown_grace + std::time::Duration::from_secs(30))
+        .await;
     outcome
 }
 
@@ -243,7 +288,10 @@ async fn watch_secret_changes(
                     loop {
                         tokio::select! {
                             name = rx.recv() => match name {
-                                Some(name) => restart_users_of(&app, &name).await,
+                                Some(name) => {
+                                    crate::audit::refresh_redaction(&app.redaction, &app.config.load(), &app.secrets).await;
+                                    restart_users_of(&app, &name).await
+                                }
                                 None => break,
                             },
                             _ = shutdown.cancelled() => { driver.abort(); return; }
@@ -294,19 +342,6 @@ async fn restart_users_of(app: &App, secret: &str) {
                 .await;
         }
     }
-}
-
-/// Until the AuditWriter lands, queued records are logged at debug level only.
-fn spawn_interim_audit_consumer(mut queue: AuditQueue) {
-    tracing::warn!("the audit trail is not persisted yet in this build (interim consumer)");
-    tokio::spawn(async move {
-        while let Some(item) = queue.receiver.recv().await {
-            tracing::debug!(record = ?item.record, "audit record");
-            if let Some(reply) = item.durable {
-                let _ = reply.send(Ok(()));
-            }
-        }
-    });
 }
 
 /// Turns lifecycle events into `notifications/*/list_changed` for the sessions that can

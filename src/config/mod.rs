@@ -7,6 +7,7 @@
 //! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
 //! the working directory Warden was started in, as a shell user would expect.
 
+pub mod policy;
 mod raw;
 pub mod units;
 pub mod yaml;
@@ -22,7 +23,7 @@ use warden_actors::spec::{
     ServerSpec, ToolSpec, Transport,
 };
 
-pub use raw::LogFormat;
+pub use raw::{AckMode, BacklogMode, LogFormat};
 use raw::{RawMcpServer, RawProfile, RawServerDefaults, RestartPolicyName};
 use yaml::{Located, Mark, Node, NodeKind, Spanned};
 
@@ -76,6 +77,9 @@ pub struct Config {
     pub naming: BTreeMap<String, ServerNaming>,
     pub gateway: GatewayConfig,
     pub sessions: SessionsConfig,
+    pub audit: AuditConfig,
+    /// Rate limits, quotas and hooks (`rate_limits`, `quotas`, `hooks`).
+    pub policy: policy::PolicyConfig,
     /// Sections contributed by extensions (`extensions.<name>`), as parsed trees.
     pub extensions: BTreeMap<String, ExtensionSection>,
 }
@@ -147,6 +151,37 @@ pub struct SessionsConfig {
     pub idle_timeout: Duration,
     pub max_per_principal: usize,
     pub max_total: usize,
+}
+
+/// The audit trail (`audit:`); see docs/audit.md.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// Rows per COPY batch at most.
+    pub batch_max_rows: usize,
+    /// How long the first record of a batch waits for company.
+    pub batch_max_delay: Duration,
+    /// Records the in-memory queue holds.
+    pub queue_capacity: usize,
+    pub ack: AckMode,
+    pub on_backlog: BacklogMode,
+    /// With `on_backlog: block`, how long a caller waits for room.
+    pub block_timeout: Duration,
+    pub spool_max_bytes: u64,
+    pub max_payload_bytes: usize,
+    /// The profile's own redaction patterns (compiled once, here).
+    pub redact: Vec<regex::Regex>,
+    /// Rows older than this are deleted; None keeps them forever.
+    pub retention: Option<Duration>,
+}
+
+impl AuditConfig {
+    /// The queue's behaviour when full.
+    pub fn backlog(&self) -> warden_actors::audit::Backlog {
+        match self.on_backlog {
+            BacklogMode::Block => warden_actors::audit::Backlog::Block(self.block_timeout),
+            BacklogMode::FailClosed => warden_actors::audit::Backlog::FailClosed,
+        }
+    }
 }
 
 /// An extension's own section, handed to it unparsed with its place in the file.
@@ -346,6 +381,31 @@ impl Config {
             max_total: raw.sessions.max_total.unwrap_or(10_000),
         };
 
+        let audit = audit_config(raw.audit, &mut problems);
+        let mut server_rates = Vec::new();
+        let mut tool_rates = Vec::new();
+        for (name, spanned) in &raw.servers {
+            if let Some(rate) = &spanned.value.rate_limit {
+                server_rates.push((name.clone(), rate.clone()));
+            }
+            for (tool, settings) in &spanned.value.tools {
+                if let Some(rate) = &settings.rate_limit {
+                    tool_rates.push(((name.clone(), tool.clone()), rate.clone()));
+                }
+            }
+        }
+        let policy = policy::build(
+            &raw.rate_limits,
+            server_rates,
+            tool_rates,
+            &raw.quotas,
+            &raw.hooks,
+        )
+        .unwrap_or_else(|mut errors| {
+            problems.append(&mut errors);
+            policy::PolicyConfig::default()
+        });
+
         let mut servers = Vec::new();
         let mut naming = BTreeMap::new();
         let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
@@ -379,6 +439,8 @@ impl Config {
             naming,
             gateway,
             sessions,
+            audit,
+            policy,
             extensions: BTreeMap::new(),
         })
     }
@@ -386,6 +448,77 @@ impl Config {
     /// Where the embedded cluster keeps its data.
     pub fn embedded_data_dir(&self) -> PathBuf {
         self.server.state_dir.join("postgres")
+    }
+}
+
+fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig {
+    let mut problem = |path: &str, message: String| {
+        problems.push(Located {
+            mark: Mark::default(),
+            path: path.to_owned(),
+            message,
+        })
+    };
+    let batch_max_rows = raw.batch_max_rows.unwrap_or(1000);
+    if !(1..=100_000).contains(&batch_max_rows) {
+        problem(
+            "audit.batch_max_rows",
+            format!("must be between 1 and 100000, found {batch_max_rows}"),
+        );
+    }
+    let queue_capacity = raw.queue_capacity.unwrap_or(65_536);
+    if queue_capacity == 0 {
+        problem("audit.queue_capacity", "must be at least 1".into());
+    }
+    let spool_max_bytes = raw.spool_max_bytes.map_or(1 << 30, |s| s.0);
+    if spool_max_bytes < 1024 {
+        problem(
+            "audit.spool_max_bytes",
+            format!("must be at least 1KiB, found {spool_max_bytes} bytes"),
+        );
+    }
+    let max_payload_bytes = raw.max_payload_bytes.map_or(64 << 10, |s| s.0);
+    if max_payload_bytes < 256 {
+        problem(
+            "audit.max_payload_bytes",
+            format!("must be at least 256 bytes, found {max_payload_bytes}"),
+        );
+    }
+    let retention = raw.retention.map(|d| d.0);
+    if retention.is_some_and(|r| r < Duration::from_secs(3600)) {
+        problem(
+            "audit.retention",
+            "must be at least 1h (or left unset to keep every row)".into(),
+        );
+    }
+    let mut redact = Vec::new();
+    for pattern in raw.redact.unwrap_or_default() {
+        match regex::Regex::new(&pattern.value) {
+            Ok(regex) => redact.push(regex),
+            Err(error) => {
+                let detail = error.to_string();
+                let detail = detail.lines().last().unwrap_or("").trim();
+                let detail = detail.strip_prefix("error: ").unwrap_or(detail);
+                problems.push(pattern.error(format!(
+                    "`{}` is not a valid regular expression: {detail}",
+                    pattern.value
+                )));
+            }
+        }
+    }
+    AuditConfig {
+        batch_max_rows,
+        batch_max_delay: raw
+            .batch_max_delay
+            .map_or(Duration::from_millis(100), |d| d.0),
+        queue_capacity,
+        ack: raw.ack.unwrap_or_default(),
+        on_backlog: raw.on_backlog.unwrap_or_default(),
+        block_timeout: raw.block_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        spool_max_bytes,
+        max_payload_bytes: usize::try_from(max_payload_bytes).unwrap_or(usize::MAX),
+        redact,
+        retention,
     }
 }
 
@@ -470,9 +603,33 @@ fn server_spec(
         .clone()
         .or_else(|| defaults.inherit_env.clone())
         .unwrap_or_else(|| DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect());
-    let process = raw.command.as_ref().map(|command| ProcessSpec {
+    // A built-in server is this binary run as `warden builtin-server <name>`.
+    let builtin_command = raw.builtin.as_ref().map(|name| {
+        if !crate::builtin::NAMES.contains(&name.as_str()) {
+            fail(format!(
+                "`builtin` must be one of {}, found `{name}`",
+                crate::builtin::NAMES.join(", ")
+            ));
+        }
+        if raw.command.is_some() || raw.url.is_some() {
+            fail("`builtin` cannot be combined with `command` or `url`".into());
+        }
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "warden".into());
+        (exe, vec!["builtin-server".to_owned(), name.clone()])
+    });
+    let command = builtin_command
+        .clone()
+        .map(|(exe, _)| exe)
+        .or_else(|| raw.command.clone());
+    let process = command.as_ref().map(|command| ProcessSpec {
         command: command.clone(),
-        args: raw.args.clone().unwrap_or_default(),
+        args: builtin_command
+            .as_ref()
+            .map(|(_, args)| args.clone())
+            .or_else(|| raw.args.clone())
+            .unwrap_or_default(),
         cwd: raw.cwd.as_ref().map(PathBuf::from),
         env: raw.env.clone().unwrap_or_default(),
         secrets: raw.secrets.clone().unwrap_or_default(),
@@ -758,6 +915,32 @@ mod tests {
             err.to_string()
                 .starts_with("test.yaml:3:12: extensions.mine.level: expected an integer"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn audit_section_defaults_and_located_regex_errors() {
+        let config = parse("").unwrap();
+        assert_eq!(config.audit.batch_max_rows, 1000);
+        assert_eq!(config.audit.ack, AckMode::Async);
+        assert!(config.audit.retention.is_none());
+        let config = parse(
+            "audit:\n  ack: durable\n  on_backlog: fail_closed\n  redact: ['acct-\\d+']\n  retention: 400d\n",
+        )
+        .unwrap();
+        assert_eq!(config.audit.on_backlog, BacklogMode::FailClosed);
+        assert_eq!(config.audit.redact.len(), 1);
+        assert_eq!(
+            config.audit.retention,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+        let err = parse("audit:\n  redact:\n    - ok\n    - 'bad(('\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "test.yaml:4:7: audit.redact[1]: `bad((` is not a valid regular expression"
+            ),
+            "{text}"
         );
     }
 

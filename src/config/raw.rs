@@ -27,6 +27,14 @@ pub struct RawProfile {
     pub gateway: RawGateway,
     #[serde(default)]
     pub sessions: RawSessions,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub rate_limits: super::policy::RawRateLimits,
+    #[serde(default)]
+    pub quotas: Vec<Spanned<super::policy::RawQuota>>,
+    #[serde(default)]
+    pub hooks: Vec<Spanned<super::policy::RawHook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +107,8 @@ pub struct RawServerDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     pub enabled: Option<bool>,
+    /// A server built into the binary (`demo`), run as a stdio child.
+    pub builtin: Option<String>,
     // stdio / http child
     pub command: Option<String>,
     pub args: Option<Vec<String>>,
@@ -128,6 +138,8 @@ pub struct RawMcpServer {
     // naming on the aggregate endpoint
     pub prefix: Option<String>,
     pub pin_tools: Option<bool>,
+    /// Per caller, for this server (`10/s`).
+    pub rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
 }
@@ -172,6 +184,8 @@ pub struct RawTool {
     pub alias: Option<String>,
     pub description: Option<String>,
     pub call_timeout: Option<Dur>,
+    /// Per caller, for this tool (`1/m`).
+    pub rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,4 +200,42 @@ pub struct RawSessions {
     pub idle_timeout: Option<Dur>,
     pub max_per_principal: Option<usize>,
     pub max_total: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub batch_max_rows: Option<usize>,
+    pub batch_max_delay: Option<Dur>,
+    pub queue_capacity: Option<usize>,
+    pub ack: Option<AckMode>,
+    pub on_backlog: Option<BacklogMode>,
+    pub block_timeout: Option<Dur>,
+    pub spool_max_bytes: Option<ByteSize>,
+    pub max_payload_bytes: Option<ByteSize>,
+    pub redact: Option<Vec<Spanned<String>>>,
+    pub retention: Option<Dur>,
+}
+
+/// When a governed call may proceed relative to its audit record.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Records are queued; the call never waits on PostgreSQL.
+    #[default]
+    Async,
+    /// A tool call's "started" record is durable (in PostgreSQL or the fsynced spool)
+    /// before the tool is dispatched.
+    Durable,
+}
+
+/// What happens when the queue and the spool are both full.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BacklogMode {
+    /// Callers wait up to `audit.block_timeout`, then are refused.
+    #[default]
+    Block,
+    /// Governed calls are refused at once until the backlog drains.
+    FailClosed,
 }

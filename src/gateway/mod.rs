@@ -33,6 +33,9 @@ use warden_actors::upstream::{CallError, CallOptions, UpcallSink};
 
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::policy::hooks::{HookContext, HookEvent, HookReport, Hooks};
+use crate::policy::limits::{RateLimited, RateLimiter, Surface};
+use crate::policy::quotas::{self, QuotaError, QuotaRule, QuotaSubject};
 use crate::policy::{Denial, Permission, PolicyEngine};
 use pins::Pins;
 use routes::RouteTable;
@@ -53,6 +56,15 @@ impl CallContext {
     fn session_id(&self) -> Option<String> {
         self.session.as_ref().map(|s| s.id.clone())
     }
+}
+
+/// Every rule a governed call passes, as one consistent snapshot of the profile.
+#[derive(Clone)]
+pub struct Rules {
+    pub policy: Arc<PolicyEngine>,
+    pub limits: Arc<RateLimiter>,
+    pub hooks: Arc<Hooks>,
+    pub quotas: Arc<Vec<QuotaRule>>,
 }
 
 /// Why a request did not reach (or come back from) its upstream. The HTTP layer maps
@@ -107,6 +119,12 @@ pub enum GatewayError {
     Lost { server: String, reason: String },
     #[error("{0}")]
     Audit(AuditRefused),
+    #[error("{0}")]
+    RateLimited(RateLimited),
+    #[error("{0}")]
+    Quota(QuotaError),
+    #[error("blocked by hook `{hook}`: {reason}")]
+    HookDenied { hook: String, reason: String },
 }
 
 impl GatewayError {
@@ -141,12 +159,32 @@ impl GatewayError {
                 RpcError::new(code::SERVER_UNAVAILABLE, self.to_string()).with_data(json!({ "server": server }))
             }
             GatewayError::Audit(_) => RpcError::new(code::AUDIT_UNAVAILABLE, self.to_string()),
+            GatewayError::RateLimited(limited) => RpcError::new(code::RATE_LIMITED, self.to_string()).with_data(json!({
+                "scope": limited.scope,
+                "limit": limited.limit,
+                "tier": limited.tier,
+                "retry_after_ms": limited.retry_after.as_millis() as u64,
+                "retry_after_secs": limited.retry_after_secs(),
+            })),
+            GatewayError::Quota(QuotaError::Exhausted { rule, retry_after, .. }) => {
+                RpcError::new(code::RATE_LIMITED, self.to_string())
+                    .with_data(json!({"quota": rule, "retry_after_secs": retry_after.as_secs().max(1)}))
+            }
+            GatewayError::Quota(QuotaError::Unavailable { .. }) => RpcError::new(code::SERVER_UNAVAILABLE, self.to_string()),
+            GatewayError::HookDenied { hook, .. } => {
+                RpcError::new(code::HOOK_DENIED, self.to_string()).with_data(json!({ "hook": hook }))
+            }
         }
     }
 
     fn status(&self) -> ToolStatus {
         match self {
-            GatewayError::Denied(_) | GatewayError::Withheld { .. } => ToolStatus::Denied,
+            GatewayError::Denied(_)
+            | GatewayError::Withheld { .. }
+            | GatewayError::HookDenied { .. } => ToolStatus::Denied,
+            GatewayError::RateLimited(_) | GatewayError::Quota(QuotaError::Exhausted { .. }) => {
+                ToolStatus::RateLimited
+            }
             GatewayError::Timeout { .. } => ToolStatus::Timeout,
             GatewayError::Cancelled => ToolStatus::Cancelled,
             _ => ToolStatus::Error,
@@ -185,6 +223,10 @@ pub struct Gateway {
     listeners: std::sync::Mutex<Vec<Listener>>,
     /// Cancelled when Warden shuts down; listen streams then end gracefully.
     pub closing: CancellationToken,
+    /// For quota counters.
+    pool: deadpool_postgres::Pool,
+    /// For webhook hooks.
+    http: reqwest::Client,
 }
 
 /// A resolved tool: where it goes and what the permission check needs to know.
@@ -196,7 +238,13 @@ struct Target {
 }
 
 impl Gateway {
-    pub fn new(tree: Tree, pins: Arc<Pins>, sessions: SessionManager, audit: Audit) -> Gateway {
+    pub fn new(
+        tree: Tree,
+        pins: Arc<Pins>,
+        sessions: SessionManager,
+        audit: Audit,
+        pool: deadpool_postgres::Pool,
+    ) -> Gateway {
         Gateway {
             directory: tree.directory.clone(),
             tree,
@@ -210,7 +258,18 @@ impl Gateway {
             audit,
             listeners: std::sync::Mutex::new(Vec::new()),
             closing: CancellationToken::new(),
+            pool,
+            http: warden_actors::upstream::http::client_builder()
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
+    }
+
+    /// The HTTP client webhook hooks use.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Registers a `subscriptions/listen` stream.
@@ -446,7 +505,7 @@ impl Gateway {
     pub async fn call_tool(
         &self,
         config: &Config,
-        policy: &PolicyEngine,
+        rules: &Rules,
         ctx: &CallContext,
         mut params: Map<String, Value>,
     ) -> Result<Box<RawValue>, GatewayError> {
@@ -486,7 +545,7 @@ impl Gateway {
             duration_us: 0,
         };
         let outcome = self
-            .call_tool_inner(config, policy, ctx, &requested, &mut params, &mut row)
+            .call_tool_inner(config, rules, ctx, &requested, &mut params, &mut row)
             .await;
         row.completed_at = SystemTime::now();
         row.duration_us = clock.elapsed().as_micros() as i64;
@@ -504,9 +563,11 @@ impl Gateway {
                 row.error = Some(error.to_string());
             }
         }
+        // `record_completed`: the call was admitted and ran, so its row is kept even while
+        // the trail refuses new calls (audit work, docs/audit.md).
         if let Err(refused) = self
             .audit
-            .record(AuditRecord::ToolCall(Box::new(row)))
+            .record_completed(AuditRecord::ToolCall(Box::new(row)))
             .await
         {
             // The call already happened; the refusal is logged loudly (the trail's own
@@ -519,7 +580,7 @@ impl Gateway {
     async fn call_tool_inner(
         &self,
         config: &Config,
-        policy: &PolicyEngine,
+        rules: &Rules,
         ctx: &CallContext,
         requested: &str,
         params: &mut Map<String, Value>,
@@ -528,7 +589,7 @@ impl Gateway {
         let target = self.resolve_tool(config, ctx, requested).await?;
         row.server_name = target.server.to_string();
         row.tool_name = target.upstream.clone();
-        let decision = policy.check(
+        let decision = rules.policy.check(
             &ctx.principal,
             &Permission::CallTool {
                 server: &target.server,
@@ -550,22 +611,198 @@ impl Gateway {
                 tool: target.upstream,
             });
         }
+        self.limit(rules, ctx, &target).await?;
+        let hook_ctx = |event| HookContext {
+            event,
+            server: Some(target.server.to_string()),
+            tool: Some(target.upstream.clone()),
+            principal: ctx.principal.user_id().to_owned(),
+            roles: ctx.principal.roles.clone(),
+            scopes: ctx.principal.scopes.iter().map(str::to_owned).collect(),
+            session_id: ctx.session_id(),
+            trace_id: ctx.trace.trace_id_hex(),
+        };
+        if rules.hooks.any(HookEvent::PreToolUse) {
+            let arguments = params
+                .get("arguments")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            let verdict = rules
+                .hooks
+                .run(&hook_ctx(HookEvent::PreToolUse), &arguments, &self.http)
+                .await;
+            self.record_hooks(ctx, &verdict.reports, HookEvent::PreToolUse)
+                .await;
+            if let Some((hook, reason)) = verdict.denied {
+                return Err(GatewayError::HookDenied { hook, reason });
+            }
+            if let Some(rewritten) = verdict.rewritten {
+                row.input = serde_json::value::to_raw_value(&rewritten).ok();
+                params.insert("arguments".into(), rewritten);
+            }
+        }
         params.insert("name".into(), Value::from(target.upstream.clone()));
         let entry = self.entry(&target.server)?;
+        // `audit.ack: durable` (audit work, docs/audit.md): the call's "started" record is
+        // durable — committed, or fsynced in the spool — before the tool is dispatched;
+        // if the trail cannot make it durable the call is refused, not dispatched.
+        if config.audit.ack == crate::config::AckMode::Durable {
+            let mut started = AuditEvent::new("tool.started", actor_kind(&ctx.principal));
+            started.trace_id = Some(ctx.trace.trace_id_hex());
+            started.actor_id = Some(ctx.principal.user_id().to_owned());
+            started.subject = Some(format!("{}/{}", target.server, target.upstream));
+            started.attributes = json!({
+                "execution_id": row.id,
+                "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
+                "client_id": ctx.principal.client_id,
+            });
+            self.audit
+                .record_durable(AuditRecord::Event(Box::new(started)))
+                .await
+                .map_err(GatewayError::Audit)?;
+        }
         let spec = entry.spec();
         let timeout = spec
             .tools
             .get(&target.upstream)
             .and_then(|t| t.call_timeout)
             .unwrap_or(spec.call_timeout);
-        self.forward(
-            ctx,
-            &entry,
-            "tools/call",
-            Some(std::mem::take(params)),
-            timeout,
-        )
-        .await
+        let outcome = self
+            .forward(
+                ctx,
+                &entry,
+                "tools/call",
+                Some(std::mem::take(params)),
+                timeout,
+            )
+            .await;
+        self.after_call(rules, outcome, &hook_ctx, ctx).await
+    }
+
+    /// Rate limits (surface, server, tool) and quotas; each refusal is an audit event.
+    async fn limit(
+        &self,
+        rules: &Rules,
+        ctx: &CallContext,
+        target: &Target,
+    ) -> Result<(), GatewayError> {
+        let principal = &ctx.principal;
+        let limited = rules
+            .limits
+            .check(
+                Surface::Mcp,
+                principal.user_id(),
+                &principal.tier,
+                Some(&target.server),
+                Some(&target.upstream),
+            )
+            .map_err(GatewayError::RateLimited);
+        let limited = match limited {
+            Err(error) => Err(error),
+            Ok(()) => {
+                let who = QuotaSubject {
+                    subject: principal.user_id(),
+                    roles: &principal.roles,
+                    scopes: principal.scopes.iter().collect(),
+                    server: &target.server,
+                    tool: &target.upstream,
+                };
+                if quotas::any_rule_for(&rules.quotas, &who) {
+                    quotas::consume(&self.pool, &rules.quotas, &who)
+                        .await
+                        .map_err(GatewayError::Quota)
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(error) = &limited
+            && matches!(
+                error,
+                GatewayError::RateLimited(_) | GatewayError::Quota(QuotaError::Exhausted { .. })
+            )
+        {
+            let mut event = AuditEvent::new("rate_limit.rejected", actor_kind(principal));
+            event.trace_id = Some(ctx.trace.trace_id_hex());
+            event.actor_id = Some(principal.user_id().to_owned());
+            event.subject = Some(format!("{}/{}", target.server, target.upstream));
+            event.decision = Some("deny");
+            event.reason = Some(error.to_string());
+            event.attributes = json!({ "tier": principal.tier, "error": error.to_rpc().data });
+            self.audit
+                .record(AuditRecord::Event(Box::new(event)))
+                .await
+                .map_err(GatewayError::Audit)?;
+        }
+        limited
+    }
+
+    /// PostToolUse (may rewrite or withhold a result) or PostToolUseFailure (observes).
+    async fn after_call(
+        &self,
+        rules: &Rules,
+        outcome: Result<Box<RawValue>, GatewayError>,
+        hook_ctx: &(dyn Fn(HookEvent) -> HookContext + Sync),
+        ctx: &CallContext,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let failed = match &outcome {
+            Ok(result) => result_is_error(result),
+            Err(_) => true,
+        };
+        let event = if failed {
+            HookEvent::PostToolUseFailure
+        } else {
+            HookEvent::PostToolUse
+        };
+        if !rules.hooks.any(event) {
+            return outcome;
+        }
+        let payload = match &outcome {
+            Ok(result) => serde_json::from_str(result.get()).unwrap_or(Value::Null),
+            Err(error) => json!({ "error": error.to_string() }),
+        };
+        let verdict = rules
+            .hooks
+            .run(&hook_ctx(event), &payload, &self.http)
+            .await;
+        self.record_hooks(ctx, &verdict.reports, event).await;
+        if failed {
+            return outcome;
+        }
+        if let Some((hook, reason)) = verdict.denied {
+            return Err(GatewayError::HookDenied { hook, reason });
+        }
+        match verdict.rewritten {
+            Some(rewritten) => serde_json::value::to_raw_value(&rewritten).map_err(|e| {
+                GatewayError::InvalidParams(format!("a hook produced an unusable result: {e}"))
+            }),
+            None => outcome,
+        }
+    }
+
+    /// One `hook.outcome` audit event per hook that ran.
+    pub async fn record_hooks(&self, ctx: &CallContext, reports: &[HookReport], event: HookEvent) {
+        for report in reports {
+            let mut audit = AuditEvent::new("hook.outcome", actor_kind(&ctx.principal));
+            audit.trace_id = Some(ctx.trace.trace_id_hex());
+            audit.actor_id = Some(ctx.principal.user_id().to_owned());
+            audit.subject = Some(report.hook.clone());
+            audit.decision = match report.outcome {
+                "deny" => Some("deny"),
+                "error" => None,
+                _ => Some("allow"),
+            };
+            audit.reason = report.reason.clone();
+            audit.attributes = json!({
+                "event": event.as_str(),
+                "handler": report.handler,
+                "outcome": report.outcome,
+                "duration_us": report.duration_us,
+            });
+            if let Err(error) = self.audit.record(AuditRecord::Event(Box::new(audit))).await {
+                tracing::error!(%error, hook = %report.hook, "recording a hook outcome failed");
+            }
+        }
     }
 
     async fn resolve_tool(

@@ -265,7 +265,12 @@ pub enum SessionMsg {
     End(String),
 }
 
-struct SessionActor;
+/// Called once when a session ends (runs `SessionEnd` hooks, records the event).
+pub type OnEnd = Arc<std::sync::OnceLock<Box<dyn Fn(Arc<Session>, String) + Send + Sync>>>;
+
+struct SessionActor {
+    on_end: OnEnd,
+}
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
@@ -295,6 +300,9 @@ impl Actor for SessionActor {
             SessionMsg::End(reason) => {
                 tracing::debug!(session = %session.id, %reason, "session ended");
                 session.end();
+                if let Some(on_end) = self.on_end.get() {
+                    on_end(session.clone(), reason.clone());
+                }
                 myself.stop(Some(reason));
             }
         }
@@ -339,20 +347,25 @@ pub struct SessionsSupervisor;
 pub struct SupervisorState {
     sessions: Arc<Sessions>,
     limits: SessionLimits,
+    on_end: OnEnd,
 }
 
 impl Actor for SessionsSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = (Arc<Sessions>, SessionLimits);
+    type Arguments = (Arc<Sessions>, SessionLimits, OnEnd);
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        (sessions, limits): Self::Arguments,
+        (sessions, limits, on_end): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Sweep);
-        Ok(SupervisorState { sessions, limits })
+        Ok(SupervisorState {
+            sessions,
+            limits,
+            on_end,
+        })
     }
 
     async fn handle(
@@ -385,7 +398,6 @@ impl Actor for SessionsSupervisor {
                         let _ = actor.send_message(SessionMsg::End("idle timeout".into()));
                     }
                 }
-                metrics::gauge!("warden_sessions").set(state.sessions.len() as f64);
             }
         }
         Ok(())
@@ -427,7 +439,10 @@ async fn create(
         new.client_capabilities,
         new.scope,
     ));
-    let (actor, _) = Actor::spawn_linked(None, SessionActor, session.clone(), myself.get_cell())
+    let actor = SessionActor {
+        on_end: state.on_end.clone(),
+    };
+    let (actor, _) = Actor::spawn_linked(None, actor, session.clone(), myself.get_cell())
         .await
         .map_err(|e| format!("cannot start the session actor: {e}"))?;
     state.sessions.insert(session.clone(), actor);
@@ -439,6 +454,7 @@ async fn create(
 pub struct SessionManager {
     pub table: Arc<Sessions>,
     supervisor: ActorRef<SupervisorMsg>,
+    on_end: OnEnd,
 }
 
 impl SessionManager {
@@ -448,15 +464,24 @@ impl SessionManager {
         parent: Option<ractor::ActorCell>,
     ) -> Result<SessionManager, String> {
         let table = Arc::new(Sessions::default());
+        let on_end: OnEnd = Arc::new(std::sync::OnceLock::new());
+        let args = (table.clone(), limits, on_end.clone());
         let spawned = match parent {
-            Some(parent) => {
-                Actor::spawn_linked(None, SessionsSupervisor, (table.clone(), limits), parent).await
-            }
-            None => Actor::spawn(None, SessionsSupervisor, (table.clone(), limits)).await,
+            Some(parent) => Actor::spawn_linked(None, SessionsSupervisor, args, parent).await,
+            None => Actor::spawn(None, SessionsSupervisor, args).await,
         };
         let (supervisor, _) =
             spawned.map_err(|e| format!("cannot start the sessions supervisor: {e}"))?;
-        Ok(SessionManager { table, supervisor })
+        Ok(SessionManager {
+            table,
+            supervisor,
+            on_end,
+        })
+    }
+
+    /// Sets what happens when any session ends (once, at start-up).
+    pub fn on_end(&self, callback: impl Fn(Arc<Session>, String) + Send + Sync + 'static) {
+        let _ = self.on_end.set(Box::new(callback));
     }
 
     pub async fn create(&self, new: NewSession) -> Result<Arc<Session>, String> {

@@ -45,6 +45,19 @@ pub async fn admin_principal(
     action: &str,
 ) -> Result<Arc<Principal>, ApiError> {
     let principal = super::authenticate(app, headers).await?;
+    app.limits
+        .load()
+        .check(
+            crate::policy::limits::Surface::Admin,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        )
+        .map_err(|limited| ApiError::RateLimited {
+            message: limited.to_string(),
+            retry_after_secs: limited.retry_after_secs(),
+        })?;
     app.policy
         .load()
         .check(&principal, &Permission::Admin { action })

@@ -1,6 +1,9 @@
 //! `/healthz` (the process answers) and `/readyz` (the database answers, the actor tree
 //! is up, and Warden is not draining). `/readyz` answers 503 with a JSON list of reasons,
-//! so a load balancer and an operator read the same thing.
+//! so a load balancer and an operator read the same thing. Both answers carry the audit
+//! trail's backlog under `audit` (queued records, spool bytes, whether PostgreSQL is
+//! down for the writer); a trail that refuses records (`fail_closed` with a full spool)
+//! makes Warden not ready.
 
 use std::time::Duration;
 
@@ -37,12 +40,23 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !database_ok {
         reasons.push("the database is unreachable".to_owned());
     }
+    let audit = app.audit.backlog();
+    if audit.refusing {
+        reasons.push(
+            "the audit trail is backlogged and refuses records (audit.on_backlog: fail_closed)"
+                .to_owned(),
+        );
+    }
     if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+        (
+            StatusCode::OK,
+            Json(json!({"ready": true, "audit": audit, "audit_backlog": audit.any()})),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reasons": reasons})),
+            Json(json!({"ready": false, "reasons": reasons, "audit": audit, "audit_backlog": audit.any()})),
         )
             .into_response()
     }

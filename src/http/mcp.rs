@@ -51,6 +51,8 @@ use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
 use crate::gateway::{CallContext, GatewayError};
+use crate::policy::hooks::{HookContext, HookEvent};
+use crate::policy::limits::Surface;
 use crate::policy::{Permission, PolicyEngine};
 
 /// Revisions reachable with the `initialize` handshake, oldest first.
@@ -676,6 +678,23 @@ async fn request(
 ) -> Response {
     let modern = matches!(era, Era::Stateless { .. });
     let ok = |result: Value| result_response(&id, &result_text(result), &trace, modern);
+    // tools/call checks the surface limit with its server's and tool's; every other
+    // request is checked here.
+    if method != "tools/call"
+        && let Err(limited) = app.limits.load().check(
+            Surface::Mcp,
+            principal.user_id(),
+            &principal.tier,
+            None,
+            None,
+        )
+    {
+        return rpc_error(
+            StatusCode::OK,
+            Some(&id),
+            GatewayError::RateLimited(limited).to_rpc(),
+        );
+    }
     match method.as_str() {
         "initialize" => return initialize(&app, scope, principal, &id, &params, &trace).await,
         "ping" => return ok(json!({})),
@@ -732,7 +751,8 @@ async fn request(
         sink,
         cancel: cancel.clone(),
     };
-    let policy = app.policy.load_full();
+    let rules = app.rules();
+    let policy = rules.policy.clone();
     let task_app = app.clone();
     let call = tokio::spawn(async move {
         let gateway = &task_app.gateway;
@@ -741,7 +761,7 @@ async fn request(
                 .list_tools(&config, &policy, &ctx)
                 .await
                 .map(|tools| result_text(json!({ "tools": tools }))),
-            "tools/call" => gateway.call_tool(&config, &policy, &ctx, params).await,
+            "tools/call" => gateway.call_tool(&config, &rules, &ctx, params).await,
             "prompts/list" => gateway
                 .list_prompts(&config, &policy, &ctx)
                 .await
@@ -1139,6 +1159,12 @@ async fn initialize(
             );
         }
     };
+    if let Err(error) = session_start_hooks(app, &session, trace).await {
+        app.gateway
+            .sessions
+            .end(&session.id, "refused by a SessionStart hook");
+        return rpc_error(StatusCode::OK, Some(id), error.to_rpc());
+    }
     let instructions = scope.as_ref().and_then(|server| {
         app.gateway
             .directory
@@ -1371,4 +1397,87 @@ fn policy_allows(policy: &PolicyEngine, principal: &Principal, server: &str) -> 
     policy
         .check(principal, &Permission::List { server })
         .is_ok()
+}
+
+/// Runs `SessionStart` hooks for a new session; a denial refuses the session.
+async fn session_start_hooks(
+    app: &AppState,
+    session: &Arc<Session>,
+    trace: &TraceContext,
+) -> Result<(), GatewayError> {
+    let hooks = app.hooks.load_full();
+    if !hooks.any(HookEvent::SessionStart) {
+        return Ok(());
+    }
+    let context = session_hook_context(HookEvent::SessionStart, session, trace);
+    let payload =
+        json!({"client_info": session.client_info, "protocol_version": session.protocol_version});
+    let verdict = hooks.run(&context, &payload, app.gateway.http()).await;
+    let call = CallContext {
+        principal: session.principal.clone(),
+        session: Some(session.clone()),
+        trace: *trace,
+        scope: None,
+        sink: None,
+        cancel: CancellationToken::new(),
+    };
+    app.gateway
+        .record_hooks(&call, &verdict.reports, HookEvent::SessionStart)
+        .await;
+    match verdict.denied {
+        Some((hook, reason)) => Err(GatewayError::HookDenied { hook, reason }),
+        None => Ok(()),
+    }
+}
+
+/// The facts session hooks match on.
+pub fn session_hook_context(
+    event: HookEvent,
+    session: &Session,
+    trace: &TraceContext,
+) -> HookContext {
+    HookContext {
+        event,
+        server: session.scope.clone(),
+        tool: None,
+        principal: session.principal.user_id().to_owned(),
+        roles: session.principal.roles.clone(),
+        scopes: session.principal.scopes.iter().map(str::to_owned).collect(),
+        session_id: Some(session.id.clone()),
+        trace_id: trace.trace_id_hex(),
+    }
+}
+
+/// Runs `SessionEnd` hooks when a session ends (called by the session actor; the
+/// outcome is audited, the session is gone either way).
+pub fn on_session_end(
+    app: std::sync::Weak<crate::app::App>,
+) -> impl Fn(Arc<Session>, String) + Send + Sync + 'static {
+    move |session: Arc<Session>, reason: String| {
+        let Some(app) = app.upgrade() else {
+            return;
+        };
+        let hooks = app.hooks.load_full();
+        if !hooks.any(HookEvent::SessionEnd) {
+            return;
+        }
+        tokio::spawn(async move {
+            let trace = TraceContext::generate();
+            let context = session_hook_context(HookEvent::SessionEnd, &session, &trace);
+            let verdict = hooks
+                .run(&context, &json!({ "reason": reason }), app.gateway.http())
+                .await;
+            let call = CallContext {
+                principal: session.principal.clone(),
+                session: Some(session.clone()),
+                trace,
+                scope: None,
+                sink: None,
+                cancel: CancellationToken::new(),
+            };
+            app.gateway
+                .record_hooks(&call, &verdict.reports, HookEvent::SessionEnd)
+                .await;
+        });
+    }
 }

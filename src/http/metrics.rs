@@ -39,7 +39,71 @@ pub fn routes() -> Router<AppState> {
 async fn render(State(app): State<AppState>) -> impl IntoResponse {
     let mut body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     body.push_str(&process_metrics());
+    body.push_str(&server_metrics(&app));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Per-server figures, read from the directory at scrape time (so they can never drift
+/// from what `/admin/servers` shows).
+fn server_metrics(app: &AppState) -> String {
+    use std::fmt::Write as _;
+    use warden_actors::directory::ServerState;
+    let mut up = String::from("# TYPE warden_server_up gauge\n");
+    let mut restarts = String::from("# TYPE warden_server_restarts_total counter\n");
+    let mut states = String::from("# TYPE warden_server_state gauge\n");
+    let mut in_flight = String::from("# TYPE warden_server_calls_in_flight gauge\n");
+    let mut queued = String::from("# TYPE warden_server_calls_queued gauge\n");
+    for entry in app.tree.directory.all().iter() {
+        let status = entry.shared().status();
+        let users = entry.user_instances();
+        // A per-user server is up when any of its instances is.
+        let is_up = status.state == ServerState::Ready
+            || users.iter().any(|i| i.status().state == ServerState::Ready);
+        let name = escape(&entry.name);
+        let total_restarts =
+            status.restarts + users.iter().map(|i| i.status().restarts).sum::<u64>();
+        let _ = writeln!(
+            up,
+            "warden_server_up{{server=\"{name}\"}} {}",
+            u8::from(is_up)
+        );
+        let _ = writeln!(
+            restarts,
+            "warden_server_restarts_total{{server=\"{name}\"}} {total_restarts}"
+        );
+        for state in ServerState::ALL {
+            let value = u8::from(status.state == state);
+            let _ = writeln!(
+                states,
+                "warden_server_state{{server=\"{name}\",state=\"{}\"}} {value}",
+                state.as_str()
+            );
+        }
+        let _ = writeln!(
+            in_flight,
+            "warden_server_calls_in_flight{{server=\"{name}\"}} {}",
+            entry.limiter.in_flight()
+        );
+        let _ = writeln!(
+            queued,
+            "warden_server_calls_queued{{server=\"{name}\"}} {}",
+            entry.limiter.waiting()
+        );
+    }
+    let _ = writeln!(
+        up,
+        "# TYPE warden_sessions gauge\nwarden_sessions {}",
+        app.gateway.sessions.table.len()
+    );
+    [up, restarts, states, in_flight, queued].concat()
+}
+
+/// Escapes a label value for the Prometheus text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The standard `process_*` metrics, read from `/proc/self`.

@@ -10,8 +10,10 @@
 //! ```
 
 pub mod admin;
+pub mod audit;
 pub mod error;
 pub mod health;
+pub mod hooks;
 pub mod jsonlimits;
 pub mod listener;
 pub mod mcp;

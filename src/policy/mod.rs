@@ -3,6 +3,11 @@
 //! and the admin API. Deny by default; no flag bypasses it. `policy/` does no I/O: the
 //! caller records the decision in the audit trail.
 
+pub mod credentials;
+pub mod hooks;
+pub mod limits;
+pub mod quotas;
+
 use serde_json::Value;
 use thiserror::Error;
 
@@ -36,6 +41,10 @@ pub enum Permission<'a> {
     /// Send a model request.
     UseModel {
         model: &'a str,
+    },
+    /// Report a client-side lifecycle event (`POST /hooks/{event}`).
+    ReportEvent {
+        event: &'a str,
     },
 }
 
@@ -71,6 +80,7 @@ impl PolicyEngine {
             Permission::CallTool { .. } => "tools:call",
             Permission::Admin { .. } => self.admin_scope.as_str(),
             Permission::UseModel { .. } => "ai:chat",
+            Permission::ReportEvent { .. } => "hooks:report",
         };
         if principal.scopes.grants(required) {
             Ok(())

@@ -6,6 +6,10 @@
 //! Changes are announced with `NOTIFY warden_secrets, '<name>'` (in the same transaction),
 //! so a running Warden restarts the servers that use a changed secret even when the
 //! change came from `warden secret set` in another process.
+//!
+//! Every change is audited as a `secret.changed` event (name, owner, set or delete; never
+//! the value): through the running trail when the store has one ([`SecretStore::with_audit`]),
+//! else — a CLI command — sealed into the trail directly (`audit::record_now`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,6 +17,7 @@ use std::time::SystemTime;
 use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 use thiserror::Error;
+use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 use warden_actors::secrets::{SecretError, SecretSource};
 
 use super::{MasterKey, Redacted};
@@ -65,6 +70,7 @@ pub struct SecretInfo {
 pub struct SecretStore {
     pool: Pool,
     key: Arc<MasterKey>,
+    audit: Option<Audit>,
 }
 
 fn context(name: &str, owner: &str) -> Vec<u8> {
@@ -86,7 +92,45 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 
 impl SecretStore {
     pub fn new(pool: Pool, key: Arc<MasterKey>) -> Self {
-        SecretStore { pool, key }
+        SecretStore {
+            pool,
+            key,
+            audit: None,
+        }
+    }
+
+    /// Records changes through the running audit trail.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The `secret.changed` event for a committed change.
+    async fn audit_change(&self, name: &str, owner: &str, action: &str) {
+        let actor = match self.audit {
+            Some(_) => ("system", None),
+            None => ("user", Some(crate::audit::cli_actor())),
+        };
+        let mut event = AuditEvent::new("secret.changed", actor.0);
+        event.actor_id = actor.1;
+        event.subject = Some(name.to_owned());
+        event.reason = Some(action.to_owned());
+        event.attributes = serde_json::json!({
+            "action": action,
+            "owner": (!owner.is_empty()).then_some(owner),
+        });
+        let result = match &self.audit {
+            Some(audit) => audit
+                .record(AuditRecord::Event(Box::new(event)))
+                .await
+                .map_err(|e| e.to_string()),
+            None => crate::audit::record_now(&self.pool, event)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            tracing::error!(secret = name, %error, "the secret change could not be audited");
+        }
     }
 
     /// Creates or replaces a secret, and announces the change.
@@ -117,6 +161,7 @@ impl SecretStore {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])
             .await?;
         tx.commit().await?;
+        self.audit_change(name, owner, "set").await;
         Ok(())
     }
 
@@ -136,6 +181,7 @@ impl SecretStore {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])
             .await?;
         tx.commit().await?;
+        self.audit_change(name, owner, "delete").await;
         Ok(())
     }
 

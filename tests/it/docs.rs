@@ -49,9 +49,14 @@ fn readme_has_two_setup_commands_and_ci_runs_the_test_one() {
     );
 }
 
-/// Field names of the `Raw*` structs in `src/config/raw.rs`: every key a profile may hold.
+/// Field names of the `Raw*` structs in `src/config/raw.rs` and the section files beside
+/// it (`policy.rs`, …): every key a profile may hold.
 fn profile_keys() -> Vec<String> {
-    let raw = read("src/config/raw.rs");
+    let raw = ["src/config/raw.rs", "src/config/policy.rs"]
+        .iter()
+        .map(|f| read(f))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut keys = Vec::new();
     let mut in_struct = false;
     for line in raw.lines() {
@@ -64,7 +69,7 @@ fn profile_keys() -> Vec<String> {
             && let Some(rest) = line.strip_prefix("pub ")
             && let Some((name, _)) = rest.split_once(':')
         {
-            keys.push(name.trim().to_owned());
+            keys.push(name.trim().trim_start_matches("r#").to_owned());
         }
     }
     keys.sort();

@@ -518,3 +518,102 @@ fn per_server_route_keeps_upstream_names() {
         404
     );
 }
+
+#[test]
+fn sessions_expire_end_and_are_bounded_per_principal() {
+    let db = TestDb::new();
+    let mut profile = warden::Profile::with_database(db.url());
+    profile.set(
+        "servers",
+        json!({ "fix": fixture(&format!("sessions-{}", std::process::id()), &[]) }),
+    );
+    profile.set(
+        "sessions",
+        json!({"idle_timeout": "1s", "max_per_principal": 2}),
+    );
+    let warden = profile.start();
+    let token = admin_token(&warden, &profile.state_dir());
+    let url = warden.url("/mcp");
+    let first = McpClient::connect(url.clone(), &token);
+    let _second = McpClient::connect(url.clone(), &token);
+    let mut third = McpClient::new(url.clone(), Some(token.clone()));
+    let refused = third.initialize(json!({}));
+    assert_eq!(refused.status, 503, "{:?}", refused.message);
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_per_principal")
+    );
+
+    // DELETE ends a session: it is unknown afterwards, and its slot is free again.
+    let delete = http::request(
+        "DELETE",
+        &url,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            (
+                "Mcp-Session-Id",
+                first.session.as_deref().unwrap_or_default(),
+            ),
+        ],
+        None,
+    )
+    .expect("DELETE");
+    assert_eq!(delete.status, 204);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(first.post_raw(ping, &[]).status, 404);
+    let mut fourth = McpClient::new(url.clone(), Some(token.clone()));
+    assert_eq!(fourth.initialize(json!({})).status, 200);
+
+    // An idle session expires (idle_timeout 1s); waiting is on Warden's own sweep.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = fourth.post_raw(ping, &[]).status;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session never expired"
+        );
+        // Each ping keeps it alive; back off past the idle timeout between tries.
+        std::thread::park_timeout(Duration::from_millis(1500));
+    }
+}
+
+#[test]
+fn the_notification_stream_resumes_from_last_event_id() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("resume-{}", std::process::id()), &[]) }));
+    let mut client = gateway.client();
+    let session = client.session.clone().expect("a session");
+    // A list change while no stream is open is kept for replay.
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    client.call("fix__mutate_tools", json!({}));
+    events.wait_for(WAIT, |e| e["event"] == "tools_changed");
+    let authority = gateway
+        .warden
+        .base_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {session}\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n",
+        gateway.token
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("notifications/tools/list_changed") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read the stream") == 0 {
+            panic!("the stream ended; saw {seen}");
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("id: 1"), "{seen}");
+}

@@ -9,9 +9,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
 mod config;
 mod docs;
 mod gateway;
 mod migrate;
+mod policy;
 mod serve;
 mod supervision;

@@ -125,6 +125,19 @@ fn killed_child_is_restarted_and_serves_again() {
     let status = running.server("fix");
     assert_eq!(status["restarts"], 1, "{status}");
     assert_eq!(status["state"], "ready");
+    let metrics = http::get(&running.warden.url("/metrics")).body;
+    assert!(
+        metrics.contains("warden_server_up{server=\"fix\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_server_restarts_total{server=\"fix\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_server_state{server=\"fix\",state=\"ready\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -428,4 +441,21 @@ fn a_third_party_server_runs_under_the_tree() {
     assert!(echo.text().contains("hello"), "{:?}", echo.message);
     let sum = client.call("everything__get-sum", json!({"a": 2, "b": 3}));
     assert!(sum.text().contains('5'), "{:?}", sum.message);
+}
+
+#[test]
+fn the_builtin_demo_server_runs_from_the_binary_itself() {
+    let running = Running::start(json!({ "demo": {"builtin": "demo"} }));
+    let mut events = running.events();
+    running.wait_ready("demo", &mut events);
+    let mut client = running.client();
+    assert_eq!(
+        client.call("demo__echo", json!({"message": "hi"})).text(),
+        "hi"
+    );
+    assert_eq!(
+        client.call("demo__add", json!({"a": 2, "b": 40})).text(),
+        "42"
+    );
+    assert!(client.call("demo__now", json!({})).text().ends_with('Z'));
 }

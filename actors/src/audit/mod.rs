@@ -5,8 +5,22 @@
 //! that enqueues them. Enqueueing never waits on PostgreSQL. When the queue is full the
 //! profile's `audit.on_backlog` decides: `block` (wait up to a timeout) or `fail_closed`
 //! (refuse, so the governed call is refused) — a record is never dropped silently.
+//!
+//! The rest of the trail lives beside it:
+//! - [`scrub`]: redaction of secret values and credential patterns;
+//! - [`prepare`]: a record turned into the row that is stored (redacted, truncated);
+//! - [`store`]: binary COPY into PostgreSQL and the hash chain over batches;
+//! - [`spool`]: the append-only local file batches go to while PostgreSQL is down;
+//! - [`writer`]: the AuditWriter actor that drives all of the above.
+
+pub mod prepare;
+pub mod scrub;
+pub mod spool;
+pub mod store;
+pub mod writer;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -104,11 +118,76 @@ impl AuditEvent {
     }
 }
 
+/// One row of `ai_requests`: a model request through the AI gateway.
+#[derive(Clone, Debug)]
+pub struct AiRequestRecord {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub session_id: Option<String>,
+    /// `openai`, `anthropic`, …
+    pub provider: String,
+    /// The model that answered.
+    pub model: String,
+    /// The model the client asked for, when an alias or route changed it.
+    pub requested_model: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub cost_microdollars: Option<i64>,
+    pub latency_ms: Option<i64>,
+    /// Time to first token, for streamed answers.
+    pub ttft_ms: Option<i64>,
+    /// Same vocabulary as tool calls (`success`, `error`, `denied`, …).
+    pub status: ToolStatus,
+    pub error: Option<String>,
+    pub streaming: bool,
+    pub created_at: SystemTime,
+}
+
 /// Anything the audit trail stores.
 #[derive(Clone, Debug)]
 pub enum AuditRecord {
     ToolCall(Box<ToolCallRecord>),
     Event(Box<AuditEvent>),
+    AiRequest(Box<AiRequestRecord>),
+}
+
+/// What the writer reports about its backlog, shared lock-free with every [`Audit`]
+/// handle (for `/readyz` and metrics).
+#[derive(Debug, Default)]
+pub struct WriterStatus {
+    /// Bytes in the local spool (batches waiting for PostgreSQL).
+    pub spool_bytes: AtomicU64,
+    /// True while the last attempt to reach PostgreSQL failed.
+    pub database_down: AtomicBool,
+    /// True while the writer holds a batch it can place neither in PostgreSQL nor in the
+    /// spool (the spool is full): `block` callers wait, `fail_closed` callers are refused.
+    pub stalled: AtomicBool,
+    /// Rows committed to PostgreSQL by this process (directly or from the spool).
+    pub rows_written: AtomicU64,
+}
+
+/// A snapshot of the trail's backlog.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Backlogged {
+    /// Records queued in memory, not yet taken by the writer.
+    pub queued: usize,
+    pub spool_bytes: u64,
+    pub database_down: bool,
+    /// The spool is full and the writer cannot take more.
+    pub stalled: bool,
+    /// Governed calls are being refused (`fail_closed`).
+    pub refusing: bool,
+}
+
+impl Backlogged {
+    /// True when anything waits for PostgreSQL.
+    pub fn any(&self) -> bool {
+        self.spool_bytes > 0 || self.database_down || self.stalled || self.refusing
+    }
 }
 
 /// Why a record was refused.
@@ -146,34 +225,58 @@ pub struct Audit {
     queue: mpsc::Sender<Queued>,
     backlog: Backlog,
     /// Set by the writer while its spool is full (fail_closed refuses before dispatch).
-    refusing: Arc<std::sync::atomic::AtomicBool>,
+    refusing: Arc<AtomicBool>,
+    status: Arc<WriterStatus>,
 }
 
 /// The writer's end of the queue.
 pub struct AuditQueue {
     pub receiver: mpsc::Receiver<Queued>,
-    pub refusing: Arc<std::sync::atomic::AtomicBool>,
+    pub refusing: Arc<AtomicBool>,
+    pub status: Arc<WriterStatus>,
 }
 
 impl Audit {
     /// A bounded queue of `capacity` records.
     pub fn channel(capacity: usize, backlog: Backlog) -> (Audit, AuditQueue) {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
-        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(WriterStatus::default());
         (
             Audit {
                 queue,
                 backlog,
                 refusing: refusing.clone(),
+                status: status.clone(),
             },
-            AuditQueue { receiver, refusing },
+            AuditQueue {
+                receiver,
+                refusing,
+                status,
+            },
         )
+    }
+
+    /// The backlog as the writer last reported it.
+    pub fn backlog(&self) -> Backlogged {
+        Backlogged {
+            queued: self.queued(),
+            spool_bytes: self.status.spool_bytes.load(Ordering::Relaxed),
+            database_down: self.status.database_down.load(Ordering::Relaxed),
+            stalled: self.status.stalled.load(Ordering::Relaxed),
+            refusing: !self.accepting(),
+        }
+    }
+
+    /// Rows this process has committed to PostgreSQL so far.
+    pub fn rows_written(&self) -> u64 {
+        self.status.rows_written.load(Ordering::Relaxed)
     }
 
     /// Whether a governed call may start: false while the trail refuses records
     /// (`fail_closed` with a full spool).
     pub fn accepting(&self) -> bool {
-        !self.refusing.load(std::sync::atomic::Ordering::Acquire)
+        !self.refusing.load(Ordering::Acquire)
     }
 
     /// Enqueues a record. Returns at once unless the queue is full and the backlog mode
@@ -194,7 +297,43 @@ impl Audit {
         .await
     }
 
-    /// Enqueues a record and waits until it is durable (`audit.ack: durable`).
+    /// Enqueues the record of something that already happened (a tool call's outcome).
+    /// Unlike [`Audit::record`] it is not refused because the trail is refusing new
+    /// governed calls (`fail_closed`): the call it describes was admitted and ran, so its
+    /// row must be kept. It waits for room in the queue up to the `block` timeout (five
+    /// seconds under `fail_closed`) and is refused only when there is none.
+    ///
+    /// # Cancel safety
+    /// As [`Audit::record`].
+    pub async fn record_completed(&self, record: AuditRecord) -> Result<(), AuditRefused> {
+        let item = Queued {
+            record,
+            durable: None,
+        };
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditRefused::Stopped),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                metrics::counter!("warden_audit_queue_full_total").increment(1);
+                let wait = match self.backlog {
+                    Backlog::Block(wait) => wait,
+                    Backlog::FailClosed => Duration::from_secs(5),
+                };
+                match tokio::time::timeout(wait, self.queue.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(AuditRefused::Stopped),
+                    Err(_) => Err(AuditRefused::Backlogged),
+                }
+            }
+        }
+    }
+
+    /// Enqueues a record and waits until it is durable (`audit.ack: durable`): committed
+    /// to PostgreSQL or fsynced in the local spool.
+    ///
+    /// # Cancel safety
+    /// Cancelling after the record was enqueued does not withdraw it: it is still written;
+    /// only the acknowledgement is lost.
     pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditRefused> {
         if !self.accepting() {
             return Err(AuditRefused::Backlogged);

@@ -42,6 +42,13 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A `reqwest` client builder with the crypto provider installed and Nagle off. Every
+/// HTTP client in Warden starts here (building one without a provider panics).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().tcp_nodelay(true)
+}
+
 /// A connection to `url`. Nothing is sent until the first call.
 pub fn connect(
     server: Arc<str>,
@@ -49,7 +56,6 @@ pub fn connect(
     headers: Vec<(String, Redacted<String>)>,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Result<Arc<Connection>, String> {
-    install_crypto_provider();
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = HeaderName::try_from(name.as_str())
@@ -59,8 +65,7 @@ pub fn connect(
         value.set_sensitive(true);
         map.insert(name, value);
     }
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
+    let client = client_builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))

@@ -1,0 +1,338 @@
+//! A record turned into the row that is stored: redacted ([`super::scrub`]), payloads
+//! above `audit.max_payload_bytes` truncated (flagged, with the SHA-256 of the full
+//! redacted payload), text made storable (PostgreSQL rejects NUL characters), times in
+//! microseconds since the Unix epoch.
+//!
+//! [`Row`] is owned and serialisable: the same value goes into a COPY batch or into the
+//! spool file, so nothing is redacted twice and nothing unredacted touches the disk.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::scrub::Scrubber;
+use super::{AiRequestRecord, AuditEvent, AuditRecord, ToolCallRecord};
+
+/// Longest `error` / `reason` text stored (longer ones are cut, marked with `…`).
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// A JSON payload as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Valid JSON text: the redacted payload, or (truncated) a JSON string holding the
+    /// payload's first `max_payload_bytes` bytes.
+    pub json: String,
+    pub truncated: bool,
+    /// SHA-256 (hex) of the full redacted payload; only when truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRow {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub server_name: String,
+    pub tool_name: String,
+    pub requested_name: String,
+    pub input: Option<Payload>,
+    pub output: Option<Payload>,
+    pub status: String,
+    pub error: Option<String>,
+    pub started_at_us: i64,
+    pub completed_at_us: i64,
+    pub duration_us: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub trace_id: Option<String>,
+    pub occurred_at_us: i64,
+    pub kind: String,
+    pub actor_kind: String,
+    pub actor_id: Option<String>,
+    pub subject: Option<String>,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    /// JSON text of an object (redacted).
+    pub attributes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AiRow {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub session_id: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub requested_model: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub cost_microdollars: Option<i64>,
+    pub latency_ms: Option<i64>,
+    pub ttft_ms: Option<i64>,
+    pub status: String,
+    pub error: Option<String>,
+    pub streaming: bool,
+    pub created_at_us: i64,
+}
+
+/// One stored row of any of the three tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Row {
+    Tool(ToolRow),
+    Event(EventRow),
+    Ai(AiRow),
+}
+
+impl Row {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Row::Tool(r) => r.id,
+            Row::Event(r) => r.id,
+            Row::Ai(r) => r.id,
+        }
+    }
+
+    /// When it happened, in microseconds since the Unix epoch.
+    pub fn at_us(&self) -> i64 {
+        match self {
+            Row::Tool(r) => r.started_at_us,
+            Row::Event(r) => r.occurred_at_us,
+            Row::Ai(r) => r.created_at_us,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch (negative before it).
+pub fn micros(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The inverse of [`micros`].
+pub fn time_of(us: i64) -> SystemTime {
+    if us >= 0 {
+        UNIX_EPOCH + Duration::from_micros(us as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+    }
+}
+
+/// Turns records into rows.
+pub struct Preparer<'a> {
+    pub scrubber: &'a Scrubber,
+    pub max_payload_bytes: usize,
+}
+
+impl Preparer<'_> {
+    pub fn row(&self, record: &AuditRecord) -> Row {
+        match record {
+            AuditRecord::ToolCall(r) => Row::Tool(self.tool(r)),
+            AuditRecord::Event(e) => Row::Event(self.event(e)),
+            AuditRecord::AiRequest(a) => Row::Ai(self.ai(a)),
+        }
+    }
+
+    fn tool(&self, r: &ToolCallRecord) -> ToolRow {
+        ToolRow {
+            id: r.id,
+            trace_id: clean(&r.trace_id),
+            session_id: r.session_id.as_deref().map(clean),
+            user_id: r.user_id.as_deref().map(clean),
+            client_id: r.client_id.as_deref().map(clean),
+            server_name: clean(&r.server_name),
+            tool_name: clean(&r.tool_name),
+            requested_name: clean(&r.requested_name),
+            input: r.input.as_ref().map(|v| self.payload(v.get())),
+            output: r.output.as_ref().map(|v| self.payload(v.get())),
+            status: r.status.as_str().to_owned(),
+            error: r.error.as_deref().map(|e| self.text(e)),
+            started_at_us: micros(r.started_at),
+            completed_at_us: micros(r.completed_at),
+            duration_us: r.duration_us,
+        }
+    }
+
+    fn event(&self, e: &AuditEvent) -> EventRow {
+        let attributes = if e.attributes.is_null() {
+            "{}".to_owned()
+        } else {
+            let text = serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into());
+            self.scrubber.scrub_json(&text).into_owned()
+        };
+        EventRow {
+            id: e.id,
+            trace_id: e.trace_id.as_deref().map(clean),
+            occurred_at_us: micros(e.occurred_at),
+            kind: clean(e.kind),
+            actor_kind: clean(e.actor_kind),
+            actor_id: e.actor_id.as_deref().map(clean),
+            subject: e.subject.as_deref().map(|s| self.text(s)),
+            decision: e.decision.map(clean),
+            reason: e.reason.as_deref().map(|s| self.text(s)),
+            attributes,
+        }
+    }
+
+    fn ai(&self, a: &AiRequestRecord) -> AiRow {
+        AiRow {
+            id: a.id,
+            trace_id: clean(&a.trace_id),
+            user_id: a.user_id.as_deref().map(clean),
+            client_id: a.client_id.as_deref().map(clean),
+            session_id: a.session_id.as_deref().map(clean),
+            provider: clean(&a.provider),
+            model: clean(&a.model),
+            requested_model: a.requested_model.as_deref().map(clean),
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            cache_read_tokens: a.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens,
+            cost_microdollars: a.cost_microdollars,
+            latency_ms: a.latency_ms,
+            ttft_ms: a.ttft_ms,
+            status: a.status.as_str().to_owned(),
+            error: a.error.as_deref().map(|e| self.text(e)),
+            streaming: a.streaming,
+            created_at_us: micros(a.created_at),
+        }
+    }
+
+    /// A redacted, storable, bounded JSON payload.
+    pub fn payload(&self, json: &str) -> Payload {
+        let scrubbed = self.scrubber.scrub_json(json);
+        if scrubbed.len() <= self.max_payload_bytes {
+            return Payload {
+                json: scrubbed.into_owned(),
+                truncated: false,
+                sha256: None,
+            };
+        }
+        let sha256 = hex::encode(Sha256::digest(scrubbed.as_bytes()));
+        let prefix = &scrubbed[..floor_char_boundary(&scrubbed, self.max_payload_bytes)];
+        Payload {
+            json: serde_json::to_string(prefix).unwrap_or_else(|_| "null".into()),
+            truncated: true,
+            sha256: Some(sha256),
+        }
+    }
+
+    /// Redacted, storable, bounded free text.
+    fn text(&self, text: &str) -> String {
+        let scrubbed = self.scrubber.scrub_text(text);
+        let mut out = clean(&scrubbed);
+        if out.len() > MAX_TEXT_BYTES {
+            out.truncate(floor_char_boundary(&out, MAX_TEXT_BYTES));
+            out.push('…');
+        }
+        out
+    }
+}
+
+/// Text PostgreSQL accepts: NUL characters become U+FFFD.
+fn clean(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::ToolStatus;
+    use crate::redact::Redacted;
+    use serde_json::value::RawValue;
+
+    fn tool(input: &str) -> AuditRecord {
+        let now = SystemTime::now();
+        AuditRecord::ToolCall(Box::new(ToolCallRecord {
+            id: Uuid::now_v7(),
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            session_id: None,
+            user_id: Some("alice".into()),
+            client_id: None,
+            server_name: "fx".into(),
+            tool_name: "echo".into(),
+            requested_name: "fx__echo".into(),
+            input: Some(RawValue::from_string(input.to_owned()).unwrap()),
+            output: None,
+            status: ToolStatus::Success,
+            error: Some("upstream said tok_supersecret\0".into()),
+            started_at: now,
+            completed_at: now,
+            duration_us: 5,
+        }))
+    }
+
+    #[test]
+    fn large_payloads_are_truncated_with_flag_and_hash_of_the_whole() {
+        let scrubber = Scrubber::builtin();
+        let preparer = Preparer {
+            scrubber: &scrubber,
+            max_payload_bytes: 16,
+        };
+        let input = r#"{"message":"ééééééééééééééé"}"#;
+        let Row::Tool(row) = preparer.row(&tool(input)) else {
+            panic!("a tool row")
+        };
+        let payload = row.input.unwrap();
+        assert!(payload.truncated);
+        assert_eq!(
+            payload.sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(input.as_bytes())).as_str())
+        );
+        let prefix: String = serde_json::from_str(&payload.json).unwrap();
+        assert!(prefix.len() <= 16 && input.starts_with(&prefix), "{prefix}");
+    }
+
+    #[test]
+    fn secrets_never_reach_the_row_and_nul_is_replaced() {
+        let scrubber = Scrubber::new(&[], &[Redacted::new("tok_supersecret".to_owned())]);
+        let preparer = Preparer {
+            scrubber: &scrubber,
+            max_payload_bytes: 1 << 20,
+        };
+        let row = preparer.row(&tool(r#"{"message":"my tok_supersecret"}"#));
+        let text = serde_json::to_string(&row).unwrap();
+        assert!(!text.contains("tok_supersecret"), "{text}");
+        let Row::Tool(row) = row else { panic!() };
+        assert_eq!(
+            row.error.as_deref(),
+            Some("upstream said [redacted]\u{fffd}")
+        );
+    }
+
+    #[test]
+    fn micros_round_trip() {
+        let at = SystemTime::now();
+        let us = micros(at);
+        let back = time_of(us);
+        let diff = at.duration_since(back).unwrap_or_default();
+        assert!(diff < Duration::from_micros(1));
+        assert_eq!(micros(time_of(-5)), -5);
+    }
+}

@@ -1,0 +1,176 @@
+//! Audit trail benchmarks (criterion; `cargo bench --bench audit`). Figures and how they
+//! were taken are recorded in docs/benchmarks.md.
+//!
+//! - `enqueue/record`: what the call path pays to hand a tool-call record to the trail
+//!   ([`Audit::record`] on a queue with room). Target: ≤ 1 µs.
+//! - `copy/batch_1000`: one batch of 1,000 rows (half tool calls with small payloads,
+//!   half permission decisions) written the way the AuditWriter writes it — binary COPY
+//!   plus the batch's seal in the hash chain, one transaction — into a local PostgreSQL
+//!   the bench starts itself (an embedded cluster with fsync on, in a temp dir). Target:
+//!   ≥ 100,000 rows/s.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+use warden::db::{ClusterOptions, EmbeddedCluster};
+use warden_actors::audit::prepare::{Preparer, Row};
+use warden_actors::audit::scrub::Scrubber;
+use warden_actors::audit::store::write_batch;
+use warden_actors::audit::{Audit, AuditEvent, AuditRecord, Backlog, ToolCallRecord, ToolStatus};
+
+fn tool_record(i: usize) -> AuditRecord {
+    let now = SystemTime::now();
+    AuditRecord::ToolCall(Box::new(ToolCallRecord {
+        id: Uuid::now_v7(),
+        trace_id: format!("{:032x}", i),
+        session_id: Some("k2nW0pV6dPq8r7s2t9u1v3w5x7y9z0aB".into()),
+        user_id: Some("alice@example.com".into()),
+        client_id: Some("claude-desktop".into()),
+        server_name: "github".into(),
+        tool_name: "create_issue".into(),
+        requested_name: "github__create_issue".into(),
+        input: RawValue::from_string(format!(
+            r#"{{"repo":"acme/widgets","title":"Issue number {i}","labels":["bug","p2"]}}"#
+        ))
+        .ok(),
+        output: RawValue::from_string(format!(
+            r#"{{"content":[{{"type":"text","text":"created issue #{i}"}}],"isError":false}}"#
+        ))
+        .ok(),
+        status: ToolStatus::Success,
+        error: None,
+        started_at: now,
+        completed_at: now,
+        duration_us: 1234,
+    }))
+}
+
+fn decision_record(i: usize) -> AuditRecord {
+    let mut event = AuditEvent::new("permission.decision", "user");
+    event.trace_id = Some(format!("{:032x}", i));
+    event.actor_id = Some("alice@example.com".into());
+    event.subject = Some("github/create_issue".into());
+    event.decision = Some("allow");
+    event.attributes = serde_json::json!({
+        "action": "tools/call", "client_id": "claude-desktop", "scopes": "tools:call",
+        "roles": ["developer"], "issuer": "warden",
+    });
+    AuditRecord::Event(Box::new(event))
+}
+
+fn enqueue(c: &mut Criterion) {
+    let mut group = c.benchmark_group("enqueue");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("record", |b| {
+        const CHUNK: usize = 1 << 16;
+        let (audit, mut queue) = Audit::channel(CHUNK, Backlog::Block(Duration::from_secs(1)));
+        let template = tool_record(1);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let n = left.min(CHUNK);
+                let records: Vec<AuditRecord> = (0..n).map(|_| template.clone()).collect();
+                let start = Instant::now();
+                for record in records {
+                    // A queue with room answers on the first poll.
+                    let done = audit.record(record).now_or_never();
+                    debug_assert!(matches!(done, Some(Ok(()))));
+                }
+                total += start.elapsed();
+                while queue.receiver.try_recv().is_ok() {}
+                left -= n;
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+fn batch_rows(n: usize) -> Vec<Row> {
+    let scrubber = Scrubber::builtin();
+    let preparer = Preparer {
+        scrubber: &scrubber,
+        max_payload_bytes: 64 << 10,
+    };
+    (0..n)
+        .map(|i| {
+            let record = if i % 2 == 0 {
+                tool_record(i)
+            } else {
+                decision_record(i)
+            };
+            preparer.row(&record)
+        })
+        .collect()
+}
+
+/// The same rows with fresh ids (a batch must not repeat ids already stored).
+fn with_fresh_ids(rows: &[Row]) -> Vec<Row> {
+    rows.iter()
+        .cloned()
+        .map(|mut row| {
+            match &mut row {
+                Row::Tool(t) => t.id = Uuid::now_v7(),
+                Row::Event(e) => e.id = Uuid::now_v7(),
+                Row::Ai(a) => a.id = Uuid::now_v7(),
+            }
+            row
+        })
+        .collect()
+}
+
+fn copy(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut options = ClusterOptions::new(dir.path().join("pg"));
+    options.start_timeout = Duration::from_secs(120);
+    let mut cluster = runtime
+        .block_on(EmbeddedCluster::start(options))
+        .expect("an embedded PostgreSQL cluster (PostgreSQL server binaries installed?)");
+    runtime
+        .block_on(warden::db::ensure_database(&cluster, "bench"))
+        .expect("the bench database");
+    let config = cluster.pg_config("bench");
+    let mut client = runtime.block_on(async {
+        let (mut client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the bench database");
+        tokio::spawn(connection);
+        let registry = warden::extension::Registry::with(&[]);
+        warden::db::migrate::run(&mut client, registry.all_migrations())
+            .await
+            .expect("migrations");
+        client
+    });
+    let rows = batch_rows(1000);
+    let mut group = c.benchmark_group("copy");
+    group.throughput(Throughput::Elements(rows.len() as u64));
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("batch_1000", |b| {
+        b.iter_batched(
+            || with_fresh_ids(&rows),
+            |batch| {
+                runtime
+                    .block_on(write_batch(&mut client, &batch, "bench", false, false))
+                    .expect("a written batch")
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+    drop(client);
+    let _ = runtime.block_on(cluster.stop(Duration::from_secs(10)));
+}
+
+criterion_group!(benches, enqueue, copy);
+criterion_main!(benches);

@@ -1,0 +1,768 @@
+//! The audit trail end to end: tool calls through the real gateway to the real fixture
+//! server, rows in real PostgreSQL — including PostgreSQL stopped mid-load, Warden killed
+//! while spooling, a full backlog under `fail_closed` and `block`, tampering caught by
+//! `warden audit verify`, and secrets redacted before they are stored.
+//!
+//! Waiting is for a condition with a deadline (a row count, a readiness detail, a file's
+//! content), never a fixed sleep; nothing asserts on timing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::warden::{self, run};
+use crate::support::{Profile, TestCluster, TestDb, WardenProcess, http};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `warden-fixture`, built beside `warden` by `cargo test --workspace`.
+fn fixture_bin() -> PathBuf {
+    let path = Path::new(warden::bin())
+        .parent()
+        .expect("the warden binary has a directory")
+        .join("warden-fixture");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p warden-fixture` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// A profile with the fixture as server `fx` (tools `fx__echo`, …).
+fn profile_with_fixture(url: &str) -> Profile {
+    let mut profile = Profile::with_database(url);
+    profile.set(
+        "servers",
+        json!({ "fx": { "command": fixture_bin().display().to_string() } }),
+    );
+    profile.set("audit.batch_max_delay", "20ms");
+    profile
+}
+
+/// Polls `check` until it holds or `timeout` passes; panics with `what` otherwise.
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// An MCP client session against `/mcp`, as the bootstrap admin.
+struct Mcp {
+    endpoint: String,
+    token: String,
+    session: String,
+}
+
+impl Mcp {
+    fn connect(warden: &WardenProcess, state_dir: &Path) -> Mcp {
+        let token = std::fs::read_to_string(state_dir.join("admin.token"))
+            .expect("the bootstrap admin token")
+            .trim()
+            .to_owned();
+        let endpoint = warden.url("/mcp");
+        let mut mcp = Mcp {
+            endpoint,
+            token,
+            session: String::new(),
+        };
+        wait_for_server(warden, &mcp.token);
+        let response = mcp.post(
+            &json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                           "clientInfo": {"name": "audit-test", "version": "1"}}
+            }),
+            None,
+        );
+        assert_eq!(response.status, 200, "{response:?}");
+        mcp.session = response
+            .header("mcp-session-id")
+            .expect("initialize answers Mcp-Session-Id")
+            .to_owned();
+        let response = mcp.post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            None,
+        );
+        assert_eq!(response.status, 202, "{response:?}");
+        mcp
+    }
+
+    fn post(&self, body: &Value, traceparent: Option<&str>) -> http::Response {
+        let auth = format!("Bearer {}", self.token);
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ];
+        if !self.session.is_empty() {
+            headers.push(("Mcp-Session-Id", self.session.as_str()));
+            headers.push(("MCP-Protocol-Version", "2025-11-25"));
+        }
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent", tp));
+        }
+        let body = serde_json::to_vec(body).expect("JSON");
+        http::request("POST", &self.endpoint, &headers, Some(&body))
+            .unwrap_or_else(|e| panic!("POST {}: {e}", self.endpoint))
+    }
+
+    /// `tools/call`; the JSON-RPC response.
+    fn call(&self, tool: &str, arguments: Value, traceparent: Option<&str>) -> Value {
+        let response = self.post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments}}),
+            traceparent,
+        );
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()
+    }
+
+    fn echo(&self, message: &str) -> Value {
+        self.call("fx__echo", json!({ "message": message }), None)
+    }
+}
+
+/// Waits until server `fx` is ready (its tools are routable).
+fn wait_for_server(warden: &WardenProcess, token: &str) {
+    let auth = format!("Bearer {token}");
+    eventually("server fx to be ready", DEADLINE, || {
+        let response = http::request(
+            "GET",
+            &warden.url("/admin/servers"),
+            &[("Authorization", auth.as_str())],
+            None,
+        )
+        .expect("GET /admin/servers");
+        response.status == 200
+            && response.json()["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "fx" && s["state"] == "ready"))
+    });
+}
+
+fn count(db: &TestDb, sql: &str) -> i64 {
+    db.query(sql)[0].get(0)
+}
+
+fn readyz_audit(warden: &WardenProcess) -> (u16, Value) {
+    let response = http::get(&warden.url("/readyz"));
+    let body = response.json();
+    (response.status, body["audit"].clone())
+}
+
+fn metric(warden: &WardenProcess, name: &str) -> f64 {
+    let body = http::get(&warden.url("/metrics")).body;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn is_success(response: &Value) -> bool {
+    response.get("result").is_some() && response["result"]["isError"] != true
+}
+
+/// `warden audit ARGS --config <profile>`.
+fn audit_cli(profile: &Profile, args: &[&str]) -> warden::Output {
+    let mut full = vec!["audit"];
+    full.extend_from_slice(args);
+    run(profile.command(&full))
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows, traces, search, verify
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify_catches_tampering()
+{
+    let db = TestDb::new();
+    let mut profile = profile_with_fixture(db.url());
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+
+    const N: usize = 12;
+    let mut traces = Vec::new();
+    for i in 0..N {
+        let trace = format!("{:032x}", 0xabc0_0000 + i);
+        let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+        let message = format!("hello number {i}");
+        let response = mcp.call(
+            "fx__echo",
+            json!({ "message": message }),
+            Some(&traceparent),
+        );
+        assert!(is_success(&response), "{response}");
+        assert_eq!(
+            response["result"]["_meta"]["traceparent"]
+                .as_str()
+                .map(|t| &t[3..35]),
+            Some(trace.as_str()),
+            "{response}"
+        );
+        traces.push((trace, message));
+    }
+    let unknown = mcp.call("fx__no_such_tool", json!({}), None);
+    assert!(unknown.get("error").is_some(), "{unknown}");
+
+    eventually("N + 1 tool rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == N as i64 + 1
+    });
+    for (trace, message) in &traces {
+        let rows = db.query(&format!(
+            "SELECT user_id, server_name, tool_name, requested_name, status, input::text, output::text, batch_seq
+             FROM mcp_tool_executions WHERE trace_id = '{trace}'"
+        ));
+        assert_eq!(rows.len(), 1, "one row for trace {trace}");
+        let row = &rows[0];
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("admin"));
+        assert_eq!(row.get::<_, String>(1), "fx");
+        assert_eq!(row.get::<_, String>(2), "echo");
+        assert_eq!(row.get::<_, String>(3), "fx__echo");
+        assert_eq!(row.get::<_, String>(4), "success");
+        let input: Value = serde_json::from_str(&row.get::<_, String>(5)).unwrap();
+        assert_eq!(input, json!({ "message": message }));
+        assert!(row.get::<_, String>(6).contains(message.as_str()));
+        assert!(row.get::<_, Option<i64>>(7).is_some(), "sealed in a batch");
+        // The permission decision carries the same trace.
+        let decisions = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM audit_events WHERE kind = 'permission.decision' AND decision = 'allow' AND trace_id = '{trace}' AND actor_id = 'admin'"
+            ),
+        );
+        assert_eq!(decisions, 1, "decision for trace {trace}");
+    }
+    let unknown_status: String = db
+        .query("SELECT status FROM mcp_tool_executions WHERE requested_name = 'fx__no_such_tool'")
+        [0]
+    .get(0);
+    assert_eq!(unknown_status, "error");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) - count(DISTINCT id) FROM mcp_tool_executions"
+        ),
+        0
+    );
+    // The server's start-up is in the trail too.
+    eventually("lifecycle events", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM audit_events WHERE kind = 'server.lifecycle' AND subject = 'fx' AND reason = 'ready'",
+        ) >= 1
+    });
+
+    // Search: CLI and HTTP agree on one trace's story.
+    let (trace, message) = &traces[3];
+    let search = audit_cli(&profile, &["search", "--trace", trace, "--json"]);
+    assert!(search.status.success(), "{search:?}");
+    let page: Value = serde_json::from_str(&search.stdout).expect("search --json prints JSON");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{page}");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "tool_call" && i["input"]["message"] == *message)
+    );
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "event" && i["kind"] == "permission.decision")
+    );
+    let table = audit_cli(
+        &profile,
+        &[
+            "search", "--user", "admin", "--tool", "echo", "--since", "1h",
+        ],
+    );
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        table.stdout.contains("fx__echo\tsuccess"),
+        "{}",
+        table.stdout
+    );
+
+    let token = std::fs::read_to_string(profile.state_dir().join("admin.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let url = warden.url(&format!("/admin/audit?trace={trace}"));
+    let response = http::request("GET", &url, &[("Authorization", auth.as_str())], None).unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["items"].as_array().map(Vec::len), Some(2));
+    // Paginated: one tool call per page.
+    let url = warden.url("/admin/audit?kind=tool_call&limit=5");
+    let first = http::request("GET", &url, &[("Authorization", auth.as_str())], None)
+        .unwrap()
+        .json();
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(5));
+    let cursor = first["next_cursor"].as_str().expect("more pages");
+    let url = warden.url(&format!(
+        "/admin/audit?kind=tool_call&limit=100&cursor={cursor}"
+    ));
+    let rest = http::request("GET", &url, &[("Authorization", auth.as_str())], None)
+        .unwrap()
+        .json();
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(N + 1 - 5));
+    let unauthenticated = http::get(&warden.url("/admin/audit"));
+    assert_eq!(unauthenticated.status, 401);
+    let bad = http::request(
+        "GET",
+        &warden.url("/admin/audit?status=maybe"),
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400, "{bad:?}");
+
+    // Verify: an untouched trail passes.
+    let verify = audit_cli(&profile, &["verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(verify.stdout.contains("ok: "), "{}", verify.stdout);
+    assert!(verify.stdout.contains("head: batch "), "{}", verify.stdout);
+
+    // An UPDATE behind Warden's back is pinpointed.
+    let tampered: String = db.query(&format!(
+        "UPDATE mcp_tool_executions SET status = 'denied' WHERE trace_id = '{}' RETURNING id::text",
+        traces[5].0
+    ))[0]
+        .get(0);
+    let verify = audit_cli(&profile, &["verify"]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    let first_line = verify.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains(&format!("row mcp_tool_executions {tampered}"))
+            && first_line.contains("was altered"),
+        "{}",
+        verify.stdout
+    );
+    // So is a row deleted, and one inserted without a batch.
+    let deleted: String = db.query(&format!(
+        "DELETE FROM audit_events WHERE trace_id = '{}' RETURNING id::text",
+        traces[7].0
+    ))[0]
+        .get(0);
+    db.execute(
+        "INSERT INTO audit_events (id, occurred_at, kind, actor_kind) VALUES (gen_random_uuid(), now(), 'forged', 'user')",
+    );
+    let verify = audit_cli(&profile, &["verify", "--json"]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    let report: Value = serde_json::from_str(&verify.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "row_deleted" && p["id"] == deleted.as_str()),
+        "{report}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "row_inserted" && p["seq"].is_null()),
+        "{report}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Redaction and durable acknowledgement
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_secret_passed_as_a_tool_argument_is_stored_redacted_and_durable_ack_records_the_start() {
+    let db = TestDb::new();
+    let mut profile = profile_with_fixture(db.url());
+    profile.set("audit.ack", "durable");
+    profile.set("audit.redact", json!([r"\bcustomer-\d{6}\b"]));
+    // A fixed master key, so `warden secret set` works before the first start.
+    profile.env(
+        "WARDEN_MASTER_KEY",
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    );
+    let secret = "sup3r-s3cret-token-value";
+    let mut set = profile.command(&["secret", "set", "upstream_token"]);
+    set.stdin(std::process::Stdio::piped());
+    let mut child = set
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("warden secret set");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(secret.as_bytes()).unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "warden secret set failed");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM audit_events WHERE kind = 'secret.changed' AND subject = 'upstream_token' AND reason = 'set'"
+        ),
+        1,
+        "the CLI's change is audited"
+    );
+
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    let message = format!("use {secret} for customer-123456 please");
+    let response = mcp.echo(&message);
+    assert!(is_success(&response), "{response}");
+    assert!(
+        response.to_string().contains(secret),
+        "the client still gets its answer"
+    );
+
+    eventually("the tool row", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == 1
+    });
+    let row = &db.query("SELECT id::text, input::text, output::text FROM mcp_tool_executions")[0];
+    let (id, input, output): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    for stored in [&input, &output] {
+        assert!(!stored.contains(secret), "secret stored: {stored}");
+        assert!(
+            !stored.contains("customer-123456"),
+            "pattern not redacted: {stored}"
+        );
+        assert!(stored.contains("[redacted]"), "{stored}");
+    }
+    let input: Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(input["message"], "use [redacted] for [redacted] please");
+    // Nowhere else either.
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM audit_events WHERE attributes::text LIKE '%{secret}%' OR coalesce(reason, '') LIKE '%{secret}%'"
+            )
+        ),
+        0
+    );
+    // Durable acknowledgement: the start was recorded (and durable) before dispatch.
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM audit_events WHERE kind = 'tool.started' AND attributes->>'execution_id' = '{id}'"
+            )
+        ),
+        1
+    );
+    assert!(!warden.log().contains(secret), "the secret reached the log");
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL down: spool, replay, backlog
+// ---------------------------------------------------------------------------------------
+
+/// A cluster of the test's own with an empty database `audit` (Warden migrates it).
+fn own_cluster() -> (TestCluster, String) {
+    let cluster = TestCluster::start();
+    cluster.create_database("audit", None);
+    let url = cluster.url("audit");
+    (cluster, url)
+}
+
+fn query_cluster(cluster: &TestCluster, sql: &str) -> i64 {
+    let config = cluster.pg_config("audit");
+    let sql = sql.to_owned();
+    crate::support::rt::block_on(async move {
+        let client = crate::support::db::connect(&config).await;
+        client.query_one(&sql, &[]).await.unwrap().get(0)
+    })
+}
+
+#[test]
+fn postgres_stopped_mid_load_then_started_every_call_has_exactly_one_row() {
+    let (mut cluster, url) = own_cluster();
+    let mut profile = profile_with_fixture(&url);
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    let mut calls = 0;
+    for i in 0..10 {
+        assert!(is_success(&mcp.echo(&format!("before {i}"))));
+        calls += 1;
+    }
+    cluster.stop();
+    for i in 0..15 {
+        let response = mcp.echo(&format!("during {i}"));
+        assert!(is_success(&response), "{response}");
+        calls += 1;
+    }
+    eventually("the backlog in /readyz", DEADLINE, || {
+        let (_, audit) = readyz_audit(&warden);
+        audit["spool_bytes"].as_u64().unwrap_or(0) > 0 && audit["database_down"] == true
+    });
+    cluster.restart();
+    for i in 0..5 {
+        assert!(is_success(&mcp.echo(&format!("after {i}"))));
+        calls += 1;
+    }
+    eventually("every call's row", DEADLINE, || {
+        query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions") == calls
+    });
+    eventually("the spool to drain", DEADLINE, || {
+        readyz_audit(&warden).1["spool_bytes"] == 0
+    });
+    assert_eq!(
+        query_cluster(
+            &cluster,
+            "SELECT count(DISTINCT id) FROM mcp_tool_executions"
+        ),
+        calls
+    );
+    assert_eq!(
+        query_cluster(
+            &cluster,
+            "SELECT count(*) FROM mcp_tool_executions WHERE input->>'message' LIKE 'during %'"
+        ),
+        15
+    );
+    assert!(
+        query_cluster(
+            &cluster,
+            "SELECT count(*) FROM audit_batches WHERE replayed"
+        ) >= 1,
+        "the outage's rows came from the spool"
+    );
+    let verify = audit_cli(&profile, &["verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+}
+
+#[test]
+fn warden_killed_while_spooling_replays_the_spool_at_restart_without_duplicates() {
+    let (mut cluster, url) = own_cluster();
+    let mut profile = profile_with_fixture(&url);
+    let mut warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    for i in 0..5 {
+        assert!(is_success(&mcp.echo(&format!("before {i}"))));
+    }
+    eventually("the first rows", DEADLINE, || {
+        query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions") == 5
+    });
+    cluster.stop();
+    let messages: Vec<String> = (0..20).map(|i| format!("spooled-call-{i:03}")).collect();
+    for message in &messages {
+        assert!(is_success(&mcp.echo(message)));
+    }
+    let spool = profile.state_dir().join("audit").join("spool.log");
+    eventually("every spooled call in the spool file", DEADLINE, || {
+        let bytes = std::fs::read(&spool).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        messages.iter().all(|m| text.contains(m.as_str()))
+    });
+    let copy = std::fs::read(&spool).unwrap();
+    warden.kill9();
+    drop(mcp);
+
+    cluster.restart();
+    let warden = profile.start();
+    eventually("the replayed rows", DEADLINE, || {
+        query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions") == 25
+    });
+    eventually("the spool to be emptied", DEADLINE, || {
+        std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0) == 0
+    });
+    drop(warden);
+
+    // A crash during replay means the same spool is replayed again: nothing doubles.
+    std::fs::write(&spool, &copy).unwrap();
+    let warden = profile.start();
+    eventually("the second replay to finish", DEADLINE, || {
+        std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0) == 0
+    });
+    assert_eq!(
+        query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions"),
+        25
+    );
+    assert_eq!(
+        query_cluster(
+            &cluster,
+            "SELECT count(DISTINCT id) FROM mcp_tool_executions"
+        ),
+        25
+    );
+    drop(warden);
+    let verify = audit_cli(&profile, &["verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+}
+
+#[test]
+fn fail_closed_refuses_calls_while_the_backlog_is_full_and_recovers_when_it_drains() {
+    let (mut cluster, url) = own_cluster();
+    let mut profile = profile_with_fixture(&url);
+    profile.set("audit.on_backlog", "fail_closed");
+    profile.set("audit.spool_max_bytes", "2KiB");
+    profile.set("audit.batch_max_rows", 2);
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    assert!(is_success(&mcp.echo("first")));
+    cluster.stop();
+
+    let mut succeeded = 1;
+    let mut refused = None;
+    for i in 0..200 {
+        let response = mcp.echo(&format!("call {i}"));
+        if is_success(&response) {
+            succeeded += 1;
+        } else {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("calls are refused once the spool is full");
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("backlogged")),
+        "{refused}"
+    );
+    let (status, audit) = readyz_audit(&warden);
+    assert_eq!(status, 503, "{audit}");
+    assert_eq!(audit["refusing"], true, "{audit}");
+    // Still refusing while nothing changed.
+    assert!(!is_success(&mcp.echo("still refused")));
+
+    cluster.restart();
+    eventually("the trail to accept again", DEADLINE, || {
+        let (status, audit) = readyz_audit(&warden);
+        status == 200 && audit["refusing"] == false
+    });
+    assert!(is_success(&mcp.echo("after recovery")));
+    succeeded += 1;
+    eventually("every admitted call's row", DEADLINE, || {
+        query_cluster(
+            &cluster,
+            "SELECT count(*) FROM mcp_tool_executions WHERE status = 'success'",
+        ) == succeeded
+    });
+    // The refused calls are on record as refused.
+    eventually("the refusals' rows", DEADLINE, || {
+        query_cluster(
+            &cluster,
+            "SELECT count(*) FROM mcp_tool_executions WHERE status = 'error' AND error LIKE '%backlogged%'",
+        ) == 2
+    });
+}
+
+#[test]
+fn block_makes_callers_wait_for_room_and_completes_them_when_postgres_returns() {
+    let (mut cluster, url) = own_cluster();
+    let mut profile = profile_with_fixture(&url);
+    profile.set("audit.on_backlog", "block");
+    profile.set("audit.block_timeout", "120s");
+    profile.set("audit.spool_max_bytes", "1KiB");
+    profile.set("audit.batch_max_rows", 2);
+    profile.set("audit.queue_capacity", 1);
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    assert!(is_success(&mcp.echo("first")));
+    cluster.stop();
+
+    let full_before = metric(&warden, "warden_audit_queue_full_total");
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let endpoint = mcp.endpoint.clone();
+            let token = mcp.token.clone();
+            let session = mcp.session.clone();
+            std::thread::spawn(move || {
+                let mcp = Mcp {
+                    endpoint,
+                    token,
+                    session,
+                };
+                mcp.echo(&format!("blocked {i}"))
+            })
+        })
+        .collect();
+    eventually("a caller waiting on a full queue", DEADLINE, || {
+        let (_, audit) = readyz_audit(&warden);
+        audit["stalled"] == true && metric(&warden, "warden_audit_queue_full_total") > full_before
+    });
+    assert!(
+        callers.iter().any(|c| !c.is_finished()),
+        "with `block`, callers wait while the backlog is full"
+    );
+    let (_, audit) = readyz_audit(&warden);
+    assert_eq!(audit["refusing"], false, "block does not refuse: {audit}");
+
+    cluster.restart();
+    for caller in callers {
+        let response = caller.join().expect("caller thread");
+        assert!(is_success(&response), "{response}");
+    }
+    eventually("every call's row", DEADLINE, || {
+        query_cluster(&cluster, "SELECT count(*) FROM mcp_tool_executions") == 9
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
+    let db = TestDb::new();
+    let mut profile = profile_with_fixture(db.url());
+    profile.set("audit.retention", "400d");
+    let mut warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    for i in 0..3 {
+        assert!(is_success(&mcp.echo(&format!("old call {i}"))));
+    }
+    eventually("the rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == 3
+    });
+    // The job runs at the first start and finds nothing to do.
+    eventually("the first retention run", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM scheduler_jobs WHERE name = 'audit.retention' AND last_detail LIKE 'nothing%'",
+        ) == 1
+    });
+    let status = warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", warden.log());
+    // Everything written so far is now "500 days old", and the job last ran two hours ago
+    // (it runs hourly).
+    db.execute("UPDATE audit_batches SET last_at = now() - interval '500 days'");
+    db.execute("UPDATE scheduler_jobs SET last_started_at = now() - interval '2 hours'");
+    let old_batches = count(&db, "SELECT count(*) FROM audit_batches");
+
+    let warden = profile.start();
+    eventually("the retention run", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM scheduler_jobs WHERE name = 'audit.retention' AND last_status = 'ok' AND last_detail LIKE 'deleted%'",
+        ) == 1
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM mcp_tool_executions"), 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM audit_batches WHERE pruned_at IS NOT NULL"
+        ),
+        old_batches
+    );
+    eventually("the audit.retention event", DEADLINE, || {
+        count(
+            &db,
+            "SELECT count(*) FROM audit_events WHERE kind = 'audit.retention' AND (attributes->'rows'->>'mcp_tool_executions')::int = 3",
+        ) == 1
+    });
+    drop(warden);
+    let verify = audit_cli(&profile, &["verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("({old_batches} pruned by retention)")),
+        "{}",
+        verify.stdout
+    );
+}
