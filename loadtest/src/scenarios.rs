@@ -826,6 +826,7 @@ impl Ctx {
         let state = self.warden_state();
         for (key, value) in sections.into_iter().filter(|(k, _)| !k.starts_with('_')) {
             let (mut profile, _) = warden::base_profile(&state)?;
+            warden::add_stdio_server(&mut profile, "echo", &self.paths.fixture, &[]);
             let mut probe = serde_json::Map::new();
             probe.insert(key.clone(), value.clone());
             warden::merge(&mut profile, &Value::Object(probe));
