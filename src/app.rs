@@ -13,7 +13,7 @@ use warden_actors::audit::{AuditEvent, AuditRecord};
 use warden_actors::reconciler::Diff;
 use warden_actors::tree::Tree;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::gateway::{Gateway, Rules};
 use crate::policy::PolicyEngine;
@@ -27,21 +27,24 @@ pub type LogLevelSetter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub struct App {
     /// The profile in force; replaced whole on reload.
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     pub db: Pool,
     pub master_key: Arc<MasterKey>,
     pub secrets: SecretStore,
     pub readiness: Readiness,
     pub metrics: Option<PrometheusHandle>,
     pub tree: Tree,
-    pub gateway: Gateway,
+    pub gateway: Arc<Gateway>,
     /// The audit trail's queue (every surface records through it).
     pub audit: warden_actors::audit::Audit,
     /// The redaction rules the audit writer applies (`audit.redact` and the secret
     /// store's values); see `audit::refresh_redaction`.
     pub redaction: ScrubberCell,
     pub authenticator: Arc<dyn Authenticator>,
-    pub policy: ArcSwap<PolicyEngine>,
+    /// Identity: tokens, users, the OAuth authorization server (also `authenticator`).
+    pub identity: Arc<Identity>,
+    /// The permission rules (shared with identity; swapped whole on reload).
+    pub policy: Arc<ArcSwap<PolicyEngine>>,
     /// Rate limits, hooks and quotas from the profile; replaced whole on reload.
     pub limits: ArcSwap<RateLimiter>,
     pub hooks: ArcSwap<Hooks>,
@@ -60,7 +63,7 @@ impl App {
         metrics: Option<PrometheusHandle>,
         tree: Tree,
         gateway: Gateway,
-        authenticator: Arc<dyn Authenticator>,
+        identity: Arc<Identity>,
         log_level: Option<LogLevelSetter>,
     ) -> App {
         App {
@@ -70,16 +73,17 @@ impl App {
             limits: ArcSwap::from_pointee(RateLimiter::new(config.policy.limits.clone())),
             hooks: ArcSwap::from_pointee(Hooks::new(config.policy.hooks.clone())),
             quotas: ArcSwap::from_pointee(config.policy.quotas.clone()),
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             db,
             master_key,
             readiness: Readiness::default(),
             metrics,
             tree,
             audit: gateway.audit.clone(),
-            gateway,
-            authenticator,
-            policy: ArcSwap::from_pointee(PolicyEngine::new()),
+            gateway: Arc::new(gateway),
+            authenticator: identity.clone(),
+            policy: identity.policy(),
+            identity,
             log_level,
             reload_lock: tokio::sync::Mutex::new(()),
         }
@@ -167,6 +171,7 @@ impl App {
         self.hooks
             .store(Arc::new(Hooks::new(new.policy.hooks.clone())));
         self.quotas.store(Arc::new(new.policy.quotas.clone()));
+        self.identity.reconfigure(&new);
         self.config.store(Arc::new(new));
         self.gateway.invalidate();
         crate::audit::refresh_redaction(&self.redaction, &self.config.load(), &self.secrets).await;

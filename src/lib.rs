@@ -50,6 +50,8 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::mcp::routes);
         registry.routes("warden", http::audit::routes);
         registry.jobs("warden", audit::retention::job);
+        registry.routes("warden", http::wellknown::routes);
+        registry.routes("warden", http::oauth::routes);
         registry.routes("warden", http::hooks::routes);
     }
 }

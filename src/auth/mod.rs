@@ -4,9 +4,35 @@
 //!
 //! The [`Authenticator`] seam lets the built-in issuer, API keys and federated issuers
 //! (Okta, Auth0) all produce the same `Principal`, so one permission check governs them
-//! all.
+//! all. [`Identity`] is the implementation `warden serve` runs:
+//!
+//! - `keys`: Warden's Ed25519 signing keys, sealed under the master key in PostgreSQL,
+//!   published as a JWKS, rotated with the old key verifying until its tokens expire;
+//! - `tokens`: RFC 9068 access tokens (`typ: at+jwt`): issuing, and verification with the
+//!   algorithm bound to the key and `iss`, `aud`, `exp`, `nbf` always checked;
+//! - `cache`: verified tokens by SHA-256 until expiry (the per-call cost is a hash and a
+//!   map lookup);
+//! - `federation`: external issuers' tokens, their JWKS fetched, cached and refreshed on
+//!   an unknown `kid`;
+//! - `store`: identities (users, service accounts, federated), API keys, the revocation
+//!   deny-list; `passwords`: Argon2id under a concurrency bound; `ratelimit`: login
+//!   attempts;
+//! - `oauth`: the authorization server's state (clients, codes, refresh-token families);
+//! - `bootstrap`: the admin token printed on first start.
 
 pub mod bootstrap;
+pub mod cache;
+pub mod federation;
+pub mod keys;
+pub mod oauth;
+pub mod passwords;
+pub mod ratelimit;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod tokens;
+
+pub use service::Identity;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -101,6 +127,35 @@ impl Scopes {
     pub fn to_header_value(&self) -> String {
         self.0.iter().cloned().collect::<Vec<_>>().join(" ")
     }
+
+    /// Adds every scope of `other`.
+    pub fn extend(&mut self, other: &Scopes) {
+        self.0.extend(other.0.iter().cloned());
+    }
+
+    /// Whether every scope in `self` is granted by `granter` (`*` grants all).
+    pub fn is_within(&self, granter: &Scopes) -> bool {
+        self.0.iter().all(|s| granter.grants(s))
+    }
+
+    /// The scopes of `self` that `granter` grants (`*` in `self` becomes whatever
+    /// `granter` holds).
+    pub fn granted_by(&self, granter: &Scopes) -> Scopes {
+        if self.0.contains("*") {
+            return granter.clone();
+        }
+        Scopes(
+            self.0
+                .iter()
+                .filter(|s| granter.grants(s))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Why a request carries no usable identity. Each variant maps to one HTTP answer in
@@ -128,6 +183,9 @@ pub enum AuthRejection {
     /// The account behind the token is disabled (401).
     #[error("account disabled")]
     Disabled,
+    /// The token could not be checked: the identity store is unreachable (503).
+    #[error("the identity store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Turns a bearer token into a principal. Implementations cache verified tokens; the

@@ -5,6 +5,7 @@
 
 mod audit;
 mod bridge;
+mod identity;
 mod instance;
 mod secret;
 mod serve;
@@ -67,6 +68,18 @@ enum Command {
     /// Verify and search the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Manage users (passwords, roles, disabling).
+    #[command(subcommand)]
+    User(identity::UserCommand),
+    /// Issue access tokens for operators and scripts.
+    #[command(subcommand)]
+    Token(identity::TokenCommand),
+    /// Rotate and list Warden's signing keys.
+    #[command(subcommand)]
+    Keys(identity::KeysCommand),
+    /// Manage API keys of service accounts.
+    #[command(subcommand)]
+    Apikey(identity::ApiKeyCommand),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -132,6 +145,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(audit::run(command))
+        }
+        Command::User(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::user(command))
+        }
+        Command::Token(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::token(command))
+        }
+        Command::Keys(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::keys_command(command))
+        }
+        Command::Apikey(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(identity::apikey(command))
         }
         Command::Serve(profile) => {
             let config = profile.load()?;

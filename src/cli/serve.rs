@@ -20,7 +20,9 @@ use warden_actors::tree::{Tree, TreeConfig};
 
 use super::{LogReload, instance};
 use crate::app::{App, LogLevelSetter};
-use crate::auth::bootstrap::{self, BootstrapAuthenticator};
+use crate::auth::Identity;
+use crate::auth::bootstrap;
+use crate::auth::secret::Redacted;
 use crate::config::Config;
 use crate::db::Database;
 use crate::extension::Registry;
@@ -32,7 +34,6 @@ use crate::secrets::{MasterKey, SecretStore, store};
 use crate::systemd;
 use warden_actors::audit::Audit;
 use warden_actors::audit::writer::{AuditWriter, WriterConfig, default_writer_name};
-use warden_actors::events::EventKind;
 use warden_actors::scheduler::{Scheduler, SchedulerConfig};
 
 /// The signals Warden answers, installed before anything else so that a signal sent
@@ -116,9 +117,19 @@ async fn run(
     .map_err(anyhow::Error::msg)?;
     let gateway = Gateway::new(tree.clone(), pins, sessions, audit, database.pool.clone());
 
+    let identity = Identity::start(
+        config,
+        database.pool.clone(),
+        master_key.clone(),
+        gateway.audit.clone(),
+    )
+    .await?;
     let (admin_token, created) = bootstrap::load_or_create(&config.server.state_dir)
         .context("creating the bootstrap admin token in the state directory")?;
-    let authenticator = Arc::new(BootstrapAuthenticator::new(&admin_token));
+    identity
+        .register_bootstrap(&admin_token)
+        .await
+        .context("registering the bootstrap admin token")?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -134,7 +145,7 @@ async fn run(
         http::metrics::install(),
         tree,
         gateway,
-        authenticator,
+        identity,
         log_level,
     ));
     crate::audit::refresh_redaction(&app.redaction, config, &app.secrets).await;
@@ -170,7 +181,17 @@ async fn run(
     app.gateway
         .sessions
         .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
-    let announcer = tokio::spawn(announce_changes(app.clone()));
+    crate::gateway::actor::start(
+        crate::gateway::actor::GatewayArgs {
+            gateway: app.gateway.clone(),
+            policy: app.policy.clone(),
+            config: app.config.clone(),
+        },
+        &app.tree.events,
+        app.tree.root_cell(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
@@ -179,11 +200,37 @@ async fn run(
         shutdown.clone(),
         config.server.shutdown_grace,
     ));
-    let secret_watch = tokio::spawn(watch_secret_changes(
-        app.clone(),
+    // One LISTEN connection for changes made elsewhere (the CLI, other replicas). It is
+    // listening before Warden says it is ready, so no change announced after that is lost.
+    let (mut notices, listening) = crate::db::notify::spawn(
         database.pg_config.clone(),
+        vec![store::CHANNEL, crate::auth::store::CHANNEL],
         shutdown.clone(),
-    ));
+    );
+    if tokio::time::timeout(config.database.connect_timeout, listening)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the change listener is not connected yet; it keeps retrying");
+    }
+    let notice_app = app.clone();
+    let notice_task = tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
+            if let crate::db::notify::Notice::Message { channel, payload } = &notice
+                && channel == store::CHANNEL
+            {
+                // The new value must be redacted from audit payloads from now on.
+                crate::audit::refresh_redaction(
+                    &notice_app.redaction,
+                    &notice_app.config.load(),
+                    &notice_app.secrets,
+                )
+                .await;
+                restart_users_of(&notice_app, payload).await;
+            }
+        }
+    });
 
     app.readiness.set_tree_up(true);
     tracing::info!(address = %local, public_url = %config.server.public_url, "Warden is ready");
@@ -199,8 +246,7 @@ async fn run(
     app.gateway.closing.cancel();
     shutdown.cancel();
     let _ = server.await;
-    secret_watch.abort();
-    announcer.abort();
+    notice_task.abort();
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
     app.tree.shutdown().await;
@@ -241,12 +287,13 @@ async fn wait_for_shutdown(app: &Arc<App>, signals: Signals) -> Result<ExitCode>
     }
 }
 
-fn announce_admin_token(state_dir: &Path, token: &str, created: bool) {
+fn announce_admin_token(state_dir: &Path, token: &Redacted<String>, created: bool) {
     // Printed to stdout, not the log: log pipelines should not collect credentials.
     if created {
         println!(
-            "Bootstrap admin token (also in {}): {token}",
-            state_dir.join(bootstrap::FILE).display()
+            "Bootstrap admin token (also in {}): {}",
+            state_dir.join(bootstrap::FILE).display(),
+            token.expose()
         );
     } else {
         println!(
@@ -256,62 +303,7 @@ fn announce_admin_token(state_dir: &Path, token: &str, created: bool) {
     }
 }
 
-/// Restarts the servers that use a secret when `warden secret set` (in any process)
-/// changes it. Listens on PostgreSQL's `NOTIFY` channel; reconnects if the connection
-/// drops.
-async fn watch_secret_changes(
-    app: Arc<App>,
-    pg_config: tokio_postgres::Config,
-    shutdown: CancellationToken,
-) {
-    let mut delay = std::time::Duration::from_millis(250);
-    while !shutdown.is_cancelled() {
-        match pg_config.connect(tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                delay = std::time::Duration::from_millis(250);
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    use futures_util::StreamExt as _;
-                    while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let _ = tx.send(n.payload().to_owned());
-                        }
-                    }
-                });
-                if client
-                    .batch_execute(&format!("LISTEN {}", store::CHANNEL))
-                    .await
-                    .is_ok()
-                {
-                    loop {
-                        tokio::select! {
-                            name = rx.recv() => match name {
-                                Some(name) => {
-                                    crate::audit::refresh_redaction(&app.redaction, &app.config.load(), &app.secrets).await;
-                                    restart_users_of(&app, &name).await
-                                }
-                                None => break,
-                            },
-                            _ = shutdown.cancelled() => { driver.abort(); return; }
-                        }
-                    }
-                }
-                driver.abort();
-            }
-            Err(error) => {
-                tracing::debug!(%error, "secret change listener cannot connect; retrying")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
-    }
-}
-
+/// Restarts the servers that use `secret` (changed by `warden secret set` in any process).
 async fn restart_users_of(app: &App, secret: &str) {
     use warden_actors::spec::{HeaderValue, Transport};
     for entry in app.tree.directory.all().iter() {
@@ -340,31 +332,6 @@ async fn restart_users_of(app: &App, secret: &str) {
                     RestartReason::SecretChanged(secret.to_owned()),
                 )
                 .await;
-        }
-    }
-}
-
-/// Turns lifecycle events into `notifications/*/list_changed` for the sessions that can
-/// see the server.
-async fn announce_changes(app: Arc<App>) {
-    let Some(mut events) = app.tree.events.subscribe("gateway", 1024).await else {
-        return;
-    };
-    while let Some(event) = events.recv().await {
-        let Some(server) = event.server.as_deref() else {
-            continue;
-        };
-        let kinds: &[&str] = match event.kind {
-            EventKind::ToolsChanged { .. } => &["tools"],
-            EventKind::ResourcesChanged => &["resources"],
-            EventKind::PromptsChanged => &["prompts"],
-            EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
-                &["tools", "resources", "prompts"]
-            }
-            _ => &[],
-        };
-        for kind in kinds {
-            http::mcp::announce_list_changed(&app, server, kind);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Relative paths in the profile (state directory, key files, `cwd`) are resolved against
 //! the working directory Warden was started in, as a shell user would expect.
 
+pub mod identity;
 pub mod policy;
 mod raw;
 pub mod units;
@@ -23,6 +24,7 @@ use warden_actors::spec::{
     ServerSpec, ToolSpec, Transport,
 };
 
+pub use identity::{AccessConfig, IdentityConfig, RoleConfig, TrustedIssuer};
 pub use raw::{AckMode, BacklogMode, LogFormat};
 use raw::{RawMcpServer, RawProfile, RawServerDefaults, RestartPolicyName};
 use yaml::{Located, Mark, Node, NodeKind, Spanned};
@@ -82,6 +84,14 @@ pub struct Config {
     pub policy: policy::PolicyConfig,
     /// Sections contributed by extensions (`extensions.<name>`), as parsed trees.
     pub extensions: BTreeMap<String, ExtensionSection>,
+    /// The built-in issuer, token lifetimes, federation (`identity:`).
+    pub identity: IdentityConfig,
+    /// Role name → the scopes it grants (`roles:` plus the built-in `admin` and `user`).
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// Server name → the scopes its tools, resources and prompts require.
+    pub access: BTreeMap<String, AccessConfig>,
+    /// The rules for a server not in `access` (from `defaults`).
+    pub default_access: AccessConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -406,11 +416,20 @@ impl Config {
             policy::PolicyConfig::default()
         });
 
+        let identity = identity::identity(raw.identity, &server.public_url, &mut problems);
+        let roles = identity::roles(raw.roles, &mut problems);
+        let default_access = AccessConfig::defaults(&raw.defaults);
+        let mut access = BTreeMap::new();
+
         let mut servers = Vec::new();
         let mut naming = BTreeMap::new();
         let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
         for (name, spanned) in raw.servers {
             let enabled = spanned.value.enabled.unwrap_or(true);
+            access.insert(
+                name.clone(),
+                identity::server_access(&name, &spanned.value, &raw.defaults, &mut problems),
+            );
             match server_spec(&name, &spanned, &raw.defaults) {
                 Ok(_) if !enabled => {}
                 Ok((spec, names)) => {
@@ -442,6 +461,10 @@ impl Config {
             audit,
             policy,
             extensions: BTreeMap::new(),
+            identity,
+            roles,
+            access,
+            default_access,
         })
     }
 

@@ -35,6 +35,10 @@ pub struct RawProfile {
     pub quotas: Vec<Spanned<super::policy::RawQuota>>,
     #[serde(default)]
     pub hooks: Vec<Spanned<super::policy::RawHook>>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<RawRole>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +105,8 @@ pub struct RawServerDefaults {
     pub stop_grace: Option<Dur>,
     pub startup_timeout: Option<Dur>,
     pub inherit_env: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub write_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +148,9 @@ pub struct RawMcpServer {
     pub rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     pub tools: BTreeMap<String, RawTool>,
+    // the permission check
+    pub scopes: Option<Vec<String>>,
+    pub write_scopes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -186,6 +195,7 @@ pub struct RawTool {
     pub call_timeout: Option<Dur>,
     /// Per caller, for this tool (`1/m`).
     pub rate_limit: Option<Spanned<String>>,
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,4 +248,49 @@ pub enum BacklogMode {
     Block,
     /// Governed calls are refused at once until the backlog drains.
     FailClosed,
+}
+
+/// `identity:` — the built-in issuer, token lifetimes, login, and federation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub access_token_ttl: Option<Dur>,
+    pub refresh_token_ttl: Option<Dur>,
+    pub max_token_ttl: Option<Dur>,
+    pub login_session_ttl: Option<Dur>,
+    pub login_attempts_per_minute: Option<u32>,
+    pub dynamic_registration: Option<bool>,
+    pub client_metadata_documents: Option<bool>,
+    pub allow_insecure_loopback: Option<bool>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<Spanned<RawTrustedIssuer>>,
+}
+
+/// One entry of `identity.trusted_issuers`: an external OAuth/OIDC issuer whose tokens
+/// Warden accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub discovery: Option<bool>,
+    pub audience: Option<String>,
+    pub scope_claim: Option<String>,
+    pub role_claim: Option<String>,
+    pub subject_claim: Option<String>,
+    pub tier_claim: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub allow_insecure_loopback: Option<bool>,
+    pub min_refresh_interval: Option<Dur>,
+    pub jwks_cache_ttl: Option<Dur>,
+}
+
+/// `roles.<name>`: the scopes a role grants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub scopes: Vec<String>,
+    pub description: Option<String>,
 }

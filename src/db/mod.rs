@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod migrate;
+pub mod notify;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -8,6 +8,7 @@
 //! with its deadline → the `mcp_tool_executions` row. A call that is refused at any step
 //! still leaves its row.
 
+pub mod actor;
 pub mod pins;
 pub mod routes;
 pub mod session;
@@ -267,6 +268,21 @@ impl Gateway {
         }
     }
 
+    /// Tells the sessions and listen streams that can see `server` that its list of
+    /// `kind` (`tools`, `resources`, `prompts`) changed.
+    pub fn announce_list_changed(&self, policy: &PolicyEngine, server: &str, kind: &str) {
+        self.notify_listeners(policy, server, kind);
+        let notification =
+            json!({"jsonrpc": "2.0", "method": format!("notifications/{kind}/list_changed")});
+        let data: Arc<str> = Arc::from(notification.to_string());
+        self.sessions.broadcast(data, |session| {
+            session.scope.as_deref().is_none_or(|s| s == server)
+                && policy
+                    .check(&session.principal, &Permission::List { server })
+                    .is_ok()
+        });
+    }
+
     /// The HTTP client webhook hooks use.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -399,6 +415,14 @@ impl Gateway {
                     .collect())
             }
         }
+    }
+
+    /// Whether some per-user server has no instance for this caller yet.
+    fn has_unstarted_user_instances(&self, ctx: &CallContext) -> bool {
+        self.directory.all().iter().any(|entry| {
+            matches!(entry.spec().isolation, Isolation::PerUser { .. })
+                && entry.user_instance(ctx.principal.user_id()).is_none()
+        })
     }
 
     /// Per-user servers list the user's own instance: start it so its tools appear.
@@ -815,20 +839,32 @@ impl Gateway {
             Some(server) => {
                 let instance = self.instance(ctx, server).await?;
                 let catalog = instance.catalog();
-                let tool = catalog
-                    .tool(requested)
-                    .ok_or_else(|| GatewayError::UnknownTool(requested.to_owned()))?;
                 let pin_tools = config.naming.get(&**server).is_none_or(|n| n.pin_tools);
+                // The per-server route is transparent: a name the upstream did not list is
+                // still passed on (after the permission check, by name) and the upstream
+                // answers for it, as it would to a direct client.
+                let (annotations, withheld) = match catalog.tool(requested) {
+                    Some(tool) => (
+                        tool.get("annotations").cloned(),
+                        pin_tools
+                            && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
+                    ),
+                    None => (None, false),
+                };
                 Ok(Target {
                     server: server.clone(),
                     upstream: requested.to_owned(),
-                    annotations: tool.get("annotations").cloned(),
-                    withheld: pin_tools
-                        && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
+                    annotations,
+                    withheld,
                 })
             }
             None => {
-                let table = self.routes(config);
+                let mut table = self.routes(config);
+                if !table.tools.contains_key(requested) && self.has_unstarted_user_instances(ctx) {
+                    // A per-user server lists its tools once the caller's instance runs.
+                    self.start_user_instances(ctx).await;
+                    table = self.routes(config);
+                }
                 let route = table
                     .tools
                     .get(requested)

@@ -38,7 +38,8 @@ pub fn routes() -> Router<AppState> {
         .route("/events", get(events))
 }
 
-/// Authenticates and checks `Permission::Admin { action }`.
+/// Authenticates and checks `Permission::Admin { action }`; the decision is audited
+/// (`permission.decision`), allow or deny.
 pub async fn admin_principal(
     app: &AppState,
     headers: &HeaderMap,
@@ -58,13 +59,34 @@ pub async fn admin_principal(
             message: limited.to_string(),
             retry_after_secs: limited.retry_after_secs(),
         })?;
-    app.policy
+    let decision = app
+        .policy
         .load()
-        .check(&principal, &Permission::Admin { action })
-        .map_err(|denial| ApiError::Forbidden {
-            denial,
-            resource_metadata: app.resource_metadata_url(),
-        })?;
+        .check(&principal, &Permission::Admin { action });
+    let mut event = warden_actors::audit::AuditEvent::new(
+        "permission.decision",
+        if principal.kind == crate::auth::PrincipalKind::Service {
+            "client"
+        } else {
+            "user"
+        },
+    );
+    event.actor_id = Some(principal.user_id().to_owned());
+    event.subject = Some(format!("admin/{action}"));
+    event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
+    event.reason = decision.as_ref().err().map(|d| d.to_string());
+    event.attributes = json!({
+        "action": action,
+        "client_id": principal.client_id,
+        "scopes": principal.scopes.to_header_value(),
+        "roles": principal.roles,
+        "issuer": principal.issuer,
+    });
+    app.identity.record_event(event).await;
+    decision.map_err(|denial| ApiError::Forbidden {
+        denial,
+        resource_metadata: app.resource_metadata_url(),
+    })?;
     Ok(principal)
 }
 

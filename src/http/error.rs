@@ -39,11 +39,22 @@ pub enum ApiError {
     /// 503: a dependency (database, upstream, audit trail) cannot serve right now.
     Unavailable(String),
     Internal(String),
+    /// An OAuth 2.1 protocol error (RFC 6749 §5.2, RFC 7591 §3.2.2, RFC 8707):
+    /// `{"error", "error_description"}`; `invalid_client` is 401, `server_error` 500,
+    /// `temporarily_unavailable` 503, the rest 400.
+    OAuth {
+        error: &'static str,
+        description: String,
+    },
 }
 
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
+            ApiError::Unauthorized {
+                rejection: AuthRejection::Unavailable(_),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -53,6 +64,12 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::OAuth { error, .. } => match *error {
+                "invalid_client" => StatusCode::UNAUTHORIZED,
+                "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+                "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
@@ -75,6 +92,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::OAuth { error, .. } => error,
         }
     }
 
@@ -91,6 +109,7 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::RateLimited { message, .. } => message.clone(),
+            ApiError::OAuth { description, .. } => description.clone(),
         }
     }
 }
@@ -131,11 +150,22 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(message) = &self {
             tracing::error!(%message, "internal error answered with 500");
         }
-        let mut response = (
-            self.status(),
-            Json(json!({"error": self.code(), "message": self.message()})),
-        )
-            .into_response();
+        let body = if matches!(self, ApiError::OAuth { .. }) {
+            json!({"error": self.code(), "error_description": self.message()})
+        } else {
+            json!({"error": self.code(), "message": self.message()})
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::OAuth { error, .. } = &self {
+            let headers = response.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if *error == "invalid_client" {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"warden\""),
+                );
+            }
+        }
         if let Some(value) = www_authenticate(&self).and_then(|v| HeaderValue::from_str(&v).ok()) {
             response
                 .headers_mut()

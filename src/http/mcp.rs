@@ -51,9 +51,9 @@ use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
 use crate::gateway::{CallContext, GatewayError};
+use crate::policy::Permission;
 use crate::policy::hooks::{HookContext, HookEvent};
 use crate::policy::limits::Surface;
-use crate::policy::{Permission, PolicyEngine};
 
 /// Revisions reachable with the `initialize` handshake, oldest first.
 pub const HANDSHAKE_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -678,6 +678,18 @@ async fn request(
 ) -> Response {
     let modern = matches!(era, Era::Stateless { .. });
     let ok = |result: Value| result_response(&id, &result_text(result), &trace, modern);
+    // Acknowledgements are answered exactly `{}` (strict clients compare them), without
+    // the trace in `_meta`; the `traceparent` header still carries it.
+    let empty = || {
+        let body = if modern {
+            r#"{"resultType":"complete"}"#
+        } else {
+            "{}"
+        };
+        let mut frame = Vec::with_capacity(64);
+        jsonrpc::write_result(&mut frame, &id.to_string(), body);
+        json_response(StatusCode::OK, frame)
+    };
     // tools/call checks the surface limit with its server's and tool's; every other
     // request is checked here.
     if method != "tools/call"
@@ -697,7 +709,7 @@ async fn request(
     }
     match method.as_str() {
         "initialize" => return initialize(&app, scope, principal, &id, &params, &trace).await,
-        "ping" => return ok(json!({})),
+        "ping" => return empty(),
         "server/discover" => {
             return ok(json!({
                 "supportedVersions": [MODERN_VERSION],
@@ -716,9 +728,9 @@ async fn request(
                     .and_then(Value::as_str)
                     .map(str::to_owned);
             }
-            return ok(json!({}));
+            return empty();
         }
-        "resources/subscribe" | "resources/unsubscribe" => return ok(json!({})),
+        "resources/subscribe" | "resources/unsubscribe" => return empty(),
         "subscriptions/listen" if modern => return listen(&app, scope, principal, id, &params),
         _ => {}
     }
@@ -1377,26 +1389,6 @@ fn listen(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// Tells sessions that can see `server` that its list of `kind` changed.
-pub fn announce_list_changed(app: &AppState, server: &str, kind: &str) {
-    let method = format!("notifications/{kind}/list_changed");
-    let mut frame = Vec::new();
-    jsonrpc::write_notification(&mut frame, &method, None);
-    let data: Arc<str> = Arc::from(String::from_utf8_lossy(&frame).as_ref());
-    let policy = app.policy.load_full();
-    app.gateway.notify_listeners(&policy, server, kind);
-    app.gateway.sessions.broadcast(data, |session| {
-        session.scope.as_deref().is_none_or(|s| s == server)
-            && policy_allows(&policy, &session.principal, server)
-    });
-}
-
-fn policy_allows(policy: &PolicyEngine, principal: &Principal, server: &str) -> bool {
-    policy
-        .check(principal, &Permission::List { server })
-        .is_ok()
 }
 
 /// Runs `SessionStart` hooks for a new session; a denial refuses the session.

@@ -6,7 +6,9 @@
 //! ```text
 //!   connection limit (server.max_connections; excess connections wait in the backlog)
 //!   └─ TCP_NODELAY on every accepted socket
-//!      └─ router: routes contributed through the registry (built-ins and extensions)
+//!      └─ challenge scope: a 401 `Bearer` challenge without `scope=` gets the scopes the
+//!         profile requires (RFC 6750 §3), whichever surface answered
+//!         └─ router: routes contributed through the registry (built-ins and extensions)
 //! ```
 
 pub mod admin;
@@ -18,6 +20,8 @@ pub mod jsonlimits;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
+pub mod wellknown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +45,43 @@ pub fn router(state: AppState, registry: &Registry) -> Router {
     for (_owner, factory) in &registry.routes {
         router = router.merge(factory());
     }
-    router.with_state(state)
+    router
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            add_challenge_scope,
+        ))
+        .with_state(state)
+}
+
+/// Names the scopes needed in a 401 `Bearer` challenge that does not name any, so a
+/// client knows what to ask the authorization server for.
+async fn add_challenge_scope(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() != axum::http::StatusCode::UNAUTHORIZED {
+        return response;
+    }
+    let Some(challenge) = response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("Bearer") && !v.contains("scope="))
+    else {
+        return response;
+    };
+    let scopes = app.policy.load().challenge_scopes();
+    if scopes.is_empty() {
+        return response;
+    }
+    if let Ok(value) =
+        axum::http::HeaderValue::from_str(&format!("{challenge}, scope=\"{scopes}\""))
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight

@@ -2,16 +2,36 @@
 //! handler calls before it runs — MCP listing and calls, resources, prompts, the AI proxy
 //! and the admin API. Deny by default; no flag bypasses it. `policy/` does no I/O: the
 //! caller records the decision in the audit trail.
+//!
+//! The rules come from the profile ([`PolicyEngine::from_config`]) and are swapped whole
+//! on reload:
+//!
+//! | Permission | Requires (every listed scope) |
+//! | --- | --- |
+//! | see a server, read its resources, get its prompts | the server's `scopes` (default `tools:read`) |
+//! | call a tool | `tools.<tool>.scopes` if set; else the server's `write_scopes` (default `tools:write`) when the tool is marked `destructiveHint: true`; else the server's `scopes` |
+//! | the admin API | `admin` |
+//! | a model request | `ai:chat` |
+//! | report a client-side lifecycle event (`POST /hooks/{event}`) | `hooks:report` |
+//!
+//! A principal's scopes grant a permission when they contain every required scope, or
+//! `*`. Roles are scope sets ([`PolicyEngine::role_scopes`]); identity turns a principal's
+//! roles into scopes when it verifies a token, so the check itself only compares sets.
+//! The check allocates nothing on the allow path: it runs for every tool of every listing.
 
 pub mod credentials;
 pub mod hooks;
 pub mod limits;
 pub mod quotas;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scopes};
+use crate::config::{AccessConfig, Config};
 
 /// What a request wants to do.
 #[derive(Clone, Copy, Debug)]
@@ -51,43 +71,386 @@ pub enum Permission<'a> {
 /// A refusal, with what would have been needed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Denial {
+    /// The principal lacks scopes; `required` lists every scope the permission needs,
+    /// space-separated (what `WWW-Authenticate: … scope="…"` names for a step-up).
     #[error("missing scope `{required}`")]
     InsufficientScope { required: String },
     #[error("{0}")]
     Forbidden(String),
 }
 
+/// The scope the admin API requires.
+pub const ADMIN_SCOPE: &str = "admin";
+/// The scope a model request requires.
+pub const MODEL_SCOPE: &str = "ai:chat";
+/// The scope reporting a client-side lifecycle event requires.
+pub const REPORT_SCOPE: &str = "hooks:report";
+
+/// One server's rules, shared (`Arc`) so a lookup copies nothing.
+#[derive(Clone, Debug)]
+struct ServerRules {
+    read: Arc<[String]>,
+    write: Arc<[String]>,
+    tools: HashMap<String, Arc<[String]>>,
+}
+
+impl ServerRules {
+    fn from_access(access: &AccessConfig) -> ServerRules {
+        ServerRules {
+            read: access.scopes.clone().into(),
+            write: access.write_scopes.clone().into(),
+            tools: access
+                .tools
+                .iter()
+                .map(|(tool, scopes)| (tool.clone(), scopes.clone().into()))
+                .collect(),
+        }
+    }
+}
+
 /// The decision function and the rules it reads from the profile.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PolicyEngine {
-    /// Scopes that grant everything (until roles and per-server rules land).
-    pub admin_scope: String,
+    servers: HashMap<String, ServerRules>,
+    default: ServerRules,
+    roles: HashMap<String, Scopes>,
+    admin: Arc<[String]>,
+    model: Arc<[String]>,
+    report: Arc<[String]>,
+}
+
+impl Default for PolicyEngine {
+    fn default() -> Self {
+        PolicyEngine::new()
+    }
 }
 
 impl PolicyEngine {
+    /// The rules of an empty profile: default server scopes, the built-in roles.
     pub fn new() -> Self {
+        PolicyEngine::from_config(&Config::parse("", "(defaults)", &|_| None).unwrap_or_else(
+            // An empty profile always parses; this branch is unreachable.
+            |_| unreachable!("the empty profile is valid"),
+        ))
+    }
+
+    /// The rules of `config`: per-server scopes, tool overrides, roles.
+    pub fn from_config(config: &Config) -> Self {
         PolicyEngine {
-            admin_scope: "admin".into(),
+            servers: config
+                .access
+                .iter()
+                .map(|(name, access)| (name.clone(), ServerRules::from_access(access)))
+                .collect(),
+            default: ServerRules::from_access(&config.default_access),
+            roles: config
+                .roles
+                .iter()
+                .map(|(name, role)| (name.clone(), Scopes::from_list(role.scopes.iter().cloned())))
+                .collect(),
+            admin: vec![ADMIN_SCOPE.to_owned()].into(),
+            model: vec![MODEL_SCOPE.to_owned()].into(),
+            report: vec![REPORT_SCOPE.to_owned()].into(),
+        }
+    }
+
+    fn server(&self, name: &str) -> &ServerRules {
+        self.servers.get(name).unwrap_or(&self.default)
+    }
+
+    /// The scopes `permission` requires (all of them).
+    pub fn required(&self, permission: &Permission<'_>) -> &[String] {
+        match permission {
+            Permission::List { server }
+            | Permission::ReadResource { server, .. }
+            | Permission::GetPrompt { server, .. } => &self.server(server).read,
+            Permission::CallTool {
+                server,
+                tool,
+                annotations,
+            } => {
+                let rules = self.server(server);
+                if let Some(scopes) = rules.tools.get(*tool) {
+                    scopes
+                } else if annotations
+                    .and_then(|a| a.get("destructiveHint"))
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    &rules.write
+                } else {
+                    &rules.read
+                }
+            }
+            Permission::Admin { .. } => &self.admin,
+            Permission::UseModel { .. } => &self.model,
+            Permission::ReportEvent { .. } => &self.report,
         }
     }
 
     /// Decides whether `principal` may do `permission`.
     pub fn check(&self, principal: &Principal, permission: &Permission<'_>) -> Result<(), Denial> {
-        let required = match permission {
-            Permission::List { .. }
-            | Permission::ReadResource { .. }
-            | Permission::GetPrompt { .. } => "tools:read",
-            Permission::CallTool { .. } => "tools:call",
-            Permission::Admin { .. } => self.admin_scope.as_str(),
-            Permission::UseModel { .. } => "ai:chat",
-            Permission::ReportEvent { .. } => "hooks:report",
-        };
-        if principal.scopes.grants(required) {
+        let required = self.required(permission);
+        if required.is_empty() {
+            // A profile may open something to everyone authenticated with `scopes: []`;
+            // anonymous callers still need a grant of their own.
+            if principal.kind == crate::auth::PrincipalKind::Anonymous {
+                return Err(Denial::Forbidden(
+                    "anonymous callers need a scope the `anonymous` role grants".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if required.iter().all(|scope| principal.scopes.grants(scope)) {
             Ok(())
         } else {
             Err(Denial::InsufficientScope {
-                required: required.to_owned(),
+                required: required.join(" "),
             })
         }
+    }
+
+    /// The scopes the named roles grant together (unknown roles grant nothing).
+    pub fn role_scopes<S: AsRef<str>>(&self, roles: &[S]) -> Scopes {
+        let mut scopes = Scopes::default();
+        for role in roles {
+            if let Some(granted) = self.roles.get(role.as_ref()) {
+                scopes.extend(granted);
+            }
+        }
+        scopes
+    }
+
+    /// Whether a role of this name is defined.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    /// Every scope a rule or a role names, for `scopes_supported` in metadata.
+    pub fn known_scopes(&self) -> Vec<String> {
+        let mut all = std::collections::BTreeSet::new();
+        let mut add = |list: &[String]| {
+            for scope in list {
+                if scope != "*" {
+                    all.insert(scope.clone());
+                }
+            }
+        };
+        for rules in self.servers.values().chain(std::iter::once(&self.default)) {
+            add(&rules.read);
+            add(&rules.write);
+            for scopes in rules.tools.values() {
+                add(scopes);
+            }
+        }
+        add(&self.admin);
+        add(&self.model);
+        add(&self.report);
+        let role_scopes: Vec<String> = self
+            .roles
+            .values()
+            .flat_map(|s| s.iter().map(str::to_owned))
+            .collect();
+        add(&role_scopes);
+        all.into_iter().collect()
+    }
+
+    /// The scopes a client is told about in a 401 challenge: what the listing of any
+    /// server needs.
+    pub fn challenge_scopes(&self) -> String {
+        let mut scopes: Vec<&str> = self
+            .servers
+            .values()
+            .flat_map(|r| r.read.iter().map(String::as_str))
+            .collect();
+        if scopes.is_empty() {
+            scopes.extend(self.default.read.iter().map(String::as_str));
+        }
+        scopes.sort_unstable();
+        scopes.dedup();
+        scopes.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::PrincipalKind;
+
+    fn engine(profile: &str) -> PolicyEngine {
+        PolicyEngine::from_config(&Config::parse(profile, "t.yaml", &|_| None).unwrap())
+    }
+
+    fn principal(scopes: &str) -> Principal {
+        Principal {
+            scopes: Scopes::parse(scopes),
+            kind: PrincipalKind::User,
+            subject: "alice".into(),
+            ..Principal::anonymous()
+        }
+    }
+
+    /// One row: a profile, the caller's scopes, a permission, the expected outcome
+    /// (`Ok`, or the scopes named in the denial).
+    fn check_decision(
+        engine: &PolicyEngine,
+        scopes: &str,
+        permission: Permission<'_>,
+        expected: Result<(), &str>,
+    ) {
+        let outcome = engine.check(&principal(scopes), &permission);
+        match (outcome, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(Denial::InsufficientScope { required }), Err(want)) => {
+                assert_eq!(required, want, "{permission:?} with `{scopes}`")
+            }
+            (got, want) => panic!("{permission:?} with `{scopes}`: got {got:?}, want {want:?}"),
+        }
+    }
+
+    const PROFILE: &str = "
+servers:
+  github:
+    url: https://example.com/mcp
+    scopes: [github:read]
+    write_scopes: [github:write]
+    tools:
+      delete_repo: {scopes: [github:admin, github:write]}
+      search: {scopes: []}
+  plain:
+    command: x
+";
+
+    #[test]
+    fn tool_calls_need_the_server_scope_and_destructive_ones_its_write_scope() {
+        let e = engine(PROFILE);
+        let destructive = json!({"destructiveHint": true});
+        let read_only = json!({"readOnlyHint": true, "destructiveHint": false});
+        let call = |tool, annotations| Permission::CallTool {
+            server: "github",
+            tool,
+            annotations,
+        };
+        check_decision(
+            &e,
+            "github:read",
+            call("list_issues", Some(&read_only)),
+            Ok(()),
+        );
+        check_decision(&e, "github:read", call("list_issues", None), Ok(()));
+        check_decision(
+            &e,
+            "tools:read",
+            call("list_issues", None),
+            Err("github:read"),
+        );
+        check_decision(
+            &e,
+            "github:read",
+            call("create", Some(&destructive)),
+            Err("github:write"),
+        );
+        check_decision(
+            &e,
+            "github:write",
+            call("create", Some(&destructive)),
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "github:write",
+            call("delete_repo", None),
+            Err("github:admin github:write"),
+        );
+        check_decision(
+            &e,
+            "github:admin github:write",
+            call("delete_repo", None),
+            Ok(()),
+        );
+        check_decision(&e, "*", call("delete_repo", Some(&destructive)), Ok(()));
+    }
+
+    #[test]
+    fn servers_without_rules_use_the_defaults_and_admin_needs_admin() {
+        let e = engine(PROFILE);
+        let plain = |annotations| Permission::CallTool {
+            server: "plain",
+            tool: "echo",
+            annotations,
+        };
+        check_decision(&e, "tools:read", plain(None), Ok(()));
+        check_decision(&e, "", plain(None), Err("tools:read"));
+        check_decision(
+            &e,
+            "tools:read",
+            plain(Some(&json!({"destructiveHint": true}))),
+            Err("tools:write"),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::List { server: "plain" },
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::Admin {
+                action: "servers.read",
+            },
+            Err("admin"),
+        );
+        check_decision(
+            &e,
+            "admin",
+            Permission::Admin {
+                action: "servers.read",
+            },
+            Ok(()),
+        );
+        check_decision(
+            &e,
+            "tools:read",
+            Permission::UseModel { model: "m" },
+            Err("ai:chat"),
+        );
+        check_decision(
+            &e,
+            "",
+            Permission::ReadResource {
+                server: "github",
+                uri: "x",
+            },
+            Err("github:read"),
+        );
+    }
+
+    #[test]
+    fn an_empty_scope_list_admits_the_authenticated_but_not_the_anonymous() {
+        let e = engine(PROFILE);
+        let search = Permission::CallTool {
+            server: "github",
+            tool: "search",
+            annotations: None,
+        };
+        check_decision(&e, "", search, Ok(()));
+        assert!(e.check(&Principal::anonymous(), &search).is_err());
+    }
+
+    #[test]
+    fn roles_expand_to_scope_sets() {
+        let e = engine(
+            "roles:\n  dev: {scopes: [github:read, github:write]}\n  anonymous: {scopes: [tools:read]}\n",
+        );
+        let scopes = e.role_scopes(&["dev", "unknown"]);
+        assert!(scopes.grants("github:write") && !scopes.grants("admin"));
+        assert!(e.role_scopes(&["admin"]).grants("anything"));
+        assert!(e.role_scopes(&["user"]).grants("tools:read"));
+        assert!(e.role_scopes(&["anonymous"]).grants("tools:read"));
+        assert!(engine("").role_scopes(&["anonymous"]).is_empty());
+        assert!(e.known_scopes().contains(&"github:write".to_owned()));
     }
 }

@@ -617,3 +617,63 @@ fn the_notification_stream_resumes_from_last_event_id() {
     }
     assert!(seen.contains("id: 1"), "{seen}");
 }
+
+#[test]
+fn a_cancelled_request_cancels_the_upstream_call_and_is_audited_as_cancelled() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("cancel-{}", std::process::id()), &[]) }));
+    let url = gateway.warden.url("/mcp");
+    let mut client = gateway.client();
+    let session = client.session.clone().expect("a session");
+    let token = gateway.token.clone();
+    let slow_url = url.clone();
+    let slow = std::thread::spawn(move || {
+        let mut caller = McpClient::new(slow_url, Some(token));
+        caller.session = Some(session);
+        let body = json!({"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
+            "params": {"name": "fix__slow", "arguments": {"ms": 30000}}});
+        caller.post_json(&body, &[])
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while gateway.status("fix")["in_flight"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow call never showed in flight"
+        );
+    }
+    let cancel = client.notify(
+        "notifications/cancelled",
+        json!({"requestId": "slow-1", "reason": "user pressed stop"}),
+    );
+    assert_eq!(cancel.status, 202);
+    let answer = slow.join().expect("the slow call returns");
+    assert_eq!(answer.error()["code"], -32007, "{:?}", answer.message);
+    // The upstream slot is free again at once, not after 30 s.
+    let deadline = std::time::Instant::now() + WAIT;
+    while gateway.status("fix")["in_flight"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled call still holds its slot"
+        );
+    }
+    assert_eq!(
+        client.call("fix__echo", json!({"message": "next"})).text(),
+        "next"
+    );
+    // Its row says what happened.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let rows = gateway
+            ._db
+            .query("SELECT status FROM mcp_tool_executions WHERE tool_name = 'slow'");
+        if let Some(row) = rows.first() {
+            assert_eq!(row.get::<_, String>(0), "cancelled");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled call has no audit row"
+        );
+        std::thread::park_timeout(Duration::from_millis(25));
+    }
+}

@@ -11,9 +11,12 @@ mod support;
 
 mod audit;
 mod config;
+mod conformance;
 mod docs;
 mod gateway;
+mod identity;
 mod migrate;
 mod policy;
+mod rmcp_client;
 mod serve;
 mod supervision;

@@ -459,3 +459,93 @@ fn the_builtin_demo_server_runs_from_the_binary_itself() {
     );
     assert!(client.call("demo__now", json!({})).text().ends_with('Z'));
 }
+
+#[test]
+fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
+    use crate::identity::cli;
+    let mut server = fixture(&marker("peruser"), &[]);
+    server["isolation"] = "per_user".into();
+    server["user_secrets"] = json!({"API_TOKEN": "mail_token"});
+    server["idle_timeout"] = "2s".into();
+    server["max_instances"] = 2.into();
+    let running = Running::start(json!({ "mail": server }));
+    let profile = &running.profile;
+    for user in ["alice", "bob", "carol"] {
+        let (ok, _, err) = cli(
+            profile,
+            &["user", "add", user, "--role", "user"],
+            Some("a long test password"),
+        );
+        assert!(ok, "{err}");
+    }
+    for (user, value) in [("alice", "alice-secret"), ("bob", "bob-secret")] {
+        let (ok, _, err) = cli(
+            profile,
+            &["secret", "set", "mail_token", "--user", user],
+            Some(value),
+        );
+        assert!(ok, "{err}");
+    }
+    let token = |user: &str| {
+        let (ok, out, err) = cli(
+            profile,
+            &[
+                "token",
+                "issue",
+                "--user",
+                user,
+                "--scopes",
+                "tools:read tools:write",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    let mut alice = McpClient::connect(running.warden.url("/mcp"), &token("alice"));
+    let mut bob = McpClient::connect(running.warden.url("/mcp"), &token("bob"));
+    let reveal = json!({"name": "API_TOKEN", "reveal": true});
+    let alice_env = alice.call("mail__env", reveal.clone());
+    assert_eq!(
+        alice_env.result()["content"][1]["text"],
+        "alice-secret",
+        "{:?}",
+        alice_env.message
+    );
+    let bob_env = bob.call("mail__env", reveal.clone());
+    assert_eq!(
+        bob_env.result()["content"][1]["text"],
+        "bob-secret",
+        "{:?}",
+        bob_env.message
+    );
+    let alice_pid = alice.call("mail__pid", json!({})).text();
+    let bob_pid = bob.call("mail__pid", json!({})).text();
+    assert_ne!(alice_pid, bob_pid, "two users, two processes");
+    let instances = running.server("mail")["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(instances.len(), 2, "{instances:?}");
+
+    // max_instances: a third user is refused with a message naming the limit.
+    let mut carol = McpClient::connect(running.warden.url("/mcp"), &token("carol"));
+    let refused = carol.call("mail__echo", json!({"message": "x"}));
+    let message = refused.message.to_string();
+    assert!(
+        message.contains("max_instances") || message.contains("unknown tool"),
+        "{message}"
+    );
+
+    // An idle user's process is stopped after idle_timeout.
+    let mut events = running.events();
+    let stopped = events.wait_for(WAIT, |e| {
+        e["event"] == "stopped" && e["server"] == "mail" && e["user"] == "alice"
+    });
+    assert!(stopped["reason"].as_str().is_some(), "{stopped}");
+    let alice_proc = procs::get(alice_pid.parse().expect("a pid"));
+    assert!(
+        alice_proc.is_none_or(|p| !p.is_alive()),
+        "alice's process outlived its idle timeout"
+    );
+}

@@ -1,0 +1,475 @@
+//! Identity from the command line, beside a running `warden serve` (same database; the
+//! embedded cluster is attached, not started twice):
+//!
+//! - `warden user add NAME --role R` (password on stdin), `user list`, `user disable
+//!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin);
+//! - `warden token issue --user NAME --scopes "a b" [--ttl 1h]`: prints an access token
+//!   (creating the user, without a password, if needed);
+//! - `warden keys rotate`, `warden keys list`;
+//! - `warden apikey create --name N --scopes "…" [--ttl 90d]` (prints the key once),
+//!   `apikey list`, `apikey revoke ID`.
+//!
+//! Every change is announced on `warden_identity`, so running servers drop what they
+//! cached and record the change on the audit trail.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::ProfileArg;
+use crate::auth::secret::Redacted;
+use crate::auth::service::issue_offline;
+use crate::auth::tokens::Grant;
+use crate::auth::{PrincipalKind, Scopes, keys, passwords, store};
+use crate::config::Config;
+use crate::db::Database;
+use crate::policy::PolicyEngine;
+use crate::secrets::MasterKey;
+
+#[derive(Subcommand)]
+pub(crate) enum UserCommand {
+    /// Create a user; the password is read from stdin.
+    Add {
+        name: String,
+        /// A role from the profile's `roles:` (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// List users, service accounts and federated identities.
+    List {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Disable an identity: its tokens and API keys stop working at once.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Enable a disabled identity again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Set a user's password (read from stdin).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print an access token signed by Warden's issuer.
+    Issue {
+        #[arg(long)]
+        user: String,
+        /// Space-separated scopes (`"tools:read tools:write"`, or `"*"`).
+        #[arg(long)]
+        scopes: String,
+        /// Lifetime (default: identity.access_token_ttl; at most identity.max_token_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a new signing key; the old one keeps verifying until its tokens expire.
+    Rotate {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// List signing keys.
+    List {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ApiKeyCommand {
+    /// Create an API key for a service account (created if needed); printed once.
+    Create {
+        /// The service account.
+        #[arg(long)]
+        name: String,
+        /// Space-separated scopes the key grants.
+        #[arg(long)]
+        scopes: String,
+        /// Roles of a service account created now (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// List API keys (prefixes only).
+    List {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Revoke an API key by id, or every key of a service account with `--name`.
+    Revoke {
+        id: Option<Uuid>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+}
+
+fn read_password() -> Result<Redacted<String>> {
+    let mut value = String::new();
+    std::io::stdin()
+        .read_to_string(&mut value)
+        .context("reading the password from stdin")?;
+    while value.ends_with('\n') || value.ends_with('\r') {
+        value.pop();
+    }
+    if value.is_empty() {
+        bail!(
+            "no password on stdin: pipe it in, e.g. `printf %s \"$PASSWORD\" | warden user add …`"
+        );
+    }
+    crate::auth::passwords::Passwords::check_policy(&value)?;
+    Ok(Redacted::new(value))
+}
+
+fn parse_ttl(text: &str) -> Result<Duration> {
+    crate::config::units::parse_duration(text).map_err(|e| anyhow::anyhow!("--ttl `{text}`: {e}"))
+}
+
+async fn open(profile: &ProfileArg) -> Result<(Config, Database)> {
+    let config = profile.load()?;
+    let database = Database::open_shared(&config).await?;
+    Ok((config, database))
+}
+
+fn master_key(config: &Config) -> Result<MasterKey> {
+    MasterKey::load(
+        &config.server.state_dir,
+        config.server.master_key_file.as_deref(),
+        true,
+        &|name| std::env::var(name).ok(),
+    )
+    .context("signing needs the same master key as `warden serve`")
+}
+
+fn check_roles(config: &Config, roles: &[String]) -> Result<()> {
+    let policy = PolicyEngine::from_config(config);
+    for role in roles {
+        if !policy.has_role(role) {
+            bail!(
+                "no role `{role}` in the profile (roles: {})",
+                config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn when(time: Option<std::time::SystemTime>) -> String {
+    time.map_or_else(
+        || "-".into(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
+    match command {
+        UserCommand::Add {
+            name,
+            roles,
+            profile,
+        } => {
+            let password = read_password()?;
+            let (config, database) = open(&profile).await?;
+            check_roles(&config, &roles)?;
+            let hash = tokio::task::spawn_blocking(move || {
+                passwords::hash_blocking(password.expose().as_bytes())
+            })
+            .await??;
+            let client = database.pool.get().await?;
+            let row = store::create(&**client, &name, "user", &roles, Some(&hash)).await?;
+            store::notify(
+                &**client,
+                "user.added",
+                &name,
+                json!({"origin": "cli", "roles": roles}),
+            )
+            .await?;
+            println!(
+                "user `{}` added with role(s) {}",
+                row.name,
+                row.roles.join(", ")
+            );
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::List { profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            let rows = store::list(&**client).await?;
+            if rows.is_empty() {
+                println!("no identities");
+            }
+            for row in rows {
+                println!(
+                    "{}\t{}\troles={}\t{}\tpassword={}\tcreated {}\tlast login {}",
+                    row.name,
+                    row.kind,
+                    row.roles.join(","),
+                    if row.disabled { "disabled" } else { "enabled" },
+                    if row.has_password { "set" } else { "none" },
+                    when(Some(row.created_at)),
+                    when(row.last_login_at),
+                );
+            }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::Disable { name, profile } => return set_disabled(name, profile, true).await,
+        UserCommand::Enable { name, profile } => return set_disabled(name, profile, false).await,
+        UserCommand::Passwd { name, profile } => {
+            let password = read_password()?;
+            let (config, database) = open(&profile).await?;
+            let hash = tokio::task::spawn_blocking(move || {
+                passwords::hash_blocking(password.expose().as_bytes())
+            })
+            .await??;
+            let client = database.pool.get().await?;
+            store::set_password(&**client, &name, &hash).await?;
+            store::notify(
+                &**client,
+                "user.password_changed",
+                &name,
+                json!({"origin": "cli"}),
+            )
+            .await?;
+            println!("password of `{name}` changed");
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {
+    let (config, database) = open(&profile).await?;
+    let client = database.pool.get().await?;
+    store::set_disabled(&**client, &name, disabled).await?;
+    let kind = if disabled {
+        "user.disabled"
+    } else {
+        "user.enabled"
+    };
+    store::notify(&**client, kind, &name, json!({"origin": "cli"})).await?;
+    println!("`{name}` {}", if disabled { "disabled" } else { "enabled" });
+    drop(client);
+    database.shutdown(config.server.shutdown_grace).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn token(command: TokenCommand) -> Result<ExitCode> {
+    let TokenCommand::Issue {
+        user,
+        scopes,
+        ttl,
+        profile,
+    } = command;
+    let (config, database) = open(&profile).await?;
+    let key = master_key(&config)?;
+    let ttl = match ttl {
+        Some(text) => parse_ttl(&text)?,
+        None => config.identity.access_token_ttl,
+    };
+    if ttl > config.identity.max_token_ttl {
+        bail!(
+            "--ttl is longer than identity.max_token_ttl ({})",
+            humantime::format_duration(config.identity.max_token_ttl)
+        );
+    }
+    let scopes = Scopes::parse(&scopes);
+    if scopes.is_empty() {
+        bail!("--scopes must name at least one scope");
+    }
+    let mut client = database.pool.get().await?;
+    let (row, created) = store::ensure(&**client, &user, "user", &[]).await?;
+    if row.disabled {
+        bail!("`{user}` is disabled");
+    }
+    let issued = issue_offline(
+        &mut client,
+        &key,
+        &config.identity,
+        &Grant {
+            subject: row.name.clone(),
+            client_id: "warden-cli".into(),
+            scopes,
+            roles: row.roles.clone(),
+            kind: PrincipalKind::User,
+            family: None,
+            ttl,
+        },
+    )
+    .await?;
+    store::notify(
+        &**client,
+        "token.issued",
+        &issued.jti,
+        json!({"origin": "cli", "user": user, "scopes": issued.scopes.to_header_value(), "user_created": created}),
+    )
+    .await?;
+    if created {
+        eprintln!("created user `{user}` (no password, no roles)");
+    }
+    println!("{}", issued.token.expose());
+    drop(client);
+    database.shutdown(config.server.shutdown_grace).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn keys_command(command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::Rotate { profile } => {
+            let (config, database) = open(&profile).await?;
+            let key = master_key(&config)?;
+            let mut client = database.pool.get().await?;
+            let (kid, retired) = keys::rotate(&mut client, &key).await?;
+            store::notify(
+                &**client,
+                "keys.rotated",
+                &kid,
+                json!({"origin": "cli", "retired": retired}),
+            )
+            .await?;
+            println!(
+                "new signing key {kid}; retired {} (they verify until their tokens expire)",
+                if retired.is_empty() {
+                    "none".to_owned()
+                } else {
+                    retired.join(", ")
+                }
+            );
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        KeysCommand::List { profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            for key in keys::list(&**client).await? {
+                println!(
+                    "{}\t{}\tcreated {}\t{}",
+                    key.kid,
+                    key.algorithm,
+                    when(Some(key.created_at)),
+                    match key.retired_at {
+                        None => "active".to_owned(),
+                        Some(at) => format!(
+                            "retired {}, verifies until {}",
+                            when(Some(at)),
+                            when(Some(key.verifies_until))
+                        ),
+                    }
+                );
+            }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
+    match command {
+        ApiKeyCommand::Create {
+            name,
+            scopes,
+            roles,
+            ttl,
+            profile,
+        } => {
+            let (config, database) = open(&profile).await?;
+            check_roles(&config, &roles)?;
+            let scopes = Scopes::parse(&scopes);
+            if scopes.is_empty() {
+                bail!("--scopes must name at least one scope");
+            }
+            let ttl = ttl.as_deref().map(parse_ttl).transpose()?;
+            let client = database.pool.get().await?;
+            let (row, _) = store::ensure(&**client, &name, "service", &roles).await?;
+            let key = store::create_api_key(&**client, row.id, &scopes, ttl).await?;
+            store::notify(
+                &**client,
+                "apikey.created",
+                &name,
+                json!({"origin": "cli", "key_id": key.id, "prefix": key.prefix, "scopes": scopes.to_header_value()}),
+            )
+            .await?;
+            eprintln!(
+                "API key {} ({}) for `{name}`; it is shown once:",
+                key.id, key.prefix
+            );
+            println!("{}", key.key.expose());
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        ApiKeyCommand::List { profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            for key in store::list_api_keys(&**client).await? {
+                println!(
+                    "{}\t{}\t{}\tscopes={}\tcreated {}\texpires {}\t{}",
+                    key.id,
+                    key.owner,
+                    key.prefix,
+                    key.scopes,
+                    when(Some(key.created_at)),
+                    when(key.expires_at),
+                    key.revoked_at
+                        .map_or("active".into(), |t| format!("revoked {}", when(Some(t)))),
+                );
+            }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        ApiKeyCommand::Revoke { id, name, profile } => {
+            if id.is_none() && name.is_none() {
+                bail!(
+                    "name the key to revoke (its id) or `--name` for every key of a service account"
+                );
+            }
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            let n = store::revoke_api_keys(&**client, id, name.as_deref(), None).await?;
+            store::notify(
+                &**client,
+                "apikey.revoked",
+                name.as_deref().unwrap_or_default(),
+                json!({"origin": "cli", "key_id": id, "count": n}),
+            )
+            .await?;
+            println!("{n} key(s) revoked");
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+            if n == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

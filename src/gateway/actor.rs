@@ -1,0 +1,105 @@
+//! The Gateway actor: the control plane of the MCP gateway.
+//!
+//! **Owns:** the reaction to catalog changes — when a server becomes ready, stops, fails,
+//! or its tools, resources or prompts change, it tells every session and listen stream
+//! that may see that server (`notifications/*/list_changed`) and rebuilds the routing
+//! table ahead of the next call. The data plane (a tool call) never goes through its
+//! mailbox: calls read the published table and the directory directly (see `mod.rs`).
+//!
+//! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded by a
+//! bounded subscription; a lagging gateway loses list-change hints, never calls).
+//!
+//! **On failure:** it is linked under the root supervisor, which escalates (Warden exits
+//! for its service manager to restart it). Missing a notification is the worst case;
+//! routing stays correct because the table is also rebuilt lazily when it is stale.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use warden_actors::events::{Event, EventBus, EventKind};
+
+use super::Gateway;
+use crate::config::Config;
+use crate::policy::PolicyEngine;
+
+pub enum GatewayMsg {
+    Event(Arc<Event>),
+}
+
+pub struct GatewayArgs {
+    pub gateway: Arc<Gateway>,
+    pub policy: Arc<ArcSwap<PolicyEngine>>,
+    pub config: Arc<ArcSwap<Config>>,
+}
+
+pub struct GatewayActor;
+
+impl Actor for GatewayActor {
+    type Msg = GatewayMsg;
+    type State = GatewayArgs;
+    type Arguments = GatewayArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs,
+    ) -> Result<GatewayArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        message: GatewayMsg,
+        state: &mut GatewayArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let GatewayMsg::Event(event) = message;
+        let Some(server) = event.server.as_deref() else {
+            return Ok(());
+        };
+        let kinds: &[&str] = match event.kind {
+            EventKind::ToolsChanged { .. } => &["tools"],
+            EventKind::ResourcesChanged => &["resources"],
+            EventKind::PromptsChanged => &["prompts"],
+            EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
+                &["tools", "resources", "prompts"]
+            }
+            _ => &[],
+        };
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        // Rebuild now, so the next call does not pay for it.
+        state.gateway.routes(&state.config.load());
+        let policy = state.policy.load();
+        for kind in kinds {
+            state.gateway.announce_list_changed(&policy, server, kind);
+        }
+        Ok(())
+    }
+}
+
+/// Starts the Gateway actor under `parent` and feeds it the EventBus.
+pub async fn start(
+    args: GatewayArgs,
+    events: &EventBus,
+    parent: ActorCell,
+) -> Result<ActorRef<GatewayMsg>, String> {
+    let (actor, _) = Actor::spawn_linked(None, GatewayActor, args, parent)
+        .await
+        .map_err(|e| format!("cannot start the gateway actor: {e}"))?;
+    let mut subscription = events
+        .subscribe("gateway", 1024)
+        .await
+        .ok_or_else(|| "the event bus is not running".to_owned())?;
+    let forward_to = actor.clone();
+    tokio::spawn(async move {
+        while let Some(event) = subscription.recv().await {
+            if forward_to.send_message(GatewayMsg::Event(event)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(actor)
+}
