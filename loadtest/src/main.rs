@@ -6,7 +6,7 @@
 //! ```text
 //! cargo build --release -p warden -p warden-fixture -p warden-loadtest
 //! cargo run --release -p warden-loadtest -- --compare          # everything, ~10 minutes
-//! cargo run --release -p warden-loadtest -- --quick            # a few seconds, smoke use
+//! cargo run --release -p warden-loadtest -- --quick            # about 30 s, smoke use
 //! ```
 //!
 //! Map of the crate:
@@ -68,8 +68,8 @@ pub struct Args {
     /// into <target>/loadtest-peers on first use.
     #[arg(long)]
     pub compare: bool,
-    /// A few seconds in all: short points, one concurrency, one rate, no chaos, fewer
-    /// sessions. For smoke use.
+    /// About half a minute in all: short points, one concurrency, one rate, only the
+    /// `echo` and `governed` scenarios, no peers unless --compare. For smoke use.
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run (comma-separated): echo, governed, sessions, fanout, chaos, ai.
