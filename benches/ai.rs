@@ -29,9 +29,12 @@ use warden::ai::wire::openai::Dialect;
 use warden::ai::wire::{self, Delta, Wire};
 
 fn request() -> Value {
-    let mut messages = vec![json!({"role": "system", "content": "You are a careful assistant. ".repeat(10)})];
+    let mut messages =
+        vec![json!({"role": "system", "content": "You are a careful assistant. ".repeat(10)})];
     for i in 0..10 {
-        messages.push(json!({"role": "user", "content": format!("Question {i}: {}", "words ".repeat(40))}));
+        messages.push(
+            json!({"role": "user", "content": format!("Question {i}: {}", "words ".repeat(40))}),
+        );
         messages.push(json!({"role": "assistant", "content": format!("Answer {i}: {}", "tokens ".repeat(20))}));
     }
     json!({

@@ -310,7 +310,13 @@ impl Ai {
                     .and_then(Value::as_bool)
                     == Some(true);
             (
-                translate_body(&full, format, provider_wire, &route.model, route.provider.dialect())?,
+                translate_body(
+                    &full,
+                    format,
+                    provider_wire,
+                    &route.model,
+                    route.provider.dialect(),
+                )?,
                 asked,
             )
         };
@@ -795,7 +801,14 @@ impl Accounting {
         if let Some(model) = self.answered_model.take() {
             row.model = model;
         }
-        record_metrics(&self.route, status, &usage, cost, self.started.elapsed(), self.ttft);
+        record_metrics(
+            &self.route,
+            status,
+            &usage,
+            cost,
+            self.started.elapsed(),
+            self.ttft,
+        );
         row.status = status;
         row.error = error;
         let charge = (!self.budgets.is_empty() && !usage.is_empty()).then(|| Charge {

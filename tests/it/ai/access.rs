@@ -118,13 +118,16 @@ fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
     assert_eq!(provider.seen().len(), 3);
 
     // A reload (SIGHUP) routes a new model at once.
-    env.profile
-        .set("ai.models.fresh", json!({"provider": "local", "model": "m"}));
+    env.profile.set(
+        "ai.models.fresh",
+        json!({"provider": "local", "model": "m"}),
+    );
     env.profile.write();
     let mark = env.warden.log_mark();
     env.warden.sighup();
     assert!(
-        env.warden.wait_for_log_since(mark, "profile reloaded", WAIT),
+        env.warden
+            .wait_for_log_since(mark, "profile reloaded", WAIT),
         "{}",
         env.warden.log()
     );

@@ -183,7 +183,11 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     // A key rotated from the command line (another process) is used from then on: the
     // change is announced to the running Warden, which drops the cached one.
     let rotated = "sk-openai-rotated-key";
-    let (ok, _, err) = crate::identity::cli(&env.profile, &["secret", "set", "openai_key"], Some(rotated));
+    let (ok, _, err) = crate::identity::cli(
+        &env.profile,
+        &["secret", "set", "openai_key"],
+        Some(rotated),
+    );
     assert!(ok, "secret set: {err}");
     let wanted = format!("Bearer {rotated}");
     super::eventually("the rotated key on upstream requests", || {
