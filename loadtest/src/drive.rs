@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::mcp::{CallError, Endpoint, Session};
+use crate::model::{ChatClient, ChatEndpoint};
 use crate::stats::Samples;
 use crate::stdio::StdioServer;
 
@@ -29,6 +30,8 @@ pub enum Op {
     Echo { tool: String },
     /// `tools/list` (all pages); the answer must list `expect` tools.
     ListTools { expect: usize },
+    /// A streamed chat completion echoing a unique text, checked whole.
+    ChatStream,
 }
 
 /// Something to send calls to.
@@ -38,12 +41,15 @@ pub enum Target {
     Http(Arc<Endpoint>),
     /// The fixture on stdio, shared by all callers.
     Stdio(Arc<StdioServer>),
+    /// An OpenAI-shape `/v1/chat/completions` (the stand-in model server, or Warden).
+    Chat(Arc<ChatEndpoint>),
 }
 
 /// One caller's client.
 pub enum Client {
     Http(Box<Session>),
     Stdio(Arc<StdioServer>),
+    Chat(ChatClient),
 }
 
 /// Timing of one measurement.
@@ -83,6 +89,7 @@ impl Target {
                 set.spawn(async move {
                     match target {
                         Target::Stdio(server) => Ok(Client::Stdio(server)),
+                        Target::Chat(endpoint) => Ok(Client::Chat(ChatClient::new(endpoint))),
                         Target::Http(endpoint) => {
                             let mut session = Session::new(endpoint, caller * ID_STRIDE + 1)?;
                             tokio::time::timeout(Duration::from_secs(30), session.ensure_ready())
@@ -124,8 +131,9 @@ impl Client {
     pub async fn call(&mut self, op: &Op, tag: &str, timeout: Duration) -> Result<(), CallError> {
         match (self, op) {
             (Client::Stdio(server), Op::Echo { tool }) => server.echo(tool, tag, timeout).await,
-            (Client::Stdio(_), Op::ListTools { .. }) => Err(CallError::Protocol(
-                "tools/list is not driven over stdio".into(),
+            (Client::Chat(client), Op::ChatStream) => client.stream(tag, timeout).await,
+            (Client::Stdio(_) | Client::Chat(_), _) => Err(CallError::Protocol(
+                "only tools/call echo goes over stdio, only chat to a chat endpoint".into(),
             )),
             (Client::Http(session), op) => {
                 let call = async {
@@ -142,6 +150,9 @@ impl Client {
                                 )))
                             }
                         }
+                        Op::ChatStream => Err(CallError::Protocol(
+                            "chat completions are not driven over MCP".into(),
+                        )),
                     }
                 };
                 match tokio::time::timeout(timeout, call).await {

@@ -24,6 +24,7 @@
 mod drive;
 mod http;
 mod mcp;
+mod model;
 mod peers;
 mod plot;
 mod procs;
@@ -101,6 +102,10 @@ pub struct Args {
     /// Open-loop rates in calls/s (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub rates: Option<Vec<f64>>,
+    /// Open-loop rates of the `ai` scenario in streamed requests/s (comma-separated);
+    /// the first is also the rate of its added-p99 comparison.
+    #[arg(long, value_delimiter = ',')]
+    pub ai_rates: Option<Vec<f64>>,
     /// The open-loop rate of the added-latency bar.
     #[arg(long, default_value_t = 3000.0)]
     pub bar_rate: f64,

@@ -7,7 +7,7 @@
 //! | `fanout` | `tools/list` through `/mcp` over `--servers` servers | Warden |
 //! | `sessions` | `--sessions` sessions opened and held (RSS idle), then all calling at once | Warden |
 //! | `chaos` | closed loop while a child is killed twice and PostgreSQL is restarted; errors, and rows lost = calls made − rows in `mcp_tool_executions` | Warden on a cluster the load test owns |
-//! | `ai` | streaming through the AI proxy against a local upstream | reported as not available until `/v1/chat/completions` exists |
+//! | `ai` | streamed `/v1/chat/completions` through the AI proxy against a stand-in OpenAI-compatible model server (accounting and audit on): closed loop, open loop at `--ai-rates`, added p99 at the first of them | direct to the stand-in, Warden |
 //!
 //! Each target runs alone: it is started, measured at every point and stopped before the
 //! next one starts. Cold start and the binary size are measured once per run.
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::drive::{self, Client, Op, Plan, Target};
 use crate::mcp::{Endpoint, Era, Session};
+use crate::model::{ChatEndpoint, MODEL, StandIn};
 use crate::peers;
 use crate::procs::{self, RssSampler, TreeCpu};
 use crate::report::{Bar, Load, Point, Report, Resources};
@@ -98,6 +99,7 @@ struct Settings {
     peers: Vec<String>,
     concurrency: Vec<usize>,
     rates: Vec<f64>,
+    ai_rates: Vec<f64>,
     sessions: usize,
     chaos: Duration,
 }
@@ -107,7 +109,7 @@ impl Settings {
         let quick = args.quick;
         let scenarios = args.scenarios.clone().unwrap_or_else(|| {
             let list: &[&str] = if quick {
-                &["echo", "governed"]
+                &["echo", "governed", "ai"]
             } else {
                 &["echo", "governed", "fanout", "sessions", "chaos", "ai"]
             };
@@ -138,7 +140,14 @@ impl Settings {
                 vec![500.0, 1000.0, 2000.0, 3000.0, 5000.0, 8000.0]
             }
         });
-        if concurrency.contains(&0) || rates.iter().any(|&r| r <= 0.0) {
+        let ai_rates = args.ai_rates.clone().unwrap_or_else(|| {
+            if quick {
+                vec![200.0]
+            } else {
+                vec![500.0, 1000.0, 2000.0]
+            }
+        });
+        if concurrency.contains(&0) || rates.iter().chain(&ai_rates).any(|&r| r <= 0.0) {
             return Err(Error::Usage(
                 "concurrency and rates must be positive".into(),
             ));
@@ -155,6 +164,7 @@ impl Settings {
             peers,
             concurrency,
             rates,
+            ai_rates,
             sessions: args.sessions.unwrap_or(if quick { 100 } else { 1000 }),
             chaos: secs(args.chaos_secs.unwrap_or(if quick { 6.0 } else { 20.0 })),
         })
@@ -1171,38 +1181,60 @@ impl Ctx {
     // ai
     // -----------------------------------------------------------------------------------
 
+    /// Streamed chat completions, straight to the stand-in model server and through
+    /// Warden's `/v1/chat/completions` (permission check, rate-limit decision, provider
+    /// key, accounting row in `ai_requests` with the audit trail on): closed loop at each
+    /// concurrency, open loop at each AI rate, then the added p99 at the first AI rate in
+    /// alternating rounds.
     async fn ai(&mut self) -> Result<(), Error> {
-        let warden = self.start_warden("ai", &[], None).await?;
-        let mut conn = crate::http::Conn::new(warden.addr);
-        let request = hyper::Request::builder()
-            .method(hyper::Method::POST)
-            .uri("/v1/chat/completions")
-            .header(hyper::header::HOST, warden.addr.to_string())
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", warden.token))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"model":"loadtest","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-            )))
-            .map_err(|e| Error::Run(e.to_string()))?;
-        let status = conn.send(request).await.map(|r| r.status);
-        warden.stop().await;
-        match status {
-            Ok(hyper::StatusCode::NOT_FOUND) | Ok(hyper::StatusCode::METHOD_NOT_ALLOWED) => {
-                self.report.skip(
-                    "scenario ai",
-                    "this build has no AI proxy (/v1/chat/completions answers 404); the scenario lands with it",
-                );
-                Ok(())
+        let standin = StandIn::start().await?;
+        let overlay = json!({
+            "ai": {
+                "providers": {"standin": {
+                    "kind": "openai_compatible",
+                    "base_url": format!("http://{}/v1", standin.addr),
+                }},
+                "models": {MODEL: {"provider": "standin", "model": "m"}},
+                "prices": {"m": {"input": 1, "output": 2}},
+            },
+        });
+        let direct = Running {
+            name: "direct-model".into(),
+            target: Target::Chat(Arc::new(ChatEndpoint {
+                addr: standin.addr,
+                bearer: None,
+            })),
+            op: Op::ChatStream,
+            pids: Vec::new(),
+            direct: true,
+        };
+        let warden = self.start_warden("ai", &[], Some(&overlay)).await?;
+        let proxied = Running {
+            name: "warden".into(),
+            target: Target::Chat(Arc::new(ChatEndpoint {
+                addr: warden.addr,
+                bearer: Some(warden.token.clone()),
+            })),
+            op: Op::ChatStream,
+            pids: vec![warden.process.pid],
+            direct: false,
+        };
+        let closed = self.settings.concurrency.clone();
+        let rates = self.settings.ai_rates.clone();
+        let mut outcome = Ok(());
+        for running in [&direct, &proxied] {
+            if outcome.is_ok() && self.wanted(&running.name) {
+                outcome = self.sweep("ai", running, &closed, &rates).await;
             }
-            Ok(status) => {
-                self.report.skip(
-                    "scenario ai",
-                    format!("/v1/chat/completions answers {status}, but the streaming driver against a local upstream is not written yet"),
-                );
-                Ok(())
-            }
-            Err(error) => Err(Error::Run(format!("probing /v1/chat/completions: {error}"))),
         }
+        if let (Ok(()), Some(&rate)) = (&outcome, rates.first()) {
+            let rounds = if self.args.quick { 1 } else { 4 };
+            outcome = self
+                .paired_open("ai", [&direct, &proxied], rate, rounds)
+                .await;
+        }
+        warden.stop().await;
+        outcome
     }
 
     // -----------------------------------------------------------------------------------
