@@ -177,14 +177,44 @@ pub fn add_meta(object: &str, key: &str, value: &Value) -> Option<String> {
         out.push_str(body);
         return Some(out);
     }
-    let mut parsed: serde_json::Map<String, Value> = serde_json::from_str(object).ok()?;
-    let meta = parsed
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if let Value::Object(meta) = meta {
-        meta.insert(key.to_owned(), value.clone());
+    // Only `_meta` is parsed into values; every other member is copied as raw text (the
+    // result's content can be large, and building a DOM of it per call was ~6 % of the
+    // call path's CPU).
+    let members: indexmap::IndexMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(object).ok()?;
+    let mut out = String::with_capacity(object.len() + key.len() + 64);
+    out.push('{');
+    let mut merged = false;
+    for (name, raw) in &members {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(name).ok()?);
+        out.push(':');
+        if name == "_meta" {
+            let mut meta = match serde_json::from_str::<Value>(raw.get()).ok()? {
+                Value::Object(meta) => meta,
+                _ => serde_json::Map::new(),
+            };
+            meta.insert(key.to_owned(), value.clone());
+            out.push_str(&serde_json::to_string(&meta).ok()?);
+            merged = true;
+        } else {
+            out.push_str(raw.get());
+        }
     }
-    serde_json::to_string(&parsed).ok()
+    if !merged {
+        // `"_meta"` appeared only inside a nested value.
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str("\"_meta\":");
+        let mut meta = serde_json::Map::new();
+        meta.insert(key.to_owned(), value.clone());
+        out.push_str(&serde_json::to_string(&meta).ok()?);
+    }
+    out.push('}');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -240,5 +270,16 @@ mod tests {
         let parsed: Value = serde_json::from_str(&merged).unwrap();
         assert_eq!(parsed["_meta"]["a"], 1);
         assert_eq!(parsed["_meta"]["k"], v);
+        // Other members keep their exact text and order.
+        assert_eq!(
+            add_meta(r#"{"z":[1.50, "é"],"_meta":{"a":1}}"#, "k", &v).unwrap(),
+            r#"{"z":[1.50, "é"],"_meta":{"a":1,"k":"00-abc-def-01"}}"#
+        );
+        // `_meta` only inside a nested value: the top level gets its own.
+        let nested = add_meta(r#"{"content":[{"_meta":{"b":2}}]}"#, "k", &v).unwrap();
+        let parsed: Value = serde_json::from_str(&nested).unwrap();
+        assert_eq!(parsed["_meta"]["k"], v);
+        assert_eq!(parsed["content"][0]["_meta"]["b"], 2);
+        assert_eq!(add_meta("[1]", "k", &v), None);
     }
 }

@@ -370,7 +370,24 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
             }
         });
     }
-    let child = std::process::Command::new(&program).args(args).spawn();
+    use std::os::unix::process::CommandExt as _;
+    let mut command = std::process::Command::new(&program);
+    command.args(args);
+    // The mask above is the guard's own: a child that inherited it would never see SIGTERM
+    // (every stop would wait out `stop_grace` and end in SIGKILL), nor SIGINT or SIGHUP.
+    // SAFETY: runs between fork and exec; sigemptyset, pthread_sigmask and signal are
+    // async-signal-safe and touch only this process's own state.
+    unsafe {
+        command.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            // Start the program with the default SIGPIPE action, as a shell would.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let child = command.spawn();
     let child = match child {
         Ok(child) => child,
         Err(e) => {

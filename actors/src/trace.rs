@@ -98,13 +98,19 @@ impl TraceContext {
         hex::encode(self.trace_id)
     }
 
+    /// The `traceparent` value: `00-<trace id>-<span id>-<flags>`, 55 characters,
+    /// written into one buffer (it is formatted at least twice per call).
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            u8::from(self.sampled)
-        )
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        // The slices have exactly twice the input's length, so encoding cannot fail.
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        out[52] = b'-';
+        let _ = hex::encode_to_slice([u8::from(self.sampled)], &mut out[53..55]);
+        // Hex digits and dashes only: valid UTF-8.
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
