@@ -10,13 +10,22 @@
 //! - the release `warden` binary with an embedded PostgreSQL in a temp dir, one
 //!   `openai_compatible` provider pointing at the upstream, the audit trail on (every
 //!   request writes its permission decision and its `ai_requests` row), rate limits off;
-//! - `CONCURRENCY` client tasks (reqwest, one pooled HTTP/1.1 connection each), which in
-//!   each round send one streaming request each, at once, and record the time from
-//!   sending the request to the first body bytes.
+//! - `CONCURRENCY` client tasks (reqwest, one pooled HTTP/1.1 connection each), each of
+//!   which records the time from sending a streaming request to its first body bytes.
 //!
-//! Rounds alternate between the direct path and the Warden path, so drift in the
-//! machine's load hits both alike. Settings come from the environment: `CONCURRENCY`
-//! (200), `ROUNDS` (10 per path), `EVENTS` (20), `GAP_MS` (10).
+//! Two ways of loading it (`MODE`):
+//! - `steady` (the default, the "under 200 concurrent streams"): each client
+//!   sends its next request as soon as its stream ends, and the clients start staggered
+//!   over one stream's length, so about `CONCURRENCY` streams are open at every moment and
+//!   requests arrive spread out (≈ CONCURRENCY / stream length per second). The first
+//!   stream length of each phase is warm-up, not recorded.
+//! - `burst`: every client sends one request at the same instant (a thundering herd of
+//!   `CONCURRENCY` arrivals), per round.
+//!
+//! Phases (steady, `PHASE_MS` long) or rounds (burst) alternate between the direct path
+//! and the Warden path, so drift in the machine's load hits both alike. Settings come
+//! from the environment: `MODE` (steady), `CONCURRENCY` (200), `ROUNDS` (10 per path),
+//! `PHASE_MS` (2000), `EVENTS` (20), `GAP_MS` (10).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -202,6 +211,68 @@ async fn round(
     out
 }
 
+/// One steady phase: `concurrency` clients back to back for `warmup + measure`, staggered
+/// over `warmup`; the TTFB of each request sent after the warm-up, in µs.
+async fn steady(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Vec<u64> {
+    let body = Arc::new(
+        serde_json::json!({"model": "bench", "stream": true,
+                           "messages": [{"role": "user", "content": "Hello there"}]})
+        .to_string(),
+    );
+    let start = Instant::now();
+    let record_from = start + warmup;
+    let end = record_from + measure;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for index in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_owned();
+        let token = token.map(str::to_owned);
+        let body = body.clone();
+        let offset = warmup.mul_f64(index as f64 / concurrency as f64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until((start + offset).into()).await;
+            let mut samples = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let mut request = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned());
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                let mut response = request.send().await.expect("a response");
+                assert!(response.status().is_success(), "{}", response.status());
+                let first = response.chunk().await;
+                let ttfb = sent.elapsed();
+                assert!(matches!(first, Ok(Some(_))), "no first chunk");
+                while let Some(chunk) = response.chunk().await.expect("the rest of the stream") {
+                    drop(chunk);
+                }
+                if sent >= record_from {
+                    samples.push(ttfb.as_micros() as u64);
+                }
+            }
+            samples
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.extend(task.await.expect("a client task"));
+    }
+    out
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index] as f64 / 1000.0
@@ -228,6 +299,8 @@ fn main() {
     let rounds = setting("ROUNDS", 10);
     let events = setting("EVENTS", 20);
     let gap = Duration::from_millis(setting("GAP_MS", 10) as u64);
+    let phase = Duration::from_millis(setting("PHASE_MS", 2000) as u64);
+    let burst = std::env::var("MODE").is_ok_and(|m| m == "burst");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,13 +325,30 @@ fn main() {
         round(&client, &direct, None, concurrency).await;
         round(&client, &via, Some(&warden.token), concurrency).await;
         let (mut direct_samples, mut via_samples) = (Vec::new(), Vec::new());
+        let stream_length = gap * events as u32;
         for _ in 0..rounds {
-            direct_samples.extend(round(&client, &direct, None, concurrency).await);
-            via_samples.extend(round(&client, &via, Some(&warden.token), concurrency).await);
+            if burst {
+                direct_samples.extend(round(&client, &direct, None, concurrency).await);
+                via_samples.extend(round(&client, &via, Some(&warden.token), concurrency).await);
+            } else {
+                let token = Some(warden.token.as_str());
+                direct_samples.extend(
+                    steady(&client, &direct, None, concurrency, stream_length, phase).await,
+                );
+                via_samples.extend(
+                    steady(&client, &via, token, concurrency, stream_length, phase).await,
+                );
+            }
         }
-        println!(
-            "{concurrency} concurrent streams, {rounds} rounds per path, {events} events {gap:?} apart"
-        );
+        if burst {
+            println!(
+                "burst: {concurrency} requests at once per round, {rounds} rounds per path, {events} events {gap:?} apart"
+            );
+        } else {
+            println!(
+                "steady: {concurrency} concurrent streams, {rounds} phases of {phase:?} per path, {events} events {gap:?} apart"
+            );
+        }
         let (direct50, direct99) = summary("direct", direct_samples);
         let (via50, via99) = summary("warden", via_samples);
         println!(
