@@ -94,7 +94,11 @@ pub async fn serve(
     grace: Duration,
 ) {
     let signal = shutdown.clone();
-    let server = axum::serve(listener, router)
+    // Routes are finalised once here and each connection gets a cheap clone of the
+    // router. Serving the `Router` itself finalises it again per connection — a fresh
+    // route table (~10 KiB) for every keep-alive connection (docs/benchmarks.md).
+    let service = router.with_state(()).into_make_service();
+    let server = axum::serve(listener, service)
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
