@@ -538,7 +538,7 @@ fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig 
         batch_max_rows,
         batch_max_delay: raw
             .batch_max_delay
-            .map_or(Duration::from_millis(100), |d| d.0),
+            .map_or(Duration::from_millis(10), |d| d.0),
         queue_capacity,
         ack: raw.ack.unwrap_or_default(),
         on_backlog: raw.on_backlog.unwrap_or_default(),
