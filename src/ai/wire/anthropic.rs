@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
     StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid, merge_turns,
-    string,
+    str_or_empty, string,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -404,24 +404,10 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
     let mut parts = Vec::new();
     for block in content {
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(Part::Text(
-                block
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-            )),
+            Some("text") => parts.push(Part::Text(str_or_empty(block, "text"))),
             Some("tool_use") => parts.push(Part::ToolCall(ToolCall {
-                id: block
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                name: block
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
+                id: str_or_empty(block, "id"),
+                name: str_or_empty(block, "name"),
                 arguments: block
                     .get("input")
                     .map_or_else(|| "{}".to_owned(), Value::to_string),
@@ -430,16 +416,8 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         }
     }
     Ok(ChatResponse {
-        id: body
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        id: str_or_empty(body, "id"),
+        model: str_or_empty(body, "model"),
         parts,
         finish: body
             .get("stop_reason")
@@ -507,16 +485,8 @@ impl StreamDecoder for Decoder {
             "message_start" => {
                 let message = data.get("message").unwrap_or(&Value::Null);
                 out.push(Delta::Start {
-                    id: message
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                    model: message
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
+                    id: str_or_empty(message, "id"),
+                    model: str_or_empty(message, "model"),
                 });
                 if let Some(reported) = message.get("usage") {
                     out.push(Delta::Usage(usage(reported)));
@@ -539,16 +509,8 @@ impl StreamDecoder for Decoder {
                         self.tools.insert(index, ordinal);
                         out.push(Delta::ToolStart {
                             index: ordinal,
-                            id: block
-                                .get("id")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_owned(),
-                            name: block
-                                .get("name")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_owned(),
+                            id: str_or_empty(block, "id"),
+                            name: str_or_empty(block, "name"),
                         });
                     }
                     _ => {}

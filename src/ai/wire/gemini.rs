@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Part, Role, StreamDecoder, ToolCall,
-    ToolChoice, WireError, count, invalid, merge_turns,
+    ToolChoice, WireError, count, error_message, invalid, merge_turns, str_or_empty,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::SseEvent;
@@ -206,11 +206,7 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
                 .count();
             parts.push(Part::ToolCall(ToolCall {
                 id: call_id(call, &prefix, n),
-                name: call
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
+                name: str_or_empty(call, "name"),
                 arguments: call
                     .get("args")
                     .map_or_else(|| "{}".to_owned(), Value::to_string),
@@ -229,16 +225,8 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         None => return Err(invalid("the provider's answer has no `candidates`")),
     };
     Ok(ChatResponse {
-        id: body
-            .get("responseId")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        model: body
-            .get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        id: str_or_empty(body, "responseId"),
+        model: str_or_empty(body, "modelVersion"),
         parts,
         finish,
         usage: body.get("usageMetadata").map(usage).unwrap_or_default(),
@@ -268,27 +256,14 @@ impl StreamDecoder for Decoder {
         let chunk: Value = serde_json::from_str(&event.data)
             .map_err(|e| format!("the provider sent an event that is not JSON: {e}"))?;
         if let Some(error) = chunk.get("error") {
-            out.push(Delta::Error(
-                error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| error.to_string(), str::to_owned),
-            ));
+            out.push(Delta::Error(error_message(error)));
             return Ok(());
         }
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: chunk
-                    .get("responseId")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                model: chunk
-                    .get("modelVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
+                id: str_or_empty(&chunk, "responseId"),
+                model: str_or_empty(&chunk, "modelVersion"),
             });
         }
         let candidate = chunk.pointer("/candidates/0");
@@ -311,11 +286,7 @@ impl StreamDecoder for Decoder {
                 out.push(Delta::ToolStart {
                     index,
                     id: call_id(call, &self.prefix, index),
-                    name: call
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
+                    name: str_or_empty(call, "name"),
                 });
                 out.push(Delta::ToolArgs {
                     index,

@@ -263,6 +263,24 @@ pub(crate) fn count(value: &Value, key: &str) -> Option<u64> {
     value.get(key).and_then(Value::as_u64)
 }
 
+/// The text of an optional string field (ids and model names of an answer), empty when
+/// absent or not a string.
+pub(crate) fn str_or_empty(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A provider's error object as one line: its `message`, else the whole object.
+pub(crate) fn error_message(error: &Value) -> String {
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| error.to_string(), str::to_owned)
+}
+
 /// The text of a string field, or an error naming it.
 pub(crate) fn string<'a>(value: &'a Value, key: &str, context: &str) -> Result<&'a str, WireError> {
     value

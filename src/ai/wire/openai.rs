@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
-    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid, string,
-    unix_now,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, error_message,
+    invalid, str_or_empty, string, unix_now,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -303,26 +303,7 @@ pub fn render_request(request: &ChatRequest, model: &str, dialect: Dialect) -> V
                 messages.push(json!({"role": "user", "content": content}));
             }
             Role::Assistant => {
-                let text: String = message
-                    .parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Text(t) => Some(t.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let calls: Vec<Value> = message
-                    .parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::ToolCall(call) => Some(json!({
-                            "id": call.id,
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": call.arguments},
-                        })),
-                        _ => None,
-                    })
-                    .collect();
+                let (text, calls) = text_and_tool_calls(&message.parts);
                 let mut out = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { Value::String(text) }});
                 if !calls.is_empty() {
                     out["tool_calls"] = Value::Array(calls);
@@ -451,11 +432,7 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         .flatten()
     {
         parts.push(Part::ToolCall(ToolCall {
-            id: call
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
+            id: str_or_empty(call, "id"),
             name: call
                 .pointer("/function/name")
                 .and_then(Value::as_str)
@@ -469,16 +446,8 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
         }));
     }
     Ok(ChatResponse {
-        id: body
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        id: str_or_empty(body, "id"),
+        model: str_or_empty(body, "model"),
         parts,
         finish: choice
             .get("finish_reason")
@@ -488,28 +457,27 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, WireError> {
     })
 }
 
-/// Renders a complete answer for an OpenAI-format client.
-pub fn render_response(response: &ChatResponse) -> Value {
-    let text: String = response
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    let calls: Vec<Value> = response
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::ToolCall(call) => Some(json!({
+/// An assistant turn's text (its text parts joined) and its tool calls in OpenAI's shape.
+fn text_and_tool_calls(parts: &[Part]) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in parts {
+        match part {
+            Part::Text(t) => text.push_str(t),
+            Part::ToolCall(call) => calls.push(json!({
                 "id": call.id,
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             })),
-            _ => None,
-        })
-        .collect();
+            _ => {}
+        }
+    }
+    (text, calls)
+}
+
+/// Renders a complete answer for an OpenAI-format client.
+pub fn render_response(response: &ChatResponse) -> Value {
+    let (text, calls) = text_and_tool_calls(&response.parts);
     let mut message = json!({
         "role": "assistant",
         "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
@@ -556,27 +524,14 @@ impl StreamDecoder for Decoder {
         let chunk: Value = serde_json::from_str(data)
             .map_err(|e| format!("the provider sent an event that is not JSON: {e}"))?;
         if let Some(error) = chunk.get("error") {
-            out.push(Delta::Error(
-                error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| error.to_string(), str::to_owned),
-            ));
+            out.push(Delta::Error(error_message(error)));
             return Ok(());
         }
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: chunk
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                model: chunk
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
+                id: str_or_empty(&chunk, "id"),
+                model: str_or_empty(&chunk, "model"),
             });
         }
         if let Some(choice) = chunk.pointer("/choices/0") {
