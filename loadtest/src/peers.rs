@@ -212,21 +212,14 @@ async fn supergateway(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer,
         ])
         .arg("--port")
         .arg(port.to_string());
-    log_command(&mut command, &log)?;
-    let mut processes = vec![spawn(command, "supergateway")?];
-    let endpoint = Arc::new(Endpoint::new(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        "/mcp",
-    ));
-    let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, &log).await?;
-    Ok(Peer {
-        name: "supergateway",
-        version: SUPERGATEWAY_VERSION,
-        endpoint,
-        tool,
-        processes,
-        note: "stateful streamable HTTP; one fixture child per session".into(),
-    })
+    single_process_peer(
+        command,
+        &log,
+        port,
+        ("supergateway", SUPERGATEWAY_VERSION),
+        "stateful streamable HTTP; one fixture child per session",
+    )
+    .await
 }
 
 async fn mcp_proxy(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer, Error> {
@@ -245,20 +238,39 @@ async fn mcp_proxy(cache: &Path, fixture: &Path, logs: &Path) -> Result<Peer, Er
         .args(["--host", "127.0.0.1", "--log-level", "WARNING", "--port"])
         .arg(port.to_string())
         .arg(fixture);
-    log_command(&mut command, &log)?;
-    let mut processes = vec![spawn(command, "mcp-proxy")?];
+    single_process_peer(
+        command,
+        &log,
+        port,
+        ("mcp-proxy", MCP_PROXY_VERSION),
+        "streamable HTTP; one fixture child shared by all sessions",
+    )
+    .await
+}
+
+/// Starts a peer that is one process serving streamable HTTP at `/mcp` on `port`, and
+/// waits until it lists its tools.
+async fn single_process_peer(
+    mut command: tokio::process::Command,
+    log: &Path,
+    port: u16,
+    (name, version): (&'static str, &'static str),
+    note: &str,
+) -> Result<Peer, Error> {
+    log_command(&mut command, log)?;
+    let mut processes = vec![spawn(command, name)?];
     let endpoint = Arc::new(Endpoint::new(
         SocketAddr::from(([127, 0, 0, 1], port)),
         "/mcp",
     ));
-    let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, &log).await?;
+    let tool = wait_mcp(&endpoint, Duration::from_secs(60), &mut processes, log).await?;
     Ok(Peer {
-        name: "mcp-proxy",
-        version: MCP_PROXY_VERSION,
+        name,
+        version,
         endpoint,
         tool,
         processes,
-        note: "streamable HTTP; one fixture child shared by all sessions".into(),
+        note: note.into(),
     })
 }
 
