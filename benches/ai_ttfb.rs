@@ -162,6 +162,45 @@ fn start_warden(upstream: &str) -> Warden {
     }
 }
 
+fn chat_body() -> Arc<String> {
+    Arc::new(
+        serde_json::json!({"model": "bench", "stream": true,
+                           "messages": [{"role": "user", "content": "Hello there"}]})
+        .to_string(),
+    )
+}
+
+fn chat_request(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Sends `request`, reads its whole stream, and returns the time to its first body
+/// bytes in µs.
+async fn time_first_byte(request: reqwest::RequestBuilder) -> u64 {
+    let sent = Instant::now();
+    let mut response = request.send().await.expect("a response");
+    assert!(response.status().is_success(), "{}", response.status());
+    let first = response.chunk().await;
+    let ttfb = sent.elapsed();
+    assert!(matches!(first, Ok(Some(_))), "no first chunk");
+    while let Some(chunk) = response.chunk().await.expect("the rest of the stream") {
+        drop(chunk);
+    }
+    ttfb.as_micros() as u64
+}
+
 /// One round: every client sends one streaming request at once; the TTFB of each, in µs.
 async fn round(
     client: &reqwest::Client,
@@ -169,11 +208,7 @@ async fn round(
     token: Option<&str>,
     concurrency: usize,
 ) -> Vec<u64> {
-    let body = Arc::new(
-        serde_json::json!({"model": "bench", "stream": true,
-                           "messages": [{"role": "user", "content": "Hello there"}]})
-        .to_string(),
-    );
+    let body = chat_body();
     let start = Arc::new(tokio::sync::Barrier::new(concurrency));
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -183,25 +218,9 @@ async fn round(
         let body = body.clone();
         let start = start.clone();
         tasks.push(tokio::spawn(async move {
-            let mut request = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.as_str().to_owned());
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
+            let request = chat_request(&client, &url, token.as_deref(), &body);
             start.wait().await;
-            let sent = Instant::now();
-            let response = request.send().await.expect("a response");
-            assert!(response.status().is_success(), "{}", response.status());
-            let mut response = response;
-            let first = response.chunk().await;
-            let ttfb = sent.elapsed();
-            assert!(matches!(first, Ok(Some(_))), "no first chunk");
-            while let Some(chunk) = response.chunk().await.expect("the rest of the stream") {
-                drop(chunk);
-            }
-            ttfb.as_micros() as u64
+            time_first_byte(request).await
         }));
     }
     let mut out = Vec::with_capacity(concurrency);
@@ -221,11 +240,7 @@ async fn steady(
     warmup: Duration,
     measure: Duration,
 ) -> Vec<u64> {
-    let body = Arc::new(
-        serde_json::json!({"model": "bench", "stream": true,
-                           "messages": [{"role": "user", "content": "Hello there"}]})
-        .to_string(),
-    );
+    let body = chat_body();
     let start = Instant::now();
     let record_from = start + warmup;
     let end = record_from + measure;
@@ -244,23 +259,10 @@ async fn steady(
                 if sent >= end {
                     break;
                 }
-                let mut request = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.as_str().to_owned());
-                if let Some(token) = &token {
-                    request = request.bearer_auth(token);
-                }
-                let mut response = request.send().await.expect("a response");
-                assert!(response.status().is_success(), "{}", response.status());
-                let first = response.chunk().await;
-                let ttfb = sent.elapsed();
-                assert!(matches!(first, Ok(Some(_))), "no first chunk");
-                while let Some(chunk) = response.chunk().await.expect("the rest of the stream") {
-                    drop(chunk);
-                }
+                let request = chat_request(&client, &url, token.as_deref(), &body);
+                let ttfb = time_first_byte(request).await;
                 if sent >= record_from {
-                    samples.push(ttfb.as_micros() as u64);
+                    samples.push(ttfb);
                 }
             }
             samples

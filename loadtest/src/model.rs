@@ -58,8 +58,14 @@ impl StandIn {
         })?;
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of descriptors, most likely: say so, and do not spin.
+                        eprintln!("loadtest: the stand-in model server cannot accept: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 // Failing to set it only costs latency, which the figures would show.
                 let _ = stream.set_nodelay(true);

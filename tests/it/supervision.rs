@@ -276,14 +276,17 @@ fn no_child_outlives_a_sigterm_or_a_kill9() {
         assert!(children.len() >= 2, "{children:?}");
         // The servers start with no signal blocked (the guard blocks its own; a child that
         // inherited that mask would ignore SIGTERM and every stop would end in SIGKILL).
+        let mut servers_checked = 0;
         for child in &children {
             let status =
                 std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap_or_default();
             if status.lines().next() == Some("Name:\twarden-fixture") {
                 let blocked = status.lines().find(|l| l.starts_with("SigBlk:"));
                 assert_eq!(blocked, Some("SigBlk:\t0000000000000000"), "{status}");
+                servers_checked += 1;
             }
         }
+        assert_eq!(servers_checked, 2, "both servers' masks read: {children:?}");
         if kill {
             running.warden.kill9();
         } else {
