@@ -8,6 +8,10 @@
 //!   plus the batch's seal in the hash chain, one transaction — into a local PostgreSQL
 //!   the bench starts itself (an embedded cluster with fsync on, in a temp dir). Target:
 //!   ≥ 100,000 rows/s.
+//! - `writer/sustained_1000`: the AuditWriter actor draining bursts of 20,000 queued
+//!   records (same mix) in batches of 1,000, `WRITE_CONCURRENCY` (default 2, the
+//!   profile's default) batches in flight: the rate the writer sustains. Target:
+//!   ≥ 100,000 rows/s.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,6 +23,7 @@ use warden::db::{ClusterOptions, EmbeddedCluster};
 use warden_actors::audit::prepare::{Preparer, Row};
 use warden_actors::audit::scrub::Scrubber;
 use warden_actors::audit::store::write_batch;
+use warden_actors::audit::writer::{AuditWriter, WriterConfig};
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord, Backlog, ToolCallRecord, ToolStatus};
 
 fn tool_record(i: usize) -> AuditRecord {
@@ -98,7 +103,7 @@ fn batch_rows(n: usize) -> Vec<Row> {
     };
     (0..n)
         .map(|i| {
-            let record = if i % 2 == 0 {
+            let record = if i.is_multiple_of(2) {
                 tool_record(i)
             } else {
                 decision_record(i)
@@ -125,7 +130,7 @@ fn with_fresh_ids(rows: &[Row]) -> Vec<Row> {
 
 fn copy(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
@@ -168,9 +173,106 @@ fn copy(c: &mut Criterion) {
         );
     });
     group.finish();
+    writer_sustained(c, &runtime, &config);
     drop(client);
     let _ = runtime.block_on(cluster.stop(Duration::from_secs(10)));
 }
 
-criterion_group!(benches, enqueue, copy);
+/// Records a burst is made of, and the writer's batch size (the 1,000).
+const BURST: usize = 20_000;
+const WRITER_BATCH: usize = 1_000;
+
+/// The AuditWriter itself, as `warden serve` runs it (`audit.write_concurrency` batches
+/// of 1,000 in flight): a burst of records is queued as fast as the call path can, and
+/// the clock stops when `flush` reports every one of them committed.
+fn writer_sustained(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    config: &tokio_postgres::Config,
+) {
+    let concurrency: usize = std::env::var("WRITE_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let spool = tempfile::tempdir().expect("a temp dir");
+    let pool = warden::db::pool(config.clone(), 4, Duration::from_secs(10)).expect("a pool");
+    let (audit, queue) = Audit::channel(BURST, Backlog::Block(Duration::from_secs(30)));
+    let writer = runtime
+        .block_on(AuditWriter::start(
+            WriterConfig {
+                pool,
+                spool_dir: spool.path().to_path_buf(),
+                batch_max_rows: WRITER_BATCH,
+                batch_max_delay: Duration::from_millis(10),
+                write_concurrency: concurrency,
+                spool_max_bytes: 1 << 30,
+                max_payload_bytes: 64 << 10,
+                backlog: Backlog::Block(Duration::from_secs(30)),
+                scrubber: Scrubber::builtin().into_cell(),
+                writer_name: "bench".into(),
+            },
+            queue,
+            None,
+        ))
+        .expect("the audit writer");
+    let mut group = c.benchmark_group("writer");
+    group.throughput(Throughput::Elements(BURST as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("sustained_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let records: Vec<AuditRecord> = (0..BURST)
+                    .map(|i| {
+                        if i.is_multiple_of(2) {
+                            tool_record(i)
+                        } else {
+                            decision_record(i)
+                        }
+                    })
+                    .collect();
+                total += runtime.block_on(async {
+                    let start = Instant::now();
+                    for record in records {
+                        audit.record(record).await.expect("room in the queue");
+                    }
+                    let backlog = writer
+                        .flush(Duration::from_secs(120))
+                        .await
+                        .expect("the writer answers");
+                    assert_eq!(backlog.spool_bytes, 0, "the bench database went away");
+                    start.elapsed()
+                });
+            }
+            total
+        });
+    });
+    group.finish();
+    runtime.block_on(writer.shutdown(Duration::from_secs(30)));
+}
+
+/// What the writer does per row before PostgreSQL sees it: redaction and truncation
+/// ([`Preparer::row`]) and the row's hash for the batch's seal.
+fn prepare(c: &mut Criterion) {
+    let scrubber = Scrubber::builtin();
+    let preparer = Preparer {
+        scrubber: &scrubber,
+        max_payload_bytes: 64 << 10,
+    };
+    let tool = tool_record(7);
+    let decision = decision_record(8);
+    let mut group = c.benchmark_group("prepare");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("tool_call", |b| b.iter(|| preparer.row(&tool)));
+    group.bench_function("decision", |b| b.iter(|| preparer.row(&decision)));
+    let rows = batch_rows(1000);
+    group.throughput(Throughput::Elements(rows.len() as u64));
+    group.bench_function("seal_entries_1000", |b| {
+        b.iter(|| warden_actors::audit::store::entries(rows.iter()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, enqueue, prepare, copy);
 criterion_main!(benches);

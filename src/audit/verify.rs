@@ -2,8 +2,12 @@
 //! entries from the rows as they stand, and reports, in order, each batch or row that no
 //! longer matches what the AuditWriter sealed.
 //!
+//! The chain is walked by `position` (consecutive from 1, taken at seal time); a batch's
+//! rows are found by its `seq` (their `batch_seq`), which has gaps and may run out of
+//! position order when batches were written side by side (schema/0050).
+//!
 //! What it detects: a row changed (`UPDATE`), deleted, or inserted (into a sealed batch,
-//! or with no batch at all); a batch row changed, deleted (a gap in the sequence) or
+//! or with no batch at all); a batch row changed, deleted (a gap in the positions) or
 //! re-linked. Batches emptied by retention (`pruned_at`) are checked for their link in the
 //! chain only. What it cannot detect on its own: someone who can write to the database
 //! rewriting the whole chain from some batch to the end, or cutting the newest batches
@@ -30,12 +34,12 @@ const PAGE: i64 = 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
-    /// Batches missing from the sequence.
+    /// Chain positions with no batch: batches deleted.
     MissingBatches { from: i64, to: i64 },
     /// A batch does not link to the batch before it.
-    BrokenLink { seq: i64 },
+    BrokenLink { seq: i64, position: i64 },
     /// The batch row itself was changed (its hash no longer matches its contents).
-    BatchAltered { seq: i64 },
+    BatchAltered { seq: i64, position: i64 },
     /// A row of a batch was changed.
     RowAltered { seq: i64, table: String, id: Uuid },
     /// A row sealed in a batch is gone.
@@ -52,16 +56,19 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::MissingBatches { from, to } if from == to => {
-                write!(f, "batch {from} is missing")
+                write!(f, "the batch at chain position {from} is missing")
             }
-            Problem::MissingBatches { from, to } => write!(f, "batches {from} to {to} are missing"),
-            Problem::BrokenLink { seq } => write!(
+            Problem::MissingBatches { from, to } => write!(
                 f,
-                "batch {seq} does not link to the batch before it (prev_hash differs)"
+                "the batches at chain positions {from} to {to} are missing"
             ),
-            Problem::BatchAltered { seq } => write!(
+            Problem::BrokenLink { seq, position } => write!(
                 f,
-                "batch {seq} was altered (its hash does not match its entries)"
+                "batch {seq} (chain position {position}) does not link to the batch before it (prev_hash differs)"
+            ),
+            Problem::BatchAltered { seq, position } => write!(
+                f,
+                "batch {seq} (chain position {position}) was altered (its hash does not match its entries)"
             ),
             Problem::RowAltered { seq, table, id } => {
                 write!(f, "row {table} {id} of batch {seq} was altered")
@@ -98,6 +105,7 @@ pub struct Report {
     pub pruned_batches: u64,
     /// The newest batch checked: keep it elsewhere to detect a rewritten tail later.
     pub head_seq: Option<i64>,
+    pub head_position: Option<i64>,
     pub head_hash: Option<String>,
     pub problems: Vec<Problem>,
     /// More problems than [`MAX_PROBLEMS`] were found.
@@ -160,7 +168,8 @@ pub async fn verify(
     let start: i64 = match since {
         Some(since) => client
             .query_one(
-                "SELECT coalesce(min(seq), (SELECT coalesce(max(seq), 0) + 1 FROM audit_batches))
+                "SELECT coalesce(min(position),
+                                 (SELECT coalesce(max(position), 0) + 1 FROM audit_batches))
                  FROM audit_batches WHERE last_at >= $1",
                 &[&Micros(micros(since))],
             )
@@ -168,11 +177,12 @@ pub async fn verify(
             .get(0),
         None => 1,
     };
-    // The hash the first checked batch must link to.
+    // The position and hash the first checked batch must link to.
     let mut prev: Option<(i64, Vec<u8>)> = if start > 1 {
         client
             .query_opt(
-                "SELECT seq, hash FROM audit_batches WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+                "SELECT position, hash FROM audit_batches WHERE position < $1
+                 ORDER BY position DESC LIMIT 1",
                 &[&start],
             )
             .await?
@@ -184,52 +194,52 @@ pub async fn verify(
     loop {
         let rows = client
             .query(
-                "SELECT seq, prev_hash, hash, row_count, entries, pruned_at IS NOT NULL
-                 FROM audit_batches WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                "SELECT position, seq, prev_hash, hash, row_count, entries, pruned_at IS NOT NULL
+                 FROM audit_batches WHERE position >= $1 ORDER BY position LIMIT $2",
                 &[&next, &PAGE],
             )
             .await?;
         if rows.is_empty() {
             break;
         }
-        let first_seq: i64 = rows[0].get(0);
-        let last_seq: i64 = rows[rows.len() - 1].get(0);
-        let mut stored_rows = rows_of_batches(client, first_seq, last_seq).await?;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        let mut stored_rows = rows_of_batches(client, &seqs).await?;
         for row in &rows {
-            let seq: i64 = row.get(0);
-            let prev_hash: Vec<u8> = row.get(1);
-            let hash: Vec<u8> = row.get(2);
-            let row_count: i32 = row.get(3);
-            let stored: Vec<u8> = row.get(4);
-            let pruned: bool = row.get(5);
+            let position: i64 = row.get(0);
+            let seq: i64 = row.get(1);
+            let prev_hash: Vec<u8> = row.get(2);
+            let hash: Vec<u8> = row.get(3);
+            let row_count: i32 = row.get(4);
+            let stored: Vec<u8> = row.get(5);
+            let pruned: bool = row.get(6);
             let current = stored_rows
                 .remove(&seq)
                 .map(|rows| store::entries(rows.iter()));
             report.batches += 1;
             match &prev {
-                Some((prev_seq, prev_hash_expected)) => {
-                    if seq != prev_seq + 1 {
+                Some((prev_position, prev_hash_expected)) => {
+                    if position != prev_position + 1 {
                         report.push(Problem::MissingBatches {
-                            from: prev_seq + 1,
-                            to: seq - 1,
+                            from: prev_position + 1,
+                            to: position - 1,
                         });
                     } else if prev_hash != *prev_hash_expected {
-                        report.push(Problem::BrokenLink { seq });
+                        report.push(Problem::BrokenLink { seq, position });
                     }
                 }
                 None => {
-                    if seq > 1 {
+                    if position > 1 {
                         report.push(Problem::MissingBatches {
                             from: 1,
-                            to: seq - 1,
+                            to: position - 1,
                         });
                     }
                 }
             }
-            if chain_hash(&prev_hash, seq, &stored)[..] != hash[..]
+            if chain_hash(&prev_hash, position, &stored)[..] != hash[..]
                 || stored.len() != row_count.max(0) as usize * ENTRY_BYTES
             {
-                report.push(Problem::BatchAltered { seq });
+                report.push(Problem::BatchAltered { seq, position });
             }
             if pruned {
                 report.pruned_batches += 1;
@@ -241,9 +251,10 @@ pub async fn verify(
                 }
             }
             report.head_seq = Some(seq);
+            report.head_position = Some(position);
             report.head_hash = Some(hex::encode(&hash));
-            prev = Some((seq, hash));
-            next = seq + 1;
+            prev = Some((position, hash));
+            next = position + 1;
         }
     }
     // Rows that claim no batch, or a batch that does not exist.
@@ -276,12 +287,14 @@ pub async fn verify(
     Ok(report)
 }
 
-/// The rows of batches `first..=last`, as stored now, by batch.
+/// The rows of the batches `seqs`, as stored now, by batch. (The range bound lets the
+/// BRIN index on `batch_seq` narrow the scan; `= ANY` picks the batches.)
 async fn rows_of_batches(
     client: &impl GenericClient,
-    first: i64,
-    last: i64,
+    seqs: &[i64],
 ) -> Result<HashMap<i64, Vec<Row>>, tokio_postgres::Error> {
+    let first = seqs.iter().copied().min().unwrap_or(0);
+    let last = seqs.iter().copied().max().unwrap_or(0);
     let mut by_batch: HashMap<i64, Vec<Row>> = HashMap::new();
     let payload = |json: Option<String>, truncated: bool, sha: Option<Vec<u8>>| {
         json.map(|json| Payload {
@@ -296,8 +309,8 @@ async fn rows_of_batches(
                     requested_name, input::text, input_truncated, input_sha256, output::text,
                     output_truncated, output_sha256, status, error, started_at, completed_at,
                     duration_us
-             FROM mcp_tool_executions WHERE batch_seq BETWEEN $1 AND $2",
-            &[&first, &last],
+             FROM mcp_tool_executions WHERE batch_seq BETWEEN $1 AND $2 AND batch_seq = ANY($3)",
+            &[&first, &last, &seqs],
         )
         .await?
     {
@@ -324,8 +337,8 @@ async fn rows_of_batches(
         .query(
             "SELECT batch_seq, id, trace_id, occurred_at, kind, actor_kind, actor_id, subject,
                     decision, reason, attributes::text
-             FROM audit_events WHERE batch_seq BETWEEN $1 AND $2",
-            &[&first, &last],
+             FROM audit_events WHERE batch_seq BETWEEN $1 AND $2 AND batch_seq = ANY($3)",
+            &[&first, &last, &seqs],
         )
         .await?
     {
@@ -349,8 +362,8 @@ async fn rows_of_batches(
                     requested_model, input_tokens, output_tokens, cache_read_tokens,
                     cache_write_tokens, cost_microdollars, latency_ms, ttft_ms, status, error,
                     streaming, created_at
-             FROM ai_requests WHERE batch_seq BETWEEN $1 AND $2",
-            &[&first, &last],
+             FROM ai_requests WHERE batch_seq BETWEEN $1 AND $2 AND batch_seq = ANY($3)",
+            &[&first, &last, &seqs],
         )
         .await?
     {

@@ -109,8 +109,10 @@ async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode>
                     report.pruned_batches,
                     report.rows
                 );
-                match (&report.head_seq, &report.head_hash) {
-                    (Some(seq), Some(hash)) => println!("head: batch {seq} hash {hash}"),
+                match (&report.head_seq, &report.head_position, &report.head_hash) {
+                    (Some(seq), Some(position), Some(hash)) => {
+                        println!("head: batch {seq} at chain position {position} hash {hash}")
+                    }
                     _ => println!("head: no batches yet"),
                 }
             }

@@ -158,6 +158,7 @@ async fn run(
             spool_dir: config.server.state_dir.join("audit"),
             batch_max_rows: config.audit.batch_max_rows,
             batch_max_delay: config.audit.batch_max_delay,
+            write_concurrency: config.audit.write_concurrency,
             spool_max_bytes: config.audit.spool_max_bytes,
             max_payload_bytes: config.audit.max_payload_bytes,
             backlog: config.audit.backlog(),

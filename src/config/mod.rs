@@ -173,6 +173,8 @@ pub struct AuditConfig {
     pub batch_max_rows: usize,
     /// How long the first record of a batch waits for company.
     pub batch_max_delay: Duration,
+    /// Batches written at the same time at most, each on its own pooled connection.
+    pub write_concurrency: usize,
     /// Records the in-memory queue holds.
     pub queue_capacity: usize,
     pub ack: AckMode,
@@ -395,6 +397,18 @@ impl Config {
         };
 
         let audit = audit_config(raw.audit, &mut problems);
+        if audit.write_concurrency >= database.pool_size && database.pool_size > 0 {
+            // The writer's connections come from the shared pool; the other surfaces
+            // (budgets, quotas, the admin API) need at least one left.
+            problems.push(Located {
+                mark: Mark::default(),
+                path: "audit.write_concurrency".into(),
+                message: format!(
+                    "must be less than database.pool_size ({}), found {}",
+                    database.pool_size, audit.write_concurrency
+                ),
+            });
+        }
         let mut server_rates = Vec::new();
         let mut tool_rates = Vec::new();
         for (name, spanned) in &raw.servers {
@@ -494,6 +508,13 @@ fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig 
             format!("must be between 1 and 100000, found {batch_max_rows}"),
         );
     }
+    let write_concurrency = raw.write_concurrency.unwrap_or(2);
+    if !(1..=16).contains(&write_concurrency) {
+        problem(
+            "audit.write_concurrency",
+            format!("must be between 1 and 16, found {write_concurrency}"),
+        );
+    }
     let queue_capacity = raw.queue_capacity.unwrap_or(65_536);
     if queue_capacity == 0 {
         problem("audit.queue_capacity", "must be at least 1".into());
@@ -539,6 +560,7 @@ fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig 
         batch_max_delay: raw
             .batch_max_delay
             .map_or(Duration::from_millis(10), |d| d.0),
+        write_concurrency,
         queue_capacity,
         ack: raw.ack.unwrap_or_default(),
         on_backlog: raw.on_backlog.unwrap_or_default(),
@@ -970,6 +992,33 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn audit_write_concurrency_has_edges_and_leaves_the_pool_a_connection() {
+        assert_eq!(parse("").unwrap().audit.write_concurrency, 2);
+        let config =
+            parse("audit:\n  write_concurrency: 16\ndatabase:\n  pool_size: 17\n").unwrap();
+        assert_eq!(config.audit.write_concurrency, 16);
+        let config = parse("audit:\n  write_concurrency: 1\n").unwrap();
+        assert_eq!(config.audit.write_concurrency, 1);
+        for (yaml, message) in [
+            (
+                "audit:\n  write_concurrency: 0\n",
+                "audit.write_concurrency: must be between 1 and 16, found 0",
+            ),
+            (
+                "audit:\n  write_concurrency: 17\ndatabase:\n  pool_size: 32\n",
+                "audit.write_concurrency: must be between 1 and 16, found 17",
+            ),
+            (
+                "audit:\n  write_concurrency: 4\ndatabase:\n  pool_size: 4\n",
+                "audit.write_concurrency: must be less than database.pool_size (4), found 4",
+            ),
+        ] {
+            let text = parse(yaml).unwrap_err().to_string();
+            assert!(text.contains(message), "{yaml}: {text}");
+        }
     }
 
     #[test]

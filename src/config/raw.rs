@@ -219,6 +219,7 @@ pub struct RawSessions {
 pub struct RawAudit {
     pub batch_max_rows: Option<usize>,
     pub batch_max_delay: Option<Dur>,
+    pub write_concurrency: Option<usize>,
     pub queue_capacity: Option<usize>,
     pub ack: Option<AckMode>,
     pub on_backlog: Option<BacklogMode>,

@@ -766,3 +766,118 @@ fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
         verify.stdout
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Batches side by side
+// ---------------------------------------------------------------------------------------
+
+/// Records for the writer test: tool calls and permission decisions, alternating.
+fn burst_record(i: usize) -> warden_actors::audit::AuditRecord {
+    use warden_actors::audit::{AuditEvent, AuditRecord, ToolCallRecord, ToolStatus};
+    let now = std::time::SystemTime::now();
+    if i.is_multiple_of(2) {
+        AuditRecord::ToolCall(Box::new(ToolCallRecord {
+            id: uuid::Uuid::now_v7(),
+            trace_id: format!("{i:032x}"),
+            session_id: None,
+            user_id: Some("alice@example.com".into()),
+            client_id: Some("cli".into()),
+            server_name: "fixture".into(),
+            tool_name: "echo".into(),
+            requested_name: "fixture__echo".into(),
+            input: serde_json::value::RawValue::from_string(format!(r#"{{"n":{i}}}"#)).ok(),
+            output: None,
+            status: ToolStatus::Success,
+            error: None,
+            started_at: now,
+            completed_at: now,
+            duration_us: 1,
+        }))
+    } else {
+        let mut event = AuditEvent::new("permission.decision", "user");
+        event.trace_id = Some(format!("{i:032x}"));
+        event.decision = Some("allow");
+        AuditRecord::Event(Box::new(event))
+    }
+}
+
+#[test]
+fn batches_written_side_by_side_form_one_unbroken_chain_that_verify_walks() {
+    use warden_actors::audit::writer::{AuditWriter, WriterConfig};
+    use warden_actors::audit::{Audit, Backlog};
+    const RECORDS: usize = 3_000;
+    const BATCH: usize = 50;
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let pg_config = db.pg_config();
+    let spool_dir = spool.path().to_path_buf();
+    let report = crate::support::rt::block_on(async move {
+        let pool = ::warden::db::pool(pg_config, 8, Duration::from_secs(10)).unwrap();
+        let (audit, queue) = Audit::channel(RECORDS, Backlog::Block(Duration::from_secs(5)));
+        // The whole burst is queued before the writer starts, so every Pump finds full
+        // batches waiting and writes `write_concurrency` of them at once.
+        for i in 0..RECORDS {
+            audit.record(burst_record(i)).await.unwrap();
+        }
+        let writer = AuditWriter::start(
+            WriterConfig {
+                pool: pool.clone(),
+                spool_dir,
+                batch_max_rows: BATCH,
+                batch_max_delay: Duration::from_millis(10),
+                write_concurrency: 4,
+                spool_max_bytes: 1 << 30,
+                max_payload_bytes: 64 << 10,
+                backlog: Backlog::Block(Duration::from_secs(5)),
+                scrubber: warden_actors::audit::scrub::Scrubber::builtin().into_cell(),
+                writer_name: "side-by-side".into(),
+            },
+            queue,
+            None,
+        )
+        .await
+        .unwrap();
+        let backlog = writer.flush(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(backlog.queued, 0);
+        assert_eq!(backlog.spool_bytes, 0);
+        writer.shutdown(Duration::from_secs(10)).await;
+        let client = pool.get().await.unwrap();
+        ::warden::audit::verify::verify(&**client, None)
+            .await
+            .unwrap()
+    });
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, RECORDS as u64);
+    assert_eq!(report.batches, (RECORDS / BATCH) as u64);
+    let stored = count(
+        &db,
+        "SELECT (SELECT count(*) FROM mcp_tool_executions) + (SELECT count(*) FROM audit_events)",
+    );
+    assert_eq!(stored, RECORDS as i64);
+    // Positions run 1..=N with no gap, whatever order the seqs committed in.
+    let positions = count(
+        &db,
+        "SELECT count(*) FROM audit_batches WHERE position BETWEEN 1 AND (SELECT count(*) FROM audit_batches)",
+    );
+    assert_eq!(positions, (RECORDS / BATCH) as i64);
+
+    // A whole batch deleted behind Warden's back (its rows and its seal) is a gap in the
+    // chain, named by position.
+    db.execute(
+        "DELETE FROM mcp_tool_executions WHERE batch_seq = (SELECT seq FROM audit_batches WHERE position = 7);
+         DELETE FROM audit_events WHERE batch_seq = (SELECT seq FROM audit_batches WHERE position = 7);
+         DELETE FROM audit_batches WHERE position = 7;",
+    );
+    let pg_config = db.pg_config();
+    let report = crate::support::rt::block_on(async move {
+        let client = crate::support::db::connect(&pg_config).await;
+        ::warden::audit::verify::verify(&client, None)
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        report.problems.first().map(ToString::to_string).as_deref(),
+        Some("the batch at chain position 7 is missing"),
+        "{report:?}"
+    );
+}

@@ -10,8 +10,9 @@
 //! **Messages:**
 //! - `Pump` (self-sent, no reply): take up to `audit.batch_max_rows` records (waiting at
 //!   most `audit.batch_max_delay` after the first; at once when a record asks for durable
-//!   acknowledgement and the queue is momentarily empty), place the batch, replay a
-//!   chunk of the spool if it has one, and send itself `Pump` again.
+//!   acknowledgement and the queue is momentarily empty) — and, while the queue holds
+//!   further full batches, more batches, up to `audit.write_concurrency` — place them,
+//!   replay a chunk of the spool if it has one, and send itself `Pump` again.
 //! - `Flush(reply)`: write or spool everything queued now, replay what it can, and reply
 //!   with the backlog that is left. Used by tests and before shutdown.
 //!
@@ -24,6 +25,13 @@
 //! drains and the held batch is written. Records asking for durable acknowledgement are
 //! answered once their batch is committed or fsynced; those of a held batch are answered
 //! with a refusal (their record is still written later).
+//!
+//! **Batches side by side.** Under load, the batches taken in one `Pump` are written at
+//! the same time, each in its own transaction on its own pooled connection: PostgreSQL's
+//! index maintenance for one runs while another is being copied, and only the seal (the
+//! chain's next position, [`super::store`]) takes turns. Which of them commits first is
+//! not determined; the chain records the order they were sealed in. Any that PostgreSQL
+//! could not take are spooled in the order they were formed.
 //!
 //! A batch PostgreSQL *refuses* (a value it cannot store) is written again with its
 //! payloads stored as JSON strings; if that fails too it is appended to
@@ -76,6 +84,8 @@ pub struct WriterConfig {
     pub spool_dir: PathBuf,
     pub batch_max_rows: usize,
     pub batch_max_delay: Duration,
+    /// Batches written at the same time at most (each on its own connection).
+    pub write_concurrency: usize,
     pub spool_max_bytes: u64,
     pub max_payload_bytes: usize,
     /// The profile's `audit.on_backlog`: with `FailClosed`, a stalled writer refuses.
@@ -324,10 +334,16 @@ impl State {
                 return;
             }
         }
-        let batch = self.collect().await;
-        if !batch.is_empty() {
-            let batch = self.prepare(batch);
-            self.place(batch, false).await;
+        let first = self.collect().await;
+        if !first.is_empty() {
+            let mut batches = vec![self.prepare(first)];
+            while batches.len() < self.config.write_concurrency
+                && self.receiver.len() >= self.config.batch_max_rows.max(1)
+            {
+                let more = self.take_queued();
+                batches.push(self.prepare(more));
+            }
+            self.place(batches, false).await;
         }
         if self.spool_pending() && self.held.is_none() {
             self.replay(REPLAY_CHUNK).await;
@@ -413,27 +429,46 @@ impl State {
         Batch { rows, waiters }
     }
 
-    /// PostgreSQL, else the spool, else held. `unbounded` (shutdown) ignores the spool's
-    /// size limit rather than lose the batch.
-    async fn place(&mut self, mut batch: Batch, unbounded: bool) {
+    /// Up to `batch_max_rows` records already queued, without waiting.
+    fn take_queued(&mut self) -> Vec<Queued> {
+        let max = self.config.batch_max_rows.max(1);
+        let mut items = Vec::with_capacity(max.min(self.receiver.len()));
+        while items.len() < max {
+            match self.receiver.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        items
+    }
+
+    /// Each batch into PostgreSQL (all at once), else the spool, else held. `unbounded`
+    /// (shutdown) ignores the spool's size limit rather than lose a batch.
+    async fn place(&mut self, batches: Vec<Batch>, unbounded: bool) {
         let try_database =
             !self.spool_pending() && (!self.database_down || Instant::now() >= self.retry_at);
-        if try_database {
-            match self.write(&batch.rows, false).await {
-                Ok(()) => {
-                    batch.answer(Ok(()));
-                    return;
-                }
-                Err(StoreError::Unavailable(_)) => {}
+        if !try_database {
+            for batch in batches {
+                self.spool_or_hold(batch, unbounded).await;
+            }
+            return;
+        }
+        let started = Instant::now();
+        let outcomes = futures_util::future::join_all(
+            batches.iter().map(|batch| self.attempt(&batch.rows, false)),
+        )
+        .await;
+        for (mut batch, outcome) in batches.into_iter().zip(outcomes) {
+            match self.settle(outcome, started, false) {
+                Ok(()) => batch.answer(Ok(())),
+                Err(StoreError::Unavailable(_)) => self.spool_or_hold(batch, unbounded).await,
                 Err(error) => {
                     // Rejected even after degrading: kept in the rejects file.
                     let result = self.reject(&batch.rows, &error.to_string());
                     batch.answer(result);
-                    return;
                 }
             }
         }
-        self.spool_or_hold(batch, unbounded).await;
     }
 
     async fn spool_or_hold(&mut self, mut batch: Batch, unbounded: bool) {
@@ -466,8 +501,13 @@ impl State {
         }
     }
 
+    /// Keeps a batch that fit nowhere; a second one joins the first (its waiters were
+    /// already refused).
     fn hold(&mut self, batch: Batch) {
-        self.held = Some(batch);
+        match &mut self.held {
+            Some(held) => held.rows.extend(batch.rows),
+            None => self.held = Some(batch),
+        }
         self.status.stalled.store(true, Ordering::Relaxed);
         if self.config.backlog == Backlog::FailClosed {
             self.refusing.store(true, Ordering::Release);
@@ -530,11 +570,16 @@ impl State {
         }
     }
 
-    /// Writes rows as one batch, degrading payloads once if PostgreSQL refuses them.
-    /// `Err(Unavailable)` leaves the database marked down; any other error means the
-    /// rows could not be stored at all.
+    /// Writes rows as one batch, and records the outcome.
     async fn write(&mut self, rows: &[Row], replayed: bool) -> Result<(), StoreError> {
         let started = Instant::now();
+        let outcome = self.attempt(rows, replayed).await;
+        self.settle(outcome, started, replayed)
+    }
+
+    /// Writes rows as one batch, degrading payloads once if PostgreSQL refuses them.
+    /// Touches no state, so several can run at once.
+    async fn attempt(&self, rows: &[Row], replayed: bool) -> Result<store::Written, StoreError> {
         let mut result = self.write_once(rows, replayed, replayed).await;
         if matches!(result, Err(StoreError::Duplicate)) {
             result = self.write_once(rows, replayed, true).await;
@@ -544,6 +589,17 @@ impl State {
             let degraded: Vec<Row> = rows.iter().map(degrade).collect();
             result = self.write_once(&degraded, replayed, true).await;
         }
+        result
+    }
+
+    /// Metrics and the database's state from one attempt. `Err(Unavailable)` leaves the
+    /// database marked down; any other error means the rows could not be stored at all.
+    fn settle(
+        &mut self,
+        result: Result<store::Written, StoreError>,
+        started: Instant,
+        replayed: bool,
+    ) -> Result<(), StoreError> {
         match result {
             Ok(written) => {
                 metrics::histogram!("warden_audit_batch_seconds")
@@ -659,18 +715,18 @@ impl State {
             }
         }
         while self.held.is_none() {
-            let mut items = Vec::new();
-            while items.len() < self.config.batch_max_rows.max(1) {
-                match self.receiver.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
+            let mut batches = Vec::new();
+            while batches.len() < self.config.write_concurrency.max(1) {
+                let items = self.take_queued();
+                if items.is_empty() {
+                    break;
                 }
+                batches.push(self.prepare(items));
             }
-            if items.is_empty() {
+            if batches.is_empty() {
                 break;
             }
-            let batch = self.prepare(items);
-            self.place(batch, shutting_down).await;
+            self.place(batches, shutting_down).await;
         }
         if self.spool_pending() && self.held.is_none() {
             self.replay(usize::MAX).await;
