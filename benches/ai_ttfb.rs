@@ -25,7 +25,8 @@
 //! Phases (steady, `PHASE_MS` long) or rounds (burst) alternate between the direct path
 //! and the Warden path, so drift in the machine's load hits both alike. Settings come
 //! from the environment: `MODE` (steady), `CONCURRENCY` (200), `ROUNDS` (10 per path),
-//! `PHASE_MS` (2000), `EVENTS` (20), `GAP_MS` (10).
+//! `PHASE_MS` (2000), `EVENTS` (20), `GAP_MS` (10); `WARDEN_BIN` runs another `warden`
+//! binary than the release one (say `target/profiling/warden`, for `perf record`).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -119,7 +120,10 @@ fn start_warden(upstream: &str) -> Warden {
     });
     let path = dir.path().join("warden.yaml");
     std::fs::write(&path, profile.to_string()).expect("write the profile");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+    // `WARDEN_BIN` runs another build of the same source (a `profiling` one under perf).
+    let binary =
+        std::env::var_os("WARDEN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_warden").into());
+    let mut child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(&path)
         .env_remove("DATABASE_URL")

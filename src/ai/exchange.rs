@@ -396,6 +396,8 @@ impl Ai {
                 client_wire: format,
                 mode,
                 idle: timeout,
+                idle_timer: Box::pin(tokio::time::sleep(timeout)),
+                waiting_since: tokio::time::Instant::now(),
                 account,
                 events: Vec::new(),
                 deltas: Vec::new(),
@@ -941,6 +943,10 @@ struct Relay {
     mode: Mode,
     /// The longest wait for the next piece of the answer.
     idle: Duration,
+    /// Fires at the earliest `idle` after `waiting_since` (see [`Relay::next_chunk`]).
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the current wait for the upstream began.
+    waiting_since: tokio::time::Instant,
     account: Accounting,
     events: Vec<SseEvent>,
     deltas: Vec<Delta>,
@@ -952,6 +958,9 @@ struct Relay {
     saw_finish: bool,
 }
 
+/// No upstream bytes for the provider's `timeout`.
+struct Elapsed;
+
 enum Failure {
     Provider(String),
     Warden(ToolStatus, String),
@@ -962,7 +971,7 @@ impl Relay {
     async fn next(&mut self) -> Option<Bytes> {
         let mut out = BytesMut::new();
         while !self.closed {
-            let chunk = tokio::time::timeout(self.idle, self.upstream.chunk()).await;
+            let chunk = self.next_chunk().await;
             let mut events = std::mem::take(&mut self.events);
             events.clear();
             let mut failure = None;
@@ -1035,6 +1044,34 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// The next piece of the upstream answer, or `Err` when none came for `idle`.
+    ///
+    /// One timer serves the whole stream: it is armed for `idle` after the wait began
+    /// and, when it fires, re-armed for the time left if a later wait began since. A timeout per read
+    /// would put a timer into (and take it out of) the runtime's wheel for every event
+    /// of every stream — with a stream's events milliseconds apart and its `idle` in
+    /// seconds, it fires only when the provider really went quiet.
+    ///
+    /// # Cancel safety
+    /// Not used in `select!`; dropping it loses no upstream bytes (`chunk` is cancel
+    /// safe), and the timer keeps its deadline.
+    async fn next_chunk(&mut self) -> Result<reqwest::Result<Option<Bytes>>, Elapsed> {
+        self.waiting_since = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                chunk = self.upstream.chunk() => return Ok(chunk),
+                () = self.idle_timer.as_mut() => {
+                    let deadline = self.waiting_since + self.idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Elapsed);
+                    }
+                    self.idle_timer.as_mut().reset(deadline);
+                }
+            }
+        }
     }
 
     /// Sends on what `events` hold; a failure stops the stream.

@@ -18,9 +18,8 @@ pub struct SseEvent {
 /// Incremental reader.
 #[derive(Default)]
 pub struct SseReader {
+    /// The start of a line whose end has not arrived yet (never holds a `\n`).
     buffer: Vec<u8>,
-    /// Bytes of `buffer` already scanned for a line end.
-    scanned: usize,
     event: Option<String>,
     data: String,
     has_data: bool,
@@ -29,27 +28,47 @@ pub struct SseReader {
 impl SseReader {
     /// Adds `chunk`, appending every event it completes to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), String> {
-        self.buffer.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(offset) = self.buffer[self.scanned..].iter().position(|b| *b == b'\n') {
-            let end = self.scanned + offset;
-            let mut line = &self.buffer[start..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            self.line(&line, out);
-            start = end + 1;
-            self.scanned = start;
+        if self.buffer.is_empty() {
+            // The usual case (chunks end on a line end): lines are read straight from the
+            // chunk, and only an unfinished tail is copied.
+            let rest = self.lines(chunk, 0, out);
+            self.buffer.extend_from_slice(&chunk[rest..]);
+        } else {
+            // The buffered start of a line holds no line end: search only the new bytes.
+            let from = self.buffer.len();
+            let mut buffer = std::mem::take(&mut self.buffer);
+            buffer.extend_from_slice(chunk);
+            let rest = self.lines(&buffer, from, out);
+            buffer.drain(..rest);
+            self.buffer = buffer;
         }
-        self.buffer.drain(..start);
-        self.scanned -= start;
         if self.buffer.len() + self.data.len() > MAX_EVENT_BYTES {
             return Err(format!(
                 "the provider sent an event larger than {MAX_EVENT_BYTES} bytes"
             ));
         }
         Ok(())
+    }
+
+    /// Reads every complete line of `bytes`, looking for line ends from `from`; returns
+    /// where the unfinished rest begins.
+    fn lines(&mut self, bytes: &[u8], from: usize, out: &mut Vec<SseEvent>) -> usize {
+        let mut start = 0;
+        let mut search = from;
+        while let Some(offset) = bytes[search..].iter().position(|b| *b == b'\n') {
+            let end = search + offset;
+            let mut line = &bytes[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            match std::str::from_utf8(line) {
+                Ok(line) => self.line(line, out),
+                Err(_) => self.line(&String::from_utf8_lossy(line), out),
+            }
+            start = end + 1;
+            search = start;
+        }
+        start
     }
 
     fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
@@ -91,7 +110,6 @@ impl SseReader {
         if !self.buffer.is_empty() {
             let rest = String::from_utf8_lossy(&self.buffer).into_owned();
             self.buffer.clear();
-            self.scanned = 0;
             for line in rest.split('\n') {
                 self.line(line.trim_end_matches('\r'), out);
             }
@@ -157,6 +175,19 @@ mod tests {
         out.clear();
         reader.finish(&mut out);
         assert_eq!(out[0].data, "[DONE]");
+    }
+
+    #[test]
+    fn lines_split_inside_a_character_or_a_line_end_read_whole() {
+        let bytes = "data: héllo\r\n\r\ndata: [DONE]\n\n".as_bytes();
+        for split in 1..bytes.len() {
+            let mut reader = SseReader::default();
+            let mut out = Vec::new();
+            reader.push(&bytes[..split], &mut out).unwrap();
+            reader.push(&bytes[split..], &mut out).unwrap();
+            let data: Vec<&str> = out.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, ["héllo", "[DONE]"], "split at {split}");
+        }
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! `prompt_tokens_details.cached_tokens`). Spoken by clients, and by `openai` and
 //! `openai_compatible` providers.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -521,28 +524,37 @@ impl StreamDecoder for Decoder {
             out.push(Delta::Done);
             return Ok(());
         }
-        let chunk: Value = serde_json::from_str(data)
-            .map_err(|e| format!("the provider sent an event that is not JSON: {e}"))?;
-        if let Some(error) = chunk.get("error") {
-            out.push(Delta::Error(error_message(error)));
+        let not_json =
+            |e: serde_json::Error| format!("the provider sent an event that is not JSON: {e}");
+        // Every event of every stream passes here: the chunk is read into borrowed raw
+        // slices (no tree, no allocation) and only the parts a delta needs are decoded.
+        if !data.starts_with('{') {
+            // Valid JSON that is not an object carries nothing but the stream's start.
+            serde_json::from_str::<serde::de::IgnoredAny>(data).map_err(not_json)?;
+            self.start(None, None, out);
             return Ok(());
         }
-        if !self.started {
-            self.started = true;
-            out.push(Delta::Start {
-                id: str_or_empty(&chunk, "id"),
-                model: str_or_empty(&chunk, "model"),
-            });
+        let chunk: RawChunk<'_> = serde_json::from_str(data).map_err(not_json)?;
+        if let Some(error) = chunk.error {
+            let error: Value = serde_json::from_str(error.get()).map_err(not_json)?;
+            out.push(Delta::Error(error_message(&error)));
+            return Ok(());
         }
-        if let Some(choice) = chunk.pointer("/choices/0") {
-            let delta = choice.get("delta").unwrap_or(&Value::Null);
-            if let Some(text) = delta.get("content").and_then(Value::as_str)
+        self.start(chunk.id, chunk.model, out);
+        if let Some(choice) = chunk.choices.and_then(first_choice) {
+            let delta = choice.delta.and_then(object::<RawDelta<'_>>);
+            if let Some(text) = delta.as_ref().and_then(|d| raw_str(d.content))
                 && !text.is_empty()
             {
-                out.push(Delta::Text(text.to_owned()));
+                out.push(Delta::Text(text.into_owned()));
             }
-            for call in delta
-                .get("tool_calls")
+            // Tool calls are rare: read the old way, from a tree.
+            let calls: Option<Value> = delta
+                .as_ref()
+                .and_then(|d| d.tool_calls)
+                .and_then(|raw| serde_json::from_str(raw.get()).ok());
+            for call in calls
+                .as_ref()
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -566,14 +578,123 @@ impl StreamDecoder for Decoder {
                     });
                 }
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                out.push(Delta::Finish(parse_finish(reason)));
+            if let Some(reason) = raw_str(choice.finish_reason) {
+                out.push(Delta::Finish(parse_finish(&reason)));
             }
         }
-        if let Some(reported) = chunk.get("usage").filter(|u| u.is_object()) {
-            out.push(Delta::Usage(usage(reported)));
+        if let Some(reported) = chunk.usage.filter(|u| u.get().starts_with('{')) {
+            let reported: Value = serde_json::from_str(reported.get()).map_err(not_json)?;
+            out.push(Delta::Usage(usage(&reported)));
         }
         Ok(())
+    }
+}
+
+impl Decoder {
+    /// The `Start` delta, from the first chunk (`id` and `model` empty unless strings).
+    fn start(&mut self, id: Option<&RawValue>, model: Option<&RawValue>, out: &mut Vec<Delta>) {
+        if !self.started {
+            self.started = true;
+            out.push(Delta::Start {
+                id: raw_str(id).unwrap_or_default().into_owned(),
+                model: raw_str(model).unwrap_or_default().into_owned(),
+            });
+        }
+    }
+}
+
+/// The members of a `chat.completion.chunk` the decoder reads, as raw JSON text. A
+/// member that is `null` reads as absent, except `error`, whose presence alone counts.
+#[derive(serde::Deserialize)]
+struct RawChunk<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    choices: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawChoice<'a> {
+    #[serde(borrow)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawDelta<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+/// A member that is there, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
+/// `raw` read as `T` when it is a JSON object (anything else reads as absent, as a
+/// member looked up in it would be).
+fn object<'a, T: serde::Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    if raw.get().starts_with('{') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// The first element of `choices`, when it is an array whose first element is an object.
+fn first_choice(raw: &RawValue) -> Option<RawChoice<'_>> {
+    if !raw.get().starts_with('[') {
+        return None;
+    }
+    let elements: FirstElement<'_> = serde_json::from_str(raw.get()).ok()?;
+    elements.0.and_then(object)
+}
+
+/// The first element of a JSON array as raw text; the rest is skipped unread.
+struct FirstElement<'a>(Option<&'a RawValue>);
+
+impl<'de> serde::Deserialize<'de> for FirstElement<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct First;
+        impl<'de> serde::de::Visitor<'de> for First {
+            type Value = FirstElement<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<&'de RawValue>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstElement(first))
+            }
+        }
+        deserializer.deserialize_seq(First)
+    }
+}
+
+/// The text of a JSON string member (borrowed unless it holds escapes); `None` when
+/// absent or not a string.
+fn raw_str(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let text = raw?.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(borrowed) => Some(Cow::Borrowed(borrowed)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
     }
 }
 
@@ -749,6 +870,54 @@ mod tests {
             err.to_string(),
             "request field `logit_bias`, `n` cannot be translated for a provider speaking the anthropic format"
         );
+    }
+
+    #[test]
+    fn stream_chunks_of_odd_shapes_decode_as_a_tree_would_read_them() {
+        let decode = |data: &str| {
+            let mut deltas = Vec::new();
+            let event = SseEvent {
+                event: None,
+                data: data.into(),
+            };
+            Decoder::default()
+                .decode(&event, &mut deltas)
+                .map(|()| deltas)
+        };
+        let start = |id: &str, model: &str| Delta::Start {
+            id: id.into(),
+            model: model.into(),
+        };
+        // Escapes in the text; `id` not a string; `null` members read as absent.
+        assert_eq!(
+            decode(r#"{"id":7,"model":"g\"pt","choices":[{"delta":{"content":"a\nb\u00e9"},"finish_reason":null}],"usage":null}"#).unwrap(),
+            [start("", "g\"pt"), Delta::Text("a\nb\u{e9}".into())]
+        );
+        // Only the first choice counts; a choice or delta that is not an object is empty.
+        assert_eq!(
+            decode(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"length"},{"delta":{"content":"y"}}]}"#).unwrap(),
+            [start("", ""), Delta::Text("x".into()), Delta::Finish(Finish::Length)]
+        );
+        assert_eq!(
+            decode(r#"{"choices":[5,{"delta":{"content":"y"}}]}"#).unwrap(),
+            [start("", "")]
+        );
+        assert_eq!(
+            decode(r#"{"choices":[{"delta":"text","finish_reason":3}],"usage":7}"#).unwrap(),
+            [start("", "")]
+        );
+        assert_eq!(decode("[1, 2]").unwrap(), [start("", "")]);
+        // An `error` member, even `null`, is the provider's error.
+        assert_eq!(
+            decode(r#"{"error":{"message":"overloaded"}}"#).unwrap(),
+            [Delta::Error("overloaded".into())]
+        );
+        assert_eq!(
+            decode(r#"{"error":null}"#).unwrap(),
+            [Delta::Error("null".into())]
+        );
+        let error = decode(r#"{"choices":[{"delta":{"content":"x"}}"#).unwrap_err();
+        assert!(error.contains("not JSON"), "{error}");
     }
 
     #[test]
