@@ -13,6 +13,11 @@
 //! - `CONCURRENCY` client tasks (reqwest, one pooled HTTP/1.1 connection each), each of
 //!   which records the time from sending a streaming request to its first body bytes.
 //!
+//! - a bare TCP forwarder in a process of its own (this bench binary again, with
+//!   `AI_TTFB_FORWARD_TO` set; a two-worker tokio runtime, `TCP_NODELAY`, bytes copied both
+//!   ways, no HTTP parsed): the **floor** — what one more process hop on the path costs on
+//!   this machine under the same load, before any gateway does any work.
+//!
 //! Two ways of loading it (`MODE`):
 //! - `steady` (the default, the "under 200 concurrent streams"): each client
 //!   sends its next request as soon as its stream ends, and the clients start staggered
@@ -22,8 +27,8 @@
 //! - `burst`: every client sends one request at the same instant (a thundering herd of
 //!   `CONCURRENCY` arrivals), per round.
 //!
-//! Phases (steady, `PHASE_MS` long) or rounds (burst) alternate between the direct path
-//! and the Warden path, so drift in the machine's load hits both alike. Settings come
+//! Phases (steady, `PHASE_MS` long) or rounds (burst) rotate over the direct path, the
+//! forwarder and Warden, so drift in the machine's load hits all three alike. Settings come
 //! from the environment: `MODE` (steady), `CONCURRENCY` (200), `ROUNDS` (10 per path),
 //! `PHASE_MS` (2000), `EVENTS` (20), `GAP_MS` (10); `WARDEN_BIN` runs another `warden`
 //! binary than the release one (say `target/profiling/warden`, for `perf record`).
@@ -84,6 +89,71 @@ async fn upstream(events: usize, gap: Duration) -> String {
     });
     tokio::spawn(async move { axum::serve(listener, router).await });
     format!("http://{address}")
+}
+
+/// The bare forwarder's process (see the module doc); killed on drop.
+struct Forwarder {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts this binary again as a forwarder to `upstream` (`http://host:port`).
+fn start_forwarder(upstream: &str) -> Forwarder {
+    let target = upstream.trim_start_matches("http://");
+    let mut child = Command::new(std::env::current_exe().expect("this binary"))
+        .env(FORWARD_TO, target)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the forwarder");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the forwarder's address");
+    Forwarder {
+        child,
+        url: format!("http://{}", line.trim()),
+    }
+}
+
+/// Set in the forwarder's environment: the `host:port` it forwards to.
+const FORWARD_TO: &str = "AI_TTFB_FORWARD_TO";
+
+/// The forwarder's own `main`: accept on a free loopback port, print it, and copy bytes
+/// both ways between each client and a fresh connection to `target`.
+fn forward(target: String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        println!("{}", listener.local_addr().expect("address"));
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
 }
 
 struct Warden {
@@ -300,6 +370,9 @@ fn summary(name: &str, mut samples: Vec<u64>) -> (f64, f64) {
 }
 
 fn main() {
+    if let Ok(target) = std::env::var(FORWARD_TO) {
+        return forward(target);
+    }
     // `cargo bench` passes `--bench`; nothing else to parse.
     let concurrency = setting("CONCURRENCY", 200);
     let rounds = setting("ROUNDS", 10);
@@ -325,25 +398,28 @@ fn main() {
             .pool_max_idle_per_host(concurrency)
             .build()
             .expect("a client");
-        let direct = format!("{upstream}/v1/chat/completions");
-        let via = format!("{}/v1/chat/completions", warden.url);
-        // Warm-up: connections opened on both paths, the token verified once.
-        round(&client, &direct, None, concurrency).await;
-        round(&client, &via, Some(&warden.token), concurrency).await;
-        let (mut direct_samples, mut via_samples) = (Vec::new(), Vec::new());
+        let forwarder = start_forwarder(&upstream);
+        let paths = [
+            (format!("{upstream}/v1/chat/completions"), None),
+            (format!("{}/v1/chat/completions", forwarder.url), None),
+            (
+                format!("{}/v1/chat/completions", warden.url),
+                Some(warden.token.as_str()),
+            ),
+        ];
+        // Warm-up: connections opened on every path, the token verified once.
+        for (url, token) in &paths {
+            round(&client, url, *token, concurrency).await;
+        }
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
         let stream_length = gap * events as u32;
         for _ in 0..rounds {
-            if burst {
-                direct_samples.extend(round(&client, &direct, None, concurrency).await);
-                via_samples.extend(round(&client, &via, Some(&warden.token), concurrency).await);
-            } else {
-                let token = Some(warden.token.as_str());
-                direct_samples.extend(
-                    steady(&client, &direct, None, concurrency, stream_length, phase).await,
-                );
-                via_samples.extend(
-                    steady(&client, &via, token, concurrency, stream_length, phase).await,
-                );
+            for ((url, token), samples) in paths.iter().zip(samples.iter_mut()) {
+                samples.extend(if burst {
+                    round(&client, url, *token, concurrency).await
+                } else {
+                    steady(&client, url, *token, concurrency, stream_length, phase).await
+                });
             }
         }
         if burst {
@@ -355,13 +431,22 @@ fn main() {
                 "steady: {concurrency} concurrent streams, {rounds} phases of {phase:?} per path, {events} events {gap:?} apart"
             );
         }
-        let (direct50, direct99) = summary("direct", direct_samples);
-        let (via50, via99) = summary("warden", via_samples);
-        println!(
-            "added    p50 {:>7.3} ms   p99 {:>7.3} ms",
-            via50 - direct50,
-            via99 - direct99
-        );
+        let [direct_samples, floor_samples, warden_samples] = samples;
+        let direct = summary("direct", direct_samples);
+        let floor = summary("floor", floor_samples);
+        let via = summary("warden", warden_samples);
+        for (name, (p50, p99), (base50, base99)) in [
+            ("floor added (one bare process hop)", floor, direct),
+            ("warden added (the issue's measure)", via, direct),
+            ("warden over the floor", via, floor),
+        ] {
+            println!(
+                "{name:<36} p50 {:>7.3} ms   p99 {:>7.3} ms",
+                p50 - base50,
+                p99 - base99
+            );
+        }
+        drop(forwarder);
         drop(warden);
     });
 }
