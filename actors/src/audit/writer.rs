@@ -527,10 +527,10 @@ impl State {
         let mut rows = Vec::with_capacity(items.len());
         let mut waiters = Vec::new();
         for item in items {
-            rows.push(preparer.row(&item.record));
             if let Some(waiter) = item.durable {
                 waiters.push(waiter);
             }
+            rows.push(preparer.into_row(item.record));
         }
         Batch {
             rows: Arc::new(rows),
