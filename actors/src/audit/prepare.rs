@@ -149,15 +149,15 @@ impl Preparer<'_> {
 
     /// [`Preparer::row`] of a record the caller gives up: its text moves into the row
     /// instead of being copied (the writer's path; the same row either way).
-    pub fn into_row(&self, record: AuditRecord) -> Row {
+    pub fn row_owned(&self, record: AuditRecord) -> Row {
         match record {
-            AuditRecord::ToolCall(r) => Row::Tool(self.into_tool(*r)),
-            AuditRecord::Event(e) => Row::Event(self.into_event(*e)),
-            AuditRecord::AiRequest(a) => Row::Ai(self.into_ai(*a)),
+            AuditRecord::ToolCall(r) => Row::Tool(self.tool_owned(*r)),
+            AuditRecord::Event(e) => Row::Event(self.event_owned(*e)),
+            AuditRecord::AiRequest(a) => Row::Ai(self.ai_owned(*a)),
         }
     }
 
-    fn into_tool(&self, r: ToolCallRecord) -> ToolRow {
+    fn tool_owned(&self, r: ToolCallRecord) -> ToolRow {
         ToolRow {
             id: r.id,
             input: r.input.as_ref().map(|v| self.payload(v.get())),
@@ -177,14 +177,14 @@ impl Preparer<'_> {
         }
     }
 
-    fn into_event(&self, e: AuditEvent) -> EventRow {
+    fn event_owned(&self, e: AuditEvent) -> EventRow {
         let mut row = self.event_with(&e, None, None);
         row.trace_id = e.trace_id.map(clean_owned);
         row.actor_id = e.actor_id.map(clean_owned);
         row
     }
 
-    fn into_ai(&self, a: AiRequestRecord) -> AiRow {
+    fn ai_owned(&self, a: AiRequestRecord) -> AiRow {
         AiRow {
             id: a.id,
             error: a.error.as_deref().map(|e| self.text(e)),
@@ -452,7 +452,7 @@ mod tests {
             AuditRecord::Event(Box::new(event)),
             ai,
         ] {
-            assert_eq!(preparer.into_row(record.clone()), preparer.row(&record));
+            assert_eq!(preparer.row_owned(record.clone()), preparer.row(&record));
         }
     }
 

@@ -530,7 +530,7 @@ impl State {
             if let Some(waiter) = item.durable {
                 waiters.push(waiter);
             }
-            rows.push(preparer.into_row(item.record));
+            rows.push(preparer.row_owned(item.record));
         }
         Batch {
             rows: Arc::new(rows),
