@@ -144,12 +144,13 @@ fn copy(c: &mut Criterion) {
         .block_on(warden::db::ensure_database(&cluster, "bench"))
         .expect("the bench database");
     let config = cluster.pg_config("bench");
+    let copy_pool = warden::db::pool(config.clone(), 1, Duration::from_secs(10)).expect("a pool");
+    // A pooled connection, as the writer's: its statements are prepared once.
     let mut client = runtime.block_on(async {
-        let (mut client, connection) = config
-            .connect(tokio_postgres::NoTls)
+        let mut client = copy_pool
+            .get()
             .await
             .expect("connecting to the bench database");
-        tokio::spawn(connection);
         let registry = warden::extension::Registry::with(&[]);
         warden::db::migrate::run(&mut client, registry.all_migrations())
             .await

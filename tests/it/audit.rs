@@ -881,3 +881,138 @@ fn batches_written_side_by_side_form_one_unbroken_chain_that_verify_walks() {
         "{report:?}"
     );
 }
+
+/// The writer of the pipeline tests: batches of `BATCH`, `concurrency` in flight.
+fn pipeline_config(
+    pool: deadpool_postgres::Pool,
+    spool_dir: PathBuf,
+    concurrency: usize,
+) -> warden_actors::audit::writer::WriterConfig {
+    use warden_actors::audit::Backlog;
+    warden_actors::audit::writer::WriterConfig {
+        pool,
+        spool_dir,
+        batch_max_rows: 50,
+        batch_max_delay: Duration::from_millis(10),
+        write_concurrency: concurrency,
+        spool_max_bytes: 1 << 30,
+        max_payload_bytes: 64 << 10,
+        backlog: Backlog::Block(Duration::from_secs(5)),
+        scrubber: warden_actors::audit::scrub::Scrubber::builtin().into_cell(),
+        writer_name: "pipeline".into(),
+    }
+}
+
+/// One batch that PostgreSQL cannot take, in the middle of a pipeline of writes: it is
+/// spooled, and the batches formed after it follow it into the spool — all but those
+/// already in flight beside it (at most `write_concurrency - 1`) — so that once PostgreSQL
+/// takes it, the spool replays them in the order they were formed. One unbroken chain,
+/// every record exactly once.
+#[test]
+fn a_batch_failing_mid_pipeline_is_spooled_and_the_batches_formed_after_it_follow_it_in_order() {
+    use warden_actors::audit::writer::AuditWriter;
+    use warden_actors::audit::{Audit, Backlog};
+    const RECORDS: usize = 3_000;
+    const BATCH: usize = 50;
+    const CONCURRENCY: usize = 3;
+    // A permission decision (odd index) in the 21st batch of 60.
+    const FAILING: usize = 1_001;
+    let db = TestDb::new();
+    // PostgreSQL answers that one row as if the connection had failed (SQLSTATE 08006),
+    // the way it answers while it is stopping: the writer must spool its batch.
+    db.execute(&format!(
+        "CREATE FUNCTION fail_one() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'connection lost (test)' USING ERRCODE = '08006'; END $$;
+         CREATE TRIGGER fail_one BEFORE INSERT ON audit_events FOR EACH ROW
+         WHEN (NEW.trace_id = '{FAILING:032x}') EXECUTE FUNCTION fail_one();"
+    ));
+    let spool = tempfile::tempdir().unwrap();
+    let pg_config = db.pg_config();
+    let spool_dir = spool.path().to_path_buf();
+    let first = crate::support::rt::block_on(async move {
+        let pool = ::warden::db::pool(pg_config, 8, Duration::from_secs(10)).unwrap();
+        let (audit, queue) = Audit::channel(RECORDS, Backlog::Block(Duration::from_secs(5)));
+        for i in 0..RECORDS {
+            audit.record(burst_record(i)).await.unwrap();
+        }
+        let writer = AuditWriter::start(pipeline_config(pool, spool_dir, CONCURRENCY), queue, None)
+            .await
+            .unwrap();
+        let backlog = writer.flush(Duration::from_secs(60)).await.unwrap();
+        writer.shutdown(Duration::from_secs(10)).await;
+        backlog
+    });
+    assert_eq!(first.queued, 0, "{first:?}");
+    assert!(first.spool_bytes > 0, "nothing was spooled: {first:?}");
+    assert!(first.database_down, "{first:?}");
+
+    // PostgreSQL takes the row again; the next writer replays the spool at its start.
+    db.execute("DROP TRIGGER fail_one ON audit_events;");
+    let pg_config = db.pg_config();
+    let spool_dir = spool.path().to_path_buf();
+    let (second, report) = crate::support::rt::block_on(async move {
+        let pool = ::warden::db::pool(pg_config, 8, Duration::from_secs(10)).unwrap();
+        let (_audit, queue) = Audit::channel(16, Backlog::Block(Duration::from_secs(5)));
+        let writer = AuditWriter::start(
+            pipeline_config(pool.clone(), spool_dir, CONCURRENCY),
+            queue,
+            None,
+        )
+        .await
+        .unwrap();
+        let backlog = writer.flush(Duration::from_secs(60)).await.unwrap();
+        writer.shutdown(Duration::from_secs(10)).await;
+        let client = pool.get().await.unwrap();
+        let report = ::warden::audit::verify::verify(&**client, None)
+            .await
+            .unwrap();
+        (backlog, report)
+    });
+    assert_eq!(second.spool_bytes, 0, "{second:?}");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, RECORDS as u64);
+    assert_eq!(report.batches, (RECORDS / BATCH) as u64);
+    let stored = count(
+        &db,
+        "SELECT (SELECT count(DISTINCT id) FROM mcp_tool_executions) + (SELECT count(DISTINCT id) FROM audit_events)",
+    );
+    assert_eq!(stored, RECORDS as i64);
+
+    // Each batch in chain order: replayed or not, and the first record it holds (trace
+    // ids are the records' indexes, zero-padded, so they sort as the records were made).
+    let batches: Vec<(bool, usize)> = db
+        .query(
+            "SELECT b.replayed,
+                    least((SELECT min(trace_id) FROM mcp_tool_executions t WHERE t.batch_seq = b.seq),
+                          (SELECT min(trace_id) FROM audit_events e WHERE e.batch_seq = b.seq))
+             FROM audit_batches b ORDER BY b.position",
+        )
+        .iter()
+        .map(|row| {
+            let first: String = row.get(1);
+            (
+                row.get(0),
+                usize::from_str_radix(&first, 16).unwrap(),
+            )
+        })
+        .collect();
+    let failing = FAILING / BATCH * BATCH;
+    let replayed: Vec<usize> = batches
+        .iter()
+        .filter(|(replayed, _)| *replayed)
+        .map(|(_, first)| *first)
+        .collect();
+    assert_eq!(replayed.first(), Some(&failing), "{batches:?}");
+    assert!(
+        replayed.windows(2).all(|w| w[0] < w[1]),
+        "the spool was replayed out of the order the batches were formed in: {batches:?}"
+    );
+    let overtook = batches
+        .iter()
+        .filter(|(replayed, first)| !replayed && *first > failing)
+        .count();
+    assert!(
+        overtook < CONCURRENCY,
+        "{overtook} batches formed after the failing one went to PostgreSQL: {batches:?}"
+    );
+}

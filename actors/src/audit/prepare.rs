@@ -147,6 +147,67 @@ impl Preparer<'_> {
         }
     }
 
+    /// [`Preparer::row`] of a record the caller gives up: its text moves into the row
+    /// instead of being copied (the writer's path; the same row either way).
+    pub fn row_owned(&self, record: AuditRecord) -> Row {
+        match record {
+            AuditRecord::ToolCall(r) => Row::Tool(self.tool_owned(*r)),
+            AuditRecord::Event(e) => Row::Event(self.event_owned(*e)),
+            AuditRecord::AiRequest(a) => Row::Ai(self.ai_owned(*a)),
+        }
+    }
+
+    fn tool_owned(&self, r: ToolCallRecord) -> ToolRow {
+        ToolRow {
+            id: r.id,
+            input: r.input.as_ref().map(|v| self.payload(v.get())),
+            output: r.output.as_ref().map(|v| self.payload(v.get())),
+            status: r.status.as_str().to_owned(),
+            error: r.error.as_deref().map(|e| self.text(e)),
+            started_at_us: micros(r.started_at),
+            completed_at_us: micros(r.completed_at),
+            duration_us: r.duration_us,
+            trace_id: clean_owned(r.trace_id),
+            session_id: r.session_id.map(clean_owned),
+            user_id: r.user_id.map(clean_owned),
+            client_id: r.client_id.map(clean_owned),
+            server_name: clean_owned(r.server_name),
+            tool_name: clean_owned(r.tool_name),
+            requested_name: clean_owned(r.requested_name),
+        }
+    }
+
+    fn event_owned(&self, e: AuditEvent) -> EventRow {
+        let mut row = self.event_with(&e, None, None);
+        row.trace_id = e.trace_id.map(clean_owned);
+        row.actor_id = e.actor_id.map(clean_owned);
+        row
+    }
+
+    fn ai_owned(&self, a: AiRequestRecord) -> AiRow {
+        AiRow {
+            id: a.id,
+            error: a.error.as_deref().map(|e| self.text(e)),
+            status: a.status.as_str().to_owned(),
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            cache_read_tokens: a.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens,
+            cost_microdollars: a.cost_microdollars,
+            latency_ms: a.latency_ms,
+            ttft_ms: a.ttft_ms,
+            streaming: a.streaming,
+            created_at_us: micros(a.created_at),
+            trace_id: clean_owned(a.trace_id),
+            user_id: a.user_id.map(clean_owned),
+            client_id: a.client_id.map(clean_owned),
+            session_id: a.session_id.map(clean_owned),
+            provider: clean_owned(a.provider),
+            model: clean_owned(a.model),
+            requested_model: a.requested_model.map(clean_owned),
+        }
+    }
+
     fn tool(&self, r: &ToolCallRecord) -> ToolRow {
         ToolRow {
             id: r.id,
@@ -168,6 +229,20 @@ impl Preparer<'_> {
     }
 
     fn event(&self, e: &AuditEvent) -> EventRow {
+        self.event_with(
+            e,
+            e.trace_id.as_deref().map(clean),
+            e.actor_id.as_deref().map(clean),
+        )
+    }
+
+    /// The event's row, with its trace and actor ids as given.
+    fn event_with(
+        &self,
+        e: &AuditEvent,
+        trace_id: Option<String>,
+        actor_id: Option<String>,
+    ) -> EventRow {
         let attributes = if e.attributes.is_null() {
             "{}".to_owned()
         } else {
@@ -176,11 +251,11 @@ impl Preparer<'_> {
         };
         EventRow {
             id: e.id,
-            trace_id: e.trace_id.as_deref().map(clean),
+            trace_id,
             occurred_at_us: micros(e.occurred_at),
             kind: clean(e.kind),
             actor_kind: clean(e.actor_kind),
-            actor_id: e.actor_id.as_deref().map(clean),
+            actor_id,
             subject: e.subject.as_deref().map(|s| self.text(s)),
             decision: e.decision.map(clean),
             reason: e.reason.as_deref().map(|s| self.text(s)),
@@ -249,6 +324,15 @@ fn clean(text: &str) -> String {
         text.replace('\0', "\u{fffd}")
     } else {
         text.to_owned()
+    }
+}
+
+/// [`clean`] of text the caller gives up: moved, not copied, when it holds no NUL.
+fn clean_owned(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
     }
 }
 
@@ -324,6 +408,52 @@ mod tests {
             row.error.as_deref(),
             Some("upstream said [redacted]\u{fffd}")
         );
+    }
+
+    #[test]
+    fn a_record_given_up_becomes_the_same_row_as_one_borrowed() {
+        let scrubber = Scrubber::new(&[], &[Redacted::new("tok_supersecret".to_owned())]);
+        let preparer = Preparer {
+            scrubber: &scrubber,
+            max_payload_bytes: 24,
+        };
+        let mut event = AuditEvent::new("permission.decision", "user");
+        event.trace_id = Some("t\0race".into());
+        event.actor_id = Some("alice\0".into());
+        event.subject = Some("tok_supersecret".into());
+        event.decision = Some("deny");
+        event.reason = Some("because".into());
+        event.attributes = serde_json::json!({"token": "tok_supersecret", "n": 1});
+        let now = SystemTime::now();
+        let ai = AuditRecord::AiRequest(Box::new(AiRequestRecord {
+            id: Uuid::now_v7(),
+            trace_id: "trace\0".into(),
+            user_id: Some("alice".into()),
+            client_id: None,
+            session_id: Some("s".into()),
+            provider: "openai".into(),
+            model: "gpt\0".into(),
+            requested_model: Some("fast".into()),
+            input_tokens: Some(1),
+            output_tokens: None,
+            cache_read_tokens: Some(2),
+            cache_write_tokens: None,
+            cost_microdollars: Some(3),
+            latency_ms: Some(4),
+            ttft_ms: None,
+            status: ToolStatus::Error,
+            error: Some("tok_supersecret failed".into()),
+            streaming: true,
+            created_at: now,
+        }));
+        for record in [
+            tool(r#"{"message":"my tok_supersecret, and more than 24 bytes"}"#),
+            tool(r#"{"a":1}"#),
+            AuditRecord::Event(Box::new(event)),
+            ai,
+        ] {
+            assert_eq!(preparer.row_owned(record.clone()), preparer.row(&record));
+        }
     }
 
     #[test]

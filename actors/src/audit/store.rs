@@ -25,12 +25,12 @@
 use std::error::Error as StdError;
 use std::pin::pin;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use deadpool_postgres::ClientWrapper;
+use futures_util::SinkExt as _;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, Transaction};
 
 use super::prepare::{AiRow, EventRow, Payload, Row, ToolRow};
 
@@ -259,10 +259,82 @@ pub fn chain_hash(prev: &[u8], position: i64, entries: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// A batch's rows in PostgreSQL's binary COPY format (one stream per table) and the
+/// entries of its seal: all of the batch that needs no connection, computed before its
+/// transaction begins so that the connection only waits on PostgreSQL.
+pub struct Encoded {
+    /// Tool calls, events, AI requests: the order of [`COPY_TARGETS`].
+    streams: [CopyStream; 3],
+    entries: Vec<u8>,
+    first_at_us: i64,
+    last_at_us: i64,
+    rows: usize,
+}
+
+impl Encoded {
+    /// Encodes `rows`; fails (as [`StoreError::Rejected`]) only on a value longer than
+    /// the COPY format can carry.
+    pub fn new(rows: &[Row]) -> Result<Encoded, StoreError> {
+        let mut streams = [CopyStream::new(), CopyStream::new(), CopyStream::new()];
+        for row in rows {
+            match row {
+                Row::Tool(t) => streams[0].tool(t)?,
+                Row::Event(e) => streams[1].event(e)?,
+                Row::Ai(a) => streams[2].ai(a)?,
+            }
+        }
+        for stream in &mut streams {
+            stream.finish();
+        }
+        Ok(Encoded {
+            streams,
+            entries: entries(rows),
+            first_at_us: rows.iter().map(Row::at_us).min().unwrap_or(0),
+            last_at_us: rows.iter().map(Row::at_us).max().unwrap_or(0),
+            rows: rows.len(),
+        })
+    }
+}
+
+/// Where each stream of [`Encoded`] goes: the table, the staging table of the idempotent
+/// path, and the columns in the order the stream holds them.
+const COPY_TARGETS: [(&str, &str, &str); 3] = [
+    ("mcp_tool_executions", "warden_stage_tools", TOOL_COLUMNS),
+    ("audit_events", "warden_stage_events", EVENT_COLUMNS),
+    ("ai_requests", "warden_stage_ai", AI_COLUMNS),
+];
+
+/// Bytes per COPY data message, about: a chunk is closed at the first row boundary past
+/// this. Chunks are allocated at this size and never grown or copied.
+const COPY_CHUNK: usize = 64 << 10;
+
+const NEXT_SEQ: &str = "SELECT nextval('audit_batch_seq')";
+const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1)";
+const CHAIN_HEAD: &str = "SELECT position, hash FROM audit_batches ORDER BY position DESC LIMIT 1";
+const INSERT_SEAL: &str = "INSERT INTO audit_batches
+     (seq, position, prev_hash, hash, row_count, entries, first_at, last_at, writer, replayed)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 /// Writes `rows` as one sealed batch in one transaction.
 pub async fn write_batch(
-    client: &mut Client,
+    client: &mut ClientWrapper,
     rows: &[Row],
+    writer: &str,
+    replayed: bool,
+    idempotent: bool,
+) -> Result<Written, StoreError> {
+    let encoded = Encoded::new(rows)?;
+    write_encoded(client, rows, encoded, writer, replayed, idempotent).await
+}
+
+/// [`write_batch`] with the rows already encoded (`encoded` must be [`Encoded::new`] of
+/// `rows`). Statements are prepared once per connection; the batch's number is drawn in
+/// the same round trip as its first COPY starts, and the chain's lock and head in one
+/// more.
+pub async fn write_encoded(
+    client: &mut ClientWrapper,
+    rows: &[Row],
+    encoded: Encoded,
     writer: &str,
     replayed: bool,
     idempotent: bool,
@@ -275,31 +347,6 @@ pub async fn write_batch(
         });
     }
     let tx = client.transaction().await?;
-    let seq: i64 = tx
-        .query_one("SELECT nextval('audit_batch_seq')", &[])
-        .await?
-        .get(0);
-    let tools: Vec<&ToolRow> = rows
-        .iter()
-        .filter_map(|r| match r {
-            Row::Tool(t) => Some(t),
-            _ => None,
-        })
-        .collect();
-    let events: Vec<&EventRow> = rows
-        .iter()
-        .filter_map(|r| match r {
-            Row::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect();
-    let ais: Vec<&AiRow> = rows
-        .iter()
-        .filter_map(|r| match r {
-            Row::Ai(a) => Some(a),
-            _ => None,
-        })
-        .collect();
     if idempotent {
         tx.batch_execute(
             "CREATE TEMP TABLE IF NOT EXISTS warden_stage_tools (LIKE mcp_tool_executions) ON COMMIT DELETE ROWS;
@@ -308,19 +355,61 @@ pub async fn write_batch(
         )
         .await?;
     }
-    let (tool_table, event_table, ai_table) = if idempotent {
-        (
-            "warden_stage_tools",
-            "warden_stage_events",
-            "warden_stage_ai",
-        )
-    } else {
-        ("mcp_tool_executions", "audit_events", "ai_requests")
+    let Encoded {
+        streams,
+        entries: all_entries,
+        first_at_us,
+        last_at_us,
+        rows: all_rows,
+    } = encoded;
+    let mut copies = Vec::with_capacity(3);
+    for (stream, (table, stage, columns)) in streams.into_iter().zip(COPY_TARGETS) {
+        if stream.rows > 0 {
+            let table = if idempotent { stage } else { table };
+            let statement = tx
+                .prepare_cached(&format!(
+                    "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?;
+            copies.push((statement, stream));
+        }
+    }
+    let next = tx.prepare_cached(NEXT_SEQ).await?;
+    let statements: Vec<tokio_postgres::Statement> = copies
+        .iter()
+        .map(|(statement, _)| statement.clone())
+        .collect();
+    let Some((first_statement, rest)) = statements.split_first() else {
+        return Ok(Written {
+            seq: None,
+            rows: 0,
+            skipped: 0,
+        });
     };
-    copy_tools(&tx, tool_table, &tools, seq).await?;
-    copy_events(&tx, event_table, &events, seq).await?;
-    copy_ai(&tx, ai_table, &ais, seq).await?;
-    let stored: Vec<&Row> = if idempotent {
+    // The number and the first COPY's start in one round trip; the rows carry the number,
+    // so they are sent once it is known.
+    let (number, first_sink) = futures_util::future::try_join(
+        tx.query_one(&next, &[]),
+        tx.copy_in::<_, Bytes>(first_statement),
+    )
+    .await?;
+    let seq: i64 = number.get(0);
+    let mut data: Vec<Vec<Bytes>> = copies
+        .into_iter()
+        .map(|(_, s)| s.into_chunks(seq))
+        .collect();
+    let first_data = data.remove(0);
+    // The next COPY is queued behind the first one's data, so it starts without a
+    // round trip of its own.
+    let rest_done = async {
+        for (statement, data) in rest.iter().zip(data) {
+            let sink = tx.copy_in::<_, Bytes>(statement).await?;
+            send_copy(sink, data).await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    futures_util::future::try_join(send_copy(first_sink, first_data), rest_done).await?;
+    let inserted: Option<std::collections::HashSet<uuid::Uuid>> = if idempotent {
         let mut inserted = std::collections::HashSet::new();
         for (stage, table) in [
             ("warden_stage_tools", "mcp_tool_executions"),
@@ -339,11 +428,26 @@ pub async fn write_batch(
                 inserted.insert(row.get::<_, uuid::Uuid>(0));
             }
         }
-        rows.iter().filter(|r| inserted.contains(&r.id())).collect()
+        Some(inserted)
     } else {
-        rows.iter().collect()
+        None
     };
-    if stored.is_empty() {
+    // What the seal covers: every row, or on the idempotent path those inserted now.
+    let recomputed;
+    let (count, entries, first, last): (usize, &[u8], i64, i64) = match &inserted {
+        None => (all_rows, &all_entries, first_at_us, last_at_us),
+        Some(inserted) => {
+            let stored: Vec<&Row> = rows.iter().filter(|r| inserted.contains(&r.id())).collect();
+            recomputed = entries(stored.iter().copied());
+            (
+                stored.len(),
+                &recomputed,
+                stored.iter().map(|r| r.at_us()).min().unwrap_or(0),
+                stored.iter().map(|r| r.at_us()).max().unwrap_or(0),
+            )
+        }
+    };
+    if count == 0 {
         tx.commit().await?;
         return Ok(Written {
             seq: None,
@@ -351,35 +455,30 @@ pub async fn write_batch(
             skipped: rows.len(),
         });
     }
-    let entries = entries(stored.iter().copied());
-    let first = stored.iter().map(|r| r.at_us()).min().unwrap_or(0);
-    let last = stored.iter().map(|r| r.at_us()).max().unwrap_or(0);
-    let count = stored.len() as i32;
-    // The seal: from here to the commit, other writers wait for the chain.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK])
-        .await?;
-    // A statement of its own, after the lock: its snapshot sees the previous seal.
-    let head = tx
-        .query_opt(
-            "SELECT position, hash FROM audit_batches ORDER BY position DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+    let lock = tx.prepare_cached(LOCK_CHAIN).await?;
+    let head = tx.prepare_cached(CHAIN_HEAD).await?;
+    let insert = tx.prepare_cached(INSERT_SEAL).await?;
+    // The seal: from here to the commit, other writers wait for the chain. The head is
+    // read by a statement of its own, sent behind the lock's: PostgreSQL runs it once the
+    // lock is held, so its snapshot sees the previous seal.
+    let (_, head) =
+        futures_util::future::try_join(tx.execute(&lock, &[&CHAIN_LOCK]), tx.query_opt(&head, &[]))
+            .await?;
     let (position, prev): (i64, Vec<u8>) = match head {
         Some(row) => (row.get::<_, i64>(0) + 1, row.get(1)),
         None => (1, vec![0u8; 32]),
     };
-    let hash = chain_hash(&prev, position, &entries);
+    let hash = chain_hash(&prev, position, entries);
+    let row_count = i32::try_from(count)
+        .map_err(|_| StoreError::Rejected(format!("a batch of {count} rows")))?;
     tx.execute(
-        "INSERT INTO audit_batches
-             (seq, position, prev_hash, hash, row_count, entries, first_at, last_at, writer, replayed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &insert,
         &[
             &seq,
             &position,
             &prev,
             &hash.as_slice(),
-            &count,
+            &row_count,
             &entries,
             &Micros(first),
             &Micros(last),
@@ -391,220 +490,241 @@ pub async fn write_batch(
     tx.commit().await?;
     Ok(Written {
         seq: Some(seq),
-        rows: stored.len(),
-        skipped: rows.len() - stored.len(),
+        rows: count,
+        skipped: rows.len() - count,
     })
+}
+
+/// Sends one table's COPY data, a message per chunk, and completes the COPY.
+async fn send_copy(
+    sink: tokio_postgres::CopyInSink<Bytes>,
+    chunks: Vec<Bytes>,
+) -> Result<u64, tokio_postgres::Error> {
+    let mut sink = pin!(sink);
+    for chunk in chunks {
+        sink.as_mut().feed(chunk).await?;
+    }
+    sink.as_mut().finish().await
+}
+
+/// One table's rows in PostgreSQL's binary COPY format: the header, per row the field
+/// count and per field its length (-1 for NULL) and its binary send format, then the
+/// trailer. The rows' `batch_seq` (the last column) is written as zero and filled in once
+/// the batch has its number.
+struct CopyStream {
+    /// Chunks filled, then the one being filled.
+    full: Vec<BytesMut>,
+    buf: BytesMut,
+    /// Where each row's `batch_seq` value is: chunk, offset.
+    seq_at: Vec<(usize, usize)>,
+    rows: usize,
+}
+
+/// The binary COPY signature, then flags and header-extension length (both zero).
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+impl CopyStream {
+    fn new() -> CopyStream {
+        CopyStream {
+            full: Vec::new(),
+            buf: BytesMut::new(),
+            seq_at: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn start_row(&mut self, fields: i16) {
+        if self.rows == 0 {
+            self.buf.reserve(COPY_CHUNK + (4 << 10));
+            self.buf.put_slice(COPY_HEADER);
+        } else if self.buf.len() >= COPY_CHUNK {
+            let next = BytesMut::with_capacity(COPY_CHUNK + (4 << 10));
+            self.full.push(std::mem::replace(&mut self.buf, next));
+        }
+        self.rows += 1;
+        self.buf.put_i16(fields);
+    }
+
+    fn finish(&mut self) {
+        if self.rows > 0 {
+            self.buf.put_i16(-1);
+        }
+    }
+
+    /// `text`, `json` (its binary format is the text), `bytea`.
+    fn bytes(&mut self, value: &[u8]) -> Result<(), StoreError> {
+        let len = i32::try_from(value.len()).map_err(|_| {
+            StoreError::Rejected(format!(
+                "a value of {} bytes is too large to transmit",
+                value.len()
+            ))
+        })?;
+        self.buf.put_i32(len);
+        self.buf.put_slice(value);
+        Ok(())
+    }
+
+    fn text(&mut self, value: &str) -> Result<(), StoreError> {
+        self.bytes(value.as_bytes())
+    }
+
+    fn opt_text(&mut self, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(text) => self.text(text),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
+    fn null(&mut self) {
+        self.buf.put_i32(-1);
+    }
+
+    fn uuid(&mut self, id: &uuid::Uuid) {
+        self.buf.put_i32(16);
+        self.buf.put_slice(id.as_bytes());
+    }
+
+    fn int8(&mut self, value: i64) {
+        self.buf.put_i32(8);
+        self.buf.put_i64(value);
+    }
+
+    fn opt_int8(&mut self, value: Option<i64>) {
+        match value {
+            Some(v) => self.int8(v),
+            None => self.null(),
+        }
+    }
+
+    fn bool(&mut self, value: bool) {
+        self.buf.put_i32(1);
+        self.buf.put_u8(u8::from(value));
+    }
+
+    /// `timestamptz`: microseconds since 2000-01-01.
+    fn time(&mut self, unix_us: i64) {
+        self.int8(unix_us.saturating_sub(PG_EPOCH_US));
+    }
+
+    fn seq(&mut self) {
+        self.buf.put_i32(8);
+        self.seq_at.push((self.full.len(), self.buf.len()));
+        self.buf.put_i64(0);
+    }
+
+    /// `json`, `truncated`, `sha256` (bytea of the hex digest, NULL unless it is hex).
+    fn payload(&mut self, payload: &Option<Payload>) -> Result<(), StoreError> {
+        match payload {
+            None => {
+                self.null();
+                self.bool(false);
+                self.null();
+            }
+            Some(p) => {
+                self.text(&p.json)?;
+                self.bool(p.truncated);
+                match p.sha256.as_deref().and_then(|h| hex::decode(h).ok()) {
+                    Some(digest) => self.bytes(&digest)?,
+                    None => self.null(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The columns of [`TOOL_COLUMNS`].
+    fn tool(&mut self, r: &ToolRow) -> Result<(), StoreError> {
+        self.start_row(20);
+        self.uuid(&r.id);
+        self.text(&r.trace_id)?;
+        self.opt_text(r.session_id.as_deref())?;
+        self.opt_text(r.user_id.as_deref())?;
+        self.opt_text(r.client_id.as_deref())?;
+        self.text(&r.server_name)?;
+        self.text(&r.tool_name)?;
+        self.text(&r.requested_name)?;
+        self.payload(&r.input)?;
+        self.payload(&r.output)?;
+        self.text(&r.status)?;
+        self.opt_text(r.error.as_deref())?;
+        self.time(r.started_at_us);
+        self.time(r.completed_at_us);
+        self.int8(r.duration_us);
+        self.seq();
+        Ok(())
+    }
+
+    /// The columns of [`EVENT_COLUMNS`].
+    fn event(&mut self, r: &EventRow) -> Result<(), StoreError> {
+        self.start_row(11);
+        self.uuid(&r.id);
+        self.opt_text(r.trace_id.as_deref())?;
+        self.time(r.occurred_at_us);
+        self.text(&r.kind)?;
+        self.text(&r.actor_kind)?;
+        self.opt_text(r.actor_id.as_deref())?;
+        self.opt_text(r.subject.as_deref())?;
+        self.opt_text(r.decision.as_deref())?;
+        self.opt_text(r.reason.as_deref())?;
+        self.text(&r.attributes)?;
+        self.seq();
+        Ok(())
+    }
+
+    /// The columns of [`AI_COLUMNS`].
+    fn ai(&mut self, r: &AiRow) -> Result<(), StoreError> {
+        self.start_row(20);
+        self.uuid(&r.id);
+        self.text(&r.trace_id)?;
+        self.opt_text(r.user_id.as_deref())?;
+        self.opt_text(r.client_id.as_deref())?;
+        self.opt_text(r.session_id.as_deref())?;
+        self.text(&r.provider)?;
+        self.text(&r.model)?;
+        self.opt_text(r.requested_model.as_deref())?;
+        for v in [
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cache_write_tokens,
+            r.cost_microdollars,
+            r.latency_ms,
+            r.ttft_ms,
+        ] {
+            self.opt_int8(v);
+        }
+        self.text(&r.status)?;
+        self.opt_text(r.error.as_deref())?;
+        self.bool(r.streaming);
+        self.time(r.created_at_us);
+        self.seq();
+        Ok(())
+    }
+
+    /// The stream's chunks with every row's `batch_seq` set to `seq`, in place.
+    fn into_chunks(mut self, seq: i64) -> Vec<Bytes> {
+        self.full.push(self.buf);
+        let seq = seq.to_be_bytes();
+        for (chunk, at) in self.seq_at {
+            self.full[chunk][at..at + 8].copy_from_slice(&seq);
+        }
+        self.full.into_iter().map(BytesMut::freeze).collect()
+    }
 }
 
 const TOOL_COLUMNS: &str = "id, trace_id, session_id, user_id, client_id, server_name, tool_name, \
      requested_name, input, input_truncated, input_sha256, output, output_truncated, output_sha256, \
      status, error, started_at, completed_at, duration_us, batch_seq";
-const TOOL_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSON,
-    Type::BOOL,
-    Type::BYTEA,
-    Type::JSON,
-    Type::BOOL,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::INT8,
-];
-
-async fn copy_tools(
-    tx: &Transaction<'_>,
-    table: &str,
-    rows: &[&ToolRow],
-    seq: i64,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} ({TOOL_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, TOOL_TYPES));
-    for r in rows {
-        let (input, input_truncated, input_sha) = payload_parts(&r.input);
-        let (output, output_truncated, output_sha) = payload_parts(&r.output);
-        writer
-            .as_mut()
-            .write(&[
-                &r.id,
-                &r.trace_id,
-                &r.session_id,
-                &r.user_id,
-                &r.client_id,
-                &r.server_name,
-                &r.tool_name,
-                &r.requested_name,
-                &input,
-                &input_truncated,
-                &input_sha,
-                &output,
-                &output_truncated,
-                &output_sha,
-                &r.status,
-                &r.error,
-                &Micros(r.started_at_us),
-                &Micros(r.completed_at_us),
-                &r.duration_us,
-                &seq,
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
 
 const EVENT_COLUMNS: &str = "id, trace_id, occurred_at, kind, actor_kind, actor_id, subject, \
      decision, reason, attributes, batch_seq";
-const EVENT_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSON,
-    Type::INT8,
-];
-
-async fn copy_events(
-    tx: &Transaction<'_>,
-    table: &str,
-    rows: &[&EventRow],
-    seq: i64,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, EVENT_TYPES));
-    for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &r.id,
-                &r.trace_id,
-                &Micros(r.occurred_at_us),
-                &r.kind,
-                &r.actor_kind,
-                &r.actor_id,
-                &r.subject,
-                &r.decision,
-                &r.reason,
-                &JsonText(&r.attributes),
-                &seq,
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
 
 const AI_COLUMNS: &str = "id, trace_id, user_id, client_id, session_id, provider, model, \
      requested_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
      cost_microdollars, latency_ms, ttft_ms, status, error, streaming, created_at, batch_seq";
-const AI_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BOOL,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-];
-
-async fn copy_ai(
-    tx: &Transaction<'_>,
-    table: &str,
-    rows: &[&AiRow],
-    seq: i64,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} ({AI_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, AI_TYPES));
-    for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &r.id,
-                &r.trace_id,
-                &r.user_id,
-                &r.client_id,
-                &r.session_id,
-                &r.provider,
-                &r.model,
-                &r.requested_model,
-                &r.input_tokens,
-                &r.output_tokens,
-                &r.cache_read_tokens,
-                &r.cache_write_tokens,
-                &r.cost_microdollars,
-                &r.latency_ms,
-                &r.ttft_ms,
-                &r.status,
-                &r.error,
-                &r.streaming,
-                &Micros(r.created_at_us),
-                &seq,
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
-fn payload_parts(payload: &Option<Payload>) -> (Option<JsonText<'_>>, bool, Option<Vec<u8>>) {
-    match payload {
-        None => (None, false, None),
-        Some(p) => (
-            Some(JsonText(&p.json)),
-            p.truncated,
-            p.sha256.as_deref().and_then(|h| hex::decode(h).ok()),
-        ),
-    }
-}
 
 /// JSON text sent as `json`/`jsonb` without parsing it again.
 #[derive(Debug)]

@@ -5,16 +5,19 @@
 //! when it returns.
 //!
 //! **Owns:** the queue's receiving end, the spool file and its replay position, the batch
-//! being formed, and a batch it could place nowhere (the spool being full).
+//! being formed, the pipeline of batches placed but not yet settled (and the tasks writing
+//! them), and a batch it could place nowhere (the spool being full).
 //!
 //! **Messages:**
 //! - `Pump` (self-sent, no reply): take up to `audit.batch_max_rows` records (waiting at
 //!   most `audit.batch_max_delay` after the first; at once when a record asks for durable
-//!   acknowledgement and the queue is momentarily empty) — and, while the queue holds
-//!   further full batches, more batches, up to `audit.write_concurrency` — place them,
-//!   replay a chunk of the spool if it has one, and send itself `Pump` again.
-//! - `Flush(reply)`: write or spool everything queued now, replay what it can, and reply
-//!   with the backlog that is left. Used by tests and before shutdown.
+//!   acknowledgement and the queue is momentarily empty), redact them into a batch, place
+//!   it in the pipeline (below), replay a chunk of the spool if it has one and nothing is
+//!   in the pipeline, and send itself `Pump` again. Writes that finish while it waits for
+//!   records are settled as they finish.
+//! - `Flush(reply)`: place everything queued now, wait until every batch in the pipeline
+//!   is settled, replay what it can, and reply with the backlog that is left. Used by
+//!   tests and before shutdown.
 //!
 //! **Placing a batch**, in order of preference: PostgreSQL (unless the spool is not empty:
 //! new batches queue up behind it, so the trail stays in order) → the spool, fsynced
@@ -26,12 +29,22 @@
 //! answered once their batch is committed or fsynced; those of a held batch are answered
 //! with a refusal (their record is still written later).
 //!
-//! **Batches side by side.** Under load, the batches taken in one `Pump` are written at
-//! the same time, each in its own transaction on its own pooled connection: PostgreSQL's
-//! index maintenance for one runs while another is being copied, and only the seal (the
-//! chain's next position, [`super::store`]) takes turns. Which of them commits first is
-//! not determined; the chain records the order they were sealed in. Any that PostgreSQL
-//! could not take are spooled in the order they were formed.
+//! **The pipeline.** Batches are placed in the order they are formed into a pipeline of
+//! at most `audit.write_concurrency`. A batch that may go to PostgreSQL is written by a
+//! task of its own, on its own pooled connection ([`store::Encoded`] turns its rows into
+//! COPY data before the transaction begins), while the writer forms and redacts the next
+//! one: PostgreSQL's index maintenance for one batch runs while another is being copied,
+//! and only the seal (the chain's next position, [`super::store`]) takes turns. Which of
+//! them commits first is not determined; the chain records the order they were sealed
+//! in. Batches are *settled* strictly in the order they were formed — a written batch's
+//! durable waiters answered, one PostgreSQL could not take spooled (or held), one it
+//! refused sent to the rejects file — and a new batch waits for a place while
+//! `write_concurrency` are unsettled (the oldest is waited for, even when a later one has
+//! finished). A batch goes to PostgreSQL only when neither the spool nor a batch in the
+//! pipeline bound for it is ahead of it; so when one fails, at most the
+//! `write_concurrency - 1` batches already in flight beside it can reach PostgreSQL before
+//! it, every later one is spooled behind it, and the spool is replayed in formed order.
+//! Replay runs in the writer itself, one batch at a time, once the pipeline is empty.
 //!
 //! A batch PostgreSQL *refuses* (a value it cannot store) is written again with its
 //! payloads stored as JSON strings; if that fails too it is appended to
@@ -40,18 +53,22 @@
 //!
 //! **On failure:** the writer is joined to the root supervisor, which escalates: a crash
 //! (always a bug) stops Warden, which exits non-zero for its service manager to restart.
-//! What was spooled is replayed at the next start; what was only in the in-memory queue
-//! (at most `audit.queue_capacity` records plus one batch) is lost — the reason
+//! What was spooled is replayed at the next start; what was only in memory (at most
+//! `audit.queue_capacity` records in the queue, the batch being formed and the
+//! `audit.write_concurrency` batches in the pipeline) is lost — the reason
 //! `audit.ack: durable` exists. On an orderly stop, [`AuditWriter::shutdown`] unlinks the
 //! writer from the tree (so the tree's own shutdown does not kill it), and the writer
-//! drains the queue into PostgreSQL or, past any size limit, the spool before it exits.
+//! waits for the batches in flight, then drains the queue into PostgreSQL or, past any
+//! size limit, the spool before it exits. A write task that panics (a bug) has its batch
+//! spooled, then fails the writer like any crash.
 //!
 //! **Metrics:** `warden_audit_queue_depth`, `warden_audit_spool_bytes` (gauges);
 //! `warden_audit_rows_written_total`, `warden_audit_rows_spooled_total`,
 //! `warden_audit_rows_replayed_total`, `warden_audit_rows_rejected_total`,
 //! `warden_audit_batches_total{outcome}` (counters); `warden_audit_batch_seconds`
-//! (histogram: one batch's COPY and seal).
+//! (histogram: one batch's write, from its task's start to its commit).
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -60,6 +77,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -67,7 +87,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::prepare::{Payload, Preparer, Row};
 use super::scrub::ScrubberCell;
 use super::spool::{Spool, SpoolError};
-use super::store::{self, StoreError};
+use super::store::{self, Encoded, StoreError};
 use super::{AuditQueue, AuditRefused, Backlog, Backlogged, Queued, WriterStatus};
 
 /// Spool entries replayed per `Pump`, so new records keep flowing during a long replay.
@@ -217,8 +237,45 @@ struct Writer;
 
 /// A prepared batch and who waits for it to be durable.
 struct Batch {
-    rows: Vec<Row>,
+    /// Shared with the task writing it; kept here to spool the batch should that fail.
+    rows: Arc<Vec<Row>>,
     waiters: Vec<oneshot::Sender<Result<(), AuditRefused>>>,
+}
+
+/// A batch placed and not yet settled. The pipeline holds them in the order they were
+/// formed, and settles them in that order.
+struct Slot {
+    id: u64,
+    batch: Batch,
+    stage: Stage,
+}
+
+enum Stage {
+    /// A task is writing it into PostgreSQL.
+    Writing,
+    /// The task finished; [`State::settle`] has recorded the outcome.
+    Done(Result<(), StoreError>),
+    /// Bound for the spool without trying PostgreSQL (the spool, or a batch bound for it,
+    /// is ahead of it, or PostgreSQL is down).
+    ToSpool,
+    /// The task writing it panicked (a bug): the batch is spooled, then the writer fails.
+    Crashed(String),
+}
+
+/// A finished write task: its slot, when it started, and what it returned.
+type Completion = (
+    u64,
+    Instant,
+    Result<Result<store::Written, StoreError>, tokio::task::JoinError>,
+);
+
+/// What [`State::next_event`] woke up for.
+enum Event {
+    Record(Queued),
+    /// Every sender is gone.
+    Closed,
+    Timeout,
+    Finished(Completion),
 }
 
 impl Batch {
@@ -244,6 +301,15 @@ pub struct State {
     backoff: Duration,
     /// Every sender is gone (the process is ending).
     closed: bool,
+    /// Batches placed and not yet settled, oldest first; at most `write_concurrency`.
+    pipeline: VecDeque<Slot>,
+    /// The tasks writing the pipeline's batches into PostgreSQL.
+    writing: FuturesUnordered<BoxFuture<'static, Completion>>,
+    next_slot: u64,
+    /// `config.writer_name`, shared with the write tasks.
+    writer_name: Arc<str>,
+    /// Set when a write task panicked; the writer fails once its batch is spooled.
+    crashed: Option<String>,
 }
 
 impl Actor for Writer {
@@ -257,6 +323,7 @@ impl Actor for Writer {
         args: Args,
     ) -> Result<State, ActorProcessingErr> {
         let _ = myself.send_message(WriterMsg::Pump);
+        let writer_name: Arc<str> = args.config.writer_name.as_str().into();
         Ok(State {
             receiver: args.queue.receiver,
             refusing: args.queue.refusing,
@@ -269,6 +336,11 @@ impl Actor for Writer {
             retry_at: Instant::now(),
             backoff: BACKOFF_MIN,
             closed: false,
+            pipeline: VecDeque::new(),
+            writing: FuturesUnordered::new(),
+            next_slot: 0,
+            writer_name,
+            crashed: None,
         })
     }
 
@@ -285,7 +357,11 @@ impl Actor for Writer {
                 let _ = reply.send(state.backlog());
             }
         }
-        Ok(())
+        match state.crashed.take() {
+            // Its batch is spooled; what else is in flight is replayed at the next start.
+            Some(reason) => Err(format!("an audit write task failed: {reason}").into()),
+            None => Ok(()),
+        }
     }
 
     async fn post_stop(
@@ -327,29 +403,27 @@ impl State {
 
     async fn pump(&mut self, myself: &ActorRef<WriterMsg>) {
         metrics::gauge!("warden_audit_queue_depth").set(self.receiver.len() as f64);
+        self.reap(false).await;
         if self.held.is_some() {
+            self.drain(false).await;
             self.retry_held().await;
             if self.held.is_some() {
                 drop(myself.send_after(self.backoff, || WriterMsg::Pump));
                 return;
             }
         }
-        let first = self.collect().await;
-        if !first.is_empty() {
-            let mut batches = vec![self.prepare(first)];
-            while batches.len() < self.config.write_concurrency
-                && self.receiver.len() >= self.config.batch_max_rows.max(1)
-            {
-                let more = self.take_queued();
-                batches.push(self.prepare(more));
-            }
-            self.place(batches, false).await;
+        // Formed and prepared while up to `write_concurrency` others are in PostgreSQL.
+        let items = self.collect().await;
+        if !items.is_empty() {
+            let batch = self.prepare(items);
+            self.submit(batch, false).await;
         }
-        if self.spool_pending() && self.held.is_none() {
+        if self.spool_pending() && self.held.is_none() && self.pipeline.is_empty() {
             self.replay(REPLAY_CHUNK).await;
         }
         if self.closed {
-            // No sender is left; only the spool may still need work.
+            // No sender is left; only what is in flight and the spool may need work.
+            self.drain(false).await;
             if self.spool_pending() {
                 drop(myself.send_after(self.backoff, || WriterMsg::Pump));
             }
@@ -364,7 +438,7 @@ impl State {
 
     /// Up to `batch_max_rows` records: waits up to [`IDLE_WAIT`] for the first, then up to
     /// `batch_max_delay` for more (not at all once a durable record waits and the queue
-    /// is empty).
+    /// is empty). Writes that finish meanwhile are settled as they finish.
     async fn collect(&mut self) -> Vec<Queued> {
         let max = self.config.batch_max_rows.max(1);
         let idle = if self.spool_pending() || self.database_down {
@@ -372,13 +446,20 @@ impl State {
         } else {
             IDLE_WAIT
         };
-        let first = match tokio::time::timeout(idle, self.receiver.recv()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => {
-                self.closed = true;
-                return Vec::new();
+        let idle_until = tokio::time::Instant::now() + idle;
+        let first = loop {
+            match self.next_event(idle_until).await {
+                Event::Record(item) => break item,
+                Event::Closed => {
+                    self.closed = true;
+                    return Vec::new();
+                }
+                Event::Timeout => return Vec::new(),
+                Event::Finished(done) => {
+                    self.record(done);
+                    self.settle_ready(false).await;
+                }
             }
-            Err(_) => return Vec::new(),
         };
         let mut durable = first.durable.is_some();
         let mut batch = vec![first];
@@ -397,19 +478,44 @@ impl State {
                 Err(mpsc::error::TryRecvError::Empty) if durable => break,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Ok(Some(item)) => {
+            match self.next_event(deadline).await {
+                Event::Record(item) => {
                     durable |= item.durable.is_some();
                     batch.push(item);
                 }
-                Ok(None) => {
+                Event::Closed => {
                     self.closed = true;
                     break;
                 }
-                Err(_) => break,
+                Event::Timeout => break,
+                Event::Finished(done) => {
+                    self.record(done);
+                    self.settle_ready(false).await;
+                }
             }
         }
         batch
+    }
+
+    /// The next record, or a write that finished, whichever comes first, until
+    /// `deadline`.
+    ///
+    /// # Cancel safety
+    /// Both branches are cancel safe (`mpsc::Receiver::recv`,
+    /// `FuturesUnordered::next`): the one that loses keeps its record or its outcome.
+    async fn next_event(&mut self, deadline: tokio::time::Instant) -> Event {
+        tokio::select! {
+            biased;
+            done = self.writing.next(), if !self.writing.is_empty() => match done {
+                Some(done) => Event::Finished(done),
+                None => Event::Timeout,
+            },
+            item = tokio::time::timeout_at(deadline, self.receiver.recv()) => match item {
+                Ok(Some(item)) => Event::Record(item),
+                Ok(None) => Event::Closed,
+                Err(_) => Event::Timeout,
+            },
+        }
     }
 
     fn prepare(&self, items: Vec<Queued>) -> Batch {
@@ -421,12 +527,15 @@ impl State {
         let mut rows = Vec::with_capacity(items.len());
         let mut waiters = Vec::new();
         for item in items {
-            rows.push(preparer.row(&item.record));
             if let Some(waiter) = item.durable {
                 waiters.push(waiter);
             }
+            rows.push(preparer.row_owned(item.record));
         }
-        Batch { rows, waiters }
+        Batch {
+            rows: Arc::new(rows),
+            waiters,
+        }
     }
 
     /// Up to `batch_max_rows` records already queued, without waiting.
@@ -442,32 +551,128 @@ impl State {
         items
     }
 
-    /// Each batch into PostgreSQL (all at once), else the spool, else held. `unbounded`
-    /// (shutdown) ignores the spool's size limit rather than lose a batch.
-    async fn place(&mut self, batches: Vec<Batch>, unbounded: bool) {
-        let try_database =
-            !self.spool_pending() && (!self.database_down || Instant::now() >= self.retry_at);
-        if !try_database {
-            for batch in batches {
-                self.spool_or_hold(batch, unbounded).await;
-            }
-            return;
+    /// Batches in the pipeline at most: `write_concurrency`.
+    fn window(&self) -> usize {
+        self.config.write_concurrency.max(1)
+    }
+
+    /// Whether a new batch may go to PostgreSQL: not while the spool, or a batch in the
+    /// pipeline bound for it, is ahead of it (the trail stays in order), nor while
+    /// PostgreSQL is down and its retry is not due.
+    fn to_database(&self) -> bool {
+        let spool_ahead = self.spool_pending()
+            || self.pipeline.iter().any(|slot| {
+                matches!(
+                    slot.stage,
+                    Stage::ToSpool
+                        | Stage::Crashed(_)
+                        | Stage::Done(Err(StoreError::Unavailable(_)))
+                )
+            });
+        !spool_ahead && (!self.database_down || Instant::now() >= self.retry_at)
+    }
+
+    /// Places a batch behind those in the pipeline: waits for room (the oldest to settle
+    /// while `write_concurrency` are unsettled), then starts a task writing it into
+    /// PostgreSQL — or, when it may not go there, marks it for the spool — and settles
+    /// what is ready. `unbounded` (shutdown) ignores the spool's size limit rather than
+    /// lose a batch.
+    async fn submit(&mut self, batch: Batch, unbounded: bool) {
+        while self.pipeline.len() >= self.window() {
+            self.complete_one(unbounded).await;
         }
+        // A write that failed meanwhile must be seen before the next batch is sent.
+        self.reap(unbounded).await;
+        let id = self.next_slot;
+        self.next_slot += 1;
+        let stage = if self.to_database() {
+            self.start_write(id, batch.rows.clone());
+            Stage::Writing
+        } else {
+            Stage::ToSpool
+        };
+        self.pipeline.push_back(Slot { id, batch, stage });
+        self.settle_ready(unbounded).await;
+    }
+
+    /// A task writing `rows` into PostgreSQL, on its own pooled connection.
+    fn start_write(&mut self, id: u64, rows: Arc<Vec<Row>>) {
+        let pool = self.config.pool.clone();
+        let writer = self.writer_name.clone();
         let started = Instant::now();
-        let outcomes = futures_util::future::join_all(
-            batches.iter().map(|batch| self.attempt(&batch.rows, false)),
-        )
-        .await;
-        for (mut batch, outcome) in batches.into_iter().zip(outcomes) {
-            match self.settle(outcome, started, false) {
-                Ok(()) => batch.answer(Ok(())),
-                Err(StoreError::Unavailable(_)) => self.spool_or_hold(batch, unbounded).await,
-                Err(error) => {
+        let task = tokio::spawn(async move { attempt(&pool, &writer, &rows, false).await });
+        self.writing
+            .push(task.map(move |result| (id, started, result)).boxed());
+    }
+
+    /// Books a finished write: metrics and the database's state at once; the batch's
+    /// fate (answered, spooled, rejected) in [`State::settle_ready`], in formed order.
+    fn record(&mut self, (id, started, result): Completion) {
+        let stage = match result {
+            Ok(outcome) => Stage::Done(self.settle(outcome, started, false)),
+            Err(error) => {
+                tracing::error!(%error, "an audit write task failed; its batch is spooled");
+                Stage::Crashed(error.to_string())
+            }
+        };
+        if let Some(slot) = self.pipeline.iter_mut().find(|slot| slot.id == id) {
+            slot.stage = stage;
+        }
+    }
+
+    /// Settles the pipeline's batches, oldest first, while their outcome is known: a
+    /// written batch's waiters are answered; one PostgreSQL could not take is spooled
+    /// (or held); one it refused even degraded goes to the rejects file.
+    async fn settle_ready(&mut self, unbounded: bool) {
+        while self
+            .pipeline
+            .front()
+            .is_some_and(|slot| !matches!(slot.stage, Stage::Writing))
+        {
+            let Some(Slot {
+                mut batch, stage, ..
+            }) = self.pipeline.pop_front()
+            else {
+                break;
+            };
+            match stage {
+                Stage::Done(Ok(())) => batch.answer(Ok(())),
+                Stage::Done(Err(StoreError::Unavailable(_))) | Stage::ToSpool | Stage::Writing => {
+                    self.spool_or_hold(batch, unbounded).await
+                }
+                Stage::Crashed(reason) => {
+                    self.spool_or_hold(batch, unbounded).await;
+                    self.crashed.get_or_insert(reason);
+                }
+                Stage::Done(Err(error)) => {
                     // Rejected even after degrading: kept in the rejects file.
                     let result = self.reject(&batch.rows, &error.to_string());
                     batch.answer(result);
                 }
             }
+        }
+    }
+
+    /// Outcomes already in, without waiting.
+    async fn reap(&mut self, unbounded: bool) {
+        while let Some(Some(done)) = self.writing.next().now_or_never() {
+            self.record(done);
+        }
+        self.settle_ready(unbounded).await;
+    }
+
+    /// Waits for one write to finish (if any is running) and settles what is ready.
+    async fn complete_one(&mut self, unbounded: bool) {
+        if let Some(done) = self.writing.next().await {
+            self.record(done);
+        }
+        self.settle_ready(unbounded).await;
+    }
+
+    /// Waits until everything in the pipeline is settled.
+    async fn drain(&mut self, unbounded: bool) {
+        while !self.pipeline.is_empty() {
+            self.complete_one(unbounded).await;
         }
     }
 
@@ -505,7 +710,7 @@ impl State {
     /// already refused).
     fn hold(&mut self, batch: Batch) {
         match &mut self.held {
-            Some(held) => held.rows.extend(batch.rows),
+            Some(held) => Arc::make_mut(&mut held.rows).extend(Arc::unwrap_or_clone(batch.rows)),
             None => self.held = Some(batch),
         }
         self.status.stalled.store(true, Ordering::Relaxed);
@@ -573,23 +778,8 @@ impl State {
     /// Writes rows as one batch, and records the outcome.
     async fn write(&mut self, rows: &[Row], replayed: bool) -> Result<(), StoreError> {
         let started = Instant::now();
-        let outcome = self.attempt(rows, replayed).await;
+        let outcome = attempt(&self.config.pool, &self.writer_name, rows, replayed).await;
         self.settle(outcome, started, replayed)
-    }
-
-    /// Writes rows as one batch, degrading payloads once if PostgreSQL refuses them.
-    /// Touches no state, so several can run at once.
-    async fn attempt(&self, rows: &[Row], replayed: bool) -> Result<store::Written, StoreError> {
-        let mut result = self.write_once(rows, replayed, replayed).await;
-        if matches!(result, Err(StoreError::Duplicate)) {
-            result = self.write_once(rows, replayed, true).await;
-        }
-        if let Err(StoreError::Rejected(reason)) = &result {
-            tracing::warn!(%reason, "PostgreSQL refused an audit batch; storing its payloads as JSON strings");
-            let degraded: Vec<Row> = rows.iter().map(degrade).collect();
-            result = self.write_once(&degraded, replayed, true).await;
-        }
-        result
     }
 
     /// Metrics and the database's state from one attempt. `Err(Unavailable)` leaves the
@@ -636,28 +826,6 @@ impl State {
         }
     }
 
-    async fn write_once(
-        &self,
-        rows: &[Row],
-        replayed: bool,
-        idempotent: bool,
-    ) -> Result<store::Written, StoreError> {
-        let mut client = self.config.pool.get().await?;
-        let result = store::write_batch(
-            &mut client,
-            rows,
-            &self.config.writer_name,
-            replayed,
-            idempotent,
-        )
-        .await;
-        if matches!(result, Err(StoreError::Unavailable(_))) {
-            // The connection may be broken; do not hand it to anyone else.
-            let _ = deadpool_postgres::Object::take(client);
-        }
-        result
-    }
-
     /// Replays up to `limit` spool entries; clears the spool once all are in.
     async fn replay(&mut self, limit: usize) {
         if self.database_down && Instant::now() < self.retry_at {
@@ -701,11 +869,12 @@ impl State {
         }
     }
 
-    /// Everything queued, then the spool. While a batch is held, records stay queued;
-    /// at shutdown the held batch and the queue go to the spool with no size limit
-    /// rather than be lost.
+    /// Everything queued, placed and settled, then the spool. While a batch is held,
+    /// records stay queued; at shutdown the held batch and the queue go to the spool with
+    /// no size limit rather than be lost.
     async fn flush(&mut self, shutting_down: bool) {
         if self.held.is_some() {
+            self.drain(shutting_down).await;
             self.retry_held().await;
         }
         if shutting_down && let Some(batch) = self.held.take() {
@@ -715,19 +884,14 @@ impl State {
             }
         }
         while self.held.is_none() {
-            let mut batches = Vec::new();
-            while batches.len() < self.config.write_concurrency.max(1) {
-                let items = self.take_queued();
-                if items.is_empty() {
-                    break;
-                }
-                batches.push(self.prepare(items));
-            }
-            if batches.is_empty() {
+            let items = self.take_queued();
+            if items.is_empty() {
                 break;
             }
-            self.place(batches, shutting_down).await;
+            let batch = self.prepare(items);
+            self.submit(batch, shutting_down).await;
         }
+        self.drain(shutting_down).await;
         if self.spool_pending() && self.held.is_none() {
             self.replay(usize::MAX).await;
         }
@@ -793,6 +957,53 @@ impl State {
             }),
         }
     }
+}
+
+/// Writes rows as one batch, degrading payloads once if PostgreSQL refuses them. Touches
+/// no state of the writer, so several run at once (each in its own task).
+async fn attempt(
+    pool: &Pool,
+    writer: &str,
+    rows: &[Row],
+    replayed: bool,
+) -> Result<store::Written, StoreError> {
+    let mut result = match Encoded::new(rows) {
+        Ok(encoded) => write_once(pool, writer, rows, encoded, replayed, replayed).await,
+        Err(error) => Err(error),
+    };
+    if matches!(result, Err(StoreError::Duplicate)) {
+        result = match Encoded::new(rows) {
+            Ok(encoded) => write_once(pool, writer, rows, encoded, replayed, true).await,
+            Err(error) => Err(error),
+        };
+    }
+    if let Err(StoreError::Rejected(reason)) = &result {
+        tracing::warn!(%reason, "PostgreSQL refused an audit batch; storing its payloads as JSON strings");
+        let degraded: Vec<Row> = rows.iter().map(degrade).collect();
+        result = match Encoded::new(&degraded) {
+            Ok(encoded) => write_once(pool, writer, &degraded, encoded, replayed, true).await,
+            Err(error) => Err(error),
+        };
+    }
+    result
+}
+
+async fn write_once(
+    pool: &Pool,
+    writer: &str,
+    rows: &[Row],
+    encoded: Encoded,
+    replayed: bool,
+    idempotent: bool,
+) -> Result<store::Written, StoreError> {
+    let mut client = pool.get().await?;
+    let result =
+        store::write_encoded(&mut client, rows, encoded, writer, replayed, idempotent).await;
+    if matches!(result, Err(StoreError::Unavailable(_))) {
+        // The connection may be broken; do not hand it to anyone else.
+        let _ = deadpool_postgres::Object::take(client);
+    }
+    result
 }
 
 /// The row with its JSON payloads stored as JSON strings of their text, for a batch
