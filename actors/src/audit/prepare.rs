@@ -6,6 +6,7 @@
 //! [`Row`] is owned and serialisable: the same value goes into a COPY batch or into the
 //! spool file, so nothing is redacted twice and nothing unredacted touches the disk.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -157,8 +158,8 @@ impl Preparer<'_> {
     fn tool(&self, r: ToolCallRecord) -> ToolRow {
         ToolRow {
             id: r.id,
-            input: r.input.as_ref().map(|v| self.payload(v.get())),
-            output: r.output.as_ref().map(|v| self.payload(v.get())),
+            input: r.input.map(|v| self.payload_owned(v.into())),
+            output: r.output.map(|v| self.payload_owned(v.into())),
             status: r.status.as_str().to_owned(),
             error: r.error.as_deref().map(|e| self.text(e)),
             started_at_us: micros(r.started_at),
@@ -179,7 +180,10 @@ impl Preparer<'_> {
             "{}".to_owned()
         } else {
             let text = serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into());
-            self.scrubber.scrub_json(&text).into_owned()
+            match self.scrubber.scrub_json(&text) {
+                Cow::Owned(scrubbed) => scrubbed,
+                Cow::Borrowed(_) => text,
+            }
         };
         EventRow {
             id: e.id,
@@ -221,10 +225,19 @@ impl Preparer<'_> {
 
     /// A redacted, storable, bounded JSON payload.
     pub fn payload(&self, json: &str) -> Payload {
-        let scrubbed = self.scrubber.scrub_json(json);
+        self.payload_owned(Box::from(json))
+    }
+
+    /// [`Preparer::payload`] of text the caller gives up: kept as it is when nothing in
+    /// it is redacted or cut (the common case), not copied.
+    fn payload_owned(&self, json: Box<str>) -> Payload {
+        let scrubbed = match self.scrubber.scrub_json(&json) {
+            Cow::Owned(scrubbed) => scrubbed,
+            Cow::Borrowed(_) => String::from(json),
+        };
         if scrubbed.len() <= self.max_payload_bytes {
             return Payload {
-                json: scrubbed.into_owned(),
+                json: scrubbed,
                 truncated: false,
                 sha256: None,
             };
