@@ -262,19 +262,18 @@ pub fn chain_hash(prev: &[u8], position: i64, entries: &[u8]) -> [u8; 32] {
 /// A batch's rows in PostgreSQL's binary COPY format (one stream per table) and the
 /// entries of its seal: all of the batch that needs no connection, computed before its
 /// transaction begins so that the connection only waits on PostgreSQL.
-pub struct Encoded {
+struct Encoded {
     /// Tool calls, events, AI requests: the order of [`COPY_TARGETS`].
     streams: [CopyStream; 3],
     entries: Vec<u8>,
     first_at_us: i64,
     last_at_us: i64,
-    rows: usize,
 }
 
 impl Encoded {
     /// Encodes `rows`; fails (as [`StoreError::Rejected`]) only on a value longer than
     /// the COPY format can carry.
-    pub fn new(rows: &[Row]) -> Result<Encoded, StoreError> {
+    fn new(rows: &[Row]) -> Result<Encoded, StoreError> {
         let mut streams = [CopyStream::new(), CopyStream::new(), CopyStream::new()];
         for row in rows {
             match row {
@@ -291,7 +290,6 @@ impl Encoded {
             entries: entries(rows),
             first_at_us: rows.iter().map(Row::at_us).min().unwrap_or(0),
             last_at_us: rows.iter().map(Row::at_us).max().unwrap_or(0),
-            rows: rows.len(),
         })
     }
 }
@@ -315,26 +313,13 @@ const INSERT_SEAL: &str = "INSERT INTO audit_batches
      (seq, position, prev_hash, hash, row_count, entries, first_at, last_at, writer, replayed)
  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// Writes `rows` as one sealed batch in one transaction.
+/// Writes `rows` as one sealed batch in one transaction. The rows are encoded into COPY
+/// data before the transaction begins, so the transaction only waits on PostgreSQL;
+/// statements are prepared once per connection; the batch's number is drawn in the same
+/// round trip as its first COPY starts, and the chain's lock and head in one more.
 pub async fn write_batch(
     client: &mut ClientWrapper,
     rows: &[Row],
-    writer: &str,
-    replayed: bool,
-    idempotent: bool,
-) -> Result<Written, StoreError> {
-    let encoded = Encoded::new(rows)?;
-    write_encoded(client, rows, encoded, writer, replayed, idempotent).await
-}
-
-/// [`write_batch`] with the rows already encoded (`encoded` must be [`Encoded::new`] of
-/// `rows`). Statements are prepared once per connection; the batch's number is drawn in
-/// the same round trip as its first COPY starts, and the chain's lock and head in one
-/// more.
-pub async fn write_encoded(
-    client: &mut ClientWrapper,
-    rows: &[Row],
-    encoded: Encoded,
     writer: &str,
     replayed: bool,
     idempotent: bool,
@@ -346,6 +331,12 @@ pub async fn write_encoded(
             skipped: 0,
         });
     }
+    let Encoded {
+        streams,
+        entries: all_entries,
+        first_at_us,
+        last_at_us,
+    } = Encoded::new(rows)?;
     let tx = client.transaction().await?;
     if idempotent {
         tx.batch_execute(
@@ -355,13 +346,6 @@ pub async fn write_encoded(
         )
         .await?;
     }
-    let Encoded {
-        streams,
-        entries: all_entries,
-        first_at_us,
-        last_at_us,
-        rows: all_rows,
-    } = encoded;
     let mut copies = Vec::with_capacity(3);
     for (stream, (table, stage, columns)) in streams.into_iter().zip(COPY_TARGETS) {
         if stream.rows > 0 {
@@ -435,7 +419,7 @@ pub async fn write_encoded(
     // What the seal covers: every row, or on the idempotent path those inserted now.
     let recomputed;
     let (count, entries, first, last): (usize, &[u8], i64, i64) = match &inserted {
-        None => (all_rows, &all_entries, first_at_us, last_at_us),
+        None => (rows.len(), &all_entries, first_at_us, last_at_us),
         Some(inserted) => {
             let stored: Vec<&Row> = rows.iter().filter(|r| inserted.contains(&r.id())).collect();
             recomputed = entries(stored.iter().copied());
@@ -637,7 +621,7 @@ impl CopyStream {
 
     /// The columns of [`TOOL_COLUMNS`].
     fn tool(&mut self, r: &ToolRow) -> Result<(), StoreError> {
-        self.start_row(20);
+        self.start_row(column_count(TOOL_COLUMNS));
         self.uuid(&r.id);
         self.text(&r.trace_id)?;
         self.opt_text(r.session_id.as_deref())?;
@@ -659,7 +643,7 @@ impl CopyStream {
 
     /// The columns of [`EVENT_COLUMNS`].
     fn event(&mut self, r: &EventRow) -> Result<(), StoreError> {
-        self.start_row(11);
+        self.start_row(column_count(EVENT_COLUMNS));
         self.uuid(&r.id);
         self.opt_text(r.trace_id.as_deref())?;
         self.time(r.occurred_at_us);
@@ -676,7 +660,7 @@ impl CopyStream {
 
     /// The columns of [`AI_COLUMNS`].
     fn ai(&mut self, r: &AiRow) -> Result<(), StoreError> {
-        self.start_row(20);
+        self.start_row(column_count(AI_COLUMNS));
         self.uuid(&r.id);
         self.text(&r.trace_id)?;
         self.opt_text(r.user_id.as_deref())?;
@@ -713,6 +697,21 @@ impl CopyStream {
         }
         self.full.into_iter().map(BytesMut::freeze).collect()
     }
+}
+
+/// The number of columns in a COPY column list (a row's field count in the binary
+/// format), so the count cannot drift from the list.
+const fn column_count(columns: &str) -> i16 {
+    let bytes = columns.as_bytes();
+    let mut count = 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
 }
 
 const TOOL_COLUMNS: &str = "id, trace_id, session_id, user_id, client_id, server_name, tool_name, \

@@ -31,7 +31,7 @@
 //!
 //! **The pipeline.** Batches are placed in the order they are formed into a pipeline of
 //! at most `audit.write_concurrency`. A batch that may go to PostgreSQL is written by a
-//! task of its own, on its own pooled connection ([`store::Encoded`] turns its rows into
+//! task of its own, on its own pooled connection ([`store::write_batch`] turns its rows into
 //! COPY data before the transaction begins), while the writer forms and redacts the next
 //! one: PostgreSQL's index maintenance for one batch runs while another is being copied,
 //! and only the seal (the chain's next position, [`super::store`]) takes turns. Which of
@@ -87,7 +87,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::prepare::{Payload, Preparer, Row};
 use super::scrub::ScrubberCell;
 use super::spool::{Spool, SpoolError};
-use super::store::{self, Encoded, StoreError};
+use super::store::{self, StoreError};
 use super::{AuditQueue, AuditRefused, Backlog, Backlogged, Queued, WriterStatus};
 
 /// Spool entries replayed per `Pump`, so new records keep flowing during a long replay.
@@ -967,23 +967,14 @@ async fn attempt(
     rows: &[Row],
     replayed: bool,
 ) -> Result<store::Written, StoreError> {
-    let mut result = match Encoded::new(rows) {
-        Ok(encoded) => write_once(pool, writer, rows, encoded, replayed, replayed).await,
-        Err(error) => Err(error),
-    };
+    let mut result = write_once(pool, writer, rows, replayed, replayed).await;
     if matches!(result, Err(StoreError::Duplicate)) {
-        result = match Encoded::new(rows) {
-            Ok(encoded) => write_once(pool, writer, rows, encoded, replayed, true).await,
-            Err(error) => Err(error),
-        };
+        result = write_once(pool, writer, rows, replayed, true).await;
     }
     if let Err(StoreError::Rejected(reason)) = &result {
         tracing::warn!(%reason, "PostgreSQL refused an audit batch; storing its payloads as JSON strings");
         let degraded: Vec<Row> = rows.iter().map(degrade).collect();
-        result = match Encoded::new(&degraded) {
-            Ok(encoded) => write_once(pool, writer, &degraded, encoded, replayed, true).await,
-            Err(error) => Err(error),
-        };
+        result = write_once(pool, writer, &degraded, replayed, true).await;
     }
     result
 }
@@ -992,13 +983,11 @@ async fn write_once(
     pool: &Pool,
     writer: &str,
     rows: &[Row],
-    encoded: Encoded,
     replayed: bool,
     idempotent: bool,
 ) -> Result<store::Written, StoreError> {
     let mut client = pool.get().await?;
-    let result =
-        store::write_encoded(&mut client, rows, encoded, writer, replayed, idempotent).await;
+    let result = store::write_batch(&mut client, rows, writer, replayed, idempotent).await;
     if matches!(result, Err(StoreError::Unavailable(_))) {
         // The connection may be broken; do not hand it to anyone else.
         let _ = deadpool_postgres::Object::take(client);
