@@ -801,12 +801,35 @@ fn burst_record(i: usize) -> warden_actors::audit::AuditRecord {
     }
 }
 
+/// Rows per batch of the pipeline tests' writer.
+const BATCH: usize = 50;
+
+/// The writer of the pipeline tests: batches of [`BATCH`], `concurrency` in flight.
+fn pipeline_config(
+    pool: deadpool_postgres::Pool,
+    spool_dir: PathBuf,
+    concurrency: usize,
+) -> warden_actors::audit::writer::WriterConfig {
+    use warden_actors::audit::Backlog;
+    warden_actors::audit::writer::WriterConfig {
+        pool,
+        spool_dir,
+        batch_max_rows: BATCH,
+        batch_max_delay: Duration::from_millis(10),
+        write_concurrency: concurrency,
+        spool_max_bytes: 1 << 30,
+        max_payload_bytes: 64 << 10,
+        backlog: Backlog::Block(Duration::from_secs(5)),
+        scrubber: warden_actors::audit::scrub::Scrubber::builtin().into_cell(),
+        writer_name: "pipeline".into(),
+    }
+}
+
 #[test]
 fn batches_written_side_by_side_form_one_unbroken_chain_that_verify_walks() {
-    use warden_actors::audit::writer::{AuditWriter, WriterConfig};
+    use warden_actors::audit::writer::AuditWriter;
     use warden_actors::audit::{Audit, Backlog};
     const RECORDS: usize = 3_000;
-    const BATCH: usize = 50;
     let db = TestDb::new();
     let spool = tempfile::tempdir().unwrap();
     let pg_config = db.pg_config();
@@ -819,24 +842,9 @@ fn batches_written_side_by_side_form_one_unbroken_chain_that_verify_walks() {
         for i in 0..RECORDS {
             audit.record(burst_record(i)).await.unwrap();
         }
-        let writer = AuditWriter::start(
-            WriterConfig {
-                pool: pool.clone(),
-                spool_dir,
-                batch_max_rows: BATCH,
-                batch_max_delay: Duration::from_millis(10),
-                write_concurrency: 4,
-                spool_max_bytes: 1 << 30,
-                max_payload_bytes: 64 << 10,
-                backlog: Backlog::Block(Duration::from_secs(5)),
-                scrubber: warden_actors::audit::scrub::Scrubber::builtin().into_cell(),
-                writer_name: "side-by-side".into(),
-            },
-            queue,
-            None,
-        )
-        .await
-        .unwrap();
+        let writer = AuditWriter::start(pipeline_config(pool.clone(), spool_dir, 4), queue, None)
+            .await
+            .unwrap();
         let backlog = writer.flush(Duration::from_secs(60)).await.unwrap();
         assert_eq!(backlog.queued, 0);
         assert_eq!(backlog.spool_bytes, 0);
@@ -882,27 +890,6 @@ fn batches_written_side_by_side_form_one_unbroken_chain_that_verify_walks() {
     );
 }
 
-/// The writer of the pipeline tests: batches of `BATCH`, `concurrency` in flight.
-fn pipeline_config(
-    pool: deadpool_postgres::Pool,
-    spool_dir: PathBuf,
-    concurrency: usize,
-) -> warden_actors::audit::writer::WriterConfig {
-    use warden_actors::audit::Backlog;
-    warden_actors::audit::writer::WriterConfig {
-        pool,
-        spool_dir,
-        batch_max_rows: 50,
-        batch_max_delay: Duration::from_millis(10),
-        write_concurrency: concurrency,
-        spool_max_bytes: 1 << 30,
-        max_payload_bytes: 64 << 10,
-        backlog: Backlog::Block(Duration::from_secs(5)),
-        scrubber: warden_actors::audit::scrub::Scrubber::builtin().into_cell(),
-        writer_name: "pipeline".into(),
-    }
-}
-
 /// One batch that PostgreSQL cannot take, in the middle of a pipeline of writes: it is
 /// spooled, and the batches formed after it follow it into the spool — all but those
 /// already in flight beside it (at most `write_concurrency - 1`) — so that once PostgreSQL
@@ -913,7 +900,6 @@ fn a_batch_failing_mid_pipeline_is_spooled_and_the_batches_formed_after_it_follo
     use warden_actors::audit::writer::AuditWriter;
     use warden_actors::audit::{Audit, Backlog};
     const RECORDS: usize = 3_000;
-    const BATCH: usize = 50;
     const CONCURRENCY: usize = 3;
     // A permission decision (odd index) in the 21st batch of 60.
     const FAILING: usize = 1_001;
@@ -1015,4 +1001,148 @@ fn a_batch_failing_mid_pipeline_is_spooled_and_the_batches_formed_after_it_follo
         overtook < CONCURRENCY,
         "{overtook} batches formed after the failing one went to PostgreSQL: {batches:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The COPY encoding
+// ---------------------------------------------------------------------------------------
+
+/// The binary COPY data is encoded by hand (actors/src/audit/store.rs), with no column
+/// types to check it against: a field written out of order, or one missing, would store
+/// a value in the wrong column. One row of each kind with every column set to a value of
+/// its own, and one with every optional column empty, go through `write_batch`; `audit
+/// verify` then recomputes each row's hash from its columns as stored, so any value that
+/// did not land where the writer meant it fails the check.
+#[test]
+fn every_column_of_every_row_kind_is_stored_where_the_writer_meant_it() {
+    use warden_actors::audit::prepare::{AiRow, EventRow, Payload, Row, ToolRow};
+    let db = TestDb::new();
+    let at = 1_764_000_000_000_000_i64;
+    let id = uuid::Uuid::now_v7;
+    let tool = ToolRow {
+        id: id(),
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        session_id: Some("session-1".into()),
+        user_id: Some("alice@example.com".into()),
+        client_id: Some("claude-desktop".into()),
+        server_name: "github".into(),
+        tool_name: "create_issue".into(),
+        requested_name: "github__create_issue".into(),
+        input: Some(Payload {
+            json: r#""{\"title\":\"cut here""#.into(),
+            truncated: true,
+            sha256: Some("ab".repeat(32)),
+        }),
+        output: Some(Payload {
+            json: r##"{"content":[{"type":"text","text":"#1234"}]}"##.into(),
+            truncated: false,
+            sha256: None,
+        }),
+        status: "error".into(),
+        error: Some("upstream said no".into()),
+        started_at_us: at,
+        completed_at_us: at + 1_500,
+        duration_us: 1_500,
+    };
+    let bare_tool = ToolRow {
+        id: id(),
+        session_id: None,
+        user_id: None,
+        client_id: None,
+        input: None,
+        output: None,
+        error: None,
+        ..tool.clone()
+    };
+    let event = EventRow {
+        id: id(),
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        occurred_at_us: at + 1,
+        kind: "permission.decision".into(),
+        actor_kind: "user".into(),
+        actor_id: Some("alice@example.com".into()),
+        subject: Some("github/create_issue".into()),
+        decision: Some("deny".into()),
+        reason: Some("no scope tools:write".into()),
+        attributes: r#"{"action":"tools/call"}"#.into(),
+    };
+    let bare_event = EventRow {
+        id: id(),
+        trace_id: None,
+        actor_id: None,
+        subject: None,
+        decision: None,
+        reason: None,
+        ..event.clone()
+    };
+    let ai = AiRow {
+        id: id(),
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        user_id: Some("alice@example.com".into()),
+        client_id: Some("claude-desktop".into()),
+        session_id: Some("session-1".into()),
+        provider: "anthropic".into(),
+        model: "claude-sonnet-4-5".into(),
+        requested_model: Some("fast".into()),
+        input_tokens: Some(11),
+        output_tokens: Some(22),
+        cache_read_tokens: Some(33),
+        cache_write_tokens: Some(44),
+        cost_microdollars: Some(55),
+        latency_ms: Some(66),
+        ttft_ms: Some(77),
+        status: "success".into(),
+        error: Some("none really".into()),
+        streaming: true,
+        created_at_us: at + 2,
+    };
+    let bare_ai = AiRow {
+        id: id(),
+        user_id: None,
+        client_id: None,
+        session_id: None,
+        requested_model: None,
+        input_tokens: None,
+        output_tokens: None,
+        cache_read_tokens: None,
+        cache_write_tokens: None,
+        cost_microdollars: None,
+        latency_ms: None,
+        ttft_ms: None,
+        error: None,
+        streaming: false,
+        ..ai.clone()
+    };
+    let rows = vec![
+        Row::Tool(tool),
+        Row::Event(event),
+        Row::Ai(ai),
+        Row::Tool(bare_tool),
+        Row::Event(bare_event),
+        Row::Ai(bare_ai),
+    ];
+    let pg_config = db.pg_config();
+    let (written, report) = crate::support::rt::block_on(async move {
+        let pool = ::warden::db::pool(pg_config, 2, Duration::from_secs(10)).unwrap();
+        let mut client = pool.get().await.unwrap();
+        let written =
+            warden_actors::audit::store::write_batch(&mut client, &rows, "encoding", false, false)
+                .await
+                .unwrap();
+        let report = ::warden::audit::verify::verify(&**client, None)
+            .await
+            .unwrap();
+        (written, report)
+    });
+    assert_eq!(written.rows, 6);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, 6);
+    // And by name, the columns most alike (seven integers in a row).
+    let stored = db.query(
+        "SELECT input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                cost_microdollars, latency_ms, ttft_ms
+         FROM ai_requests WHERE requested_model = 'fast'",
+    );
+    let values: Vec<i64> = (0..7).map(|i| stored[0].get(i)).collect();
+    assert_eq!(values, [11, 22, 33, 44, 55, 66, 77]);
 }
