@@ -676,24 +676,21 @@ impl State {
         }
     }
 
+    /// Appends `rows` to the spool as one entry (fsynced), unless that would pass `max`.
+    async fn append_to_spool(&mut self, rows: &[Row], max: Option<u64>) -> Result<(), SpoolError> {
+        let entry = Spool::encode(rows)?;
+        self.with_spool(move |spool| spool.append(&entry, max))
+            .await?;
+        metrics::counter!("warden_audit_rows_spooled_total").increment(rows.len() as u64);
+        metrics::counter!("warden_audit_batches_total", "outcome" => "spooled").increment(1);
+        self.update_spool_gauge();
+        Ok(())
+    }
+
     async fn spool_or_hold(&mut self, mut batch: Batch, unbounded: bool) {
         let max = (!unbounded).then_some(self.config.spool_max_bytes);
-        let rows = batch.rows.len();
-        let result = match Spool::encode(&batch.rows) {
-            Ok(entry) => {
-                self.with_spool(move |spool| spool.append(&entry, max))
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(()) => {
-                metrics::counter!("warden_audit_rows_spooled_total").increment(rows as u64);
-                metrics::counter!("warden_audit_batches_total", "outcome" => "spooled")
-                    .increment(1);
-                self.update_spool_gauge();
-                batch.answer(Ok(()));
-            }
+        match self.append_to_spool(&batch.rows, max).await {
+            Ok(()) => batch.answer(Ok(())),
             Err(error) => {
                 if !matches!(error, SpoolError::Full { .. }) {
                     tracing::error!(%error, "cannot spool audit records");
@@ -733,28 +730,11 @@ impl State {
         if self.spool_pending() {
             // Still behind the spool: PostgreSQL is down; maybe the spool has room now.
             if let Some(batch) = self.held.take() {
-                let rows = batch.rows;
                 let max = Some(self.config.spool_max_bytes);
-                let appended = match Spool::encode(&rows) {
-                    Ok(entry) => {
-                        self.with_spool(move |spool| spool.append(&entry, max))
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match appended {
-                    Ok(()) => {
-                        metrics::counter!("warden_audit_rows_spooled_total")
-                            .increment(rows.len() as u64);
-                        self.update_spool_gauge();
-                        self.unhold();
-                    }
-                    Err(_) => {
-                        self.held = Some(Batch {
-                            rows,
-                            waiters: Vec::new(),
-                        })
-                    }
+                match self.append_to_spool(&batch.rows, max).await {
+                    Ok(()) => self.unhold(),
+                    // Its waiters were answered when it was held.
+                    Err(_) => self.held = Some(batch),
                 }
             }
             return;
