@@ -265,11 +265,7 @@ impl Preparer<'_> {
 
 /// Text PostgreSQL accepts: NUL characters become U+FFFD.
 fn clean(text: &str) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "\u{fffd}")
-    } else {
-        text.to_owned()
-    }
+    clean_owned(text.to_owned())
 }
 
 /// [`clean`] of text the caller gives up: moved, not copied, when it holds no NUL.
