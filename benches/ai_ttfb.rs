@@ -123,17 +123,22 @@ fn start_forwarder(upstream: &str) -> Forwarder {
     }
 }
 
+/// The runtime of the bench and of the forwarder: two workers, like `warden serve` here.
+fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 /// Set in the forwarder's environment: the `host:port` it forwards to.
 const FORWARD_TO: &str = "AI_TTFB_FORWARD_TO";
 
 /// The forwarder's own `main`: accept on a free loopback port, print it, and copy bytes
 /// both ways between each client and a fresh connection to `target`.
 fn forward(target: String) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = two_worker_runtime();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -380,11 +385,7 @@ fn main() {
     let gap = Duration::from_millis(setting("GAP_MS", 10) as u64);
     let phase = Duration::from_millis(setting("PHASE_MS", 2000) as u64);
     let burst = std::env::var("MODE").is_ok_and(|m| m == "burst");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = two_worker_runtime();
     runtime.block_on(async move {
         let upstream = upstream(events, gap).await;
         let warden = tokio::task::spawn_blocking({
