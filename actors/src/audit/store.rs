@@ -346,29 +346,27 @@ pub async fn write_batch(
         )
         .await?;
     }
-    let mut copies = Vec::with_capacity(3);
+    let mut statements = Vec::with_capacity(3);
+    let mut filled = Vec::with_capacity(3);
     for (stream, (table, stage, columns)) in streams.into_iter().zip(COPY_TARGETS) {
         if stream.rows > 0 {
             let table = if idempotent { stage } else { table };
-            let statement = tx
-                .prepare_cached(&format!(
+            statements.push(
+                tx.prepare_cached(&format!(
                     "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
                 ))
-                .await?;
-            copies.push((statement, stream));
+                .await?,
+            );
+            filled.push(stream);
         }
     }
     let next = tx.prepare_cached(NEXT_SEQ).await?;
-    let statements: Vec<tokio_postgres::Statement> = copies
-        .iter()
-        .map(|(statement, _)| statement.clone())
-        .collect();
     let Some((first_statement, rest)) = statements.split_first() else {
-        return Ok(Written {
-            seq: None,
-            rows: 0,
-            skipped: 0,
-        });
+        // Cannot happen: `rows` is not empty, so some stream holds a row.
+        return Err(StoreError::Rejected(format!(
+            "a batch of {} rows encoded to no COPY data",
+            rows.len()
+        )));
     };
     // The number and the first COPY's start in one round trip; the rows carry the number,
     // so they are sent once it is known.
@@ -378,11 +376,8 @@ pub async fn write_batch(
     )
     .await?;
     let seq: i64 = number.get(0);
-    let mut data: Vec<Vec<Bytes>> = copies
-        .into_iter()
-        .map(|(_, s)| s.into_chunks(seq))
-        .collect();
-    let first_data = data.remove(0);
+    let mut data = filled.into_iter().map(|stream| stream.into_chunks(seq));
+    let first_data = data.next().unwrap_or_default();
     // The next COPY is queued behind the first one's data, so it starts without a
     // round trip of its own.
     let rest_done = async {
