@@ -616,7 +616,7 @@ impl CopyStream {
 
     /// The columns of [`TOOL_COLUMNS`].
     fn tool(&mut self, r: &ToolRow) -> Result<(), StoreError> {
-        self.start_row(column_count(TOOL_COLUMNS));
+        self.start_row(TOOL_FIELDS);
         self.uuid(&r.id);
         self.text(&r.trace_id)?;
         self.opt_text(r.session_id.as_deref())?;
@@ -638,7 +638,7 @@ impl CopyStream {
 
     /// The columns of [`EVENT_COLUMNS`].
     fn event(&mut self, r: &EventRow) -> Result<(), StoreError> {
-        self.start_row(column_count(EVENT_COLUMNS));
+        self.start_row(EVENT_FIELDS);
         self.uuid(&r.id);
         self.opt_text(r.trace_id.as_deref())?;
         self.time(r.occurred_at_us);
@@ -655,7 +655,7 @@ impl CopyStream {
 
     /// The columns of [`AI_COLUMNS`].
     fn ai(&mut self, r: &AiRow) -> Result<(), StoreError> {
-        self.start_row(column_count(AI_COLUMNS));
+        self.start_row(AI_FIELDS);
         self.uuid(&r.id);
         self.text(&r.trace_id)?;
         self.opt_text(r.user_id.as_deref())?;
@@ -708,6 +708,12 @@ const fn column_count(columns: &str) -> i16 {
     }
     count
 }
+
+// Evaluated at compile time (a const item; a `const fn` called at run time would count
+// the commas of every row).
+const TOOL_FIELDS: i16 = column_count(TOOL_COLUMNS);
+const EVENT_FIELDS: i16 = column_count(EVENT_COLUMNS);
+const AI_FIELDS: i16 = column_count(AI_COLUMNS);
 
 const TOOL_COLUMNS: &str = "id, trace_id, session_id, user_id, client_id, server_name, tool_name, \
      requested_name, input, input_truncated, input_sha256, output, output_truncated, output_sha256, \
