@@ -8,7 +8,7 @@
 //!
 //! **SessionsSupervisor** — creates session actors, enforces `sessions.max_total` and
 //! `sessions.max_per_principal`, and ends sessions idle for `sessions.idle_timeout`
-//! (swept once a second). **Messages:** `Create`, `Sweep`, `Ended(id)`. **On failure:**
+//! (swept once a second). **Messages:** `Create`, `SetLimits`, `Sweep`. **On failure:**
 //! the root escalates.
 //!
 //! The call path reads [`Session`] state through the shared [`Sessions`] table (one read
@@ -334,10 +334,6 @@ pub enum SupervisorMsg {
         new: NewSession,
         reply: RpcReplyPort<Result<Arc<Session>, String>>,
     },
-    End {
-        id: String,
-        reason: String,
-    },
     SetLimits(SessionLimits),
     Sweep,
 }
@@ -378,11 +374,6 @@ impl Actor for SessionsSupervisor {
             SupervisorMsg::Create { new, reply } => {
                 let result = create(&myself, state, new).await;
                 let _ = reply.send(result);
-            }
-            SupervisorMsg::End { id, reason } => {
-                if let Some((_, actor)) = state.sessions.remove(&id) {
-                    let _ = actor.send_message(SessionMsg::End(reason));
-                }
             }
             SupervisorMsg::SetLimits(limits) => state.limits = limits,
             SupervisorMsg::Sweep => {
@@ -493,11 +484,13 @@ impl SessionManager {
         .map_err(|e| format!("the sessions supervisor did not answer: {e}"))?
     }
 
+    /// Ends a session: out of the table before this returns, so no request that follows
+    /// (the client's next one, after its `DELETE` was answered) finds it; its actor then
+    /// cancels what is in flight.
     pub fn end(&self, id: &str, reason: &str) {
-        let _ = self.supervisor.send_message(SupervisorMsg::End {
-            id: id.to_owned(),
-            reason: reason.to_owned(),
-        });
+        if let Some((_, actor)) = self.table.remove(id) {
+            let _ = actor.send_message(SessionMsg::End(reason.to_owned()));
+        }
     }
 
     pub fn set_limits(&self, limits: SessionLimits) {
