@@ -52,6 +52,8 @@ pub struct App {
     pub log_level: Option<LogLevelSetter>,
     /// The AI gateway: providers, routes, prices, budgets, provider keys.
     pub ai: crate::ai::Ai,
+    /// Stateless clients' calls waiting for their answer to an upstream's request.
+    pub awaiting_input: crate::http::mrtr::AwaitingInput<crate::http::mcp::Suspended>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -89,6 +91,7 @@ impl App {
             policy: identity.policy(),
             identity,
             log_level,
+            awaiting_input: Default::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         }
     }

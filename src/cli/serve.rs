@@ -4,7 +4,8 @@
 //! master-key check → supervision tree (and the audit trail's lifecycle subscriber) →
 //! AuditWriter (replaying a spool left by a crash) → Scheduler → listener → `READY=1`.
 //! Stop (SIGTERM/SIGINT): `STOPPING=1` → `/readyz` turns 503 → stop accepting → in-flight
-//! requests get `server.shutdown_grace` → the AuditWriter leaves the tree → the servers
+//! requests get `server.shutdown_grace` → calls held for a stateless client's input are
+//! cancelled (`http/mrtr.rs`) → the AuditWriter leaves the tree → the servers
 //! stop in reverse order → the writer drains every queued record into PostgreSQL or the
 //! spool → the database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
@@ -260,6 +261,7 @@ async fn run(
     shutdown.cancel();
     let _ = server.await;
     notice_task.abort();
+    cancel_held_calls(&app, config.server.shutdown_grace).await;
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
     app.tree.shutdown().await;
@@ -270,6 +272,28 @@ async fn run(
         .shutdown(config.server.shutdown_grace + std::time::Duration::from_secs(30))
         .await;
     outcome
+}
+
+/// Cancels the calls that wait for a stateless client's input (nobody can answer them
+/// now) and waits, at most `grace`, for each to record its audit row.
+async fn cancel_held_calls(app: &App, grace: std::time::Duration) {
+    let calls: Vec<_> = app
+        .awaiting_input
+        .drain()
+        .into_iter()
+        .map(crate::http::mcp::Suspended::cancel)
+        .collect();
+    if calls.is_empty() {
+        return;
+    }
+    tracing::info!(
+        calls = calls.len(),
+        "cancelling calls awaiting their clients' input"
+    );
+    let all = futures_util::future::join_all(calls);
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!("calls awaiting input were still ending when the shutdown grace ran out");
+    }
 }
 
 /// Runs reloads on SIGHUP; returns on SIGTERM or SIGINT (exit 0) or when the supervision

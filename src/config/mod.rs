@@ -157,6 +157,11 @@ pub struct ToolNaming {
 pub struct GatewayConfig {
     /// Between the server prefix and the tool name on `/mcp` (`github__create_issue`).
     pub separator: String,
+    /// How long a call waits in Warden for a stateless client's answer to an upstream's
+    /// request (sampling, elicitation, roots) before it is cancelled.
+    pub input_timeout: Duration,
+    /// Calls waiting for such an answer at once, across all clients.
+    pub max_awaiting_input: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -383,9 +388,17 @@ impl Config {
 
         let gateway = GatewayConfig {
             separator: raw.gateway.separator.unwrap_or_else(|| "__".into()),
+            input_timeout: raw
+                .gateway
+                .input_timeout
+                .map_or(Duration::from_secs(5 * 60), |d| d.0),
+            max_awaiting_input: raw.gateway.max_awaiting_input.unwrap_or(1_000),
         };
         if gateway.separator.is_empty() {
             problem("gateway.separator", "must not be empty".into());
+        }
+        if gateway.input_timeout.is_zero() {
+            problem("gateway.input_timeout", "must be longer than 0s".into());
         }
         let sessions = SessionsConfig {
             idle_timeout: raw
@@ -1019,6 +1032,26 @@ mod tests {
             let text = parse(yaml).unwrap_err().to_string();
             assert!(text.contains(message), "{yaml}: {text}");
         }
+    }
+
+    #[test]
+    fn calls_awaiting_input_have_a_timeout_and_a_bound() {
+        let config = parse("").unwrap();
+        assert_eq!(config.gateway.input_timeout, Duration::from_secs(300));
+        assert_eq!(config.gateway.max_awaiting_input, 1_000);
+        let config = parse("gateway:\n  input_timeout: 30s\n  max_awaiting_input: 0\n").unwrap();
+        assert_eq!(config.gateway.input_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.gateway.max_awaiting_input, 0,
+            "0 turns the rounds off"
+        );
+        let text = parse("gateway:\n  input_timeout: 0s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("gateway.input_timeout: must be longer than 0s"),
+            "{text}"
+        );
     }
 
     #[test]

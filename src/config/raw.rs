@@ -204,6 +204,8 @@ pub struct RawTool {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub separator: Option<String>,
+    pub input_timeout: Option<Dur>,
+    pub max_awaiting_input: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

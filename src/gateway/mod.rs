@@ -57,6 +57,19 @@ impl CallContext {
     fn session_id(&self) -> Option<String> {
         self.session.as_ref().map(|s| s.id.clone())
     }
+
+    /// Whom a stdio upstream's upcalls during this call may go to: the client session,
+    /// or for a stateless request that can hear them, the request itself (a key no other
+    /// call shares).
+    fn attribution(&self) -> Option<Arc<str>> {
+        match (&self.session, &self.sink) {
+            (Some(session), _) => Some(Arc::from(session.id.as_str())),
+            (None, Some(_)) => Some(Arc::from(
+                format!("request-{}", Uuid::new_v4().simple()).as_str(),
+            )),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Every rule a governed call passes, as one consistent snapshot of the profile.
@@ -1111,7 +1124,7 @@ impl Gateway {
         let options = CallOptions {
             timeout: Some(deadline.saturating_duration_since(Instant::now())),
             sink: ctx.sink.clone(),
-            session: ctx.session.as_ref().map(|s| Arc::from(s.id.as_str())),
+            session: ctx.attribution(),
             cancel: Some(ctx.cancel.clone()),
         };
         connection

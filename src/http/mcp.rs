@@ -18,7 +18,9 @@
 //! Every request's call runs in its own task, so a client that disconnects mid-call
 //! cancels the upstream request and still leaves an audit row. A request is answered as
 //! JSON unless the upstream sends something (progress, a log line, a sampling request)
-//! before its result; then the answer becomes an SSE stream carrying those first.
+//! before its result; then the answer becomes an SSE stream carrying those first. A
+//! stateless client is not sent the upstream's requests: its call is held and answered
+//! `input_required`, and its retry resumes the call (multi round-trip requests, `mrtr.rs`).
 
 // Handlers here build complete responses on every early exit; a `Response` as the error
 // type is the point, and boxing it would only add an allocation per refusal.
@@ -38,7 +40,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warden_actors::jsonrpc::{self, RpcError, code};
 use warden_actors::trace::TraceContext;
@@ -47,6 +49,7 @@ use warden_actors::upstream::Upcall;
 use super::AppState;
 use super::error::{ApiError, www_authenticate};
 use super::jsonlimits::exceeds_depth;
+use super::mrtr::{self, Binding, Refusal};
 use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
@@ -69,6 +72,11 @@ const UPCALL_BUFFER: usize = 64;
 /// How long a stateless client may reuse a listing (it also hears `list_changed` on a
 /// `subscriptions/listen` stream).
 const LIST_TTL_MS: u64 = 10_000;
+/// Requests a stateless client may be answered `input_required` for (2026-07-28).
+const INPUT_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+/// The key of the one request in Warden's `InputRequiredResult`s: an upstream asks one
+/// thing at a time and waits for it.
+const INPUT_KEY: &str = "upstream";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -745,6 +753,21 @@ async fn request(
     };
     let accepts_sse = header_str(headers, "accept")
         .is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
+    // A stateless call that may be answered `input_required` (see `mrtr.rs`): bound to
+    // who made it and what it asked, so only the same request can take it back.
+    let input = (modern && accepts_sse && INPUT_METHODS.contains(&method.as_str()))
+        .then(|| Binding::new(owner_of(&principal), &method, &params));
+    let caller = Caller {
+        session: session.clone(),
+        client_capabilities,
+        id,
+        trace,
+        modern,
+        input,
+    };
+    if caller.input.is_some() && params.contains_key("requestState") {
+        return resume(app, caller, &params).await;
+    }
     let (sink, upcalls) = if accepts_sse {
         let (sink, upcalls) = mpsc::channel(UPCALL_BUFFER);
         (Some(sink), Some(upcalls))
@@ -752,7 +775,7 @@ async fn request(
         (None, None)
     };
     let cancel = match &session {
-        Some(session) => session.begin_request(&id.to_string()),
+        Some(session) => session.begin_request(&caller.id.to_string()),
         None => CancellationToken::new(),
     };
     let ctx = CallContext {
@@ -810,23 +833,23 @@ async fn request(
             outcome
         }
     });
-    let finish = RequestGuard {
-        session: session.clone(),
-        id: id.to_string(),
+    let guard = RequestGuard {
+        session,
+        id: caller.id.to_string(),
         cancel,
     };
-    respond(
-        app,
-        call,
-        upcalls,
-        finish,
-        session,
-        client_capabilities,
-        id,
-        trace,
-        modern,
+    respond(app, call, upcalls, guard, caller).await
+}
+
+/// Who a held call belongs to: the token's issuer and subject, and the client it was
+/// issued to.
+fn owner_of(principal: &Principal) -> String {
+    format!(
+        "{}\n{}\n{}",
+        principal.issuer,
+        principal.subject,
+        principal.client_id.as_deref().unwrap_or_default()
     )
-    .await
 }
 
 /// Cancels the call if the client goes away before the answer, and unregisters it.
@@ -845,89 +868,274 @@ impl Drop for RequestGuard {
     }
 }
 
-type CallTask = tokio::task::JoinHandle<Result<Box<RawValue>, GatewayError>>;
+pub type CallTask = tokio::task::JoinHandle<Result<Box<RawValue>, GatewayError>>;
+
+/// Who is waiting for a call's answer, and how it must be written.
+struct Caller {
+    session: Option<Arc<Session>>,
+    client_capabilities: Value,
+    /// The JSON-RPC id of the request being answered.
+    id: Value,
+    /// The call's trace (on a retry, the original request's: the audit row's).
+    trace: TraceContext,
+    modern: bool,
+    /// Set when the call may wait for the client's input (`mrtr.rs`).
+    input: Option<Binding>,
+}
+
+impl Caller {
+    /// Whether an upstream's `method` goes back to this client as `input_required`.
+    fn takes_input_for(&self, method: &str) -> bool {
+        self.input.is_some() && self.declared(method)
+    }
+
+    /// Whether the client declared the capability that `method` needs.
+    fn declared(&self, method: &str) -> bool {
+        let capability = match method {
+            "sampling/createMessage" => "sampling",
+            "elicitation/create" => "elicitation",
+            "roots/list" => "roots",
+            _ => return false,
+        };
+        self.client_capabilities.get(capability).is_some()
+    }
+}
+
+/// A call in flight, apart from the request that is waiting for it.
+struct CallParts {
+    call: CallTask,
+    upcalls: mpsc::Receiver<Upcall>,
+    guard: RequestGuard,
+}
+
+/// A stateless client's call held until the client answers the upstream's request.
+pub struct Suspended {
+    parts: CallParts,
+    trace: TraceContext,
+    /// Where the client's answer goes: the upstream is waiting on it.
+    reply: oneshot::Sender<Result<Value, RpcError>>,
+}
+
+impl Suspended {
+    /// Cancels the held call (its upstream hears `notifications/cancelled`); the task
+    /// ends once it has recorded the call.
+    pub fn cancel(self) -> CallTask {
+        let Suspended { parts, .. } = self;
+        drop(parts.guard);
+        parts.call
+    }
+}
+
+/// Holds the call until the client answers `method` (see `mrtr.rs`); returns the
+/// `InputRequiredResult` to answer with. When no more calls can be held, the upstream's
+/// request is refused and the parts come back: the call goes on without the answer.
+fn suspend(
+    app: &AppState,
+    caller: &Caller,
+    parts: CallParts,
+    method: &str,
+    params: Value,
+    reply: oneshot::Sender<Result<Value, RpcError>>,
+) -> Result<Box<RawValue>, CallParts> {
+    let Some(binding) = caller.input.clone() else {
+        return Err(refuse_upcall(parts, reply, method));
+    };
+    let config = app.config.load();
+    let gateway = &config.gateway;
+    let suspended = Suspended {
+        parts,
+        trace: caller.trace,
+        reply,
+    };
+    match app.awaiting_input.hold(
+        binding,
+        suspended,
+        gateway.input_timeout,
+        gateway.max_awaiting_input,
+    ) {
+        Ok(state) => Ok(result_text(json!({
+            "resultType": "input_required",
+            "inputRequests": { INPUT_KEY: { "method": method, "params": params } },
+            "requestState": state,
+        }))),
+        Err(suspended) => {
+            tracing::warn!(
+                method,
+                max = gateway.max_awaiting_input,
+                "an upstream's request was refused: gateway.max_awaiting_input calls already wait for their clients"
+            );
+            let why = match gateway.max_awaiting_input {
+                0 => "calls do not wait for a stateless client's input here (gateway.max_awaiting_input: 0)".to_owned(),
+                max => format!("Warden holds {max} calls awaiting their clients' input already (gateway.max_awaiting_input)"),
+            };
+            let _ = suspended.reply.send(Err(RpcError::new(
+                code::INTERNAL_ERROR,
+                format!("{why}; `{method}` was not sent to the client"),
+            )));
+            Err(suspended.parts)
+        }
+    }
+}
+
+fn refuse_upcall(
+    parts: CallParts,
+    reply: oneshot::Sender<Result<Value, RpcError>>,
+    method: &str,
+) -> CallParts {
+    let _ = reply.send(Err(RpcError::new(
+        code::METHOD_NOT_FOUND,
+        format!("the client does not support `{method}`"),
+    )));
+    parts
+}
+
+/// A stateless client's retry with its input: the held call gets the answer and is
+/// waited for on this request.
+async fn resume(app: AppState, caller: Caller, params: &Map<String, Value>) -> Response {
+    let refuse = |message: String| {
+        rpc_error(
+            StatusCode::OK,
+            Some(&caller.id),
+            RpcError::new(code::INVALID_PARAMS, message),
+        )
+    };
+    let Some(state) = params.get("requestState").and_then(Value::as_str) else {
+        return refuse("`requestState` must be a string".into());
+    };
+    let Some(answer) = params
+        .get("inputResponses")
+        .and_then(|responses| responses.get(INPUT_KEY))
+        .cloned()
+    else {
+        return refuse(format!(
+            "`inputResponses` must carry `{INPUT_KEY}`, the answer this call waits for"
+        ));
+    };
+    let Some(binding) = &caller.input else {
+        return refuse("this request cannot carry `requestState`".into());
+    };
+    let taken = if mrtr::is_warden_state(state) {
+        app.awaiting_input.take(state, binding)
+    } else {
+        Err(Refusal::Unknown)
+    };
+    let suspended = match taken {
+        Ok(suspended) => suspended,
+        Err(Refusal::Unknown) => {
+            return refuse(
+                "`requestState` names no call awaiting input on this Warden: it was answered \
+                 already, waited longer than gateway.input_timeout, or comes from another \
+                 instance; send the request again without it"
+                    .into(),
+            );
+        }
+        Err(Refusal::Changed) => {
+            return refuse(
+                "a retry must repeat its request: only `inputResponses`, `requestState` and \
+                 `_meta` may change"
+                    .into(),
+            );
+        }
+    };
+    // If the upstream stopped waiting (its call ended), the outcome is in the call.
+    let _ = suspended.reply.send(Ok(answer));
+    let caller = Caller {
+        trace: suspended.trace,
+        ..caller
+    };
+    let CallParts {
+        call,
+        upcalls,
+        guard,
+    } = suspended.parts;
+    respond(app, call, Some(upcalls), guard, caller).await
+}
 
 /// Waits for the result; switches to SSE if the upstream sends anything first.
-#[allow(clippy::too_many_arguments)]
 async fn respond(
     app: AppState,
     mut call: CallTask,
     upcalls: Option<mpsc::Receiver<Upcall>>,
-    guard: RequestGuard,
-    session: Option<Arc<Session>>,
-    client_capabilities: Value,
-    id: Value,
-    trace: TraceContext,
-    modern: bool,
+    mut guard: RequestGuard,
+    caller: Caller,
 ) -> Response {
     let Some(mut upcalls) = upcalls else {
         let outcome = (&mut call).await;
         drop(guard);
-        return finish(&app, outcome, &id, &trace, modern);
+        return finish(&app, outcome, &caller);
     };
-    // Upcalls first: when both are ready, the notifications must not be lost to a JSON
-    // answer that has no room for them.
-    let first = tokio::select! {
-        biased;
-        upcall = upcalls.recv() => upcall,
-        outcome = &mut call => {
-            match upcalls.try_recv() {
-                Ok(upcall) => {
-                    return sse_answer(Some(call), upcalls, upcall, guard, session, client_capabilities, id, trace, modern, Some(outcome));
-                }
-                Err(_) => {
-                    drop(guard);
-                    return finish(&app, outcome, &id, &trace, modern);
+    loop {
+        // Upcalls first: when both are ready, the notifications must not be lost to a
+        // JSON answer that has no room for them.
+        let first = tokio::select! {
+            biased;
+            upcall = upcalls.recv() => upcall,
+            outcome = &mut call => {
+                match upcalls.try_recv() {
+                    Ok(upcall) => {
+                        let parts = CallParts { call, upcalls, guard };
+                        return sse_answer(app, parts, upcall, caller, Some(outcome));
+                    }
+                    Err(_) => {
+                        drop(guard);
+                        return finish(&app, outcome, &caller);
+                    }
                 }
             }
+        };
+        let Some(first) = first else {
+            let outcome = (&mut call).await;
+            drop(guard);
+            return finish(&app, outcome, &caller);
+        };
+        let parts = CallParts {
+            call,
+            upcalls,
+            guard,
+        };
+        match first {
+            Upcall::Request {
+                method,
+                params,
+                reply,
+            } if caller.takes_input_for(&method) => {
+                match suspend(&app, &caller, parts, &method, params, reply) {
+                    Ok(result) => {
+                        return result_response(&caller.id, &result, &caller.trace, true);
+                    }
+                    // Refused to the upstream; the call goes on.
+                    Err(back) => {
+                        CallParts {
+                            call,
+                            upcalls,
+                            guard,
+                        } = back
+                    }
+                }
+            }
+            first => return sse_answer(app, parts, first, caller, None),
         }
-    };
-    let Some(first) = first else {
-        let outcome = (&mut call).await;
-        drop(guard);
-        return finish(&app, outcome, &id, &trace, modern);
-    };
-    sse_answer(
-        Some(call),
-        upcalls,
-        first,
-        guard,
-        session,
-        client_capabilities,
-        id,
-        trace,
-        modern,
-        None,
-    )
+    }
 }
 
 type CallOutcome = Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>;
 
 /// Answers with an event stream: `first`, then further upcalls, then the result.
-#[allow(clippy::too_many_arguments)]
 fn sse_answer(
-    call: Option<CallTask>,
-    upcalls: mpsc::Receiver<Upcall>,
+    app: AppState,
+    parts: CallParts,
     first: Upcall,
-    guard: RequestGuard,
-    session: Option<Arc<Session>>,
-    client_capabilities: Value,
-    id: Value,
-    trace: TraceContext,
-    modern: bool,
+    caller: Caller,
     finished: Option<CallOutcome>,
 ) -> Response {
     let state = SseState {
-        call,
-        upcalls,
+        app,
+        call: Some(parts.call),
+        upcalls: parts.upcalls,
         pending: Some(first),
         finished,
-        session,
-        client_capabilities,
-        id,
-        trace,
-        modern,
-        guard: Some(guard),
+        caller,
+        guard: Some(parts.guard),
     };
     let events = stream::unfold(state, next_event);
     let mut response = Response::new(Body::from_stream(events));
@@ -941,26 +1149,24 @@ fn sse_answer(
 }
 
 struct SseState {
+    app: AppState,
     call: Option<CallTask>,
     upcalls: mpsc::Receiver<Upcall>,
     pending: Option<Upcall>,
     /// The call's outcome once it is known; sent after every queued upcall.
     finished: Option<CallOutcome>,
-    session: Option<Arc<Session>>,
-    client_capabilities: Value,
-    id: Value,
-    trace: TraceContext,
-    modern: bool,
+    caller: Caller,
     guard: Option<RequestGuard>,
 }
 
 async fn next_event(mut state: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
     loop {
         if let Some(upcall) = state.pending.take() {
-            if let Some(event) = upcall_event(&state, upcall) {
-                return Some((Ok(event), state));
+            match upcall_event(&mut state, upcall) {
+                Some(Event::Upcall(event)) => return Some((Ok(event), state)),
+                Some(Event::Last(event)) => return Some((Ok(event), finish_state(state))),
+                None => continue,
             }
-            continue;
         }
         if state.finished.is_some() {
             // Everything queued before the result goes out first, in order.
@@ -998,28 +1204,34 @@ fn sse_bytes(data: &[u8]) -> Bytes {
     Bytes::from(event)
 }
 
-fn upcall_event(state: &SseState, upcall: Upcall) -> Option<Bytes> {
+/// What an upcall turns into on the stream.
+enum Event {
+    /// A notification or a request for the client; more follows.
+    Upcall(Bytes),
+    /// The stream's last event: the call waits for the client's input (`mrtr.rs`).
+    Last(Bytes),
+}
+
+fn upcall_event(state: &mut SseState, upcall: Upcall) -> Option<Event> {
     match upcall {
         Upcall::Notification { method, params } => {
             let mut frame = Vec::new();
             jsonrpc::write_notification(&mut frame, &method, Some(&params.to_string()));
-            Some(sse_bytes(&frame))
+            Some(Event::Upcall(sse_bytes(&frame)))
         }
         Upcall::Request {
             method,
             params,
             reply,
         } => {
-            let capability = match method.as_str() {
-                "sampling/createMessage" => "sampling",
-                "elicitation/create" => "elicitation",
-                "roots/list" => "roots",
-                _ => "",
-            };
+            if state.caller.takes_input_for(&method) && state.finished.is_none() {
+                return input_required_event(state, &method, params, reply);
+            }
             let Some(session) = state
+                .caller
                 .session
                 .as_ref()
-                .filter(|_| state.client_capabilities.get(capability).is_some())
+                .filter(|_| state.caller.declared(&method))
             else {
                 let _ = reply.send(Err(RpcError::new(
                     code::METHOD_NOT_FOUND,
@@ -1035,22 +1247,51 @@ fn upcall_event(state: &SseState, upcall: Upcall) -> Option<Bytes> {
                 &method,
                 Some(&params.to_string()),
             );
-            Some(sse_bytes(&frame))
+            Some(Event::Upcall(sse_bytes(&frame)))
         }
     }
 }
 
-fn final_event(
-    outcome: Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>,
-    state: &SseState,
-) -> Bytes {
+/// Holds the stream's call for the client's input, and ends the stream with the
+/// `InputRequiredResult`; `None` when it cannot be held (the call goes on).
+fn input_required_event(
+    state: &mut SseState,
+    method: &str,
+    params: Value,
+    reply: oneshot::Sender<Result<Value, RpcError>>,
+) -> Option<Event> {
+    let (call, guard) = (state.call.take()?, state.guard.take()?);
+    let (_, closed) = mpsc::channel(1);
+    let parts = CallParts {
+        call,
+        upcalls: std::mem::replace(&mut state.upcalls, closed),
+        guard,
+    };
+    match suspend(&state.app, &state.caller, parts, method, params, reply) {
+        Ok(result) => {
+            let result = decorate(result.get(), &state.caller.trace, true);
+            let mut frame = Vec::new();
+            jsonrpc::write_result(&mut frame, &state.caller.id.to_string(), &result);
+            Some(Event::Last(sse_bytes(&frame)))
+        }
+        Err(back) => {
+            state.call = Some(back.call);
+            state.upcalls = back.upcalls;
+            state.guard = Some(back.guard);
+            None
+        }
+    }
+}
+
+fn final_event(outcome: CallOutcome, state: &SseState) -> Bytes {
+    let caller = &state.caller;
     let mut frame = Vec::new();
     match flatten(outcome) {
         Ok(result) => {
-            let result = decorate(result.get(), &state.trace, state.modern);
-            jsonrpc::write_result(&mut frame, &state.id.to_string(), &result);
+            let result = decorate(result.get(), &caller.trace, caller.modern);
+            jsonrpc::write_result(&mut frame, &caller.id.to_string(), &result);
         }
-        Err(error) => jsonrpc::write_error(&mut frame, &state.id.to_string(), &error.to_rpc()),
+        Err(error) => jsonrpc::write_error(&mut frame, &caller.id.to_string(), &error.to_rpc()),
     }
     sse_bytes(&frame)
 }
@@ -1066,13 +1307,8 @@ fn flatten(
     })
 }
 
-fn finish(
-    app: &AppState,
-    outcome: Result<Result<Box<RawValue>, GatewayError>, tokio::task::JoinError>,
-    id: &Value,
-    trace: &TraceContext,
-    modern: bool,
-) -> Response {
+fn finish(app: &AppState, outcome: CallOutcome, caller: &Caller) -> Response {
+    let (id, trace, modern) = (&caller.id, &caller.trace, caller.modern);
     match flatten(outcome) {
         Ok(result) => result_response(id, &result, trace, modern),
         Err(error @ GatewayError::Denied(_)) => scope_failure(app, &error, Some(id)),

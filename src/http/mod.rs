@@ -21,6 +21,7 @@ pub mod jsonlimits;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod mrtr;
 pub mod oauth;
 pub mod wellknown;
 

@@ -1,6 +1,7 @@
 //! The MCP gateway through `warden serve`: real clients (the official Python SDK in both
 //! protocol eras, and through `warden bridge`), pass-through of `_meta`, progress,
-//! logging, sampling and list changes, tool pinning, and every edge case a client must be
+//! logging, sampling (on the call's stream, or as `input_required` rounds for stateless
+//! clients) and list changes, tool pinning, and every edge case a client must be
 //! able to act on (limits, deadlines, a dying upstream, bad bodies, bad sessions, bad
 //! versions, bad origins).
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::supervision::fixture;
-use crate::support::mcp::{EventStream, McpClient, admin_token, event};
+use crate::support::mcp::{Answer, EventStream, McpClient, admin_token, event, parse_answer};
 use crate::support::{TestDb, external, http, warden};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,9 +26,17 @@ struct Gateway {
 
 impl Gateway {
     fn start(servers: Value) -> Gateway {
+        Gateway::start_with(servers, &[])
+    }
+
+    /// With profile keys set besides the servers.
+    fn start_with(servers: Value, settings: &[(&str, Value)]) -> Gateway {
         let db = TestDb::new();
         let mut profile = warden::Profile::with_database(db.url());
         profile.set("servers", servers);
+        for (key, value) in settings {
+            profile.set(key, value.clone());
+        }
         let warden = profile.start();
         let token = admin_token(&warden, &profile.state_dir());
         let gateway = Gateway {
@@ -114,12 +123,12 @@ fn python_sdk_client_works_in_both_protocol_eras() {
                 .contains("fix__missing"),
             "{report}"
         );
+        assert_eq!(
+            report["sample"],
+            json!(["sampled by the python client"]),
+            "{report}"
+        );
         if mode == "legacy" {
-            assert_eq!(
-                report["sample"],
-                json!(["sampled by the python client"]),
-                "{report}"
-            );
             assert_eq!(report["log_result"], json!(["logged"]), "{report}");
             let notes = report["notifications"].as_array().expect("notifications");
             assert!(
@@ -438,6 +447,244 @@ fn stateless_requests_need_matching_headers() {
         crate::support::mcp::parse_answer(client.post_raw(old.to_string().as_bytes(), &future));
     assert_eq!(answer.error()["code"], -32022);
     assert_eq!(answer.error()["data"]["supported"], json!(["2026-07-28"]));
+}
+
+/// One stateless-era request from a client that declares `capabilities`.
+fn stateless(gateway: &Gateway, method: &str, mut params: Value, capabilities: Value) -> Answer {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+    });
+    let name = params["name"].as_str().unwrap_or_default().to_owned();
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let client = McpClient::new(gateway.warden.url("/mcp"), Some(gateway.token.clone()));
+    parse_answer(client.post_raw(
+        body.to_string().as_bytes(),
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", method),
+            ("Mcp-Name", &name),
+        ],
+    ))
+}
+
+/// Polls the audit trail until `tool`'s calls have the given statuses (in call order).
+fn wait_for_statuses(gateway: &Gateway, tool: &str, expected: &[&str]) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let statuses: Vec<String> = gateway
+            ._db
+            .query(&format!(
+                "SELECT status FROM mcp_tool_executions WHERE tool_name = '{tool}' ORDER BY started_at"
+            ))
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if statuses == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{tool}` rows say {statuses:?}, expected {expected:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("mrtr-{}", std::process::id()), &[]) }));
+    let capabilities = json!({"elicitation": {}, "sampling": {}});
+    let call = json!({"name": "fix__interview", "arguments": {}});
+    // Round one: the log line comes first, so the answer is a stream whose last event
+    // asks for the name.
+    let first = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
+    assert!(
+        first
+            .notifications
+            .iter()
+            .any(|n| n["params"]["data"] == "interview starts"),
+        "{:?}",
+        first.notifications
+    );
+    let asked = first.result().clone();
+    assert_eq!(asked["resultType"], "input_required", "{asked}");
+    let question = &asked["inputRequests"]["upstream"];
+    assert_eq!(question["method"], "elicitation/create", "{asked}");
+    assert_eq!(question["params"]["message"], "Your name?", "{asked}");
+    let trace = asked["_meta"]["traceparent"].clone();
+    assert!(trace.is_string(), "{asked}");
+    let state = asked["requestState"]
+        .as_str()
+        .expect("a requestState")
+        .to_owned();
+
+    // Retries that cannot be taken: no answer, changed arguments, a made-up state.
+    let mut retry = call.clone();
+    retry["requestState"] = state.clone().into();
+    let refused = stateless(&gateway, "tools/call", retry.clone(), capabilities.clone());
+    assert_eq!(refused.error()["code"], -32602);
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("inputResponses"),
+        "{:?}",
+        refused.message
+    );
+    retry["inputResponses"] =
+        json!({"upstream": {"action": "accept", "content": {"answer": "Ada"}}});
+    let mut changed = retry.clone();
+    changed["arguments"] = json!({"other": true});
+    let refused = stateless(&gateway, "tools/call", changed, capabilities.clone());
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("repeat its request"),
+        "{:?}",
+        refused.message
+    );
+    let mut forged = retry.clone();
+    forged["requestState"] = "warden-input-00000000000000000000000000000000".into();
+    let refused = stateless(&gateway, "tools/call", forged, capabilities.clone());
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("names no call"),
+        "{:?}",
+        refused.message
+    );
+
+    // Round two: the name goes to the upstream, which asks again — for a sample.
+    let second = stateless(&gateway, "tools/call", retry.clone(), capabilities.clone());
+    let asked = second.result().clone();
+    assert_eq!(asked["resultType"], "input_required", "{asked}");
+    assert_eq!(
+        asked["inputRequests"]["upstream"]["method"],
+        "sampling/createMessage"
+    );
+    assert_eq!(
+        asked["inputRequests"]["upstream"]["params"]["messages"][0]["content"]["text"],
+        "greet Ada"
+    );
+    assert_eq!(asked["_meta"]["traceparent"], trace, "one call, one trace");
+    let used_state = state;
+    let state = asked["requestState"]
+        .as_str()
+        .expect("a new requestState")
+        .to_owned();
+    assert_ne!(state, used_state);
+
+    // Round three completes the call.
+    let mut last = call.clone();
+    last["requestState"] = state.into();
+    last["inputResponses"] = json!({"upstream": {"role": "assistant", "model": "m",
+        "content": {"type": "text", "text": "hello Ada"}}});
+    let done = stateless(&gateway, "tools/call", last, capabilities.clone());
+    assert_eq!(
+        done.result()["resultType"],
+        "complete",
+        "{:?}",
+        done.message
+    );
+    assert_eq!(done.text(), "Ada: hello Ada");
+    assert_eq!(done.result()["_meta"]["traceparent"], trace);
+
+    // A state is good for one retry.
+    let replayed = stateless(&gateway, "tools/call", retry, capabilities.clone());
+    assert!(
+        replayed.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("names no call"),
+        "{:?}",
+        replayed.message
+    );
+    // A client that did not declare elicitation is not asked; the tool hears so.
+    let undeclared = stateless(&gateway, "tools/call", call, json!({}));
+    assert_eq!(
+        undeclared.result()["isError"],
+        true,
+        "{:?}",
+        undeclared.message
+    );
+    wait_for_statuses(&gateway, "interview", &["success", "error"]);
+}
+
+#[test]
+fn calls_awaiting_input_are_bounded_and_cancelled_when_unanswered() {
+    // Over HTTP, an upstream's question arrives on its call's own stream, so it is known
+    // whose it is with two calls in flight (over stdio, only with one).
+    let mut server = fixture(
+        &format!("mrtr-bounds-{}", std::process::id()),
+        &["--http", "{port}"],
+    );
+    server["port"] = json!("auto");
+    let gateway = Gateway::start_with(
+        json!({ "fix": server }),
+        &[
+            ("gateway.max_awaiting_input", json!(1)),
+            ("gateway.input_timeout", json!("2s")),
+        ],
+    );
+    let capabilities = json!({"elicitation": {}});
+    let call = json!({"name": "fix__elicit", "arguments": {"message": "Sure?"}});
+    let held = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
+    assert_eq!(
+        held.result()["resultType"],
+        "input_required",
+        "{:?}",
+        held.message
+    );
+    // The limit is reached: the next call's question is refused to the upstream, and the
+    // tool's answer says why.
+    let refused = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
+    assert_eq!(refused.result()["isError"], true, "{:?}", refused.message);
+    assert!(
+        refused.text().contains("gateway.max_awaiting_input"),
+        "{}",
+        refused.text()
+    );
+    // Nobody answers the held call: it is cancelled, and its row says so.
+    wait_for_statuses(&gateway, "elicit", &["cancelled", "error"]);
+    let mut late = call.clone();
+    late["requestState"] = held.result()["requestState"].clone();
+    late["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
+    let late = stateless(&gateway, "tools/call", late, capabilities.clone());
+    assert!(
+        late.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gateway.input_timeout"),
+        "{:?}",
+        late.message
+    );
+    // A call still held at shutdown is cancelled, and recorded before Warden exits.
+    let held = stateless(&gateway, "tools/call", call, capabilities);
+    assert_eq!(
+        held.result()["resultType"],
+        "input_required",
+        "{:?}",
+        held.message
+    );
+    let mut gateway = gateway;
+    assert!(
+        gateway.warden.sigterm().success(),
+        "{}",
+        gateway.warden.log()
+    );
+    let statuses: Vec<String> = gateway
+        ._db
+        .query(
+            "SELECT status FROM mcp_tool_executions WHERE tool_name = 'elicit' ORDER BY started_at",
+        )
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(statuses, ["cancelled", "error", "cancelled"]);
 }
 
 #[test]

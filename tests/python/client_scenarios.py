@@ -51,9 +51,12 @@ async def scenarios(client, mode, report, notifications):
     except Exception as error:  # the SDK raises MCPError for JSON-RPC errors
         report["unknown_tool"] = str(error)
 
+    # Legacy: the sampling request arrives on the call's stream. Stateless (2026-07-28):
+    # the call is answered `input_required` and the SDK retries it with the sample.
+    sampled = await client.call_tool("fix__sample", {"prompt": "say hi"})
+    report["sample"] = text_of(sampled)
+
     if mode == "legacy":
-        sampled = await client.call_tool("fix__sample", {"prompt": "say hi"})
-        report["sample"] = text_of(sampled)
         logged = await client.call_tool("fix__log", {"message": "a log line"})
         report["log_result"] = text_of(logged)
         with anyio.fail_after(DEADLINE):

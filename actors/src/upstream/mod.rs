@@ -60,7 +60,8 @@ pub type UpcallSink = mpsc::Sender<Upcall>;
 pub struct CallOptions {
     pub timeout: Option<Duration>,
     pub sink: Option<UpcallSink>,
-    /// The client session the call belongs to, for attributing stdio upcalls.
+    /// The client session the call belongs to (for a stateless request, a key of its own),
+    /// for attributing stdio upcalls.
     pub session: Option<Arc<str>>,
     /// Cancelling it abandons the call and tells the upstream (`notifications/cancelled`).
     pub cancel: Option<CancellationToken>,
