@@ -162,6 +162,8 @@ pub struct GatewayConfig {
     pub input_timeout: Duration,
     /// Calls waiting for such an answer at once, across all clients.
     pub max_awaiting_input: usize,
+    /// Calls of one principal waiting for such an answer at once.
+    pub max_awaiting_input_per_principal: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -393,6 +395,10 @@ impl Config {
                 .input_timeout
                 .map_or(Duration::from_secs(5 * 60), |d| d.0),
             max_awaiting_input: raw.gateway.max_awaiting_input.unwrap_or(1_000),
+            max_awaiting_input_per_principal: raw
+                .gateway
+                .max_awaiting_input_per_principal
+                .unwrap_or(16),
         };
         if gateway.separator.is_empty() {
             problem("gateway.separator", "must not be empty".into());
@@ -1039,6 +1045,7 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config.gateway.input_timeout, Duration::from_secs(300));
         assert_eq!(config.gateway.max_awaiting_input, 1_000);
+        assert_eq!(config.gateway.max_awaiting_input_per_principal, 16);
         let config = parse("gateway:\n  input_timeout: 30s\n  max_awaiting_input: 0\n").unwrap();
         assert_eq!(config.gateway.input_timeout, Duration::from_secs(30));
         assert_eq!(

@@ -206,6 +206,7 @@ pub struct RawGateway {
     pub separator: Option<String>,
     pub input_timeout: Option<Dur>,
     pub max_awaiting_input: Option<usize>,
+    pub max_awaiting_input_per_principal: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -49,7 +49,7 @@ use warden_actors::upstream::Upcall;
 use super::AppState;
 use super::error::{ApiError, www_authenticate};
 use super::jsonlimits::exceeds_depth;
-use super::mrtr::{self, Binding, Refusal};
+use super::mrtr::{self, Binding, Full, Limits, Owner, Refusal};
 use crate::auth::{AuthRejection, Principal, bearer_token};
 use crate::config::Config;
 use crate::gateway::session::{NewSession, Session};
@@ -294,9 +294,11 @@ fn trace_of(headers: &HeaderMap) -> TraceContext {
         .unwrap_or_else(TraceContext::generate)
 }
 
+/// Sets the `traceparent` header, unless the answer carries one already (a resumed
+/// call answers with its own trace).
 fn with_trace(mut response: Response, trace: &TraceContext) -> Response {
     if let Ok(value) = HeaderValue::from_str(&trace.header()) {
-        response.headers_mut().insert("traceparent", value);
+        response.headers_mut().entry("traceparent").or_insert(value);
     }
     response
 }
@@ -754,8 +756,10 @@ async fn request(
     let accepts_sse = header_str(headers, "accept")
         .is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
     // A stateless call that may be answered `input_required` (see `mrtr.rs`): bound to
-    // who made it and what it asked, so only the same request can take it back.
-    let input = (modern && accepts_sse && INPUT_METHODS.contains(&method.as_str()))
+    // who made it and what it asked, so only the same request can take it back. (It is
+    // asked only when an upstream's request reaches it, which needs the event stream; a
+    // retry is recognised whatever it accepts.)
+    let binding = (modern && INPUT_METHODS.contains(&method.as_str()))
         .then(|| Binding::new(owner_of(&principal), &method, &params));
     let caller = Caller {
         session: session.clone(),
@@ -763,9 +767,9 @@ async fn request(
         id,
         trace,
         modern,
-        input,
+        binding,
     };
-    if caller.input.is_some() && params.contains_key("requestState") {
+    if caller.binding.is_some() && params.contains_key("requestState") {
         return resume(app, caller, &params).await;
     }
     let (sink, upcalls) = if accepts_sse {
@@ -789,7 +793,10 @@ async fn request(
     let rules = app.rules();
     let policy = rules.policy.clone();
     let task_app = app.clone();
+    let ended = CancellationToken::new();
+    let task_ended = ended.clone();
     let call = tokio::spawn(async move {
+        let _ended = task_ended.drop_guard();
         let gateway = &task_app.gateway;
         let outcome = match method.as_str() {
             "tools/list" => gateway
@@ -838,18 +845,17 @@ async fn request(
         id: caller.id.to_string(),
         cancel,
     };
-    respond(app, call, upcalls, guard, caller).await
+    respond(app, call, upcalls, guard, ended, caller).await
 }
 
 /// Who a held call belongs to: the token's issuer and subject, and the client it was
 /// issued to.
-fn owner_of(principal: &Principal) -> String {
-    format!(
-        "{}\n{}\n{}",
-        principal.issuer,
-        principal.subject,
-        principal.client_id.as_deref().unwrap_or_default()
-    )
+fn owner_of(principal: &Principal) -> Owner {
+    Owner {
+        issuer: principal.issuer.clone(),
+        subject: principal.subject.clone(),
+        client: principal.client_id.clone(),
+    }
 }
 
 /// Cancels the call if the client goes away before the answer, and unregisters it.
@@ -880,13 +886,13 @@ struct Caller {
     trace: TraceContext,
     modern: bool,
     /// Set when the call may wait for the client's input (`mrtr.rs`).
-    input: Option<Binding>,
+    binding: Option<Binding>,
 }
 
 impl Caller {
     /// Whether an upstream's `method` goes back to this client as `input_required`.
     fn takes_input_for(&self, method: &str) -> bool {
-        self.input.is_some() && self.declared(method)
+        self.binding.is_some() && self.declared(method)
     }
 
     /// Whether the client declared the capability that `method` needs.
@@ -906,6 +912,8 @@ struct CallParts {
     call: CallTask,
     upcalls: mpsc::Receiver<Upcall>,
     guard: RequestGuard,
+    /// Cancelled when the call's task ends, however it ends.
+    ended: CancellationToken,
 }
 
 /// A stateless client's call held until the client answers the upstream's request.
@@ -937,37 +945,44 @@ fn suspend(
     params: Value,
     reply: oneshot::Sender<Result<Value, RpcError>>,
 ) -> Result<Box<RawValue>, CallParts> {
-    let Some(binding) = caller.input.clone() else {
-        return Err(refuse_upcall(parts, reply, method));
+    let Some(binding) = caller.binding.clone() else {
+        let _ = reply.send(Err(unsupported(method)));
+        return Err(parts);
     };
+    if app.gateway.closing.is_cancelled() {
+        // The listener is closing: no retry could reach the call.
+        let _ = reply.send(Err(RpcError::new(
+            code::INTERNAL_ERROR,
+            format!("Warden is shutting down; `{method}` was not sent to the client"),
+        )));
+        return Err(parts);
+    }
     let config = app.config.load();
     let gateway = &config.gateway;
+    let limits = Limits {
+        timeout: gateway.input_timeout,
+        max: gateway.max_awaiting_input,
+        max_per_owner: gateway.max_awaiting_input_per_principal,
+    };
+    let ended = parts.ended.clone().cancelled_owned();
     let suspended = Suspended {
         parts,
         trace: caller.trace,
         reply,
     };
-    match app.awaiting_input.hold(
-        binding,
-        suspended,
-        gateway.input_timeout,
-        gateway.max_awaiting_input,
-    ) {
+    match app.awaiting_input.hold(binding, suspended, ended, limits) {
         Ok(state) => Ok(result_text(json!({
             "resultType": "input_required",
             "inputRequests": { INPUT_KEY: { "method": method, "params": params } },
             "requestState": state,
         }))),
-        Err(suspended) => {
-            tracing::warn!(
-                method,
-                max = gateway.max_awaiting_input,
-                "an upstream's request was refused: gateway.max_awaiting_input calls already wait for their clients"
-            );
-            let why = match gateway.max_awaiting_input {
-                0 => "calls do not wait for a stateless client's input here (gateway.max_awaiting_input: 0)".to_owned(),
-                max => format!("Warden holds {max} calls awaiting their clients' input already (gateway.max_awaiting_input)"),
+        Err((suspended, full)) => {
+            let why = match full {
+                Full::Total(0) => "calls do not wait for a stateless client's input here (gateway.max_awaiting_input: 0)".to_owned(),
+                Full::Total(max) => format!("Warden holds {max} calls awaiting their clients' input already (gateway.max_awaiting_input)"),
+                Full::PerOwner(max) => format!("this principal has {max} calls awaiting its input already (gateway.max_awaiting_input_per_principal)"),
             };
+            tracing::warn!(method, reason = %why, "an upstream's request was refused");
             let _ = suspended.reply.send(Err(RpcError::new(
                 code::INTERNAL_ERROR,
                 format!("{why}; `{method}` was not sent to the client"),
@@ -977,16 +992,12 @@ fn suspend(
     }
 }
 
-fn refuse_upcall(
-    parts: CallParts,
-    reply: oneshot::Sender<Result<Value, RpcError>>,
-    method: &str,
-) -> CallParts {
-    let _ = reply.send(Err(RpcError::new(
+/// What an upstream hears when the client cannot be asked `method`.
+fn unsupported(method: &str) -> RpcError {
+    RpcError::new(
         code::METHOD_NOT_FOUND,
         format!("the client does not support `{method}`"),
-    )));
-    parts
+    )
 }
 
 /// A stateless client's retry with its input: the held call gets the answer and is
@@ -1002,16 +1013,18 @@ async fn resume(app: AppState, caller: Caller, params: &Map<String, Value>) -> R
     let Some(state) = params.get("requestState").and_then(Value::as_str) else {
         return refuse("`requestState` must be a string".into());
     };
-    let Some(answer) = params
+    let Some(Value::Object(mut answer)) = params
         .get("inputResponses")
         .and_then(|responses| responses.get(INPUT_KEY))
         .cloned()
     else {
         return refuse(format!(
-            "`inputResponses` must carry `{INPUT_KEY}`, the answer this call waits for"
+            "`inputResponses` must carry `{INPUT_KEY}`, the answer this call waits for, as an object"
         ));
     };
-    let Some(binding) = &caller.input else {
+    // The upstream speaks the handshake era, which has no `resultType`.
+    answer.remove("resultType");
+    let Some(binding) = &caller.binding else {
         return refuse("this request cannot carry `requestState`".into());
     };
     let taken = if mrtr::is_warden_state(state) {
@@ -1024,8 +1037,8 @@ async fn resume(app: AppState, caller: Caller, params: &Map<String, Value>) -> R
         Err(Refusal::Unknown) => {
             return refuse(
                 "`requestState` names no call awaiting input on this Warden: it was answered \
-                 already, waited longer than gateway.input_timeout, or comes from another \
-                 instance; send the request again without it"
+                 already, ended at its deadline, waited longer than gateway.input_timeout, or \
+                 comes from another instance; send the request again without it"
                     .into(),
             );
         }
@@ -1038,17 +1051,18 @@ async fn resume(app: AppState, caller: Caller, params: &Map<String, Value>) -> R
         }
     };
     // If the upstream stopped waiting (its call ended), the outcome is in the call.
-    let _ = suspended.reply.send(Ok(answer));
-    let caller = Caller {
-        trace: suspended.trace,
-        ..caller
-    };
+    let _ = suspended.reply.send(Ok(Value::Object(answer)));
+    let trace = suspended.trace;
+    let caller = Caller { trace, ..caller };
     let CallParts {
         call,
         upcalls,
         guard,
+        ended,
     } = suspended.parts;
-    respond(app, call, Some(upcalls), guard, caller).await
+    let response = respond(app, call, Some(upcalls), guard, ended, caller).await;
+    // The call's trace, in the header as in `_meta`.
+    with_trace(response, &trace)
 }
 
 /// Waits for the result; switches to SSE if the upstream sends anything first.
@@ -1057,6 +1071,7 @@ async fn respond(
     mut call: CallTask,
     upcalls: Option<mpsc::Receiver<Upcall>>,
     mut guard: RequestGuard,
+    ended: CancellationToken,
     caller: Caller,
 ) -> Response {
     let Some(mut upcalls) = upcalls else {
@@ -1073,7 +1088,7 @@ async fn respond(
             outcome = &mut call => {
                 match upcalls.try_recv() {
                     Ok(upcall) => {
-                        let parts = CallParts { call, upcalls, guard };
+                        let parts = CallParts { call, upcalls, guard, ended };
                         return sse_answer(app, parts, upcall, caller, Some(outcome));
                     }
                     Err(_) => {
@@ -1092,6 +1107,7 @@ async fn respond(
             call,
             upcalls,
             guard,
+            ended: ended.clone(),
         };
         match first {
             Upcall::Request {
@@ -1109,6 +1125,7 @@ async fn respond(
                             call,
                             upcalls,
                             guard,
+                            ..
                         } = back
                     }
                 }
@@ -1136,6 +1153,7 @@ fn sse_answer(
         finished,
         caller,
         guard: Some(parts.guard),
+        ended: parts.ended,
     };
     let events = stream::unfold(state, next_event);
     let mut response = Response::new(Body::from_stream(events));
@@ -1157,6 +1175,7 @@ struct SseState {
     finished: Option<CallOutcome>,
     caller: Caller,
     guard: Option<RequestGuard>,
+    ended: CancellationToken,
 }
 
 async fn next_event(mut state: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
@@ -1233,10 +1252,7 @@ fn upcall_event(state: &mut SseState, upcall: Upcall) -> Option<Event> {
                 .as_ref()
                 .filter(|_| state.caller.declared(&method))
             else {
-                let _ = reply.send(Err(RpcError::new(
-                    code::METHOD_NOT_FOUND,
-                    format!("the client does not support `{method}`"),
-                )));
+                let _ = reply.send(Err(unsupported(&method)));
                 return None;
             };
             let request_id = session.expect_answer(reply);
@@ -1260,12 +1276,18 @@ fn input_required_event(
     params: Value,
     reply: oneshot::Sender<Result<Value, RpcError>>,
 ) -> Option<Event> {
+    if state.call.is_none() || state.guard.is_none() {
+        let _ = reply.send(Err(unsupported(method)));
+        return None;
+    }
     let (call, guard) = (state.call.take()?, state.guard.take()?);
+    // The stream ends with this event; its receiver goes with the held call.
     let (_, closed) = mpsc::channel(1);
     let parts = CallParts {
         call,
         upcalls: std::mem::replace(&mut state.upcalls, closed),
         guard,
+        ended: state.ended.clone(),
     };
     match suspend(&state.app, &state.caller, parts, method, params, reply) {
         Ok(result) => {

@@ -12,21 +12,24 @@
 //! and waits for the call on the retry (see `mcp.rs`).
 //!
 //! The `requestState` is a key into this process, not a sealed copy of the call: 128
-//! random bits, useless to anyone but the principal that made the call, and only for
-//! the same method and params. A retry must therefore reach the Warden instance that
+//! random bits, useless to anyone but the principal (issuer, subject, client) that made
+//! the call, and only for the same method and params. A retry must therefore reach the Warden instance that
 //! asked (replicas behind a load balancer need affinity for stateless retries, or the
 //! client gets a clear "no call awaiting input" error and calls again).
 //!
-//! Bounds: at most `gateway.max_awaiting_input` calls are held at once ([`hold`] hands
-//! the call back beyond that), and each for `gateway.input_timeout`; then it is dropped,
-//! which cancels it (the upstream gets `notifications/cancelled`, the audit row says
-//! `cancelled`). At shutdown `warden serve` [`drain`]s the table the same way, after the
+//! Bounds: at most `gateway.max_awaiting_input` calls are held at once, and
+//! `gateway.max_awaiting_input_per_principal` of one principal ([`hold`] hands the call
+//! back beyond either). A call is held until its own deadline ends it (it is then
+//! dropped at once, freeing its place) or for `gateway.input_timeout`; then it is
+//! dropped, which cancels it (the upstream gets `notifications/cancelled`, the audit row
+//! says `cancelled`). At shutdown `warden serve` [`drain`]s the table the same way, after the
 //! listener has stopped and before the audit writer drains.
 //!
 //! [`hold`]: AwaitingInput::hold
 //! [`drain`]: AwaitingInput::drain
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -39,18 +42,26 @@ const ROUND_KEYS: [&str; 3] = ["inputResponses", "requestState", "_meta"];
 /// Marks Warden's `requestState` values.
 const STATE_PREFIX: &str = "warden-input-";
 
+/// The principal a held call belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub issuer: String,
+    pub subject: String,
+    /// The OAuth client the token was issued to.
+    pub client: Option<String>,
+}
+
 /// What a held call is bound to: who made it, and what they asked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
-    owner: String,
+    owner: Owner,
     method: String,
     params: Map<String, Value>,
 }
 
 impl Binding {
-    /// `owner` names the principal (issuer, subject and client); `params` are the
-    /// request's, of which the per-round keys are left out.
-    pub fn new(owner: String, method: &str, params: &Map<String, Value>) -> Binding {
+    /// `params` are the request's, of which the per-round keys are left out.
+    pub fn new(owner: Owner, method: &str, params: &Map<String, Value>) -> Binding {
         let params = params
             .iter()
             .filter(|(key, _)| !ROUND_KEYS.contains(&key.as_str()))
@@ -74,6 +85,21 @@ pub enum Refusal {
     Changed,
 }
 
+/// How many calls may be held, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max: usize,
+    pub max_per_owner: usize,
+}
+
+/// Which bound a call that could not be held met.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    Total(usize),
+    PerOwner(usize),
+}
+
 struct Held<T> {
     binding: Binding,
     call: T,
@@ -94,25 +120,37 @@ impl<T> Default for AwaitingInput<T> {
 }
 
 impl<T: Send + 'static> AwaitingInput<T> {
-    /// Holds `call` until [`take`](Self::take)n or `timeout` passes (then it is dropped),
-    /// and returns its `requestState`. Hands `call` back when `max` calls are held
-    /// already. Must run inside a tokio runtime (the expiry is a task).
+    /// Holds `call` until it is [`take`](Self::take)n, `ended` completes (the call
+    /// finished on its own) or `limits.timeout` passes — then it is dropped — and returns
+    /// its `requestState`. Hands `call` back when a limit is reached. Must run inside a
+    /// tokio runtime (the expiry is a task).
     pub fn hold(
         &self,
         binding: Binding,
         call: T,
-        timeout: Duration,
-        max: usize,
-    ) -> Result<String, T> {
+        ended: impl Future<Output = ()> + Send + 'static,
+        limits: Limits,
+    ) -> Result<String, (T, Full)> {
         let mut held = self.lock();
-        if held.len() >= max {
-            return Err(call);
+        if held.len() >= limits.max {
+            return Err((call, Full::Total(limits.max)));
+        }
+        let owners = held
+            .values()
+            .filter(|entry| entry.binding.owner == binding.owner)
+            .count();
+        if owners >= limits.max_per_owner {
+            return Err((call, Full::PerOwner(limits.max_per_owner)));
         }
         let state = new_state();
         let table = Arc::clone(&self.held);
         let key = state.clone();
+        let timeout = limits.timeout;
         let expiry = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = ended => {}
+            }
             let expired = {
                 let mut held = lock(&table);
                 let expired = held.remove(&key);
@@ -166,13 +204,9 @@ impl<T: Send + 'static> AwaitingInput<T> {
         calls
     }
 
-    /// Calls held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Held<T>>> {
@@ -207,10 +241,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn binding(owner: &str, arguments: Value) -> Binding {
+    fn owner(subject: &str) -> Owner {
+        Owner {
+            issuer: "warden".into(),
+            subject: subject.into(),
+            client: None,
+        }
+    }
+
+    fn binding(subject: &str, arguments: Value) -> Binding {
         let params = json!({"name": "fix__elicit", "arguments": arguments,
             "requestState": "x", "inputResponses": {"a": 1}, "_meta": {"m": 1}});
-        Binding::new(owner.into(), "tools/call", params.as_object().unwrap())
+        Binding::new(owner(subject), "tools/call", params.as_object().unwrap())
+    }
+
+    fn limits(max: usize, max_per_owner: usize) -> Limits {
+        Limits {
+            timeout: Duration::from_secs(60),
+            max,
+            max_per_owner,
+        }
+    }
+
+    /// An `ended` that never completes.
+    fn running() -> std::future::Pending<()> {
+        std::future::pending()
     }
 
     /// Dropped when the held call is dropped, so a test can wait for the expiry.
@@ -228,7 +283,7 @@ mod tests {
     async fn a_call_comes_back_once_and_only_to_its_principal_with_the_same_params() {
         let table = AwaitingInput::default();
         let state = table
-            .hold(binding("alice", json!({})), 7, Duration::from_secs(60), 10)
+            .hold(binding("alice", json!({})), 7, running(), limits(10, 10))
             .unwrap();
         assert!(is_warden_state(&state));
         assert_eq!(
@@ -240,8 +295,18 @@ mod tests {
             Err(Refusal::Changed)
         );
         assert_eq!(table.len(), 1, "refused retries leave the call held");
+        let mut other_client = owner("alice");
+        other_client.client = Some("another-app".into());
+        let elsewhere = Binding::new(
+            other_client,
+            "tools/call",
+            json!({"name": "fix__elicit", "arguments": {}})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(table.take(&state, &elsewhere), Err(Refusal::Unknown));
         let retry = Binding::new(
-            "alice".into(),
+            owner("alice"),
             "tools/call",
             json!({"name": "fix__elicit", "arguments": {}, "requestState": state})
                 .as_object()
@@ -249,17 +314,22 @@ mod tests {
         );
         assert_eq!(table.take(&state, &retry), Ok(7), "round keys may change");
         assert_eq!(table.take(&state, &retry), Err(Refusal::Unknown));
-        assert!(table.is_empty());
+        assert_eq!(table.len(), 0);
     }
 
     #[tokio::test]
-    async fn beyond_the_limit_the_call_is_handed_back() {
+    async fn beyond_a_limit_the_call_is_handed_back() {
         let table = AwaitingInput::default();
-        let minute = Duration::from_secs(60);
-        assert!(table.hold(binding("a", json!({})), 1, minute, 2).is_ok());
-        assert!(table.hold(binding("a", json!({})), 2, minute, 2).is_ok());
-        assert_eq!(table.hold(binding("a", json!({})), 3, minute, 2), Err(3));
-        assert_eq!(table.hold(binding("a", json!({})), 4, minute, 0), Err(4));
+        let hold = |who: &str, call: i32| {
+            table.hold(binding(who, json!({})), call, running(), limits(3, 2))
+        };
+        assert!(hold("a", 1).is_ok());
+        assert!(hold("a", 2).is_ok());
+        assert_eq!(hold("a", 3), Err((3, Full::PerOwner(2))));
+        assert!(hold("b", 4).is_ok());
+        assert_eq!(hold("c", 5), Err((5, Full::Total(3))));
+        let none = table.hold(binding("d", json!({})), 6, running(), limits(0, 0));
+        assert_eq!(none, Err((6, Full::Total(0))));
     }
 
     #[tokio::test]
@@ -270,8 +340,11 @@ mod tests {
             .hold(
                 binding("a", json!({})),
                 Call(Some(dropped)),
-                Duration::from_millis(20),
-                10,
+                running(),
+                Limits {
+                    timeout: Duration::from_millis(20),
+                    ..limits(10, 10)
+                },
             )
             .unwrap_or_else(|_| panic!("room"));
         tokio::time::timeout(Duration::from_secs(30), on_drop)
@@ -279,19 +352,57 @@ mod tests {
             .expect("dropped before the deadline")
             .expect("dropped, not leaked");
         assert!(table.take(&state, &binding("a", json!({}))).is_err());
-        assert!(table.is_empty());
+        assert_eq!(table.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ends_on_its_own_is_dropped_at_once() {
+        let table = AwaitingInput::default();
+        let (dropped, on_drop) = tokio::sync::oneshot::channel();
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let ended = async move {
+            let _ = ended.await;
+        };
+        table
+            .hold(
+                binding("a", json!({})),
+                Call(Some(dropped)),
+                ended,
+                limits(10, 1),
+            )
+            .unwrap_or_else(|_| panic!("room"));
+        drop(end);
+        tokio::time::timeout(Duration::from_secs(30), on_drop)
+            .await
+            .expect("dropped long before the input timeout")
+            .expect("dropped, not leaked");
+        assert_eq!(table.len(), 0);
+        assert!(
+            table
+                .hold(
+                    binding("a", json!({})),
+                    Call(None),
+                    running(),
+                    limits(10, 1)
+                )
+                .is_ok(),
+            "its principal's place is free again"
+        );
     }
 
     #[tokio::test]
     async fn drain_hands_over_every_held_call() {
         let table = AwaitingInput::default();
-        let minute = Duration::from_secs(60);
-        let state = table.hold(binding("a", json!({})), 1, minute, 10).unwrap();
-        table.hold(binding("b", json!({})), 2, minute, 10).unwrap();
+        let state = table
+            .hold(binding("a", json!({})), 1, running(), limits(10, 10))
+            .unwrap();
+        table
+            .hold(binding("b", json!({})), 2, running(), limits(10, 10))
+            .unwrap();
         let mut drained = table.drain();
         drained.sort_unstable();
         assert_eq!(drained, [1, 2]);
-        assert!(table.is_empty());
+        assert_eq!(table.len(), 0);
         assert_eq!(
             table.take(&state, &binding("a", json!({}))),
             Err(Refusal::Unknown)

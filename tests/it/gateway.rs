@@ -449,18 +449,42 @@ fn stateless_requests_need_matching_headers() {
     assert_eq!(answer.error()["data"]["supported"], json!(["2026-07-28"]));
 }
 
-/// One stateless-era request from a client that declares `capabilities`.
-fn stateless(gateway: &Gateway, method: &str, mut params: Value, capabilities: Value) -> Answer {
+/// Both answer shapes a stateless client must accept.
+const JSON_OR_SSE: &str = "application/json, text/event-stream";
+
+/// One stateless-era request from a client that declares `capabilities`, with the
+/// admin token.
+fn stateless(gateway: &Gateway, method: &str, params: Value, capabilities: Value) -> Answer {
+    stateless_as(
+        gateway,
+        &gateway.token,
+        JSON_OR_SSE,
+        method,
+        params,
+        capabilities,
+    )
+}
+
+/// One stateless-era request with `token`, accepting `accept`.
+fn stateless_as(
+    gateway: &Gateway,
+    token: &str,
+    accept: &str,
+    method: &str,
+    mut params: Value,
+    capabilities: Value,
+) -> Answer {
     params["_meta"] = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": capabilities,
     });
     let name = params["name"].as_str().unwrap_or_default().to_owned();
     let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    let client = McpClient::new(gateway.warden.url("/mcp"), Some(gateway.token.clone()));
+    let client = McpClient::new(gateway.warden.url("/mcp"), Some(token.to_owned()));
     parse_answer(client.post_raw(
         body.to_string().as_bytes(),
         &[
+            ("Accept", accept),
             ("MCP-Protocol-Version", "2026-07-28"),
             ("Mcp-Method", method),
             ("Mcp-Name", &name),
@@ -468,27 +492,52 @@ fn stateless(gateway: &Gateway, method: &str, mut params: Value, capabilities: V
     ))
 }
 
-/// Polls the audit trail until `tool`'s calls have the given statuses (in call order).
-fn wait_for_statuses(gateway: &Gateway, tool: &str, expected: &[&str]) {
+/// An access token for another user (`warden token issue`).
+fn token_for(gateway: &Gateway, user: &str) -> String {
+    let output = warden::run(
+        gateway
+            .profile
+            .command(&["token", "issue", "--user", user, "--scopes", "*"]),
+    );
+    assert!(output.status.success(), "token issue: {}", output.stderr);
+    output.stdout.trim().to_owned()
+}
+
+/// The statuses of `server`'s `tool` calls in the audit trail, in call order.
+fn statuses(gateway: &Gateway, server: &str, tool: &str) -> Vec<String> {
+    gateway
+        ._db
+        .query(&format!(
+            "SELECT status FROM mcp_tool_executions \
+             WHERE server_name = '{server}' AND tool_name = '{tool}' ORDER BY started_at"
+        ))
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Polls the audit trail until `server`'s `tool` calls have the given statuses.
+fn wait_for_statuses(gateway: &Gateway, server: &str, tool: &str, expected: &[&str]) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let statuses: Vec<String> = gateway
-            ._db
-            .query(&format!(
-                "SELECT status FROM mcp_tool_executions WHERE tool_name = '{tool}' ORDER BY started_at"
-            ))
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        if statuses == expected {
+        let found = statuses(gateway, server, tool);
+        if found == expected {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "`{tool}` rows say {statuses:?}, expected {expected:?}"
+            "`{server}__{tool}` rows say {found:?}, expected {expected:?}"
         );
         std::thread::park_timeout(Duration::from_millis(25));
     }
+}
+
+/// The text of an error answer's message.
+fn error_message(answer: &Answer) -> String {
+    answer.error()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -578,12 +627,25 @@ fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input(
         .to_owned();
     assert_ne!(state, used_state);
 
-    // Round three completes the call.
+    // Round three completes the call; a retry is one whatever it accepts (this one
+    // takes JSON only), and the answer's `resultType` is not the upstream's business.
     let mut last = call.clone();
     last["requestState"] = state.into();
     last["inputResponses"] = json!({"upstream": {"role": "assistant", "model": "m",
-        "content": {"type": "text", "text": "hello Ada"}}});
-    let done = stateless(&gateway, "tools/call", last, capabilities.clone());
+        "content": {"type": "text", "text": "hello Ada"}, "resultType": "complete"}});
+    let done = stateless_as(
+        &gateway,
+        &gateway.token,
+        "application/json",
+        "tools/call",
+        last,
+        capabilities.clone(),
+    );
+    assert_eq!(
+        done.response.header("traceparent").map(str::to_owned),
+        trace.as_str().map(str::to_owned),
+        "the header carries the call's trace too"
+    );
     assert_eq!(
         done.result()["resultType"],
         "complete",
@@ -611,26 +673,26 @@ fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input(
         "{:?}",
         undeclared.message
     );
-    wait_for_statuses(&gateway, "interview", &["success", "error"]);
+    wait_for_statuses(&gateway, "fix", "interview", &["success", "error"]);
 }
 
 #[test]
-fn calls_awaiting_input_are_bounded_and_cancelled_when_unanswered() {
+fn calls_awaiting_input_are_bounded_in_total_and_per_principal() {
     // Over HTTP, an upstream's question arrives on its call's own stream, so it is known
-    // whose it is with two calls in flight (over stdio, only with one).
+    // whose it is with several calls in flight (over stdio, only with one).
     let mut server = fixture(
         &format!("mrtr-bounds-{}", std::process::id()),
         &["--http", "{port}"],
     );
     server["port"] = json!("auto");
-    let gateway = Gateway::start_with(
+    let mut gateway = Gateway::start_with(
         json!({ "fix": server }),
         &[
-            ("gateway.max_awaiting_input", json!(1)),
-            ("gateway.input_timeout", json!("2s")),
+            ("gateway.max_awaiting_input", json!(2)),
+            ("gateway.max_awaiting_input_per_principal", json!(1)),
         ],
     );
-    let capabilities = json!({"elicitation": {}});
+    let capabilities = json!({"elicitation": {}, "sampling": {}});
     let call = json!({"name": "fix__elicit", "arguments": {"message": "Sure?"}});
     let held = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
     assert_eq!(
@@ -639,52 +701,144 @@ fn calls_awaiting_input_are_bounded_and_cancelled_when_unanswered() {
         "{:?}",
         held.message
     );
-    // The limit is reached: the next call's question is refused to the upstream, and the
-    // tool's answer says why.
-    let refused = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
+    let admin_state = held.result()["requestState"].clone();
+
+    // The admin's one place is taken: the next question (on a stream, after a log line)
+    // is refused to the upstream, and the tool's answer says why.
+    let interview = json!({"name": "fix__interview", "arguments": {}});
+    let refused = stateless(&gateway, "tools/call", interview, capabilities.clone());
+    assert!(
+        refused
+            .notifications
+            .iter()
+            .any(|n| n["params"]["data"] == "interview starts"),
+        "{:?}",
+        refused.notifications
+    );
     assert_eq!(refused.result()["isError"], true, "{:?}", refused.message);
     assert!(
-        refused.text().contains("gateway.max_awaiting_input"),
+        refused
+            .text()
+            .contains("gateway.max_awaiting_input_per_principal"),
         "{}",
         refused.text()
     );
-    // Nobody answers the held call: it is cancelled, and its row says so.
-    wait_for_statuses(&gateway, "elicit", &["cancelled", "error"]);
-    let mut late = call.clone();
-    late["requestState"] = held.result()["requestState"].clone();
-    late["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
-    let late = stateless(&gateway, "tools/call", late, capabilities.clone());
-    assert!(
-        late.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("gateway.input_timeout"),
-        "{:?}",
-        late.message
+
+    // Another principal has a place of their own, and cannot take the admin's call.
+    let mallory = token_for(&gateway, "mallory");
+    let theirs = stateless_as(
+        &gateway,
+        &mallory,
+        JSON_OR_SSE,
+        "tools/call",
+        call.clone(),
+        capabilities.clone(),
     );
-    // A call still held at shutdown is cancelled, and recorded before Warden exits.
-    let held = stateless(&gateway, "tools/call", call, capabilities);
     assert_eq!(
-        held.result()["resultType"],
+        theirs.result()["resultType"],
         "input_required",
         "{:?}",
-        held.message
+        theirs.message
     );
-    let mut gateway = gateway;
+    let mut stolen = call.clone();
+    stolen["requestState"] = admin_state.clone();
+    stolen["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
+    let refused = stateless_as(
+        &gateway,
+        &mallory,
+        JSON_OR_SSE,
+        "tools/call",
+        stolen.clone(),
+        capabilities.clone(),
+    );
+    assert!(
+        error_message(&refused).contains("names no call"),
+        "{:?}",
+        refused.message
+    );
+
+    // Two calls wait: a third principal's question is refused on the total.
+    let eve = token_for(&gateway, "eve");
+    let refused = stateless_as(
+        &gateway,
+        &eve,
+        JSON_OR_SSE,
+        "tools/call",
+        call.clone(),
+        capabilities.clone(),
+    );
+    assert!(
+        refused.text().contains("holds 2 calls"),
+        "{}",
+        refused.text()
+    );
+
+    // The admin's call was unharmed by the attempt, and answers.
+    let answered = stateless(&gateway, "tools/call", stolen, capabilities.clone());
+    assert_eq!(answered.text(), r#"{"action":"accept","content":{}}"#);
+
+    // Mallory's call still waits at shutdown: it is cancelled, and recorded before
+    // Warden exits.
     assert!(
         gateway.warden.sigterm().success(),
         "{}",
         gateway.warden.log()
     );
-    let statuses: Vec<String> = gateway
-        ._db
-        .query(
-            "SELECT status FROM mcp_tool_executions WHERE tool_name = 'elicit' ORDER BY started_at",
-        )
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(statuses, ["cancelled", "error", "cancelled"]);
+    assert_eq!(
+        statuses(&gateway, "fix", "elicit"),
+        ["success", "cancelled", "error"]
+    );
+    assert_eq!(statuses(&gateway, "fix", "interview"), ["error"]);
+}
+
+#[test]
+fn a_held_call_ends_at_its_own_deadline_or_after_the_input_timeout() {
+    let mut quick = fixture(&format!("mrtr-quick-{}", std::process::id()), &[]);
+    quick["call_timeout"] = json!("1s");
+    let gateway = Gateway::start_with(
+        json!({
+            "fix": fixture(&format!("mrtr-wait-{}", std::process::id()), &[]),
+            "quick": quick,
+        }),
+        &[
+            ("gateway.input_timeout", json!("4s")),
+            ("gateway.max_awaiting_input_per_principal", json!(1)),
+        ],
+    );
+    let capabilities = json!({"elicitation": {}});
+    let ask = |server: &str| {
+        let call = json!({"name": format!("{server}__elicit"), "arguments": {"message": "Sure?"}});
+        let held = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
+        assert_eq!(
+            held.result()["resultType"],
+            "input_required",
+            "{:?}",
+            held.message
+        );
+        let mut retry = call;
+        retry["requestState"] = held.result()["requestState"].clone();
+        retry["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
+        retry
+    };
+    // The call's own deadline (1 s) ends it while it waits, and frees its place at once:
+    // the admin's next call can be held long before the input timeout (4 s).
+    let quick_retry = ask("quick");
+    wait_for_statuses(&gateway, "quick", "elicit", &["timeout"]);
+    let late = stateless(&gateway, "tools/call", quick_retry, capabilities.clone());
+    assert!(
+        error_message(&late).contains("names no call"),
+        "{:?}",
+        late.message
+    );
+    let fix_retry = ask("fix");
+    // Nobody answers: after the input timeout the call is cancelled.
+    wait_for_statuses(&gateway, "fix", "elicit", &["cancelled"]);
+    let late = stateless(&gateway, "tools/call", fix_retry, capabilities);
+    assert!(
+        error_message(&late).contains("gateway.input_timeout"),
+        "{:?}",
+        late.message
+    );
 }
 
 #[test]
