@@ -3,7 +3,9 @@
 //! **Owns:** the reaction to catalog changes — when a server becomes ready, stops, fails,
 //! or its tools, resources or prompts change, it tells every session and listen stream
 //! that may see that server (`notifications/*/list_changed`) and rebuilds the routing
-//! table ahead of the next call. The data plane (a tool call) never goes through its
+//! table ahead of the next call. It also passes an upstream's
+//! `notifications/resources/updated` to the sessions subscribed to that resource, and
+//! renews Warden's resource subscriptions at a server that (re)started. The data plane (a tool call) never goes through its
 //! mailbox: calls read the published table and the directory directly (see `mod.rs`).
 //!
 //! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded by a
@@ -58,6 +60,17 @@ impl Actor for GatewayActor {
         let Some(server) = event.server.as_deref() else {
             return Ok(());
         };
+        if let EventKind::Notification { method, params } = &event.kind
+            && method == "notifications/resources/updated"
+        {
+            state
+                .gateway
+                .announce_resource_updated(&state.policy.load(), server, params);
+            return Ok(());
+        }
+        if let EventKind::Ready { .. } = event.kind {
+            state.gateway.resubscribe(server);
+        }
         let kinds: &[&str] = match event.kind {
             EventKind::ToolsChanged { .. } => &["tools"],
             EventKind::ResourcesChanged => &["resources"],

@@ -12,6 +12,7 @@ pub mod actor;
 pub mod pins;
 pub mod routes;
 pub mod session;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,6 +42,7 @@ use crate::policy::{Denial, Permission, PolicyEngine};
 use pins::Pins;
 use routes::RouteTable;
 use session::{Session, SessionManager};
+use subscriptions::{Resource, Subscriptions};
 
 /// Who is asking, on whose behalf, and where upcalls go.
 pub struct CallContext {
@@ -235,6 +237,8 @@ pub struct Gateway {
     pub audit: Audit,
     /// Open `subscriptions/listen` streams (stateless clients' change notifications).
     listeners: std::sync::Mutex<Vec<Listener>>,
+    /// Client sessions' resource subscriptions, and so Warden's own at the upstreams.
+    pub subscriptions: Subscriptions,
     /// Cancelled when Warden shuts down; listen streams then end gracefully.
     pub closing: CancellationToken,
     /// For quota counters.
@@ -272,6 +276,7 @@ impl Gateway {
             audit,
             listeners: std::sync::Mutex::new(Vec::new()),
             closing: CancellationToken::new(),
+            subscriptions: Subscriptions::default(),
             pool,
             http: warden_actors::upstream::http::client_builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -1130,19 +1135,157 @@ impl Gateway {
         connection
             .call(method, params, options)
             .await
-            .map_err(|e| match e {
-                CallError::Rpc(error) => GatewayError::Upstream(error),
-                CallError::Timeout(_) => GatewayError::Timeout {
-                    server: server.clone(),
-                    method: method.to_owned(),
-                    after: timeout,
-                },
-                CallError::Cancelled => GatewayError::Cancelled,
-                CallError::Closed(reason) | CallError::Send(reason) => GatewayError::Lost {
-                    server: server.clone(),
-                    reason,
-                },
-            })
+            .map_err(|e| call_error(e, &server, method, timeout))
+    }
+
+    /// `resources/subscribe` from a client session: the permission check (a subscriber
+    /// reads the resource), then Warden's own subscription at the upstream unless it
+    /// holds one already.
+    pub async fn subscribe_resource(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let Some(session) = &ctx.session else {
+            return Err(GatewayError::InvalidParams(
+                "`resources/subscribe` needs a session; stateless clients name resources in `subscriptions/listen`".into(),
+            ));
+        };
+        let resource = self.resource_of(config, ctx, &params)?;
+        let decision = policy.check(
+            &ctx.principal,
+            &Permission::ReadResource {
+                server: &resource.server,
+                uri: &resource.uri,
+            },
+        );
+        let subject = format!("{}/{}", resource.server, resource.uri);
+        self.record_decision(ctx, &subject, "resources/subscribe", &decision)
+            .await?;
+        decision.map_err(GatewayError::Denied)?;
+        let entry = self.entry(&resource.server)?;
+        if !supports_subscriptions(&entry) {
+            return Err(GatewayError::Upstream(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!(
+                    "server `{}` does not offer resource subscriptions (its capabilities, or `isolation: per_user`)",
+                    resource.server
+                ),
+            )));
+        }
+        if self.subscriptions.add(&resource, &session.id)
+            && let Err(error) =
+                subscription_request(&entry, "resources/subscribe", &resource.uri).await
+        {
+            self.subscriptions.remove(&resource, &session.id);
+            return Err(error);
+        }
+        Ok(empty_result())
+    }
+
+    /// `resources/unsubscribe` from a client session; Warden's own subscription at the
+    /// upstream ends with the last subscriber's.
+    pub async fn unsubscribe_resource(
+        &self,
+        config: &Config,
+        ctx: &CallContext,
+        params: Map<String, Value>,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let Some(session) = &ctx.session else {
+            return Ok(empty_result());
+        };
+        let resource = self.resource_of(config, ctx, &params)?;
+        if self.subscriptions.remove(&resource, &session.id) {
+            let entry = self.entry(&resource.server)?;
+            subscription_request(&entry, "resources/unsubscribe", &resource.uri).await?;
+        }
+        Ok(empty_result())
+    }
+
+    /// A session ended: its subscriptions end with it, and Warden's own at the upstreams
+    /// where it was the last subscriber.
+    pub fn forget_subscriber(&self, session_id: &str) {
+        for resource in self.subscriptions.remove_all(session_id) {
+            if let Ok(entry) = self.entry(&resource.server) {
+                tokio::spawn(async move {
+                    let _ =
+                        subscription_request(&entry, "resources/unsubscribe", &resource.uri).await;
+                });
+            }
+        }
+    }
+
+    /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
+    /// so Warden's are renewed.
+    pub fn resubscribe(&self, server: &str) {
+        let Ok(entry) = self.entry(server) else {
+            return;
+        };
+        for uri in self.subscriptions.uris_of(server) {
+            let entry = entry.clone();
+            tokio::spawn(async move {
+                if let Err(error) = subscription_request(&entry, "resources/subscribe", &uri).await
+                {
+                    tracing::warn!(server = %entry.name, %uri, %error, "could not renew a resource subscription");
+                }
+            });
+        }
+    }
+
+    /// Sends an upstream's `notifications/resources/updated` to the sessions subscribed
+    /// to that resource that may still read it.
+    pub fn announce_resource_updated(&self, policy: &PolicyEngine, server: &str, params: &Value) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            return;
+        };
+        let resource = Resource {
+            server: server.to_owned(),
+            uri: uri.to_owned(),
+        };
+        let subscribers = self.subscriptions.subscribers(&resource);
+        if subscribers.is_empty() {
+            return;
+        }
+        let notification = json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/resources/updated",
+            "params": params,
+        });
+        let data: Arc<str> = Arc::from(notification.to_string());
+        self.sessions.broadcast(data, |session| {
+            subscribers.contains(&session.id)
+                && policy
+                    .check(
+                        &session.principal,
+                        &Permission::ReadResource { server, uri },
+                    )
+                    .is_ok()
+        });
+    }
+
+    /// The resource a subscription request names, and the server that offers it.
+    fn resource_of(
+        &self,
+        config: &Config,
+        ctx: &CallContext,
+        params: &Map<String, Value>,
+    ) -> Result<Resource, GatewayError> {
+        let uri = params
+            .get("uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GatewayError::InvalidParams("`uri` must be a string".into()))?
+            .to_owned();
+        let server = match &ctx.scope {
+            Some(server) => server.to_string(),
+            None => self
+                .routes(config)
+                .resource_server(&uri)
+                .ok_or_else(|| GatewayError::UnknownResource(uri.clone()))?
+                .to_string(),
+        };
+        Ok(Resource { server, uri })
     }
 
     /// Records a permission decision. When the trail refuses it (`fail_closed` with a
@@ -1193,4 +1336,66 @@ pub fn result_is_error(result: &RawValue) -> bool {
         .ok()
         .and_then(|v| v.get("isError").and_then(Value::as_bool))
         .unwrap_or(false)
+}
+
+/// What an upstream call's failure means to the client.
+fn call_error(error: CallError, server: &str, method: &str, timeout: Duration) -> GatewayError {
+    match error {
+        CallError::Rpc(error) => GatewayError::Upstream(error),
+        CallError::Timeout(_) => GatewayError::Timeout {
+            server: server.to_owned(),
+            method: method.to_owned(),
+            after: timeout,
+        },
+        CallError::Cancelled => GatewayError::Cancelled,
+        CallError::Closed(reason) | CallError::Send(reason) => GatewayError::Lost {
+            server: server.to_owned(),
+            reason,
+        },
+    }
+}
+
+/// Whether Warden subscribes at `entry`'s upstream: it says it supports subscriptions,
+/// and it is one shared process (a per-user instance's updates could not be told apart).
+pub fn supports_subscriptions(entry: &ServerEntry) -> bool {
+    matches!(entry.spec().isolation, Isolation::Shared)
+        && routes::catalog_of(entry).is_some_and(|catalog| {
+            catalog.capabilities.pointer("/resources/subscribe") == Some(&Value::Bool(true))
+        })
+}
+
+/// Warden's own `resources/subscribe` or `resources/unsubscribe` at the shared instance,
+/// outside any client's call (no concurrency slot: it is bookkeeping, not work).
+async fn subscription_request(
+    entry: &ServerEntry,
+    method: &str,
+    uri: &str,
+) -> Result<(), GatewayError> {
+    let instance = entry.shared();
+    let connection = instance.connection().ok_or_else(|| {
+        let status = instance.status();
+        GatewayError::NotReady {
+            server: entry.name.to_string(),
+            state: status.state.as_str().to_owned(),
+            detail: status.last_error.clone(),
+        }
+    })?;
+    let timeout = entry.spec().call_timeout;
+    let mut params = Map::new();
+    params.insert("uri".into(), Value::from(uri));
+    let options = CallOptions {
+        timeout: Some(timeout),
+        ..CallOptions::default()
+    };
+    connection
+        .call(method, Some(params), options)
+        .await
+        .map(drop)
+        .map_err(|e| call_error(e, &entry.name, method, timeout))
+}
+
+/// `{}`.
+fn empty_result() -> Box<RawValue> {
+    // `{}` is JSON; the default (`null`) is never reached.
+    RawValue::from_string("{}".to_owned()).unwrap_or_default()
 }

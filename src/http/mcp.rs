@@ -654,9 +654,13 @@ fn capabilities(app: &AppState, scope: &Option<String>) -> Value {
     let any = |key: &str| catalogs.iter().any(|c| c.capabilities.get(key).is_some());
     let mut capabilities = json!({ "tools": { "listChanged": true } });
     if any("resources") || scope.is_none() {
-        let subscribe = catalogs
+        let subscribe = app
+            .gateway
+            .directory
+            .all()
             .iter()
-            .any(|c| c.capabilities.pointer("/resources/subscribe") == Some(&Value::Bool(true)));
+            .filter(|e| scope.as_deref().is_none_or(|s| s == &*e.name))
+            .any(|e| crate::gateway::supports_subscriptions(e));
         capabilities["resources"] = json!({ "listChanged": true, "subscribe": subscribe });
     }
     if any("prompts") || scope.is_none() {
@@ -740,7 +744,6 @@ async fn request(
             }
             return empty();
         }
-        "resources/subscribe" | "resources/unsubscribe" => return empty(),
         "subscriptions/listen" if modern => return listen(&app, scope, principal, id, &params),
         _ => {}
     }
@@ -818,6 +821,12 @@ async fn request(
                 .await
                 .map(|templates| result_text(json!({ "resourceTemplates": templates }))),
             "resources/read" => gateway.read_resource(&config, &policy, &ctx, params).await,
+            "resources/subscribe" => {
+                gateway
+                    .subscribe_resource(&config, &policy, &ctx, params)
+                    .await
+            }
+            "resources/unsubscribe" => gateway.unsubscribe_resource(&config, &ctx, params).await,
             "completion/complete" => gateway.complete(&config, &policy, &ctx, params).await,
             other => Err(GatewayError::Upstream(RpcError::new(
                 code::METHOD_NOT_FOUND,
@@ -1362,6 +1371,15 @@ fn with_cache_hints(result: &RawValue) -> Box<RawValue> {
 
 /// Adds `_meta.traceparent` (and `resultType` for the stateless era) to a result.
 fn decorate(result: &str, trace: &TraceContext, modern: bool) -> String {
+    // An acknowledgement (`resources/subscribe`, …) stays exactly `{}`, as the ones
+    // Warden answers itself: strict clients compare it.
+    if result.trim() == "{}" {
+        return if modern {
+            r#"{"resultType":"complete"}"#.to_owned()
+        } else {
+            "{}".to_owned()
+        };
+    }
     let mut text = jsonrpc::add_meta(result, "traceparent", &Value::from(trace.header()))
         .unwrap_or_else(|| result.to_owned());
     if modern && !text.contains("\"resultType\"") && text.trim_start().starts_with('{') {
@@ -1707,6 +1725,7 @@ pub fn on_session_end(
         let Some(app) = app.upgrade() else {
             return;
         };
+        app.gateway.forget_subscriber(&session.id);
         let hooks = app.hooks.load_full();
         if !hooks.any(HookEvent::SessionEnd) {
             return;

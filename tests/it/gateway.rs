@@ -994,6 +994,13 @@ fn the_notification_stream_resumes_from_last_event_id() {
     let mut events = EventStream::open(&gateway.warden, &gateway.token);
     client.call("fix__mutate_tools", json!({}));
     events.wait_for(WAIT, |e| e["event"] == "tools_changed");
+    let seen = session_stream_until(&gateway, &session, "notifications/tools/list_changed");
+    assert!(seen.contains("id: 1"), "{seen}");
+}
+
+/// Reads `session`'s notification stream from its first event (`Last-Event-ID: 0`)
+/// until `needle` shows; returns what was read.
+fn session_stream_until(gateway: &Gateway, session: &str, needle: &str) -> String {
     let authority = gateway
         .warden
         .base_url()
@@ -1009,14 +1016,116 @@ fn the_notification_stream_resumes_from_last_event_id() {
     .expect("send");
     let mut reader = BufReader::new(stream);
     let mut seen = String::new();
-    while !seen.contains("notifications/tools/list_changed") {
+    while !seen.contains(needle) {
         let mut line = String::new();
         if reader.read_line(&mut line).expect("read the stream") == 0 {
             panic!("the stream ended; saw {seen}");
         }
         seen.push_str(&line);
     }
-    assert!(seen.contains("id: 1"), "{seen}");
+    seen
+}
+
+/// Polls `check` until it holds; panics with `what` after [`WAIT`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::park_timeout(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_restart() {
+    let gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("subs-{}", std::process::id()), &[]) }));
+    let mut a = gateway.client();
+    let mut b = gateway.client();
+    let (a_session, b_session) = (
+        a.session.clone().expect("a session"),
+        b.session.clone().expect("a session"),
+    );
+    let hello = json!({"uri": "fixture://hello"});
+    let item = json!({"uri": "fixture://item/1"});
+    let subscribe = |client: &mut McpClient, resource: &Value| {
+        let answer = client.request("resources/subscribe", resource.clone());
+        assert_eq!(answer.result(), &json!({}), "{:?}", answer.message);
+    };
+    subscribe(&mut a, &hello);
+    subscribe(&mut b, &hello);
+    subscribe(&mut b, &item);
+    let unknown = a.request("resources/subscribe", json!({"uri": "nowhere://x"}));
+    assert_eq!(unknown.error()["code"], -32002, "{:?}", unknown.message);
+    // Warden holds one subscription per resource at the upstream, whoever asked.
+    let upstream = |client: &mut McpClient| client.call("fix__subscriptions", json!({})).text();
+    assert_eq!(
+        upstream(&mut a),
+        r#"["fixture://hello","fixture://item/1"]"#
+    );
+
+    // An update reaches every subscriber of that resource, and nobody else.
+    assert_eq!(a.call("fix__touch", item.clone()).text(), "notified");
+    assert_eq!(a.call("fix__touch", hello.clone()).text(), "notified");
+    let seen_by_b = session_stream_until(&gateway, &b_session, "fixture://hello");
+    assert!(
+        seen_by_b.contains("notifications/resources/updated"),
+        "{seen_by_b}"
+    );
+    assert!(seen_by_b.contains("fixture://item/1"), "{seen_by_b}");
+    let seen_by_a = session_stream_until(&gateway, &a_session, "fixture://hello");
+    assert!(!seen_by_a.contains("fixture://item/1"), "{seen_by_a}");
+
+    // A leaves `hello`, which B still wants: Warden stays subscribed.
+    assert_eq!(
+        a.request("resources/unsubscribe", hello).result(),
+        &json!({})
+    );
+    assert_eq!(
+        upstream(&mut a),
+        r#"["fixture://hello","fixture://item/1"]"#
+    );
+    // B's session ends: its subscriptions end with it, and Warden's with the last one.
+    let ended = http::request(
+        "DELETE",
+        &gateway.warden.url("/mcp"),
+        &[
+            ("Authorization", &format!("Bearer {}", gateway.token)),
+            ("Mcp-Session-Id", &b_session),
+        ],
+        None,
+    )
+    .expect("DELETE /mcp");
+    assert_eq!(ended.status, 204);
+    eventually("Warden never unsubscribed upstream", || {
+        upstream(&mut a) == "[]"
+    });
+
+    // The server restarts: a new process knows no subscriptions; Warden renews A's.
+    subscribe(&mut a, &item);
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    let _ = a.call("fix__crash", json!({}));
+    events.wait_for(WAIT, event("ready", "fix"));
+    eventually("the subscription was not renewed after the restart", || {
+        upstream(&mut a) == r#"["fixture://item/1"]"#
+    });
+}
+
+#[test]
+fn a_third_party_servers_resource_updates_reach_the_subscriber() {
+    let bin = external::npm_bin().join("mcp-server-everything");
+    let gateway = Gateway::start(json!({
+        "everything": {"command": bin, "args": ["stdio"], "startup_timeout": "60s"},
+    }));
+    let mut client = gateway.client();
+    let session = client.session.clone().expect("a session");
+    let uri = "demo://resource/static/document/features.md";
+    let answer = client.request("resources/subscribe", json!({"uri": uri}));
+    assert_eq!(answer.result(), &json!({}), "{:?}", answer.message);
+    // Its updates start with one at once, sent while this call is in flight: it still
+    // goes to the subscriber, not to the call.
+    client.call("everything__toggle-subscriber-updates", json!({}));
+    let seen = session_stream_until(&gateway, &session, "notifications/resources/updated");
+    assert!(seen.contains(uri), "{seen}");
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //!   over stdio they are attributed only when every call in flight belongs to the same
 //!   session, and otherwise refused (a request) or logged (a message) — never delivered
 //!   to a session that did not cause them;
-//! - `*/list_changed` → [`ConnectionEvent::ListChanged`] for the owning server actor.
+//! - `*/list_changed` → [`ConnectionEvent::ListChanged`] for the owning server actor;
+//! - `notifications/resources/updated` → [`ConnectionEvent::Unattributed`], always: it
+//!   belongs to a subscription (held by the gateway for all subscribers), not a call.
 //!
 //! Transports: [`stdio`] (newline-delimited JSON on a child's stdin/stdout) and [`http`]
 //! (streamable HTTP to an HTTP child or a remote server).
@@ -361,6 +363,14 @@ impl Connection {
             "notifications/resources/list_changed" => self.list_changed(ListKind::Resources),
             "notifications/prompts/list_changed" => self.list_changed(ListKind::Prompts),
             "notifications/progress" => self.on_progress(params),
+            // Subscribers get it, whoever's call is in flight (Warden holds one
+            // subscription for all of them).
+            "notifications/resources/updated" => {
+                let _ = self.events.send(ConnectionEvent::Unattributed {
+                    method: method.to_owned(),
+                    params,
+                });
+            }
             _ => {
                 let target = stream_of.or_else(|| self.sole_session_call());
                 match target.and_then(|id| self.sink_of(id)) {

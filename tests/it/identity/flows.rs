@@ -328,7 +328,7 @@ fn discovery_documents_challenges_and_the_admin_api() {
     let user = env.token("dana", "fx:use");
     assert_eq!(
         env.tool_names(&user).len(),
-        14,
+        16,
         "every non-destructive fixture tool"
     );
     let servers = http::request(
