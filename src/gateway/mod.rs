@@ -224,6 +224,8 @@ pub struct Listener {
     pub scope: Option<Arc<str>>,
     pub filter: ListenFilter,
     pub sender: tokio::sync::mpsc::Sender<Arc<str>>,
+    /// Its key in [`Gateway::subscriptions`] when it asked for resources' updates.
+    pub subscriber: Option<String>,
 }
 
 /// The gateway: routing table, pins and sessions over the supervision tree.
@@ -1153,7 +1155,22 @@ impl Gateway {
                 "`resources/subscribe` needs a session; stateless clients name resources in `subscriptions/listen`".into(),
             ));
         };
-        let resource = self.resource_of(config, ctx, &params)?;
+        self.subscribe(config, policy, ctx, &session.id, &params)
+            .await?;
+        Ok(empty_result())
+    }
+
+    /// Subscribes `who` (a session id, or a listen stream's key) to the resource
+    /// `params` name.
+    pub async fn subscribe(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        who: &str,
+        params: &Map<String, Value>,
+    ) -> Result<(), GatewayError> {
+        let resource = self.resource_of(config, ctx, params)?;
         let decision = policy.check(
             &ctx.principal,
             &Permission::ReadResource {
@@ -1175,14 +1192,14 @@ impl Gateway {
                 ),
             )));
         }
-        if self.subscriptions.add(&resource, &session.id)
+        if self.subscriptions.add(&resource, who)
             && let Err(error) =
                 subscription_request(&entry, "resources/subscribe", &resource.uri).await
         {
-            self.subscriptions.remove(&resource, &session.id);
+            self.subscriptions.remove(&resource, who);
             return Err(error);
         }
-        Ok(empty_result())
+        Ok(())
     }
 
     /// `resources/unsubscribe` from a client session; Warden's own subscription at the
@@ -1204,12 +1221,17 @@ impl Gateway {
         Ok(empty_result())
     }
 
-    /// A session ended: its subscriptions end with it, and Warden's own at the upstreams
-    /// where it was the last subscriber.
-    pub fn forget_subscriber(&self, session_id: &str) {
-        for resource in self.subscriptions.remove_all(session_id) {
+    /// A session or listen stream ended: its subscriptions end with it, and Warden's own
+    /// at the upstreams where it was the last subscriber.
+    pub fn forget_subscriber(&self, who: &str) {
+        let abandoned = self.subscriptions.remove_all(who);
+        // Without a runtime Warden is exiting, and the upstreams with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for resource in abandoned {
             if let Ok(entry) = self.entry(&resource.server) {
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     let _ =
                         subscription_request(&entry, "resources/unsubscribe", &resource.uri).await;
                 });
@@ -1254,15 +1276,24 @@ impl Gateway {
             "params": params,
         });
         let data: Arc<str> = Arc::from(notification.to_string());
-        self.sessions.broadcast(data, |session| {
-            subscribers.contains(&session.id)
-                && policy
-                    .check(
-                        &session.principal,
-                        &Permission::ReadResource { server, uri },
-                    )
-                    .is_ok()
+        let may_read = |principal: &Principal| {
+            policy
+                .check(principal, &Permission::ReadResource { server, uri })
+                .is_ok()
+        };
+        self.sessions.broadcast(data.clone(), |session| {
+            subscribers.contains(&session.id) && may_read(&session.principal)
         });
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for listener in listeners.iter() {
+            let subscribed = listener
+                .subscriber
+                .as_ref()
+                .is_some_and(|key| subscribers.contains(key));
+            if subscribed && may_read(&listener.principal) {
+                let _ = listener.sender.try_send(data.clone());
+            }
+        }
     }
 
     /// The resource a subscription request names, and the server that offers it.

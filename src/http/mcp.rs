@@ -744,7 +744,9 @@ async fn request(
             }
             return empty();
         }
-        "subscriptions/listen" if modern => return listen(&app, scope, principal, id, &params),
+        "subscriptions/listen" if modern => {
+            return listen(&app, &config, scope, principal, trace, id, &params).await;
+        }
         _ => {}
     }
     let session = match &era {
@@ -1596,10 +1598,12 @@ async fn handle_delete(app: AppState, scope: Option<String>, headers: HeaderMap)
 /// notification types Warden will honour, then carries them, each tagged with the
 /// subscription id, until the client leaves or Warden shuts down (then a final result
 /// closes it gracefully).
-fn listen(
+async fn listen(
     app: &AppState,
+    config: &Config,
     scope: Option<String>,
     principal: Arc<Principal>,
+    trace: TraceContext,
     id: Value,
     params: &Map<String, Value>,
 ) -> Response {
@@ -1610,6 +1614,7 @@ fn listen(
         prompts: flag("promptsListChanged"),
         resources: flag("resourcesListChanged"),
     };
+    let resources = listen_subscriptions(app, config, &scope, &principal, trace, &requested).await;
     let (sender, receiver) = mpsc::channel::<Arc<str>>(64);
     app.gateway.add_listener(crate::gateway::Listener {
         id: id.clone(),
@@ -1617,6 +1622,7 @@ fn listen(
         scope: scope.as_deref().map(Arc::from),
         filter,
         sender,
+        subscriber: resources.as_ref().map(|r| r.key.clone()),
     });
     let mut honoured = Map::new();
     for (key, on) in [
@@ -1628,6 +1634,9 @@ fn listen(
             honoured.insert(key.into(), Value::Bool(true));
         }
     }
+    if let Some(resources) = &resources {
+        honoured.insert("resourceSubscriptions".into(), json!(resources.uris));
+    }
     let ack = json!({
         "jsonrpc": "2.0",
         "method": "notifications/subscriptions/acknowledged",
@@ -1636,14 +1645,16 @@ fn listen(
     let closing = app.gateway.closing.clone();
     let first =
         stream::once(async move { Ok::<_, Infallible>(sse_bytes(ack.to_string().as_bytes())) });
+    // The stream's resource subscriptions end when it does, however it ends.
+    let subscribed = resources.map(|resources| resources.guard);
     let rest = stream::unfold(
-        (receiver, closing, Some(id)),
-        |(mut receiver, closing, id)| async move {
+        (receiver, closing, Some(id), subscribed),
+        |(mut receiver, closing, id, subscribed)| async move {
             let id = id?;
             tokio::select! {
                 item = receiver.recv() => {
                     let data = item?;
-                    Some((Ok(sse_bytes(data.as_bytes())), (receiver, closing, Some(id))))
+                    Some((Ok(sse_bytes(data.as_bytes())), (receiver, closing, Some(id), subscribed)))
                 }
                 _ = closing.cancelled() => {
                     let result = json!({
@@ -1652,7 +1663,7 @@ fn listen(
                     });
                     let mut frame = Vec::new();
                     jsonrpc::write_result(&mut frame, &id.to_string(), &result.to_string());
-                    Some((Ok(sse_bytes(&frame)), (receiver, closing, None)))
+                    Some((Ok(sse_bytes(&frame)), (receiver, closing, None, subscribed)))
                 }
             }
         },
@@ -1665,6 +1676,76 @@ fn listen(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The resources a listen stream subscribed to, under one subscriber key.
+struct ListenResources {
+    key: String,
+    /// The URIs honoured: each one the caller may read, on a server that offers
+    /// subscriptions.
+    uris: Vec<String>,
+    guard: Unsubscribe,
+}
+
+/// Ends a subscriber's subscriptions when dropped.
+struct Unsubscribe {
+    gateway: Arc<crate::gateway::Gateway>,
+    key: String,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.gateway.forget_subscriber(&self.key);
+    }
+}
+
+/// Subscribes a listen stream to its `resourceSubscriptions`; `None` when it asked for
+/// none. A URI that cannot be subscribed (unknown, not permitted, not offered) is left
+/// out of the acknowledgement.
+async fn listen_subscriptions(
+    app: &AppState,
+    config: &Config,
+    scope: &Option<String>,
+    principal: &Arc<Principal>,
+    trace: TraceContext,
+    requested: &Value,
+) -> Option<ListenResources> {
+    let asked: Vec<&str> = requested
+        .get("resourceSubscriptions")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let key = format!("listen-{}", uuid::Uuid::new_v4().simple());
+    let guard = Unsubscribe {
+        gateway: app.gateway.clone(),
+        key: key.clone(),
+    };
+    let ctx = CallContext {
+        principal: principal.clone(),
+        session: None,
+        trace,
+        scope: scope.as_deref().map(Arc::from),
+        sink: None,
+        cancel: CancellationToken::new(),
+    };
+    let policy = app.policy.load();
+    let mut uris = Vec::new();
+    for uri in asked {
+        let mut params = Map::new();
+        params.insert("uri".into(), Value::from(uri));
+        match app
+            .gateway
+            .subscribe(config, &policy, &ctx, &key, &params)
+            .await
+        {
+            Ok(()) => uris.push(uri.to_owned()),
+            Err(error) => {
+                tracing::debug!(%uri, %error, "a listen stream's resource subscription was not honoured")
+            }
+        }
+    }
+    Some(ListenResources { key, uris, guard })
 }
 
 /// Runs `SessionStart` hooks for a new session; a denial refuses the session.

@@ -1111,6 +1111,85 @@ fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_
 }
 
 #[test]
+fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open() {
+    let gateway = Gateway::start(
+        json!({ "fix": fixture(&format!("listen-subs-{}", std::process::id()), &[]) }),
+    );
+    let authority = gateway
+        .warden
+        .base_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    let body = json!({"jsonrpc": "2.0", "id": "watch", "method": "subscriptions/listen",
+    "params": {
+        "notifications": {"resourceSubscriptions": ["fixture://hello", "nowhere://x"]},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    }})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: subscriptions/listen\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        gateway.token,
+        body.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut read_until = |needle: &str| {
+        let mut seen = String::new();
+        while !seen.contains(needle) {
+            let mut line = String::new();
+            if reader.read_line(&mut line).expect("read the stream") == 0 {
+                panic!("the stream ended; saw {seen}");
+            }
+            seen.push_str(&line);
+        }
+        seen
+    };
+    // The acknowledgement names what was honoured: the unknown resource is not.
+    let ack = read_until("subscriptions/acknowledged");
+    assert!(
+        ack.contains(r#""resourceSubscriptions":["fixture://hello"]"#),
+        "{ack}"
+    );
+    let upstream = || {
+        stateless(
+            &gateway,
+            "tools/call",
+            json!({"name": "fix__subscriptions", "arguments": {}}),
+            json!({}),
+        )
+        .text()
+    };
+    assert_eq!(upstream(), r#"["fixture://hello"]"#);
+    let touch = || {
+        stateless(
+            &gateway,
+            "tools/call",
+            json!({"name": "fix__touch", "arguments": {"uri": "fixture://hello"}}),
+            json!({}),
+        )
+    };
+    assert_eq!(touch().text(), "notified");
+    let update = read_until("notifications/resources/updated");
+    assert!(update.contains("fixture://hello"), "{update}");
+    // The client goes away: the subscription ends with its stream (noticed when Warden
+    // next writes to it).
+    drop(reader);
+    eventually("the listen stream's subscription outlived it", || {
+        touch();
+        upstream() == "[]"
+    });
+}
+
+#[test]
 fn a_third_party_servers_resource_updates_reach_the_subscriber() {
     let bin = external::npm_bin().join("mcp-server-everything");
     let gateway = Gateway::start(json!({
