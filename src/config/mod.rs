@@ -164,6 +164,8 @@ pub struct GatewayConfig {
     pub max_awaiting_input: usize,
     /// Calls of one principal waiting for such an answer at once.
     pub max_awaiting_input_per_principal: usize,
+    /// Resources one session or listen stream may subscribe to.
+    pub max_resource_subscriptions: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -399,6 +401,7 @@ impl Config {
                 .gateway
                 .max_awaiting_input_per_principal
                 .unwrap_or(16),
+            max_resource_subscriptions: raw.gateway.max_resource_subscriptions.unwrap_or(256),
         };
         if gateway.separator.is_empty() {
             problem("gateway.separator", "must not be empty".into());
@@ -1046,6 +1049,7 @@ mod tests {
         assert_eq!(config.gateway.input_timeout, Duration::from_secs(300));
         assert_eq!(config.gateway.max_awaiting_input, 1_000);
         assert_eq!(config.gateway.max_awaiting_input_per_principal, 16);
+        assert_eq!(config.gateway.max_resource_subscriptions, 256);
         let config = parse("gateway:\n  input_timeout: 30s\n  max_awaiting_input: 0\n").unwrap();
         assert_eq!(config.gateway.input_timeout, Duration::from_secs(30));
         assert_eq!(

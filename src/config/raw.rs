@@ -207,6 +207,7 @@ pub struct RawGateway {
     pub input_timeout: Option<Dur>,
     pub max_awaiting_input: Option<usize>,
     pub max_awaiting_input_per_principal: Option<usize>,
+    pub max_resource_subscriptions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

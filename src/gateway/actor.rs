@@ -60,15 +60,20 @@ impl Actor for GatewayActor {
         let Some(server) = event.server.as_deref() else {
             return Ok(());
         };
+        // Subscriptions live on shared instances only: a per-user instance's update
+        // says nothing about anyone else's resource.
         if let EventKind::Notification { method, params } = &event.kind
             && method == "notifications/resources/updated"
+            && event.user.is_none()
         {
             state
                 .gateway
                 .announce_resource_updated(&state.policy.load(), server, params);
             return Ok(());
         }
-        if let EventKind::Ready { .. } = event.kind {
+        if let EventKind::Ready { .. } = event.kind
+            && event.user.is_none()
+        {
             state.gateway.resubscribe(server);
         }
         let kinds: &[&str] = match event.kind {

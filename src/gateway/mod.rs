@@ -42,7 +42,7 @@ use crate::policy::{Denial, Permission, PolicyEngine};
 use pins::Pins;
 use routes::RouteTable;
 use session::{Session, SessionManager};
-use subscriptions::{Resource, Subscriptions};
+use subscriptions::{Resource, Subscriptions, TooMany};
 
 /// Who is asking, on whose behalf, and where upcalls go.
 pub struct CallContext {
@@ -240,7 +240,7 @@ pub struct Gateway {
     /// Open `subscriptions/listen` streams (stateless clients' change notifications).
     listeners: std::sync::Mutex<Vec<Listener>>,
     /// Client sessions' resource subscriptions, and so Warden's own at the upstreams.
-    pub subscriptions: Subscriptions,
+    pub subscriptions: Arc<Subscriptions>,
     /// Cancelled when Warden shuts down; listen streams then end gracefully.
     pub closing: CancellationToken,
     /// For quota counters.
@@ -278,7 +278,7 @@ impl Gateway {
             audit,
             listeners: std::sync::Mutex::new(Vec::new()),
             closing: CancellationToken::new(),
-            subscriptions: Subscriptions::default(),
+            subscriptions: Arc::default(),
             pool,
             http: warden_actors::upstream::http::client_builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -1149,19 +1149,25 @@ impl Gateway {
         policy: &PolicyEngine,
         ctx: &CallContext,
         params: Map<String, Value>,
-    ) -> Result<Box<RawValue>, GatewayError> {
+    ) -> Result<(), GatewayError> {
         let Some(session) = &ctx.session else {
             return Err(GatewayError::InvalidParams(
                 "`resources/subscribe` needs a session; stateless clients name resources in `subscriptions/listen`".into(),
             ));
         };
-        self.subscribe(config, policy, ctx, &session.id, &params)
-            .await?;
-        Ok(empty_result())
+        let subscribed = self
+            .subscribe(config, policy, ctx, &session.id, &params)
+            .await;
+        // A session that ended meanwhile may have been forgotten before it was added:
+        // forget it again, now that it is in the table.
+        if self.sessions.table.get(&session.id).is_none() {
+            self.forget_subscriber(&session.id);
+        }
+        subscribed
     }
 
     /// Subscribes `who` (a session id, or a listen stream's key) to the resource
-    /// `params` name.
+    /// `params` name, and brings the upstream in line.
     pub async fn subscribe(
         &self,
         config: &Config,
@@ -1171,6 +1177,16 @@ impl Gateway {
         params: &Map<String, Value>,
     ) -> Result<(), GatewayError> {
         let resource = self.resource_of(config, ctx, params)?;
+        let entry = self.entry(&resource.server)?;
+        if !supports_subscriptions(&entry) {
+            return Err(GatewayError::Upstream(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!(
+                    "server `{}` does not offer resource subscriptions (its capabilities, or `isolation: per_user`)",
+                    resource.server
+                ),
+            )));
+        }
         let decision = policy.check(
             &ctx.principal,
             &Permission::ReadResource {
@@ -1182,82 +1198,101 @@ impl Gateway {
         self.record_decision(ctx, &subject, "resources/subscribe", &decision)
             .await?;
         decision.map_err(GatewayError::Denied)?;
-        let entry = self.entry(&resource.server)?;
-        if !supports_subscriptions(&entry) {
-            return Err(GatewayError::Upstream(RpcError::new(
-                code::METHOD_NOT_FOUND,
-                format!(
-                    "server `{}` does not offer resource subscriptions (its capabilities, or `isolation: per_user`)",
-                    resource.server
-                ),
-            )));
-        }
-        if self.subscriptions.add(&resource, who)
-            && let Err(error) =
-                subscription_request(&entry, "resources/subscribe", &resource.uri).await
-        {
-            self.subscriptions.remove(&resource, who);
+        let max = config.gateway.max_resource_subscriptions;
+        let added = self
+            .subscriptions
+            .add(&resource, who, max)
+            .map_err(|TooMany(max)| {
+                GatewayError::InvalidParams(format!(
+                    "a client holds at most {max} resource subscriptions (gateway.max_resource_subscriptions)"
+                ))
+            })?;
+        let synced = self
+            .subscriptions
+            .sync(&resource, |method| {
+                subscription_request(&entry, method, &resource.uri)
+            })
+            .await;
+        if let Err(error) = synced {
+            if added {
+                self.subscriptions.remove(&resource, who);
+            }
             return Err(error);
         }
         Ok(())
     }
 
     /// `resources/unsubscribe` from a client session; Warden's own subscription at the
-    /// upstream ends with the last subscriber's.
+    /// upstream ends with the last subscriber's. Always answered `{}`: the client is
+    /// unsubscribed whatever the upstream says.
     pub async fn unsubscribe_resource(
         &self,
         config: &Config,
         ctx: &CallContext,
         params: Map<String, Value>,
-    ) -> Result<Box<RawValue>, GatewayError> {
+    ) -> Result<(), GatewayError> {
         let Some(session) = &ctx.session else {
-            return Ok(empty_result());
+            return Ok(());
         };
         let resource = self.resource_of(config, ctx, &params)?;
-        if self.subscriptions.remove(&resource, &session.id) {
-            let entry = self.entry(&resource.server)?;
-            subscription_request(&entry, "resources/unsubscribe", &resource.uri).await?;
+        if self.subscriptions.remove(&resource, &session.id)
+            && let Ok(entry) = self.entry(&resource.server)
+        {
+            let _ = self
+                .subscriptions
+                .sync(&resource, |method| {
+                    subscription_request(&entry, method, &resource.uri)
+                })
+                .await;
         }
-        Ok(empty_result())
+        Ok(())
     }
 
     /// A session or listen stream ended: its subscriptions end with it, and Warden's own
     /// at the upstreams where it was the last subscriber.
     pub fn forget_subscriber(&self, who: &str) {
-        let abandoned = self.subscriptions.remove_all(who);
-        // Without a runtime Warden is exiting, and the upstreams with it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for resource in abandoned {
-            if let Ok(entry) = self.entry(&resource.server) {
-                runtime.spawn(async move {
-                    let _ =
-                        subscription_request(&entry, "resources/unsubscribe", &resource.uri).await;
-                });
-            }
-        }
+        let left = self.subscriptions.remove_all(who);
+        self.sync_in_background(left);
     }
 
     /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
     /// so Warden's are renewed.
     pub fn resubscribe(&self, server: &str) {
-        let Ok(entry) = self.entry(server) else {
-            return;
-        };
-        for uri in self.subscriptions.uris_of(server) {
-            let entry = entry.clone();
-            tokio::spawn(async move {
-                if let Err(error) = subscription_request(&entry, "resources/subscribe", &uri).await
-                {
-                    tracing::warn!(server = %entry.name, %uri, %error, "could not renew a resource subscription");
-                }
-            });
-        }
+        let wanted = self.subscriptions.upstream_restarted(server);
+        self.sync_in_background(wanted);
     }
 
-    /// Sends an upstream's `notifications/resources/updated` to the sessions subscribed
-    /// to that resource that may still read it.
+    /// Brings the upstream in line for each of `resources`, one after another, in a
+    /// task of its own (not the caller's: it may be a `Drop`, or the gateway actor).
+    fn sync_in_background(&self, resources: Vec<Resource>) {
+        if resources.is_empty() {
+            return;
+        }
+        // Without a runtime Warden is exiting, and the upstreams with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let subscriptions = self.subscriptions.clone();
+        let directory = self.directory.clone();
+        runtime.spawn(async move {
+            for resource in resources {
+                let Some(entry) = directory.get(&resource.server) else {
+                    continue;
+                };
+                let synced = subscriptions
+                    .sync(&resource, |method| {
+                        subscription_request(&entry, method, &resource.uri)
+                    })
+                    .await;
+                if let Err(error) = synced {
+                    tracing::warn!(server = %resource.server, uri = %resource.uri, %error, "a resource subscription could not be renewed");
+                }
+            }
+        });
+    }
+
+    /// Sends an upstream's `notifications/resources/updated` to the sessions and listen
+    /// streams subscribed to that resource that may still read it.
     pub fn announce_resource_updated(&self, policy: &PolicyEngine, server: &str, params: &Value) {
         let Some(uri) = params.get("uri").and_then(Value::as_str) else {
             return;
@@ -1270,18 +1305,23 @@ impl Gateway {
         if subscribers.is_empty() {
             return;
         }
+        let may_read = |principal: &Principal| {
+            policy
+                .check(principal, &Permission::ReadResource { server, uri })
+                .is_ok()
+        };
+        let mut params = params.clone();
+        if let Some(params) = params.as_object_mut() {
+            // The upstream's own `_meta` is about its session with Warden.
+            params.remove("_meta");
+        }
         let notification = json!({
             "jsonrpc": "2.0",
             "method": "notifications/resources/updated",
             "params": params,
         });
         let data: Arc<str> = Arc::from(notification.to_string());
-        let may_read = |principal: &Principal| {
-            policy
-                .check(principal, &Permission::ReadResource { server, uri })
-                .is_ok()
-        };
-        self.sessions.broadcast(data.clone(), |session| {
+        self.sessions.broadcast(data, |session| {
             subscribers.contains(&session.id) && may_read(&session.principal)
         });
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -1291,7 +1331,13 @@ impl Gateway {
                 .as_ref()
                 .is_some_and(|key| subscribers.contains(key));
             if subscribed && may_read(&listener.principal) {
-                let _ = listener.sender.try_send(data.clone());
+                // Every notification on a listen stream names its subscription.
+                let mut notification = notification.clone();
+                notification["params"]["_meta"] =
+                    json!({"io.modelcontextprotocol/subscriptionId": listener.id});
+                let _ = listener
+                    .sender
+                    .try_send(Arc::from(notification.to_string()));
             }
         }
     }
@@ -1399,7 +1445,7 @@ pub fn supports_subscriptions(entry: &ServerEntry) -> bool {
 /// outside any client's call (no concurrency slot: it is bookkeeping, not work).
 async fn subscription_request(
     entry: &ServerEntry,
-    method: &str,
+    method: &'static str,
     uri: &str,
 ) -> Result<(), GatewayError> {
     let instance = entry.shared();
@@ -1423,10 +1469,4 @@ async fn subscription_request(
         .await
         .map(drop)
         .map_err(|e| call_error(e, &entry.name, method, timeout))
-}
-
-/// `{}`.
-fn empty_result() -> Box<RawValue> {
-    // `{}` is JSON; the default (`null`) is never reached.
-    RawValue::from_string("{}".to_owned()).unwrap_or_default()
 }

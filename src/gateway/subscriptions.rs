@@ -1,19 +1,23 @@
 //! Resource subscriptions: which subscribers want `notifications/resources/updated` for
-//! which resource of which server.
+//! which resource of which server, and whether Warden holds the upstream's subscription.
 //!
 //! Clients subscribe to Warden; Warden subscribes to the upstream once per resource,
 //! whoever and however many ask, and keeps that subscription while at least one
-//! subscriber wants it. [`Subscriptions::add`] and [`Subscriptions::remove`] say when the
-//! upstream must hear `resources/subscribe` or `resources/unsubscribe`; the gateway
-//! (`mod.rs`) sends them, re-subscribes when a server restarts (a new process knows
-//! nothing of the old one's subscriptions), and fans updates out.
+//! subscriber wants it. Subscribers are client sessions (handshake era,
+//! `resources/subscribe`, keyed by session id) and stateless `subscriptions/listen`
+//! streams (keyed `listen-…`); one that goes away without unsubscribing is removed whole
+//! by [`Subscriptions::remove_all`].
 //!
-//! Subscribers are client sessions (handshake era, `resources/subscribe`). A subscriber
-//! that goes away without unsubscribing (its session ends) is removed whole by
-//! [`Subscriptions::remove_all`].
+//! The upstream is brought in line by [`Subscriptions::sync`]: one request at a time per
+//! server, each decided from the table as it stands when its turn comes, so requests
+//! reach the upstream in the order they were decided and the last word is always the
+//! table's (a subscribe and an unsubscribe racing on two tasks cannot leave the upstream
+//! unsubscribed while the table wants it). A request whose answer was never seen leaves
+//! the state unknown, and the next turn settles it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// One resource of one server.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -22,70 +26,167 @@ pub struct Resource {
     pub uri: String,
 }
 
-/// Who wants a resource's updates: a client session, by id.
-pub type Subscriber = String;
+/// Whether the upstream holds Warden's subscription to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upstream {
+    No,
+    Yes,
+    /// A request went out and its answer was not seen.
+    Unknown,
+}
+
+struct Entry {
+    subscribers: HashSet<String>,
+    upstream: Upstream,
+}
+
+/// A subscriber asked for more resources than it may hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooMany(pub usize);
 
 #[derive(Default)]
 pub struct Subscriptions {
-    table: Mutex<HashMap<Resource, HashSet<Subscriber>>>,
+    table: Mutex<HashMap<Resource, Entry>>,
+    /// Whose turn it is to talk to each server (see [`Subscriptions::sync`]).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Subscriptions {
-    /// Adds `who` to `resource`'s subscribers; true when it is the first (Warden must
-    /// subscribe at the upstream).
-    pub fn add(&self, resource: &Resource, who: &str) -> bool {
+    /// Adds `who` to `resource`'s subscribers; true when it was not one yet. At most
+    /// `max` resources per subscriber.
+    pub fn add(&self, resource: &Resource, who: &str, max: usize) -> Result<bool, TooMany> {
         let mut table = self.lock();
-        let subscribers = table.entry(resource.clone()).or_default();
-        subscribers.insert(who.to_owned());
-        subscribers.len() == 1
+        if table
+            .get(resource)
+            .is_some_and(|entry| entry.subscribers.contains(who))
+        {
+            return Ok(false);
+        }
+        let held = table
+            .values()
+            .filter(|entry| entry.subscribers.contains(who))
+            .count();
+        if held >= max {
+            return Err(TooMany(max));
+        }
+        let entry = table.entry(resource.clone()).or_insert_with(|| Entry {
+            subscribers: HashSet::new(),
+            upstream: Upstream::No,
+        });
+        Ok(entry.subscribers.insert(who.to_owned()))
     }
 
-    /// Removes `who` from `resource`'s subscribers; true when it was the last (Warden
-    /// must unsubscribe at the upstream).
+    /// Removes `who` from `resource`'s subscribers; true when it was one.
     pub fn remove(&self, resource: &Resource, who: &str) -> bool {
         let mut table = self.lock();
-        let Some(subscribers) = table.get_mut(resource) else {
-            return false;
-        };
-        if !subscribers.remove(who) || !subscribers.is_empty() {
-            return false;
-        }
-        table.remove(resource);
-        true
+        let removed = table
+            .get_mut(resource)
+            .is_some_and(|entry| entry.subscribers.remove(who));
+        forget_if_settled(&mut table, resource);
+        removed
     }
 
-    /// Removes `who` everywhere; returns the resources nobody wants any more.
+    /// Removes `who` everywhere; returns the resources it was subscribed to.
     pub fn remove_all(&self, who: &str) -> Vec<Resource> {
         let mut table = self.lock();
-        let mut abandoned = Vec::new();
-        table.retain(|resource, subscribers| {
-            if subscribers.remove(who) && subscribers.is_empty() {
-                abandoned.push(resource.clone());
-                return false;
-            }
-            true
-        });
-        abandoned
+        let left: Vec<Resource> = table
+            .iter_mut()
+            .filter_map(|(resource, entry)| entry.subscribers.remove(who).then(|| resource.clone()))
+            .collect();
+        for resource in &left {
+            forget_if_settled(&mut table, resource);
+        }
+        left
     }
 
     /// Who wants `resource`'s updates.
-    pub fn subscribers(&self, resource: &Resource) -> HashSet<Subscriber> {
-        self.lock().get(resource).cloned().unwrap_or_default()
+    pub fn subscribers(&self, resource: &Resource) -> HashSet<String> {
+        self.lock()
+            .get(resource)
+            .map(|entry| entry.subscribers.clone())
+            .unwrap_or_default()
     }
 
-    /// The resources of `server` someone wants.
-    pub fn uris_of(&self, server: &str) -> Vec<String> {
-        self.lock()
+    /// `server` is a new process: it holds none of Warden's subscriptions. Returns the
+    /// resources someone wants from it (to [`sync`](Self::sync) again).
+    pub fn upstream_restarted(&self, server: &str) -> Vec<Resource> {
+        let mut table = self.lock();
+        table.retain(|resource, entry| {
+            if resource.server != server {
+                return true;
+            }
+            entry.upstream = Upstream::No;
+            !entry.subscribers.is_empty()
+        });
+        table
             .keys()
             .filter(|resource| resource.server == server)
-            .map(|resource| resource.uri.clone())
+            .cloned()
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Resource, HashSet<Subscriber>>> {
-        // Every change is one insert or one remove: the table stays consistent across a
-        // panic elsewhere.
+    /// Brings the upstream's subscription to `resource` in line with its subscribers,
+    /// sending `resources/subscribe` or `resources/unsubscribe` through `send`, after
+    /// every request for the same server decided before it. Fails when a subscribe
+    /// was refused (an unsubscribe that fails counts as done: the subscription is no
+    /// use to the upstream either way).
+    pub async fn sync<F, Fut, E>(&self, resource: &Resource, send: F) -> Result<(), E>
+    where
+        F: Fn(&'static str) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let turn = self.turn(&resource.server);
+        let _turn = turn.lock().await;
+        loop {
+            let method = {
+                let mut table = self.lock();
+                let Some(entry) = table.get_mut(resource) else {
+                    return Ok(());
+                };
+                let wanted = !entry.subscribers.is_empty();
+                let method = match (wanted, entry.upstream) {
+                    (true, Upstream::Yes) | (false, Upstream::No) => return Ok(()),
+                    (true, _) => "resources/subscribe",
+                    (false, _) => "resources/unsubscribe",
+                };
+                entry.upstream = Upstream::Unknown;
+                method
+            };
+            let outcome = send(method).await;
+            let mut table = self.lock();
+            let subscribed = method == "resources/subscribe" && outcome.is_ok();
+            if let Some(entry) = table.get_mut(resource) {
+                entry.upstream = if subscribed {
+                    Upstream::Yes
+                } else {
+                    Upstream::No
+                };
+            }
+            forget_if_settled(&mut table, resource);
+            if method == "resources/subscribe" {
+                outcome?;
+            }
+        }
+    }
+
+    fn turn(&self, server: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        turns.entry(server.to_owned()).or_default().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Resource, Entry>> {
+        // Every change leaves the table consistent: it survives a panic elsewhere.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drops `resource`'s entry once nobody wants it and the upstream holds nothing.
+fn forget_if_settled(table: &mut HashMap<Resource, Entry>, resource: &Resource) {
+    if table
+        .get(resource)
+        .is_some_and(|entry| entry.subscribers.is_empty() && entry.upstream == Upstream::No)
+    {
+        table.remove(resource);
     }
 }
 
@@ -100,38 +201,97 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_upstream_is_subscribed_by_the_first_and_unsubscribed_by_the_last() {
-        let subscriptions = Subscriptions::default();
+    /// An upstream that records what it was sent and refuses subscribes while `refuse`.
+    #[derive(Default)]
+    struct Upstream {
+        sent: Mutex<Vec<&'static str>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl Upstream {
+        async fn send(&self, method: &'static str) -> Result<(), String> {
+            self.sent.lock().unwrap().push(method);
+            let refused = self.refuse.load(std::sync::atomic::Ordering::SeqCst);
+            if refused && method == "resources/subscribe" {
+                return Err("refused".into());
+            }
+            Ok(())
+        }
+
+        fn sent(&self) -> Vec<&'static str> {
+            std::mem::take(&mut self.sent.lock().unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_is_subscribed_once_and_unsubscribed_after_the_last() {
+        let (subscriptions, upstream) = (Subscriptions::default(), Upstream::default());
         let a = resource("file:///a");
-        assert!(subscriptions.add(&a, "s1"), "the first subscribes upstream");
-        assert!(!subscriptions.add(&a, "s2"));
-        assert!(!subscriptions.add(&a, "s2"), "subscribing twice is once");
+        let send = |method| upstream.send(method);
+        assert_eq!(subscriptions.add(&a, "s1", 10), Ok(true));
+        subscriptions.sync(&a, send).await.unwrap();
+        assert_eq!(subscriptions.add(&a, "s2", 10), Ok(true));
+        assert_eq!(subscriptions.add(&a, "s2", 10), Ok(false), "twice is once");
+        subscriptions.sync(&a, send).await.unwrap();
+        assert_eq!(upstream.sent(), ["resources/subscribe"]);
+        assert!(subscriptions.remove(&a, "s1"));
         assert!(!subscriptions.remove(&a, "s1"));
-        assert!(!subscriptions.remove(&a, "s1"), "nor is leaving twice");
-        assert!(!subscriptions.remove(&a, "nobody"));
+        subscriptions.sync(&a, send).await.unwrap();
+        assert!(upstream.sent().is_empty(), "s2 still wants it");
+        assert_eq!(subscriptions.remove_all("s2"), std::slice::from_ref(&a));
+        subscriptions.sync(&a, send).await.unwrap();
+        assert_eq!(upstream.sent(), ["resources/unsubscribe"]);
+        assert!(subscriptions.lock().is_empty(), "nothing left to remember");
+    }
+
+    #[tokio::test]
+    async fn a_refused_subscribe_is_tried_again_for_whoever_still_wants_it() {
+        let (subscriptions, upstream) = (Subscriptions::default(), Upstream::default());
+        let a = resource("file:///a");
+        let send = |method| upstream.send(method);
+        subscriptions.add(&a, "s1", 10).unwrap();
+        subscriptions.add(&a, "s2", 10).unwrap();
+        upstream
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(subscriptions.sync(&a, send).await.is_err());
+        subscriptions.remove(&a, "s1");
+        upstream
+            .refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // s2 was told nothing yet; its own turn subscribes.
+        subscriptions.sync(&a, send).await.unwrap();
+        assert_eq!(
+            upstream.sent(),
+            ["resources/subscribe", "resources/subscribe"]
+        );
         assert_eq!(
             subscriptions.subscribers(&a),
             HashSet::from(["s2".to_owned()])
         );
-        assert!(
-            subscriptions.remove(&a, "s2"),
-            "the last unsubscribes upstream"
-        );
-        assert!(subscriptions.subscribers(&a).is_empty());
-        assert!(subscriptions.add(&a, "s3"), "and the next subscribes again");
     }
 
-    #[test]
-    fn a_subscriber_that_goes_away_leaves_every_resource() {
-        let subscriptions = Subscriptions::default();
+    #[tokio::test]
+    async fn a_restarted_upstream_is_subscribed_again_and_limits_hold() {
+        let (subscriptions, upstream) = (Subscriptions::default(), Upstream::default());
         let (a, b) = (resource("file:///a"), resource("file:///b"));
-        subscriptions.add(&a, "s1");
-        subscriptions.add(&b, "s1");
-        subscriptions.add(&b, "s2");
-        assert_eq!(subscriptions.remove_all("s1"), std::slice::from_ref(&a));
-        assert_eq!(subscriptions.uris_of("srv"), ["file:///b"]);
-        assert!(subscriptions.uris_of("other").is_empty());
-        assert!(subscriptions.remove_all("s1").is_empty());
+        let send = |method| upstream.send(method);
+        subscriptions.add(&a, "s1", 1).unwrap();
+        assert_eq!(subscriptions.add(&b, "s1", 1), Err(TooMany(1)));
+        assert_eq!(subscriptions.add(&b, "s2", 1), Ok(true));
+        for resource in [&a, &b] {
+            subscriptions.sync(resource, send).await.unwrap();
+        }
+        upstream.sent();
+        let again = subscriptions.upstream_restarted("srv");
+        assert_eq!(again.len(), 2);
+        for resource in &again {
+            subscriptions.sync(resource, send).await.unwrap();
+        }
+        assert_eq!(
+            upstream.sent(),
+            ["resources/subscribe", "resources/subscribe"]
+        );
+        assert!(subscriptions.upstream_restarted("other").is_empty());
     }
 }

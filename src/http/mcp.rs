@@ -744,6 +744,43 @@ async fn request(
             }
             return empty();
         }
+        "resources/subscribe" | "resources/unsubscribe" => {
+            let Era::Session(session) = &era else {
+                // 2026-07-28 subscribes through `subscriptions/listen`.
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    Some(&id),
+                    RpcError::new(
+                        code::METHOD_NOT_FOUND,
+                        format!(
+                            "`{method}` is not part of protocol 2026-07-28: name the resources in `subscriptions/listen`"
+                        ),
+                    ),
+                );
+            };
+            let ctx = CallContext {
+                principal,
+                session: Some(session.clone()),
+                trace,
+                scope: scope.as_deref().map(Arc::from),
+                sink: None,
+                cancel: CancellationToken::new(),
+            };
+            let outcome = if method == "resources/subscribe" {
+                let policy = app.policy.load();
+                app.gateway
+                    .subscribe_resource(&config, &policy, &ctx, params)
+                    .await
+            } else {
+                app.gateway
+                    .unsubscribe_resource(&config, &ctx, params)
+                    .await
+            };
+            return match outcome {
+                Ok(()) => empty(),
+                Err(error) => error_response(&app, error, &id, modern),
+            };
+        }
         "subscriptions/listen" if modern => {
             return listen(&app, &config, scope, principal, trace, id, &params).await;
         }
@@ -823,12 +860,6 @@ async fn request(
                 .await
                 .map(|templates| result_text(json!({ "resourceTemplates": templates }))),
             "resources/read" => gateway.read_resource(&config, &policy, &ctx, params).await,
-            "resources/subscribe" => {
-                gateway
-                    .subscribe_resource(&config, &policy, &ctx, params)
-                    .await
-            }
-            "resources/unsubscribe" => gateway.unsubscribe_resource(&config, &ctx, params).await,
             "completion/complete" => gateway.complete(&config, &policy, &ctx, params).await,
             other => Err(GatewayError::Upstream(RpcError::new(
                 code::METHOD_NOT_FOUND,
@@ -1344,16 +1375,21 @@ fn finish(app: &AppState, outcome: CallOutcome, caller: &Caller) -> Response {
     let (id, trace, modern) = (&caller.id, &caller.trace, caller.modern);
     match flatten(outcome) {
         Ok(result) => result_response(id, &result, trace, modern),
-        Err(error @ GatewayError::Denied(_)) => scope_failure(app, &error, Some(id)),
-        Err(error) => {
-            let status = if modern && error.to_rpc().code == code::METHOD_NOT_FOUND {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::OK
-            };
-            rpc_error(status, Some(id), error.to_rpc())
-        }
+        Err(error) => error_response(app, error, id, modern),
     }
+}
+
+/// How a gateway error is answered.
+fn error_response(app: &AppState, error: GatewayError, id: &Value, modern: bool) -> Response {
+    if let GatewayError::Denied(_) = error {
+        return scope_failure(app, &error, Some(id));
+    }
+    let status = if modern && error.to_rpc().code == code::METHOD_NOT_FOUND {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    rpc_error(status, Some(id), error.to_rpc())
 }
 
 fn result_text(value: Value) -> Box<RawValue> {
@@ -1373,15 +1409,6 @@ fn with_cache_hints(result: &RawValue) -> Box<RawValue> {
 
 /// Adds `_meta.traceparent` (and `resultType` for the stateless era) to a result.
 fn decorate(result: &str, trace: &TraceContext, modern: bool) -> String {
-    // An acknowledgement (`resources/subscribe`, …) stays exactly `{}`, as the ones
-    // Warden answers itself: strict clients compare it.
-    if result.trim() == "{}" {
-        return if modern {
-            r#"{"resultType":"complete"}"#.to_owned()
-        } else {
-            "{}".to_owned()
-        };
-    }
     let mut text = jsonrpc::add_meta(result, "traceparent", &Value::from(trace.header()))
         .unwrap_or_else(|| result.to_owned());
     if modern && !text.contains("\"resultType\"") && text.trim_start().starts_with('{') {
@@ -1700,8 +1727,8 @@ impl Drop for Unsubscribe {
 }
 
 /// Subscribes a listen stream to its `resourceSubscriptions`; `None` when it asked for
-/// none. A URI that cannot be subscribed (unknown, not permitted, not offered) is left
-/// out of the acknowledgement.
+/// none. A URI that cannot be subscribed (unknown, not permitted, not offered, beyond
+/// `gateway.max_resource_subscriptions`) is left out of the acknowledgement.
 async fn listen_subscriptions(
     app: &AppState,
     config: &Config,
@@ -1710,7 +1737,7 @@ async fn listen_subscriptions(
     trace: TraceContext,
     requested: &Value,
 ) -> Option<ListenResources> {
-    let asked: Vec<&str> = requested
+    let asked: std::collections::BTreeSet<&str> = requested
         .get("resourceSubscriptions")?
         .as_array()?
         .iter()

@@ -1037,8 +1037,10 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_restart() {
-    let gateway =
-        Gateway::start(json!({ "fix": fixture(&format!("subs-{}", std::process::id()), &[]) }));
+    let gateway = Gateway::start_with(
+        json!({ "fix": fixture(&format!("subs-{}", std::process::id()), &[]) }),
+        &[("gateway.max_resource_subscriptions", json!(2))],
+    );
     let mut a = gateway.client();
     let mut b = gateway.client();
     let (a_session, b_session) = (
@@ -1054,6 +1056,15 @@ fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_
     subscribe(&mut a, &hello);
     subscribe(&mut b, &hello);
     subscribe(&mut b, &item);
+    let beyond = b.request("resources/subscribe", json!({"uri": "fixture://item/2"}));
+    assert!(
+        beyond.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gateway.max_resource_subscriptions"),
+        "{:?}",
+        beyond.message
+    );
     let unknown = a.request("resources/subscribe", json!({"uri": "nowhere://x"}));
     assert_eq!(unknown.error()["code"], -32002, "{:?}", unknown.message);
     // Warden holds one subscription per resource at the upstream, whoever asked.
@@ -1180,6 +1191,19 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
     assert_eq!(touch().text(), "notified");
     let update = read_until("notifications/resources/updated");
     assert!(update.contains("fixture://hello"), "{update}");
+    assert!(
+        update.contains(r#""io.modelcontextprotocol/subscriptionId":"watch""#),
+        "every notification on a listen stream names it: {update}"
+    );
+    // The handshake era's method is not part of this protocol.
+    let old_way = stateless(
+        &gateway,
+        "resources/subscribe",
+        json!({"uri": "fixture://hello"}),
+        json!({}),
+    );
+    assert_eq!(old_way.status, 404);
+    assert_eq!(old_way.error()["code"], -32601);
     // The client goes away: the subscription ends with its stream (noticed when Warden
     // next writes to it).
     drop(reader);
