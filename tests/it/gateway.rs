@@ -492,12 +492,17 @@ fn stateless_as(
     ))
 }
 
-/// An access token for another user (`warden token issue`).
+/// An access token for another user with every scope (`warden token issue`).
 fn token_for(gateway: &Gateway, user: &str) -> String {
+    token_with(gateway, user, "*")
+}
+
+/// An access token for another user with `scopes`.
+fn token_with(gateway: &Gateway, user: &str, scopes: &str) -> String {
     let output = warden::run(
         gateway
             .profile
-            .command(&["token", "issue", "--user", user, "--scopes", "*"]),
+            .command(&["token", "issue", "--user", user, "--scopes", scopes]),
     );
     assert!(output.status.success(), "token issue: {}", output.stderr);
     output.stdout.trim().to_owned()
@@ -1065,6 +1070,21 @@ fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_
         "{:?}",
         beyond.message
     );
+    // Subscribing is reading: a caller who may not read the server is refused, and the
+    // refusal is audited.
+    let outsider = token_with(&gateway, "olga", "other:read");
+    let mut outsider = McpClient::connect(gateway.warden.url("/mcp"), &outsider);
+    let denied = outsider.request("resources/subscribe", json!({"uri": "fixture://item/3"}));
+    assert_eq!(denied.status, 403, "{:?}", denied.message);
+    eventually("the refused subscription has no audit event", || {
+        !gateway
+            ._db
+            .query(
+                "SELECT 1 FROM audit_events WHERE kind = 'permission.decision' \
+                 AND decision = 'deny' AND subject = 'fix/fixture://item/3'",
+            )
+            .is_empty()
+    });
     let unknown = a.request("resources/subscribe", json!({"uri": "nowhere://x"}));
     assert_eq!(unknown.error()["code"], -32002, "{:?}", unknown.message);
     // Warden holds one subscription per resource at the upstream, whoever asked.
