@@ -183,9 +183,15 @@ async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    app.gateway
-        .sessions
-        .on_end(http::mcp::on_session_end(Arc::downgrade(&app)));
+    // A session that ends takes its resource subscriptions with it, then its hooks run.
+    let session_end_hooks = http::mcp::on_session_end(Arc::downgrade(&app));
+    let gateway = Arc::downgrade(&app.gateway);
+    app.gateway.sessions.on_end(move |session, reason| {
+        if let Some(gateway) = gateway.upgrade() {
+            gateway.forget_subscriber(&session.id);
+        }
+        session_end_hooks(session, reason);
+    });
     crate::gateway::actor::start(
         crate::gateway::actor::GatewayArgs {
             gateway: app.gateway.clone(),

@@ -56,6 +56,24 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// A request that hears nothing from the upstream while it runs and that nothing
+    /// but its own end cancels: subscriptions, hooks around sessions and events.
+    pub fn without_stream(
+        principal: Arc<Principal>,
+        session: Option<Arc<Session>>,
+        trace: TraceContext,
+        scope: Option<Arc<str>>,
+    ) -> CallContext {
+        CallContext {
+            principal,
+            session,
+            trace,
+            scope,
+            sink: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
     fn session_id(&self) -> Option<String> {
         self.session.as_ref().map(|s| s.id.clone())
     }
@@ -910,18 +928,7 @@ impl Gateway {
         ctx: &CallContext,
         params: Map<String, Value>,
     ) -> Result<Box<RawValue>, GatewayError> {
-        let uri = params
-            .get("uri")
-            .and_then(Value::as_str)
-            .ok_or_else(|| GatewayError::InvalidParams("`uri` must be a string".into()))?
-            .to_owned();
-        let server = match &ctx.scope {
-            Some(server) => server.clone(),
-            None => self
-                .routes(config)
-                .resource_server(&uri)
-                .ok_or_else(|| GatewayError::UnknownResource(uri.clone()))?,
-        };
+        let Resource { server, uri } = self.resource_of(config, ctx, &params)?;
         let decision = policy.check(
             &ctx.principal,
             &Permission::ReadResource {
@@ -1342,7 +1349,8 @@ impl Gateway {
         }
     }
 
-    /// The resource a subscription request names, and the server that offers it.
+    /// The resource a `resources/read` or subscription request names, and the server
+    /// that offers it.
     fn resource_of(
         &self,
         config: &Config,

@@ -134,6 +134,7 @@ impl Subscriptions {
     where
         F: Fn(&'static str) -> Fut,
         Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let turn = self.turn(&resource.server);
         let _turn = turn.lock().await;
@@ -163,8 +164,15 @@ impl Subscriptions {
                 };
             }
             forget_if_settled(&mut table, resource);
-            if method == "resources/subscribe" {
-                outcome?;
+            match outcome {
+                Err(error) if method == "resources/subscribe" => return Err(error),
+                Err(error) => tracing::info!(
+                    server = %resource.server,
+                    uri = %resource.uri,
+                    %error,
+                    "the upstream refused an unsubscribe; Warden holds nothing there either way"
+                ),
+                Ok(()) => {}
             }
         }
     }

@@ -12,7 +12,6 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use warden_actors::trace::TraceContext;
 
 use super::AppState;
@@ -91,14 +90,12 @@ async fn report(
         .hooks
         .run(&context, &payload, app.gateway.http())
         .await;
-    let call = CallContext {
-        principal: principal.clone(),
-        session: session_id.and_then(|id| app.gateway.sessions.table.get(&id)),
+    let call = CallContext::without_stream(
+        principal.clone(),
+        session_id.and_then(|id| app.gateway.sessions.table.get(&id)),
         trace,
-        scope: None,
-        sink: None,
-        cancel: CancellationToken::new(),
-    };
+        None,
+    );
     app.gateway
         .record_hooks(&call, &verdict.reports, hook_event)
         .await;

@@ -758,25 +758,13 @@ async fn request(
                     ),
                 );
             };
-            let ctx = CallContext {
+            let ctx = CallContext::without_stream(
                 principal,
-                session: Some(session.clone()),
+                Some(session.clone()),
                 trace,
-                scope: scope.as_deref().map(Arc::from),
-                sink: None,
-                cancel: CancellationToken::new(),
-            };
-            let outcome = if method == "resources/subscribe" {
-                let policy = app.policy.load();
-                app.gateway
-                    .subscribe_resource(&config, &policy, &ctx, params)
-                    .await
-            } else {
-                app.gateway
-                    .unsubscribe_resource(&config, &ctx, params)
-                    .await
-            };
-            return match outcome {
+                scope.as_deref().map(Arc::from),
+            );
+            return match subscription(&app, &config, &ctx, &method, params).await {
                 Ok(()) => empty(),
                 Err(error) => error_response(&app, error, &id, modern),
             };
@@ -897,6 +885,24 @@ fn owner_of(principal: &Principal) -> Owner {
         issuer: principal.issuer.clone(),
         subject: principal.subject.clone(),
         client: principal.client_id.clone(),
+    }
+}
+
+/// `resources/subscribe` or `resources/unsubscribe` of a session.
+async fn subscription(
+    app: &AppState,
+    config: &Config,
+    ctx: &CallContext,
+    method: &str,
+    params: Map<String, Value>,
+) -> Result<(), GatewayError> {
+    if method == "resources/subscribe" {
+        let policy = app.policy.load();
+        app.gateway
+            .subscribe_resource(config, &policy, ctx, params)
+            .await
+    } else {
+        app.gateway.unsubscribe_resource(config, ctx, params).await
     }
 }
 
@@ -1727,8 +1733,9 @@ impl Drop for Unsubscribe {
 }
 
 /// Subscribes a listen stream to its `resourceSubscriptions`; `None` when it asked for
-/// none. A URI that cannot be subscribed (unknown, not permitted, not offered, beyond
-/// `gateway.max_resource_subscriptions`) is left out of the acknowledgement.
+/// none. A URI that cannot be subscribed (unknown, not permitted, not offered) is left
+/// out of the acknowledgement, and so is every one after the first
+/// `gateway.max_resource_subscriptions` distinct ones.
 async fn listen_subscriptions(
     app: &AppState,
     config: &Config,
@@ -1737,25 +1744,33 @@ async fn listen_subscriptions(
     trace: TraceContext,
     requested: &Value,
 ) -> Option<ListenResources> {
-    let asked: std::collections::BTreeSet<&str> = requested
+    // In the client's order, once each, and no more than one stream may hold: a long
+    // list costs no more checks (and audit rows) than the cap.
+    let mut asked: Vec<&str> = Vec::new();
+    for uri in requested
         .get("resourceSubscriptions")?
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
-        .collect();
+    {
+        if asked.len() == config.gateway.max_resource_subscriptions {
+            break;
+        }
+        if !asked.contains(&uri) {
+            asked.push(uri);
+        }
+    }
     let key = format!("listen-{}", uuid::Uuid::new_v4().simple());
     let guard = Unsubscribe {
         gateway: app.gateway.clone(),
         key: key.clone(),
     };
-    let ctx = CallContext {
-        principal: principal.clone(),
-        session: None,
+    let ctx = CallContext::without_stream(
+        principal.clone(),
+        None,
         trace,
-        scope: scope.as_deref().map(Arc::from),
-        sink: None,
-        cancel: CancellationToken::new(),
-    };
+        scope.as_deref().map(Arc::from),
+    );
     let policy = app.policy.load();
     let mut uris = Vec::new();
     for uri in asked {
@@ -1789,14 +1804,12 @@ async fn session_start_hooks(
     let payload =
         json!({"client_info": session.client_info, "protocol_version": session.protocol_version});
     let verdict = hooks.run(&context, &payload, app.gateway.http()).await;
-    let call = CallContext {
-        principal: session.principal.clone(),
-        session: Some(session.clone()),
-        trace: *trace,
-        scope: None,
-        sink: None,
-        cancel: CancellationToken::new(),
-    };
+    let call = CallContext::without_stream(
+        session.principal.clone(),
+        Some(session.clone()),
+        *trace,
+        None,
+    );
     app.gateway
         .record_hooks(&call, &verdict.reports, HookEvent::SessionStart)
         .await;
@@ -1833,7 +1846,6 @@ pub fn on_session_end(
         let Some(app) = app.upgrade() else {
             return;
         };
-        app.gateway.forget_subscriber(&session.id);
         let hooks = app.hooks.load_full();
         if !hooks.any(HookEvent::SessionEnd) {
             return;
@@ -1844,14 +1856,12 @@ pub fn on_session_end(
             let verdict = hooks
                 .run(&context, &json!({ "reason": reason }), app.gateway.http())
                 .await;
-            let call = CallContext {
-                principal: session.principal.clone(),
-                session: Some(session.clone()),
+            let call = CallContext::without_stream(
+                session.principal.clone(),
+                Some(session.clone()),
                 trace,
-                scope: None,
-                sink: None,
-                cancel: CancellationToken::new(),
-            };
+                None,
+            );
             app.gateway
                 .record_hooks(&call, &verdict.reports, HookEvent::SessionEnd)
                 .await;
