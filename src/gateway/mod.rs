@@ -15,6 +15,7 @@ pub mod session;
 pub mod subscriptions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -80,13 +81,15 @@ impl CallContext {
 
     /// Whom a stdio upstream's upcalls during this call may go to: the client session,
     /// or for a stateless request that can hear them, the request itself (a key no other
-    /// call shares).
+    /// call of this process shares).
     fn attribution(&self) -> Option<Arc<str>> {
+        static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
         match (&self.session, &self.sink) {
             (Some(session), _) => Some(Arc::from(session.id.as_str())),
-            (None, Some(_)) => Some(Arc::from(
-                format!("request-{}", Uuid::new_v4().simple()).as_str(),
-            )),
+            (None, Some(_)) => {
+                let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::from(format!("request-{n}")))
+            }
             (None, None) => None,
         }
     }

@@ -74,6 +74,12 @@ const UPCALL_BUFFER: usize = 64;
 const LIST_TTL_MS: u64 = 10_000;
 /// Requests a stateless client may be answered `input_required` for (2026-07-28).
 const INPUT_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+/// What an upstream may ask a client during a call, and the client capability each needs.
+const INPUT_CAPABILITIES: [(&str, &str); 3] = [
+    ("sampling/createMessage", "sampling"),
+    ("elicitation/create", "elicitation"),
+    ("roots/list", "roots"),
+];
 /// The key of the one request in Warden's `InputRequiredResult`s: an upstream asks one
 /// thing at a time and waits for it.
 const INPUT_KEY: &str = "upstream";
@@ -786,10 +792,16 @@ async fn request(
     let accepts_sse = header_str(headers, "accept")
         .is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
     // A stateless call that may be answered `input_required` (see `mrtr.rs`): bound to
-    // who made it and what it asked, so only the same request can take it back. (It is
-    // asked only when an upstream's request reaches it, which needs the event stream; a
-    // retry is recognised whatever it accepts.)
-    let binding = (modern && INPUT_METHODS.contains(&method.as_str()))
+    // who made it and what it asked, so only the same request can take it back. Only a
+    // client that can be asked (it hears the event stream and declared sampling,
+    // elicitation or roots) pays for the binding's copy of the params; a retry is
+    // recognised whatever it accepts.
+    let retry = params.contains_key("requestState");
+    let askable = accepts_sse
+        && INPUT_CAPABILITIES
+            .iter()
+            .any(|(_, capability)| client_capabilities.get(capability).is_some());
+    let binding = (modern && INPUT_METHODS.contains(&method.as_str()) && (retry || askable))
         .then(|| Binding::new(owner_of(&principal), &method, &params));
     let caller = Caller {
         session: session.clone(),
@@ -799,7 +811,7 @@ async fn request(
         modern,
         binding,
     };
-    if caller.binding.is_some() && params.contains_key("requestState") {
+    if caller.binding.is_some() && retry {
         return resume(app, caller, &params).await;
     }
     let (sink, upcalls) = if accepts_sse {
@@ -823,10 +835,11 @@ async fn request(
     let rules = app.rules();
     let policy = rules.policy.clone();
     let task_app = app.clone();
-    let ended = CancellationToken::new();
+    // Watched while the call is held for input (`mrtr.rs`); only such calls need it.
+    let ended = caller.binding.is_some().then(CancellationToken::new);
     let task_ended = ended.clone();
     let call = tokio::spawn(async move {
-        let _ended = task_ended.drop_guard();
+        let _ended = task_ended.map(CancellationToken::drop_guard);
         let gateway = &task_app.gateway;
         let outcome = match method.as_str() {
             "tools/list" => gateway
@@ -945,13 +958,10 @@ impl Caller {
 
     /// Whether the client declared the capability that `method` needs.
     fn declared(&self, method: &str) -> bool {
-        let capability = match method {
-            "sampling/createMessage" => "sampling",
-            "elicitation/create" => "elicitation",
-            "roots/list" => "roots",
-            _ => return false,
-        };
-        self.client_capabilities.get(capability).is_some()
+        INPUT_CAPABILITIES
+            .iter()
+            .find(|(asked, _)| *asked == method)
+            .is_some_and(|(_, capability)| self.client_capabilities.get(capability).is_some())
     }
 }
 
@@ -960,8 +970,9 @@ struct CallParts {
     call: CallTask,
     upcalls: mpsc::Receiver<Upcall>,
     guard: RequestGuard,
-    /// Cancelled when the call's task ends, however it ends.
-    ended: CancellationToken,
+    /// Cancelled when the call's task ends, however it ends (for calls that may be
+    /// held for input).
+    ended: Option<CancellationToken>,
 }
 
 /// A stateless client's call held until the client answers the upstream's request.
@@ -993,7 +1004,7 @@ fn suspend(
     params: Value,
     reply: oneshot::Sender<Result<Value, RpcError>>,
 ) -> Result<Box<RawValue>, CallParts> {
-    let Some(binding) = caller.binding.clone() else {
+    let (Some(binding), Some(ended)) = (caller.binding.clone(), parts.ended.clone()) else {
         let _ = reply.send(Err(unsupported(method)));
         return Err(parts);
     };
@@ -1012,7 +1023,7 @@ fn suspend(
         max: gateway.max_awaiting_input,
         max_per_owner: gateway.max_awaiting_input_per_principal,
     };
-    let ended = parts.ended.clone().cancelled_owned();
+    let ended = ended.cancelled_owned();
     let suspended = Suspended {
         parts,
         trace: caller.trace,
@@ -1119,7 +1130,7 @@ async fn respond(
     mut call: CallTask,
     upcalls: Option<mpsc::Receiver<Upcall>>,
     mut guard: RequestGuard,
-    ended: CancellationToken,
+    ended: Option<CancellationToken>,
     caller: Caller,
 ) -> Response {
     let Some(mut upcalls) = upcalls else {
@@ -1223,7 +1234,7 @@ struct SseState {
     finished: Option<CallOutcome>,
     caller: Caller,
     guard: Option<RequestGuard>,
-    ended: CancellationToken,
+    ended: Option<CancellationToken>,
 }
 
 async fn next_event(mut state: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
