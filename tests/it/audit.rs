@@ -7,7 +7,7 @@
 //! content), never a fixed sleep; nothing asserts on timing.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -41,14 +41,7 @@ fn profile_with_fixture(url: &str) -> Profile {
     profile
 }
 
-/// Polls `check` until it holds or `timeout` passes; panics with `what` otherwise.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use crate::support::eventually;
 
 /// An MCP client session against `/mcp`, as the bootstrap admin.
 struct Mcp {

@@ -44,7 +44,7 @@ fn run_suite(url: &str) -> BTreeMap<String, bool> {
 
 #[test]
 fn warden_passes_every_scenario_the_reference_server_passes() {
-    let bin = external::npm_bin().join("mcp-server-everything");
+    let bin = external::everything_bin();
     // The reference server on its own, over streamable HTTP.
     let port = warden::free_port();
     let mut direct = Command::new(&bin)
@@ -71,7 +71,7 @@ fn warden_passes_every_scenario_the_reference_server_passes() {
     profile.set("roles", json!({"anonymous": {"scopes": ["*"]}}));
     profile.set(
         "servers",
-        json!({"everything": {"command": bin, "args": ["stdio"], "startup_timeout": "60s"}}),
+        json!({ "everything": external::everything_stdio() }),
     );
     let process = profile.start();
     let token = admin_token(&process, &profile.state_dir());

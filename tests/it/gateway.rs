@@ -1006,6 +1006,27 @@ fn the_notification_stream_resumes_from_last_event_id() {
 /// Reads `session`'s notification stream from its first event (`Last-Event-ID: 0`)
 /// until `needle` shows; returns what was read.
 fn session_stream_until(gateway: &Gateway, session: &str, needle: &str) -> String {
+    let mut stream = open_stream(
+        gateway,
+        "GET",
+        &[
+            ("Mcp-Session-Id", session),
+            ("Accept", "text/event-stream"),
+            ("Last-Event-ID", "0"),
+        ],
+        "",
+    );
+    read_until(&mut stream, needle)
+}
+
+/// A request to `/mcp` whose answer is read as it streams (the `http` helper waits for
+/// the whole body; an event stream has no end).
+fn open_stream(
+    gateway: &Gateway,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> BufReader<std::net::TcpStream> {
     let authority = gateway
         .warden
         .base_url()
@@ -1013,17 +1034,24 @@ fn session_stream_until(gateway: &Gateway, session: &str, needle: &str) -> Strin
         .to_owned();
     let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(
-        stream,
-        "GET /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {session}\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n",
-        gateway.token
-    )
-    .expect("send");
-    let mut reader = BufReader::new(stream);
+    let mut head = format!(
+        "{method} /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n",
+        gateway.token,
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").expect("send");
+    BufReader::new(stream)
+}
+
+/// Reads lines of `stream` until `needle` shows; returns what was read.
+fn read_until(stream: &mut BufReader<std::net::TcpStream>, needle: &str) -> String {
     let mut seen = String::new();
     while !seen.contains(needle) {
         let mut line = String::new();
-        if reader.read_line(&mut line).expect("read the stream") == 0 {
+        if stream.read_line(&mut line).expect("read the stream") == 0 {
             panic!("the stream ended; saw {seen}");
         }
         seen.push_str(&line);
@@ -1031,13 +1059,9 @@ fn session_stream_until(gateway: &Gateway, session: &str, needle: &str) -> Strin
     seen
 }
 
-/// Polls `check` until it holds; panics with `what` after [`WAIT`].
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::park_timeout(Duration::from_millis(25));
-    }
+/// Polls `check` until it holds; panics naming `what` after [`WAIT`].
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    crate::support::eventually(what, WAIT, check);
 }
 
 #[test]
@@ -1146,11 +1170,6 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
     let gateway = Gateway::start(
         json!({ "fix": fixture(&format!("listen-subs-{}", std::process::id()), &[]) }),
     );
-    let authority = gateway
-        .warden
-        .base_url()
-        .trim_start_matches("http://")
-        .to_owned();
     let body = json!({"jsonrpc": "2.0", "id": "watch", "method": "subscriptions/listen",
     "params": {
         "notifications": {"resourceSubscriptions": ["fixture://hello", "nowhere://x"]},
@@ -1160,32 +1179,20 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
         },
     }})
     .to_string();
-    let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(
-        stream,
-        "POST /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-         MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: subscriptions/listen\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        gateway.token,
-        body.len()
-    )
-    .expect("send");
-    let mut reader = BufReader::new(stream);
-    let mut read_until = |needle: &str| {
-        let mut seen = String::new();
-        while !seen.contains(needle) {
-            let mut line = String::new();
-            if reader.read_line(&mut line).expect("read the stream") == 0 {
-                panic!("the stream ended; saw {seen}");
-            }
-            seen.push_str(&line);
-        }
-        seen
-    };
+    let mut stream = open_stream(
+        &gateway,
+        "POST",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", JSON_OR_SSE),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "subscriptions/listen"),
+        ],
+        &body,
+    );
+    let mut read = |needle: &str| read_until(&mut stream, needle);
     // The acknowledgement names what was honoured: the unknown resource is not.
-    let ack = read_until("subscriptions/acknowledged");
+    let ack = read("subscriptions/acknowledged");
     assert!(
         ack.contains(r#""resourceSubscriptions":["fixture://hello"]"#),
         "{ack}"
@@ -1209,7 +1216,7 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
         )
     };
     assert_eq!(touch().text(), "notified");
-    let update = read_until("notifications/resources/updated");
+    let update = read("notifications/resources/updated");
     assert!(update.contains("fixture://hello"), "{update}");
     assert!(
         update.contains(r#""io.modelcontextprotocol/subscriptionId":"watch""#),
@@ -1226,7 +1233,7 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
     assert_eq!(old_way.error()["code"], -32601);
     // The client goes away: the subscription ends with its stream (noticed when Warden
     // next writes to it).
-    drop(reader);
+    drop(stream);
     eventually("the listen stream's subscription outlived it", || {
         touch();
         upstream() == "[]"
@@ -1235,10 +1242,7 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
 
 #[test]
 fn a_third_party_servers_resource_updates_reach_the_subscriber() {
-    let bin = external::npm_bin().join("mcp-server-everything");
-    let gateway = Gateway::start(json!({
-        "everything": {"command": bin, "args": ["stdio"], "startup_timeout": "60s"},
-    }));
+    let gateway = Gateway::start(json!({ "everything": external::everything_stdio() }));
     let mut client = gateway.client();
     let session = client.session.clone().expect("a session");
     let uri = "demo://resource/static/document/features.md";

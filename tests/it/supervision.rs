@@ -435,10 +435,7 @@ fn http_children_and_remote_servers_are_supervised_the_same_way() {
 
 #[test]
 fn a_third_party_server_runs_under_the_tree() {
-    let bin = external::npm_bin().join("mcp-server-everything");
-    let running = Running::start(json!({
-        "everything": {"command": bin, "args": ["stdio"], "startup_timeout": "60s"},
-    }));
+    let running = Running::start(json!({ "everything": external::everything_stdio() }));
     let mut events = running.events();
     running.wait_ready("everything", &mut events);
     let mut client = running.client();

@@ -138,3 +138,14 @@ pub fn script(name: &str) -> PathBuf {
         .join("tests/python")
         .join(name)
 }
+
+/// The reference server's executable (`@modelcontextprotocol/server-everything`).
+pub fn everything_bin() -> PathBuf {
+    npm_bin().join("mcp-server-everything")
+}
+
+/// A profile's server entry that runs the reference server over stdio (its first start
+/// loads Node, hence the long start-up timeout).
+pub fn everything_stdio() -> serde_json::Value {
+    serde_json::json!({"command": everything_bin(), "args": ["stdio"], "startup_timeout": "60s"})
+}

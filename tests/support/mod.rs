@@ -17,8 +17,9 @@
 //! - [`external`]: the fixture server, the Python `mcp` SDK and npm packages, installed
 //!   into `target/` on first use.
 //!
-//! Waiting is always for an event (a log line, an exit, a datagram) with a deadline;
-//! the only polling is of `/proc` for a process that is not ours to wait for.
+//! Waiting is for an event (a log line, an exit, a datagram) with a deadline where one
+//! exists; where none does (a row that lands in PostgreSQL, a process that is not ours to
+//! wait for) [`eventually`] polls, with a deadline too.
 
 pub mod db;
 pub mod dirs;
@@ -31,3 +32,15 @@ pub mod warden;
 
 pub use db::{TestCluster, TestDb};
 pub use warden::{Profile, WardenProcess};
+
+/// Polls `check` every 25 ms until it holds; panics naming `what` once `timeout` passed.
+pub fn eventually(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(25));
+    }
+}

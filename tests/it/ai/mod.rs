@@ -26,7 +26,7 @@ mod leaks;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -168,12 +168,8 @@ impl Env {
 }
 
 /// Polls `check` until it holds or [`WAIT`] passes.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    crate::support::eventually(what, WAIT, check);
 }
 
 /// A W3C trace the test starts, to find the rows of one request.
