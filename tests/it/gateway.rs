@@ -537,12 +537,14 @@ fn wait_for_statuses(gateway: &Gateway, server: &str, tool: &str, expected: &[&s
     }
 }
 
-/// The text of an error answer's message.
-fn error_message(answer: &Answer) -> String {
-    answer.error()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+/// Asserts that `answer` is a JSON-RPC error whose message says `why`.
+fn assert_refused(answer: &Answer, why: &str) {
+    let message = answer.error()["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(why),
+        "expected {why:?} in {:?}",
+        answer.message
+    );
 }
 
 #[test]
@@ -579,38 +581,17 @@ fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input(
     retry["requestState"] = state.clone().into();
     let refused = stateless(&gateway, "tools/call", retry.clone(), capabilities.clone());
     assert_eq!(refused.error()["code"], -32602);
-    assert!(
-        refused.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("inputResponses"),
-        "{:?}",
-        refused.message
-    );
+    assert_refused(&refused, "inputResponses");
     retry["inputResponses"] =
         json!({"upstream": {"action": "accept", "content": {"answer": "Ada"}}});
     let mut changed = retry.clone();
     changed["arguments"] = json!({"other": true});
     let refused = stateless(&gateway, "tools/call", changed, capabilities.clone());
-    assert!(
-        refused.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("repeat its request"),
-        "{:?}",
-        refused.message
-    );
+    assert_refused(&refused, "repeat its request");
     let mut forged = retry.clone();
     forged["requestState"] = "warden-input-00000000000000000000000000000000".into();
     let refused = stateless(&gateway, "tools/call", forged, capabilities.clone());
-    assert!(
-        refused.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("names no call"),
-        "{:?}",
-        refused.message
-    );
+    assert_refused(&refused, "names no call");
 
     // Round two: the name goes to the upstream, which asks again — for a sample.
     let second = stateless(&gateway, "tools/call", retry.clone(), capabilities.clone());
@@ -662,14 +643,7 @@ fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input(
 
     // A state is good for one retry.
     let replayed = stateless(&gateway, "tools/call", retry, capabilities.clone());
-    assert!(
-        replayed.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("names no call"),
-        "{:?}",
-        replayed.message
-    );
+    assert_refused(&replayed, "names no call");
     // A client that did not declare elicitation is not asked; the tool hears so.
     let undeclared = stateless(&gateway, "tools/call", call, json!({}));
     assert_eq!(
@@ -756,11 +730,7 @@ fn calls_awaiting_input_are_bounded_in_total_and_per_principal() {
         stolen.clone(),
         capabilities.clone(),
     );
-    assert!(
-        error_message(&refused).contains("names no call"),
-        "{:?}",
-        refused.message
-    );
+    assert_refused(&refused, "names no call");
 
     // Two calls wait: a third principal's question is refused on the total.
     let eve = token_for(&gateway, "eve");
@@ -830,20 +800,12 @@ fn a_held_call_ends_at_its_own_deadline_or_after_the_input_timeout() {
     let quick_retry = ask("quick");
     wait_for_statuses(&gateway, "quick", "elicit", &["timeout"]);
     let late = stateless(&gateway, "tools/call", quick_retry, capabilities.clone());
-    assert!(
-        error_message(&late).contains("names no call"),
-        "{:?}",
-        late.message
-    );
+    assert_refused(&late, "names no call");
     let fix_retry = ask("fix");
     // Nobody answers: after the input timeout the call is cancelled.
     wait_for_statuses(&gateway, "fix", "elicit", &["cancelled"]);
     let late = stateless(&gateway, "tools/call", fix_retry, capabilities);
-    assert!(
-        error_message(&late).contains("gateway.input_timeout"),
-        "{:?}",
-        late.message
-    );
+    assert_refused(&late, "gateway.input_timeout");
 }
 
 #[test]
@@ -1086,14 +1048,7 @@ fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_
     subscribe(&mut b, &hello);
     subscribe(&mut b, &item);
     let beyond = b.request("resources/subscribe", json!({"uri": "fixture://item/2"}));
-    assert!(
-        beyond.error()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("gateway.max_resource_subscriptions"),
-        "{:?}",
-        beyond.message
-    );
+    assert_refused(&beyond, "gateway.max_resource_subscriptions");
     // Subscribing is reading: a caller who may not read the server is refused, and the
     // refusal is audited.
     let outsider = token_with(&gateway, "olga", "other:read");
