@@ -13,6 +13,7 @@
 //!   profile's default) batches in flight: the rate the writer sustains. Target:
 //!   ≥ 100,000 rows/s.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -25,18 +26,83 @@ use warden_actors::audit::scrub::Scrubber;
 use warden_actors::audit::store::write_batch;
 use warden_actors::audit::writer::{AuditWriter, WriterConfig};
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord, Backlog, ToolCallRecord, ToolStatus};
+use warden_actors::trace::TraceContext;
 
-fn tool_record(i: usize) -> AuditRecord {
+/// Who made call `i` and with what: the keys the audit indexes are built on, spread the
+/// way a deployment spreads them (many users, servers and tools; a fresh trace id per
+/// call, shared by the call's tool row and its permission decision), so the bench pays
+/// for the B-trees what production pays. Identical keys would let PostgreSQL append
+/// where it must search.
+///
+/// Trace ids are the ones Warden starts for a request without a `traceparent` (they rise
+/// with time), or with `TRACES=client` random ones, as clients that send their own do.
+/// `KEYS=one` puts every call on one user and one tool, as this bench did before
+/// 27 November 2026: it shows what the spread of keys costs.
+struct Call {
+    trace_id: String,
+    user: String,
+    session: String,
+    server: &'static str,
+    tool: &'static str,
+}
+
+const USERS: usize = 40;
+const SERVERS: [&str; 8] = [
+    "github",
+    "jira",
+    "postgres",
+    "slack",
+    "filesystem",
+    "search",
+    "calendar",
+    "drive",
+];
+const TOOLS: [&str; 6] = ["list", "get", "create", "update", "search", "delete"];
+
+impl Call {
+    fn new(i: usize) -> Call {
+        let i = if env_is("KEYS", "one") { 0 } else { i };
+        let user = i.wrapping_mul(7919) % USERS;
+        Call {
+            trace_id: if env_is("TRACES", "client") {
+                Uuid::new_v4().simple().to_string()
+            } else {
+                TraceContext::generate().trace_id_hex()
+            },
+            user: format!("user-{user}@example.com"),
+            session: format!("session-{user}-k2nW0pV6dPq8r7s2t9u1v3w5x7y9"),
+            server: SERVERS[i % SERVERS.len()],
+            tool: TOOLS[(i / SERVERS.len()) % TOOLS.len()],
+        }
+    }
+}
+
+/// Whether the bench's environment sets `name` to `value` (read once per name).
+fn env_is(name: &'static str, value: &str) -> bool {
+    static VARS: OnceLock<[(&str, Option<String>); 2]> = OnceLock::new();
+    let vars = VARS.get_or_init(|| ["KEYS", "TRACES"].map(|n| (n, std::env::var(n).ok())));
+    vars.iter()
+        .any(|(n, v)| *n == name && v.as_deref() == Some(value))
+}
+
+/// The tool row and the permission decision of call `i`, in the order the call path
+/// records them.
+fn call_records(i: usize) -> [AuditRecord; 2] {
+    let call = Call::new(i);
+    [decision_record(&call), tool_record(i, &call)]
+}
+
+fn tool_record(i: usize, call: &Call) -> AuditRecord {
     let now = SystemTime::now();
     AuditRecord::ToolCall(Box::new(ToolCallRecord {
         id: Uuid::now_v7(),
-        trace_id: format!("{:032x}", i),
-        session_id: Some("k2nW0pV6dPq8r7s2t9u1v3w5x7y9z0aB".into()),
-        user_id: Some("alice@example.com".into()),
+        trace_id: call.trace_id.clone(),
+        session_id: Some(call.session.clone()),
+        user_id: Some(call.user.clone()),
         client_id: Some("claude-desktop".into()),
-        server_name: "github".into(),
-        tool_name: "create_issue".into(),
-        requested_name: "github__create_issue".into(),
+        server_name: call.server.into(),
+        tool_name: call.tool.into(),
+        requested_name: format!("{}__{}", call.server, call.tool),
         input: RawValue::from_string(format!(
             r#"{{"repo":"acme/widgets","title":"Issue number {i}","labels":["bug","p2"]}}"#
         ))
@@ -53,11 +119,11 @@ fn tool_record(i: usize) -> AuditRecord {
     }))
 }
 
-fn decision_record(i: usize) -> AuditRecord {
+fn decision_record(call: &Call) -> AuditRecord {
     let mut event = AuditEvent::new("permission.decision", "user");
-    event.trace_id = Some(format!("{:032x}", i));
-    event.actor_id = Some("alice@example.com".into());
-    event.subject = Some("github/create_issue".into());
+    event.trace_id = Some(call.trace_id.clone());
+    event.actor_id = Some(call.user.clone());
+    event.subject = Some(format!("{}/{}", call.server, call.tool));
     event.decision = Some("allow");
     event.attributes = serde_json::json!({
         "action": "tools/call", "client_id": "claude-desktop", "scopes": "tools:call",
@@ -72,7 +138,7 @@ fn enqueue(c: &mut Criterion) {
     group.bench_function("record", |b| {
         const CHUNK: usize = 1 << 16;
         let (audit, mut queue) = Audit::channel(CHUNK, Backlog::Block(Duration::from_secs(1)));
-        let template = tool_record(1);
+        let template = tool_record(1, &Call::new(1));
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut left = iters as usize;
@@ -101,15 +167,9 @@ fn batch_rows(n: usize) -> Vec<Row> {
         scrubber: &scrubber,
         max_payload_bytes: 64 << 10,
     };
-    (0..n)
-        .map(|i| {
-            let record = if i.is_multiple_of(2) {
-                tool_record(i)
-            } else {
-                decision_record(i)
-            };
-            preparer.row(&record)
-        })
+    (0..n / 2)
+        .flat_map(call_records)
+        .map(|record| preparer.row(&record))
         .collect()
 }
 
@@ -224,15 +284,7 @@ fn writer_sustained(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let records: Vec<AuditRecord> = (0..BURST)
-                    .map(|i| {
-                        if i.is_multiple_of(2) {
-                            tool_record(i)
-                        } else {
-                            decision_record(i)
-                        }
-                    })
-                    .collect();
+                let records: Vec<AuditRecord> = (0..BURST / 2).flat_map(call_records).collect();
                 total += runtime.block_on(async {
                     let start = Instant::now();
                     for record in records {
@@ -261,8 +313,7 @@ fn prepare(c: &mut Criterion) {
         scrubber: &scrubber,
         max_payload_bytes: 64 << 10,
     };
-    let tool = tool_record(7);
-    let decision = decision_record(8);
+    let [decision, tool] = call_records(7);
     let mut group = c.benchmark_group("prepare");
     group.throughput(Throughput::Elements(1));
     // The writer gives its records up (`row_owned`); the copy made here is not timed.
