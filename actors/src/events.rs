@@ -2,16 +2,19 @@
 //!
 //! **Owns:** the subscriber list.
 //! **Messages:** `Publish(event)` (no reply), `Subscribe { name, capacity, reply }`.
-//! **On failure:** the root supervisor restarts it; subscribers notice a closed channel
-//! and subscribe again. Events published while it is down are lost — they are
-//! notifications, not records: anything that must be kept (lifecycle audit rows) is
-//! written by its subscriber.
+//! **On failure:** it is linked under the root supervisor, which escalates (a crash is a
+//! bug; the tree stops and Warden exits for its service manager to restart it).
+//! Subscribers see their channel close.
 //!
 //! Each subscriber has a bounded buffer. A subscriber that falls behind loses events
 //! (counted in `warden_events_dropped_total{subscriber}`); it never slows the bus or the
-//! publisher.
+//! publisher. It is told, though: its next [`Subscription::recv`] returns
+//! [`Delivery::Lagged`] with the number lost, so it can catch up from the state the
+//! events describe (the gateway re-announces and renews everything) or record the gap
+//! (the audit trail does).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -129,8 +132,46 @@ pub enum BusMsg {
     Subscribe {
         name: String,
         capacity: usize,
-        reply: RpcReplyPort<mpsc::Receiver<Arc<Event>>>,
+        reply: RpcReplyPort<Subscription>,
     },
+}
+
+/// What a subscriber receives.
+#[derive(Debug)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    /// This many events were lost because the subscriber's buffer was full. Reported
+    /// as soon as the subscriber asks, possibly before events buffered ahead of the
+    /// lost ones: a subscriber that catches up should do so from current state, not
+    /// from the events around the gap.
+    Lagged(u64),
+}
+
+/// One subscriber's end: every event from the moment of subscribing, and word of any
+/// that were lost.
+pub struct Subscription {
+    receiver: mpsc::Receiver<Arc<Event>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the bus is gone.
+    ///
+    /// Losses are looked at before the buffer: an event is only lost while the buffer
+    /// holds another, so the call that takes that one out or the call after it reports
+    /// the loss — never a call left waiting for a later event.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        match self.lost.swap(0, Ordering::Relaxed) {
+            0 => self.receiver.recv().await.map(Delivery::Event),
+            lost => Some(Delivery::Lagged(lost)),
+        }
+    }
+}
+
+struct Subscriber {
+    name: String,
+    sender: mpsc::Sender<Arc<Event>>,
+    lost: Arc<AtomicU64>,
 }
 
 /// A cheap handle for publishing and subscribing.
@@ -148,12 +189,8 @@ impl EventBus {
         let _ = self.actor.send_message(BusMsg::Publish(Arc::new(event)));
     }
 
-    /// A receiver of every event from now on, buffered up to `capacity`.
-    pub async fn subscribe(
-        &self,
-        name: &str,
-        capacity: usize,
-    ) -> Option<mpsc::Receiver<Arc<Event>>> {
+    /// Every event from now on, buffered up to `capacity`.
+    pub async fn subscribe(&self, name: &str, capacity: usize) -> Option<Subscription> {
         ractor::call_t!(
             self.actor,
             |reply| BusMsg::Subscribe {
@@ -174,7 +211,7 @@ impl EventBus {
 pub struct EventBusActor;
 
 pub struct BusState {
-    subscribers: Vec<(String, mpsc::Sender<Arc<Event>>)>,
+    subscribers: Vec<Subscriber>,
 }
 
 impl Actor for EventBusActor {
@@ -205,13 +242,16 @@ impl Actor for EventBusActor {
                     server = event.server.as_deref().unwrap_or(""),
                     "event"
                 );
-                state.subscribers.retain(|(name, sender)| match sender.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        metrics::counter!("warden_events_dropped_total", "subscriber" => name.clone()).increment(1);
-                        true
+                state.subscribers.retain(|subscriber| {
+                    match subscriber.sender.try_send(event.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            subscriber.lost.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("warden_events_dropped_total", "subscriber" => subscriber.name.clone()).increment(1);
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
             }
             BusMsg::Subscribe {
@@ -220,10 +260,57 @@ impl Actor for EventBusActor {
                 reply,
             } => {
                 let (sender, receiver) = mpsc::channel(capacity.max(1));
-                state.subscribers.push((name, sender));
-                let _ = reply.send(receiver);
+                let lost = Arc::new(AtomicU64::new(0));
+                state.subscribers.push(Subscriber {
+                    name,
+                    sender,
+                    lost: lost.clone(),
+                });
+                let _ = reply.send(Subscription { receiver, lost });
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starting(attempt: u64) -> Event {
+        Event::server("s", None, EventKind::Starting { attempt })
+    }
+
+    fn attempt(delivery: Option<Delivery>) -> Result<u64, String> {
+        match delivery {
+            Some(Delivery::Event(event)) => match event.kind {
+                EventKind::Starting { attempt } => Ok(attempt),
+                _ => Err(format!("{event:?}")),
+            },
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_many_events_it_lost() {
+        let (actor, handle) = Actor::spawn(None, EventBusActor, ()).await.unwrap();
+        let bus = EventBus::new(actor.clone());
+        let mut slow = bus.subscribe("slow", 2).await.unwrap();
+        for n in 1..=5 {
+            bus.publish(starting(n));
+        }
+        // The bus handles its mailbox in order: once this subscribe is answered, the
+        // five publishes have been fanned out.
+        let mut fast = bus.subscribe("fast", 16).await.unwrap();
+        assert!(matches!(slow.recv().await, Some(Delivery::Lagged(3))));
+        assert_eq!(attempt(slow.recv().await), Ok(1));
+        assert_eq!(attempt(slow.recv().await), Ok(2));
+        // Caught up: nothing more is reported lost.
+        bus.publish(starting(6));
+        assert_eq!(attempt(slow.recv().await), Ok(6));
+        assert_eq!(attempt(fast.recv().await), Ok(6));
+        actor.stop(None);
+        handle.await.unwrap();
+        assert!(slow.recv().await.is_none());
     }
 }

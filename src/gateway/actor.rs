@@ -9,24 +9,29 @@
 //! mailbox: calls read the published table and the directory directly (see `mod.rs`).
 //!
 //! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded by a
-//! bounded subscription; a lagging gateway loses list-change hints, never calls).
+//! bounded subscription); `Lagged(n)` — the bus dropped `n` events for it, so it tells
+//! every client that every list may have changed and renews every resource
+//! subscription (`Gateway::catch_up`). A lagging gateway costs clients a re-list, never
+//! a call or a subscription.
 //!
 //! **On failure:** it is linked under the root supervisor, which escalates (Warden exits
-//! for its service manager to restart it). Missing a notification is the worst case;
-//! routing stays correct because the table is also rebuilt lazily when it is stale.
+//! for its service manager to restart it). Routing never depends on it: the table is
+//! also rebuilt lazily when it is stale.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
-use warden_actors::events::{Event, EventBus, EventKind};
+use warden_actors::events::{Delivery, Event, EventBus, EventKind};
 
-use super::Gateway;
+use super::{Gateway, LIST_KINDS};
 use crate::config::Config;
 use crate::policy::PolicyEngine;
 
 pub enum GatewayMsg {
     Event(Arc<Event>),
+    /// The bus dropped this many events for the gateway: catch up from current state.
+    Lagged(u64),
 }
 
 pub struct GatewayArgs {
@@ -56,7 +61,17 @@ impl Actor for GatewayActor {
         message: GatewayMsg,
         state: &mut GatewayArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let GatewayMsg::Event(event) = message;
+        let event = match message {
+            GatewayMsg::Event(event) => event,
+            GatewayMsg::Lagged(lost) => {
+                tracing::warn!(
+                    lost,
+                    "the gateway fell behind the event bus; re-announcing every server's lists and renewing resource subscriptions"
+                );
+                state.gateway.catch_up(&state.policy.load());
+                return Ok(());
+            }
+        };
         let Some(server) = event.server.as_deref() else {
             return Ok(());
         };
@@ -81,7 +96,7 @@ impl Actor for GatewayActor {
             EventKind::ResourcesChanged => &["resources"],
             EventKind::PromptsChanged => &["prompts"],
             EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
-                &["tools", "resources", "prompts"]
+                &LIST_KINDS
             }
             _ => &[],
         };
@@ -113,8 +128,12 @@ pub async fn start(
         .ok_or_else(|| "the event bus is not running".to_owned())?;
     let forward_to = actor.clone();
     tokio::spawn(async move {
-        while let Some(event) = subscription.recv().await {
-            if forward_to.send_message(GatewayMsg::Event(event)).is_err() {
+        while let Some(delivery) = subscription.recv().await {
+            let message = match delivery {
+                Delivery::Event(event) => GatewayMsg::Event(event),
+                Delivery::Lagged(lost) => GatewayMsg::Lagged(lost),
+            };
+            if forward_to.send_message(message).is_err() {
                 return;
             }
         }

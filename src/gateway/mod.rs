@@ -45,6 +45,9 @@ use routes::RouteTable;
 use session::{Session, SessionManager};
 use subscriptions::{Resource, Subscriptions, TooMany};
 
+/// The lists a client can be told changed (`notifications/{kind}/list_changed`).
+pub const LIST_KINDS: [&str; 3] = ["tools", "resources", "prompts"];
+
 /// Who is asking, on whose behalf, and where upcalls go.
 pub struct CallContext {
     pub principal: Arc<Principal>,
@@ -310,7 +313,7 @@ impl Gateway {
     }
 
     /// Tells the sessions and listen streams that can see `server` that its list of
-    /// `kind` (`tools`, `resources`, `prompts`) changed.
+    /// `kind` (one of [`LIST_KINDS`]) changed.
     pub fn announce_list_changed(&self, policy: &PolicyEngine, server: &str, kind: &str) {
         self.notify_listeners(policy, server, kind);
         let notification =
@@ -1267,6 +1270,20 @@ impl Gateway {
 
     /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
     /// so Warden's are renewed.
+    /// After the gateway lost lifecycle events (its buffer on the bus overflowed): what
+    /// any of them could have called for, done for every server from its current state.
+    /// Clients are told every list may have changed, and Warden's resource subscriptions
+    /// are renewed (a server may have restarted unseen; subscribing again to a resource
+    /// already subscribed is harmless).
+    pub fn catch_up(&self, policy: &PolicyEngine) {
+        for entry in self.directory.all().iter() {
+            self.resubscribe(&entry.name);
+            for kind in LIST_KINDS {
+                self.announce_list_changed(policy, &entry.name, kind);
+            }
+        }
+    }
+
     pub fn resubscribe(&self, server: &str) {
         let wanted = self.subscriptions.upstream_restarted(server);
         self.sync_in_background(wanted);

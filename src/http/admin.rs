@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use futures_util::stream::Stream;
 use serde_json::{Value, json};
 use warden_actors::directory::{Instance, ServerStatus};
+use warden_actors::events::{Delivery, Subscription};
 use warden_actors::supervisor::RestartReason;
 
 use super::AppState;
@@ -170,16 +171,19 @@ async fn events(
     Ok(Sse::new(event_stream(receiver)).keep_alive(KeepAlive::default()))
 }
 
-fn event_stream(
-    receiver: tokio::sync::mpsc::Receiver<Arc<warden_actors::events::Event>>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let event = receiver.recv().await?;
-        let data = serde_json::to_string(&*event).unwrap_or_default();
-        Some((
-            Ok(SseEvent::default().event(event.name()).data(data)),
-            receiver,
-        ))
+/// The bus's deliveries as SSE. A reader that falls behind gets a `lagged` event with
+/// the number of events it missed (`{"lost": n}`) where they would have been.
+fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let sse = match subscription.recv().await? {
+            Delivery::Event(event) => SseEvent::default()
+                .event(event.name())
+                .data(serde_json::to_string(&*event).unwrap_or_default()),
+            Delivery::Lagged(lost) => SseEvent::default()
+                .event("lagged")
+                .data(json!({ "lost": lost }).to_string()),
+        };
+        Some((Ok(sse), subscription))
     })
 }
 
