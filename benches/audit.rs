@@ -36,8 +36,9 @@ use warden_actors::trace::TraceContext;
 ///
 /// Trace ids are the ones Warden starts for a request without a `traceparent` (they rise
 /// with time), or with `TRACES=client` random ones, as clients that send their own do.
-/// `KEYS=one` puts every call on one user and one tool, as this bench did before
-/// 27 November 2026: it shows what the spread of keys costs.
+/// `KEYS=one` puts every call on one user and one tool (trace ids as above): close to
+/// what this bench did before 27 November 2026, and what the spread of users and tools
+/// costs.
 struct Call {
     trace_id: String,
     user: String,
@@ -61,8 +62,15 @@ const TOOLS: [&str; 6] = ["list", "get", "create", "update", "search", "delete"]
 
 impl Call {
     fn new(i: usize) -> Call {
-        let i = if env_is("KEYS", "one") { 0 } else { i };
-        let user = i.wrapping_mul(7919) % USERS;
+        // Users and tools drawn independently of each other (a multiplicative hash
+        // of `i`, then its high and low parts), so every user calls every tool.
+        let mixed = if env_is("KEYS", "one") {
+            0
+        } else {
+            (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+        } as usize;
+        let user = mixed % USERS;
+        let tool = (mixed / USERS) % (SERVERS.len() * TOOLS.len());
         Call {
             trace_id: if env_is("TRACES", "client") {
                 Uuid::new_v4().simple().to_string()
@@ -71,13 +79,14 @@ impl Call {
             },
             user: format!("user-{user}@example.com"),
             session: format!("session-{user}-k2nW0pV6dPq8r7s2t9u1v3w5x7y9"),
-            server: SERVERS[i % SERVERS.len()],
-            tool: TOOLS[(i / SERVERS.len()) % TOOLS.len()],
+            server: SERVERS[tool % SERVERS.len()],
+            tool: TOOLS[tool / SERVERS.len()],
         }
     }
 }
 
-/// Whether the bench's environment sets `name` to `value` (read once per name).
+/// Whether the bench's environment sets `name` (`KEYS` or `TRACES`) to `value`; both
+/// are read once, on the first call.
 fn env_is(name: &'static str, value: &str) -> bool {
     static VARS: OnceLock<[(&str, Option<String>); 2]> = OnceLock::new();
     let vars = VARS.get_or_init(|| ["KEYS", "TRACES"].map(|n| (n, std::env::var(n).ok())));

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// One event. Serialises to the stable JSON shape `/events` streams and SIEMs ingest.
 #[derive(Clone, Debug, Serialize)]
@@ -141,9 +141,9 @@ pub enum BusMsg {
 pub enum Delivery {
     Event(Arc<Event>),
     /// This many events were lost because the subscriber's buffer was full. Reported
-    /// as soon as the subscriber asks, possibly before events buffered ahead of the
-    /// lost ones: a subscriber that catches up should do so from current state, not
-    /// from the events around the gap.
+    /// as soon as it is counted, so possibly ahead of events buffered before the lost
+    /// ones: a subscriber that catches up should do so from current state, not from
+    /// the events around the gap.
     Lagged(u64),
 }
 
@@ -151,19 +151,36 @@ pub enum Delivery {
 /// that were lost.
 pub struct Subscription {
     receiver: mpsc::Receiver<Arc<Event>>,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
+}
+
+/// The events a subscriber lost since it last heard, and the bell the bus rings after
+/// counting one: the count can land after the subscriber emptied its buffer and began
+/// to wait, and must not wait for the next event to be seen.
+#[derive(Default)]
+struct Lost {
+    count: AtomicU64,
+    rung: Notify,
 }
 
 impl Subscription {
     /// The next delivery; `None` once the bus is gone.
     ///
-    /// Losses are looked at before the buffer: an event is only lost while the buffer
-    /// holds another, so the call that takes that one out or the call after it reports
-    /// the loss — never a call left waiting for a later event.
+    /// A loss is reported as soon as it is counted: before the next event, or by
+    /// waking a subscriber that waits on an empty buffer.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        match self.lost.swap(0, Ordering::Relaxed) {
-            0 => self.receiver.recv().await.map(Delivery::Event),
-            lost => Some(Delivery::Lagged(lost)),
+        loop {
+            match self.lost.count.swap(0, Ordering::Relaxed) {
+                0 => {}
+                lost => return Some(Delivery::Lagged(lost)),
+            }
+            tokio::select! {
+                // Events first: a ring left over from a loss already reported only
+                // costs a turn of the loop.
+                biased;
+                event = self.receiver.recv() => return event.map(Delivery::Event),
+                () = self.lost.rung.notified() => {}
+            }
         }
     }
 }
@@ -171,7 +188,7 @@ impl Subscription {
 struct Subscriber {
     name: String,
     sender: mpsc::Sender<Arc<Event>>,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
 }
 
 /// A cheap handle for publishing and subscribing.
@@ -246,7 +263,9 @@ impl Actor for EventBusActor {
                     match subscriber.sender.try_send(event.clone()) {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            subscriber.lost.fetch_add(1, Ordering::Relaxed);
+                            subscriber.lost.count.fetch_add(1, Ordering::Relaxed);
+                            // Stores a permit if nobody waits: the ring is never missed.
+                            subscriber.lost.rung.notify_one();
                             metrics::counter!("warden_events_dropped_total", "subscriber" => subscriber.name.clone()).increment(1);
                             true
                         }
@@ -260,7 +279,7 @@ impl Actor for EventBusActor {
                 reply,
             } => {
                 let (sender, receiver) = mpsc::channel(capacity.max(1));
-                let lost = Arc::new(AtomicU64::new(0));
+                let lost = Arc::new(Lost::default());
                 state.subscribers.push(Subscriber {
                     name,
                     sender,
@@ -312,5 +331,26 @@ mod tests {
         actor.stop(None);
         handle.await.unwrap();
         assert!(slow.recv().await.is_none());
+    }
+
+    /// The bus counts a loss just after `try_send` failed; by then the subscriber may
+    /// have emptied its buffer and begun to wait. The count must wake it.
+    #[tokio::test]
+    async fn a_loss_counted_while_the_subscriber_waits_wakes_it() {
+        let (_sender, receiver) = mpsc::channel(1);
+        let lost = Arc::new(Lost::default());
+        let mut subscription = Subscription {
+            receiver,
+            lost: lost.clone(),
+        };
+        let waiting = tokio::spawn(async move { subscription.recv().await });
+        tokio::task::yield_now().await;
+        lost.count.fetch_add(2, Ordering::Relaxed);
+        lost.rung.notify_one();
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting subscriber was woken")
+            .unwrap();
+        assert!(matches!(delivery, Some(Delivery::Lagged(2))), "{delivery:?}");
     }
 }

@@ -7,7 +7,8 @@
 //! `warden_events_dropped_total{subscriber="audit"}`); the buffer here is large so that
 //! only a stalled audit trail can cause that. A loss is not silent: it is recorded as a
 //! `server.lifecycle` event with reason `events lost` and the count in `attributes.lost`,
-//! where the missing rows would have been.
+//! at the time it was noticed (possibly ahead of rows for events that came before the
+//! lost ones, which were still in the buffer).
 
 use std::sync::Arc;
 

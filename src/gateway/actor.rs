@@ -9,10 +9,11 @@
 //! mailbox: calls read the published table and the directory directly (see `mod.rs`).
 //!
 //! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded by a
-//! bounded subscription); `Lagged(n)` — the bus dropped `n` events for it, so it tells
-//! every client that every list may have changed and renews every resource
-//! subscription (`Gateway::catch_up`). A lagging gateway costs clients a re-list, never
-//! a call or a subscription.
+//! bounded subscription); `Lagged(n)` — the bus dropped `n` events for it, so it
+//! catches up from current state (`Gateway::catch_up`): every client hears that its
+//! lists may have changed and every subscribed resource that it may have been updated,
+//! and the subscriptions of a server that restarted unseen are renewed. A lagging
+//! gateway costs clients a re-list and a re-read; calls never depend on it.
 //!
 //! **On failure:** it is linked under the root supervisor, which escalates (Warden exits
 //! for its service manager to restart it). Routing never depends on it: the table is

@@ -14,6 +14,7 @@ pub mod routes;
 pub mod session;
 pub mod subscriptions;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -240,6 +241,41 @@ pub struct ListenFilter {
     pub resources: bool,
 }
 
+impl ListenFilter {
+    /// Whether the stream asked for `notifications/{kind}/list_changed`.
+    fn wants(&self, kind: &str) -> bool {
+        match kind {
+            "tools" => self.tools,
+            "prompts" => self.prompts,
+            "resources" => self.resources,
+            _ => false,
+        }
+    }
+}
+
+/// `notifications/{kind}/list_changed` as a session hears it.
+fn list_changed(kind: &str) -> Arc<str> {
+    let notification =
+        json!({"jsonrpc": "2.0", "method": format!("notifications/{kind}/list_changed")});
+    Arc::from(notification.to_string())
+}
+
+/// `notifications/{kind}/list_changed` as a listen stream hears it: naming its
+/// subscription. Whether the stream is still open.
+fn tell_listener(listener: &Listener, kind: &str) -> bool {
+    let notification = json!({
+        "jsonrpc": "2.0",
+        "method": format!("notifications/{kind}/list_changed"),
+        "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": listener.id}},
+    });
+    !matches!(
+        listener
+            .sender
+            .try_send(Arc::from(notification.to_string())),
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+    )
+}
+
 /// One open `subscriptions/listen` stream.
 pub struct Listener {
     /// The JSON-RPC id of the request that opened it (the subscription id).
@@ -265,6 +301,10 @@ pub struct Gateway {
     listeners: std::sync::Mutex<Vec<Listener>>,
     /// Client sessions' resource subscriptions, and so Warden's own at the upstreams.
     pub subscriptions: Arc<Subscriptions>,
+    /// Per server, when its shared instance had become ready the last time Warden
+    /// renewed its subscriptions there ([`Gateway::resubscribe`]): a later time means a
+    /// restart the gateway has not seen.
+    renewed: std::sync::Mutex<HashMap<String, Option<Instant>>>,
     /// Cancelled when Warden shuts down; listen streams then end gracefully.
     pub closing: CancellationToken,
     /// For quota counters.
@@ -303,6 +343,7 @@ impl Gateway {
             listeners: std::sync::Mutex::new(Vec::new()),
             closing: CancellationToken::new(),
             subscriptions: Arc::default(),
+            renewed: std::sync::Mutex::default(),
             pool,
             http: warden_actors::upstream::http::client_builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -316,10 +357,7 @@ impl Gateway {
     /// `kind` (one of [`LIST_KINDS`]) changed.
     pub fn announce_list_changed(&self, policy: &PolicyEngine, server: &str, kind: &str) {
         self.notify_listeners(policy, server, kind);
-        let notification =
-            json!({"jsonrpc": "2.0", "method": format!("notifications/{kind}/list_changed")});
-        let data: Arc<str> = Arc::from(notification.to_string());
-        self.sessions.broadcast(data, |session| {
+        self.sessions.broadcast(list_changed(kind), |session| {
             session.scope.as_deref().is_none_or(|s| s == server)
                 && policy
                     .check(&session.principal, &Permission::List { server })
@@ -345,30 +383,31 @@ impl Gateway {
     pub fn notify_listeners(&self, policy: &PolicyEngine, server: &str, kind: &str) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.retain(|listener| {
-            let wanted = match kind {
-                "tools" => listener.filter.tools,
-                "prompts" => listener.filter.prompts,
-                "resources" => listener.filter.resources,
-                _ => false,
-            };
             let visible = listener.scope.as_deref().is_none_or(|s| s == server)
                 && policy
                     .check(&listener.principal, &Permission::List { server })
                     .is_ok();
-            if !(wanted && visible) {
+            if !(listener.filter.wants(kind) && visible) {
                 return !listener.sender.is_closed();
             }
-            let notification = json!({
-                "jsonrpc": "2.0",
-                "method": format!("notifications/{kind}/list_changed"),
-                "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": listener.id}},
-            });
-            !matches!(
-                listener
-                    .sender
-                    .try_send(Arc::from(notification.to_string())),
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
-            )
+            tell_listener(listener, kind)
+        });
+    }
+
+    /// After a gap in the lifecycle events: every session and listen stream hears once
+    /// per kind it follows that its lists may have changed. The notification names no
+    /// server, so nobody learns of one it may not list.
+    fn announce_every_list_changed(&self) {
+        for kind in LIST_KINDS {
+            self.sessions.broadcast(list_changed(kind), |_| true);
+        }
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|listener| {
+            LIST_KINDS
+                .iter()
+                .filter(|kind| listener.filter.wants(kind))
+                .all(|kind| tell_listener(listener, kind))
+                && !listener.sender.is_closed()
         });
     }
 
@@ -1268,23 +1307,47 @@ impl Gateway {
         self.sync_in_background(left);
     }
 
-    /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
-    /// so Warden's are renewed.
-    /// After the gateway lost lifecycle events (its buffer on the bus overflowed): what
-    /// any of them could have called for, done for every server from its current state.
-    /// Clients are told every list may have changed, and Warden's resource subscriptions
-    /// are renewed (a server may have restarted unseen; subscribing again to a resource
-    /// already subscribed is harmless).
+    /// After the gateway lost events from the bus (its buffer there overflowed): what
+    /// any of them could have called for, done from current state.
+    /// - Every client hears once per kind that its lists may have changed.
+    /// - A server whose shared instance became ready since Warden last renewed its
+    ///   subscriptions there (a restart whose `ready` was lost) gets them renewed.
+    ///   Servers that did not restart are left alone: a second subscribe is not
+    ///   promised to be harmless.
+    /// - Every subscribed resource is announced as updated to its subscribers, since an
+    ///   upstream's update may have been among the events lost; a client then reads it
+    ///   again, which costs a read and misses nothing.
     pub fn catch_up(&self, policy: &PolicyEngine) {
+        self.announce_every_list_changed();
         for entry in self.directory.all().iter() {
-            self.resubscribe(&entry.name);
-            for kind in LIST_KINDS {
-                self.announce_list_changed(policy, &entry.name, kind);
+            let ready_since = entry.shared().status().running_since;
+            let renewed_for = self
+                .renewed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&*entry.name)
+                .copied();
+            if ready_since.is_some() && renewed_for != Some(ready_since) {
+                self.resubscribe(&entry.name);
             }
+        }
+        for resource in self.subscriptions.resources() {
+            let params = json!({ "uri": resource.uri });
+            self.announce_resource_updated(policy, &resource.server, &params);
         }
     }
 
+    /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
+    /// so Warden's are renewed.
     pub fn resubscribe(&self, server: &str) {
+        let ready_since = self
+            .directory
+            .get(server)
+            .and_then(|entry| entry.shared().status().running_since);
+        self.renewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.to_owned(), ready_since);
         let wanted = self.subscriptions.upstream_restarted(server);
         self.sync_in_background(wanted);
     }

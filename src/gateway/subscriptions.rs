@@ -99,12 +99,30 @@ impl Subscriptions {
         left
     }
 
-    /// Who wants `resource`'s updates.
+    /// Who wants to hear that `resource` was updated: the subscribers of that resource
+    /// and of any resource of the same server it lies under (the protocol lets an
+    /// update name a sub-resource of the one subscribed to; see [`lies_under`]).
     pub fn subscribers(&self, resource: &Resource) -> HashSet<String> {
-        self.lock()
+        let table = self.lock();
+        let mut who = table
             .get(resource)
             .map(|entry| entry.subscribers.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for (subscribed, entry) in table.iter() {
+            if subscribed.server == resource.server && lies_under(&resource.uri, &subscribed.uri) {
+                who.extend(entry.subscribers.iter().cloned());
+            }
+        }
+        who
+    }
+
+    /// Every resource someone is subscribed to.
+    pub fn resources(&self) -> Vec<Resource> {
+        self.lock()
+            .iter()
+            .filter(|(_, entry)| !entry.subscribers.is_empty())
+            .map(|(resource, _)| resource.clone())
+            .collect()
     }
 
     /// `server` is a new process: it holds none of Warden's subscriptions. Returns the
@@ -198,6 +216,16 @@ fn forget_if_settled(table: &mut HashMap<Resource, Entry>, resource: &Resource) 
     }
 }
 
+/// Whether `uri` names a part of the resource `parent`: `parent` followed by a path,
+/// query or fragment. Prefixes that stop in the middle of a name do not count
+/// (`file:///a/b` is not under `file:///a/bc`, nor `file:///ab` under `file:///a`).
+fn lies_under(uri: &str, parent: &str) -> bool {
+    let Some(rest) = uri.strip_prefix(parent) else {
+        return false;
+    };
+    !rest.is_empty() && (parent.ends_with('/') || rest.starts_with(['/', '?', '#']))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +257,39 @@ mod tests {
         fn sent(&self) -> Vec<&'static str> {
             std::mem::take(&mut self.sent.lock().unwrap())
         }
+    }
+
+    #[test]
+    fn an_update_of_a_sub_resource_reaches_the_subscribers_of_the_resource_it_lies_under() {
+        let subscriptions = Subscriptions::default();
+        for (uri, who) in [
+            ("file:///a", "whole"),
+            ("file:///a/", "dir"),
+            ("file:///a/b", "exact"),
+            ("file:///ab", "sibling"),
+        ] {
+            assert_eq!(subscriptions.add(&resource(uri), who, 10), Ok(true));
+        }
+        let other_server = Resource {
+            server: "other".into(),
+            uri: "file:///a".into(),
+        };
+        assert_eq!(subscriptions.add(&other_server, "elsewhere", 10), Ok(true));
+        let heard = |uri: &str| {
+            let mut who: Vec<String> = subscriptions
+                .subscribers(&resource(uri))
+                .into_iter()
+                .collect();
+            who.sort();
+            who
+        };
+        assert_eq!(heard("file:///a/b"), ["dir", "exact", "whole"]);
+        assert_eq!(heard("file:///a/b/c"), ["dir", "exact", "whole"]);
+        assert_eq!(heard("file:///a"), ["whole"]);
+        assert_eq!(heard("file:///a?rev=2"), ["whole"]);
+        assert_eq!(heard("file:///a/"), ["dir", "whole"]);
+        assert_eq!(heard("file:///abc"), Vec::<String>::new());
+        assert_eq!(heard("file:///ab/x"), ["sibling"]);
     }
 
     #[tokio::test]

@@ -1084,6 +1084,16 @@ fn resource_subscriptions_are_held_once_upstream_fanned_out_and_renewed_after_a_
     assert!(seen_by_b.contains("fixture://item/1"), "{seen_by_b}");
     let seen_by_a = session_stream_until(&gateway, &a_session, "fixture://hello");
     assert!(!seen_by_a.contains("fixture://item/1"), "{seen_by_a}");
+    // An update may name a sub-resource (the protocol allows it): it reaches the
+    // subscribers of the resource it lies under, at a path boundary only.
+    let touch_naming = |client: &mut McpClient, updated: &str| {
+        let args = json!({"uri": "fixture://hello", "updated": updated});
+        client.call("fix__touch", args).text()
+    };
+    assert_eq!(touch_naming(&mut a, "fixture://hellox"), "notified");
+    assert_eq!(touch_naming(&mut a, "fixture://hello/greeting"), "notified");
+    let seen_by_b = session_stream_until(&gateway, &b_session, "fixture://hello/greeting");
+    assert!(!seen_by_b.contains("fixture://hellox"), "{seen_by_b}");
 
     // A leaves `hello`, which B still wants: Warden stays subscribed.
     assert_eq!(
