@@ -351,6 +351,9 @@ mod tests {
             .await
             .expect("the waiting subscriber was woken")
             .unwrap();
-        assert!(matches!(delivery, Some(Delivery::Lagged(2))), "{delivery:?}");
+        assert!(
+            matches!(delivery, Some(Delivery::Lagged(2))),
+            "{delivery:?}"
+        );
     }
 }

@@ -12,14 +12,16 @@
 //! bounded subscription); `Lagged(n)` — the bus dropped `n` events for it, so it
 //! catches up from current state (`Gateway::catch_up`): every client hears that its
 //! lists may have changed and every subscribed resource that it may have been updated,
-//! and the subscriptions of a server that restarted unseen are renewed. A lagging
-//! gateway costs clients a re-list and a re-read; calls never depend on it.
+//! and the subscriptions of a server that restarted unseen are renewed — at most once a
+//! second, further gaps folded into one catch-up put off until then (`CatchUp`). A
+//! lagging gateway costs clients a re-list and a re-read; calls never depend on it.
 //!
 //! **On failure:** it is linked under the root supervisor, which escalates (Warden exits
 //! for its service manager to restart it). Routing never depends on it: the table is
 //! also rebuilt lazily when it is stale.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
@@ -33,6 +35,41 @@ pub enum GatewayMsg {
     Event(Arc<Event>),
     /// The bus dropped this many events for the gateway: catch up from current state.
     Lagged(u64),
+    /// A catch-up put off to keep them [`CATCH_UP_INTERVAL`] apart.
+    CatchUp,
+}
+
+/// Catch-ups are at least this far apart: under a load that makes the gateway lag again
+/// and again, clients re-list and re-read once a second, not once per gap. Gaps in the
+/// meantime are covered by the one put off, which runs when the interval is over.
+const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct GatewayState {
+    args: GatewayArgs,
+    last_catch_up: Option<Instant>,
+    catch_up_due: bool,
+}
+
+impl GatewayState {
+    fn catch_up(&mut self) {
+        self.catch_up_due = false;
+        self.last_catch_up = Some(Instant::now());
+        self.args.gateway.catch_up(&self.args.policy.load());
+    }
+
+    /// Catches up now, or once [`CATCH_UP_INTERVAL`] has passed since the last time.
+    fn catch_up_soon(&mut self, myself: &ActorRef<GatewayMsg>) {
+        let since = self.last_catch_up.map(|at| at.elapsed());
+        match since {
+            Some(since) if since < CATCH_UP_INTERVAL => {
+                if !self.catch_up_due {
+                    self.catch_up_due = true;
+                    drop(myself.send_after(CATCH_UP_INTERVAL - since, || GatewayMsg::CatchUp));
+                }
+            }
+            _ => self.catch_up(),
+        }
+    }
 }
 
 pub struct GatewayArgs {
@@ -45,34 +82,43 @@ pub struct GatewayActor;
 
 impl Actor for GatewayActor {
     type Msg = GatewayMsg;
-    type State = GatewayArgs;
+    type State = GatewayState;
     type Arguments = GatewayArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<GatewayMsg>,
         args: GatewayArgs,
-    ) -> Result<GatewayArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<GatewayState, ActorProcessingErr> {
+        Ok(GatewayState {
+            args,
+            last_catch_up: None,
+            catch_up_due: false,
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<GatewayMsg>,
+        myself: ActorRef<GatewayMsg>,
         message: GatewayMsg,
-        state: &mut GatewayArgs,
+        state: &mut GatewayState,
     ) -> Result<(), ActorProcessingErr> {
         let event = match message {
             GatewayMsg::Event(event) => event,
             GatewayMsg::Lagged(lost) => {
                 tracing::warn!(
                     lost,
-                    "the gateway fell behind the event bus; re-announcing every server's lists and renewing resource subscriptions"
+                    "the gateway fell behind the event bus; catching up from current state"
                 );
-                state.gateway.catch_up(&state.policy.load());
+                state.catch_up_soon(&myself);
+                return Ok(());
+            }
+            GatewayMsg::CatchUp => {
+                state.catch_up();
                 return Ok(());
             }
         };
+        let state = &mut state.args;
         let Some(server) = event.server.as_deref() else {
             return Ok(());
         };
