@@ -253,6 +253,24 @@ impl ListenFilter {
     }
 }
 
+/// A finished call in the metrics: `warden_mcp_tool_calls_total{server,tool,status}` and
+/// `warden_mcp_tool_call_seconds{server}`. A call refused before its tool was resolved
+/// counts with empty `server` and `tool`: the name a client asked for is never a label,
+/// or any string it sends would make a new series.
+fn count_call(row: &ToolCallRecord) {
+    let server = row.server_name.clone();
+    let tool = if server.is_empty() {
+        String::new()
+    } else {
+        row.tool_name.clone()
+    };
+    metrics::counter!("warden_mcp_tool_calls_total", "server" => server.clone(),
+        "tool" => tool, "status" => row.status.as_str())
+    .increment(1);
+    metrics::histogram!("warden_mcp_tool_call_seconds", "server" => server)
+        .record(row.duration_us as f64 / 1e6);
+}
+
 /// `notifications/{kind}/list_changed` as a session hears it.
 fn list_changed(kind: &str) -> Arc<str> {
     let notification =
@@ -670,6 +688,7 @@ impl Gateway {
                 row.error = Some(error.to_string());
             }
         }
+        count_call(&row);
         // `record_completed`: the call was admitted and ran, so its row is kept even while
         // the trail refuses new calls (audit work, docs/audit.md).
         if let Err(refused) = self

@@ -204,6 +204,37 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     }
     let unknown = mcp.call("fx__no_such_tool", json!({}), None);
     assert!(unknown.get("error").is_some(), "{unknown}");
+    // The metrics count the same calls: by server, tool and status, and an unknown
+    // tool's name is never a label.
+    let metrics = http::get(&warden.url("/metrics")).body;
+    let series = |parts: &[&str]| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let calls = "warden_mcp_tool_calls_total{";
+    assert_eq!(
+        series(&[
+            calls,
+            r#"server="fx""#,
+            r#"tool="echo""#,
+            r#"status="success""#
+        ]),
+        Some(N as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&[calls, r#"server="""#, r#"tool="""#, r#"status="error""#]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("no_such_tool"), "{metrics}");
+    assert_eq!(
+        series(&[r#"warden_mcp_tool_call_seconds_count{server="fx"}"#]),
+        Some(N as f64),
+        "{metrics}"
+    );
 
     eventually("N + 1 tool rows", DEADLINE, || {
         count(&db, "SELECT count(*) FROM mcp_tool_executions") == N as i64 + 1
