@@ -146,15 +146,21 @@ impl App {
                 "server.state_dir",
                 new.server.state_dir != current.server.state_dir,
             ),
-            (
-                "server.public_url",
-                new.server.public_url != current.server.public_url,
-            ),
             ("database", new.database.url != current.database.url),
         ] {
             if changed {
                 tracing::warn!(key, "changed in the profile; takes effect after a restart");
             }
+        }
+        // Everything that uses the public URL reads it from the running profile, so it
+        // changes at once — and with it the default issuer and audience of Warden's own
+        // tokens, which is worth a word in the log.
+        if new.server.public_url != current.server.public_url {
+            tracing::warn!(
+                old = %current.server.public_url,
+                new = %new.server.public_url,
+                "server.public_url changed: applied now; access tokens issued for the old URL (its issuer and audience) are no longer accepted unless identity.issuer and identity.audience pin them"
+            );
         }
         if new.logging.level != current.logging.level
             && let Some(set) = &self.log_level

@@ -257,6 +257,7 @@ fn sighup_reloads_the_profile_and_names_settings_that_need_a_restart() {
     let mark = warden.log_mark();
     profile.set("logging.level", "debug");
     profile.set("server.listen", "127.0.0.1:1");
+    profile.set("server.public_url", "http://warden.example.test");
     profile.write();
     warden.sighup();
     assert!(
@@ -270,6 +271,19 @@ fn sighup_reloads_the_profile_and_names_settings_that_need_a_restart() {
         log.lines()
             .any(|l| l.contains("takes effect after a restart") && l.contains("server.listen")),
         "{log}"
+    );
+    // The public URL is read from the running profile everywhere: applied at once, and
+    // said so, since Warden's own tokens change issuer with it.
+    assert!(
+        log.contains("server.public_url changed: applied now"),
+        "{log}"
+    );
+    let metadata = http::get(&warden.url("/.well-known/oauth-authorization-server"));
+    assert_eq!(
+        metadata.json()["issuer"],
+        "http://warden.example.test",
+        "{}",
+        metadata.body
     );
 
     // A broken profile is refused and the running one kept.
