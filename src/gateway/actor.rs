@@ -90,6 +90,7 @@ impl Actor for GatewayActor {
         _myself: ActorRef<GatewayMsg>,
         args: GatewayArgs,
     ) -> Result<GatewayState, ActorProcessingErr> {
+        args.gateway.note_running_instances();
         Ok(GatewayState {
             args,
             last_catch_up: None,
@@ -114,7 +115,10 @@ impl Actor for GatewayActor {
                 return Ok(());
             }
             GatewayMsg::CatchUp => {
-                state.catch_up();
+                // A gap handled after this one's time came may have caught up already.
+                if state.catch_up_due {
+                    state.catch_up();
+                }
                 return Ok(());
             }
         };
@@ -136,7 +140,7 @@ impl Actor for GatewayActor {
         if let EventKind::Ready { .. } = event.kind
             && event.user.is_none()
         {
-            state.gateway.resubscribe(server);
+            state.gateway.renew_subscriptions(server);
         }
         let kinds: &[&str] = match event.kind {
             EventKind::ToolsChanged { .. } => &["tools"],

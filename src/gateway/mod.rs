@@ -253,17 +253,34 @@ impl ListenFilter {
     }
 }
 
+/// What a call is counted under in the metrics: its server and tool once resolved, and
+/// only a tool the upstream listed. A name a client made up is never a label, or any
+/// string it sends would make a new series: a call refused before its tool was resolved
+/// has both empty, and one for a tool its server did not list (the per-server route
+/// passes such names on) has an empty `tool`.
+#[derive(Default)]
+struct CallLabels {
+    server: String,
+    tool: String,
+}
+
+impl CallLabels {
+    fn of(target: &Target) -> CallLabels {
+        CallLabels {
+            server: target.server.to_string(),
+            tool: if target.listed {
+                target.upstream.clone()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
 /// A finished call in the metrics: `warden_mcp_tool_calls_total{server,tool,status}` and
-/// `warden_mcp_tool_call_seconds{server}`. A call refused before its tool was resolved
-/// counts with empty `server` and `tool`: the name a client asked for is never a label,
-/// or any string it sends would make a new series.
-fn count_call(row: &ToolCallRecord) {
-    let server = row.server_name.clone();
-    let tool = if server.is_empty() {
-        String::new()
-    } else {
-        row.tool_name.clone()
-    };
+/// `warden_mcp_tool_call_seconds{server}`.
+fn count_call(labels: CallLabels, row: &ToolCallRecord) {
+    let CallLabels { server, tool } = labels;
     metrics::counter!("warden_mcp_tool_calls_total", "server" => server.clone(),
         "tool" => tool, "status" => row.status.as_str())
     .increment(1);
@@ -320,8 +337,8 @@ pub struct Gateway {
     /// Client sessions' resource subscriptions, and so Warden's own at the upstreams.
     pub subscriptions: Arc<Subscriptions>,
     /// Per server, when its shared instance had become ready the last time Warden
-    /// renewed its subscriptions there ([`Gateway::resubscribe`]): a later time means a
-    /// restart the gateway has not seen.
+    /// renewed its subscriptions there ([`Gateway::renew_subscriptions`]): a later time
+    /// means an instance whose subscriptions are owed.
     renewed: std::sync::Mutex<HashMap<String, Option<Instant>>>,
     /// Cancelled when Warden shuts down; listen streams then end gracefully.
     pub closing: CancellationToken,
@@ -337,6 +354,8 @@ struct Target {
     upstream: String,
     annotations: Option<Value>,
     withheld: bool,
+    /// The upstream listed the tool (on the per-server route a client may name any).
+    listed: bool,
 }
 
 impl Gateway {
@@ -669,9 +688,17 @@ impl Gateway {
             completed_at: started_at,
             duration_us: 0,
         };
-        let outcome = self
-            .call_tool_inner(config, rules, ctx, &requested, &mut params, &mut row)
-            .await;
+        let mut labels = CallLabels::default();
+        let outcome = match self.resolve_tool(config, ctx, &requested).await {
+            Ok(target) => {
+                row.server_name = target.server.to_string();
+                row.tool_name = target.upstream.clone();
+                labels = CallLabels::of(&target);
+                self.call_tool_inner(config, rules, ctx, target, &mut params, &mut row)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         row.completed_at = SystemTime::now();
         row.duration_us = clock.elapsed().as_micros() as i64;
         match &outcome {
@@ -688,7 +715,7 @@ impl Gateway {
                 row.error = Some(error.to_string());
             }
         }
-        count_call(&row);
+        count_call(labels, &row);
         // `record_completed`: the call was admitted and ran, so its row is kept even while
         // the trail refuses new calls (audit work, docs/audit.md).
         if let Err(refused) = self
@@ -708,13 +735,10 @@ impl Gateway {
         config: &Config,
         rules: &Rules,
         ctx: &CallContext,
-        requested: &str,
+        target: Target,
         params: &mut Map<String, Value>,
         row: &mut ToolCallRecord,
     ) -> Result<Box<RawValue>, GatewayError> {
-        let target = self.resolve_tool(config, ctx, requested).await?;
-        row.server_name = target.server.to_string();
-        row.tool_name = target.upstream.clone();
         let decision = rules.policy.check(
             &ctx.principal,
             &Permission::CallTool {
@@ -945,7 +969,8 @@ impl Gateway {
                 // The per-server route is transparent: a name the upstream did not list is
                 // still passed on (after the permission check, by name) and the upstream
                 // answers for it, as it would to a direct client.
-                let (annotations, withheld) = match catalog.tool(requested) {
+                let listed = catalog.tool(requested);
+                let (annotations, withheld) = match listed {
                     Some(tool) => (
                         tool.get("annotations").cloned(),
                         pin_tools
@@ -958,6 +983,7 @@ impl Gateway {
                     upstream: requested.to_owned(),
                     annotations,
                     withheld,
+                    listed: listed.is_some(),
                 })
             }
             None => {
@@ -976,6 +1002,7 @@ impl Gateway {
                     upstream: route.upstream.clone(),
                     annotations: route.annotations().cloned(),
                     withheld: route.withheld,
+                    listed: true,
                 })
             }
         }
@@ -1329,26 +1356,16 @@ impl Gateway {
     /// After the gateway lost events from the bus (its buffer there overflowed): what
     /// any of them could have called for, done from current state.
     /// - Every client hears once per kind that its lists may have changed.
-    /// - A server whose shared instance became ready since Warden last renewed its
-    ///   subscriptions there (a restart whose `ready` was lost) gets them renewed.
-    ///   Servers that did not restart are left alone: a second subscribe is not
-    ///   promised to be harmless.
+    /// - Every server whose shared instance became ready since Warden last renewed its
+    ///   subscriptions there (a restart whose `ready` was lost) gets them renewed
+    ///   ([`Gateway::renew_subscriptions`]); the others are left alone.
     /// - Every subscribed resource is announced as updated to its subscribers, since an
     ///   upstream's update may have been among the events lost; a client then reads it
     ///   again, which costs a read and misses nothing.
     pub fn catch_up(&self, policy: &PolicyEngine) {
         self.announce_every_list_changed();
         for entry in self.directory.all().iter() {
-            let ready_since = entry.shared().status().running_since;
-            let renewed_for = self
-                .renewed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&*entry.name)
-                .copied();
-            if ready_since.is_some() && renewed_for != Some(ready_since) {
-                self.resubscribe(&entry.name);
-            }
+            self.renew_subscriptions(&entry.name);
         }
         for resource in self.subscriptions.resources() {
             let params = json!({ "uri": resource.uri });
@@ -1356,17 +1373,34 @@ impl Gateway {
         }
     }
 
-    /// `server` (re)started: a new process knows nothing of the old one's subscriptions,
-    /// so Warden's are renewed.
-    pub fn resubscribe(&self, server: &str) {
+    /// Takes note of the instances running now: the gateway starts after the servers,
+    /// and their `ready` events came before it listened. No subscription was made
+    /// before this, so none is owed to them.
+    pub fn note_running_instances(&self) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in self.directory.all().iter() {
+            renewed
+                .entry(entry.name.to_string())
+                .or_insert(entry.shared().status().running_since);
+        }
+    }
+
+    /// `server`'s shared instance became ready: a new process knows nothing of the old
+    /// one's subscriptions, so Warden's are renewed — once per instance. (A catch-up may
+    /// have renewed them before the instance's `ready` event arrives; a second
+    /// subscribe is not promised to be harmless.)
+    pub fn renew_subscriptions(&self, server: &str) {
         let ready_since = self
             .directory
             .get(server)
             .and_then(|entry| entry.shared().status().running_since);
-        self.renewed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(server.to_owned(), ready_since);
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+            if ready_since.is_none() || renewed.get(server) == Some(&ready_since) {
+                return;
+            }
+            renewed.insert(server.to_owned(), ready_since);
+        }
         let wanted = self.subscriptions.upstream_restarted(server);
         self.sync_in_background(wanted);
     }

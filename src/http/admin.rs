@@ -172,7 +172,8 @@ async fn events(
 }
 
 /// The bus's deliveries as SSE. A reader that falls behind gets a `lagged` event with
-/// the number of events it missed (`{"lost": n}`) where they would have been.
+/// the number of events it missed (`{"lost": n}`) as soon as the loss is counted
+/// (possibly ahead of events still buffered from before it).
 fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     futures_util::stream::unfold(subscription, |mut subscription| async move {
         let sse = match subscription.recv().await? {

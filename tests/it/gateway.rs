@@ -879,6 +879,23 @@ fn per_server_route_keeps_upstream_names() {
         client.call("echo", json!({"message": "direct"})).text(),
         "direct"
     );
+    // A name the upstream never listed is still passed on here, and answered by it; the
+    // metrics count the call under the server, never under the made-up name.
+    let made_up = client.request(
+        "tools/call",
+        json!({"name": "made_up_tool_name", "arguments": {}}),
+    );
+    assert!(made_up.message.get("error").is_some() || made_up.result()["isError"] == true);
+    let metrics = http::get(&gateway.warden.url("/metrics")).body;
+    assert!(!metrics.contains("made_up_tool_name"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warden_mcp_tool_calls_total{")
+                && l.contains(r#"server="fix""#)
+                && l.contains(r#"tool="""#)),
+        "{metrics}"
+    );
     let unknown = McpClient::new(gateway.warden.url("/mcp/nope"), Some(gateway.token.clone()));
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
     assert_eq!(
