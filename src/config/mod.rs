@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use warden_actors::spec::{
@@ -95,7 +96,13 @@ pub struct Config {
     pub default_access: AccessConfig,
     /// The AI gateway: providers, model routes, prices, budgets (`ai:`).
     pub ai: crate::ai::AiConfig,
+    /// Tells this profile from every other one parsed by this process: what is built
+    /// from a profile (the gateway's route table) records which one it was built from.
+    pub generation: u64,
 }
+
+/// The next [`Config::generation`].
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -490,6 +497,7 @@ impl Config {
             return Err(problems);
         }
         Ok(Config {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             source: None,
             server,
             database,

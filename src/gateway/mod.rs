@@ -370,7 +370,7 @@ impl Gateway {
             directory: tree.directory.clone(),
             tree,
             routes: ArcSwap::from_pointee(RouteTable {
-                built_for: (u64::MAX, u64::MAX),
+                built_for: (u64::MAX, u64::MAX, u64::MAX),
                 ..RouteTable::default()
             }),
             rebuild: std::sync::Mutex::new(()),
@@ -448,9 +448,16 @@ impl Gateway {
         });
     }
 
-    /// The current routing table, rebuilt first if a catalog or a pin changed.
+    /// The current routing table, rebuilt first if a catalog, a pin or the profile
+    /// changed. (The profile's generation is part of the key, so a request still holding
+    /// the profile a reload replaced cannot leave a table of the old naming behind as
+    /// if it were current.)
     pub fn routes(&self, config: &Config) -> Arc<RouteTable> {
-        let wanted = (self.directory.version(), self.pins.generation());
+        let wanted = (
+            self.directory.version(),
+            self.pins.generation(),
+            config.generation,
+        );
         let current = self.routes.load_full();
         if current.built_for == wanted {
             return current;
@@ -468,7 +475,7 @@ impl Gateway {
     /// Forces the next lookup to rebuild (naming changed in a reloaded profile).
     pub fn invalidate(&self) {
         self.routes.store(Arc::new(RouteTable {
-            built_for: (u64::MAX, u64::MAX),
+            built_for: (u64::MAX, u64::MAX, u64::MAX),
             ..RouteTable::default()
         }));
     }

@@ -41,8 +41,9 @@ pub struct PromptRoute {
 
 #[derive(Default)]
 pub struct RouteTable {
-    /// (directory generation, pins generation) the table was built for.
-    pub built_for: (u64, u64),
+    /// (directory generation, pins generation, profile generation) the table was built
+    /// for.
+    pub built_for: (u64, u64, u64),
     pub tools: HashMap<String, ToolRoute>,
     /// Exposed names in listing order (profile order, then the upstream's order).
     pub tool_order: Vec<String>,
@@ -59,7 +60,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn build(directory: &Directory, config: &Config, pins: &Pins) -> RouteTable {
         let mut table = RouteTable {
-            built_for: (directory.version(), pins.generation()),
+            built_for: (directory.version(), pins.generation(), config.generation),
             ..RouteTable::default()
         };
         let separator = &config.gateway.separator;

@@ -905,6 +905,44 @@ fn per_server_route_keeps_upstream_names() {
 }
 
 #[test]
+fn a_reloaded_separator_renames_the_tools_from_the_next_list() {
+    let mut gateway =
+        Gateway::start(json!({ "fix": fixture(&format!("sep-{}", std::process::id()), &[]) }));
+    let mut client = gateway.client();
+    let names = |client: &mut McpClient| -> Vec<String> {
+        client.request("tools/list", json!({})).result()["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(names(&mut client).contains(&"fix__echo".to_owned()));
+    gateway.profile.set("gateway.separator", ".");
+    gateway.profile.write();
+    let mark = gateway.warden.log_mark();
+    gateway.warden.sighup();
+    assert!(
+        gateway
+            .warden
+            .wait_for_log_since(mark, "profile reloaded", WAIT),
+        "{}",
+        gateway.warden.log()
+    );
+    let renamed = names(&mut client);
+    assert!(
+        renamed.contains(&"fix.echo".to_owned()) && !renamed.iter().any(|n| n.contains("__")),
+        "{renamed:?}"
+    );
+    assert_eq!(
+        client
+            .call("fix.echo", json!({"message": "renamed"}))
+            .text(),
+        "renamed"
+    );
+}
+
+#[test]
 fn sessions_expire_end_and_are_bounded_per_principal() {
     let db = TestDb::new();
     let mut profile = warden::Profile::with_database(db.url());
