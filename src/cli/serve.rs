@@ -205,6 +205,11 @@ async fn run(
     .map_err(anyhow::Error::msg)?;
     let router = http::router(app.clone(), registry);
     let shutdown = CancellationToken::new();
+    let sweeper_app = app.clone();
+    let sweeper = tokio::spawn(crate::policy::limits::sweep_every(
+        move || sweeper_app.limits.load_full(),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(http::serve(
         http::LimitedListener::new(listener, config.server.max_connections),
         router,
@@ -267,6 +272,7 @@ async fn run(
     shutdown.cancel();
     let _ = server.await;
     notice_task.abort();
+    let _ = sweeper.await;
     cancel_held_calls(&app, config.server.shutdown_grace).await;
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();

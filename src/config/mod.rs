@@ -961,6 +961,20 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_limit_sweep_runs_every_minute_unless_set_and_at_most_every_second() {
+        let default = parse("").unwrap();
+        assert_eq!(
+            default.policy.limits.sweep_interval,
+            Duration::from_secs(60)
+        );
+        let set = parse("rate_limits:\n  sweep_interval: 5m\n").unwrap();
+        assert_eq!(set.policy.limits.sweep_interval, Duration::from_secs(300));
+        let err = parse("rate_limits:\n  sweep_interval: 10ms\n").unwrap_err();
+        assert_eq!(err.problems[0].path, "rate_limits.sweep_interval", "{err}");
+        assert!(err.to_string().contains("at least 1s"), "{err}");
+    }
+
+    #[test]
     fn servers_keep_profile_order_and_kinds() {
         let config = parse(
             "servers:\n  zeta:\n    command: z\n  alpha:\n    command: a\n    port: auto\n  remote:\n    url: https://example.com/mcp\n    header_secrets: {Authorization: 'Bearer:tok'}\n",

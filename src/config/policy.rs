@@ -27,6 +27,7 @@ pub struct RawRateLimits {
     pub burst_multiplier: Option<f64>,
     #[serde(default)]
     pub tier_multipliers: BTreeMap<String, f64>,
+    pub sweep_interval: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,9 @@ pub fn build(
     let mut limits = LimitsConfig {
         burst_multiplier: rate_limits.burst_multiplier.unwrap_or(1.0),
         tier_multipliers: rate_limits.tier_multipliers.clone(),
+        sweep_interval: rate_limits
+            .sweep_interval
+            .map_or(LimitsConfig::default().sweep_interval, |d| d.0),
         ..LimitsConfig::default()
     };
     for (surface, value) in [
@@ -150,6 +154,13 @@ pub fn build(
         if let Some(parsed) = rate(value) {
             limits.tools.insert(key.clone(), parsed);
         }
+    }
+    if limits.sweep_interval < Duration::from_secs(1) {
+        problems.push(Located {
+            mark: Default::default(),
+            path: "rate_limits.sweep_interval".into(),
+            message: format!("must be at least 1s, found {:?}", limits.sweep_interval),
+        });
     }
     if !(limits.burst_multiplier.is_finite() && limits.burst_multiplier >= 1.0) {
         problems.push(Located {

@@ -98,6 +98,9 @@ pub struct LimitsConfig {
     pub servers: BTreeMap<String, Rate>,
     /// Per (server, upstream tool) (per caller).
     pub tools: BTreeMap<(String, String), Rate>,
+    /// How often callers whose allowance is full again are forgotten
+    /// ([`RateLimiter::sweep`], run by `warden serve`).
+    pub sweep_interval: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -108,6 +111,7 @@ impl Default for LimitsConfig {
             tier_multipliers: BTreeMap::new(),
             servers: BTreeMap::new(),
             tools: BTreeMap::new(),
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -247,7 +251,8 @@ impl RateLimiter {
             .clone()
     }
 
-    /// Forgets callers whose allowance is full again (bounded memory). Run periodically.
+    /// Forgets callers whose allowance is full again (bounded memory). `warden serve`
+    /// runs it every `rate_limits.sweep_interval` ([`sweep_every`]).
     pub fn sweep(&self) {
         for limiter in self
             .limiters
@@ -268,6 +273,32 @@ impl RateLimiter {
             .values()
             .map(|l| l.len())
             .sum()
+    }
+}
+
+/// Sweeps the rate limiter `current` holds now — a reload replaces it — every
+/// `rate_limits.sweep_interval` of that limiter's profile, until `stop`; reports the
+/// callers still held as `warden_rate_limit_keys`. The sweep runs on a blocking thread:
+/// it visits every key held.
+pub async fn sweep_every(
+    current: impl Fn() -> Arc<RateLimiter>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let interval = current().config().sweep_interval;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let limiter = current();
+        let held = tokio::task::spawn_blocking(move || {
+            limiter.sweep();
+            limiter.tracked_keys()
+        })
+        .await;
+        if let Ok(held) = held {
+            metrics::gauge!("warden_rate_limit_keys").set(held as f64);
+        }
     }
 }
 

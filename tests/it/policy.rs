@@ -125,6 +125,30 @@ fn tool_limits_apply_to_that_tool_only_and_reload_changes_them() {
 }
 
 #[test]
+fn callers_whose_allowance_is_full_again_are_forgotten_every_sweep_interval() {
+    let db = TestDb::new();
+    let (_profile, warden, token) = start(&db, |p| {
+        p.set(
+            "rate_limits",
+            json!({"mcp": "100/s", "sweep_interval": "1s"}),
+        );
+    });
+    let mut client = McpClient::connect(warden.url("/mcp"), &token);
+    assert_eq!(
+        client.call("fix__echo", json!({"message": "one"})).text(),
+        "one"
+    );
+    // At 100/s the caller's allowance is full again 10 ms after its last call, so a
+    // sweep forgets it; the gauge appears with the first sweep.
+    crate::support::eventually("no sweep reported zero callers held", WAIT, || {
+        http::get(&warden.url("/metrics"))
+            .body
+            .lines()
+            .any(|l| l == "warden_rate_limit_keys 0")
+    });
+}
+
+#[test]
 fn quotas_hold_across_a_restart() {
     let db = TestDb::new();
     let quota =
