@@ -651,8 +651,10 @@ impl Gateway {
     // tools/call
     // -----------------------------------------------------------------------------------
 
-    /// Calls a tool. Always leaves one `mcp_tool_executions` row, and one
-    /// `permission.decision` event once the tool is known.
+    /// Calls a tool. Leaves one `mcp_tool_executions` row for every request that names a
+    /// tool (a string `name`, an object `arguments` if any; a request malformed before
+    /// that gets its error only), and one `permission.decision` event once the tool is
+    /// known.
     pub async fn call_tool(
         &self,
         config: &Config,
