@@ -547,6 +547,19 @@ fn assert_refused(answer: &Answer, why: &str) {
     );
 }
 
+/// The fixture's `interview` logs "interview starts" before its first question: the
+/// answer's stream must carry that line ahead of the result.
+fn assert_interview_started(answer: &Answer) {
+    assert!(
+        answer
+            .notifications
+            .iter()
+            .any(|n| n["params"]["data"] == "interview starts"),
+        "{:?}",
+        answer.notifications
+    );
+}
+
 #[test]
 fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input() {
     let gateway =
@@ -556,14 +569,7 @@ fn a_stateless_client_answers_an_upstreams_questions_by_retrying_with_its_input(
     // Round one: the log line comes first, so the answer is a stream whose last event
     // asks for the name.
     let first = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
-    assert!(
-        first
-            .notifications
-            .iter()
-            .any(|n| n["params"]["data"] == "interview starts"),
-        "{:?}",
-        first.notifications
-    );
+    assert_interview_started(&first);
     let asked = first.result().clone();
     assert_eq!(asked["resultType"], "input_required", "{asked}");
     let question = &asked["inputRequests"]["upstream"];
@@ -686,14 +692,7 @@ fn calls_awaiting_input_are_bounded_in_total_and_per_principal() {
     // is refused to the upstream, and the tool's answer says why.
     let interview = json!({"name": "fix__interview", "arguments": {}});
     let refused = stateless(&gateway, "tools/call", interview, capabilities.clone());
-    assert!(
-        refused
-            .notifications
-            .iter()
-            .any(|n| n["params"]["data"] == "interview starts"),
-        "{:?}",
-        refused.notifications
-    );
+    assert_interview_started(&refused);
     assert_eq!(refused.result()["isError"], true, "{:?}", refused.message);
     assert!(
         refused
