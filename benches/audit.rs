@@ -13,7 +13,7 @@
 //!   profile's default) batches in flight: the rate the writer sustains. Target:
 //!   ≥ 100,000 rows/s.
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -64,7 +64,7 @@ impl Call {
     fn new(i: usize) -> Call {
         // Users and tools drawn independently of each other (a multiplicative hash
         // of `i`, then its high and low parts), so every user calls every tool.
-        let mixed = if env_is("KEYS", "one") {
+        let mixed = if *ONE_KEY {
             0
         } else {
             (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
@@ -72,7 +72,7 @@ impl Call {
         let user = mixed % USERS;
         let tool = (mixed / USERS) % (SERVERS.len() * TOOLS.len());
         Call {
-            trace_id: if env_is("TRACES", "client") {
+            trace_id: if *CLIENT_TRACES {
                 Uuid::new_v4().simple().to_string()
             } else {
                 TraceContext::generate().trace_id_hex()
@@ -85,13 +85,13 @@ impl Call {
     }
 }
 
-/// Whether the bench's environment sets `name` (`KEYS` or `TRACES`) to `value`; both
-/// are read once, on the first call.
-fn env_is(name: &'static str, value: &str) -> bool {
-    static VARS: OnceLock<[(&str, Option<String>); 2]> = OnceLock::new();
-    let vars = VARS.get_or_init(|| ["KEYS", "TRACES"].map(|n| (n, std::env::var(n).ok())));
-    vars.iter()
-        .any(|(n, v)| *n == name && v.as_deref() == Some(value))
+/// `KEYS=one`: every call on one user and one tool.
+static ONE_KEY: LazyLock<bool> = LazyLock::new(|| env_is("KEYS", "one"));
+/// `TRACES=client`: random trace ids, as clients that send their own.
+static CLIENT_TRACES: LazyLock<bool> = LazyLock::new(|| env_is("TRACES", "client"));
+
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == value)
 }
 
 /// The tool row and the permission decision of call `i`, in the order the call path
