@@ -196,7 +196,6 @@ impl App {
         self.identity.reconfigure(&new);
         self.ai.install(ai);
         self.config.store(Arc::new(new));
-        self.gateway.invalidate();
         crate::audit::refresh_redaction(&self.redaction, &self.config.load(), &self.secrets).await;
         let diff = self
             .tree

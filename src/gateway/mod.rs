@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use metrics::SharedString;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
@@ -28,7 +29,7 @@ use uuid::Uuid;
 use warden_actors::audit::{
     Audit, AuditEvent, AuditRecord, AuditRefused, ToolCallRecord, ToolStatus,
 };
-use warden_actors::directory::{Directory, Instance, LimitError, ServerEntry};
+use warden_actors::directory::{Directory, Instance, LimitError, ServerEntry, ServerStatus};
 use warden_actors::jsonrpc::{RpcError, code};
 use warden_actors::spec::Isolation;
 use warden_actors::trace::TraceContext;
@@ -260,27 +261,29 @@ impl ListenFilter {
 /// passes such names on) has an empty `tool`.
 #[derive(Default)]
 struct CallLabels {
-    server: String,
-    tool: String,
+    server: Option<Arc<str>>,
+    tool: Option<String>,
 }
 
 impl CallLabels {
     fn of(target: &Target) -> CallLabels {
         CallLabels {
-            server: target.server.to_string(),
-            tool: if target.listed {
-                target.upstream.clone()
-            } else {
-                String::new()
-            },
+            server: Some(target.server.clone()),
+            tool: target.listed.then(|| target.upstream.clone()),
         }
     }
 }
 
 /// A finished call in the metrics: `warden_mcp_tool_calls_total{server,tool,status}` and
-/// `warden_mcp_tool_call_seconds{server}`.
+/// `warden_mcp_tool_call_seconds{server}`. The server's name is shared, not copied: this
+/// runs for every call.
 fn count_call(labels: CallLabels, row: &ToolCallRecord) {
-    let CallLabels { server, tool } = labels;
+    let server = labels
+        .server
+        .map_or(SharedString::const_str(""), SharedString::from);
+    let tool = labels
+        .tool
+        .map_or(SharedString::const_str(""), SharedString::from);
     metrics::counter!("warden_mcp_tool_calls_total", "server" => server.clone(),
         "tool" => tool, "status" => row.status.as_str())
     .increment(1);
@@ -470,14 +473,6 @@ impl Gateway {
         let table = Arc::new(RouteTable::build(&self.directory, config, &self.pins));
         self.routes.store(table.clone());
         table
-    }
-
-    /// Forces the next lookup to rebuild (naming changed in a reloaded profile).
-    pub fn invalidate(&self) {
-        self.routes.store(Arc::new(RouteTable {
-            built_for: (u64::MAX, u64::MAX, u64::MAX),
-            ..RouteTable::default()
-        }));
     }
 
     // -----------------------------------------------------------------------------------
@@ -1183,11 +1178,7 @@ impl Gateway {
                 instance
                     .wait_ready(entry.spec().startup_timeout)
                     .await
-                    .map_err(|status| GatewayError::NotReady {
-                        server: server.to_owned(),
-                        state: status.state.as_str().to_owned(),
-                        detail: status.last_error.clone(),
-                    })?;
+                    .map_err(|status| not_ready(server, &status))?;
                 Ok(instance)
             }
         }
@@ -1205,16 +1196,8 @@ impl Gateway {
     ) -> Result<Box<RawValue>, GatewayError> {
         let server = entry.name.to_string();
         let instance = self.instance(ctx, &server).await?;
-        let not_ready = |instance: &Instance| {
-            let status = instance.status();
-            GatewayError::NotReady {
-                server: server.clone(),
-                state: status.state.as_str().to_owned(),
-                detail: status.last_error.clone(),
-            }
-        };
         if instance.connection().is_none() {
-            return Err(not_ready(&instance));
+            return Err(not_ready(&server, &instance.status()));
         }
         let deadline = Instant::now() + timeout;
         let _permit = entry.limiter.acquire(timeout).await.map_err(|e| match e {
@@ -1233,7 +1216,9 @@ impl Gateway {
             },
         })?;
         // The instance may have stopped while this call waited for a slot.
-        let connection = instance.connection().ok_or_else(|| not_ready(&instance))?;
+        let connection = instance
+            .connection()
+            .ok_or_else(|| not_ready(&server, &instance.status()))?;
         instance.touch();
         let options = CallOptions {
             timeout: Some(deadline.saturating_duration_since(Instant::now())),
@@ -1314,13 +1299,7 @@ impl Gateway {
                     "a client holds at most {max} resource subscriptions (gateway.max_resource_subscriptions)"
                 ))
             })?;
-        let synced = self
-            .subscriptions
-            .sync(&resource, |method| {
-                subscription_request(&entry, method, &resource.uri)
-            })
-            .await;
-        if let Err(error) = synced {
+        if let Err(error) = sync_upstream(&self.subscriptions, &entry, &resource).await {
             if added {
                 self.subscriptions.remove(&resource, who);
             }
@@ -1345,12 +1324,9 @@ impl Gateway {
         if self.subscriptions.remove(&resource, &session.id)
             && let Ok(entry) = self.entry(&resource.server)
         {
-            let _ = self
-                .subscriptions
-                .sync(&resource, |method| {
-                    subscription_request(&entry, method, &resource.uri)
-                })
-                .await;
+            // A refused unsubscribe is logged by `sync`; the client is unsubscribed
+            // either way.
+            let _ = sync_upstream(&self.subscriptions, &entry, &resource).await;
         }
         Ok(())
     }
@@ -1431,12 +1407,7 @@ impl Gateway {
                 let Some(entry) = directory.get(&resource.server) else {
                     continue;
                 };
-                let synced = subscriptions
-                    .sync(&resource, |method| {
-                        subscription_request(&entry, method, &resource.uri)
-                    })
-                    .await;
-                if let Err(error) = synced {
+                if let Err(error) = sync_upstream(&subscriptions, &entry, &resource).await {
                     tracing::warn!(server = %resource.server, uri = %resource.uri, %error, "a resource subscription could not be renewed");
                 }
             }
@@ -1594,6 +1565,29 @@ pub fn supports_subscriptions(entry: &ServerEntry) -> bool {
         })
 }
 
+/// The refusal for a call to `server`'s instance while it is in `status` and not ready.
+fn not_ready(server: &str, status: &ServerStatus) -> GatewayError {
+    GatewayError::NotReady {
+        server: server.to_owned(),
+        state: status.state.as_str().to_owned(),
+        detail: status.last_error.clone(),
+    }
+}
+
+/// Brings the upstream in line for `resource` ([`Subscriptions::sync`]) through Warden's
+/// own requests at `entry`'s shared instance.
+async fn sync_upstream(
+    subscriptions: &Subscriptions,
+    entry: &ServerEntry,
+    resource: &Resource,
+) -> Result<(), GatewayError> {
+    subscriptions
+        .sync(resource, |method| {
+            subscription_request(entry, method, &resource.uri)
+        })
+        .await
+}
+
 /// Warden's own `resources/subscribe` or `resources/unsubscribe` at the shared instance,
 /// outside any client's call (no concurrency slot: it is bookkeeping, not work).
 async fn subscription_request(
@@ -1602,14 +1596,9 @@ async fn subscription_request(
     uri: &str,
 ) -> Result<(), GatewayError> {
     let instance = entry.shared();
-    let connection = instance.connection().ok_or_else(|| {
-        let status = instance.status();
-        GatewayError::NotReady {
-            server: entry.name.to_string(),
-            state: status.state.as_str().to_owned(),
-            detail: status.last_error.clone(),
-        }
-    })?;
+    let connection = instance
+        .connection()
+        .ok_or_else(|| not_ready(&entry.name, &instance.status()))?;
     let timeout = entry.spec().call_timeout;
     let mut params = Map::new();
     params.insert("uri".into(), Value::from(uri));
