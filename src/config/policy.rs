@@ -130,11 +130,11 @@ pub fn build(
     let mut limits = LimitsConfig {
         burst_multiplier: rate_limits.burst_multiplier.unwrap_or(1.0),
         tier_multipliers: rate_limits.tier_multipliers.clone(),
-        sweep_interval: rate_limits
-            .sweep_interval
-            .map_or(LimitsConfig::default().sweep_interval, |d| d.0),
         ..LimitsConfig::default()
     };
+    if let Some(interval) = &rate_limits.sweep_interval {
+        limits.sweep_interval = interval.0;
+    }
     for (surface, value) in [
         (Surface::Mcp, &rate_limits.mcp),
         (Surface::Ai, &rate_limits.ai),

@@ -296,8 +296,9 @@ pub async fn sweep_every(
             limiter.tracked_keys()
         })
         .await;
-        if let Ok(held) = held {
-            metrics::gauge!("warden_rate_limit_keys").set(held as f64);
+        match held {
+            Ok(held) => metrics::gauge!("warden_rate_limit_keys").set(held as f64),
+            Err(error) => tracing::error!(%error, "the rate limiter's sweep failed"),
         }
     }
 }
