@@ -802,7 +802,7 @@ async fn request(
             .iter()
             .any(|(_, capability)| client_capabilities.get(capability).is_some());
     let binding = (modern && INPUT_METHODS.contains(&method.as_str()) && (retry || askable))
-        .then(|| Binding::new(owner_of(&principal), &method, &params));
+        .then(|| Binding::new(owner_of(&principal), scope.as_deref(), &method, &params));
     let caller = Caller {
         session: session.clone(),
         client_capabilities,
@@ -1103,8 +1103,8 @@ async fn resume(app: AppState, caller: Caller, params: &Map<String, Value>) -> R
         }
         Err(Refusal::Changed) => {
             return refuse(
-                "a retry must repeat its request: only `inputResponses`, `requestState` and \
-                 `_meta` may change"
+                "a retry must repeat its request on the same endpoint: only \
+                 `inputResponses`, `requestState` and `_meta` may change"
                     .into(),
             );
         }

@@ -51,17 +51,25 @@ pub struct Owner {
     pub client: Option<String>,
 }
 
-/// What a held call is bound to: who made it, and what they asked.
+/// What a held call is bound to: who made it, and what they asked where.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     owner: Owner,
+    /// The endpoint's server (`/mcp/{server}`), `None` on `/mcp`: a retry elsewhere is
+    /// another request.
+    scope: Option<String>,
     method: String,
     params: Map<String, Value>,
 }
 
 impl Binding {
     /// `params` are the request's, of which the per-round keys are left out.
-    pub fn new(owner: Owner, method: &str, params: &Map<String, Value>) -> Binding {
+    pub fn new(
+        owner: Owner,
+        scope: Option<&str>,
+        method: &str,
+        params: &Map<String, Value>,
+    ) -> Binding {
         let params = params
             .iter()
             .filter(|(key, _)| !ROUND_KEYS.contains(&key.as_str()))
@@ -69,6 +77,7 @@ impl Binding {
             .collect();
         Binding {
             owner,
+            scope: scope.map(str::to_owned),
             method: method.to_owned(),
             params,
         }
@@ -252,7 +261,12 @@ mod tests {
     fn binding(subject: &str, arguments: Value) -> Binding {
         let params = json!({"name": "fix__elicit", "arguments": arguments,
             "requestState": "x", "inputResponses": {"a": 1}, "_meta": {"m": 1}});
-        Binding::new(owner(subject), "tools/call", params.as_object().unwrap())
+        Binding::new(
+            owner(subject),
+            None,
+            "tools/call",
+            params.as_object().unwrap(),
+        )
     }
 
     fn limits(max: usize, max_per_owner: usize) -> Limits {
@@ -299,14 +313,29 @@ mod tests {
         other_client.client = Some("another-app".into());
         let elsewhere = Binding::new(
             other_client,
+            None,
             "tools/call",
             json!({"name": "fix__elicit", "arguments": {}})
                 .as_object()
                 .unwrap(),
         );
         assert_eq!(table.take(&state, &elsewhere), Err(Refusal::Unknown));
+        let other_endpoint = Binding::new(
+            owner("alice"),
+            Some("fix"),
+            "tools/call",
+            json!({"name": "fix__elicit", "arguments": {}})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(
+            table.take(&state, &other_endpoint),
+            Err(Refusal::Changed),
+            "a retry on /mcp/fix is not the call held on /mcp"
+        );
         let retry = Binding::new(
             owner("alice"),
+            None,
             "tools/call",
             json!({"name": "fix__elicit", "arguments": {}, "requestState": state})
                 .as_object()
