@@ -1041,7 +1041,12 @@ fn suspend(
                 Full::Total(max) => format!("Warden holds {max} calls awaiting their clients' input already (gateway.max_awaiting_input)"),
                 Full::PerOwner(max) => format!("this principal has {max} calls awaiting its input already (gateway.max_awaiting_input_per_principal)"),
             };
-            tracing::warn!(method, reason = %why, "an upstream's request was refused");
+            // With the rounds turned off this is the operator's choice, not a limit hit.
+            if matches!(full, Full::Total(0)) {
+                tracing::debug!(method, reason = %why, "an upstream's request was refused");
+            } else {
+                tracing::warn!(method, reason = %why, "an upstream's request was refused");
+            }
             let _ = suspended.reply.send(Err(RpcError::new(
                 code::INTERNAL_ERROR,
                 format!("{why}; `{method}` was not sent to the client"),
