@@ -1663,16 +1663,28 @@ async fn listen(
         prompts: flag("promptsListChanged"),
         resources: flag("resourcesListChanged"),
     };
-    let resources = listen_subscriptions(app, config, &scope, &principal, trace, &requested).await;
+    // The stream is registered before its resources are subscribed, so an update that
+    // comes while the later ones are still being subscribed reaches it (after the
+    // acknowledgement, which the stream sends first whatever is queued).
+    let wants_resources = requested
+        .get("resourceSubscriptions")
+        .is_some_and(Value::is_array);
+    let subscriber = wants_resources.then(|| format!("listen-{}", uuid::Uuid::new_v4().simple()));
     let (sender, receiver) = mpsc::channel::<Arc<str>>(64);
     app.gateway.add_listener(crate::gateway::Listener {
         id: id.clone(),
-        principal,
+        principal: principal.clone(),
         scope: scope.as_deref().map(Arc::from),
         filter,
         sender,
-        subscriber: resources.as_ref().map(|r| r.key.clone()),
+        subscriber: subscriber.clone(),
     });
+    let resources = match subscriber {
+        Some(key) => Some(
+            listen_subscriptions(app, config, &scope, &principal, trace, &requested, key).await,
+        ),
+        None => None,
+    };
     let mut honoured = Map::new();
     for (key, on) in [
         ("toolsListChanged", filter.tools),
@@ -1729,7 +1741,6 @@ async fn listen(
 
 /// The resources a listen stream subscribed to, under one subscriber key.
 struct ListenResources {
-    key: String,
     /// The URIs honoured: each one the caller may read, on a server that offers
     /// subscriptions.
     uris: Vec<String>,
@@ -1748,9 +1759,9 @@ impl Drop for Unsubscribe {
     }
 }
 
-/// Subscribes a listen stream to its `resourceSubscriptions`; `None` when it asked for
-/// none. A URI that cannot be subscribed (unknown, not permitted, not offered) is left
-/// out of the acknowledgement, and so is every one after the first
+/// Subscribes the listen stream registered as subscriber `key` to its
+/// `resourceSubscriptions`. A URI that cannot be subscribed (unknown, not permitted, not
+/// offered) is left out of the acknowledgement, and so is every one after the first
 /// `gateway.max_resource_subscriptions` distinct ones.
 async fn listen_subscriptions(
     app: &AppState,
@@ -1759,14 +1770,15 @@ async fn listen_subscriptions(
     principal: &Arc<Principal>,
     trace: TraceContext,
     requested: &Value,
-) -> Option<ListenResources> {
+    key: String,
+) -> ListenResources {
     // In the client's order, once each, and no more than one stream may hold: a long
     // list costs no more checks (and audit rows) than the cap.
     let mut asked: Vec<&str> = Vec::new();
-    for uri in requested
-        .get("resourceSubscriptions")?
-        .as_array()?
-        .iter()
+    for uri in requested["resourceSubscriptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(Value::as_str)
     {
         if asked.len() == config.gateway.max_resource_subscriptions {
@@ -1776,7 +1788,6 @@ async fn listen_subscriptions(
             asked.push(uri);
         }
     }
-    let key = format!("listen-{}", uuid::Uuid::new_v4().simple());
     let guard = Unsubscribe {
         gateway: app.gateway.clone(),
         key: key.clone(),
@@ -1803,7 +1814,7 @@ async fn listen_subscriptions(
             }
         }
     }
-    Some(ListenResources { key, uris, guard })
+    ListenResources { uris, guard }
 }
 
 /// Runs `SessionStart` hooks for a new session; a denial refuses the session.
