@@ -547,6 +547,16 @@ fn assert_refused(answer: &Answer, why: &str) {
     );
 }
 
+/// The answer of a call Warden holds for the client's input.
+fn assert_held(answer: &Answer) {
+    assert_eq!(
+        answer.result()["resultType"],
+        "input_required",
+        "{:?}",
+        answer.message
+    );
+}
+
 /// The fixture's `interview` logs "interview starts" before its first question: the
 /// answer's stream must carry that line ahead of the result.
 fn assert_interview_started(answer: &Answer) {
@@ -680,12 +690,7 @@ fn calls_awaiting_input_are_bounded_in_total_and_per_principal() {
     let capabilities = json!({"elicitation": {}, "sampling": {}});
     let call = json!({"name": "fix__elicit", "arguments": {"message": "Sure?"}});
     let held = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
-    assert_eq!(
-        held.result()["resultType"],
-        "input_required",
-        "{:?}",
-        held.message
-    );
+    assert_held(&held);
     let admin_state = held.result()["requestState"].clone();
 
     // The admin's one place is taken: the next question (on a stream, after a log line)
@@ -712,12 +717,7 @@ fn calls_awaiting_input_are_bounded_in_total_and_per_principal() {
         call.clone(),
         capabilities.clone(),
     );
-    assert_eq!(
-        theirs.result()["resultType"],
-        "input_required",
-        "{:?}",
-        theirs.message
-    );
+    assert_held(&theirs);
     let mut stolen = call.clone();
     stolen["requestState"] = admin_state.clone();
     stolen["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
@@ -783,12 +783,7 @@ fn a_held_call_ends_at_its_own_deadline_or_after_the_input_timeout() {
     let ask = |server: &str| {
         let call = json!({"name": format!("{server}__elicit"), "arguments": {"message": "Sure?"}});
         let held = stateless(&gateway, "tools/call", call.clone(), capabilities.clone());
-        assert_eq!(
-            held.result()["resultType"],
-            "input_required",
-            "{:?}",
-            held.message
-        );
+        assert_held(&held);
         let mut retry = call;
         retry["requestState"] = held.result()["requestState"].clone();
         retry["inputResponses"] = json!({"upstream": {"action": "accept", "content": {}}});
