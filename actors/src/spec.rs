@@ -26,6 +26,9 @@ pub struct ServerSpec {
     pub stop_grace: Duration,
     /// How long to wait for the MCP handshake (and, for HTTP children, for the port).
     pub startup_timeout: Duration,
+    /// The largest message accepted from the server: a stdio line, an HTTP response
+    /// body, one SSE event. A runaway upstream must not take Warden's memory with it.
+    pub max_message_bytes: usize,
     pub isolation: Isolation,
     /// Per-tool overrides, keyed by the upstream tool name.
     pub tools: BTreeMap<String, ToolSpec>,

@@ -235,6 +235,10 @@ impl ExtensionSection {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `servers.<name>.max_message_bytes`: the default, and the range accepted.
+const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+const MIN_MESSAGE_BYTES: u64 = 1 << 10;
+const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 impl Config {
@@ -858,6 +862,15 @@ fn server_spec(
     if max_concurrent_calls == 0 {
         fail("max_concurrent_calls must be at least 1".into());
     }
+    let max_message_bytes = raw
+        .max_message_bytes
+        .or(defaults.max_message_bytes)
+        .map_or(DEFAULT_MAX_MESSAGE_BYTES, |s| s.0);
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max_message_bytes) {
+        fail(format!(
+            "max_message_bytes must be between 1KiB and 1GiB, found {max_message_bytes} bytes"
+        ));
+    }
     let tools: BTreeMap<String, ToolSpec> = raw
         .tools
         .iter()
@@ -905,6 +918,7 @@ fn server_spec(
                     .max_queued_calls
                     .or(defaults.max_queued_calls)
                     .unwrap_or(256),
+                max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
                 stop_grace: pick(raw.stop_grace, defaults.stop_grace, Duration::from_secs(5)),
                 startup_timeout: pick(
                     raw.startup_timeout,
@@ -947,6 +961,37 @@ mod tests {
                 "test.yaml:5:21: servers.github.restart.max_restarts: expected an integer"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_inherits_and_is_bounded() {
+        let config = parse(
+            "defaults:\n  max_message_bytes: 1MiB\nservers:\n  a:\n    command: x\n  b:\n    command: x\n    max_message_bytes: 1KiB\n  c:\n    command: x\n    max_message_bytes: 1GiB\n",
+        )
+        .unwrap();
+        let limits: Vec<usize> = config.servers.iter().map(|s| s.max_message_bytes).collect();
+        assert_eq!(limits, [1 << 20, 1 << 10, 1 << 30]);
+        assert_eq!(
+            parse("servers:\n  a:\n    command: x\n").unwrap().servers[0].max_message_bytes,
+            64 << 20
+        );
+
+        let err = parse(
+            "servers:\n  a:\n    command: x\n    max_message_bytes: 1023\n  b:\n    command: x\n    max_message_bytes: 1073741825\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert_eq!(err.problems[0].path, "servers.a");
+        assert!(
+            err.problems[0]
+                .message
+                .contains("max_message_bytes must be between 1KiB and 1GiB, found 1023 bytes"),
+            "{err}"
+        );
+        assert!(
+            err.problems[1].message.contains("found 1073741825 bytes"),
+            "{err}"
         );
     }
 

@@ -310,6 +310,43 @@ fn concurrency_limit_and_deadline_fail_fast_with_clear_errors() {
 }
 
 #[test]
+fn an_upstream_message_over_max_message_bytes_fails_its_call_and_names_the_key() {
+    let id = std::process::id();
+    let mut stdio = fixture(&format!("msg-limit-{id}"), &[]);
+    stdio["max_message_bytes"] = json!("8KiB");
+    let mut web = fixture(&format!("msg-limit-http-{id}"), &["--http", "{port}"]);
+    web["port"] = json!("auto");
+    web["max_message_bytes"] = json!("8KiB");
+    let gateway = Gateway::start(json!({ "fix": stdio, "web": web }));
+    let mut events = EventStream::open(&gateway.warden, &gateway.token);
+    let mut client = gateway.client();
+    let small = "s".repeat(100);
+    let large = "l".repeat(10_000);
+
+    for server in ["fix", "web"] {
+        let tool = format!("{server}__echo");
+        assert_eq!(client.call(&tool, json!({"message": small})).text(), small);
+        let refused = client.call(&tool, json!({"message": large}));
+        let error = refused.error();
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("larger than 8192 bytes")
+                && message.contains(&format!("servers.{server}.max_message_bytes")),
+            "{error}"
+        );
+    }
+
+    // Over stdio the rest of the line cannot be skipped: the child was restarted. Over
+    // HTTP only the one response was refused.
+    events.wait_for(WAIT, event("ready", "fix"));
+    for server in ["fix", "web"] {
+        let tool = format!("{server}__echo");
+        assert_eq!(client.call(&tool, json!({"message": small})).text(), small);
+    }
+    assert_eq!(gateway.status("web")["restarts"], 0);
+}
+
+#[test]
 fn upstream_dying_mid_call_fails_that_call_and_the_session_survives() {
     let gateway =
         Gateway::start(json!({ "fix": fixture(&format!("dying-{}", std::process::id()), &[]) }));

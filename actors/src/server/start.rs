@@ -93,8 +93,14 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 return Err(fail("the child's pipes were not set up".into(), None, None));
             };
             let stderr = child.child.stderr.take();
-            let connection =
-                upstream::stdio::connect(server.clone(), stdin, stdout, stderr, events_tx);
+            let connection = upstream::stdio::connect(
+                server.clone(),
+                stdin,
+                stdout,
+                stderr,
+                ctx.spec.max_message_bytes,
+                events_tx,
+            );
             let control = watch_child(child, ctx.myself.clone());
             (connection, pid, None, Some(control))
         }
@@ -120,8 +126,14 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
             });
             let control = watch_child(child, ctx.myself.clone());
             let url = url.replace("{port}", &port.to_string());
-            let connection = upstream::http::connect(server.clone(), url, Vec::new(), events_tx)
-                .map_err(|reason| fail(reason, None, Some(port)));
+            let connection = upstream::http::connect(
+                server.clone(),
+                url,
+                Vec::new(),
+                ctx.spec.max_message_bytes,
+                events_tx,
+            )
+            .map_err(|reason| fail(reason, None, Some(port)));
             match connection {
                 Ok(connection) => (connection, pid, Some(port), Some(control)),
                 Err(mut failure) => {
@@ -148,9 +160,14 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 };
                 resolved.push((header.name.clone(), value));
             }
-            let connection =
-                upstream::http::connect(server.clone(), url.clone(), resolved, events_tx)
-                    .map_err(|reason| fail(reason, None, None))?;
+            let connection = upstream::http::connect(
+                server.clone(),
+                url.clone(),
+                resolved,
+                ctx.spec.max_message_bytes,
+                events_tx,
+            )
+            .map_err(|reason| fail(reason, None, None))?;
             (connection, None, None, None)
         }
     };

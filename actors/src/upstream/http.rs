@@ -21,8 +21,11 @@ use tokio::sync::mpsc;
 use super::{CallError, Connection, ConnectionEvent, Outbound};
 use crate::redact::Redacted;
 
-/// The largest response body or single SSE event accepted from an upstream.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// The largest response body or single SSE event accepted where nothing else is
+/// configured (the bridge); servers have their own `max_message_bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How much of an error response is read for its excerpt.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
@@ -35,6 +38,7 @@ struct HttpInner {
     url: String,
     headers: HeaderMap,
     session: Mutex<Option<String>>,
+    max_message_bytes: usize,
 }
 
 /// Installs the process-wide TLS crypto provider once (ring).
@@ -54,6 +58,7 @@ pub fn connect(
     server: Arc<str>,
     url: String,
     headers: Vec<(String, Redacted<String>)>,
+    max_message_bytes: usize,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Result<Arc<Connection>, String> {
     let mut map = HeaderMap::new();
@@ -77,6 +82,7 @@ pub fn connect(
             url,
             headers: map,
             session: Mutex::new(None),
+            max_message_bytes,
         }),
     };
     Ok(Connection::new(server, Box::new(outbound), events))
@@ -198,8 +204,10 @@ async fn read_response(
         ));
     }
     if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
-        let excerpt: String = body.chars().take(300).collect();
+        let body = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_else(|partial| partial);
+        let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
         return Err(CallError::Send(format!("HTTP {status}: {excerpt}")));
     }
     let session = response
@@ -214,13 +222,16 @@ async fn read_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
-        let mut parser = SseParser::default();
+        let mut parser = SseParser::new(inner.max_message_bytes);
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| CallError::Send(describe(&e)))?
         {
-            for event in parser.push(&chunk).map_err(CallError::Send)? {
+            let events = parser
+                .push(&chunk)
+                .map_err(|e| CallError::Send(naming_the_limit(conn, e)))?;
+            for event in events {
                 conn.dispatch(event.as_bytes(), Some(id));
             }
             if !conn.is_pending(id) {
@@ -235,19 +246,14 @@ async fn read_response(
         }
         Ok(())
     } else {
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| CallError::Send(describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(CallError::Send(format!(
-                    "response larger than {MAX_BODY_BYTES} bytes"
-                )));
+        let max = inner.max_message_bytes;
+        let body = match read_capped(&mut response, max).await {
+            Ok(body) => body,
+            Err(_) => {
+                let what = format!("a response larger than {max} bytes");
+                return Err(CallError::Send(naming_the_limit(conn, what)));
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
         conn.dispatch(&body, Some(id));
         if conn.is_pending(id) {
             return Err(CallError::Send(
@@ -275,7 +281,7 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
             Ok(response) if response.status().is_success() => {
                 delay = Duration::from_millis(250);
                 let mut response = response;
-                let mut parser = SseParser::default();
+                let mut parser = SseParser::new(inner.max_message_bytes);
                 loop {
                     let chunk = tokio::select! {
                         c = response.chunk() => c,
@@ -288,7 +294,14 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
                                     conn.dispatch(event.as_bytes(), None);
                                 }
                             }
-                            Err(_) => break,
+                            Err(error) => {
+                                tracing::warn!(
+                                    server = conn.server(),
+                                    "{}; the listen stream is opened again",
+                                    naming_the_limit(&conn, error)
+                                );
+                                break;
+                            }
                         },
                         _ => break,
                     }
@@ -305,39 +318,105 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
     }
 }
 
+/// Reads a body whole, up to `max` bytes. `Err` carries what was read when the body
+/// was longer (or the connection failed).
+async fn read_capped(response: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > max => {
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                return Err(body);
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(body),
+        }
+    }
+}
+
+/// What was too large, with the profile key an operator would change.
+fn naming_the_limit(conn: &Connection, what: impl std::fmt::Display) -> String {
+    format!("{what} (servers.{}.max_message_bytes)", conn.server())
+}
+
+/// An event (or a line not yet ended) longer than the parser's limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
+impl std::fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an event larger than {} bytes", self.limit)
+    }
+}
+
 /// Incremental Server-Sent Events parser: yields the `data` of each complete event.
-#[derive(Default)]
+///
+/// An event's data, or a line not yet ended, longer than the limit is an error: an
+/// upstream that never ends a line or an event must not grow Warden's memory.
 pub struct SseParser {
-    buffer: Vec<u8>,
+    /// The line not yet ended.
+    partial: Vec<u8>,
     data: String,
+    max_event_bytes: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser::new(DEFAULT_MAX_MESSAGE_BYTES)
+    }
 }
 
 impl SseParser {
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, String> {
-        self.buffer.extend_from_slice(chunk);
-        if self.buffer.len() > MAX_BODY_BYTES {
-            return Err(format!("an event larger than {MAX_BODY_BYTES} bytes"));
+    pub fn new(max_event_bytes: usize) -> Self {
+        SseParser {
+            partial: Vec::new(),
+            data: String::new(),
+            max_event_bytes,
         }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, EventTooLarge> {
+        self.partial.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
+        let mut start = 0;
+        while let Some(offset) = self.partial[start..].iter().position(|b| *b == b'\n') {
+            let mut line = &self.partial[start..start + offset];
+            start += offset + 1;
+            while let Some(rest) = line.strip_suffix(b"\r") {
+                line = rest;
+            }
             if line.is_empty() {
                 if !self.data.is_empty() {
                     events.push(std::mem::take(&mut self.data));
                 }
                 continue;
             }
-            if let Some(value) = line.strip_prefix("data:") {
+            if let Some(value) = line.strip_prefix(b"data:") {
+                let value = value.strip_prefix(b" ").unwrap_or(value);
                 if !self.data.is_empty() {
                     self.data.push('\n');
                 }
-                self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                self.data.push_str(&String::from_utf8_lossy(value));
+                if self.data.len() > self.max_event_bytes {
+                    return Err(self.too_large());
+                }
             }
             // `event:`, `id:`, `retry:` and comments carry nothing Warden needs here.
         }
+        self.partial.drain(..start);
+        if self.partial.len() + self.data.len() > self.max_event_bytes {
+            return Err(self.too_large());
+        }
         Ok(events)
+    }
+
+    fn too_large(&self) -> EventTooLarge {
+        EventTooLarge {
+            limit: self.max_event_bytes,
+        }
     }
 }
 
@@ -356,5 +435,38 @@ mod tests {
         );
         let events = parser.push(b":1}\n\ndata: x\ndata: y\r\n\r\n").unwrap();
         assert_eq!(events, vec!["{\"a\":1}".to_string(), "x\ny".to_string()]);
+    }
+
+    #[test]
+    fn sse_parser_accepts_an_event_of_its_limit_and_refuses_one_byte_more() {
+        let mut parser = SseParser::new(8);
+        assert_eq!(
+            parser.push(b"data: 1234\ndata: 567\n\n").unwrap(),
+            vec!["1234\n567"]
+        );
+        let mut parser = SseParser::new(8);
+        assert_eq!(
+            parser.push(b"data: 1234\ndata: 5678\n\n"),
+            Err(EventTooLarge { limit: 8 })
+        );
+    }
+
+    #[test]
+    fn sse_parser_refuses_a_line_that_never_ends() {
+        let mut parser = SseParser::new(8);
+        assert!(parser.push(b"data: 12").unwrap().is_empty());
+        assert_eq!(parser.push(b"3"), Err(EventTooLarge { limit: 8 }));
+    }
+
+    #[test]
+    fn sse_parser_refuses_data_lines_that_never_end_an_event() {
+        // Each line is short and ends, so only the event's data grows.
+        let mut parser = SseParser::new(12);
+        assert!(parser.push(b"data: 1234\n").unwrap().is_empty());
+        assert!(parser.push(b"data: 1234\n").unwrap().is_empty());
+        assert_eq!(
+            parser.push(b"data: 1234\n"),
+            Err(EventTooLarge { limit: 12 })
+        );
     }
 }

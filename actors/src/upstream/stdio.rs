@@ -3,8 +3,8 @@
 //! stderr pipe would stall every call).
 //!
 //! Three tasks per child: the writer batches queued frames into as few `write` calls as
-//! possible; the reader splits stdout into lines (each bounded by [`MAX_LINE_BYTES`]) and
-//! hands them to [`Connection::dispatch`]; the stderr drain logs. The writer's queue is
+//! possible; the reader splits stdout into lines (each bounded by the server's
+//! `max_message_bytes`) and hands them to [`Connection::dispatch`]; the stderr drain logs. The writer's queue is
 //! unbounded by itself but bounded in practice by the server's `max_concurrent_calls`.
 
 use std::sync::Arc;
@@ -16,9 +16,6 @@ use tokio::sync::mpsc;
 
 use super::{CallError, Connection, ConnectionEvent, Outbound};
 
-/// A message larger than this closes the connection: a runaway child must not take
-/// Warden's memory with it.
-pub const MAX_LINE_BYTES: usize = 64 << 20;
 /// Stderr lines are cut at this length in the log.
 const MAX_STDERR_LINE: usize = 4096;
 
@@ -50,12 +47,13 @@ pub fn connect(
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: Option<ChildStderr>,
+    max_message_bytes: usize,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Arc<Connection> {
     let (frames, queue) = mpsc::unbounded_channel();
     let conn = Connection::new(server.clone(), Box::new(StdioOutbound { frames }), events);
     tokio::spawn(write_loop(conn.clone(), stdin, queue));
-    tokio::spawn(read_loop(conn.clone(), stdout));
+    tokio::spawn(read_loop(conn.clone(), stdout, max_message_bytes));
     if let Some(stderr) = stderr {
         drain_to_log(server, stderr);
     }
@@ -91,13 +89,20 @@ async fn write_loop(
     // Dropping stdin closes it: the first step of a polite stop.
 }
 
-async fn read_loop(conn: Arc<Connection>, stdout: ChildStdout) {
+/// Reads stdout line by line. A line longer than `max_bytes` closes the connection: the
+/// rest of it cannot be skipped without reading it, and a call whose answer it was would
+/// wait for its deadline anyway. The supervisor then restarts the child.
+async fn read_loop(
+    conn: Arc<Connection>,
+    stdout: impl tokio::io::AsyncRead + Unpin,
+    max_bytes: usize,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut line = Vec::with_capacity(4096);
     loop {
         line.clear();
         let read = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
+            .take(max_bytes as u64 + 1)
             .read_until(b'\n', &mut line)
             .await;
         match read {
@@ -105,9 +110,11 @@ async fn read_loop(conn: Arc<Connection>, stdout: ChildStdout) {
                 conn.close("the server closed its stdout".into());
                 return;
             }
-            Ok(_) if line.len() > MAX_LINE_BYTES => {
+            Ok(_) if line.len() > max_bytes && line.last() != Some(&b'\n') => {
                 conn.close(format!(
-                    "the server sent a message larger than {MAX_LINE_BYTES} bytes"
+                    "the server sent a message larger than {max_bytes} bytes \
+                     (servers.{}.max_message_bytes)",
+                    conn.server()
                 ));
                 return;
             }
@@ -131,4 +138,63 @@ pub fn drain_to_log(server: Arc<str>, stream: impl tokio::io::AsyncRead + Send +
     crate::process::read_lines(stream, MAX_STDERR_LINE, move |line| {
         tracing::info!(target: "warden::upstream::stderr", server = %server, "{line}");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::upstream::ListKind;
+
+    struct Nowhere;
+
+    impl Outbound for Nowhere {
+        fn send_request(&self, _: &Arc<Connection>, _: u64, _: Vec<u8>) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn send_frame(&self, _: &Arc<Connection>, _: Vec<u8>) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    /// A `list_changed` notification padded to exactly `len` bytes.
+    fn notification_of_len(len: usize) -> Vec<u8> {
+        let head =
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"pad":""#;
+        let tail = r#""}}"#;
+        let mut line = head.as_bytes().to_vec();
+        line.resize(len - tail.len(), b'x');
+        line.extend_from_slice(tail.as_bytes());
+        line
+    }
+
+    #[tokio::test]
+    async fn a_message_of_the_limit_passes_and_one_byte_more_closes_the_connection() {
+        const MAX: usize = 1024;
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let conn = Connection::new(Arc::from("fx"), Box::new(Nowhere), events_tx);
+        let (mut child_stdout, stdout) = tokio::io::duplex(8 * 1024);
+        tokio::spawn(read_loop(conn.clone(), stdout, MAX));
+
+        let mut at_limit = notification_of_len(MAX);
+        at_limit.push(b'\n');
+        child_stdout.write_all(&at_limit).await.unwrap();
+        let mut over = notification_of_len(MAX + 1);
+        over.push(b'\n');
+        child_stdout.write_all(&over).await.unwrap();
+
+        match events.recv().await.unwrap() {
+            ConnectionEvent::ListChanged(ListKind::Tools) => {}
+            other => panic!("the message of {MAX} bytes must arrive, got {other:?}"),
+        }
+        match events.recv().await.unwrap() {
+            ConnectionEvent::Closed { reason } => assert_eq!(
+                reason,
+                "the server sent a message larger than 1024 bytes (servers.fx.max_message_bytes)"
+            ),
+            other => panic!("expected the connection to close, got {other:?}"),
+        }
+        assert!(conn.is_closed());
+    }
 }
