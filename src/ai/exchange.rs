@@ -44,8 +44,6 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::policy::limits::{RateLimited, RateLimiter, Surface};
 use crate::policy::{Denial, Permission, PolicyEngine};
 
-/// The largest complete answer Warden reads from a provider.
-pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// The most of an error answer Warden reads (for its message).
 const MAX_ERROR_BYTES: usize = 64 << 10;
 
@@ -390,7 +388,7 @@ impl Ai {
             };
             let relay = Relay {
                 upstream: response,
-                reader: SseReader::default(),
+                reader: SseReader::new(route.settings.max_event_bytes),
                 decoder: wire::decoder(provider_wire),
                 provider_wire,
                 client_wire: format,
@@ -411,7 +409,8 @@ impl Ai {
             return Ok(Answer::Stream(Box::pin(stream)));
         }
 
-        let answer = read_body(response, MAX_ANSWER_BYTES, deadline)
+        let max_answer_bytes = route.settings.max_answer_bytes;
+        let answer = read_body(response, max_answer_bytes, deadline)
             .await
             .map_err(|failure| match failure {
                 ReadFailure::TimedOut => AiError::Timeout {
@@ -424,7 +423,10 @@ impl Ai {
                 },
                 ReadFailure::TooLarge => AiError::BadAnswer {
                     provider: provider(),
-                    reason: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+                    reason: format!(
+                        "the answer is larger than {max_answer_bytes} bytes (ai.providers.{}.max_answer_bytes)",
+                        route.provider_name
+                    ),
                 },
             })?;
         let bad = |reason: String| AiError::BadAnswer {
@@ -975,6 +977,7 @@ impl Relay {
             let mut events = std::mem::take(&mut self.events);
             events.clear();
             let mut failure = None;
+            let mut oversized = None;
             let mut ended = false;
             match chunk {
                 Err(_) => {
@@ -1004,12 +1007,21 @@ impl Relay {
                 }
                 Ok(Ok(Some(bytes))) => {
                     if let Err(message) = self.reader.push(&bytes, &mut events) {
-                        failure = Some(Failure::Warden(ToolStatus::Error, message));
+                        oversized = Some(message);
                     }
                 }
             }
             if failure.is_none() {
                 failure = self.relay(&events, &mut out);
+            }
+            if failure.is_none()
+                && let Some(message) = oversized
+            {
+                let provider = &self.account.route.provider_name;
+                failure = Some(Failure::Warden(
+                    ToolStatus::Error,
+                    format!("{message} (ai.providers.{provider}.max_event_bytes)"),
+                ));
             }
             self.events = events;
             if failure.is_none() && ended && !self.finished {

@@ -36,6 +36,10 @@ pub struct ProviderSettings {
     /// How long Warden waits for the answer to begin, and between two pieces of a
     /// streamed answer (the whole answer when not streaming).
     pub timeout: Duration,
+    /// The largest answer to a request that does not stream.
+    pub max_answer_bytes: usize,
+    /// The largest single event of a streamed answer.
+    pub max_event_bytes: usize,
 }
 
 /// A configured provider.
@@ -219,6 +223,8 @@ mod tests {
             api_key_secret: Some("k".into()),
             headers: vec![("OpenAI-Organization".into(), "org-1".into())],
             timeout: Duration::from_secs(1),
+            max_answer_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
         }
     }
 

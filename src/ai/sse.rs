@@ -1,12 +1,13 @@
 //! Server-Sent Events as the providers send them: an incremental reader that keeps each
 //! event's name (Anthropic's SDKs dispatch on `event:`), and the writer for events sent on
 //! to the client. The reader tolerates chunks split anywhere, `\r\n` line ends, comments
-//! and multi-line `data`; it refuses an event larger than [`MAX_EVENT_BYTES`].
+//! and multi-line `data`; it refuses an event larger than its limit (a provider's
+//! `max_event_bytes`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// The largest single event accepted from a provider.
-pub const MAX_EVENT_BYTES: usize = 16 << 20;
+/// The largest single event a reader accepts unless told otherwise.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
 
 /// One event: its name (`event:`) if any, and its data (`data:` lines joined by `\n`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,18 +17,41 @@ pub struct SseEvent {
 }
 
 /// Incremental reader.
-#[derive(Default)]
 pub struct SseReader {
     /// The start of a line whose end has not arrived yet (never holds a `\n`).
     buffer: Vec<u8>,
     event: Option<String>,
     data: String,
     has_data: bool,
+    max_event_bytes: usize,
+    /// An event's data outgrew `max_event_bytes`; nothing more is read.
+    oversized: bool,
+}
+
+impl Default for SseReader {
+    fn default() -> Self {
+        SseReader::new(DEFAULT_MAX_EVENT_BYTES)
+    }
 }
 
 impl SseReader {
-    /// Adds `chunk`, appending every event it completes to `out`.
+    pub fn new(max_event_bytes: usize) -> Self {
+        SseReader {
+            buffer: Vec::new(),
+            event: None,
+            data: String::new(),
+            has_data: false,
+            max_event_bytes,
+            oversized: false,
+        }
+    }
+
+    /// Adds `chunk`, appending every event it completes to `out`. An event larger than
+    /// the limit is an error, and the events before it are in `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), String> {
+        if self.oversized {
+            return Err(self.too_large());
+        }
         if self.buffer.is_empty() {
             // The usual case (chunks end on a line end): lines are read straight from the
             // chunk, and only an unfinished tail is copied.
@@ -42,12 +66,18 @@ impl SseReader {
             buffer.drain(..rest);
             self.buffer = buffer;
         }
-        if self.buffer.len() + self.data.len() > MAX_EVENT_BYTES {
-            return Err(format!(
-                "the provider sent an event larger than {MAX_EVENT_BYTES} bytes"
-            ));
+        if self.oversized || self.buffer.len() + self.data.len() > self.max_event_bytes {
+            self.oversized = true;
+            return Err(self.too_large());
         }
         Ok(())
+    }
+
+    fn too_large(&self) -> String {
+        format!(
+            "the provider sent an event larger than {} bytes",
+            self.max_event_bytes
+        )
     }
 
     /// Reads every complete line of `bytes`, looking for line ends from `from`; returns
@@ -55,7 +85,9 @@ impl SseReader {
     fn lines(&mut self, bytes: &[u8], from: usize, out: &mut Vec<SseEvent>) -> usize {
         let mut start = 0;
         let mut search = from;
-        while let Some(offset) = bytes[search..].iter().position(|b| *b == b'\n') {
+        while !self.oversized
+            && let Some(offset) = bytes[search..].iter().position(|b| *b == b'\n')
+        {
             let end = search + offset;
             let mut line = &bytes[start..end];
             if line.last() == Some(&b'\r') {
@@ -97,6 +129,7 @@ impl SseReader {
                 }
                 self.data.push_str(value);
                 self.has_data = true;
+                self.oversized = self.data.len() > self.max_event_bytes;
             }
             "event" => self.event = Some(value.to_owned()),
             // `id:` and `retry:` mean nothing on a one-shot response stream.
@@ -144,6 +177,34 @@ pub fn event_bytes(event: Option<&str>, data: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_of_the_limit_passes_and_one_byte_more_is_refused_after_the_ones_before() {
+        let mut reader = SseReader::new(4);
+        let mut out = Vec::new();
+        reader.push(b"data: 12\ndata: 3\n\n", &mut out).unwrap();
+        assert_eq!(out[0].data, "12\n3");
+
+        // Complete in one chunk, after an event that fits: that one is kept.
+        let mut reader = SseReader::new(4);
+        let mut out = Vec::new();
+        let error = reader
+            .push(b"data: ok\n\ndata: 12345\n\ndata: later\n\n", &mut out)
+            .unwrap_err();
+        assert_eq!(error, "the provider sent an event larger than 4 bytes");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data, "ok");
+        assert!(
+            reader.push(b"data: x\n\n", &mut out).is_err(),
+            "nothing more is read"
+        );
+
+        // A line that never ends.
+        let mut reader = SseReader::new(4);
+        let mut out = Vec::new();
+        reader.push(b"data", &mut out).unwrap();
+        assert!(reader.push(b": 1", &mut out).is_err());
+    }
 
     #[test]
     fn events_keep_their_names_across_split_chunks() {

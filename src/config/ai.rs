@@ -17,7 +17,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::units::Dur;
+use super::units::{ByteSize, Dur};
 use super::yaml::{Located, Mark, Spanned};
 use crate::ai::budgets::{BudgetRule, BudgetSubject, BudgetWindow};
 use crate::ai::pricing::{self, Price};
@@ -52,6 +52,8 @@ pub struct RawProvider {
     pub api_key_secret: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout: Option<Dur>,
+    pub max_answer_bytes: Option<ByteSize>,
+    pub max_event_bytes: Option<ByteSize>,
 }
 
 /// `ai.models.<alias>`.
@@ -175,6 +177,17 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         if timeout.is_zero() {
             fail("`timeout` must be longer than zero".into());
         }
+        let mut size = |key: &str, value: Option<&ByteSize>, default: u64| {
+            let bytes = value.map_or(default, |s| s.0);
+            if !(1 << 10..=1 << 30).contains(&bytes) {
+                fail(format!(
+                    "`{key}` must be between 1KiB and 1GiB, found {bytes} bytes"
+                ));
+            }
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        };
+        let max_answer_bytes = size("max_answer_bytes", p.max_answer_bytes.as_ref(), 64 << 20);
+        let max_event_bytes = size("max_event_bytes", p.max_event_bytes.as_ref(), 16 << 20);
         providers.insert(
             name.clone(),
             ProviderSettings {
@@ -187,6 +200,8 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 api_key_secret: p.api_key_secret.clone(),
                 headers,
                 timeout,
+                max_answer_bytes,
+                max_event_bytes,
             },
         );
     }
@@ -445,6 +460,32 @@ ai:
             "ai.prices.x.output",
             "budget `b`: `per` must be day or month",
             "budget `b`: needs `max_cost`",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn answer_and_event_limits_default_and_are_bounded() {
+        let config = parse(PROFILE).unwrap();
+        let anthropic = &config.ai.providers["anthropic"];
+        assert_eq!(anthropic.max_answer_bytes, 64 << 20);
+        assert_eq!(anthropic.max_event_bytes, 16 << 20);
+        let config = parse(
+            "ai:\n  providers:\n    p: {kind: openai, max_answer_bytes: 1KiB, max_event_bytes: 1GiB}\n",
+        )
+        .unwrap();
+        assert_eq!(config.ai.providers["p"].max_answer_bytes, 1024);
+        assert_eq!(config.ai.providers["p"].max_event_bytes, 1 << 30);
+
+        let err = parse(
+            "ai:\n  providers:\n    p: {kind: openai, max_answer_bytes: 1023, max_event_bytes: 1073741825}\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ai.providers.p: `max_answer_bytes` must be between 1KiB and 1GiB, found 1023 bytes",
+            "ai.providers.p: `max_event_bytes` must be between 1KiB and 1GiB, found 1073741825 bytes",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }

@@ -256,3 +256,88 @@ fn a_client_that_goes_away_mid_stream_closes_the_upstream_and_leaves_its_row() {
         "{row}"
     );
 }
+
+#[test]
+fn answers_and_events_over_the_providers_limits_are_refused_naming_the_key() {
+    let big = "b".repeat(2000);
+    let reply_big = big.clone();
+    let provider = FakeProvider::start(move |seen| {
+        let text = if seen.body["messages"][0]["content"] == "big" {
+            reply_big.as_str()
+        } else {
+            "small"
+        };
+        if seen.streaming() {
+            fake::openai_stream(seen, "m", &["first", text], 1, 1)
+        } else {
+            fake::json_reply(fake::openai_answer("m", text, 1, 1, 0))
+        }
+    });
+    let env = Env::start(
+        json!({
+            "providers": {
+                "tight": {"kind": "openai_compatible", "base_url": format!("{}/v1", provider.url),
+                          "max_answer_bytes": "1KiB", "max_event_bytes": "1KiB"},
+            },
+            "models": {"tight": {"provider": "tight", "model": "m"}},
+        }),
+        &[],
+        |_| {},
+    );
+    let token = env.token("alice", "ai:chat");
+
+    // Under the limits, both kinds of answer pass.
+    let response = env.chat(&token, ask("tight", "hello"), &Trace::new());
+    assert_eq!(response.status, 200, "{response:?}");
+    let response = env.chat(
+        &token,
+        streamed(ask("tight", "hello"), json!({})),
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.body.contains("small"), "{response:?}");
+
+    // A whole answer over `max_answer_bytes`: 502, and the row says why.
+    let trace = Trace::new();
+    let response = env.chat(&token, ask("tight", "big"), &trace);
+    assert_eq!(response.status, 502, "{response:?}");
+    assert!(
+        response.json()["error"]["message"].as_str().is_some_and(
+            |m| m.contains("larger than 1024 bytes (ai.providers.tight.max_answer_bytes)")
+        ),
+        "{response:?}"
+    );
+    let row = env.row(&trace);
+    assert_eq!(row["status"], "error");
+    assert!(
+        row["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_answer_bytes")),
+        "{row}"
+    );
+
+    // An event over `max_event_bytes`: what came before it is relayed, then an error event.
+    let trace = Trace::new();
+    let response = env.chat(&token, streamed(ask("tight", "big"), json!({})), &trace);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        !response.body.contains(&big),
+        "the large event must not be relayed"
+    );
+    let events = sse_json(&response.body);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["choices"][0]["delta"]["content"] == "first"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .last()
+            .and_then(|e| e["error"]["message"].as_str())
+            .is_some_and(|m| m
+                .contains("an event larger than 1024 bytes (ai.providers.tight.max_event_bytes)")),
+        "{events:?}"
+    );
+    assert_eq!(env.row(&trace)["status"], "error");
+}
