@@ -4,8 +4,8 @@
 //! lifecycle.
 //!
 //! The bus drops events for a subscriber that falls behind (counted in
-//! `warden_events_dropped_total{subscriber="audit"}`); the buffer here is large so that
-//! only a stalled audit trail can cause that. A loss is not silent: it is recorded as a
+//! `warden_events_dropped_total{subscriber="audit"}`); the buffer (`audit.event_buffer`,
+//! 8192 by default) is large so that only a stalled audit trail can cause that. A loss is not silent: it is recorded as a
 //! `server.lifecycle` event with reason `events lost` and the count in `attributes.lost`,
 //! at the time it was noticed (possibly ahead of rows for events that came before the
 //! lost ones, which were still in the buffer).
@@ -15,12 +15,14 @@ use std::sync::Arc;
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 use warden_actors::events::{Delivery, Event, EventBus, EventKind};
 
-/// The subscriber's buffer.
-pub const BUFFER: usize = 8192;
-
-/// Subscribes and records until the bus goes away. Returns once subscribed.
-pub async fn spawn(events: &EventBus, audit: Audit) -> Option<tokio::task::JoinHandle<()>> {
-    let mut subscription = events.subscribe("audit", BUFFER).await?;
+/// Subscribes with a buffer of `buffer` events and records until the bus goes away.
+/// Returns once subscribed.
+pub async fn spawn(
+    events: &EventBus,
+    audit: Audit,
+    buffer: usize,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut subscription = events.subscribe("audit", buffer).await?;
     Some(tokio::spawn(async move {
         while let Some(delivery) = subscription.recv().await {
             let record = match delivery {
@@ -75,7 +77,9 @@ mod tests {
         let bus = EventBus::new(actor.clone());
         // A trail that takes one record and then stalls until the test reads.
         let (audit, mut queue) = Audit::channel(1, Backlog::Block(Duration::from_secs(60)));
-        let task = spawn(&bus, audit).await.unwrap();
+        // The smallest buffer the profile allows (`audit.event_buffer`).
+        const BUFFER: usize = 16;
+        let task = spawn(&bus, audit, BUFFER).await.unwrap();
         let published = BUFFER as u64 + 10;
         for attempt in 0..published {
             bus.publish(Event::server("s", None, EventKind::Starting { attempt }));

@@ -104,7 +104,9 @@ async fn run(
 
     let (audit, audit_queue) = Audit::channel(config.audit.queue_capacity, config.audit.backlog());
     // Subscribed first thing, so the servers' start-up events are recorded too.
-    let lifecycle = crate::audit::lifecycle::spawn(&tree.events, audit.clone()).await;
+    let lifecycle =
+        crate::audit::lifecycle::spawn(&tree.events, audit.clone(), config.audit.event_buffer)
+            .await;
     let pins = Arc::new(Pins::load(database.pool.clone(), audit.clone()).await?);
     let sessions = SessionManager::start(
         SessionLimits {

@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub master_key_file: Option<PathBuf>,
     pub require_master_key: bool,
     pub max_connections: usize,
+    /// Lifecycle events the gateway and each `/events` stream may fall behind by before
+    /// they are told how many they lost.
+    pub event_buffer: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -193,6 +196,8 @@ pub struct AuditConfig {
     pub write_concurrency: usize,
     /// Records the in-memory queue holds.
     pub queue_capacity: usize,
+    /// Lifecycle events the trail's recorder may fall behind by before it records a loss.
+    pub event_buffer: usize,
     pub ack: AckMode,
     pub on_backlog: BacklogMode,
     /// With `on_backlog: block`, how long a caller waits for room.
@@ -238,6 +243,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `servers.<name>.max_message_bytes`: the default, and the range accepted.
 const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
 const MIN_MESSAGE_BYTES: u64 = 1 << 10;
+/// `server.event_buffer` and `audit.event_buffer`: what a subscriber of the lifecycle
+/// event bus may hold (each buffered event is a few hundred bytes).
+const EVENT_BUFFERS: std::ops::RangeInclusive<usize> = 16..=1_000_000;
 const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -359,7 +367,17 @@ impl Config {
             master_key_file: raw.server.master_key_file.map(PathBuf::from),
             require_master_key: raw.server.require_master_key.unwrap_or(false),
             max_connections: raw.server.max_connections.unwrap_or(10_000),
+            event_buffer: raw.server.event_buffer.unwrap_or(1024),
         };
+        if !EVENT_BUFFERS.contains(&server.event_buffer) {
+            problem(
+                "server.event_buffer",
+                format!(
+                    "must be between 16 and 1000000, found {}",
+                    server.event_buffer
+                ),
+            );
+        }
         if server.max_json_depth == 0 || server.max_json_depth > 1024 {
             problem(
                 "server.max_json_depth",
@@ -553,6 +571,13 @@ fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig 
     if queue_capacity == 0 {
         problem("audit.queue_capacity", "must be at least 1".into());
     }
+    let event_buffer = raw.event_buffer.unwrap_or(8192);
+    if !EVENT_BUFFERS.contains(&event_buffer) {
+        problem(
+            "audit.event_buffer",
+            format!("must be between 16 and 1000000, found {event_buffer}"),
+        );
+    }
     let spool_max_bytes = raw.spool_max_bytes.map_or(1 << 30, |s| s.0);
     if spool_max_bytes < 1024 {
         problem(
@@ -596,6 +621,7 @@ fn audit_config(raw: raw::RawAudit, problems: &mut Vec<Located>) -> AuditConfig 
             .map_or(Duration::from_millis(10), |d| d.0),
         write_concurrency,
         queue_capacity,
+        event_buffer,
         ack: raw.ack.unwrap_or_default(),
         on_backlog: raw.on_backlog.unwrap_or_default(),
         block_timeout: raw.block_timeout.map_or(Duration::from_secs(5), |d| d.0),
@@ -960,6 +986,27 @@ mod tests {
             text.starts_with(
                 "test.yaml:5:21: servers.github.restart.max_restarts: expected an integer"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_buffers_default_and_are_bounded() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.event_buffer, 1024);
+        assert_eq!(config.audit.event_buffer, 8192);
+        let config = parse("server: {event_buffer: 16}\naudit: {event_buffer: 1000000}\n").unwrap();
+        assert_eq!(config.server.event_buffer, 16);
+        assert_eq!(config.audit.event_buffer, 1_000_000);
+        let err =
+            parse("server: {event_buffer: 15}\naudit: {event_buffer: 1000001}\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("server.event_buffer: must be between 16 and 1000000, found 15"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audit.event_buffer: must be between 16 and 1000000, found 1000001"),
             "{text}"
         );
     }

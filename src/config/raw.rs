@@ -57,6 +57,7 @@ pub struct RawServer {
     pub master_key_file: Option<String>,
     pub require_master_key: Option<bool>,
     pub max_connections: Option<usize>,
+    pub event_buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +228,7 @@ pub struct RawAudit {
     pub batch_max_delay: Option<Dur>,
     pub write_concurrency: Option<usize>,
     pub queue_capacity: Option<usize>,
+    pub event_buffer: Option<usize>,
     pub ack: Option<AckMode>,
     pub on_backlog: Option<BacklogMode>,
     pub block_timeout: Option<Dur>,

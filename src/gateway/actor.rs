@@ -164,17 +164,19 @@ impl Actor for GatewayActor {
     }
 }
 
-/// Starts the Gateway actor under `parent` and feeds it the EventBus.
+/// Starts the Gateway actor under `parent` and feeds it the EventBus, through a
+/// subscription holding up to `server.event_buffer` events.
 pub async fn start(
     args: GatewayArgs,
     events: &EventBus,
     parent: ActorCell,
 ) -> Result<ActorRef<GatewayMsg>, String> {
+    let buffer = args.config.load().server.event_buffer;
     let (actor, _) = Actor::spawn_linked(None, GatewayActor, args, parent)
         .await
         .map_err(|e| format!("cannot start the gateway actor: {e}"))?;
     let mut subscription = events
-        .subscribe("gateway", 1024)
+        .subscribe("gateway", buffer)
         .await
         .ok_or_else(|| "the event bus is not running".to_owned())?;
     let forward_to = actor.clone();

@@ -162,10 +162,11 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     admin_principal(&app, &headers, "events.read").await?;
+    let buffer = app.config.load().server.event_buffer;
     let receiver = app
         .tree
         .events
-        .subscribe("sse", 1024)
+        .subscribe("sse", buffer)
         .await
         .ok_or_else(|| ApiError::Unavailable("the event bus is not running".into()))?;
     Ok(Sse::new(event_stream(receiver)).keep_alive(KeepAlive::default()))
