@@ -475,8 +475,9 @@ async fn run_command(
     let err = child.stderr.take();
     let read_out = async {
         if let Some(out) = out {
+            // One byte more than the limit, to tell a full answer from a cut one.
             let _ = out
-                .take(MAX_HANDLER_OUTPUT as u64)
+                .take(MAX_HANDLER_OUTPUT as u64 + 1)
                 .read_to_end(&mut stdout)
                 .await;
         }
@@ -494,6 +495,13 @@ async fn run_command(
         .wait()
         .await
         .map_err(|e| format!("waiting for `{program}`: {e}"))?;
+    if stdout.len() > MAX_HANDLER_OUTPUT {
+        // A cut decision could read as a different one; the hook's `on_error` decides.
+        return Err(format!(
+            "`{program}` wrote more than {} MiB to stdout",
+            MAX_HANDLER_OUTPUT >> 20
+        ));
+    }
     let code = status.code().unwrap_or(-1);
     Ok((
         code,
@@ -563,7 +571,10 @@ async fn post_webhook(
         .map_err(|e| format!("reading the webhook answer: {e}"))?
     {
         if text.len() + chunk.len() > MAX_HANDLER_OUTPUT {
-            return Err("the webhook answer is too large".into());
+            return Err(format!(
+                "the webhook answer is larger than {} MiB",
+                MAX_HANDLER_OUTPUT >> 20
+            ));
         }
         text.extend_from_slice(&chunk);
     }
@@ -855,6 +866,43 @@ mod tests {
         let verdict = block_on(hang.run(&context, &json!({}), &client));
         assert!(verdict.denied.unwrap().1.contains("timed out"));
         assert_eq!(verdict.reports[0].outcome, "error");
+    }
+
+    #[test]
+    fn a_command_may_write_4_mib_and_one_byte_more_is_an_error() {
+        let client = warden_actors::upstream::http::client_builder()
+            .build()
+            .unwrap();
+        // `{}` and a newline after `spaces` spaces.
+        let writes = |spaces: usize| Hook {
+            timeout: Duration::from_secs(30),
+            ..hook(
+                "big",
+                HookEvent::PreToolUse,
+                "*",
+                Handler::Command {
+                    program: "/bin/sh".into(),
+                    args: vec![
+                        "-c".into(),
+                        format!(
+                            "cat >/dev/null; head -c {spaces} /dev/zero | tr '\\0' ' '; echo '{{}}'"
+                        ),
+                    ],
+                    env: BTreeMap::new(),
+                },
+            )
+        };
+        let context = ctx(HookEvent::PreToolUse, "s", "t");
+        let at_limit = Hooks::new(vec![writes(MAX_HANDLER_OUTPUT - 3)]);
+        let verdict = block_on(at_limit.run(&context, &json!({}), &client));
+        assert!(verdict.denied.is_none(), "{:?}", verdict.denied);
+        let over = Hooks::new(vec![writes(MAX_HANDLER_OUTPUT - 2)]);
+        let verdict = block_on(over.run(&context, &json!({}), &client));
+        let (_, message) = verdict.denied.expect("refused by on_error: deny");
+        assert!(
+            message.contains("wrote more than 4 MiB to stdout"),
+            "{message}"
+        );
     }
 
     #[test]
