@@ -1384,6 +1384,9 @@ impl Gateway {
             if ready_since.is_none() || renewed.get(server) == Some(&ready_since) {
                 return;
             }
+            // Servers removed from the profile since are forgotten here, so the map
+            // holds the servers there are (a handful), not every one there ever was.
+            renewed.retain(|name, _| self.directory.get(name).is_some());
             renewed.insert(server.to_owned(), ready_since);
         }
         let wanted = self.subscriptions.upstream_restarted(server);
