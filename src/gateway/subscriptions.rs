@@ -44,9 +44,68 @@ struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooMany(pub usize);
 
+/// The subscriptions, indexed so that no operation on one subscriber or one update
+/// walks everyone else's: a session that ends, a subscribe counted against its limit,
+/// and an update matched to its subscribers cost what that subscriber or that URI
+/// holds, not what the table holds.
+#[derive(Default)]
+struct Table {
+    /// Server → URI → who wants it, and what the upstream holds.
+    servers: HashMap<String, HashMap<String, Entry>>,
+    /// Subscriber → the resources it is subscribed to.
+    held: HashMap<String, HashSet<Resource>>,
+}
+
+impl Table {
+    fn get(&self, resource: &Resource) -> Option<&Entry> {
+        self.servers.get(&resource.server)?.get(&resource.uri)
+    }
+
+    fn get_mut(&mut self, resource: &Resource) -> Option<&mut Entry> {
+        self.servers
+            .get_mut(&resource.server)?
+            .get_mut(&resource.uri)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.held.is_empty()
+    }
+
+    /// Takes `who` off `resource`'s subscribers; true when it was one.
+    fn unsubscribe(&mut self, resource: &Resource, who: &str) -> bool {
+        let removed = self
+            .get_mut(resource)
+            .is_some_and(|entry| entry.subscribers.remove(who));
+        if let Some(held) = self.held.get_mut(who) {
+            held.remove(resource);
+            if held.is_empty() {
+                self.held.remove(who);
+            }
+        }
+        removed
+    }
+
+    /// Drops `resource`'s entry once nobody wants it and the upstream holds nothing.
+    fn forget_if_settled(&mut self, resource: &Resource) {
+        let Some(uris) = self.servers.get_mut(&resource.server) else {
+            return;
+        };
+        if uris
+            .get(&resource.uri)
+            .is_some_and(|entry| entry.subscribers.is_empty() && entry.upstream == Upstream::No)
+        {
+            uris.remove(&resource.uri);
+            if uris.is_empty() {
+                self.servers.remove(&resource.server);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Subscriptions {
-    table: Mutex<HashMap<Resource, Entry>>,
+    table: Mutex<Table>,
     /// Whose turn it is to talk to each server (see [`Subscriptions::sync`]).
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -62,54 +121,58 @@ impl Subscriptions {
         {
             return Ok(false);
         }
-        let held = table
-            .values()
-            .filter(|entry| entry.subscribers.contains(who))
-            .count();
-        if held >= max {
+        if table.held.get(who).map_or(0, HashSet::len) >= max {
             return Err(TooMany(max));
         }
-        let entry = table.entry(resource.clone()).or_insert_with(|| Entry {
-            subscribers: HashSet::new(),
-            upstream: Upstream::No,
-        });
+        table
+            .held
+            .entry(who.to_owned())
+            .or_default()
+            .insert(resource.clone());
+        let entry = table
+            .servers
+            .entry(resource.server.clone())
+            .or_default()
+            .entry(resource.uri.clone())
+            .or_insert_with(|| Entry {
+                subscribers: HashSet::new(),
+                upstream: Upstream::No,
+            });
         Ok(entry.subscribers.insert(who.to_owned()))
     }
 
     /// Removes `who` from `resource`'s subscribers; true when it was one.
     pub fn remove(&self, resource: &Resource, who: &str) -> bool {
         let mut table = self.lock();
-        let removed = table
-            .get_mut(resource)
-            .is_some_and(|entry| entry.subscribers.remove(who));
-        forget_if_settled(&mut table, resource);
+        let removed = table.unsubscribe(resource, who);
+        table.forget_if_settled(resource);
         removed
     }
 
     /// Removes `who` everywhere; returns the resources it was subscribed to.
     pub fn remove_all(&self, who: &str) -> Vec<Resource> {
         let mut table = self.lock();
-        let left: Vec<Resource> = table
-            .iter_mut()
-            .filter_map(|(resource, entry)| entry.subscribers.remove(who).then(|| resource.clone()))
-            .collect();
+        let left: Vec<Resource> = table.held.remove(who).into_iter().flatten().collect();
         for resource in &left {
-            forget_if_settled(&mut table, resource);
+            if let Some(entry) = table.get_mut(resource) {
+                entry.subscribers.remove(who);
+            }
+            table.forget_if_settled(resource);
         }
         left
     }
 
     /// Who wants to hear that `resource` was updated: the subscribers of that resource
     /// and of any resource of the same server it lies under (the protocol lets an
-    /// update name a sub-resource of the one subscribed to; see [`lies_under`]).
+    /// update name a sub-resource of the one subscribed to; see [`parents`]).
     pub fn subscribers(&self, resource: &Resource) -> HashSet<String> {
         let table = self.lock();
-        let mut who = table
-            .get(resource)
-            .map(|entry| entry.subscribers.clone())
-            .unwrap_or_default();
-        for (subscribed, entry) in table.iter() {
-            if subscribed.server == resource.server && lies_under(&resource.uri, &subscribed.uri) {
+        let mut who = HashSet::new();
+        let Some(uris) = table.servers.get(&resource.server) else {
+            return who;
+        };
+        for uri in parents(&resource.uri).chain([resource.uri.as_str()]) {
+            if let Some(entry) = uris.get(uri) {
                 who.extend(entry.subscribers.iter().cloned());
             }
         }
@@ -118,29 +181,43 @@ impl Subscriptions {
 
     /// Every resource someone is subscribed to.
     pub fn resources(&self) -> Vec<Resource> {
-        self.lock()
-            .iter()
-            .filter(|(_, entry)| !entry.subscribers.is_empty())
-            .map(|(resource, _)| resource.clone())
-            .collect()
+        let table = self.lock();
+        let mut resources = Vec::new();
+        for (server, uris) in &table.servers {
+            for (uri, entry) in uris {
+                if !entry.subscribers.is_empty() {
+                    resources.push(Resource {
+                        server: server.clone(),
+                        uri: uri.clone(),
+                    });
+                }
+            }
+        }
+        resources
     }
 
     /// `server` is a new process: it holds none of Warden's subscriptions. Returns the
     /// resources someone wants from it (to [`sync`](Self::sync) again).
     pub fn upstream_restarted(&self, server: &str) -> Vec<Resource> {
         let mut table = self.lock();
-        table.retain(|resource, entry| {
-            if resource.server != server {
-                return true;
-            }
+        let Some(uris) = table.servers.get_mut(server) else {
+            return Vec::new();
+        };
+        uris.retain(|_, entry| {
             entry.upstream = Upstream::No;
             !entry.subscribers.is_empty()
         });
-        table
+        let wanted = uris
             .keys()
-            .filter(|resource| resource.server == server)
-            .cloned()
-            .collect()
+            .map(|uri| Resource {
+                server: server.to_owned(),
+                uri: uri.clone(),
+            })
+            .collect();
+        if uris.is_empty() {
+            table.servers.remove(server);
+        }
+        wanted
     }
 
     /// Brings the upstream's subscription to `resource` in line with its subscribers,
@@ -181,7 +258,7 @@ impl Subscriptions {
                     Upstream::No
                 };
             }
-            forget_if_settled(&mut table, resource);
+            table.forget_if_settled(resource);
             match outcome {
                 Err(error) if method == "resources/subscribe" => return Err(error),
                 Err(error) => tracing::info!(
@@ -200,30 +277,23 @@ impl Subscriptions {
         turns.entry(server.to_owned()).or_default().clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Resource, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // Every change leaves the table consistent: it survives a panic elsewhere.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Drops `resource`'s entry once nobody wants it and the upstream holds nothing.
-fn forget_if_settled(table: &mut HashMap<Resource, Entry>, resource: &Resource) {
-    if table
-        .get(resource)
-        .is_some_and(|entry| entry.subscribers.is_empty() && entry.upstream == Upstream::No)
-    {
-        table.remove(resource);
-    }
-}
-
-/// Whether `uri` names a part of the resource `parent`: `parent` followed by a path,
-/// query or fragment. Prefixes that stop in the middle of a name do not count
-/// (`file:///a/b` is not under `file:///a/bc`, nor `file:///ab` under `file:///a`).
-fn lies_under(uri: &str, parent: &str) -> bool {
-    let Some(rest) = uri.strip_prefix(parent) else {
-        return false;
-    };
-    !rest.is_empty() && (parent.ends_with('/') || rest.starts_with(['/', '?', '#']))
+/// The resources `uri` names a part of: each prefix of it followed by a path, query or
+/// fragment (`file:///a` and `file:///a/` for `file:///a/b`, `file:///a` for
+/// `file:///a?rev=2`). Prefixes that stop in the middle of a name do not count
+/// (`file:///ab` is not under `file:///a`). Shortest first; `uri` itself is not one.
+fn parents(uri: &str) -> impl Iterator<Item = &str> {
+    let bytes = uri.as_bytes();
+    // Every position looked at follows an ASCII `/` or holds one of `/?#`, so it is a
+    // character boundary and the slice cannot panic.
+    (1..bytes.len())
+        .filter(move |&i| bytes[i - 1] == b'/' || matches!(bytes[i], b'/' | b'?' | b'#'))
+        .map(move |i| &uri[..i])
 }
 
 #[cfg(test)]
@@ -290,6 +360,47 @@ mod tests {
         assert_eq!(heard("file:///a/"), ["dir", "whole"]);
         assert_eq!(heard("file:///abc"), Vec::<String>::new());
         assert_eq!(heard("file:///ab/x"), ["sibling"]);
+    }
+
+    #[test]
+    fn parents_are_the_prefixes_that_end_at_a_separator() {
+        let all = |uri| parents(uri).collect::<Vec<_>>();
+        assert_eq!(
+            all("file:///a/b?x#y"),
+            [
+                "file:",
+                "file:/",
+                "file://",
+                "file:///",
+                "file:///a",
+                "file:///a/",
+                "file:///a/b",
+                "file:///a/b?x"
+            ]
+        );
+        assert_eq!(
+            all("fixture://hello"),
+            ["fixture:", "fixture:/", "fixture://"]
+        );
+        assert!(all("x").is_empty());
+        assert_eq!(
+            all("é/ü"),
+            ["é", "é/"],
+            "multi-byte characters are never split"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_s_limit_counts_what_it_holds_now() {
+        let subscriptions = Subscriptions::default();
+        let (a, b) = (resource("file:///a"), resource("file:///b"));
+        subscriptions.add(&a, "s1", 1).unwrap();
+        assert_eq!(subscriptions.add(&b, "s1", 1), Err(TooMany(1)));
+        assert!(subscriptions.remove(&a, "s1"));
+        assert_eq!(subscriptions.add(&b, "s1", 1), Ok(true), "a freed place");
+        assert_eq!(subscriptions.remove_all("s1"), std::slice::from_ref(&b));
+        assert_eq!(subscriptions.add(&a, "s1", 1), Ok(true));
+        assert!(subscriptions.remove_all("nobody").is_empty());
     }
 
     #[tokio::test]
