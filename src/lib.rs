@@ -20,6 +20,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod export;
 pub mod extension;
 pub mod gateway;
 pub mod http;

@@ -444,12 +444,15 @@ impl Identity {
             kind,
             "identity change noticed; cached verifications dropped"
         );
-        if notice
+        // Changes made by `warden user …`/`warden apikey …` (origin `cli`) and by
+        // `warden import` are recorded by the running instance, which has the trail.
+        let origin = notice
             .get("detail")
             .and_then(|d| d.get("origin"))
             .and_then(Value::as_str)
-            == Some("cli")
-        {
+            .filter(|origin| matches!(*origin, "cli" | "import"))
+            .map(str::to_owned);
+        if let Some(origin) = origin {
             let mut event = AuditEvent::new(
                 match kind {
                     "keys.rotated" => "identity.key_rotated",
@@ -459,7 +462,7 @@ impl Identity {
                 },
                 "system",
             );
-            event.actor_id = Some("cli".into());
+            event.actor_id = Some(origin);
             event.subject = subject.map(str::to_owned);
             event.attributes = notice;
             self.record(event).await;

@@ -210,6 +210,24 @@ pub async fn set_disabled<C: GenericClient>(
     Ok(())
 }
 
+/// Replaces the roles of a local user or service account.
+pub async fn set_roles<C: GenericClient>(
+    client: &C,
+    name: &str,
+    roles: &[String],
+) -> Result<(), StoreError> {
+    let n = client
+        .execute(
+            "UPDATE identities SET roles = $2, updated_at = now() WHERE name = $1 AND kind <> 'federated'",
+            &[&name, &roles],
+        )
+        .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound(name.to_owned()));
+    }
+    Ok(())
+}
+
 pub async fn set_password<C: GenericClient>(
     client: &C,
     name: &str,

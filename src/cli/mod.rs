@@ -5,6 +5,7 @@
 
 mod audit;
 mod bridge;
+mod export;
 mod identity;
 mod instance;
 mod secret;
@@ -80,6 +81,11 @@ enum Command {
     /// Manage API keys of service accounts.
     #[command(subcommand)]
     Apikey(identity::ApiKeyCommand),
+    /// Write users, OAuth clients, secret names and approved tool definitions as
+    /// Markdown files with YAML frontmatter, for review in git.
+    Export(export::ExportArgs),
+    /// Apply the users of an export (roles, disabled; missing ones created).
+    Import(export::ImportArgs),
     /// Print the version, git revision and build profile.
     Version,
 }
@@ -157,6 +163,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(identity::keys_command(command))
+        }
+        Command::Export(args) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(export::export(args))
+        }
+        Command::Import(args) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(export::import(args))
         }
         Command::Apikey(command) => {
             let _logging = init_cli_logging();

@@ -7,6 +7,7 @@
 
 mod attacks;
 mod browser;
+mod export;
 mod federation;
 mod flows;
 mod python;

@@ -1,0 +1,93 @@
+//! `warden export --dir D` and `warden import --dir D [--dry-run]`: the state in
+//! PostgreSQL as Markdown files for git (see `crate::export`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::ProfileArg;
+use crate::db::Database;
+use crate::policy::PolicyEngine;
+
+#[derive(clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The folder to write (created when missing).
+    #[arg(long)]
+    dir: PathBuf,
+    #[command(flatten)]
+    profile: ProfileArg,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ImportArgs {
+    /// The folder an export wrote (its `users/` files are applied).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    profile: ProfileArg,
+}
+
+pub(crate) async fn export(args: ExportArgs) -> Result<ExitCode> {
+    let config = args.profile.load()?;
+    let database = Database::open_shared(&config).await?;
+    let client = database.pool.get().await?;
+    let done = crate::export::export(&**client, &args.dir).await;
+    drop(client);
+    database.shutdown(config.server.shutdown_grace).await?;
+    let done = done?;
+    println!(
+        "exported to {}: {} written, {} unchanged, {} removed",
+        args.dir.display(),
+        done.written,
+        done.unchanged,
+        done.removed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
+    let config = args.profile.load()?;
+    let policy = PolicyEngine::from_config(&config);
+    let database = Database::open_shared(&config).await?;
+    let mut client = database.pool.get().await?;
+    // One transaction: an import that fails half-way changes nothing.
+    let outcome = async {
+        let transaction = client.transaction().await?;
+        let changes = crate::export::import(
+            &*transaction,
+            &args.dir,
+            &|role| policy.has_role(role),
+            args.dry_run,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok::<_, anyhow::Error>(changes)
+    }
+    .await;
+    drop(client);
+    database.shutdown(config.server.shutdown_grace).await?;
+    let changes = outcome?;
+    let verb = if args.dry_run {
+        "would change"
+    } else {
+        "changed"
+    };
+    for change in &changes {
+        println!("{verb}: {change}");
+    }
+    println!(
+        "{} change(s) from {}{}",
+        changes.len(),
+        args.dir.display(),
+        if args.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

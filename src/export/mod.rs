@@ -1,0 +1,502 @@
+//! `warden export --dir D` and `warden import --dir D`: the state Warden keeps in
+//! PostgreSQL besides the audit trail — identities, OAuth clients, secrets (names only),
+//! approved tool definitions — as one Markdown file with YAML frontmatter per item, so
+//! a compliance team can keep it in git and review every change as a diff.
+//!
+//! Export is byte-stable: the same state writes the same bytes (fields in a fixed order,
+//! lists sorted, timestamps in UTC to the second, nothing about the export itself), a
+//! file whose content did not change is not rewritten, and a file of an item that no
+//! longer exists is removed. Only `.md` files under the four folders Warden writes are
+//! ever touched.
+//!
+//! Import applies what a review may change: each identity's `disabled`, and the `roles`
+//! of local users and service accounts (a federated identity's roles come from its
+//! issuer at every login). An identity missing from the database is created without a
+//! password (`warden user passwd` sets one). Nothing is deleted, and the other folders
+//! are read-only: clients register themselves, secrets change with `warden secret`, and
+//! tool definitions are approved by an operator on the running gateway. Running
+//! instances hear of each change (`store::notify`), as they do from `warden user`.
+
+pub mod document;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio_postgres::GenericClient;
+
+use crate::auth::store::{self, StoreError};
+use document::{Document, file_name, frontmatter};
+
+/// The folders export writes, one per kind of item.
+pub const FOLDERS: [&str; 4] = ["users", "clients", "secrets", "tools"];
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub written: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+}
+
+/// A timestamp column as UTC text to the second (what export writes).
+fn ts(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+}
+
+/// Writes every item under `dir`, and removes the files of items that are gone.
+pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported, ExportError> {
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for (name, document) in users(client).await? {
+        files.push((Path::new("users").join(file_name(&name)), document.render()));
+    }
+    for (id, document) in clients(client).await? {
+        files.push((Path::new("clients").join(file_name(&id)), document.render()));
+    }
+    for (name, document) in secrets(client).await? {
+        files.push((
+            Path::new("secrets").join(file_name(&name)),
+            document.render(),
+        ));
+    }
+    for ((server, tool), document) in tools(client).await? {
+        let path = Path::new("tools").join(file_name(&server).trim_end_matches(".md"));
+        files.push((path.join(file_name(&tool)), document.render()));
+    }
+
+    let mut done = Exported::default();
+    let mut kept = BTreeSet::new();
+    for (relative, text) in files {
+        let path = dir.join(&relative);
+        kept.insert(path.clone());
+        if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+            done.unchanged += 1;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+        done.written += 1;
+    }
+    for folder in FOLDERS {
+        done.removed += remove_stale(&dir.join(folder), &kept)?;
+    }
+    Ok(done)
+}
+
+/// Removes the `.md` files under `folder` that are not in `kept` (and folders left
+/// empty); returns how many files went.
+fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, ExportError> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(io(folder)(error)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(io(folder))?.path();
+        if path.is_dir() {
+            removed += remove_stale(&path, kept)?;
+            // Only succeeds when the folder is empty, which is the point.
+            let _ = std::fs::remove_dir(&path);
+        } else if path.extension().is_some_and(|e| e == "md") && !kept.contains(&path) {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+async fn users<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT i.name, i.kind, i.roles, i.disabled, i.issuer, i.external_subject, \
+                 {created}, coalesce(( \
+                   SELECT json_agg(json_build_object('prefix', k.prefix, 'scopes', k.scopes, \
+                     'created_at', {key_created}, 'expires_at', {key_expires}, \
+                     'revoked_at', {key_revoked}) ORDER BY k.created_at, k.prefix) \
+                   FROM api_keys k WHERE k.identity_id = i.id), '[]'::json) \
+                 FROM identities i ORDER BY i.name",
+                created = ts("i.created_at"),
+                key_created = ts("k.created_at"),
+                key_expires = ts("k.expires_at"),
+                key_revoked = ts("k.revoked_at"),
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let kind: String = row.get(1);
+            let mut roles: Vec<String> = row.get(2);
+            roles.sort();
+            let mut fields = vec![
+                ("name", json!(name)),
+                ("kind", json!(kind)),
+                ("roles", json!(roles)),
+                ("disabled", json!(row.get::<_, bool>(3))),
+            ];
+            if kind == "federated" {
+                fields.push(("issuer", json!(row.get::<_, Option<String>>(4))));
+                fields.push(("subject", json!(row.get::<_, Option<String>>(5))));
+            }
+            fields.push(("created_at", json!(row.get::<_, String>(6))));
+            fields.push(("api_keys", row.get::<_, Value>(7)));
+            let note = if kind == "federated" {
+                "Federated identity: `disabled` is applied by `warden import`; its roles come from its issuer at every login."
+            } else {
+                "`roles` and `disabled` are applied by `warden import`; the rest is for reading."
+            };
+            let body = format!("# {name}\n\n{note}\n");
+            (name, Document { fields, body })
+        })
+        .collect())
+}
+
+async fn clients<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT client_id, client_name, redirect_uris, grant_types, \
+                 token_endpoint_auth_method, scope, {} FROM oauth_clients ORDER BY client_id",
+                ts("created_at")
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let id: String = row.get(0);
+            let mut redirect_uris: Vec<String> = row.get(2);
+            redirect_uris.sort();
+            let mut grant_types: Vec<String> = row.get(3);
+            grant_types.sort();
+            let fields = vec![
+                ("client_id", json!(id)),
+                ("client_name", json!(row.get::<_, Option<String>>(1))),
+                ("redirect_uris", json!(redirect_uris)),
+                ("grant_types", json!(grant_types)),
+                ("token_endpoint_auth_method", json!(row.get::<_, String>(4))),
+                ("scope", json!(row.get::<_, Option<String>>(5))),
+                ("created_at", json!(row.get::<_, String>(6))),
+            ];
+            let body = format!(
+                "# {}\n\nAn OAuth client registered with Warden (read-only here).\n",
+                row.get::<_, Option<String>>(1)
+                    .unwrap_or_else(|| id.clone())
+            );
+            (id, Document { fields, body })
+        })
+        .collect())
+}
+
+/// Secrets by name: which exist and for whom, never a value.
+async fn secrets<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT name, json_agg(json_build_object('owner', nullif(owner, ''), \
+                 'created_at', {created}, 'updated_at', {updated}) ORDER BY owner) \
+                 FROM secrets GROUP BY name ORDER BY name",
+                created = ts("created_at"),
+                updated = ts("updated_at"),
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let fields = vec![("name", json!(name)), ("values", row.get::<_, Value>(1))];
+            let body = format!(
+                "# {name}\n\nA secret in Warden's encrypted store: who has a value and since when, never the value (read-only here; `warden secret`).\n"
+            );
+            (name, Document { fields, body })
+        })
+        .collect())
+}
+
+type ToolKey = (String, String);
+
+/// Approved tool definitions, and a definition waiting for approval.
+async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(ToolKey, Document)>, ExportError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT server_name, tool_name, approved_hash, approved_definition, \
+                 pending_hash, pending_definition, {first_seen}, {approved}, {changed} \
+                 FROM tool_pins ORDER BY server_name, tool_name",
+                first_seen = ts("first_seen_at"),
+                approved = ts("approved_at"),
+                changed = ts("changed_at"),
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let server: String = row.get(0);
+            let tool: String = row.get(1);
+            let pending: Option<Value> = row.get(5);
+            let fields = vec![
+                ("server", json!(server)),
+                ("tool", json!(tool)),
+                ("approved_hash", json!(row.get::<_, String>(2))),
+                ("pending_hash", json!(row.get::<_, Option<String>>(4))),
+                ("first_seen_at", json!(row.get::<_, String>(6))),
+                ("approved_at", json!(row.get::<_, String>(7))),
+                ("changed_at", json!(row.get::<_, Option<String>>(8))),
+            ];
+            let mut body = format!(
+                "# {server} / {tool}\n\n## Approved definition\n\n{}",
+                json_block(&row.get::<_, Value>(3))
+            );
+            if let Some(pending) = pending {
+                body.push_str(&format!(
+                    "\n## Changed definition, withheld until approved\n\n{}",
+                    json_block(&pending)
+                ));
+            }
+            ((server, tool), Document { fields, body })
+        })
+        .collect())
+}
+
+fn json_block(value: &Value) -> String {
+    // A `Value` always serialises; the fallback is never taken.
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    format!("```json\n{text}\n```\n")
+}
+
+/// What `import` reads from a file under `users/`.
+#[derive(Debug, Deserialize)]
+struct UserFile {
+    name: String,
+    kind: String,
+    roles: Vec<String>,
+    disabled: bool,
+}
+
+/// One change an import made (or, dry, would make).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Created { name: String, kind: String },
+    Roles { name: String, roles: Vec<String> },
+    Disabled { name: String, disabled: bool },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Created { name, kind } => write!(f, "{kind} `{name}` created (no password)"),
+            Change::Roles { name, roles } => {
+                write!(f, "roles of `{name}` set to [{}]", roles.join(", "))
+            }
+            Change::Disabled { name, disabled } => {
+                write!(
+                    f,
+                    "`{name}` {}",
+                    if *disabled { "disabled" } else { "enabled" }
+                )
+            }
+        }
+    }
+}
+
+/// Reads `dir/users/*.md` and applies them: every file is read and checked before
+/// anything changes, so one bad file changes nothing. `known_role` says whether the
+/// profile defines a role. With `dry_run` the changes are returned, not made.
+pub async fn import<C: GenericClient>(
+    client: &C,
+    dir: &Path,
+    known_role: &dyn Fn(&str) -> bool,
+    dry_run: bool,
+) -> Result<Vec<Change>, ExportError> {
+    let wanted = read_users(&dir.join("users"), known_role)?;
+    let current: std::collections::HashMap<String, store::IdentityRow> = store::list(client)
+        .await?
+        .into_iter()
+        .map(|row| (row.name.clone(), row))
+        .collect();
+    let mut changes = Vec::new();
+    for (path, user) in &wanted {
+        let mut roles = user.roles.clone();
+        roles.sort();
+        match current.get(&user.name) {
+            None if user.kind == "federated" => {
+                return Err(ExportError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "federated identity `{}` is not in the database; it is created at its first login",
+                        user.name
+                    ),
+                });
+            }
+            None => {
+                changes.push(Change::Created {
+                    name: user.name.clone(),
+                    kind: user.kind.clone(),
+                });
+                if user.disabled {
+                    changes.push(Change::Disabled {
+                        name: user.name.clone(),
+                        disabled: true,
+                    });
+                }
+            }
+            Some(row) if row.kind != user.kind => {
+                return Err(ExportError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "`{}` is a {} in the database, not a {}",
+                        user.name, row.kind, user.kind
+                    ),
+                });
+            }
+            Some(row) => {
+                let mut had = row.roles.clone();
+                had.sort();
+                if had != roles && row.kind != "federated" {
+                    changes.push(Change::Roles {
+                        name: user.name.clone(),
+                        roles: roles.clone(),
+                    });
+                }
+                if row.disabled != user.disabled {
+                    changes.push(Change::Disabled {
+                        name: user.name.clone(),
+                        disabled: user.disabled,
+                    });
+                }
+            }
+        }
+    }
+    if dry_run {
+        return Ok(changes);
+    }
+    for change in &changes {
+        apply(client, change, &wanted).await?;
+    }
+    Ok(changes)
+}
+
+async fn apply<C: GenericClient>(
+    client: &C,
+    change: &Change,
+    wanted: &[(PathBuf, UserFile)],
+) -> Result<(), ExportError> {
+    let origin = json!({"origin": "import"});
+    match change {
+        Change::Created { name, kind } => {
+            let roles = wanted
+                .iter()
+                .find(|(_, user)| &user.name == name)
+                .map(|(_, user)| user.roles.clone())
+                .unwrap_or_default();
+            store::create(client, name, kind, &roles, None).await?;
+            let detail = json!({"origin": "import", "roles": roles});
+            store::notify(client, "user.added", name, detail).await?;
+        }
+        Change::Roles { name, roles } => {
+            store::set_roles(client, name, roles).await?;
+            let detail = json!({"origin": "import", "roles": roles});
+            store::notify(client, "user.roles_changed", name, detail).await?;
+        }
+        Change::Disabled { name, disabled } => {
+            store::set_disabled(client, name, *disabled).await?;
+            let kind = if *disabled {
+                "user.disabled"
+            } else {
+                "user.enabled"
+            };
+            store::notify(client, kind, name, origin).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every `*.md` file in `folder`, read and checked, in name order.
+fn read_users(
+    folder: &Path,
+    known_role: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(PathBuf, UserFile)>, ExportError> {
+    let mut paths = Vec::new();
+    match std::fs::read_dir(folder) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry.map_err(io(folder))?.path();
+                if path.extension().is_some_and(|e| e == "md") {
+                    paths.push(path);
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(folder)(error)),
+    }
+    paths.sort();
+    let mut users = Vec::with_capacity(paths.len());
+    let mut names = BTreeSet::new();
+    for path in paths {
+        let invalid = |message: String| ExportError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let user: UserFile = frontmatter(&text).map_err(invalid)?;
+        if !matches!(user.kind.as_str(), "user" | "service" | "federated") {
+            return Err(invalid(format!(
+                "kind: expected user, service or federated, found `{}`",
+                user.kind
+            )));
+        }
+        if user.kind != "federated" {
+            store::check_name(&user.name).map_err(|e| invalid(e.to_string()))?;
+        }
+        if user.kind != "federated"
+            && let Some(role) = user.roles.iter().find(|role| !known_role(role))
+        {
+            return Err(invalid(format!(
+                "roles: `{role}` is not a role of the profile (`roles:`)"
+            )));
+        }
+        if !names.insert(user.name.clone()) {
+            return Err(invalid(format!(
+                "`{}` is described by another file too",
+                user.name
+            )));
+        }
+        users.push((path, user));
+    }
+    Ok(users)
+}

@@ -1,0 +1,183 @@
+//! `warden export` and `warden import` against a running Warden: the files a compliance
+//! team keeps in git, byte for byte stable; an edited file applied, checked first and
+//! atomically; the running instance hearing of it and recording it in the trail.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Env, PASSWORD};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Every file under `dir`, by relative path.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).expect("readable folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("under dir");
+                files.insert(
+                    relative.display().to_string(),
+                    std::fs::read_to_string(&path).expect("text file"),
+                );
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
+    let env = Env::start(|p| {
+        p.set("roles.ops", json!({"scopes": ["tools:read"]}));
+        p.set("roles.auditor", json!({"scopes": ["audit:read"]}));
+    });
+    env.add_user("bob", "ops");
+    let client_id = env.register("http://127.0.0.1:9/callback");
+    let (ok, _, err) = env.cli(&["secret", "set", "gh_token"], Some("ghp_not_exported_123"));
+    assert!(ok, "{err}");
+    // Tool definitions are pinned when a listing first shows them.
+    let listed = env.tool_names(&env.admin_token()).len() as i64;
+    crate::support::eventually("the listed tools are pinned", WAIT, || {
+        let rows = env
+            .db
+            .query("SELECT count(*) FROM tool_pins WHERE server_name = 'fx'");
+        rows[0].get::<_, i64>(0) == listed
+    });
+    let out = tempfile::tempdir().expect("a temp dir");
+    let dir = out.path().join("warden-state");
+    let dir_arg = dir.display().to_string();
+    let export = || {
+        let (ok, stdout, err) = env.cli(&["export", "--dir", &dir_arg], None);
+        assert!(ok, "export failed: {err}");
+        stdout
+    };
+
+    // What a reviewer reads.
+    let first = export();
+    let files = snapshot(&dir);
+    let bob = &files["users/bob.md"];
+    assert!(
+        bob.starts_with(
+            "---\nname: \"bob\"\nkind: \"user\"\nroles: [\"ops\"]\ndisabled: false\ncreated_at: \""
+        ),
+        "{bob}"
+    );
+    assert!(
+        !bob.contains("password") && !bob.contains("argon2"),
+        "{bob}"
+    );
+    let client = &files[&format!("clients/{client_id}.md")];
+    assert!(
+        client.contains("redirect_uris: [\"http://127.0.0.1:9/callback\"]"),
+        "{client}"
+    );
+    let secret = &files["secrets/gh_token.md"];
+    assert!(secret.contains("name: \"gh_token\""), "{secret}");
+    assert!(
+        files
+            .values()
+            .all(|text| !text.contains("ghp_not_exported_123")),
+        "a secret's value was exported"
+    );
+    let echo = &files["tools/fx/echo.md"];
+    assert!(
+        echo.contains("server: \"fx\"\ntool: \"echo\"\napproved_hash: \"")
+            && echo.contains("## Approved definition\n\n```json\n"),
+        "{echo}"
+    );
+    assert!(
+        first.contains(&format!("{} written, 0 unchanged", files.len())),
+        "{first}"
+    );
+
+    // The same state, the same bytes, nothing rewritten; an import of it changes nothing.
+    let second = export();
+    assert_eq!(snapshot(&dir), files);
+    assert!(
+        second.contains(&format!("0 written, {} unchanged, 0 removed", files.len())),
+        "{second}"
+    );
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+
+    // A reviewed change: bob moves to auditor and is disabled; carol is added.
+    let edited = bob
+        .replace("roles: [\"ops\"]", "roles: [\"auditor\"]")
+        .replace("disabled: false", "disabled: true");
+    std::fs::write(dir.join("users/bob.md"), &edited).expect("edit bob");
+    let carol = bob
+        .replace("\"bob\"", "\"carol\"")
+        .replace("# bob", "# carol");
+    std::fs::write(dir.join("users/carol.md"), carol).expect("add carol");
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--dry-run"], None);
+    assert!(ok, "{err}");
+    for line in [
+        "would change: roles of `bob` set to [auditor]",
+        "would change: `bob` disabled",
+        "would change: user `carol` created (no password)",
+        "3 change(s)",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(
+        list.contains("bob\tuser\troles=ops\tenabled"),
+        "a dry run changed: {list}"
+    );
+
+    // A file that names a role the profile lacks stops the whole import.
+    let bad = bob
+        .replace("\"bob\"", "\"dave\"")
+        .replace("[\"ops\"]", "[\"nope\"]");
+    std::fs::write(dir.join("users/dave.md"), bad).expect("add dave");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        !ok && err.contains("users/dave.md: roles: `nope` is not a role of the profile"),
+        "{err}"
+    );
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(
+        list.contains("bob\tuser\troles=ops\tenabled") && !list.contains("carol"),
+        "a refused import changed something: {list}"
+    );
+    std::fs::remove_file(dir.join("users/dave.md")).expect("remove dave");
+
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(ok && stdout.contains("3 change(s)"), "{stdout}{err}");
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(
+        list.contains("bob\tuser\troles=auditor\tdisabled"),
+        "{list}"
+    );
+    assert!(
+        list.contains("carol\tuser\troles=ops\tenabled\tpassword=none"),
+        "{list}"
+    );
+    let (ok, _, err) = env.cli(&["user", "passwd", "carol"], Some(PASSWORD));
+    assert!(ok, "{err}");
+
+    // The running instance heard of it, and the trail says who changed what.
+    crate::support::eventually("the import's changes are in the trail", WAIT, || {
+        let rows = env.db.query(
+            "SELECT count(*) FROM audit_events WHERE kind = 'identity.changed' AND actor_id = 'import'",
+        );
+        rows[0].get::<_, i64>(0) == 3
+    });
+
+    // The next export shows the change, and drops what is gone.
+    let (ok, _, err) = env.cli(&["secret", "delete", "gh_token"], None);
+    assert!(ok, "{err}");
+    let third = export();
+    assert!(third.contains("1 removed"), "{third}");
+    let after = snapshot(&dir);
+    assert_eq!(after["users/bob.md"], edited);
+    assert!(!after.contains_key("secrets/gh_token.md"));
+}
