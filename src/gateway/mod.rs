@@ -646,10 +646,10 @@ impl Gateway {
     // tools/call
     // -----------------------------------------------------------------------------------
 
-    /// Calls a tool. Leaves one `mcp_tool_executions` row for every request that names a
-    /// tool (a string `name`, an object `arguments` if any; a request malformed before
-    /// that gets its error only), and one `permission.decision` event once the tool is
-    /// known.
+    /// Calls a tool. Leaves one `mcp_tool_executions` row for every `tools/call` request
+    /// — a malformed one (`name` not a string, `arguments` not an object) too, with its
+    /// error and whatever it sent as the name — and one `permission.decision` event
+    /// once the tool is known.
     pub async fn call_tool(
         &self,
         config: &Config,
@@ -659,19 +659,16 @@ impl Gateway {
     ) -> Result<Box<RawValue>, GatewayError> {
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        let requested = match params.get("name") {
-            Some(Value::String(name)) => name.clone(),
-            _ => {
-                return Err(GatewayError::InvalidParams(
-                    "`name` must be a string naming the tool".into(),
-                ));
-            }
+        let (requested, mut malformed) = match params.get("name") {
+            Some(Value::String(name)) => (name.clone(), None),
+            other => (
+                other.map(Value::to_string).unwrap_or_default(),
+                Some("`name` must be a string naming the tool"),
+            ),
         };
         let arguments = params.get("arguments").cloned();
         if arguments.as_ref().is_some_and(|a| !a.is_object()) {
-            return Err(GatewayError::InvalidParams(
-                "`arguments` must be an object".into(),
-            ));
+            malformed = malformed.or(Some("`arguments` must be an object"));
         }
         let mut row = ToolCallRecord {
             id: Uuid::now_v7(),
@@ -693,7 +690,11 @@ impl Gateway {
             duration_us: 0,
         };
         let mut labels = CallLabels::default();
-        let outcome = match self.resolve_tool(config, ctx, &requested).await {
+        let resolved = match malformed {
+            Some(message) => Err(GatewayError::InvalidParams(message.into())),
+            None => self.resolve_tool(config, ctx, &requested).await,
+        };
+        let outcome = match resolved {
             Ok(target) => {
                 row.server_name = target.server.to_string();
                 row.tool_name = target.upstream.clone();

@@ -204,6 +204,31 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     }
     let unknown = mcp.call("fx__no_such_tool", json!({}), None);
     assert!(unknown.get("error").is_some(), "{unknown}");
+    // Malformed calls are refused, and leave their rows too.
+    let malformed = [
+        (
+            0xd00d_0001_u64,
+            json!({"name": 42, "arguments": {}}),
+            "`name` must be a string",
+        ),
+        (
+            0xd00d_0002,
+            json!({"name": "fx__echo", "arguments": "x"}),
+            "`arguments` must be an object",
+        ),
+    ];
+    for (trace, params, error) in &malformed {
+        let traceparent = format!("00-{trace:032x}-00f067aa0ba902b7-01");
+        let response = mcp.post(
+            &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}),
+            Some(&traceparent),
+        );
+        let message = response.json()["error"]["message"].clone();
+        assert!(
+            message.as_str().is_some_and(|m| m.contains(error)),
+            "{response:?}"
+        );
+    }
     // The metrics count the same calls: by server, tool and status, and an unknown
     // tool's name is never a label.
     let metrics = http::get(&warden.url("/metrics")).body;
@@ -226,7 +251,7 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     );
     assert_eq!(
         series(&[calls, r#"server="""#, r#"tool="""#, r#"status="error""#]),
-        Some(1.0),
+        Some(3.0),
         "{metrics}"
     );
     assert!(!metrics.contains("no_such_tool"), "{metrics}");
@@ -236,9 +261,20 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
         "{metrics}"
     );
 
-    eventually("N + 1 tool rows", DEADLINE, || {
-        count(&db, "SELECT count(*) FROM mcp_tool_executions") == N as i64 + 1
+    eventually("N + 3 tool rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == N as i64 + 3
     });
+    for ((trace, _, error), requested) in malformed.iter().zip(["42", "fx__echo"]) {
+        let rows = db.query(&format!(
+            "SELECT requested_name, server_name, status, error FROM mcp_tool_executions
+             WHERE trace_id = '{trace:032x}'"
+        ));
+        assert_eq!(rows.len(), 1, "one row for the malformed call {trace:x}");
+        assert_eq!(rows[0].get::<_, String>(0), requested);
+        assert_eq!(rows[0].get::<_, String>(1), "");
+        assert_eq!(rows[0].get::<_, String>(2), "error");
+        assert!(rows[0].get::<_, String>(3).contains(error));
+    }
     for (trace, message) in &traces {
         let rows = db.query(&format!(
             "SELECT user_id, server_name, tool_name, requested_name, status, input::text, output::text, batch_seq
@@ -333,7 +369,7 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
     let rest = http::request("GET", &url, &[("Authorization", auth.as_str())], None)
         .unwrap()
         .json();
-    assert_eq!(rest["items"].as_array().map(Vec::len), Some(N + 1 - 5));
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(N + 3 - 5));
     let unauthenticated = http::get(&warden.url("/admin/audit"));
     assert_eq!(unauthenticated.status, 401);
     let bad = http::request(

@@ -171,7 +171,8 @@ impl Preparer<'_> {
             client_id: r.client_id.map(clean_owned),
             server_name: clean_owned(r.server_name),
             tool_name: clean_owned(r.tool_name),
-            requested_name: clean_owned(r.requested_name),
+            // The client's own words: redacted and bounded like an error text.
+            requested_name: self.text(&r.requested_name),
         }
     }
 
@@ -349,6 +350,18 @@ mod tests {
             row.error.as_deref(),
             Some("upstream said [redacted]\u{fffd}")
         );
+
+        // The name a client asked for is its own text: redacted and bounded too.
+        let AuditRecord::ToolCall(mut record) = tool("{}") else {
+            panic!()
+        };
+        record.requested_name = format!("tok_supersecret{}", "x".repeat(MAX_TEXT_BYTES));
+        let Row::Tool(row) = preparer.row(&AuditRecord::ToolCall(record)) else {
+            panic!()
+        };
+        assert!(row.requested_name.starts_with("[redacted]xxx"));
+        assert!(row.requested_name.ends_with('…'));
+        assert!(row.requested_name.len() <= MAX_TEXT_BYTES + '…'.len_utf8());
     }
 
     #[test]
