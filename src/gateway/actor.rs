@@ -193,3 +193,162 @@ pub async fn start(
     });
     Ok(actor)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+    use warden_actors::audit::{Audit, Backlog};
+    use warden_actors::secrets::NoSecrets;
+    use warden_actors::tree::{Tree, TreeConfig};
+
+    use super::*;
+    use crate::auth::{Principal, PrincipalKind, Scopes};
+    use crate::gateway::pins::Pins;
+    use crate::gateway::session::{NewSession, SessionLimits, SessionManager};
+    use crate::gateway::subscriptions::Resource;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn principal(subject: &str, scopes: &str) -> Arc<Principal> {
+        Arc::new(Principal {
+            subject: subject.into(),
+            scopes: Scopes::parse(scopes),
+            kind: PrincipalKind::User,
+            ..Principal::anonymous()
+        })
+    }
+
+    /// The method of the next message on a session's stream.
+    async fn next_method(stream: &mut mpsc::Receiver<(u64, Arc<str>)>) -> String {
+        let (_, data) = tokio::time::timeout(WAIT, stream.recv())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open");
+        let message: Value = serde_json::from_str(&data).expect("JSON");
+        let method = message["method"].as_str().unwrap_or_default().to_owned();
+        if method == "notifications/resources/updated" {
+            format!(
+                "{method} {}",
+                message["params"]["uri"].as_str().unwrap_or_default()
+            )
+        } else {
+            method
+        }
+    }
+
+    async fn next_methods(stream: &mut mpsc::Receiver<(u64, Arc<str>)>, n: usize) -> Vec<String> {
+        let mut methods = Vec::with_capacity(n);
+        for _ in 0..n {
+            methods.push(next_method(stream).await);
+        }
+        methods.sort();
+        methods
+    }
+
+    /// What the bus cannot be made to do on cue (its forwarding task drains into an
+    /// unbounded mailbox), sent straight to the actor: a lost-events report, and another
+    /// one within the catch-up interval.
+    #[tokio::test]
+    async fn a_gap_in_the_events_is_caught_up_from_current_state_at_most_once_a_second() {
+        let config = Config::parse(
+            "servers:\n  srv:\n    command: x\n    scopes: [files:read]\n",
+            "t.yaml",
+            &|_| None,
+        )
+        .expect("a valid profile");
+        let policy = PolicyEngine::from_config(&config);
+        let tree = Tree::start(TreeConfig {
+            specs: Vec::new(),
+            secrets: Arc::new(NoSecrets),
+            client_name: "test".into(),
+            client_version: "0".into(),
+        })
+        .await
+        .expect("the tree starts");
+        let sessions = SessionManager::start(
+            SessionLimits {
+                idle_timeout: Duration::from_secs(600),
+                max_total: 10,
+                max_per_principal: 10,
+            },
+            None,
+        )
+        .await
+        .expect("the sessions supervisor starts");
+        let (audit, _queue) = Audit::channel(16, Backlog::FailClosed);
+        let pool = crate::db::pool(tokio_postgres::Config::new(), 1, Duration::from_secs(1))
+            .expect("a pool (never used: no quotas here)");
+        let gateway = Arc::new(Gateway::new(
+            tree.clone(),
+            Arc::new(Pins::in_memory()),
+            sessions.clone(),
+            audit,
+            pool,
+        ));
+        let open = |subject: &'static str, scopes: &'static str| {
+            let sessions = sessions.clone();
+            async move {
+                sessions
+                    .create(NewSession {
+                        principal: principal(subject, scopes),
+                        protocol_version: "2025-11-25".into(),
+                        client_info: json!({}),
+                        client_capabilities: json!({}),
+                        scope: None,
+                    })
+                    .await
+                    .expect("a session")
+            }
+        };
+        let reader = open("alice", "files:read").await;
+        let outsider = open("mallory", "other").await;
+        let mut alice = reader.open_stream(None);
+        let mut mallory = outsider.open_stream(None);
+        let doc = Resource {
+            server: "srv".into(),
+            uri: "file:///doc".into(),
+        };
+        for session in [&reader, &outsider] {
+            gateway
+                .subscriptions
+                .add(&doc, &session.id, 10)
+                .expect("room for a subscription");
+        }
+
+        let actor = start(
+            GatewayArgs {
+                gateway: gateway.clone(),
+                policy: Arc::new(ArcSwap::from_pointee(policy)),
+                config: Arc::new(ArcSwap::from_pointee(config)),
+            },
+            &tree.events,
+            tree.root_cell(),
+        )
+        .await
+        .expect("the gateway actor starts");
+        actor.send_message(GatewayMsg::Lagged(5)).expect("sent");
+        actor.send_message(GatewayMsg::Lagged(7)).expect("sent");
+
+        // At once: every list may have changed, and the subscribed resource may have
+        // been updated — told only to whoever may read it.
+        let lists = [
+            "notifications/prompts/list_changed",
+            "notifications/resources/list_changed",
+            "notifications/tools/list_changed",
+        ];
+        let mut first: Vec<String> = lists.iter().map(|m| m.to_string()).collect();
+        first.push("notifications/resources/updated file:///doc".into());
+        first.sort();
+        assert_eq!(next_methods(&mut alice, 4).await, first);
+        assert_eq!(next_methods(&mut mallory, 3).await, lists);
+        // The second gap, within the interval, is caught up once, when it is over.
+        assert_eq!(next_methods(&mut alice, 4).await, first);
+        assert_eq!(next_methods(&mut mallory, 3).await, lists);
+
+        actor.stop(None);
+        tree.shutdown().await;
+    }
+}
