@@ -66,7 +66,10 @@ impl SseReader {
             buffer.drain(..rest);
             self.buffer = buffer;
         }
-        if self.oversized || self.buffer.len() + self.data.len() > self.max_event_bytes {
+        // A line not yet ended also holds its field name (`data: `) and maybe a `\r`,
+        // which are not the event's: an event of exactly the limit passes however it
+        // was cut into chunks.
+        if self.oversized || self.buffer.len() + self.data.len() > self.max_event_bytes + 8 {
             self.oversized = true;
             return Err(self.too_large());
         }
@@ -199,11 +202,18 @@ mod tests {
             "nothing more is read"
         );
 
+        // Cut inside its line, an event of the limit still passes.
+        let mut reader = SseReader::new(4);
+        let mut out = Vec::new();
+        reader.push(b"data: 1234", &mut out).unwrap();
+        reader.push(b"\r\n\r\n", &mut out).unwrap();
+        assert_eq!(out[0].data, "1234");
+
         // A line that never ends.
         let mut reader = SseReader::new(4);
         let mut out = Vec::new();
-        reader.push(b"data", &mut out).unwrap();
-        assert!(reader.push(b": 1", &mut out).is_err());
+        reader.push(b"data: 123456", &mut out).unwrap();
+        assert!(reader.push(b"7", &mut out).is_err());
     }
 
     #[test]

@@ -251,14 +251,14 @@ impl Bridge {
         }
         if is_sse {
             let mut parser = SseParser::default();
+            let mut events = Vec::new();
             while let Ok(Some(chunk)) = response.chunk().await {
-                match parser.push(&chunk) {
-                    Ok(events) => {
-                        for event in events {
-                            let _ = self.out.send(event);
-                        }
-                    }
-                    Err(_) => break,
+                let pushed = parser.push(&chunk, &mut events);
+                for event in events.drain(..) {
+                    let _ = self.out.send(event);
+                }
+                if pushed.is_err() {
+                    break;
                 }
             }
         } else if let Ok(body) = response.text().await
@@ -366,14 +366,16 @@ impl Bridge {
                         delay = Duration::from_millis(500);
                         let mut response = response;
                         let mut parser = SseParser::default();
+                        let mut events = Vec::new();
                         while let Ok(Some(chunk)) = response.chunk().await {
-                            let Ok(events) = parser.push(&chunk) else {
-                                break;
-                            };
-                            for event in events {
+                            let pushed = parser.push(&chunk, &mut events);
+                            for event in events.drain(..) {
                                 if out.send(event).is_err() {
                                     return;
                                 }
+                            }
+                            if pushed.is_err() {
+                                break;
                             }
                         }
                     }

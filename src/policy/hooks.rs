@@ -491,17 +491,18 @@ async fn run_command(
         }
     };
     tokio::join!(read_out, read_err);
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| format!("waiting for `{program}`: {e}"))?;
     if stdout.len() > MAX_HANDLER_OUTPUT {
         // A cut decision could read as a different one; the hook's `on_error` decides.
+        // Returning drops the guard, which ends the handler's process group at once.
         return Err(format!(
             "`{program}` wrote more than {} MiB to stdout",
             MAX_HANDLER_OUTPUT >> 20
         ));
     }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for `{program}`: {e}"))?;
     let code = status.code().unwrap_or(-1);
     Ok((
         code,

@@ -204,9 +204,8 @@ async fn read_response(
         ));
     }
     if !status.is_success() {
-        let body = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
-            .await
-            .unwrap_or_else(|partial| partial);
+        // What arrived of it is enough for the message, however it ended.
+        let (body, _) = read_capped(&mut response, MAX_ERROR_BODY_BYTES).await;
         let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
         return Err(CallError::Send(format!("HTTP {status}: {excerpt}")));
     }
@@ -223,17 +222,18 @@ async fn read_response(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
         let mut parser = SseParser::new(inner.max_message_bytes);
+        let mut events = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| CallError::Send(describe(&e)))?
         {
-            let events = parser
-                .push(&chunk)
-                .map_err(|e| CallError::Send(naming_the_limit(conn, e)))?;
-            for event in events {
+            let pushed = parser.push(&chunk, &mut events);
+            // The events before an oversized one are delivered: one may be the answer.
+            for event in events.drain(..) {
                 conn.dispatch(event.as_bytes(), Some(id));
             }
+            pushed.map_err(|e| CallError::Send(naming_the_limit(conn, e)))?;
             if !conn.is_pending(id) {
                 // The response arrived; the rest of the stream is not ours to wait for.
                 return Ok(());
@@ -248,11 +248,12 @@ async fn read_response(
     } else {
         let max = inner.max_message_bytes;
         let body = match read_capped(&mut response, max).await {
-            Ok(body) => body,
-            Err(_) => {
+            (body, BodyEnd::Complete) => body,
+            (_, BodyEnd::TooLarge) => {
                 let what = format!("a response larger than {max} bytes");
                 return Err(CallError::Send(naming_the_limit(conn, what)));
             }
+            (_, BodyEnd::Broken(error)) => return Err(CallError::Send(describe(&error))),
         };
         conn.dispatch(&body, Some(id));
         if conn.is_pending(id) {
@@ -279,32 +280,34 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
         };
         match response {
             Ok(response) if response.status().is_success() => {
-                delay = Duration::from_millis(250);
                 let mut response = response;
                 let mut parser = SseParser::new(inner.max_message_bytes);
+                let mut events = Vec::new();
+                // A stream refused for an oversized event is opened again with back-off,
+                // not at once: the server may send it again.
+                let mut refused = false;
                 loop {
                     let chunk = tokio::select! {
                         c = response.chunk() => c,
                         _ = conn.closed() => return,
                     };
-                    match chunk {
-                        Ok(Some(chunk)) => match parser.push(&chunk) {
-                            Ok(events) => {
-                                for event in events {
-                                    conn.dispatch(event.as_bytes(), None);
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(
-                                    server = conn.server(),
-                                    "{}; the listen stream is opened again",
-                                    naming_the_limit(&conn, error)
-                                );
-                                break;
-                            }
-                        },
-                        _ => break,
+                    let Ok(Some(chunk)) = chunk else { break };
+                    let pushed = parser.push(&chunk, &mut events);
+                    for event in events.drain(..) {
+                        conn.dispatch(event.as_bytes(), None);
                     }
+                    if let Err(error) = pushed {
+                        tracing::warn!(
+                            server = conn.server(),
+                            "{}; the listen stream is opened again",
+                            naming_the_limit(&conn, error)
+                        );
+                        refused = true;
+                        break;
+                    }
+                }
+                if !refused {
+                    delay = Duration::from_millis(250);
                 }
             }
             Ok(response) if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
@@ -318,19 +321,26 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
     }
 }
 
-/// Reads a body whole, up to `max` bytes. `Err` carries what was read when the body
-/// was longer (or the connection failed).
-async fn read_capped(response: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, Vec<u8>> {
+/// How reading a body ended.
+enum BodyEnd {
+    Complete,
+    /// It was longer than the limit; what was read is its first bytes.
+    TooLarge,
+    Broken(reqwest::Error),
+}
+
+/// Reads a body, up to `max` bytes: what was read, and how the reading ended.
+async fn read_capped(response: &mut reqwest::Response, max: usize) -> (Vec<u8>, BodyEnd) {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) if body.len() + chunk.len() > max => {
                 body.extend_from_slice(&chunk[..max - body.len()]);
-                return Err(body);
+                return (body, BodyEnd::TooLarge);
             }
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) => return Ok(body),
-            Err(_) => return Err(body),
+            Ok(None) => return (body, BodyEnd::Complete),
+            Err(error) => return (body, BodyEnd::Broken(error)),
         }
     }
 }
@@ -354,14 +364,23 @@ impl std::fmt::Display for EventTooLarge {
 
 /// Incremental Server-Sent Events parser: yields the `data` of each complete event.
 ///
-/// An event's data, or a line not yet ended, longer than the limit is an error: an
-/// upstream that never ends a line or an event must not grow Warden's memory.
+/// An event's data longer than the limit is an error, and so is a line not yet ended
+/// that is already longer than the limit and a field name (an upstream that never ends a
+/// line or an event must not grow Warden's memory). Once refused, the stream is over: the
+/// parser reads nothing more.
 pub struct SseParser {
     /// The line not yet ended.
     partial: Vec<u8>,
+    /// How much of `partial` is known to hold no line end (each byte is looked at once).
+    scanned: usize,
     data: String,
     max_event_bytes: usize,
+    oversized: bool,
 }
+
+/// What a line not yet ended may hold beyond the limit: its field name and line end
+/// (`data: `, `\r`), which are not the event's data.
+const LINE_SLACK: usize = 8;
 
 impl Default for SseParser {
     fn default() -> Self {
@@ -373,24 +392,33 @@ impl SseParser {
     pub fn new(max_event_bytes: usize) -> Self {
         SseParser {
             partial: Vec::new(),
+            scanned: 0,
             data: String::new(),
             max_event_bytes,
+            oversized: false,
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, EventTooLarge> {
+    /// Adds `chunk`, appending the data of every event it completes to `out`. When an
+    /// event is too large, the events before it are in `out` and the error is returned.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<String>) -> Result<(), EventTooLarge> {
+        if self.oversized {
+            return Err(self.too_large());
+        }
         self.partial.extend_from_slice(chunk);
-        let mut events = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.partial[start..].iter().position(|b| *b == b'\n') {
-            let mut line = &self.partial[start..start + offset];
-            start += offset + 1;
+        let mut search = self.scanned;
+        while let Some(offset) = self.partial[search..].iter().position(|b| *b == b'\n') {
+            let end = search + offset;
+            let mut line = &self.partial[start..end];
+            start = end + 1;
+            search = start;
             while let Some(rest) = line.strip_suffix(b"\r") {
                 line = rest;
             }
             if line.is_empty() {
                 if !self.data.is_empty() {
-                    events.push(std::mem::take(&mut self.data));
+                    out.push(std::mem::take(&mut self.data));
                 }
                 continue;
             }
@@ -401,16 +429,24 @@ impl SseParser {
                 }
                 self.data.push_str(&String::from_utf8_lossy(value));
                 if self.data.len() > self.max_event_bytes {
-                    return Err(self.too_large());
+                    self.oversized = true;
+                    break;
                 }
             }
             // `event:`, `id:`, `retry:` and comments carry nothing Warden needs here.
         }
-        self.partial.drain(..start);
-        if self.partial.len() + self.data.len() > self.max_event_bytes {
+        if !self.oversized {
+            self.partial.drain(..start);
+            self.scanned = self.partial.len();
+            self.oversized =
+                self.data.len() + self.partial.len() > self.max_event_bytes + LINE_SLACK;
+        }
+        if self.oversized {
+            self.partial = Vec::new();
+            self.data = String::new();
             return Err(self.too_large());
         }
-        Ok(events)
+        Ok(())
     }
 
     fn too_large(&self) -> EventTooLarge {
@@ -427,46 +463,73 @@ mod tests {
     #[test]
     fn sse_parser_handles_split_chunks_and_multiline_data() {
         let mut parser = SseParser::default();
-        assert!(
-            parser
-                .push(b"event: message\nid: 1\ndata: {\"a\"")
-                .unwrap()
-                .is_empty()
-        );
-        let events = parser.push(b":1}\n\ndata: x\ndata: y\r\n\r\n").unwrap();
+        let mut events = Vec::new();
+        parser
+            .push(b"event: message\nid: 1\ndata: {\"a\"", &mut events)
+            .unwrap();
+        assert!(events.is_empty());
+        parser
+            .push(b":1}\n\ndata: x\ndata: y\r\n\r\n", &mut events)
+            .unwrap();
         assert_eq!(events, vec!["{\"a\":1}".to_string(), "x\ny".to_string()]);
     }
 
     #[test]
-    fn sse_parser_accepts_an_event_of_its_limit_and_refuses_one_byte_more() {
+    fn sse_parser_accepts_an_event_of_its_limit_however_it_is_chunked() {
+        let mut events = Vec::new();
         let mut parser = SseParser::new(8);
-        assert_eq!(
-            parser.push(b"data: 1234\ndata: 567\n\n").unwrap(),
-            vec!["1234\n567"]
+        parser
+            .push(b"data: 1234\ndata: 567\n\n", &mut events)
+            .unwrap();
+        assert_eq!(events, ["1234\n567"]);
+        // Split inside the line: the unfinished line's field name does not count.
+        let mut events = Vec::new();
+        let mut parser = SseParser::new(8);
+        parser.push(b"data: 12345678", &mut events).unwrap();
+        parser.push(b"\r\n\r\n", &mut events).unwrap();
+        assert_eq!(events, ["12345678"]);
+    }
+
+    #[test]
+    fn sse_parser_refuses_one_byte_more_after_delivering_the_events_before_it() {
+        let mut events = Vec::new();
+        let mut parser = SseParser::new(8);
+        let refused = parser.push(
+            b"data: ok\n\ndata: 1234\ndata: 5678\n\ndata: later\n\n",
+            &mut events,
         );
-        let mut parser = SseParser::new(8);
+        assert_eq!(refused, Err(EventTooLarge { limit: 8 }));
+        assert_eq!(events, ["ok"]);
         assert_eq!(
-            parser.push(b"data: 1234\ndata: 5678\n\n"),
-            Err(EventTooLarge { limit: 8 })
+            parser.push(b"data: x\n\n", &mut events),
+            Err(EventTooLarge { limit: 8 }),
+            "nothing more is read"
         );
     }
 
     #[test]
     fn sse_parser_refuses_a_line_that_never_ends() {
+        let mut events = Vec::new();
         let mut parser = SseParser::new(8);
-        assert!(parser.push(b"data: 12").unwrap().is_empty());
-        assert_eq!(parser.push(b"3"), Err(EventTooLarge { limit: 8 }));
+        parser.push(b"data: 12345678", &mut events).unwrap();
+        parser.push(b"90", &mut events).unwrap();
+        assert_eq!(
+            parser.push(b"1", &mut events),
+            Err(EventTooLarge { limit: 8 })
+        );
     }
 
     #[test]
     fn sse_parser_refuses_data_lines_that_never_end_an_event() {
         // Each line is short and ends, so only the event's data grows.
+        let mut events = Vec::new();
         let mut parser = SseParser::new(12);
-        assert!(parser.push(b"data: 1234\n").unwrap().is_empty());
-        assert!(parser.push(b"data: 1234\n").unwrap().is_empty());
+        parser.push(b"data: 1234\n", &mut events).unwrap();
+        parser.push(b"data: 1234\n", &mut events).unwrap();
         assert_eq!(
-            parser.push(b"data: 1234\n"),
+            parser.push(b"data: 1234\n", &mut events),
             Err(EventTooLarge { limit: 12 })
         );
+        assert!(events.is_empty());
     }
 }

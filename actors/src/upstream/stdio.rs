@@ -4,8 +4,9 @@
 //!
 //! Three tasks per child: the writer batches queued frames into as few `write` calls as
 //! possible; the reader splits stdout into lines (each bounded by the server's
-//! `max_message_bytes`) and hands them to [`Connection::dispatch`]; the stderr drain logs. The writer's queue is
-//! unbounded by itself but bounded in practice by the server's `max_concurrent_calls`.
+//! `max_message_bytes`) and hands them to [`Connection::dispatch`]; the stderr drain
+//! logs. The writer's queue is unbounded by itself but bounded in practice by the
+//! server's `max_concurrent_calls`.
 
 use std::sync::Arc;
 
@@ -102,7 +103,9 @@ async fn read_loop(
     loop {
         line.clear();
         let read = (&mut reader)
-            .take(max_bytes as u64 + 1)
+            // Room for the message and its line end (`\n` or `\r\n`), so a message of
+            // exactly the limit passes and one byte more does not.
+            .take(max_bytes as u64 + 2)
             .read_until(b'\n', &mut line)
             .await;
         match read {
@@ -110,7 +113,7 @@ async fn read_loop(
                 conn.close("the server closed its stdout".into());
                 return;
             }
-            Ok(_) if line.len() > max_bytes && line.last() != Some(&b'\n') => {
+            Ok(_) if message_len(&line) > max_bytes => {
                 conn.close(format!(
                     "the server sent a message larger than {max_bytes} bytes \
                      (servers.{}.max_message_bytes)",
@@ -130,6 +133,12 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// The length of a line without its line end.
+fn message_len(line: &[u8]) -> usize {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line).len()
 }
 
 /// Logs every line `stream` produces (a child's stderr, an HTTP child's stdout), tagged
@@ -180,13 +189,18 @@ mod tests {
         let mut at_limit = notification_of_len(MAX);
         at_limit.push(b'\n');
         child_stdout.write_all(&at_limit).await.unwrap();
+        let mut at_limit_crlf = notification_of_len(MAX);
+        at_limit_crlf.extend_from_slice(b"\r\n");
+        child_stdout.write_all(&at_limit_crlf).await.unwrap();
         let mut over = notification_of_len(MAX + 1);
         over.push(b'\n');
         child_stdout.write_all(&over).await.unwrap();
 
-        match events.recv().await.unwrap() {
-            ConnectionEvent::ListChanged(ListKind::Tools) => {}
-            other => panic!("the message of {MAX} bytes must arrive, got {other:?}"),
+        for line_end in ["\\n", "\\r\\n"] {
+            match events.recv().await.unwrap() {
+                ConnectionEvent::ListChanged(ListKind::Tools) => {}
+                other => panic!("a message of {MAX} bytes and {line_end} must arrive: {other:?}"),
+            }
         }
         match events.recv().await.unwrap() {
             ConnectionEvent::Closed { reason } => assert_eq!(
