@@ -171,9 +171,21 @@ impl Subscriptions {
         let Some(uris) = table.servers.get(&resource.server) else {
             return who;
         };
-        for uri in parents(&resource.uri).chain([resource.uri.as_str()]) {
-            if let Some(entry) = uris.get(uri) {
-                who.extend(entry.subscribers.iter().cloned());
+        let uri = resource.uri.as_str();
+        // Each parent is hashed whole, so looking them all up costs the square of the
+        // URI's length; a server with fewer subscribed URIs than that URI has parents
+        // is cheaper to scan (the URI comes from the upstream, its length is not ours).
+        if uris.len() <= parents(uri).count() {
+            for (subscribed, entry) in uris {
+                if subscribed == uri || lies_under(uri, subscribed) {
+                    who.extend(entry.subscribers.iter().cloned());
+                }
+            }
+        } else {
+            for candidate in parents(uri).chain([uri]) {
+                if let Some(entry) = uris.get(candidate) {
+                    who.extend(entry.subscribers.iter().cloned());
+                }
             }
         }
         who
@@ -283,6 +295,14 @@ impl Subscriptions {
     }
 }
 
+/// Whether `uri` names a part of the resource `parent` (one of [`parents`] of `uri`).
+fn lies_under(uri: &str, parent: &str) -> bool {
+    let Some(rest) = uri.strip_prefix(parent) else {
+        return false;
+    };
+    !rest.is_empty() && (parent.ends_with('/') || rest.starts_with(['/', '?', '#']))
+}
+
 /// The resources `uri` names a part of: each prefix of it followed by a path, query or
 /// fragment (`file:///a` and `file:///a/` for `file:///a/b`, `file:///a` for
 /// `file:///a?rev=2`). Prefixes that stop in the middle of a name do not count
@@ -360,6 +380,97 @@ mod tests {
         assert_eq!(heard("file:///a/"), ["dir", "whole"]);
         assert_eq!(heard("file:///abc"), Vec::<String>::new());
         assert_eq!(heard("file:///ab/x"), ["sibling"]);
+    }
+
+    #[test]
+    fn looking_up_parents_and_scanning_find_the_same_subscribers() {
+        // Few URIs subscribed: scanned. Many: looked up. Both must agree.
+        for extra in [0, 64] {
+            let subscriptions = Subscriptions::default();
+            for (uri, who) in [
+                ("file:///a", "whole"),
+                ("file:///a/", "dir"),
+                ("file:///ab", "sibling"),
+            ] {
+                subscriptions.add(&resource(uri), who, 100).unwrap();
+            }
+            for i in 0..extra {
+                subscriptions
+                    .add(&resource(&format!("file:///z/{i}")), "filler", 100)
+                    .unwrap();
+            }
+            let mut heard: Vec<String> = subscriptions
+                .subscribers(&resource("file:///a/b/c"))
+                .into_iter()
+                .collect();
+            heard.sort();
+            assert_eq!(heard, ["dir", "whole"], "with {extra} more URIs");
+            for (uri, parent) in [("file:///a/b", "file:///a"), ("file:///a?x", "file:///a")] {
+                assert!(lies_under(uri, parent));
+                assert!(parents(uri).any(|p| p == parent));
+            }
+            assert!(!lies_under("file:///ab", "file:///a"));
+            assert!(!lies_under("file:///a", "file:///a"));
+        }
+    }
+
+    /// Every subscriber of an entry holds it, and everything held is an entry's.
+    fn assert_indexes_agree(subscriptions: &Subscriptions) {
+        let table = subscriptions.lock();
+        let mut from_entries: HashMap<String, HashSet<Resource>> = HashMap::new();
+        for (server, uris) in &table.servers {
+            assert!(!uris.is_empty(), "an empty server map is kept");
+            for (uri, entry) in uris {
+                for who in &entry.subscribers {
+                    from_entries
+                        .entry(who.clone())
+                        .or_default()
+                        .insert(Resource {
+                            server: server.clone(),
+                            uri: uri.clone(),
+                        });
+                }
+            }
+        }
+        assert_eq!(from_entries, table.held);
+    }
+
+    #[test]
+    fn the_two_indexes_agree_after_any_sequence_of_changes() {
+        let subscriptions = Subscriptions::default();
+        // A fixed pseudo-random sequence (xorshift), so a failure repeats.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..5000 {
+            let resource = Resource {
+                server: format!("s{}", next(3)),
+                uri: format!("file:///{}", next(6)),
+            };
+            let who = format!("c{}", next(5));
+            match next(10) {
+                0..=4 => {
+                    let _ = subscriptions.add(&resource, &who, 4);
+                }
+                5..=7 => {
+                    subscriptions.remove(&resource, &who);
+                }
+                8 => {
+                    subscriptions.remove_all(&who);
+                }
+                _ => {
+                    subscriptions.upstream_restarted(&resource.server);
+                }
+            }
+            assert_indexes_agree(&subscriptions);
+            for (who, held) in &subscriptions.lock().held {
+                assert!(held.len() <= 4, "{who} holds more than its limit");
+            }
+        }
     }
 
     #[test]
