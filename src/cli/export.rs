@@ -34,8 +34,20 @@ pub(crate) struct ImportArgs {
 pub(crate) async fn export(args: ExportArgs) -> Result<ExitCode> {
     let config = args.profile.load()?;
     let database = Database::open_shared(&config).await?;
-    let client = database.pool.get().await?;
-    let done = crate::export::export(&**client, &args.dir).await;
+    let mut client = database.pool.get().await?;
+    // One snapshot for every folder: a change made meanwhile is all in or all out.
+    let done = async {
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let done = crate::export::export(&*transaction, &args.dir).await?;
+        transaction.commit().await?;
+        Ok::<_, anyhow::Error>(done)
+    }
+    .await;
     drop(client);
     database.shutdown(config.server.shutdown_grace).await?;
     let done = done?;

@@ -243,10 +243,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `servers.<name>.max_message_bytes`: the default, and the range accepted.
 const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
 const MIN_MESSAGE_BYTES: u64 = 1 << 10;
+const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// `server.event_buffer` and `audit.event_buffer`: what a subscriber of the lifecycle
 /// event bus may hold (each buffered event is a few hundred bytes).
 const EVENT_BUFFERS: std::ops::RangeInclusive<usize> = 16..=1_000_000;
-const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 impl Config {

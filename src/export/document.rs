@@ -60,8 +60,14 @@ fn shifted(problem: yaml::Located, lines: u32) -> String {
     )
 }
 
+/// The longest file name written (file systems allow 255 bytes).
+const MAX_FILE_NAME: usize = 200;
+
 /// A file name for `name`: kept as it is where it is safe in every file system and in
-/// git, with any other byte as `%XX` (and a leading `.`, so nothing becomes hidden).
+/// git, with any other byte as `%XX` (and a leading `.`, so nothing becomes hidden). A
+/// name that would make a file name longer than [`MAX_FILE_NAME`] is cut and given the
+/// start of its SHA-256, so distinct names keep distinct files (the name itself is in
+/// the frontmatter).
 pub fn file_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 3);
     for (i, byte) in name.bytes().enumerate() {
@@ -73,6 +79,19 @@ pub fn file_name(name: &str) -> String {
         } else {
             out.push_str(&format!("%{byte:02X}"));
         }
+    }
+    if out.len() + ".md".len() > MAX_FILE_NAME {
+        // Every escape is ASCII, so any byte index is a character boundary.
+        let digest = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())[..8]);
+        out.truncate(MAX_FILE_NAME - ".md".len() - digest.len() - 1);
+        // Do not leave half an escape at the cut.
+        if let Some(at) = out.rfind('%')
+            && out.len() - at < 3
+        {
+            out.truncate(at);
+        }
+        out.push('~');
+        out.push_str(&digest);
     }
     out.push_str(".md");
     out
@@ -143,5 +162,16 @@ mod tests {
         assert_eq!(file_name(".hidden"), "%2Ehidden.md");
         assert_eq!(file_name("../x|y z"), "%2E.%2Fx%7Cy%20z.md");
         assert_eq!(file_name("é"), "%C3%A9.md");
+
+        // Long names are cut, marked with their hash, and never end in half an escape.
+        let long_a = format!("{}a", "x|".repeat(200));
+        let long_b = format!("{}b", "x|".repeat(200));
+        let (a, b) = (file_name(&long_a), file_name(&long_b));
+        assert!(a.len() <= MAX_FILE_NAME && b.len() <= MAX_FILE_NAME, "{a}");
+        assert_ne!(a, b);
+        let stem = a.strip_suffix(".md").unwrap();
+        let (cut, digest) = stem.rsplit_once('~').unwrap();
+        assert_eq!(digest.len(), 16);
+        assert!(cut.ends_with('x') || cut.ends_with("%7C"), "{cut}");
     }
 }

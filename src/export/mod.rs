@@ -84,8 +84,12 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
         ));
     }
     for ((server, tool), document) in tools(client).await? {
-        let path = Path::new("tools").join(file_name(&server).trim_end_matches(".md"));
-        files.push((path.join(file_name(&tool)), document.render()));
+        let folder = file_name(&server);
+        let folder = folder.strip_suffix(".md").unwrap_or(&folder);
+        files.push((
+            Path::new("tools").join(folder).join(file_name(&tool)),
+            document.render(),
+        ));
     }
 
     let mut done = Exported::default();
@@ -93,6 +97,12 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
     for (relative, text) in files {
         let path = dir.join(&relative);
         kept.insert(path.clone());
+        // Nothing is written through a symbolic link: it could lead out of `dir`.
+        let mut within = dir.to_path_buf();
+        for part in relative.iter() {
+            within.push(part);
+            refuse_link(&within)?;
+        }
         if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
             done.unchanged += 1;
             continue;
@@ -109,9 +119,21 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
     Ok(done)
 }
 
+/// Refuses a path that is a symbolic link (a missing one is fine: it will be created).
+fn refuse_link(path: &Path) -> Result<(), ExportError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(ExportError::Invalid {
+            path: path.to_owned(),
+            message: "is a symbolic link; export writes only plain files and folders".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Removes the `.md` files under `folder` that are not in `kept` (and folders left
-/// empty); returns how many files went.
+/// empty); returns how many files went. Symbolic links are neither followed nor removed.
 fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, ExportError> {
+    refuse_link(folder)?;
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -119,12 +141,17 @@ fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, Export
     };
     let mut removed = 0;
     for entry in entries {
-        let path = entry.map_err(io(folder))?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(io(folder))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
             removed += remove_stale(&path, kept)?;
             // Only succeeds when the folder is empty, which is the point.
             let _ = std::fs::remove_dir(&path);
-        } else if path.extension().is_some_and(|e| e == "md") && !kept.contains(&path) {
+        } else if kind.is_file()
+            && path.extension().is_some_and(|e| e == "md")
+            && !kept.contains(&path)
+        {
             std::fs::remove_file(&path).map_err(io(&path))?;
             removed += 1;
         }
@@ -175,7 +202,7 @@ async fn users<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, 
             } else {
                 "`roles` and `disabled` are applied by `warden import`; the rest is for reading."
             };
-            let body = format!("# {name}\n\n{note}\n");
+            let body = format!("# {}\n\n{note}\n", title(&name));
             (name, Document { fields, body })
         })
         .collect())
@@ -209,10 +236,10 @@ async fn clients<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>
                 ("scope", json!(row.get::<_, Option<String>>(5))),
                 ("created_at", json!(row.get::<_, String>(6))),
             ];
+            // The name is the client's own (open registration): only in the frontmatter.
             let body = format!(
                 "# {}\n\nAn OAuth client registered with Warden (read-only here).\n",
-                row.get::<_, Option<String>>(1)
-                    .unwrap_or_else(|| id.clone())
+                title(&id)
             );
             (id, Document { fields, body })
         })
@@ -239,7 +266,8 @@ async fn secrets<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>
             let name: String = row.get(0);
             let fields = vec![("name", json!(name)), ("values", row.get::<_, Value>(1))];
             let body = format!(
-                "# {name}\n\nA secret in Warden's encrypted store: who has a value and since when, never the value (read-only here; `warden secret`).\n"
+                "# {}\n\nA secret in Warden's encrypted store: who has a value and since when, never the value (read-only here; `warden secret`).\n",
+                title(&name)
             );
             (name, Document { fields, body })
         })
@@ -279,7 +307,9 @@ async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(ToolKey, Document)>,
                 ("changed_at", json!(row.get::<_, Option<String>>(8))),
             ];
             let mut body = format!(
-                "# {server} / {tool}\n\n## Approved definition\n\n{}",
+                "# {} / {}\n\n## Approved definition\n\n{}",
+                title(&server),
+                title(&tool),
                 json_block(&row.get::<_, Value>(3))
             );
             if let Some(pending) = pending {
@@ -291,6 +321,20 @@ async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(ToolKey, Document)>,
             ((server, tool), Document { fields, body })
         })
         .collect())
+}
+
+/// A name as a heading shows it: as it is when it holds only plain characters, else
+/// quoted as JSON, so a name an upstream or a client chose cannot add lines or markup
+/// to what a reviewer reads.
+fn title(name: &str) -> String {
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-' | '@' | ':' | '/' | '|'));
+    if plain && !name.is_empty() && !name.starts_with(' ') {
+        name.to_owned()
+    } else {
+        serde_json::Value::from(name).to_string()
+    }
 }
 
 fn json_block(value: &Value) -> String {
@@ -343,7 +387,7 @@ pub async fn import<C: GenericClient>(
     known_role: &dyn Fn(&str) -> bool,
     dry_run: bool,
 ) -> Result<Vec<Change>, ExportError> {
-    let wanted = read_users(&dir.join("users"), known_role)?;
+    let wanted = read_users(&dir.join("users"))?;
     let current: std::collections::HashMap<String, store::IdentityRow> = store::list(client)
         .await?
         .into_iter()
@@ -353,6 +397,22 @@ pub async fn import<C: GenericClient>(
     for (path, user) in &wanted {
         let mut roles = user.roles.clone();
         roles.sort();
+        // Only a role being given needs to exist in the profile: a file left as it was
+        // still imports after a role it names was removed from the profile.
+        let held = current
+            .get(&user.name)
+            .map(|row| row.roles.clone())
+            .unwrap_or_default();
+        if user.kind != "federated"
+            && let Some(role) = roles
+                .iter()
+                .find(|role| !held.contains(role) && !known_role(role))
+        {
+            return Err(ExportError::Invalid {
+                path: path.clone(),
+                message: format!("roles: `{role}` is not a role of the profile (`roles:`)"),
+            });
+        }
         match current.get(&user.name) {
             None if user.kind == "federated" => {
                 return Err(ExportError::Invalid {
@@ -447,10 +507,7 @@ async fn apply<C: GenericClient>(
 }
 
 /// Every `*.md` file in `folder`, read and checked, in name order.
-fn read_users(
-    folder: &Path,
-    known_role: &dyn Fn(&str) -> bool,
-) -> Result<Vec<(PathBuf, UserFile)>, ExportError> {
+fn read_users(folder: &Path) -> Result<Vec<(PathBuf, UserFile)>, ExportError> {
     let mut paths = Vec::new();
     match std::fs::read_dir(folder) {
         Ok(entries) => {
@@ -483,13 +540,6 @@ fn read_users(
         if user.kind != "federated" {
             store::check_name(&user.name).map_err(|e| invalid(e.to_string()))?;
         }
-        if user.kind != "federated"
-            && let Some(role) = user.roles.iter().find(|role| !known_role(role))
-        {
-            return Err(invalid(format!(
-                "roles: `{role}` is not a role of the profile (`roles:`)"
-            )));
-        }
         if !names.insert(user.name.clone()) {
             return Err(invalid(format!(
                 "`{}` is described by another file too",
@@ -499,4 +549,19 @@ fn read_users(
         users.push((path, user));
     }
     Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headings_show_plain_names_and_quote_the_rest() {
+        assert_eq!(title("alice@example.com"), "alice@example.com");
+        assert_eq!(title("github"), "github");
+        assert_eq!(title("https://issuer|sub-1"), "https://issuer|sub-1");
+        assert_eq!(title("evil\n# Approved"), "\"evil\\n# Approved\"");
+        assert_eq!(title("*bold*"), "\"*bold*\"");
+        assert_eq!(title(""), "\"\"");
+    }
 }

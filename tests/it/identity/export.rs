@@ -180,4 +180,50 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
     let after = snapshot(&dir);
     assert_eq!(after["users/bob.md"], edited);
     assert!(!after.contains_key("secrets/gh_token.md"));
+
+    // What is not Warden's in the folder is left alone.
+    std::fs::write(dir.join("README.md"), "# our review notes\n").expect("readme");
+    std::fs::write(dir.join("users/notes.txt"), "not an identity").expect("notes");
+    std::fs::create_dir_all(dir.join("other")).expect("other folder");
+    std::fs::write(dir.join("other/x.md"), "mine").expect("other file");
+    let fourth = export();
+    assert!(
+        fourth.contains("0 written") && fourth.contains("0 removed"),
+        "{fourth}"
+    );
+    assert!(dir.join("README.md").exists() && dir.join("users/notes.txt").exists());
+    assert!(dir.join("other/x.md").exists());
+
+    // A symbolic link in the folders export writes is refused, not followed.
+    let elsewhere = out.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::fs::write(elsewhere.join("victim.md"), "keep me").expect("victim");
+    std::fs::remove_dir_all(dir.join("secrets")).ok();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("secrets")).expect("symlink");
+    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(!ok && err.contains("is a symbolic link"), "{err}");
+    assert!(
+        elsewhere.join("victim.md").exists(),
+        "export deleted through a link"
+    );
+    std::fs::remove_file(dir.join("secrets")).expect("unlink");
+
+    // Import refuses what it cannot apply, naming the file.
+    let kind_changed = std::fs::read_to_string(dir.join("users/carol.md"))
+        .expect("carol's file")
+        .replace("kind: \"user\"", "kind: \"service\"");
+    std::fs::write(dir.join("users/carol.md"), kind_changed).expect("edit carol");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        !ok && err.contains("users/carol.md: `carol` is a user in the database, not a service"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("users/carol.md")).expect("remove carol");
+    let federated = "---\nname: \"https://idp.example|u1\"\nkind: \"federated\"\nroles: []\ndisabled: true\n---\n";
+    std::fs::write(dir.join("users/fed.md"), federated).expect("federated");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        !ok && err.contains("users/fed.md: federated identity") && err.contains("first login"),
+        "{err}"
+    );
 }
