@@ -222,7 +222,11 @@ async fn run(
     // listening before Warden says it is ready, so no change announced after that is lost.
     let (mut notices, listening) = crate::db::notify::spawn(
         database.pg_config.clone(),
-        vec![store::CHANNEL, crate::auth::store::CHANNEL],
+        vec![
+            store::CHANNEL,
+            crate::auth::store::CHANNEL,
+            crate::gateway::pins::CHANNEL,
+        ],
         shutdown.clone(),
     );
     if tokio::time::timeout(config.database.connect_timeout, listening)
@@ -235,6 +239,22 @@ async fn run(
     let notice_task = tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
             crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
+            // A tool approved on another replica is served here too; after a gap in
+            // the listener's connection, approvals it may have missed are read again.
+            let pins_may_have_changed = match &notice {
+                crate::db::notify::Notice::Message { channel, .. } => {
+                    channel == crate::gateway::pins::CHANNEL
+                }
+                crate::db::notify::Notice::Connected => true,
+            };
+            if pins_may_have_changed {
+                let policy = notice_app.policy.load();
+                for server in notice_app.gateway.pins.refresh().await {
+                    notice_app
+                        .gateway
+                        .announce_list_changed(&policy, &server, "tools");
+                }
+            }
             match &notice {
                 crate::db::notify::Notice::Message { channel, payload }
                     if channel == store::CHANNEL =>

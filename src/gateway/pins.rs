@@ -9,7 +9,9 @@
 //! or the profile sets `pin_tools: false` for that server.
 //!
 //! The pins are loaded from PostgreSQL at start (a change made while Warden was down is
-//! still caught) and written behind, off the call path.
+//! still caught) and written behind, off the call path. An approval is announced on
+//! [`CHANNEL`]; every replica then reads the pins again ([`Pins::refresh`]), so a tool
+//! approved on one is served by all, not only after their next restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,9 @@ use deadpool_postgres::Pool;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
+
+/// The PostgreSQL channel approvals are announced on.
+pub const CHANNEL: &str = "warden_pins";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PinCheck {
@@ -68,31 +73,57 @@ impl Pins {
 
     /// Loads every stored pin.
     pub async fn load(pool: Pool, audit: Audit) -> Result<Pins, tokio_postgres::Error> {
-        let mut map = HashMap::new();
-        if let Ok(client) = pool.get().await {
-            let rows = client
-                .query(
-                    "SELECT server_name, tool_name, approved_hash, approved_definition, pending_hash FROM tool_pins",
-                    &[],
-                )
-                .await?;
-            for row in rows {
-                map.insert(
-                    (row.get(0), row.get(1)),
-                    Pin {
-                        approved_hash: row.get(2),
-                        approved: Arc::new(row.get(3)),
-                        pending_hash: row.get(4),
-                    },
-                );
-            }
-        }
+        let map = match pool.get().await {
+            Ok(client) => stored(&client).await?,
+            Err(_) => HashMap::new(),
+        };
         Ok(Pins {
             pins: Mutex::new(map),
             generation: AtomicU64::new(0),
             pool: Some(pool),
             audit: Some(audit),
         })
+    }
+
+    /// Reads the stored pins again and takes every approval made elsewhere (another
+    /// replica): a pin whose approved definition in PostgreSQL differs from the one held
+    /// here is replaced. Pins this process saw first and has not written yet are kept.
+    /// Returns the servers whose pins changed (their clients' tool lists did).
+    pub async fn refresh(&self) -> Vec<String> {
+        let Some(pool) = &self.pool else {
+            return Vec::new();
+        };
+        let stored = match pool.get().await {
+            Ok(client) => stored(&client).await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the tool pins again");
+                return Vec::new();
+            }
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the tool pins again");
+                return Vec::new();
+            }
+        };
+        let mut changed = std::collections::BTreeSet::new();
+        {
+            let mut pins = self.lock();
+            for (key, pin) in stored {
+                let differs = pins
+                    .get(&key)
+                    .is_none_or(|held| held.approved_hash != pin.approved_hash);
+                if differs {
+                    changed.insert(key.0.clone());
+                    pins.insert(key, pin);
+                }
+            }
+        }
+        if !changed.is_empty() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        changed.into_iter().collect()
     }
 
     /// Changes when an approval changes what is withheld.
@@ -172,6 +203,14 @@ impl Pins {
                 .await;
             if let Err(error) = result {
                 tracing::error!(%error, server, tool, "recording a tool approval failed");
+            } else {
+                let payload = json!({"server": server, "tool": tool}).to_string();
+                if let Err(error) = client
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await
+                {
+                    tracing::warn!(%error, server, tool, "other replicas were not told of a tool approval; they take it at their next start");
+                }
             }
         }
         true
@@ -257,6 +296,31 @@ impl Pins {
             }
         });
     }
+}
+
+/// Every pin stored in PostgreSQL.
+async fn stored(
+    client: &deadpool_postgres::Client,
+) -> Result<HashMap<(String, String), Pin>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT server_name, tool_name, approved_hash, approved_definition, pending_hash FROM tool_pins",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                (row.get(0), row.get(1)),
+                Pin {
+                    approved_hash: row.get(2),
+                    approved: Arc::new(row.get(3)),
+                    pending_hash: row.get(4),
+                },
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]

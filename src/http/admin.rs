@@ -220,5 +220,8 @@ async fn approve_tool(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     tracing::info!(%server, %tool, by = %principal.subject, "tool definition approved");
+    // The tool is listed again: clients that can see the server hear so.
+    app.gateway
+        .announce_list_changed(&app.policy.load(), &server, "tools");
     Ok(Json(json!({ "approved": format!("{server}/{tool}") })))
 }

@@ -888,6 +888,85 @@ fn a_changed_tool_definition_is_withheld_until_approved() {
     );
 }
 
+/// The tool names a client sees on `/mcp`.
+fn listed(client: &mut McpClient) -> Vec<String> {
+    let tools = client.request("tools/list", json!({}));
+    tools.result()["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_tool_approved_on_one_replica_is_served_by_the_other() {
+    // Two replicas on one database, each with its own child of the same server.
+    let db = TestDb::new();
+    let marker = format!("pins-replica-{}", std::process::id());
+    let mut first = warden::Profile::with_database(db.url());
+    first.set(
+        "servers",
+        json!({"fix": fixture(&format!("{marker}-a"), &[])}),
+    );
+    let a = first.start();
+    let token = admin_token(&a, &first.state_dir());
+    let mut second = warden::Profile::with_database(db.url());
+    second.set(
+        "servers",
+        json!({"fix": fixture(&format!("{marker}-b"), &[])}),
+    );
+    let key = first.state_dir().join("master.key");
+    second.set("server.master_key_file", key.display().to_string());
+    // Replicas share the bootstrap token (a state directory without it would rotate it).
+    std::fs::create_dir_all(second.state_dir()).expect("the second state directory");
+    std::fs::copy(
+        first.state_dir().join("admin.token"),
+        second.state_dir().join("admin.token"),
+    )
+    .expect("the bootstrap token copied");
+    let b = second.start();
+    let mut on_a = McpClient::connect(a.url("/mcp"), &token);
+    let mut on_b = McpClient::connect(b.url("/mcp"), &token);
+    for client in [&mut on_a, &mut on_b] {
+        crate::support::eventually("fix__echo listed", WAIT, || {
+            listed(client).contains(&"fix__echo".to_owned())
+        });
+    }
+
+    // Both upstreams change the tool: both replicas withhold it.
+    for client in [&mut on_a, &mut on_b] {
+        client.call("fix__mutate_tools", json!({}));
+        crate::support::eventually("the changed fix__echo withheld", WAIT, || {
+            !listed(client).contains(&"fix__echo".to_owned())
+        });
+    }
+
+    let approve = http::request(
+        "POST",
+        &a.url("/admin/tools/fix/echo/approve"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .expect("approve");
+    assert_eq!(approve.status, 200, "{approve:?}");
+    // The other replica hears of the approval and serves the tool without a restart.
+    crate::support::eventually("the approval reaches the other replica", WAIT, || {
+        listed(&mut on_b).contains(&"fix__echo".to_owned())
+    });
+    assert_eq!(
+        on_b.call("fix__echo", json!({"message": "on b"})).text(),
+        "on b"
+    );
+    assert_eq!(
+        on_a.call("fix__echo", json!({"message": "on a"})).text(),
+        "on a"
+    );
+}
+
 #[test]
 fn per_server_route_keeps_upstream_names() {
     let gateway = Gateway::start(json!({
