@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use warden_actors::audit::AuditEvent;
+
 use super::ProfileArg;
 use crate::db::Database;
+use crate::export::Change;
 use crate::policy::PolicyEngine;
 
 #[derive(clap::Args)]
@@ -81,6 +84,11 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     }
     .await;
     drop(client);
+    if let Ok(changes) = &outcome
+        && !args.dry_run
+    {
+        record_approvals(&database.pool, changes).await;
+    }
     database.shutdown(config.server.shutdown_grace).await?;
     let changes = outcome?;
     let verb = if args.dry_run {
@@ -102,4 +110,22 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tool approvals are recorded here, once, in the trail (identity changes are recorded
+/// by the running instance that hears of them, as for `warden user`).
+async fn record_approvals(pool: &deadpool_postgres::Pool, changes: &[Change]) {
+    for change in changes {
+        let Change::Approved { server, tool, hash } = change else {
+            continue;
+        };
+        let mut event = AuditEvent::new("tool.definition_approved", "user");
+        event.actor_id = Some(crate::audit::cli_actor());
+        event.subject = Some(format!("{server}/{tool}"));
+        event.decision = Some("allow");
+        event.attributes = serde_json::json!({"hash": hash, "origin": "import"});
+        if let Err(error) = crate::audit::record_now(pool, event).await {
+            eprintln!("warning: the approval of {server}/{tool} could not be audited: {error}");
+        }
+    }
 }

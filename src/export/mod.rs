@@ -9,13 +9,14 @@
 //! longer exists is removed. Only `.md` files under the four folders Warden writes are
 //! ever touched.
 //!
-//! Import applies what a review may change: each identity's `disabled`, and the `roles`
-//! of local users and service accounts (a federated identity's roles come from its
-//! issuer at every login). An identity missing from the database is created without a
-//! password (`warden user passwd` sets one). Nothing is deleted, and the other folders
-//! are read-only: clients register themselves, secrets change with `warden secret`, and
-//! tool definitions are approved by an operator on the running gateway. Running
-//! instances hear of each change (`store::notify`), as they do from `warden user`.
+//! Import applies what a review may change: each identity's `disabled`, the `roles` of
+//! local users and service accounts (a federated identity's roles come from its issuer
+//! at every login), and the approval of a tool definition withheld since it changed (the
+//! file's `approved_hash` set to its `pending_hash`). An identity missing from the
+//! database is created without a password (`warden user passwd` sets one). Nothing is
+//! deleted, and clients and secrets are read-only here: clients register themselves,
+//! secrets change with `warden secret`. Running instances hear of each change
+//! (`store::notify`, `NOTIFY warden_pins`), as they do from `warden user`.
 
 pub mod document;
 
@@ -355,9 +356,24 @@ struct UserFile {
 /// One change an import made (or, dry, would make).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    Created { name: String, kind: String },
-    Roles { name: String, roles: Vec<String> },
-    Disabled { name: String, disabled: bool },
+    Created {
+        name: String,
+        kind: String,
+    },
+    Roles {
+        name: String,
+        roles: Vec<String>,
+    },
+    Disabled {
+        name: String,
+        disabled: bool,
+    },
+    /// The definition withheld since it changed is approved (its hash).
+    Approved {
+        server: String,
+        tool: String,
+        hash: String,
+    },
 }
 
 impl std::fmt::Display for Change {
@@ -374,13 +390,20 @@ impl std::fmt::Display for Change {
                     if *disabled { "disabled" } else { "enabled" }
                 )
             }
+            Change::Approved { server, tool, hash } => {
+                write!(
+                    f,
+                    "the changed definition of `{server}`/`{tool}` approved ({hash})"
+                )
+            }
         }
     }
 }
 
-/// Reads `dir/users/*.md` and applies them: every file is read and checked before
-/// anything changes, so one bad file changes nothing. `known_role` says whether the
-/// profile defines a role. With `dry_run` the changes are returned, not made.
+/// Reads `dir/users/*.md` and `dir/tools/*/*.md` and applies them: every file is read
+/// and checked before anything changes, so one bad file changes nothing. `known_role`
+/// says whether the profile defines a role. With `dry_run` the changes are returned,
+/// not made.
 pub async fn import<C: GenericClient>(
     client: &C,
     dir: &Path,
@@ -462,6 +485,7 @@ pub async fn import<C: GenericClient>(
             }
         }
     }
+    changes.extend(approvals(client, &dir.join("tools")).await?);
     if dry_run {
         return Ok(changes);
     }
@@ -469,6 +493,93 @@ pub async fn import<C: GenericClient>(
         apply(client, change, &wanted).await?;
     }
     Ok(changes)
+}
+
+/// What `import` reads from a file under `tools/`.
+#[derive(Debug, Deserialize)]
+struct ToolFile {
+    server: String,
+    tool: String,
+    approved_hash: String,
+}
+
+/// The approvals the files under `tools/` ask for: a file whose `approved_hash` was set
+/// to the stored `pending_hash` approves that definition. A file naming the approved
+/// definition asks for nothing; one naming neither is out of date (the definition
+/// changed again since it was exported) and stops the import.
+async fn approvals<C: GenericClient>(
+    client: &C,
+    folder: &Path,
+) -> Result<Vec<Change>, ExportError> {
+    let mut paths = Vec::new();
+    match std::fs::read_dir(folder) {
+        Ok(servers) => {
+            for server in servers {
+                let server = server.map_err(io(folder))?;
+                if !server.file_type().map_err(io(&server.path()))?.is_dir() {
+                    continue;
+                }
+                paths.extend(markdown_files(&server.path())?);
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(folder)(error)),
+    }
+    paths.sort();
+    let mut changes = Vec::new();
+    for path in paths {
+        let invalid = |message: String| ExportError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let file: ToolFile = frontmatter(&text).map_err(invalid)?;
+        let row = client
+            .query_opt(
+                "SELECT approved_hash, pending_hash FROM tool_pins WHERE server_name = $1 AND tool_name = $2",
+                &[&file.server, &file.tool],
+            )
+            .await?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no pinned tool `{}` of `{}` in the database",
+                    file.tool, file.server
+                ))
+            })?;
+        let approved: String = row.get(0);
+        let pending: Option<String> = row.get(1);
+        if file.approved_hash == approved {
+            continue;
+        }
+        if pending.as_deref() != Some(file.approved_hash.as_str()) {
+            return Err(invalid(
+                "approved_hash names neither the approved definition nor the one awaiting \
+                 approval; export again and review the current one"
+                    .into(),
+            ));
+        }
+        changes.push(Change::Approved {
+            server: file.server,
+            tool: file.tool,
+            hash: file.approved_hash,
+        });
+    }
+    Ok(changes)
+}
+
+/// The `.md` files directly in `folder` (symbolic links are not followed).
+fn markdown_files(folder: &Path) -> Result<Vec<PathBuf>, ExportError> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(folder).map_err(io(folder))? {
+        let entry = entry.map_err(io(folder))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io(&path))?.is_file()
+            && path.extension().is_some_and(|e| e == "md")
+        {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 async fn apply<C: GenericClient>(
@@ -502,25 +613,37 @@ async fn apply<C: GenericClient>(
             };
             store::notify(client, kind, name, origin).await?;
         }
+        Change::Approved { server, tool, hash } => {
+            client
+                .execute(
+                    "UPDATE tool_pins SET approved_hash = pending_hash, approved_definition = pending_definition, \
+                     pending_hash = NULL, pending_definition = NULL, approved_at = now() \
+                     WHERE server_name = $1 AND tool_name = $2 AND pending_hash = $3",
+                    &[server, tool, hash],
+                )
+                .await?;
+            // Every running replica reads its pins again and serves the tool.
+            let payload = json!({"server": server, "tool": tool, "origin": "import"}).to_string();
+            client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&crate::gateway::pins::CHANNEL, &payload],
+                )
+                .await?;
+        }
     }
     Ok(())
 }
 
 /// Every `*.md` file in `folder`, read and checked, in name order.
 fn read_users(folder: &Path) -> Result<Vec<(PathBuf, UserFile)>, ExportError> {
-    let mut paths = Vec::new();
-    match std::fs::read_dir(folder) {
-        Ok(entries) => {
-            for entry in entries {
-                let path = entry.map_err(io(folder))?.path();
-                if path.extension().is_some_and(|e| e == "md") {
-                    paths.push(path);
-                }
-            }
+    let mut paths = match markdown_files(folder) {
+        Ok(paths) => paths,
+        Err(ExportError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(folder)(error)),
-    }
+        Err(error) => return Err(error),
+    };
     paths.sort();
     let mut users = Vec::with_capacity(paths.len());
     let mut names = BTreeSet::new();

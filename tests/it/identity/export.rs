@@ -226,4 +226,64 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
         !ok && err.contains("users/fed.md: federated identity") && err.contains("first login"),
         "{err}"
     );
+    std::fs::remove_file(dir.join("users/fed.md")).expect("remove fed");
+
+    // A tool whose definition changed is withheld; the export shows both definitions,
+    // and a reviewed file that names the new one approves it.
+    let admin = env.admin_token();
+    let mutated = env.call_tool(&admin, "fx__mutate_tools", json!({}));
+    assert_eq!(mutated.status, 200, "{mutated:?}");
+    crate::support::eventually("the changed echo withheld", WAIT, || {
+        !env.tool_names(&admin).contains(&"fx__echo".to_owned())
+    });
+    let pending = || {
+        env.db.query(
+            "SELECT pending_hash FROM tool_pins WHERE server_name = 'fx' AND tool_name = 'echo'",
+        )[0]
+        .get::<_, Option<String>>(0)
+    };
+    crate::support::eventually("the pending definition stored", WAIT, || {
+        pending().is_some()
+    });
+    let pending_hash = pending().expect("a pending definition");
+    export();
+    let echo = std::fs::read_to_string(dir.join("tools/fx/echo.md")).expect("echo's file");
+    assert!(
+        echo.contains(&format!("pending_hash: \"{pending_hash}\""))
+            && echo.contains("## Changed definition, withheld until approved"),
+        "{echo}"
+    );
+    let approved_line = echo
+        .lines()
+        .find(|line| line.starts_with("approved_hash: "))
+        .expect("an approved_hash line")
+        .to_owned();
+    let out_of_date = echo.replace(&approved_line, "approved_hash: \"0123\"");
+    std::fs::write(dir.join("tools/fx/echo.md"), out_of_date).expect("stale edit");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        !ok && err.contains("tools/fx/echo.md: approved_hash names neither"),
+        "{err}"
+    );
+    let approving = echo.replace(
+        &approved_line,
+        &format!("approved_hash: \"{pending_hash}\""),
+    );
+    std::fs::write(dir.join("tools/fx/echo.md"), approving).expect("approve in the file");
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        ok && stdout.contains(&format!(
+            "changed: the changed definition of `fx`/`echo` approved ({pending_hash})"
+        )),
+        "{stdout}{err}"
+    );
+    // The running instance hears of it and serves the tool again; the trail says who.
+    crate::support::eventually("the approved echo listed again", WAIT, || {
+        env.tool_names(&admin).contains(&"fx__echo".to_owned())
+    });
+    let approvals = env.db.query(
+        "SELECT actor_id FROM audit_events WHERE kind = 'tool.definition_approved' AND subject = 'fx/echo'",
+    );
+    assert_eq!(approvals.len(), 1);
+    assert!(approvals[0].get::<_, String>(0).starts_with("cli:"));
 }
