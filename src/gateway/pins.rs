@@ -274,21 +274,24 @@ impl Pins {
         let Some(pool) = self.pool.clone() else {
             return;
         };
-        let (server, tool, hash, definition) = (
+        let (server, tool, hash, definition, before_hash) = (
             server.to_owned(),
             tool.to_owned(),
             hash.to_owned(),
             definition.clone(),
+            before_hash.to_owned(),
         );
         tokio::spawn(async move {
             let Ok(client) = pool.get().await else {
                 return;
             };
+            // Only against the approval it was seen against: if another replica approved
+            // a definition meanwhile, this write is stale and the approval stands.
             let result = client
                 .execute(
                     "UPDATE tool_pins SET pending_hash = $3, pending_definition = $4, changed_at = now()
-                     WHERE server_name = $1 AND tool_name = $2",
-                    &[&server, &tool, &hash, &definition],
+                     WHERE server_name = $1 AND tool_name = $2 AND approved_hash = $5",
+                    &[&server, &tool, &hash, &definition, &before_hash],
                 )
                 .await;
             if let Err(error) = result {
