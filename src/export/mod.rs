@@ -501,12 +501,14 @@ struct ToolFile {
     server: String,
     tool: String,
     approved_hash: String,
+    pending_hash: Option<String>,
 }
 
-/// The approvals the files under `tools/` ask for: a file whose `approved_hash` was set
-/// to the stored `pending_hash` approves that definition. A file naming the approved
-/// definition asks for nothing; one naming neither is out of date (the definition
-/// changed again since it was exported) and stops the import.
+/// The approvals the files under `tools/` ask for. A file asks for one when its
+/// `approved_hash` was set to its own `pending_hash` (the reviewer's edit); it is
+/// granted when that is still the definition withheld, and stops the import when it is
+/// not (the definition changed again, or was approved otherwise, since the export).
+/// Every other file asks for nothing, however old it is.
 async fn approvals<C: GenericClient>(
     client: &C,
     folder: &Path,
@@ -527,6 +529,7 @@ async fn approvals<C: GenericClient>(
     }
     paths.sort();
     let mut changes = Vec::new();
+    let mut seen = BTreeSet::new();
     for path in paths {
         let invalid = |message: String| ExportError::Invalid {
             path: path.clone(),
@@ -534,6 +537,15 @@ async fn approvals<C: GenericClient>(
         };
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         let file: ToolFile = frontmatter(&text).map_err(invalid)?;
+        if !seen.insert((file.server.clone(), file.tool.clone())) {
+            return Err(invalid(format!(
+                "`{}`/`{}` is described by another file too",
+                file.server, file.tool
+            )));
+        }
+        if file.pending_hash.as_deref() != Some(file.approved_hash.as_str()) {
+            continue;
+        }
         let row = client
             .query_opt(
                 "SELECT approved_hash, pending_hash FROM tool_pins WHERE server_name = $1 AND tool_name = $2",
@@ -553,7 +565,7 @@ async fn approvals<C: GenericClient>(
         }
         if pending.as_deref() != Some(file.approved_hash.as_str()) {
             return Err(invalid(
-                "approved_hash names neither the approved definition nor the one awaiting \
+                "approved_hash names a definition that is no longer the one awaiting \
                  approval; export again and review the current one"
                     .into(),
             ));
@@ -567,15 +579,21 @@ async fn approvals<C: GenericClient>(
     Ok(changes)
 }
 
-/// The `.md` files directly in `folder` (symbolic links are not followed).
+/// The `.md` files directly in `folder`. A symbolic link among them is refused, as
+/// export refuses one: what it points to was not reviewed where it lies.
 fn markdown_files(folder: &Path) -> Result<Vec<PathBuf>, ExportError> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(folder).map_err(io(folder))? {
         let entry = entry.map_err(io(folder))?;
         let path = entry.path();
-        if entry.file_type().map_err(io(&path))?.is_file()
-            && path.extension().is_some_and(|e| e == "md")
-        {
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_symlink() {
+            refuse_link(&path)?;
+        }
+        if kind.is_file() {
             paths.push(path);
         }
     }
@@ -614,7 +632,7 @@ async fn apply<C: GenericClient>(
             store::notify(client, kind, name, origin).await?;
         }
         Change::Approved { server, tool, hash } => {
-            client
+            let updated = client
                 .execute(
                     "UPDATE tool_pins SET approved_hash = pending_hash, approved_definition = pending_definition, \
                      pending_hash = NULL, pending_definition = NULL, approved_at = now() \
@@ -622,6 +640,14 @@ async fn apply<C: GenericClient>(
                     &[server, tool, hash],
                 )
                 .await?;
+            // A replica may have stored another change since the check: then nothing
+            // was approved, and the whole import is undone rather than reported done.
+            if updated != 1 {
+                return Err(ExportError::Invalid {
+                    path: Path::new("tools").join(server).join(file_name(tool)),
+                    message: "the definition awaiting approval changed while importing; export again and review the current one".into(),
+                });
+            }
             // Every running replica reads its pins again and serves the tool.
             let payload = json!({"server": server, "tool": tool, "origin": "import"}).to_string();
             client

@@ -25,6 +25,15 @@ use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 /// The PostgreSQL channel approvals are announced on.
 pub const CHANNEL: &str = "warden_pins";
 
+/// Why an approval was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    #[error("no changed definition of this tool awaits approval")]
+    NothingPending,
+    #[error("the approval could not be stored: {0}")]
+    Store(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PinCheck {
     /// First sight (now approved) or identical to the approved definition.
@@ -174,46 +183,51 @@ impl Pins {
         }
     }
 
-    /// Approves the pending definition of `server`/`tool`. Returns false when nothing is
-    /// pending.
-    pub async fn approve(&self, server: &str, tool: &str, current: &Value) -> bool {
+    /// Approves the definition of `server`/`tool` withheld since it changed: `current`,
+    /// the one the upstream presents, which must be the one withheld. It is stored
+    /// first and held here only once PostgreSQL took it (an approval only held here
+    /// would be undone by the next [`Pins::refresh`]); then the other replicas are told.
+    pub async fn approve(
+        &self,
+        server: &str,
+        tool: &str,
+        current: &Value,
+    ) -> Result<(), ApproveError> {
         let hash = definition_hash(current);
-        {
-            let mut pins = self.lock();
-            let Some(pin) = pins.get_mut(&(server.to_owned(), tool.to_owned())) else {
-                return false;
-            };
-            if pin.pending_hash.is_none() {
-                return false;
-            }
-            pin.approved_hash = hash.clone();
-            pin.approved = Arc::new(current.clone());
-            pin.pending_hash = None;
+        let key = (server.to_owned(), tool.to_owned());
+        let pending = self
+            .lock()
+            .get(&key)
+            .is_some_and(|pin| pin.pending_hash.as_deref() == Some(hash.as_str()));
+        if !pending {
+            return Err(ApproveError::NothingPending);
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Some(pool) = &self.pool
-            && let Ok(client) = pool.get().await
-        {
-            let result = client
+        if let Some(pool) = &self.pool {
+            let store = |e: &dyn std::fmt::Display| ApproveError::Store(e.to_string());
+            let client = pool.get().await.map_err(|e| store(&e))?;
+            client
                 .execute(
                     "UPDATE tool_pins SET approved_hash = $3, approved_definition = $4, pending_hash = NULL,
                      pending_definition = NULL, approved_at = now() WHERE server_name = $1 AND tool_name = $2",
                     &[&server, &tool, &hash, current],
                 )
-                .await;
-            if let Err(error) = result {
-                tracing::error!(%error, server, tool, "recording a tool approval failed");
-            } else {
-                let payload = json!({"server": server, "tool": tool}).to_string();
-                if let Err(error) = client
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                    .await
-                {
-                    tracing::warn!(%error, server, tool, "other replicas were not told of a tool approval; they take it at their next start");
-                }
+                .await
+                .map_err(|e| store(&e))?;
+            let payload = json!({"server": server, "tool": tool}).to_string();
+            if let Err(error) = client
+                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                .await
+            {
+                tracing::warn!(%error, server, tool, "other replicas were not told of a tool approval; they take it at their next start");
             }
         }
-        true
+        if let Some(pin) = self.lock().get_mut(&key) {
+            pin.approved_hash = hash;
+            pin.approved = Arc::new(current.clone());
+            pin.pending_hash = None;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     fn persist_first_sight(&self, server: &str, tool: &str, hash: &str, definition: &Value) {
@@ -342,7 +356,16 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert!(rt.block_on(pins.approve("s", "echo", &v2)));
+        let v3 = json!({"name": "echo", "description": "never withheld here"});
+        assert!(matches!(
+            rt.block_on(pins.approve("s", "echo", &v3)),
+            Err(ApproveError::NothingPending)
+        ));
+        assert!(rt.block_on(pins.approve("s", "echo", &v2)).is_ok());
+        assert!(matches!(
+            rt.block_on(pins.approve("s", "echo", &v2)),
+            Err(ApproveError::NothingPending)
+        ));
         assert!(pins.generation() > before);
         assert_eq!(pins.check("s", "echo", &v2), PinCheck::Approved);
         assert_eq!(pins.check("s", "echo", &v1), PinCheck::Changed);

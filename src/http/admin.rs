@@ -205,11 +205,18 @@ async fn approve_tool(
     let definition = catalog
         .tool(&tool)
         .ok_or_else(|| ApiError::NotFound(format!("server `{server}` has no tool `{tool}`")))?;
-    if !app.gateway.pins.approve(&server, &tool, definition).await {
-        return Err(ApiError::Conflict(format!(
-            "tool `{tool}` of `{server}` has no change awaiting approval"
-        )));
+    match app.gateway.pins.approve(&server, &tool, definition).await {
+        Ok(()) => {}
+        Err(crate::gateway::pins::ApproveError::NothingPending) => {
+            return Err(ApiError::Conflict(format!(
+                "tool `{tool}` of `{server}` has no change awaiting approval"
+            )));
+        }
+        Err(error) => return Err(ApiError::Unavailable(error.to_string())),
     }
+    // The tool is listed again: clients that can see the server hear so.
+    app.gateway
+        .announce_list_changed(&app.policy.load(), &server, "tools");
     let mut event = warden_actors::audit::AuditEvent::new("tool.definition_approved", "user");
     event.actor_id = Some(principal.user_id().to_owned());
     event.subject = Some(format!("{server}/{tool}"));
@@ -220,8 +227,5 @@ async fn approve_tool(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     tracing::info!(%server, %tool, by = %principal.subject, "tool definition approved");
-    // The tool is listed again: clients that can see the server hear so.
-    app.gateway
-        .announce_list_changed(&app.policy.load(), &server, "tools");
     Ok(Json(json!({ "approved": format!("{server}/{tool}") })))
 }

@@ -258,11 +258,15 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
         .find(|line| line.starts_with("approved_hash: "))
         .expect("an approved_hash line")
         .to_owned();
-    let out_of_date = echo.replace(&approved_line, "approved_hash: \"0123\"");
+    // A file approving a definition that is no longer the one withheld stops the import.
+    let pending_line = format!("pending_hash: \"{pending_hash}\"");
+    let out_of_date = echo
+        .replace(&approved_line, "approved_hash: \"0123\"")
+        .replace(&pending_line, "pending_hash: \"0123\"");
     std::fs::write(dir.join("tools/fx/echo.md"), out_of_date).expect("stale edit");
     let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
     assert!(
-        !ok && err.contains("tools/fx/echo.md: approved_hash names neither"),
+        !ok && err.contains("tools/fx/echo.md: approved_hash names a definition that is no longer"),
         "{err}"
     );
     let approving = echo.replace(
@@ -270,6 +274,16 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
         &format!("approved_hash: \"{pending_hash}\""),
     );
     std::fs::write(dir.join("tools/fx/echo.md"), approving).expect("approve in the file");
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--dry-run"], None);
+    assert!(
+        ok && stdout.contains("would change: the changed definition of `fx`/`echo` approved"),
+        "{stdout}{err}"
+    );
+    assert_eq!(
+        pending().as_deref(),
+        Some(pending_hash.as_str()),
+        "a dry run approved"
+    );
     let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
     assert!(
         ok && stdout.contains(&format!(
