@@ -116,14 +116,22 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
 /// by the running instance that hears of them, as for `warden user`).
 async fn record_approvals(pool: &deadpool_postgres::Pool, changes: &[Change]) {
     for change in changes {
-        let Change::Approved { server, tool, hash } = change else {
+        let Change::Approved {
+            server,
+            tool,
+            hash,
+            definition,
+        } = change
+        else {
             continue;
         };
         let mut event = AuditEvent::new("tool.definition_approved", "user");
         event.actor_id = Some(crate::audit::cli_actor());
         event.subject = Some(format!("{server}/{tool}"));
         event.decision = Some("allow");
-        event.attributes = serde_json::json!({"hash": hash, "origin": "import"});
+        // As an approval through the admin API records it, with where it came from.
+        event.attributes =
+            serde_json::json!({"definition": definition, "hash": hash, "origin": "import"});
         if let Err(error) = crate::audit::record_now(pool, event).await {
             eprintln!("warning: the approval of {server}/{tool} could not be audited: {error}");
         }

@@ -368,11 +368,13 @@ pub enum Change {
         name: String,
         disabled: bool,
     },
-    /// The definition withheld since it changed is approved (its hash).
+    /// The definition withheld since it changed is approved (its hash; the definition
+    /// itself once applied, for the audit trail).
     Approved {
         server: String,
         tool: String,
         hash: String,
+        definition: Option<Value>,
     },
 }
 
@@ -390,7 +392,9 @@ impl std::fmt::Display for Change {
                     if *disabled { "disabled" } else { "enabled" }
                 )
             }
-            Change::Approved { server, tool, hash } => {
+            Change::Approved {
+                server, tool, hash, ..
+            } => {
                 write!(
                     f,
                     "the changed definition of `{server}`/`{tool}` approved ({hash})"
@@ -489,7 +493,7 @@ pub async fn import<C: GenericClient>(
     if dry_run {
         return Ok(changes);
     }
-    for change in &changes {
+    for change in &mut changes {
         apply(client, change, &wanted).await?;
     }
     Ok(changes)
@@ -574,6 +578,7 @@ async fn approvals<C: GenericClient>(
             server: file.server,
             tool: file.tool,
             hash: file.approved_hash,
+            definition: None,
         });
     }
     Ok(changes)
@@ -602,7 +607,7 @@ fn markdown_files(folder: &Path) -> Result<Vec<PathBuf>, ExportError> {
 
 async fn apply<C: GenericClient>(
     client: &C,
-    change: &Change,
+    change: &mut Change,
     wanted: &[(PathBuf, UserFile)],
 ) -> Result<(), ExportError> {
     let origin = json!({"origin": "import"});
@@ -631,23 +636,30 @@ async fn apply<C: GenericClient>(
             };
             store::notify(client, kind, name, origin).await?;
         }
-        Change::Approved { server, tool, hash } => {
+        Change::Approved {
+            server,
+            tool,
+            hash,
+            definition,
+        } => {
             let updated = client
-                .execute(
+                .query(
                     "UPDATE tool_pins SET approved_hash = pending_hash, approved_definition = pending_definition, \
                      pending_hash = NULL, pending_definition = NULL, approved_at = now() \
-                     WHERE server_name = $1 AND tool_name = $2 AND pending_hash = $3",
-                    &[server, tool, hash],
+                     WHERE server_name = $1 AND tool_name = $2 AND pending_hash = $3 \
+                     RETURNING approved_definition",
+                    &[&*server, &*tool, &*hash],
                 )
                 .await?;
             // A replica may have stored another change since the check: then nothing
             // was approved, and the whole import is undone rather than reported done.
-            if updated != 1 {
+            let [row] = updated.as_slice() else {
                 return Err(ExportError::Invalid {
-                    path: Path::new("tools").join(server).join(file_name(tool)),
+                    path: Path::new("tools").join(&*server).join(file_name(tool)),
                     message: "the definition awaiting approval changed while importing; export again and review the current one".into(),
                 });
-            }
+            };
+            *definition = Some(row.get(0));
             // Every running replica reads its pins again and serves the tool.
             let payload = json!({"server": server, "tool": tool, "origin": "import"}).to_string();
             client

@@ -296,8 +296,14 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
         env.tool_names(&admin).contains(&"fx__echo".to_owned())
     });
     let approvals = env.db.query(
-        "SELECT actor_id FROM audit_events WHERE kind = 'tool.definition_approved' AND subject = 'fx/echo'",
+        "SELECT actor_id, attributes::text FROM audit_events \
+         WHERE kind = 'tool.definition_approved' AND subject = 'fx/echo'",
     );
     assert_eq!(approvals.len(), 1);
     assert!(approvals[0].get::<_, String>(0).starts_with("cli:"));
+    let attributes: serde_json::Value =
+        serde_json::from_str(&approvals[0].get::<_, String>(1)).expect("JSON attributes");
+    assert_eq!(attributes["hash"], pending_hash.as_str());
+    assert_eq!(attributes["origin"], "import");
+    assert_eq!(attributes["definition"]["name"], "echo", "{attributes}");
 }
