@@ -71,39 +71,28 @@ fn ts(column: &str) -> String {
 
 /// Writes every item under `dir`, and removes the files of items that are gone.
 pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported, ExportError> {
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
-    for (name, document) in users(client).await? {
-        files.push((Path::new("users").join(file_name(&name)), document.render()));
-    }
-    for (id, document) in clients(client).await? {
-        files.push((Path::new("clients").join(file_name(&id)), document.render()));
-    }
-    for (name, document) in secrets(client).await? {
-        files.push((
-            Path::new("secrets").join(file_name(&name)),
-            document.render(),
-        ));
-    }
-    for ((server, tool), document) in tools(client).await? {
-        let folder = file_name(&server);
-        let folder = folder.strip_suffix(".md").unwrap_or(&folder);
-        files.push((
-            Path::new("tools").join(folder).join(file_name(&tool)),
-            document.render(),
-        ));
-    }
+    let mut files = users(client).await?;
+    files.extend(clients(client).await?);
+    files.extend(secrets(client).await?);
+    files.extend(tools(client).await?);
 
     let mut done = Exported::default();
     let mut kept = BTreeSet::new();
-    for (relative, text) in files {
+    // Nothing is written through a symbolic link (it could lead out of `dir`): every
+    // folder on the way is looked at once, and each file.
+    let mut plain_folders = BTreeSet::new();
+    for (relative, document) in files {
         let path = dir.join(&relative);
-        kept.insert(path.clone());
-        // Nothing is written through a symbolic link: it could lead out of `dir`.
         let mut within = dir.to_path_buf();
-        for part in relative.iter() {
+        for part in relative.parent().into_iter().flat_map(Path::iter) {
             within.push(part);
-            refuse_link(&within)?;
+            if plain_folders.insert(within.clone()) {
+                refuse_link(&within)?;
+            }
         }
+        refuse_link(&path)?;
+        kept.insert(path.clone());
+        let text = document.render();
         if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
             done.unchanged += 1;
             continue;
@@ -120,6 +109,18 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
     Ok(done)
 }
 
+/// Where an item of `folder` named `name` is written.
+fn item_path(folder: &str, name: &str) -> PathBuf {
+    Path::new(folder).join(file_name(name))
+}
+
+/// Where a tool's pin is written: a folder per server.
+fn tool_path(server: &str, tool: &str) -> PathBuf {
+    let folder = file_name(server);
+    let folder = folder.strip_suffix(".md").unwrap_or(&folder);
+    Path::new("tools").join(folder).join(file_name(tool))
+}
+
 /// Refuses a path that is a symbolic link (a missing one is fine: it will be created).
 fn refuse_link(path: &Path) -> Result<(), ExportError> {
     match std::fs::symlink_metadata(path) {
@@ -132,19 +133,10 @@ fn refuse_link(path: &Path) -> Result<(), ExportError> {
 }
 
 /// Removes the `.md` files under `folder` that are not in `kept` (and folders left
-/// empty); returns how many files went. Symbolic links are neither followed nor removed.
+/// empty); returns how many files went.
 fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, ExportError> {
-    refuse_link(folder)?;
-    let entries = match std::fs::read_dir(folder) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(error) => return Err(io(folder)(error)),
-    };
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry.map_err(io(folder))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io(&path))?;
+    for (path, kind) in entries(folder)? {
         if kind.is_dir() {
             removed += remove_stale(&path, kept)?;
             // Only succeeds when the folder is empty, which is the point.
@@ -160,7 +152,7 @@ fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, Export
     Ok(removed)
 }
 
-async fn users<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+async fn users<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, Document)>, ExportError> {
     let rows = client
         .query(
             &format!(
@@ -204,12 +196,12 @@ async fn users<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, 
                 "`roles` and `disabled` are applied by `warden import`; the rest is for reading."
             };
             let body = format!("# {}\n\n{note}\n", title(&name));
-            (name, Document { fields, body })
+            (item_path("users", &name), Document { fields, body })
         })
         .collect())
 }
 
-async fn clients<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+async fn clients<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, Document)>, ExportError> {
     let rows = client
         .query(
             &format!(
@@ -242,13 +234,13 @@ async fn clients<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>
                 "# {}\n\nAn OAuth client registered with Warden (read-only here).\n",
                 title(&id)
             );
-            (id, Document { fields, body })
+            (item_path("clients", &id), Document { fields, body })
         })
         .collect())
 }
 
 /// Secrets by name: which exist and for whom, never a value.
-async fn secrets<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>, ExportError> {
+async fn secrets<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, Document)>, ExportError> {
     let rows = client
         .query(
             &format!(
@@ -270,15 +262,13 @@ async fn secrets<C: GenericClient>(client: &C) -> Result<Vec<(String, Document)>
                 "# {}\n\nA secret in Warden's encrypted store: who has a value and since when, never the value (read-only here; `warden secret`).\n",
                 title(&name)
             );
-            (name, Document { fields, body })
+            (item_path("secrets", &name), Document { fields, body })
         })
         .collect())
 }
 
-type ToolKey = (String, String);
-
 /// Approved tool definitions, and a definition waiting for approval.
-async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(ToolKey, Document)>, ExportError> {
+async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, Document)>, ExportError> {
     let rows = client
         .query(
             &format!(
@@ -319,7 +309,7 @@ async fn tools<C: GenericClient>(client: &C) -> Result<Vec<(ToolKey, Document)>,
                     json_block(&pending)
                 ));
             }
-            ((server, tool), Document { fields, body })
+            (tool_path(&server, &tool), Document { fields, body })
         })
         .collect())
 }
@@ -359,6 +349,7 @@ pub enum Change {
     Created {
         name: String,
         kind: String,
+        roles: Vec<String>,
     },
     Roles {
         name: String,
@@ -381,7 +372,9 @@ pub enum Change {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Change::Created { name, kind } => write!(f, "{kind} `{name}` created (no password)"),
+            Change::Created { name, kind, .. } => {
+                write!(f, "{kind} `{name}` created (no password)")
+            }
             Change::Roles { name, roles } => {
                 write!(f, "roles of `{name}` set to [{}]", roles.join(", "))
             }
@@ -426,10 +419,7 @@ pub async fn import<C: GenericClient>(
         roles.sort();
         // Only a role being given needs to exist in the profile: a file left as it was
         // still imports after a role it names was removed from the profile.
-        let held = current
-            .get(&user.name)
-            .map(|row| row.roles.clone())
-            .unwrap_or_default();
+        let held: &[String] = current.get(&user.name).map_or(&[], |row| &row.roles);
         if user.kind != "federated"
             && let Some(role) = roles
                 .iter()
@@ -454,6 +444,7 @@ pub async fn import<C: GenericClient>(
                 changes.push(Change::Created {
                     name: user.name.clone(),
                     kind: user.kind.clone(),
+                    roles: roles.clone(),
                 });
                 if user.disabled {
                     changes.push(Change::Disabled {
@@ -494,7 +485,7 @@ pub async fn import<C: GenericClient>(
         return Ok(changes);
     }
     for change in &mut changes {
-        apply(client, change, &wanted).await?;
+        apply(client, change).await?;
     }
     Ok(changes)
 }
@@ -518,18 +509,10 @@ async fn approvals<C: GenericClient>(
     folder: &Path,
 ) -> Result<Vec<Change>, ExportError> {
     let mut paths = Vec::new();
-    match std::fs::read_dir(folder) {
-        Ok(servers) => {
-            for server in servers {
-                let server = server.map_err(io(folder))?;
-                if !server.file_type().map_err(io(&server.path()))?.is_dir() {
-                    continue;
-                }
-                paths.extend(markdown_files(&server.path())?);
-            }
+    for (server, kind) in entries(folder)? {
+        if kind.is_dir() {
+            paths.extend(markdown_files(&server)?);
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(folder)(error)),
     }
     paths.sort();
     let mut changes = Vec::new();
@@ -584,41 +567,43 @@ async fn approvals<C: GenericClient>(
     Ok(changes)
 }
 
-/// The `.md` files directly in `folder`. A symbolic link among them is refused, as
-/// export refuses one: what it points to was not reviewed where it lies.
+/// The `.md` files directly in `folder` (none when it is missing).
 fn markdown_files(folder: &Path) -> Result<Vec<PathBuf>, ExportError> {
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(folder).map_err(io(folder))? {
+    Ok(entries(folder)?
+        .into_iter()
+        .filter(|(path, kind)| kind.is_file() && path.extension().is_some_and(|e| e == "md"))
+        .map(|(path, _)| path)
+        .collect())
+}
+
+/// What `folder` holds (nothing when it is missing). A symbolic link, the folder itself
+/// or one in it, is refused: export would write or delete through it, and import would
+/// read what was not reviewed where it lies.
+fn entries(folder: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, ExportError> {
+    refuse_link(folder)?;
+    let listing = match std::fs::read_dir(folder) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io(folder)(error)),
+    };
+    let mut found = Vec::new();
+    for entry in listing {
         let entry = entry.map_err(io(folder))?;
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "md") {
-            continue;
-        }
         let kind = entry.file_type().map_err(io(&path))?;
         if kind.is_symlink() {
             refuse_link(&path)?;
         }
-        if kind.is_file() {
-            paths.push(path);
-        }
+        found.push((path, kind));
     }
-    Ok(paths)
+    Ok(found)
 }
 
-async fn apply<C: GenericClient>(
-    client: &C,
-    change: &mut Change,
-    wanted: &[(PathBuf, UserFile)],
-) -> Result<(), ExportError> {
+async fn apply<C: GenericClient>(client: &C, change: &mut Change) -> Result<(), ExportError> {
     let origin = json!({"origin": "import"});
     match change {
-        Change::Created { name, kind } => {
-            let roles = wanted
-                .iter()
-                .find(|(_, user)| &user.name == name)
-                .map(|(_, user)| user.roles.clone())
-                .unwrap_or_default();
-            store::create(client, name, kind, &roles, None).await?;
+        Change::Created { name, kind, roles } => {
+            store::create(client, name, kind, roles, None).await?;
             let detail = json!({"origin": "import", "roles": roles});
             store::notify(client, "user.added", name, detail).await?;
         }
@@ -655,7 +640,7 @@ async fn apply<C: GenericClient>(
             // was approved, and the whole import is undone rather than reported done.
             let [row] = updated.as_slice() else {
                 return Err(ExportError::Invalid {
-                    path: Path::new("tools").join(&*server).join(file_name(tool)),
+                    path: tool_path(server, tool),
                     message: "the definition awaiting approval changed while importing; export again and review the current one".into(),
                 });
             };
@@ -675,13 +660,7 @@ async fn apply<C: GenericClient>(
 
 /// Every `*.md` file in `folder`, read and checked, in name order.
 fn read_users(folder: &Path) -> Result<Vec<(PathBuf, UserFile)>, ExportError> {
-    let mut paths = match markdown_files(folder) {
-        Ok(paths) => paths,
-        Err(ExportError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Vec::new()
-        }
-        Err(error) => return Err(error),
-    };
+    let mut paths = markdown_files(folder)?;
     paths.sort();
     let mut users = Vec::with_capacity(paths.len());
     let mut names = BTreeSet::new();
