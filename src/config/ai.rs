@@ -178,13 +178,10 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
             fail("`timeout` must be longer than zero".into());
         }
         let mut size = |key: &str, value: Option<&ByteSize>, default: u64| {
-            let bytes = value.map_or(default, |s| s.0);
-            if !(1 << 10..=1 << 30).contains(&bytes) {
-                fail(format!(
-                    "`{key}` must be between 1KiB and 1GiB, found {bytes} bytes"
-                ));
-            }
-            usize::try_from(bytes).unwrap_or(usize::MAX)
+            super::units::message_bound(value.map_or(default, |s| s.0)).unwrap_or_else(|problem| {
+                fail(format!("`{key}` {problem}"));
+                usize::MAX
+            })
         };
         let max_answer_bytes = size("max_answer_bytes", p.max_answer_bytes.as_ref(), 64 << 20);
         let max_event_bytes = size("max_event_bytes", p.max_event_bytes.as_ref(), 16 << 20);

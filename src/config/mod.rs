@@ -240,10 +240,8 @@ impl ExtensionSection {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// `servers.<name>.max_message_bytes`: the default, and the range accepted.
+/// `servers.<name>.max_message_bytes` unless set (the range is `units::message_bound`).
 const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
-const MIN_MESSAGE_BYTES: u64 = 1 << 10;
-const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// `server.event_buffer` and `audit.event_buffer`: what a subscriber of the lifecycle
 /// event bus may hold (each buffered event is a few hundred bytes).
 const EVENT_BUFFERS: std::ops::RangeInclusive<usize> = 16..=1_000_000;
@@ -888,15 +886,15 @@ fn server_spec(
     if max_concurrent_calls == 0 {
         fail("max_concurrent_calls must be at least 1".into());
     }
-    let max_message_bytes = raw
-        .max_message_bytes
-        .or(defaults.max_message_bytes)
-        .map_or(DEFAULT_MAX_MESSAGE_BYTES, |s| s.0);
-    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max_message_bytes) {
-        fail(format!(
-            "max_message_bytes must be between 1KiB and 1GiB, found {max_message_bytes} bytes"
-        ));
-    }
+    let max_message_bytes = units::message_bound(
+        raw.max_message_bytes
+            .or(defaults.max_message_bytes)
+            .map_or(DEFAULT_MAX_MESSAGE_BYTES, |s| s.0),
+    )
+    .unwrap_or_else(|problem| {
+        fail(format!("max_message_bytes {problem}"));
+        usize::MAX
+    });
     let tools: BTreeMap<String, ToolSpec> = raw
         .tools
         .iter()
@@ -944,7 +942,7 @@ fn server_spec(
                     .max_queued_calls
                     .or(defaults.max_queued_calls)
                     .unwrap_or(256),
-                max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
+                max_message_bytes,
                 stop_grace: pick(raw.stop_grace, defaults.stop_grace, Duration::from_secs(5)),
                 startup_timeout: pick(
                     raw.startup_timeout,

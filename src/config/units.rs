@@ -97,6 +97,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(multiplier).ok_or_else(err)
 }
 
+/// A bound on one message from an upstream (`max_message_bytes`, `max_answer_bytes`,
+/// `max_event_bytes`): 1 KiB to 1 GiB.
+pub fn message_bound(bytes: u64) -> Result<usize, String> {
+    if (1 << 10..=1 << 30).contains(&bytes) {
+        // At most 1 GiB: fits a usize on every platform Warden builds for.
+        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+    } else {
+        Err(format!(
+            "must be between 1KiB and 1GiB, found {bytes} bytes"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
