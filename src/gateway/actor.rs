@@ -8,8 +8,10 @@
 //! renews Warden's resource subscriptions at a server that (re)started. The data plane (a tool call) never goes through its
 //! mailbox: calls read the published table and the directory directly (see `mod.rs`).
 //!
-//! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded by a
-//! bounded subscription); `Lagged(n)` — the bus dropped `n` events for it, so it
+//! **Messages:** `Event(event)` — a lifecycle event from the EventBus (forwarded from a
+//! bounded subscription, one at a time: the forwarding task waits until each is handled,
+//! wrapped in `Forwarded`, so a slow gateway's backlog stays in that subscription's
+//! `server.event_buffer` and not in the unbounded mailbox); `Lagged(n)` — the bus dropped `n` events for it, so it
 //! catches up from current state (`Gateway::catch_up`): every client hears that its
 //! lists may have changed and every subscribed resource that it may have been updated,
 //! and the subscriptions of a server that restarted unseen are renewed — at most once a
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_actors::events::{Delivery, Event, EventBus, EventKind};
 
 use super::{Gateway, LIST_KINDS};
@@ -37,6 +39,14 @@ pub enum GatewayMsg {
     Lagged(u64),
     /// A catch-up put off to keep them [`CATCH_UP_INTERVAL`] apart.
     CatchUp,
+    /// An `Event` or `Lagged` from the bus subscription, answered once handled: the
+    /// forwarding task waits for it, so a gateway that falls behind leaves its backlog
+    /// in the bounded subscription (`server.event_buffer`), where the bus counts what it
+    /// drops, and not in the actor's unbounded mailbox.
+    Forwarded {
+        message: Box<GatewayMsg>,
+        handled: RpcReplyPort<()>,
+    },
 }
 
 /// Catch-ups are at least this far apart: under a load that makes the gateway lag again
@@ -104,64 +114,81 @@ impl Actor for GatewayActor {
         message: GatewayMsg,
         state: &mut GatewayState,
     ) -> Result<(), ActorProcessingErr> {
-        let event = match message {
-            GatewayMsg::Event(event) => event,
-            GatewayMsg::Lagged(lost) => {
-                tracing::warn!(
-                    lost,
-                    "the gateway fell behind the event bus; catching up from current state"
-                );
-                state.catch_up_soon(&myself);
-                return Ok(());
+        match message {
+            GatewayMsg::Forwarded { message, handled } => {
+                let outcome = react(&myself, *message, state);
+                let _ = handled.send(());
+                outcome
             }
-            GatewayMsg::CatchUp => {
-                // A gap handled after this one's time came may have caught up already.
-                if state.catch_up_due {
-                    state.catch_up();
-                }
-                return Ok(());
-            }
-        };
-        let state = &mut state.args;
-        let Some(server) = event.server.as_deref() else {
-            return Ok(());
-        };
-        // Subscriptions live on shared instances only: a per-user instance's update
-        // says nothing about anyone else's resource.
-        if let EventKind::Notification { method, params } = &event.kind
-            && method == "notifications/resources/updated"
-            && event.user.is_none()
-        {
-            state
-                .gateway
-                .announce_resource_updated(&state.policy.load(), server, params);
-            return Ok(());
+            message => react(&myself, message, state),
         }
-        if let EventKind::Ready { .. } = event.kind
-            && event.user.is_none()
-        {
-            state.gateway.renew_subscriptions(server);
-        }
-        let kinds: &[&str] = match event.kind {
-            EventKind::ToolsChanged { .. } => &["tools"],
-            EventKind::ResourcesChanged => &["resources"],
-            EventKind::PromptsChanged => &["prompts"],
-            EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
-                &LIST_KINDS
-            }
-            _ => &[],
-        };
-        if kinds.is_empty() {
-            return Ok(());
-        }
-        // Rebuild now, so the next call does not pay for it.
-        state.gateway.routes(&state.config.load());
-        let policy = state.policy.load();
-        for kind in kinds {
-            state.gateway.announce_list_changed(&policy, server, kind);
-        }
-        Ok(())
     }
+}
+
+/// Handles one message (the body of `handle`, also for forwarded ones).
+fn react(
+    myself: &ActorRef<GatewayMsg>,
+    message: GatewayMsg,
+    state: &mut GatewayState,
+) -> Result<(), ActorProcessingErr> {
+    let event = match message {
+        GatewayMsg::Event(event) => event,
+        GatewayMsg::Lagged(lost) => {
+            tracing::warn!(
+                lost,
+                "the gateway fell behind the event bus; catching up from current state"
+            );
+            state.catch_up_soon(myself);
+            return Ok(());
+        }
+        GatewayMsg::Forwarded { message, .. } => return react(myself, *message, state),
+        GatewayMsg::CatchUp => {
+            // A gap handled after this one's time came may have caught up already.
+            if state.catch_up_due {
+                state.catch_up();
+            }
+            return Ok(());
+        }
+    };
+    let state = &mut state.args;
+    let Some(server) = event.server.as_deref() else {
+        return Ok(());
+    };
+    // Subscriptions live on shared instances only: a per-user instance's update
+    // says nothing about anyone else's resource.
+    if let EventKind::Notification { method, params } = &event.kind
+        && method == "notifications/resources/updated"
+        && event.user.is_none()
+    {
+        state
+            .gateway
+            .announce_resource_updated(&state.policy.load(), server, params);
+        return Ok(());
+    }
+    if let EventKind::Ready { .. } = event.kind
+        && event.user.is_none()
+    {
+        state.gateway.renew_subscriptions(server);
+    }
+    let kinds: &[&str] = match event.kind {
+        EventKind::ToolsChanged { .. } => &["tools"],
+        EventKind::ResourcesChanged => &["resources"],
+        EventKind::PromptsChanged => &["prompts"],
+        EventKind::Ready { .. } | EventKind::Stopped { .. } | EventKind::Failed { .. } => {
+            &LIST_KINDS
+        }
+        _ => &[],
+    };
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    // Rebuild now, so the next call does not pay for it.
+    state.gateway.routes(&state.config.load());
+    let policy = state.policy.load();
+    for kind in kinds {
+        state.gateway.announce_list_changed(&policy, server, kind);
+    }
+    Ok(())
 }
 
 /// Starts the Gateway actor under `parent` and feeds it the EventBus, through a
@@ -182,11 +209,14 @@ pub async fn start(
     let forward_to = actor.clone();
     tokio::spawn(async move {
         while let Some(delivery) = subscription.recv().await {
-            let message = match delivery {
+            let message = Box::new(match delivery {
                 Delivery::Event(event) => GatewayMsg::Event(event),
                 Delivery::Lagged(lost) => GatewayMsg::Lagged(lost),
-            };
-            if forward_to.send_message(message).is_err() {
+            });
+            let handled = forward_to
+                .call(|handled| GatewayMsg::Forwarded { message, handled }, None)
+                .await;
+            if handled.is_err() {
                 return;
             }
         }
