@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod spec;
+pub mod sse;
 pub mod supervisor;
 pub mod trace;
 pub mod tree;

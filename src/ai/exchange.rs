@@ -1006,8 +1006,8 @@ impl Relay {
                     ended = true;
                 }
                 Ok(Ok(Some(bytes))) => {
-                    if let Err(message) = self.reader.push(&bytes, &mut events) {
-                        oversized = Some(message);
+                    if let Err(too_large) = self.reader.push(&bytes, &mut events) {
+                        oversized = Some(too_large);
                     }
                 }
             }
@@ -1020,7 +1020,9 @@ impl Relay {
                 let provider = &self.account.route.provider_name;
                 failure = Some(Failure::Warden(
                     ToolStatus::Error,
-                    format!("{message} (ai.providers.{provider}.max_event_bytes)"),
+                    format!(
+                        "the provider sent {message} (ai.providers.{provider}.max_event_bytes)"
+                    ),
                 ));
             }
             self.events = events;

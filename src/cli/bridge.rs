@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 use warden_actors::jsonrpc::{self, RpcError, code};
-use warden_actors::upstream::http::SseParser;
+use warden_actors::sse::SseReader;
+use warden_actors::upstream::http::DEFAULT_MAX_MESSAGE_BYTES;
 
 #[derive(clap::Args)]
 pub(crate) struct BridgeArgs {
@@ -250,12 +251,12 @@ impl Bridge {
             return;
         }
         if is_sse {
-            let mut parser = SseParser::default();
+            let mut reader = SseReader::new(DEFAULT_MAX_MESSAGE_BYTES);
             let mut events = Vec::new();
             while let Ok(Some(chunk)) = response.chunk().await {
-                let pushed = parser.push(&chunk, &mut events);
-                for event in events.drain(..) {
-                    let _ = self.out.send(event);
+                let pushed = reader.push(&chunk, &mut events);
+                for event in events.drain(..).filter(|e| !e.data.is_empty()) {
+                    let _ = self.out.send(event.data);
                 }
                 if pushed.is_err() {
                     break;
@@ -365,12 +366,12 @@ impl Bridge {
                     Ok(response) if response.status().is_success() => {
                         delay = Duration::from_millis(500);
                         let mut response = response;
-                        let mut parser = SseParser::default();
+                        let mut reader = SseReader::new(DEFAULT_MAX_MESSAGE_BYTES);
                         let mut events = Vec::new();
                         while let Ok(Some(chunk)) = response.chunk().await {
-                            let pushed = parser.push(&chunk, &mut events);
-                            for event in events.drain(..) {
-                                if out.send(event).is_err() {
+                            let pushed = reader.push(&chunk, &mut events);
+                            for event in events.drain(..).filter(|e| !e.data.is_empty()) {
+                                if out.send(event.data).is_err() {
                                     return;
                                 }
                             }

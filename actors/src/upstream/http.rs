@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{CallError, Connection, ConnectionEvent, Outbound};
 use crate::redact::Redacted;
+use crate::sse::{SseEvent, SseReader};
 
 /// The largest response body or single SSE event accepted where nothing else is
 /// configured (the bridge); servers have their own `max_message_bytes`.
@@ -221,18 +222,16 @@ async fn read_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
-        let mut parser = SseParser::new(inner.max_message_bytes);
+        let mut reader = SseReader::new(inner.max_message_bytes);
         let mut events = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| CallError::Send(describe(&e)))?
         {
-            let pushed = parser.push(&chunk, &mut events);
+            let pushed = reader.push(&chunk, &mut events);
             // The events before an oversized one are delivered: one may be the answer.
-            for event in events.drain(..) {
-                conn.dispatch(event.as_bytes(), Some(id));
-            }
+            dispatch_all(conn, &mut events, Some(id));
             pushed.map_err(|e| CallError::Send(naming_the_limit(conn, e)))?;
             if !conn.is_pending(id) {
                 // The response arrived; the rest of the stream is not ours to wait for.
@@ -281,7 +280,7 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
         match response {
             Ok(response) if response.status().is_success() => {
                 let mut response = response;
-                let mut parser = SseParser::new(inner.max_message_bytes);
+                let mut reader = SseReader::new(inner.max_message_bytes);
                 let mut events = Vec::new();
                 // A stream refused for an oversized event is opened again with back-off,
                 // not at once: the server may send it again.
@@ -292,10 +291,8 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
                         _ = conn.closed() => return,
                     };
                     let Ok(Some(chunk)) = chunk else { break };
-                    let pushed = parser.push(&chunk, &mut events);
-                    for event in events.drain(..) {
-                        conn.dispatch(event.as_bytes(), None);
-                    }
+                    let pushed = reader.push(&chunk, &mut events);
+                    dispatch_all(&conn, &mut events, None);
                     if let Err(error) = pushed {
                         tracing::warn!(
                             server = conn.server(),
@@ -345,191 +342,17 @@ async fn read_capped(response: &mut reqwest::Response, max: usize) -> (Vec<u8>, 
     }
 }
 
+/// Hands each event's data to the connection (an event without data, such as the
+/// priming event a server sends first, carries no message).
+fn dispatch_all(conn: &Arc<Connection>, events: &mut Vec<SseEvent>, stream_of: Option<u64>) {
+    for event in events.drain(..) {
+        if !event.data.is_empty() {
+            conn.dispatch(event.data.as_bytes(), stream_of);
+        }
+    }
+}
+
 /// What was too large, with the profile key an operator would change.
 fn naming_the_limit(conn: &Connection, what: impl std::fmt::Display) -> String {
     format!("{what} (servers.{}.max_message_bytes)", conn.server())
-}
-
-/// An event (or a line not yet ended) longer than the parser's limit.
-#[derive(Debug, PartialEq, Eq)]
-pub struct EventTooLarge {
-    pub limit: usize,
-}
-
-impl std::fmt::Display for EventTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "an event larger than {} bytes", self.limit)
-    }
-}
-
-/// Incremental Server-Sent Events parser: yields the `data` of each complete event.
-///
-/// An event's data longer than the limit is an error, and so is a line not yet ended
-/// that is already longer than the limit and a field name (an upstream that never ends a
-/// line or an event must not grow Warden's memory). Once refused, the stream is over: the
-/// parser reads nothing more.
-pub struct SseParser {
-    /// The line not yet ended.
-    partial: Vec<u8>,
-    /// How much of `partial` is known to hold no line end (each byte is looked at once).
-    scanned: usize,
-    data: String,
-    max_event_bytes: usize,
-    oversized: bool,
-}
-
-/// What a line not yet ended may hold beyond the limit: its field name and line end
-/// (`data: `, `\r`), which are not the event's data.
-const LINE_SLACK: usize = 8;
-
-impl Default for SseParser {
-    fn default() -> Self {
-        SseParser::new(DEFAULT_MAX_MESSAGE_BYTES)
-    }
-}
-
-impl SseParser {
-    pub fn new(max_event_bytes: usize) -> Self {
-        SseParser {
-            partial: Vec::new(),
-            scanned: 0,
-            data: String::new(),
-            max_event_bytes,
-            oversized: false,
-        }
-    }
-
-    /// Adds `chunk`, appending the data of every event it completes to `out`. When an
-    /// event is too large, the events before it are in `out` and the error is returned.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<String>) -> Result<(), EventTooLarge> {
-        if self.oversized {
-            return Err(self.too_large());
-        }
-        self.partial.extend_from_slice(chunk);
-        let mut start = 0;
-        let mut search = self.scanned;
-        while let Some(offset) = self.partial[search..].iter().position(|b| *b == b'\n') {
-            let end = search + offset;
-            let mut line = &self.partial[start..end];
-            start = end + 1;
-            search = start;
-            while let Some(rest) = line.strip_suffix(b"\r") {
-                line = rest;
-            }
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    out.push(std::mem::take(&mut self.data));
-                }
-                continue;
-            }
-            if let Some(value) = line.strip_prefix(b"data:") {
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                if !self.data.is_empty() {
-                    self.data.push('\n');
-                }
-                self.data.push_str(&String::from_utf8_lossy(value));
-                if self.data.len() > self.max_event_bytes {
-                    self.oversized = true;
-                    break;
-                }
-            }
-            // `event:`, `id:`, `retry:` and comments carry nothing Warden needs here.
-        }
-        if !self.oversized {
-            self.partial.drain(..start);
-            self.scanned = self.partial.len();
-            self.oversized =
-                self.data.len() + self.partial.len() > self.max_event_bytes + LINE_SLACK;
-        }
-        if self.oversized {
-            self.partial = Vec::new();
-            self.data = String::new();
-            return Err(self.too_large());
-        }
-        Ok(())
-    }
-
-    fn too_large(&self) -> EventTooLarge {
-        EventTooLarge {
-            limit: self.max_event_bytes,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_parser_handles_split_chunks_and_multiline_data() {
-        let mut parser = SseParser::default();
-        let mut events = Vec::new();
-        parser
-            .push(b"event: message\nid: 1\ndata: {\"a\"", &mut events)
-            .unwrap();
-        assert!(events.is_empty());
-        parser
-            .push(b":1}\n\ndata: x\ndata: y\r\n\r\n", &mut events)
-            .unwrap();
-        assert_eq!(events, vec!["{\"a\":1}".to_string(), "x\ny".to_string()]);
-    }
-
-    #[test]
-    fn sse_parser_accepts_an_event_of_its_limit_however_it_is_chunked() {
-        let mut events = Vec::new();
-        let mut parser = SseParser::new(8);
-        parser
-            .push(b"data: 1234\ndata: 567\n\n", &mut events)
-            .unwrap();
-        assert_eq!(events, ["1234\n567"]);
-        // Split inside the line: the unfinished line's field name does not count.
-        let mut events = Vec::new();
-        let mut parser = SseParser::new(8);
-        parser.push(b"data: 12345678", &mut events).unwrap();
-        parser.push(b"\r\n\r\n", &mut events).unwrap();
-        assert_eq!(events, ["12345678"]);
-    }
-
-    #[test]
-    fn sse_parser_refuses_one_byte_more_after_delivering_the_events_before_it() {
-        let mut events = Vec::new();
-        let mut parser = SseParser::new(8);
-        let refused = parser.push(
-            b"data: ok\n\ndata: 1234\ndata: 5678\n\ndata: later\n\n",
-            &mut events,
-        );
-        assert_eq!(refused, Err(EventTooLarge { limit: 8 }));
-        assert_eq!(events, ["ok"]);
-        assert_eq!(
-            parser.push(b"data: x\n\n", &mut events),
-            Err(EventTooLarge { limit: 8 }),
-            "nothing more is read"
-        );
-    }
-
-    #[test]
-    fn sse_parser_refuses_a_line_that_never_ends() {
-        let mut events = Vec::new();
-        let mut parser = SseParser::new(8);
-        parser.push(b"data: 12345678", &mut events).unwrap();
-        parser.push(b"90", &mut events).unwrap();
-        assert_eq!(
-            parser.push(b"1", &mut events),
-            Err(EventTooLarge { limit: 8 })
-        );
-    }
-
-    #[test]
-    fn sse_parser_refuses_data_lines_that_never_end_an_event() {
-        // Each line is short and ends, so only the event's data grows.
-        let mut events = Vec::new();
-        let mut parser = SseParser::new(12);
-        parser.push(b"data: 1234\n", &mut events).unwrap();
-        parser.push(b"data: 1234\n", &mut events).unwrap();
-        assert_eq!(
-            parser.push(b"data: 1234\n", &mut events),
-            Err(EventTooLarge { limit: 12 })
-        );
-        assert!(events.is_empty());
-    }
 }
