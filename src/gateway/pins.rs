@@ -102,17 +102,14 @@ impl Pins {
         let Some(pool) = &self.pool else {
             return Vec::new();
         };
-        let stored = match pool.get().await {
-            Ok(client) => stored(&client).await,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the tool pins again");
-                return Vec::new();
-            }
+        let read = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            stored(&client).await.map_err(|e| e.to_string())
         };
-        let stored = match stored {
+        let stored = match read.await {
             Ok(stored) => stored,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the tool pins again");
+                tracing::warn!(%error, "cannot read the tool pins again; approvals made elsewhere show after the next notice or restart");
                 return Vec::new();
             }
         };
