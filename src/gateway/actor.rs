@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use crate::auth::{Principal, PrincipalKind, Scopes};
     use crate::gateway::pins::Pins;
-    use crate::gateway::session::{NewSession, SessionLimits, SessionManager};
+    use crate::gateway::session::{NewSession, Session, SessionLimits, SessionManager};
     use crate::gateway::subscriptions::Resource;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -278,9 +278,8 @@ mod tests {
         methods
     }
 
-    /// What the bus cannot be made to do on cue (its forwarding task drains into an
-    /// unbounded mailbox), sent straight to the actor: a lost-events report, and another
-    /// one within the catch-up interval. Each is caught up (the second one later; that
+    /// What the bus does only when the gateway falls behind (not on cue), sent straight
+    /// to the actor: a lost-events report, and another one within the catch-up interval. Each is caught up (the second one later; that
     /// it waits is not asserted, which would take an injectable clock).
     #[tokio::test]
     async fn a_gap_in_the_events_is_caught_up_from_current_state_and_so_is_a_second_one() {
@@ -336,18 +335,26 @@ mod tests {
         };
         let reader = open("alice", "files:read").await;
         let outsider = open("mallory", "other").await;
+        let neighbour = open("bob", "files:read").await;
         let mut alice = reader.open_stream(None);
         let mut mallory = outsider.open_stream(None);
-        let doc = Resource {
+        let mut bob = neighbour.open_stream(None);
+        let resource = |uri: &str| Resource {
             server: "srv".into(),
-            uri: "file:///doc".into(),
+            uri: uri.into(),
         };
-        for session in [&reader, &outsider] {
+        let subscribe = |uri: &str, session: &Session| {
             gateway
                 .subscriptions
-                .add(&doc, &session.id, 10)
+                .add(&resource(uri), &session.id, 10)
                 .expect("room for a subscription");
-        }
+        };
+        subscribe("file:///doc", &reader);
+        subscribe("file:///doc", &outsider);
+        // Alice holds a folder, Bob a file in it: each hears of what it holds, and
+        // Alice not of Bob's file.
+        subscribe("file:///dir/", &reader);
+        subscribe("file:///dir/notes", &neighbour);
 
         let actor = start(
             GatewayArgs {
@@ -370,14 +377,26 @@ mod tests {
             "notifications/resources/list_changed",
             "notifications/tools/list_changed",
         ];
-        let mut first: Vec<String> = lists.iter().map(|m| m.to_string()).collect();
-        first.push("notifications/resources/updated file:///doc".into());
-        first.sort();
-        assert_eq!(next_methods(&mut alice, 4).await, first);
+        let updated = |uris: &[&str]| {
+            let mut methods: Vec<String> = lists.iter().map(|m| m.to_string()).collect();
+            methods.extend(
+                uris.iter()
+                    .map(|uri| format!("notifications/resources/updated {uri}")),
+            );
+            methods.sort();
+            methods
+        };
+        let to_alice = updated(&["file:///doc", "file:///dir/"]);
+        let to_bob = updated(&["file:///dir/notes"]);
+        // Read as many as each should get, twice: a message too many in the first gap
+        // shows up in the second's.
+        assert_eq!(next_methods(&mut alice, 5).await, to_alice);
+        assert_eq!(next_methods(&mut bob, 4).await, to_bob);
         assert_eq!(next_methods(&mut mallory, 3).await, lists);
         // The second gap, within the interval, is caught up too: put off until the
         // interval is over (which this test, on the real clock, does not time).
-        assert_eq!(next_methods(&mut alice, 4).await, first);
+        assert_eq!(next_methods(&mut alice, 5).await, to_alice);
+        assert_eq!(next_methods(&mut bob, 4).await, to_bob);
         assert_eq!(next_methods(&mut mallory, 3).await, lists);
 
         actor.stop(None);

@@ -1345,17 +1345,55 @@ impl Gateway {
     /// - Every server whose shared instance became ready since Warden last renewed its
     ///   subscriptions there (a restart whose `ready` was lost) gets them renewed
     ///   ([`Gateway::renew_subscriptions`]); the others are left alone.
-    /// - Every subscribed resource is announced as updated to its subscribers, since an
-    ///   upstream's update may have been among the events lost; a client then reads it
-    ///   again, which costs a read and misses nothing.
+    /// - Every subscriber hears that each resource it subscribed to (and may still read)
+    ///   may have been updated, since an upstream's update may have been among the
+    ///   events lost; a client then reads it again, which costs a read and misses
+    ///   nothing.
     pub fn catch_up(&self, policy: &PolicyEngine) {
         self.announce_every_list_changed();
         for entry in self.directory.all().iter() {
             self.renew_subscriptions(&entry.name);
         }
-        for resource in self.subscriptions.resources() {
-            let params = json!({ "uri": resource.uri });
-            self.announce_resource_updated(policy, &resource.server, &params);
+        self.announce_held_resources_updated(policy);
+    }
+
+    /// Each subscriber hears of the resources it holds, one by one: a pass over the
+    /// subscribers and what each holds, not over every resource times every session,
+    /// and nobody hears of a sub-resource someone else subscribed to under its own.
+    fn announce_held_resources_updated(&self, policy: &PolicyEngine) {
+        let updates = |who: &str, principal: &Principal, subscription: Option<&Value>| {
+            let mut updates: Vec<Arc<str>> = Vec::new();
+            for resource in self.subscriptions.held_by(who) {
+                let read = Permission::ReadResource {
+                    server: &resource.server,
+                    uri: &resource.uri,
+                };
+                if policy.check(principal, &read).is_err() {
+                    continue;
+                }
+                let mut notification = json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/resources/updated",
+                    "params": { "uri": resource.uri },
+                });
+                if let Some(id) = subscription {
+                    notification["params"]["_meta"] =
+                        json!({"io.modelcontextprotocol/subscriptionId": id});
+                }
+                updates.push(Arc::from(notification.to_string()));
+            }
+            updates
+        };
+        self.sessions
+            .notify_each(|session| updates(&session.id, &session.principal, None));
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for listener in listeners.iter() {
+            let Some(key) = &listener.subscriber else {
+                continue;
+            };
+            for data in updates(key, &listener.principal, Some(&listener.id)) {
+                let _ = listener.sender.try_send(data);
+            }
         }
     }
 

@@ -507,4 +507,14 @@ impl SessionManager {
             }
         }
     }
+
+    /// Sends each session the messages `pick` chooses for it, in order (none when it
+    /// chooses none).
+    pub fn notify_each(&self, pick: impl Fn(&Session) -> Vec<Arc<str>>) {
+        for (session, actor) in self.table.all() {
+            for data in pick(&session) {
+                let _ = actor.send_message(SessionMsg::Notify(data));
+            }
+        }
+    }
 }

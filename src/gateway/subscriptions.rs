@@ -191,21 +191,10 @@ impl Subscriptions {
         who
     }
 
-    /// Every resource someone is subscribed to.
-    pub fn resources(&self) -> Vec<Resource> {
+    /// The resources `who` is subscribed to (not the sub-resources under them).
+    pub fn held_by(&self, who: &str) -> Vec<Resource> {
         let table = self.lock();
-        let mut resources = Vec::new();
-        for (server, uris) in &table.servers {
-            for (uri, entry) in uris {
-                if !entry.subscribers.is_empty() {
-                    resources.push(Resource {
-                        server: server.clone(),
-                        uri: uri.clone(),
-                    });
-                }
-            }
-        }
-        resources
+        table.held.get(who).into_iter().flatten().cloned().collect()
     }
 
     /// `server` is a new process: it holds none of Warden's subscriptions. Returns the
