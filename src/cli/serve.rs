@@ -235,6 +235,26 @@ async fn run(
     {
         tracing::warn!("the change listener is not connected yet; it keeps retrying");
     }
+    // The pins are read again off the notice loop (a slow or failing read must not hold
+    // up identity notices), and a failed read is tried again until it succeeds.
+    let pins_wanted = Arc::new(tokio::sync::Notify::new());
+    let pins_app = app.clone();
+    tokio::spawn(crate::gateway::pins::refresh_when_wanted(
+        pins_wanted.clone(),
+        shutdown.clone(),
+        crate::gateway::pins::REFRESH_RETRY_FIRST,
+        move || {
+            let app = pins_app.clone();
+            async move {
+                let changed = app.gateway.pins.refresh().await?;
+                let policy = app.policy.load();
+                for server in changed {
+                    app.gateway.announce_list_changed(&policy, &server, "tools");
+                }
+                Ok(())
+            }
+        },
+    ));
     let notice_app = app.clone();
     let notice_task = tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
@@ -248,12 +268,7 @@ async fn run(
                 crate::db::notify::Notice::Connected => true,
             };
             if pins_may_have_changed {
-                let policy = notice_app.policy.load();
-                for server in notice_app.gateway.pins.refresh().await {
-                    notice_app
-                        .gateway
-                        .announce_list_changed(&policy, &server, "tools");
-                }
+                pins_wanted.notify_one();
             }
             match &notice {
                 crate::db::notify::Notice::Message { channel, payload }

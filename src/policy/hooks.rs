@@ -471,29 +471,17 @@ async fn run_command(
     }
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let read_out = async {
-        if let Some(out) = out {
-            // One byte more than the limit, to tell a full answer from a cut one.
-            let _ = out
-                .take(MAX_HANDLER_OUTPUT as u64 + 1)
-                .read_to_end(&mut stdout)
-                .await;
-        }
-    };
-    let read_err = async {
-        if let Some(err) = err {
-            let _ = err
-                .take(MAX_HANDLER_OUTPUT as u64)
-                .read_to_end(&mut stderr)
-                .await;
-        }
-    };
-    tokio::join!(read_out, read_err);
-    if stdout.len() > MAX_HANDLER_OUTPUT {
+    let overflowed = read_output(
+        child.stdout.take(),
+        child.stderr.take(),
+        &mut stdout,
+        &mut stderr,
+    )
+    .await;
+    if overflowed {
         // A cut decision could read as a different one; the hook's `on_error` decides.
-        // Returning drops the guard, which ends the handler's process group at once.
+        // Returning drops the guard, which ends the handler's process group at once —
+        // without waiting for its stderr to close or its timeout to pass.
         return Err(format!(
             "`{program}` wrote more than {} MiB to stdout",
             MAX_HANDLER_OUTPUT >> 20
@@ -509,6 +497,49 @@ async fn run_command(
         String::from_utf8_lossy(&stdout).into_owned(),
         String::from_utf8_lossy(&stderr).into_owned(),
     ))
+}
+
+/// Reads a handler's stdout and stderr side by side, each up to
+/// [`MAX_HANDLER_OUTPUT`]; true as soon as stdout goes over it (stderr then is left
+/// unread: the handler is ended, not waited for).
+async fn read_output(
+    out: Option<tokio::process::ChildStdout>,
+    err: Option<tokio::process::ChildStderr>,
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> bool {
+    let read_out = async {
+        if let Some(out) = out {
+            // One byte more than the limit, to tell a full answer from a cut one.
+            let _ = out
+                .take(MAX_HANDLER_OUTPUT as u64 + 1)
+                .read_to_end(stdout)
+                .await;
+        }
+        stdout.len() > MAX_HANDLER_OUTPUT
+    };
+    let read_err = async {
+        if let Some(err) = err {
+            let _ = err
+                .take(MAX_HANDLER_OUTPUT as u64)
+                .read_to_end(stderr)
+                .await;
+        }
+    };
+    tokio::pin!(read_out, read_err);
+    let (mut out_done, mut err_done) = (false, false);
+    while !(out_done && err_done) {
+        tokio::select! {
+            overflowed = &mut read_out, if !out_done => {
+                if overflowed {
+                    return true;
+                }
+                out_done = true;
+            }
+            () = &mut read_err, if !err_done => err_done = true,
+        }
+    }
+    false
 }
 
 struct KillGroupOnDrop(Option<libc::pid_t>);
@@ -899,6 +930,41 @@ mod tests {
         assert!(verdict.denied.is_none(), "{:?}", verdict.denied);
         let over = Hooks::new(vec![writes(MAX_HANDLER_OUTPUT - 2)]);
         let verdict = block_on(over.run(&context, &json!({}), &client));
+        let (_, message) = verdict.denied.expect("refused by on_error: deny");
+        assert!(
+            message.contains("wrote more than 4 MiB to stdout"),
+            "{message}"
+        );
+    }
+
+    /// The handler goes on writing (it ignores the closed pipe) and keeps its stderr
+    /// open: it is ended when stdout goes over the limit, not when its timeout passes.
+    #[test]
+    fn a_command_over_the_stdout_limit_is_ended_without_waiting_for_it() {
+        let client = warden_actors::upstream::http::client_builder()
+            .build()
+            .unwrap();
+        let endless = Hook {
+            timeout: Duration::from_secs(120),
+            ..hook(
+                "endless",
+                HookEvent::PreToolUse,
+                "*",
+                Handler::Command {
+                    program: "/bin/sh".into(),
+                    args: vec![
+                        "-c".into(),
+                        "trap '' PIPE; cat >/dev/null; \
+                         while :; do head -c 65536 /dev/zero 2>/dev/null; done"
+                            .into(),
+                    ],
+                    env: BTreeMap::new(),
+                },
+            )
+        };
+        let context = ctx(HookEvent::PreToolUse, "s", "t");
+        let hooks = Hooks::new(vec![endless]);
+        let verdict = block_on(hooks.run(&context, &json!({}), &client));
         let (_, message) = verdict.denied.expect("refused by on_error: deny");
         assert!(
             message.contains("wrote more than 4 MiB to stdout"),
