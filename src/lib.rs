@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod http;
 pub mod policy;
 pub mod secrets;
+pub mod skills;
 pub mod systemd;
 
 /// Version, git revision and build profile, as `warden version` prints them.
@@ -57,6 +58,7 @@ impl extension::Extension for Builtins {
         registry.routes("warden", http::oauth::routes);
         registry.routes("warden", http::hooks::routes);
         registry.routes("warden", http::ai::routes);
+        registry.routes("warden", http::skills::routes);
         ai::provider::register_builtins(registry);
     }
 }

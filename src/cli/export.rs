@@ -24,7 +24,7 @@ pub(crate) struct ExportArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct ImportArgs {
-    /// The folder an export wrote (its `users/` files are applied).
+    /// The folder an export wrote (its `users/`, `tools/` and `skills/` are applied).
     #[arg(long)]
     dir: PathBuf,
     /// Print what would change, change nothing.
@@ -87,7 +87,7 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     if let Ok(changes) = &outcome
         && !args.dry_run
     {
-        record_approvals(&database.pool, changes).await;
+        record_changes(&database.pool, changes).await;
     }
     database.shutdown(config.server.shutdown_grace).await?;
     let changes = outcome?;
@@ -112,28 +112,49 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tool approvals are recorded here, once, in the trail (identity changes are recorded
-/// by the running instance that hears of them, as for `warden user`).
-async fn record_approvals(pool: &deadpool_postgres::Pool, changes: &[Change]) {
+/// Tool approvals and skill changes are recorded here, once, in the trail (identity
+/// changes are recorded by the running instance that hears of them, as for `warden
+/// user`).
+async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
     for change in changes {
-        let Change::Approved {
-            server,
-            tool,
-            hash,
-            definition,
-        } = change
-        else {
-            continue;
+        let event = match change {
+            Change::Approved {
+                server,
+                tool,
+                hash,
+                definition,
+            } => {
+                let mut event = AuditEvent::new("tool.definition_approved", "user");
+                event.actor_id = Some(crate::audit::cli_actor());
+                event.subject = Some(format!("{server}/{tool}"));
+                event.decision = Some("allow");
+                // As an approval through the admin API records it, with where it came from.
+                event.attributes =
+                    serde_json::json!({"definition": definition, "hash": hash, "origin": "import"});
+                event
+            }
+            Change::Skill {
+                skill,
+                created,
+                previous_sha256,
+                version,
+            } => crate::skills::changed_event(
+                "user",
+                &crate::audit::cli_actor(),
+                &skill.name,
+                serde_json::json!({
+                    "action": if *created { "created" } else { "updated" },
+                    "version": version,
+                    "sha256": hex::encode(skill.sha256()),
+                    "previous_sha256": previous_sha256,
+                    "origin": "import",
+                }),
+            ),
+            _ => continue,
         };
-        let mut event = AuditEvent::new("tool.definition_approved", "user");
-        event.actor_id = Some(crate::audit::cli_actor());
-        event.subject = Some(format!("{server}/{tool}"));
-        event.decision = Some("allow");
-        // As an approval through the admin API records it, with where it came from.
-        event.attributes =
-            serde_json::json!({"definition": definition, "hash": hash, "origin": "import"});
+        let subject = event.subject.clone().unwrap_or_default();
         if let Err(error) = crate::audit::record_now(pool, event).await {
-            eprintln!("warning: the approval of {server}/{tool} could not be audited: {error}");
+            eprintln!("warning: the import's change of {subject} could not be audited: {error}");
         }
     }
 }

@@ -144,7 +144,7 @@ pub fn check_fetch_url(url: &str, allow_insecure_loopback: bool) -> Result<(), S
     Err(format!("`{url}` is not an http(s) URL"))
 }
 
-fn check_scopes(path: &str, scopes: &[String], problems: &mut Vec<Located>) {
+pub(super) fn check_scopes(path: &str, scopes: &[String], problems: &mut Vec<Located>) {
     for scope in scopes {
         if scope.is_empty()
             || scope
@@ -326,8 +326,8 @@ pub fn roles(
     roles.insert(
         "user".to_owned(),
         RoleConfig {
-            scopes: owned(&["tools:read", "ai:chat"]),
-            description: Some("Non-destructive tools and the AI proxy.".into()),
+            scopes: owned(&["tools:read", "ai:chat", "skills:read"]),
+            description: Some("Non-destructive tools, the AI proxy and the skills.".into()),
         },
     );
     for (name, spanned) in raw {

@@ -96,6 +96,8 @@ pub struct Config {
     pub default_access: AccessConfig,
     /// The AI gateway: providers, model routes, prices, budgets (`ai:`).
     pub ai: crate::ai::AiConfig,
+    /// Skill distribution (`skills:`).
+    pub skills: SkillsConfig,
     /// Tells this profile from every other one parsed by this process: what is built
     /// from a profile (the gateway's route table) records which one it was built from.
     pub generation: u64,
@@ -176,6 +178,13 @@ pub struct GatewayConfig {
     pub max_awaiting_input_per_principal: usize,
     /// Resources one session or listen stream may subscribe to.
     pub max_resource_subscriptions: usize,
+}
+
+/// Skill distribution (`skills:`); see docs/skills.md.
+#[derive(Clone, Debug)]
+pub struct SkillsConfig {
+    /// What reading a skill needs when its file names no `metadata.warden-scopes`.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -485,6 +494,13 @@ impl Config {
         let identity = identity::identity(raw.identity, &server.public_url, &mut problems);
         let roles = identity::roles(raw.roles, &mut problems);
         let ai = ai::build(raw.ai, &mut problems);
+        let skills = SkillsConfig {
+            scopes: raw
+                .skills
+                .scopes
+                .unwrap_or_else(|| vec![crate::policy::SKILLS_SCOPE.to_owned()]),
+        };
+        identity::check_scopes("skills.scopes", &skills.scopes, &mut problems);
         let default_access = AccessConfig::defaults(&raw.defaults);
         let mut access = BTreeMap::new();
 
@@ -534,6 +550,7 @@ impl Config {
             access,
             default_access,
             ai,
+            skills,
         })
     }
 
@@ -1007,6 +1024,22 @@ mod tests {
             text.contains("audit.event_buffer: must be between 16 and 1000000, found 1000001"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn skills_scopes_default_and_are_checked() {
+        assert_eq!(parse("").unwrap().skills.scopes, ["skills:read"]);
+        let set = parse("skills:\n  scopes: [team:read, skills:read]\n").unwrap();
+        assert_eq!(set.skills.scopes, ["team:read", "skills:read"]);
+        let error = parse("skills:\n  scopes: [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("skills.scopes") && error.contains("`a b` is not a valid scope"),
+            "{error}"
+        );
+        let error = parse("skills:\n  scope: [x]\n").unwrap_err().to_string();
+        assert!(error.contains("scope"), "{error}");
     }
 
     #[test]

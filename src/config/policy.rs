@@ -24,6 +24,7 @@ pub struct RawRateLimits {
     pub ai: Option<Spanned<String>>,
     pub oauth: Option<Spanned<String>>,
     pub admin: Option<Spanned<String>>,
+    pub skills: Option<Spanned<String>>,
     pub burst_multiplier: Option<f64>,
     #[serde(default)]
     pub tier_multipliers: BTreeMap<String, f64>,
@@ -140,6 +141,7 @@ pub fn build(
         (Surface::Ai, &rate_limits.ai),
         (Surface::OAuth, &rate_limits.oauth),
         (Surface::Admin, &rate_limits.admin),
+        (Surface::Skills, &rate_limits.skills),
     ] {
         if let Some(parsed) = value.as_ref().and_then(&mut rate) {
             limits.surfaces.insert(surface, parsed);

@@ -41,6 +41,8 @@ pub struct RawProfile {
     pub roles: BTreeMap<String, Spanned<RawRole>>,
     #[serde(default)]
     pub ai: super::ai::RawAi,
+    #[serde(default)]
+    pub skills: RawSkills,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +213,12 @@ pub struct RawGateway {
     pub max_awaiting_input: Option<usize>,
     pub max_awaiting_input_per_principal: Option<usize>,
     pub max_resource_subscriptions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSkills {
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,18 +1,21 @@
 //! `warden export --dir D` and `warden import --dir D`: the state Warden keeps in
 //! PostgreSQL besides the audit trail — identities, OAuth clients, secrets (names only),
-//! approved tool definitions — as one Markdown file with YAML frontmatter per item, so
+//! approved tool definitions, skills — as one Markdown file with YAML frontmatter per item, so
 //! a compliance team can keep it in git and review every change as a diff.
 //!
 //! Export is byte-stable: the same state writes the same bytes (fields in a fixed order,
 //! lists sorted, timestamps in UTC to the second, nothing about the export itself), a
 //! file whose content did not change is not rewritten, and a file of an item that no
-//! longer exists is removed. Only `.md` files under the four folders Warden writes are
+//! longer exists is removed. Only `.md` files under the five folders Warden writes are
 //! ever touched.
+//!
+//! Skills are written as `skills/<name>/SKILL.md`, each the file as it was uploaded.
 //!
 //! Import applies what a review may change: each identity's `disabled`, the `roles` of
 //! local users and service accounts (a federated identity's roles come from its issuer
-//! at every login), and the approval of a tool definition withheld since it changed (the
-//! file's `approved_hash` set to its `pending_hash`). An identity missing from the
+//! at every login), the approval of a tool definition withheld since it changed (the
+//! file's `approved_hash` set to its `pending_hash`), and each skill whose `SKILL.md`
+//! differs from its current version (stored as the next one). An identity missing from the
 //! database is created without a password (`warden user passwd` sets one). Nothing is
 //! deleted, and clients and secrets are read-only here: clients register themselves,
 //! secrets change with `warden secret`. Running instances hear of each change
@@ -32,7 +35,7 @@ use crate::auth::store::{self, StoreError};
 use document::{Document, file_name, frontmatter};
 
 /// The folders export writes, one per kind of item.
-pub const FOLDERS: [&str; 4] = ["users", "clients", "secrets", "tools"];
+pub const FOLDERS: [&str; 5] = ["users", "clients", "secrets", "tools", "skills"];
 
 #[derive(Debug, Error)]
 pub enum ExportError {
@@ -71,17 +74,22 @@ fn ts(column: &str) -> String {
 
 /// Writes every item under `dir`, and removes the files of items that are gone.
 pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported, ExportError> {
-    let mut files = users(client).await?;
-    files.extend(clients(client).await?);
-    files.extend(secrets(client).await?);
-    files.extend(tools(client).await?);
+    let mut documents = users(client).await?;
+    documents.extend(clients(client).await?);
+    documents.extend(secrets(client).await?);
+    documents.extend(tools(client).await?);
+    let mut files: Vec<(PathBuf, String)> = documents
+        .into_iter()
+        .map(|(path, document)| (path, document.render()))
+        .collect();
+    files.extend(skills(client).await?);
 
     let mut done = Exported::default();
     let mut kept = BTreeSet::new();
     // Nothing is written through a symbolic link (it could lead out of `dir`): every
     // folder on the way is looked at once, and each file.
     let mut plain_folders = BTreeSet::new();
-    for (relative, document) in files {
+    for (relative, text) in files {
         let path = dir.join(&relative);
         let mut within = dir.to_path_buf();
         for part in relative.parent().into_iter().flat_map(Path::iter) {
@@ -92,7 +100,6 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
         }
         refuse_link(&path)?;
         kept.insert(path.clone());
-        let text = document.render();
         if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
             done.unchanged += 1;
             continue;
@@ -119,6 +126,24 @@ fn tool_path(server: &str, tool: &str) -> PathBuf {
     let folder = file_name(server);
     let folder = folder.strip_suffix(".md").unwrap_or(&folder);
     Path::new("tools").join(folder).join(file_name(tool))
+}
+
+/// Where a skill is written: `skills/<name>/SKILL.md`, the layout AI clients read
+/// skills from (a skill's name is safe as a folder name).
+fn skill_path(name: &str) -> PathBuf {
+    Path::new("skills").join(name).join(SKILL_FILE)
+}
+
+/// A skill's file in its folder.
+const SKILL_FILE: &str = "SKILL.md";
+
+/// Every current skill, its file as stored (byte for byte).
+async fn skills<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, String)>, ExportError> {
+    Ok(crate::skills::store::current_files(client)
+        .await?
+        .into_iter()
+        .map(|(name, content)| (skill_path(&name), content))
+        .collect())
 }
 
 /// Refuses a path that is a symbolic link (a missing one is fine: it will be created).
@@ -359,6 +384,14 @@ pub enum Change {
         name: String,
         disabled: bool,
     },
+    /// A skill's file differs from its current version (or it has none): stored as its
+    /// next version (`version` once applied).
+    Skill {
+        skill: crate::skills::Skill,
+        created: bool,
+        previous_sha256: Option<String>,
+        version: Option<i32>,
+    },
     /// The definition withheld since it changed is approved (its hash; the definition
     /// itself once applied, for the audit trail).
     Approved {
@@ -384,6 +417,11 @@ impl std::fmt::Display for Change {
                     "`{name}` {}",
                     if *disabled { "disabled" } else { "enabled" }
                 )
+            }
+            Change::Skill { skill, created, .. } => {
+                let sha256 = hex::encode(skill.sha256());
+                let what = if *created { "created" } else { "updated" };
+                write!(f, "skill `{}` {what} (sha256 {sha256})", skill.name)
             }
             Change::Approved {
                 server, tool, hash, ..
@@ -481,6 +519,7 @@ pub async fn import<C: GenericClient>(
         }
     }
     changes.extend(approvals(client, &dir.join("tools")).await?);
+    changes.extend(skill_changes(client, &dir.join("skills")).await?);
     if dry_run {
         return Ok(changes);
     }
@@ -567,6 +606,64 @@ async fn approvals<C: GenericClient>(
     Ok(changes)
 }
 
+/// The skills under `folder` (`<name>/SKILL.md` each) whose file is not their current
+/// version. Anything else there is refused: Warden distributes single-file skills, and
+/// a file next to a `SKILL.md` would look reviewed and distributed while it is neither.
+async fn skill_changes<C: GenericClient>(
+    client: &C,
+    folder: &Path,
+) -> Result<Vec<Change>, ExportError> {
+    let current: std::collections::HashMap<String, String> = crate::skills::store::current(client)
+        .await?
+        .into_iter()
+        .map(|skill| (skill.name, skill.sha256))
+        .collect();
+    let mut listing = entries(folder)?;
+    listing.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut changes = Vec::new();
+    for (path, kind) in listing {
+        let invalid = |path: &Path, message: String| ExportError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if !kind.is_dir() {
+            return Err(invalid(
+                &path,
+                "expected a folder per skill holding its SKILL.md".into(),
+            ));
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        crate::skills::check_name(&name).map_err(|e| invalid(&path, e.to_string()))?;
+        for (inside, _) in entries(&path)? {
+            if inside.file_name().is_none_or(|n| n != SKILL_FILE) {
+                return Err(invalid(
+                    &inside,
+                    format!("only {SKILL_FILE} is imported: Warden distributes single-file skills"),
+                ));
+            }
+        }
+        let file = path.join(SKILL_FILE);
+        let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+        let skill = crate::skills::Skill::parse_named(text, &name)
+            .map_err(|e| invalid(&file, e.to_string()))?;
+        let previous = current.get(&name);
+        if previous.is_some_and(|sha| *sha == hex::encode(skill.sha256())) {
+            continue;
+        }
+        changes.push(Change::Skill {
+            skill,
+            created: previous.is_none(),
+            previous_sha256: previous.cloned(),
+            version: None,
+        });
+    }
+    Ok(changes)
+}
+
 /// The `.md` files directly in `folder` (none when it is missing).
 fn markdown_files(folder: &Path) -> Result<Vec<PathBuf>, ExportError> {
     Ok(entries(folder)?
@@ -620,6 +717,11 @@ async fn apply<C: GenericClient>(client: &C, change: &mut Change) -> Result<(), 
                 "user.enabled"
             };
             store::notify(client, kind, name, origin).await?;
+        }
+        Change::Skill { skill, version, .. } => {
+            let stored =
+                crate::skills::store::put(client, skill, &crate::audit::cli_actor()).await?;
+            *version = Some(stored.version());
         }
         Change::Approved {
             server,

@@ -28,7 +28,9 @@ use warden_actors::supervisor::RestartReason;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::Principal;
-use crate::policy::Permission;
+use crate::policy::limits::Surface;
+use crate::policy::{Denial, Permission};
+use warden_actors::audit::AuditEvent;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -47,24 +49,43 @@ pub async fn admin_principal(
     action: &str,
 ) -> Result<Arc<Principal>, ApiError> {
     let principal = super::authenticate(app, headers).await?;
-    app.limits
-        .load()
-        .check(
-            crate::policy::limits::Surface::Admin,
-            principal.user_id(),
-            &principal.tier,
-            None,
-            None,
-        )
-        .map_err(|limited| ApiError::RateLimited {
-            message: limited.to_string(),
-            retry_after_secs: limited.retry_after_secs(),
-        })?;
+    check_rate(app, &principal, Surface::Admin)?;
     let decision = app
         .policy
         .load()
         .check(&principal, &Permission::Admin { action });
-    let mut event = warden_actors::audit::AuditEvent::new(
+    let event = decision_event(&principal, format!("admin/{action}"), action, &decision);
+    app.identity.record_event(event).await;
+    decision.map_err(|denial| ApiError::Forbidden {
+        denial,
+        resource_metadata: app.resource_metadata_url(),
+    })?;
+    Ok(principal)
+}
+
+/// The caller's rate limit on `surface` (`rate_limits.<surface>`).
+pub(crate) fn check_rate(
+    app: &AppState,
+    principal: &Principal,
+    surface: Surface,
+) -> Result<(), ApiError> {
+    app.limits
+        .load()
+        .check(surface, principal.user_id(), &principal.tier, None, None)
+        .map_err(|limited| ApiError::RateLimited {
+            message: limited.to_string(),
+            retry_after_secs: limited.retry_after_secs(),
+        })
+}
+
+/// The `permission.decision` row of a REST route's permission check on `subject`.
+pub(crate) fn decision_event(
+    principal: &Principal,
+    subject: String,
+    action: &str,
+    decision: &Result<(), Denial>,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
         "permission.decision",
         if principal.kind == crate::auth::PrincipalKind::Service {
             "client"
@@ -73,7 +94,7 @@ pub async fn admin_principal(
         },
     );
     event.actor_id = Some(principal.user_id().to_owned());
-    event.subject = Some(format!("admin/{action}"));
+    event.subject = Some(subject);
     event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
     event.reason = decision.as_ref().err().map(|d| d.to_string());
     event.attributes = json!({
@@ -83,12 +104,7 @@ pub async fn admin_principal(
         "roles": principal.roles,
         "issuer": principal.issuer,
     });
-    app.identity.record_event(event).await;
-    decision.map_err(|denial| ApiError::Forbidden {
-        denial,
-        resource_metadata: app.resource_metadata_url(),
-    })?;
-    Ok(principal)
+    event
 }
 
 fn describe(status: &ServerStatus) -> Value {

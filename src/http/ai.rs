@@ -22,12 +22,11 @@
 //! | audit trail refusing, budget counters or key unreachable | 503 |
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use warden_actors::trace::TraceContext;
 
@@ -69,7 +68,7 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
             let config = app.config.load();
             (config.server.max_body_bytes, config.server.max_json_depth)
         };
-        let bytes = read_body(body, limit).await?;
+        let bytes = super::read_limited(body, limit).await?;
         if super::jsonlimits::exceeds_depth(&bytes, depth) {
             return Err(ApiError::BadRequest(format!(
                 "the body nests deeper than {depth} levels (server.max_json_depth)"
@@ -173,22 +172,6 @@ async fn authenticate(
         return super::authenticate(app, &with_bearer).await;
     }
     super::authenticate(app, headers).await
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Err(error) => Err(ApiError::BadRequest(format!(
-            "could not read the request body: {error}"
-        ))),
-    }
 }
 
 /// The HTTP answer for an AI gateway failure.

@@ -23,6 +23,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod mrtr;
 pub mod oauth;
+pub mod skills;
 pub mod wellknown;
 
 use std::sync::Arc;
@@ -118,6 +119,25 @@ pub async fn serve(
             ?grace,
             "shutdown grace elapsed; closing the remaining connections"
         ),
+    }
+}
+
+/// A request body of at most `limit` bytes (`server.max_body_bytes`); a longer one is
+/// 413, one that breaks off 400.
+pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {error}"
+        ))),
     }
 }
 

@@ -65,6 +65,7 @@ pub enum Surface {
     Ai,
     OAuth,
     Admin,
+    Skills,
 }
 
 impl Surface {
@@ -74,6 +75,7 @@ impl Surface {
             Surface::Ai => "ai",
             Surface::OAuth => "oauth",
             Surface::Admin => "admin",
+            Surface::Skills => "skills",
         }
     }
 
@@ -83,6 +85,7 @@ impl Surface {
             "ai" => Some(Surface::Ai),
             "oauth" => Some(Surface::OAuth),
             "admin" => Some(Surface::Admin),
+            "skills" => Some(Surface::Skills),
             _ => None,
         }
     }

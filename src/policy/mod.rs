@@ -13,6 +13,7 @@
 //! | the admin API | `admin` |
 //! | a model request | `ai.models.<alias>.scopes` if set; else `ai.scopes` (default `ai:chat`) |
 //! | report a client-side lifecycle event (`POST /hooks/{event}`) | `hooks:report` |
+//! | read a skill (`GET /v1/skills/{name}`, and see it listed) | its file's `metadata.warden-scopes` if set; else `skills.scopes` (default `skills:read`) |
 //!
 //! A principal's scopes grant a permission when they contain every required scope, or
 //! `*`. Roles are scope sets ([`PolicyEngine::role_scopes`]); identity turns a principal's
@@ -66,6 +67,11 @@ pub enum Permission<'a> {
     ReportEvent {
         event: &'a str,
     },
+    /// Read a skill; `scopes` are the ones its file names (empty: `skills.scopes`).
+    ReadSkill {
+        name: &'a str,
+        scopes: &'a [String],
+    },
 }
 
 /// A refusal, with what would have been needed.
@@ -85,6 +91,8 @@ pub const ADMIN_SCOPE: &str = "admin";
 pub const MODEL_SCOPE: &str = "ai:chat";
 /// The scope reporting a client-side lifecycle event requires.
 pub const REPORT_SCOPE: &str = "hooks:report";
+/// The scope reading a skill requires unless the profile or the skill says otherwise.
+pub const SKILLS_SCOPE: &str = "skills:read";
 
 /// One server's rules, shared (`Arc`) so a lookup copies nothing.
 #[derive(Clone, Debug)]
@@ -119,6 +127,7 @@ pub struct PolicyEngine {
     /// Per model alias, replacing `model`.
     models: HashMap<String, Arc<[String]>>,
     report: Arc<[String]>,
+    skills: Arc<[String]>,
 }
 
 impl Default for PolicyEngine {
@@ -164,6 +173,7 @@ impl PolicyEngine {
                 })
                 .collect(),
             report: vec![REPORT_SCOPE.to_owned()].into(),
+            skills: config.skills.scopes.clone().into(),
         }
     }
 
@@ -172,7 +182,7 @@ impl PolicyEngine {
     }
 
     /// The scopes `permission` requires (all of them).
-    pub fn required(&self, permission: &Permission<'_>) -> &[String] {
+    pub fn required<'s>(&'s self, permission: &Permission<'s>) -> &'s [String] {
         match permission {
             Permission::List { server }
             | Permission::ReadResource { server, .. }
@@ -198,6 +208,8 @@ impl PolicyEngine {
             Permission::Admin { .. } => &self.admin,
             Permission::UseModel { model } => self.models.get(*model).unwrap_or(&self.model),
             Permission::ReportEvent { .. } => &self.report,
+            Permission::ReadSkill { scopes: [], .. } => &self.skills,
+            Permission::ReadSkill { scopes, .. } => scopes,
         }
     }
 
@@ -262,6 +274,7 @@ impl PolicyEngine {
             add(scopes);
         }
         add(&self.report);
+        add(&self.skills);
         let role_scopes: Vec<String> = self
             .roles
             .values()
@@ -433,6 +446,21 @@ servers:
             Permission::UseModel { model: "m" },
             Err("ai:chat"),
         );
+        // A skill needs its own scopes when its file names some, else `skills.scopes`.
+        let own = ["finance:read".to_owned(), "skills:read".to_owned()];
+        let skill = |scopes| Permission::ReadSkill {
+            name: "payroll",
+            scopes,
+        };
+        check_decision(&e, "tools:read", skill(&[]), Err("skills:read"));
+        check_decision(&e, "skills:read", skill(&[]), Ok(()));
+        check_decision(
+            &e,
+            "skills:read",
+            skill(&own),
+            Err("finance:read skills:read"),
+        );
+        check_decision(&e, "finance:read skills:read", skill(&own), Ok(()));
         check_decision(
             &e,
             "",

@@ -20,4 +20,5 @@ mod migrate;
 mod policy;
 mod rmcp_client;
 mod serve;
+mod skills;
 mod supervision;

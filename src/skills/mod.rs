@@ -1,0 +1,248 @@
+//! Skills: reusable instructions for AI clients that Warden distributes, so a platform
+//! team ships one reviewed `SKILL.md` to everyone it concerns instead of asking each user
+//! to clone a repository.
+//!
+//! A skill is one Markdown file with YAML frontmatter in the Agent Skills shape: `name`
+//! (1–64 lowercase letters, digits and single hyphens), `description` (what it does and
+//! when to use it, 1–1024 characters), any other keys the format allows (`license`,
+//! `allowed-tools`, `metadata`, …), then the instructions. Warden keeps the file byte
+//! for byte and serves it as uploaded. Who may read it is the skill's own
+//! `metadata.warden-scopes` (space-separated; a reader needs all of them) or, without
+//! one, the profile's `skills.scopes` (default `skills:read`, which the built-in `user`
+//! role grants).
+//!
+//! Every change is a new version in `skill_versions` (schema/0060_skills.sql) and a
+//! `skill.changed` row in the audit trail; nothing is overwritten. Changes come through
+//! the admin API (`PUT`/`DELETE /admin/skills/{name}`) and `warden import` (the
+//! `skills/` folder of an export); readers use `GET /v1/skills` (src/http/skills.rs).
+
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::export::document::frontmatter;
+
+/// The frontmatter key under `metadata` that names the scopes a reader needs.
+pub const SCOPES_KEY: &str = "warden-scopes";
+/// The longest `name`.
+const MAX_NAME: usize = 64;
+/// The longest `description`, in characters.
+const MAX_DESCRIPTION: usize = 1024;
+
+/// Why a skill file was refused. Each message names the key (and, for YAML problems,
+/// the line) at fault.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SkillError {
+    #[error("{0}")]
+    Frontmatter(String),
+    #[error("`name` is missing from the frontmatter")]
+    NoName,
+    #[error(
+        "`name` `{0}` must be 1 to 64 lowercase letters, digits and hyphens, neither starting nor ending with a hyphen nor holding two in a row"
+    )]
+    BadName(String),
+    #[error("`name` is `{found}` but the skill is addressed as `{expected}`")]
+    NameMismatch { expected: String, found: String },
+    #[error("`description` is missing from the frontmatter")]
+    NoDescription,
+    #[error("`description` must be 1 to 1024 characters, found {0}")]
+    BadDescription(usize),
+    #[error("`metadata.warden-scopes`: `{0}` is not a valid scope (no quotes or backslashes)")]
+    BadScope(String),
+    #[error("`metadata.warden-scopes` must be a string of space-separated scopes")]
+    ScopesNotText,
+}
+
+/// A checked skill file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skill {
+    pub name: String,
+    pub description: String,
+    /// `metadata.warden-scopes`, split; empty when the file names none (the profile's
+    /// `skills.scopes` then apply).
+    pub scopes: Vec<String>,
+    /// The file, byte for byte.
+    pub content: String,
+}
+
+#[derive(Deserialize)]
+struct Frontmatter {
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl Skill {
+    /// Reads and checks a `SKILL.md`.
+    pub fn parse(content: String) -> Result<Skill, SkillError> {
+        let front: Frontmatter = frontmatter(&content).map_err(SkillError::Frontmatter)?;
+        let name = front.name.ok_or(SkillError::NoName)?;
+        check_name(&name)?;
+        let description = front.description.ok_or(SkillError::NoDescription)?;
+        let length = description.chars().count();
+        if length == 0 || length > MAX_DESCRIPTION {
+            return Err(SkillError::BadDescription(length));
+        }
+        let mut scopes: Vec<String> = match front.metadata.get(SCOPES_KEY) {
+            None => Vec::new(),
+            Some(serde_json::Value::String(scopes)) => {
+                scopes.split_whitespace().map(str::to_owned).collect()
+            }
+            Some(_) => return Err(SkillError::ScopesNotText),
+        };
+        if let Some(bad) = scopes.iter().find(|s| s.contains(['"', '\\'])) {
+            return Err(SkillError::BadScope(bad.clone()));
+        }
+        scopes.sort();
+        scopes.dedup();
+        Ok(Skill {
+            name,
+            description,
+            scopes,
+            content,
+        })
+    }
+
+    /// Reads a `SKILL.md` that must be the skill named `expected`.
+    pub fn parse_named(content: String, expected: &str) -> Result<Skill, SkillError> {
+        let skill = Skill::parse(content)?;
+        if skill.name != expected {
+            return Err(SkillError::NameMismatch {
+                expected: expected.to_owned(),
+                found: skill.name,
+            });
+        }
+        Ok(skill)
+    }
+
+    pub fn sha256(&self) -> [u8; 32] {
+        Sha256::digest(self.content.as_bytes()).into()
+    }
+}
+
+/// The `skill.changed` audit row of a change by `actor` (`actor_kind` `user` or
+/// `client`); `attributes` say what changed (`action`, `version`, `sha256`,
+/// `previous_sha256`, `origin`).
+pub fn changed_event(
+    actor_kind: &'static str,
+    actor: &str,
+    name: &str,
+    attributes: serde_json::Value,
+) -> warden_actors::audit::AuditEvent {
+    let mut event = warden_actors::audit::AuditEvent::new("skill.changed", actor_kind);
+    event.actor_id = Some(actor.to_owned());
+    event.subject = Some(name.to_owned());
+    event.attributes = attributes;
+    event
+}
+
+/// A skill name as the Agent Skills format has it: lowercase letters, digits and single
+/// hyphens, at most 64, not starting or ending with a hyphen. (Safe as a file and
+/// folder name and in a URL path as it is.)
+pub fn check_name(name: &str) -> Result<(), SkillError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if valid {
+        Ok(())
+    } else {
+        Err(SkillError::BadName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(front: &str) -> String {
+        format!("---\n{front}---\n# Steps\n\n1. Do the thing.\n")
+    }
+
+    #[test]
+    fn a_skill_file_is_kept_byte_for_byte_and_its_scopes_read() {
+        let text = file(
+            "name: pdf-forms\ndescription: Fill in PDF forms.\nlicense: MIT\nmetadata:\n  warden-scopes: \"finance:read  skills:read\"\n  author: platform\n",
+        );
+        let skill = Skill::parse(text.clone()).unwrap();
+        assert_eq!(skill.name, "pdf-forms");
+        assert_eq!(skill.description, "Fill in PDF forms.");
+        assert_eq!(skill.scopes, ["finance:read", "skills:read"]);
+        assert_eq!(skill.content, text);
+        let plain = Skill::parse(file("name: a\ndescription: b\n")).unwrap();
+        assert!(plain.scopes.is_empty());
+    }
+
+    #[test]
+    fn names_follow_the_agent_skills_rules() {
+        for good in ["a", "pdf-forms", "x1-2", &"a".repeat(64)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "PDF",
+            "a_b",
+            "a b",
+            "../x",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_what_is_wrong() {
+        let refuse = |front: &str| Skill::parse(file(front)).unwrap_err();
+        assert_eq!(refuse("description: d\n"), SkillError::NoName);
+        assert_eq!(refuse("name: a\n"), SkillError::NoDescription);
+        assert_eq!(
+            refuse("name: a\ndescription: \"\"\n"),
+            SkillError::BadDescription(0)
+        );
+        let long = format!("name: a\ndescription: {}\n", "é".repeat(1025));
+        assert_eq!(refuse(&long), SkillError::BadDescription(1025));
+        let edge = format!("name: a\ndescription: {}\n", "é".repeat(1024));
+        assert!(Skill::parse(file(&edge)).is_ok());
+        assert_eq!(
+            refuse("name: Bad\ndescription: d\n"),
+            SkillError::BadName("Bad".into())
+        );
+        assert_eq!(
+            refuse("name: a\ndescription: d\nmetadata:\n  warden-scopes: 'a\"b'\n"),
+            SkillError::BadScope("a\"b".into())
+        );
+        assert_eq!(
+            refuse("name: a\ndescription: d\nmetadata:\n  warden-scopes: [a, b]\n"),
+            SkillError::ScopesNotText
+        );
+        let SkillError::Frontmatter(message) = refuse("name: a\ndescription: d\nmetadata: 5\n")
+        else {
+            panic!("a YAML problem");
+        };
+        assert!(message.starts_with("line 4: metadata:"), "{message}");
+        assert!(matches!(
+            Skill::parse("# no frontmatter\n".into()),
+            Err(SkillError::Frontmatter(_))
+        ));
+        assert_eq!(
+            Skill::parse_named(file("name: a\ndescription: d\n"), "b"),
+            Err(SkillError::NameMismatch {
+                expected: "b".into(),
+                found: "a".into()
+            })
+        );
+    }
+}

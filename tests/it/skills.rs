@@ -1,0 +1,330 @@
+//! Skill distribution end to end through `warden serve`: skills uploaded through the admin
+//! API, read by callers according to their scopes, versioned and audited; exported as
+//! `skills/<name>/SKILL.md` and changed back through `warden import`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::identity::Env;
+use crate::support::http::{self, Response};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// `server.max_body_bytes` in this test: the largest skill file.
+const BODY_LIMIT: usize = 8 << 10;
+
+fn skill(name: &str, description: &str, extra: &str, body: &str) -> String {
+    format!("---\nname: {name}\ndescription: {description}\n{extra}---\n{body}")
+}
+
+fn send(env: &Env, method: &str, path: &str, token: &str, body: Option<&str>) -> Response {
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "text/markdown"));
+    }
+    http::request(method, &env.url(path), &headers, body.map(str::as_bytes))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn names(listing: &Response) -> Vec<String> {
+    assert_eq!(listing.status, 200, "{listing:?}");
+    listing.json()["skills"]
+        .as_array()
+        .expect("a skills array")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn count(env: &Env, sql: &str) -> i64 {
+    env.db.query(sql)[0].get::<_, i64>(0)
+}
+
+#[test]
+fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
+    let env = Env::start(|p| {
+        p.set("server.max_body_bytes", json!(BODY_LIMIT));
+    });
+    let admin = env.admin_token();
+    let alice = env.token("alice", "skills:read");
+    let bob = env.token("bob", "skills:read finance:read");
+    let carol = env.token("carol", "tools:read");
+
+    // Uploaded: new (201), the same file again (nothing new), a change (version 2).
+    let forms_v1 = skill("pdf-forms", "Fill in PDF forms.", "", "1. Open the form.\n");
+    let forms_v2 = skill(
+        "pdf-forms",
+        "Fill in PDF forms.",
+        "license: MIT\n",
+        "1. Open the form.\n2. Check every field.\n",
+    );
+    let put = |name: &str, file: &str| {
+        send(
+            &env,
+            "PUT",
+            &format!("/admin/skills/{name}"),
+            &admin,
+            Some(file),
+        )
+    };
+    let created = put("pdf-forms", &forms_v1);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["version"], 1);
+    let again = put("pdf-forms", &forms_v1);
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["changed"], false);
+    assert_eq!(again.json()["version"], 1);
+    let changed = put("pdf-forms", &forms_v2);
+    assert_eq!(changed.json()["version"], 2, "{changed:?}");
+    let payroll = skill(
+        "payroll",
+        "Run the monthly payroll checks.",
+        "metadata:\n  warden-scopes: finance:read\n",
+        "Ask finance first.\n",
+    );
+    assert_eq!(put("payroll", &payroll).status, 201);
+
+    // Refused, each naming what is wrong; nothing stored.
+    let mismatch = put("other-name", &forms_v1);
+    assert_eq!(mismatch.status, 400);
+    assert!(
+        mismatch.body.contains("`name` is `pdf-forms`"),
+        "{mismatch:?}"
+    );
+    let broken = put(
+        "pdf-forms",
+        "---\nname: pdf-forms\ndescription: x\nmetadata: 5\n---\n",
+    );
+    assert_eq!(broken.status, 400);
+    assert!(broken.body.contains("line 4: metadata:"), "{broken:?}");
+    let bad_name = put("Bad_Name", &forms_v1);
+    assert_eq!(bad_name.status, 400, "{bad_name:?}");
+    let not_admin = send(
+        &env,
+        "PUT",
+        "/admin/skills/pdf-forms",
+        &alice,
+        Some(&forms_v1),
+    );
+    assert_eq!(not_admin.status, 403, "{not_admin:?}");
+    // The body limit, at its edge: a file of exactly `server.max_body_bytes`, then one
+    // byte more.
+    let filler = |total: usize| {
+        let head = skill("big", "Big.", "", "");
+        format!("{head}{}", "x".repeat(total - head.len()))
+    };
+    assert_eq!(put("big", &filler(BODY_LIMIT)).status, 201);
+    let over = put("big", &filler(BODY_LIMIT + 1));
+    assert_eq!(over.status, 413, "{over:?}");
+    assert!(over.body.contains("server.max_body_bytes"), "{over:?}");
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM skill_versions"),
+        4,
+        "refused uploads stored nothing"
+    );
+
+    // Each caller sees what its scopes allow.
+    let list = |token: &str| names(&send(&env, "GET", "/v1/skills", token, None));
+    assert_eq!(list(&alice), ["big", "pdf-forms"]);
+    assert_eq!(list(&bob), ["big", "payroll", "pdf-forms"]);
+    assert!(list(&carol).is_empty());
+    let listing = send(&env, "GET", "/v1/skills", &alice, None).json();
+    let forms = &listing["skills"][1];
+    assert_eq!(forms["version"], 2);
+    assert_eq!(forms["description"], "Fill in PDF forms.");
+    assert_eq!(forms["updated_by"], "admin");
+
+    // The file, byte for byte, with its version and ETag; unchanged is 304.
+    let read = send(&env, "GET", "/v1/skills/pdf-forms", &alice, None);
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body, forms_v2);
+    assert_eq!(read.header("warden-skill-version"), Some("2"));
+    assert!(
+        read.header("content-type")
+            .is_some_and(|t| t.starts_with("text/markdown"))
+    );
+    let etag = read.header("etag").expect("an ETag").to_owned();
+    let bearer = format!("Bearer {alice}");
+    let cached = http::request(
+        "GET",
+        &env.url("/v1/skills/pdf-forms"),
+        &[("Authorization", &bearer), ("If-None-Match", &etag)],
+        None,
+    )
+    .expect("a conditional GET");
+    assert_eq!(cached.status, 304, "{cached:?}");
+    assert!(cached.body.is_empty());
+    let first = send(&env, "GET", "/v1/skills/pdf-forms?version=1", &alice, None);
+    assert_eq!(first.body, forms_v1);
+    let refused = send(&env, "GET", "/v1/skills/payroll", &alice, None);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.body.contains("finance:read"), "{refused:?}");
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
+        payroll
+    );
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/pdf-forms", &carol, None).status,
+        403
+    );
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/nothing", &alice, None).status,
+        404
+    );
+
+    // Removed: gone from readers, kept in the history.
+    let removed = send(&env, "DELETE", "/admin/skills/big", &admin, None);
+    assert_eq!(removed.status, 200, "{removed:?}");
+    assert_eq!(removed.json()["version"], 2);
+    assert_eq!(
+        send(&env, "DELETE", "/admin/skills/big", &admin, None).status,
+        404
+    );
+    assert_eq!(list(&alice), ["pdf-forms"]);
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/big", &alice, None).status,
+        404
+    );
+    let history = send(&env, "GET", "/v1/skills/pdf-forms/versions", &alice, None).json();
+    let versions: Vec<i64> = history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap_or_default())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+
+    // The trail: every change with who made it, and the refused read.
+    crate::support::eventually("the skill changes are in the trail", WAIT, || {
+        count(
+            &env,
+            "SELECT count(*) FROM audit_events WHERE kind = 'skill.changed'",
+        ) == 5
+    });
+    let changes = env.db.query(
+        "SELECT subject, attributes->>'action', (attributes->>'version')::int, actor_id \
+         FROM audit_events WHERE kind = 'skill.changed' ORDER BY occurred_at, id",
+    );
+    let changes: Vec<(String, String, i32, String)> = changes
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let expected = [
+        ("pdf-forms", "created", 1),
+        ("pdf-forms", "updated", 2),
+        ("payroll", "created", 1),
+        ("big", "created", 1),
+        ("big", "removed", 2),
+    ];
+    for (change, (subject, action, version)) in changes.iter().zip(expected) {
+        assert_eq!(
+            (
+                change.0.as_str(),
+                change.1.as_str(),
+                change.2,
+                change.3.as_str()
+            ),
+            (subject, action, version, "admin")
+        );
+    }
+    crate::support::eventually("the refused read is in the trail", WAIT, || {
+        count(
+            &env,
+            "SELECT count(*) FROM audit_events WHERE kind = 'permission.decision' \
+             AND subject = 'skill/payroll' AND decision = 'deny'",
+        ) == 1
+    });
+
+    // Exported as the files clients read skills from; edited and added in git; imported.
+    let out = tempfile::tempdir().expect("a temp dir");
+    let dir = out.path().join("state");
+    let dir_arg = dir.display().to_string();
+    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(ok, "{err}");
+    let exported = |name: &str| dir.join("skills").join(name).join("SKILL.md");
+    assert_eq!(
+        std::fs::read_to_string(exported("payroll")).expect("payroll"),
+        payroll
+    );
+    assert_eq!(
+        std::fs::read_to_string(exported("pdf-forms")).expect("forms"),
+        forms_v2
+    );
+    assert!(
+        !dir.join("skills/big").exists(),
+        "a removed skill was exported"
+    );
+
+    let payroll_v2 = payroll.replace("Ask finance first.", "Ask finance first, in writing.");
+    std::fs::write(exported("payroll"), &payroll_v2).expect("edit payroll");
+    let onboarding = skill(
+        "onboarding",
+        "Set up a new laptop.",
+        "",
+        "Follow the wiki.\n",
+    );
+    std::fs::create_dir_all(dir.join("skills/onboarding")).expect("a new folder");
+    std::fs::write(exported("onboarding"), &onboarding).expect("add onboarding");
+    // A file beside a SKILL.md would not be distributed: the import is refused whole.
+    let stray = dir.join("skills/onboarding/script.sh");
+    std::fs::write(&stray, "#!/bin/sh\n").expect("stray file");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(
+        !ok && err.contains("script.sh: only SKILL.md is imported"),
+        "{err}"
+    );
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
+        payroll
+    );
+    std::fs::remove_file(&stray).expect("remove the stray file");
+    // A folder whose SKILL.md names another skill is refused too.
+    std::fs::write(
+        exported("onboarding"),
+        onboarding.replace("name: onboarding", "name: other"),
+    )
+    .expect("misnamed");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(!ok && err.contains("`name` is `other`"), "{err}");
+    std::fs::write(exported("onboarding"), &onboarding).expect("named again");
+
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--dry-run"], None);
+    assert!(ok && stdout.contains("2 change(s)"), "{stdout}{err}");
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
+        payroll
+    );
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(ok, "{err}");
+    for line in [
+        "changed: skill `onboarding` created",
+        "changed: skill `payroll` updated",
+        "2 change(s)",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    let read = send(&env, "GET", "/v1/skills/payroll", &bob, None);
+    assert_eq!(read.body, payroll_v2);
+    assert_eq!(read.header("warden-skill-version"), Some("2"));
+    assert_eq!(list(&alice), ["onboarding", "pdf-forms"]);
+    let imported: Vec<(String, Value)> = env
+        .db
+        .query(
+            "SELECT actor_id, attributes::jsonb FROM audit_events WHERE kind = 'skill.changed' \
+             AND attributes->>'origin' = 'import' ORDER BY subject",
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(imported.len(), 2, "{imported:?}");
+    assert!(imported[0].0.starts_with("cli:"), "{imported:?}");
+    assert_eq!(imported[0].1["action"], "created");
+    assert_eq!(imported[1].1["action"], "updated");
+    assert_eq!(imported[1].1["version"], 2);
+    // Imported again: nothing to change; exported again: the same bytes.
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+    let (ok, stdout, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(ok && stdout.contains("0 written"), "{stdout}{err}");
+}
