@@ -138,18 +138,15 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
                 created,
                 previous_sha256,
                 version,
-            } => crate::skills::changed_event(
-                "user",
-                &crate::audit::cli_actor(),
-                &skill.name,
-                serde_json::json!({
-                    "action": if *created { "created" } else { "updated" },
-                    "version": version,
-                    "sha256": hex::encode(skill.sha256()),
-                    "previous_sha256": previous_sha256,
-                    "origin": "import",
-                }),
-            ),
+            } => crate::skills::SkillChange {
+                name: &skill.name,
+                action: if *created { "created" } else { "updated" },
+                version: version.unwrap_or_default(),
+                sha256: Some(hex::encode(skill.sha256())),
+                previous_sha256: previous_sha256.clone(),
+                origin: "import",
+            }
+            .event("user", &crate::audit::cli_actor()),
             _ => continue,
         };
         let subject = event.subject.clone().unwrap_or_default();

@@ -33,7 +33,7 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::policy::Permission;
 use crate::policy::limits::Surface;
 use crate::skills::store::{self, Put, SkillInfo};
-use crate::skills::{Skill, changed_event, check_name};
+use crate::skills::{Skill, SkillChange, check_name};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -198,12 +198,15 @@ async fn versions(
     Ok(Json(json!({ "name": name, "versions": versions })))
 }
 
-fn actor_kind(principal: &Principal) -> &'static str {
-    if principal.kind == PrincipalKind::Service {
+/// The `skill.changed` row of a change made through the admin API.
+async fn record(app: &AppState, principal: &Principal, change: &SkillChange<'_>) {
+    let actor_kind = if principal.kind == PrincipalKind::Service {
         "client"
     } else {
         "user"
-    }
+    };
+    let event = change.event(actor_kind, principal.user_id());
+    app.identity.record_event(event).await;
 }
 
 async fn put(
@@ -227,32 +230,27 @@ async fn put(
     transaction.commit().await.map_err(unavailable)?;
     drop(client);
     let sha256 = hex::encode(skill.sha256());
-    let (status, action, previous) = match &outcome {
-        Put::Created { .. } => (StatusCode::CREATED, "created", None),
-        Put::Updated { previous, .. } => (StatusCode::OK, "updated", Some(previous.clone())),
-        Put::Unchanged { .. } => (StatusCode::OK, "unchanged", None),
-    };
     if !matches!(outcome, Put::Unchanged { .. }) {
-        let attributes = json!({
-            "action": action,
-            "version": outcome.version(),
-            "sha256": sha256,
-            "previous_sha256": previous,
-            "origin": "admin",
-        });
-        let event = changed_event(
-            actor_kind(&principal),
-            principal.user_id(),
-            &name,
-            attributes,
-        );
-        app.identity.record_event(event).await;
+        let change = SkillChange {
+            name: &name,
+            action: outcome.action(),
+            version: outcome.version(),
+            sha256: Some(sha256.clone()),
+            previous_sha256: outcome.previous(),
+            origin: "admin",
+        };
+        record(&app, &principal, &change).await;
     }
+    let status = if matches!(outcome, Put::Created { .. }) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let answer = json!({
         "name": name,
         "version": outcome.version(),
         "sha256": sha256,
-        "changed": action != "unchanged",
+        "changed": !matches!(outcome, Put::Unchanged { .. }),
     });
     Ok((status, Json(answer)).into_response())
 }
@@ -272,19 +270,15 @@ async fn remove(
     transaction.commit().await.map_err(unavailable)?;
     drop(client);
     let (version, previous) = removed.ok_or_else(|| not_found(&name, None))?;
-    let attributes = json!({
-        "action": "removed",
-        "version": version,
-        "previous_sha256": previous,
-        "origin": "admin",
-    });
-    let event = changed_event(
-        actor_kind(&principal),
-        principal.user_id(),
-        &name,
-        attributes,
-    );
-    app.identity.record_event(event).await;
+    let change = SkillChange {
+        name: &name,
+        action: "removed",
+        version,
+        sha256: None,
+        previous_sha256: Some(previous),
+        origin: "admin",
+    };
+    record(&app, &principal, &change).await;
     Ok(Json(
         json!({ "name": name, "version": version, "removed": true }),
     ))

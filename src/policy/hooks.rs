@@ -761,6 +761,22 @@ mod tests {
         }
     }
 
+    /// A `PreToolUse` hook running `script` with `/bin/sh -c`, denying when it fails.
+    fn sh_hook(name: &str, script: &str, timeout: Duration) -> Hook {
+        Hook {
+            name: name.into(),
+            event: HookEvent::PreToolUse,
+            matcher: Matcher::default(),
+            handler: Handler::Command {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                env: BTreeMap::new(),
+            },
+            timeout,
+            on_error: OnError::Deny,
+        }
+    }
+
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -872,18 +888,7 @@ mod tests {
         let client = warden_actors::upstream::http::client_builder()
             .build()
             .unwrap();
-        let sh = |name: &str, script: &str| Hook {
-            name: name.into(),
-            event: HookEvent::PreToolUse,
-            matcher: Matcher::default(),
-            handler: Handler::Command {
-                program: "/bin/sh".into(),
-                args: vec!["-c".into(), script.into()],
-                env: BTreeMap::new(),
-            },
-            timeout: Duration::from_millis(500),
-            on_error: OnError::Deny,
-        };
+        let sh = |name: &str, script: &str| sh_hook(name, script, Duration::from_millis(500));
         let context = ctx(HookEvent::PreToolUse, "s", "t");
         let rewrite = Hooks::new(vec![sh(
             "rewrite",
@@ -906,23 +911,10 @@ mod tests {
             .build()
             .unwrap();
         // `{}` and a newline after `spaces` spaces.
-        let writes = |spaces: usize| Hook {
-            timeout: Duration::from_secs(30),
-            ..hook(
-                "big",
-                HookEvent::PreToolUse,
-                "*",
-                Handler::Command {
-                    program: "/bin/sh".into(),
-                    args: vec![
-                        "-c".into(),
-                        format!(
-                            "cat >/dev/null; head -c {spaces} /dev/zero | tr '\\0' ' '; echo '{{}}'"
-                        ),
-                    ],
-                    env: BTreeMap::new(),
-                },
-            )
+        let writes = |spaces: usize| {
+            let script =
+                format!("cat >/dev/null; head -c {spaces} /dev/zero | tr '\\0' ' '; echo '{{}}'");
+            sh_hook("big", &script, Duration::from_secs(30))
         };
         let context = ctx(HookEvent::PreToolUse, "s", "t");
         let at_limit = Hooks::new(vec![writes(MAX_HANDLER_OUTPUT - 3)]);
@@ -944,24 +936,11 @@ mod tests {
         let client = warden_actors::upstream::http::client_builder()
             .build()
             .unwrap();
-        let endless = Hook {
-            timeout: Duration::from_secs(120),
-            ..hook(
-                "endless",
-                HookEvent::PreToolUse,
-                "*",
-                Handler::Command {
-                    program: "/bin/sh".into(),
-                    args: vec![
-                        "-c".into(),
-                        "trap '' PIPE; cat >/dev/null; \
-                         while :; do head -c 65536 /dev/zero 2>/dev/null; done"
-                            .into(),
-                    ],
-                    env: BTreeMap::new(),
-                },
-            )
-        };
+        let endless = sh_hook(
+            "endless",
+            "trap '' PIPE; cat >/dev/null; while :; do head -c 65536 /dev/zero 2>/dev/null; done",
+            Duration::from_secs(120),
+        );
         let context = ctx(HookEvent::PreToolUse, "s", "t");
         let hooks = Hooks::new(vec![endless]);
         let verdict = block_on(hooks.run(&context, &json!({}), &client));

@@ -125,20 +125,35 @@ impl Skill {
     }
 }
 
-/// The `skill.changed` audit row of a change by `actor` (`actor_kind` `user` or
-/// `client`); `attributes` say what changed (`action`, `version`, `sha256`,
-/// `previous_sha256`, `origin`).
-pub fn changed_event(
-    actor_kind: &'static str,
-    actor: &str,
-    name: &str,
-    attributes: serde_json::Value,
-) -> warden_actors::audit::AuditEvent {
-    let mut event = warden_actors::audit::AuditEvent::new("skill.changed", actor_kind);
-    event.actor_id = Some(actor.to_owned());
-    event.subject = Some(name.to_owned());
-    event.attributes = attributes;
-    event
+/// One change to a skill, as its `skill.changed` audit row records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkillChange<'a> {
+    pub name: &'a str,
+    /// `created`, `updated` or `removed`.
+    pub action: &'static str,
+    pub version: i32,
+    /// Hex SHA-256 of the file now (none for a removal) and of the one before.
+    pub sha256: Option<String>,
+    pub previous_sha256: Option<String>,
+    /// `admin` (the admin API) or `import` (`warden import`).
+    pub origin: &'static str,
+}
+
+impl SkillChange<'_> {
+    /// The audit row of this change made by `actor` (`actor_kind` `user` or `client`).
+    pub fn event(&self, actor_kind: &'static str, actor: &str) -> warden_actors::audit::AuditEvent {
+        let mut event = warden_actors::audit::AuditEvent::new("skill.changed", actor_kind);
+        event.actor_id = Some(actor.to_owned());
+        event.subject = Some(self.name.to_owned());
+        event.attributes = serde_json::json!({
+            "action": self.action,
+            "version": self.version,
+            "sha256": self.sha256,
+            "previous_sha256": self.previous_sha256,
+            "origin": self.origin,
+        });
+        event
+    }
 }
 
 /// A skill name as the Agent Skills format has it: lowercase letters, digits and single

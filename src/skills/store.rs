@@ -50,6 +50,23 @@ pub enum Put {
 }
 
 impl Put {
+    /// `created`, `updated` or `unchanged`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Put::Created { .. } => "created",
+            Put::Updated { .. } => "updated",
+            Put::Unchanged { .. } => "unchanged",
+        }
+    }
+
+    /// The hex SHA-256 of the version this one replaced.
+    pub fn previous(&self) -> Option<String> {
+        match self {
+            Put::Updated { previous, .. } => Some(previous.clone()),
+            Put::Created { .. } | Put::Unchanged { .. } => None,
+        }
+    }
+
     pub fn version(&self) -> i32 {
         match self {
             Put::Created { version }
