@@ -8,7 +8,8 @@
 -- a skill is its highest; one whose highest has no content is removed. Who changed what
 -- is also in `audit_events` (`skill.changed`).
 CREATE TABLE skill_versions (
-    name         TEXT NOT NULL,
+    -- As src/skills/mod.rs `check_name` has it; export writes it into a path.
+    name         TEXT NOT NULL CHECK (name ~ '^[a-z0-9]+(-[a-z0-9]+)*$' AND length(name) <= 64),
     version      INTEGER NOT NULL CHECK (version > 0),
     content      TEXT,                    -- the SKILL.md as uploaded; NULL: removed
     sha256       BYTEA,                   -- of `content`

@@ -40,7 +40,7 @@ use super::wire::{
     self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai,
 };
 use super::{Ai, AiState, Route};
-use crate::auth::{Principal, PrincipalKind};
+use crate::auth::Principal;
 use crate::policy::limits::{RateLimited, RateLimiter, Surface};
 use crate::policy::{Denial, Permission, PolicyEngine};
 
@@ -486,7 +486,7 @@ impl Ai {
         decision: &Result<(), Denial>,
     ) -> Result<(), AiError> {
         let principal = &caller.principal;
-        let mut event = AuditEvent::new("permission.decision", actor_kind(principal));
+        let mut event = AuditEvent::new("permission.decision", principal.actor_kind());
         event.trace_id = Some(caller.trace.trace_id_hex());
         event.actor_id = Some(principal.user_id().to_owned());
         event.subject = Some(format!("ai/{}", route.alias));
@@ -517,7 +517,7 @@ impl Ai {
         budget: Option<&str>,
     ) -> Result<(), AiError> {
         let principal = &caller.principal;
-        let mut event = AuditEvent::new("rate_limit.rejected", actor_kind(principal));
+        let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
         event.trace_id = Some(caller.trace.trace_id_hex());
         event.actor_id = Some(principal.user_id().to_owned());
         event.subject = Some(format!("ai/{}", route.alias));
@@ -532,13 +532,6 @@ impl Ai {
             .record(AuditRecord::Event(Box::new(event)))
             .await
             .map_err(AiError::Audit)
-    }
-}
-
-fn actor_kind(principal: &Principal) -> &'static str {
-    match principal.kind {
-        PrincipalKind::Service => "client",
-        _ => "user",
     }
 }
 

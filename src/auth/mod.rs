@@ -78,6 +78,14 @@ impl Principal {
         &self.subject
     }
 
+    /// `actor_kind` in audit rows: `client` for a service account, else `user`.
+    pub fn actor_kind(&self) -> &'static str {
+        match self.kind {
+            PrincipalKind::Service => "client",
+            _ => "user",
+        }
+    }
+
     pub fn anonymous() -> Principal {
         Principal {
             subject: "anonymous".into(),

@@ -71,7 +71,13 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     let mut client = database.pool.get().await?;
     // One transaction: an import that fails half-way changes nothing.
     let outcome = async {
-        let transaction = client.transaction().await?;
+        // READ COMMITTED whatever the database's default: a skill's versions are numbered
+        // under a lock, by reads that must see what committed before it was taken.
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
         let changes = crate::export::import(
             &*transaction,
             &args.dir,
@@ -135,18 +141,23 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
             }
             Change::Skill {
                 skill,
-                created,
-                previous_sha256,
-                version,
-            } => crate::skills::SkillChange {
-                name: &skill.name,
-                action: if *created { "created" } else { "updated" },
-                version: version.unwrap_or_default(),
-                sha256: Some(hex::encode(skill.sha256())),
-                previous_sha256: previous_sha256.clone(),
-                origin: "import",
+                stored: Some(stored),
+                ..
+            } => {
+                // Stored as planned unless someone stored the same file meanwhile.
+                let Some(action) = stored.action() else {
+                    continue;
+                };
+                crate::skills::SkillChange {
+                    name: &skill.name,
+                    action,
+                    version: stored.version(),
+                    sha256: Some(hex::encode(skill.sha256())),
+                    previous_sha256: stored.previous(),
+                    origin: crate::skills::Origin::Import,
+                }
+                .event("user", &crate::audit::cli_actor())
             }
-            .event("user", &crate::audit::cli_actor()),
             _ => continue,
         };
         let subject = event.subject.clone().unwrap_or_default();

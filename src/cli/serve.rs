@@ -251,7 +251,7 @@ async fn run(
                 for server in changed {
                     app.gateway.announce_list_changed(&policy, &server, "tools");
                 }
-                Ok(())
+                Ok::<(), crate::gateway::pins::RefreshError>(())
             }
         },
     ));

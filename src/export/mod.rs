@@ -110,8 +110,17 @@ pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported
         std::fs::write(&path, text).map_err(io(&path))?;
         done.written += 1;
     }
+    // Export writes `.md` files, and in a skill's folder only its `SKILL.md`: whatever
+    // else is there (import refuses it) is not export's to remove.
+    let markdown = |path: &Path| path.extension().is_some_and(|e| e == "md");
+    let skill_file = |path: &Path| path.file_name().is_some_and(|n| n == SKILL_FILE);
     for folder in FOLDERS {
-        done.removed += remove_stale(&dir.join(folder), &kept)?;
+        let ours: &dyn Fn(&Path) -> bool = if folder == "skills" {
+            &skill_file
+        } else {
+            &markdown
+        };
+        done.removed += remove_stale(&dir.join(folder), &kept, ours)?;
     }
     Ok(done)
 }
@@ -139,11 +148,16 @@ const SKILL_FILE: &str = "SKILL.md";
 
 /// Every current skill, its file as stored (byte for byte).
 async fn skills<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, String)>, ExportError> {
-    Ok(crate::skills::store::current_files(client)
-        .await?
-        .into_iter()
-        .map(|(name, content)| (skill_path(&name), content))
-        .collect())
+    let mut files = Vec::new();
+    for (name, content) in crate::skills::store::current_files(client).await? {
+        // The table checks names too; a path is built from this one.
+        crate::skills::check_name(&name).map_err(|e| ExportError::Invalid {
+            path: PathBuf::from("skills"),
+            message: e.to_string(),
+        })?;
+        files.push((skill_path(&name), content));
+    }
+    Ok(files)
 }
 
 /// Refuses a path that is a symbolic link (a missing one is fine: it will be created).
@@ -157,19 +171,20 @@ fn refuse_link(path: &Path) -> Result<(), ExportError> {
     }
 }
 
-/// Removes the `.md` files under `folder` that are not in `kept` (and folders left
+/// Removes the files under `folder` that are `ours` and not in `kept` (and folders left
 /// empty); returns how many files went.
-fn remove_stale(folder: &Path, kept: &BTreeSet<PathBuf>) -> Result<usize, ExportError> {
+fn remove_stale(
+    folder: &Path,
+    kept: &BTreeSet<PathBuf>,
+    ours: &dyn Fn(&Path) -> bool,
+) -> Result<usize, ExportError> {
     let mut removed = 0;
     for (path, kind) in entries(folder)? {
         if kind.is_dir() {
-            removed += remove_stale(&path, kept)?;
+            removed += remove_stale(&path, kept, ours)?;
             // Only succeeds when the folder is empty, which is the point.
             let _ = std::fs::remove_dir(&path);
-        } else if kind.is_file()
-            && path.extension().is_some_and(|e| e == "md")
-            && !kept.contains(&path)
-        {
+        } else if kind.is_file() && ours(&path) && !kept.contains(&path) {
             std::fs::remove_file(&path).map_err(io(&path))?;
             removed += 1;
         }
@@ -385,12 +400,11 @@ pub enum Change {
         disabled: bool,
     },
     /// A skill's file differs from its current version (or it has none): stored as its
-    /// next version (`version` once applied).
+    /// next version (what storing it did, once applied).
     Skill {
         skill: crate::skills::Skill,
         created: bool,
-        previous_sha256: Option<String>,
-        version: Option<i32>,
+        stored: Option<crate::skills::store::Put>,
     },
     /// The definition withheld since it changed is approved (its hash; the definition
     /// itself once applied, for the audit trail).
@@ -650,15 +664,26 @@ async fn skill_changes<C: GenericClient>(
         let text = std::fs::read_to_string(&file).map_err(io(&file))?;
         let skill = crate::skills::Skill::parse_named(text, &name)
             .map_err(|e| invalid(&file, e.to_string()))?;
+        let sha256 = skill.sha256();
         let previous = current.get(&name);
-        if previous.is_some_and(|sha| *sha == hex::encode(skill.sha256())) {
+        if previous.is_some_and(|sha| *sha == hex::encode(sha256)) {
             continue;
+        }
+        // An older version, unchanged: the folder is behind what the admin API did since
+        // it was exported, and applying it would quietly undo that.
+        if let Some(old) = crate::skills::store::version_with(client, &name, &sha256).await? {
+            return Err(invalid(
+                &file,
+                format!(
+                    "is version {old} of skill `{name}`, which has changed or been removed since; \
+                     export again (or upload it with PUT /admin/skills/{name} to go back to it)"
+                ),
+            ));
         }
         changes.push(Change::Skill {
             skill,
             created: previous.is_none(),
-            previous_sha256: previous.cloned(),
-            version: None,
+            stored: None,
         });
     }
     Ok(changes)
@@ -718,10 +743,9 @@ async fn apply<C: GenericClient>(client: &C, change: &mut Change) -> Result<(), 
             };
             store::notify(client, kind, name, origin).await?;
         }
-        Change::Skill { skill, version, .. } => {
-            let stored =
-                crate::skills::store::put(client, skill, &crate::audit::cli_actor()).await?;
-            *version = Some(stored.version());
+        Change::Skill { skill, stored, .. } => {
+            *stored =
+                Some(crate::skills::store::put(client, skill, &crate::audit::cli_actor()).await?);
         }
         Change::Approved {
             server,

@@ -398,6 +398,12 @@ mod tests {
         assert_eq!(next_methods(&mut alice, 5).await, to_alice);
         assert_eq!(next_methods(&mut bob, 4).await, to_bob);
         assert_eq!(next_methods(&mut mallory, 3).await, lists);
+        // Nothing more: a marker sent now is what each stream hears next.
+        let marker = json!({"jsonrpc": "2.0", "method": "test/marker"}).to_string();
+        sessions.broadcast(Arc::from(marker), |_| true);
+        for stream in [&mut alice, &mut bob, &mut mallory] {
+            assert_eq!(next_method(stream).await, "test/marker");
+        }
 
         actor.stop(None);
         tree.shutdown().await;

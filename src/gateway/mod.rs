@@ -802,7 +802,7 @@ impl Gateway {
         // durable — committed, or fsynced in the spool — before the tool is dispatched;
         // if the trail cannot make it durable the call is refused, not dispatched.
         if config.audit.ack == crate::config::AckMode::Durable {
-            let mut started = AuditEvent::new("tool.started", actor_kind(&ctx.principal));
+            let mut started = AuditEvent::new("tool.started", ctx.principal.actor_kind());
             started.trace_id = Some(ctx.trace.trace_id_hex());
             started.actor_id = Some(ctx.principal.user_id().to_owned());
             started.subject = Some(format!("{}/{}", target.server, target.upstream));
@@ -877,7 +877,7 @@ impl Gateway {
                 GatewayError::RateLimited(_) | GatewayError::Quota(QuotaError::Exhausted { .. })
             )
         {
-            let mut event = AuditEvent::new("rate_limit.rejected", actor_kind(principal));
+            let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
             event.trace_id = Some(ctx.trace.trace_id_hex());
             event.actor_id = Some(principal.user_id().to_owned());
             event.subject = Some(format!("{}/{}", target.server, target.upstream));
@@ -938,7 +938,7 @@ impl Gateway {
     /// One `hook.outcome` audit event per hook that ran.
     pub async fn record_hooks(&self, ctx: &CallContext, reports: &[HookReport], event: HookEvent) {
         for report in reports {
-            let mut audit = AuditEvent::new("hook.outcome", actor_kind(&ctx.principal));
+            let mut audit = AuditEvent::new("hook.outcome", ctx.principal.actor_kind());
             audit.trace_id = Some(ctx.trace.trace_id_hex());
             audit.actor_id = Some(ctx.principal.user_id().to_owned());
             audit.subject = Some(report.hook.clone());
@@ -1540,7 +1540,7 @@ impl Gateway {
         action: &str,
         decision: &Result<(), Denial>,
     ) -> Result<(), GatewayError> {
-        let mut event = AuditEvent::new("permission.decision", actor_kind(&ctx.principal));
+        let mut event = AuditEvent::new("permission.decision", ctx.principal.actor_kind());
         event.trace_id = Some(ctx.trace.trace_id_hex());
         event.actor_id = Some(ctx.principal.user_id().to_owned());
         event.subject = Some(subject.to_owned());
@@ -1558,13 +1558,6 @@ impl Gateway {
             .record(AuditRecord::Event(Box::new(event)))
             .await
             .map_err(GatewayError::Audit)
-    }
-}
-
-fn actor_kind(principal: &Principal) -> &'static str {
-    match principal.kind {
-        crate::auth::PrincipalKind::Service => "client",
-        _ => "user",
     }
 }
 

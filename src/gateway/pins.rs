@@ -39,6 +39,15 @@ pub enum ApproveError {
     Store(String),
 }
 
+/// Why the pins could not be read again.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("no database connection: {0}")]
+    Connection(#[from] deadpool_postgres::PoolError),
+    #[error("reading the pins: {0}")]
+    Read(#[from] tokio_postgres::Error),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PinCheck {
     /// First sight (now approved) or identical to the approved definition.
@@ -105,12 +114,12 @@ impl Pins {
     /// Returns the servers whose pins changed (their clients' tool lists did).
     /// Fails, changing nothing, when PostgreSQL cannot be read ([`refresh_when_wanted`]
     /// tries again).
-    pub async fn refresh(&self) -> Result<Vec<String>, String> {
+    pub async fn refresh(&self) -> Result<Vec<String>, RefreshError> {
         let Some(pool) = &self.pool else {
             return Ok(Vec::new());
         };
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        let stored = stored(&client).await.map_err(|e| e.to_string())?;
+        let client = pool.get().await?;
+        let stored = stored(&client).await?;
         let mut changed = std::collections::BTreeSet::new();
         {
             let mut pins = self.lock();
@@ -345,14 +354,15 @@ const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
 /// after a failure, again with back-off from `first_retry` until one succeeds: a
 /// refresh given up would leave an approval made elsewhere unserved here until the
 /// next notice or restart. Ends with `shutdown`.
-pub async fn refresh_when_wanted<F, Fut>(
+pub async fn refresh_when_wanted<F, Fut, E>(
     wanted: Arc<Notify>,
     shutdown: CancellationToken,
     first_retry: Duration,
     mut refresh: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     loop {
         tokio::select! {

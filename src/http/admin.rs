@@ -49,7 +49,7 @@ pub async fn admin_principal(
     action: &str,
 ) -> Result<Arc<Principal>, ApiError> {
     let principal = super::authenticate(app, headers).await?;
-    check_rate(app, &principal, Surface::Admin)?;
+    check_rate(app, &principal, Surface::Admin).await?;
     let decision = app
         .policy
         .load()
@@ -63,19 +63,31 @@ pub async fn admin_principal(
     Ok(principal)
 }
 
-/// The caller's rate limit on `surface` (`rate_limits.<surface>`).
-pub(crate) fn check_rate(
+/// The caller's rate limit on `surface` (`rate_limits.<surface>`); a refusal is a
+/// `rate_limit.rejected` audit event.
+pub(crate) async fn check_rate(
     app: &AppState,
     principal: &Principal,
     surface: Surface,
 ) -> Result<(), ApiError> {
-    app.limits
-        .load()
-        .check(surface, principal.user_id(), &principal.tier, None, None)
-        .map_err(|limited| ApiError::RateLimited {
-            message: limited.to_string(),
-            retry_after_secs: limited.retry_after_secs(),
-        })
+    let checked =
+        app.limits
+            .load()
+            .check(surface, principal.user_id(), &principal.tier, None, None);
+    let Err(limited) = checked else {
+        return Ok(());
+    };
+    let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
+    event.actor_id = Some(principal.user_id().to_owned());
+    event.subject = Some(surface.as_str().to_owned());
+    event.decision = Some("deny");
+    event.reason = Some(limited.to_string());
+    event.attributes = json!({ "surface": surface.as_str(), "tier": principal.tier });
+    app.identity.record_event(event).await;
+    Err(ApiError::RateLimited {
+        message: limited.to_string(),
+        retry_after_secs: limited.retry_after_secs(),
+    })
 }
 
 /// The `permission.decision` row of a REST route's permission check on `subject`.
@@ -85,14 +97,7 @@ pub(crate) fn decision_event(
     action: &str,
     decision: &Result<(), Denial>,
 ) -> AuditEvent {
-    let mut event = AuditEvent::new(
-        "permission.decision",
-        if principal.kind == crate::auth::PrincipalKind::Service {
-            "client"
-        } else {
-            "user"
-        },
-    );
+    let mut event = AuditEvent::new("permission.decision", principal.actor_kind());
     event.actor_id = Some(principal.user_id().to_owned());
     event.subject = Some(subject);
     event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });

@@ -3,16 +3,20 @@
 //! Readers (rate limit `rate_limits.skills`; each skill needs its own scopes, see
 //! `Permission::ReadSkill`):
 //! - `GET /v1/skills` — the skills the caller may read, by name: `name`, `description`,
-//!   `version`, `sha256`, `updated_at`, `updated_by`. Skills it may not read are left
-//!   out.
+//!   `version`, `sha256`, `updated_at`. Skills it may not read are left out.
 //! - `GET /v1/skills/{name}` — the `SKILL.md` as uploaded (`text/markdown`), its version
 //!   in `Warden-Skill-Version` and its SHA-256 as the `ETag` (a matching `If-None-Match`
-//!   answers 304); `?version=N` reads an earlier version. The decision is audited.
+//!   answers 304); `?version=N` reads an earlier version of a skill that still exists,
+//!   for a caller who may read both that version and the current one.
 //! - `GET /v1/skills/{name}/versions` — the history, newest first (a removal has no
 //!   `sha256`).
 //!
+//! A skill the caller may not read answers 404 exactly as one that does not exist, so
+//! names cannot be probed; the decision is audited (`permission.decision`, subject
+//! `skill/<name>`) and a read is refused (503) when the audit trail refuses records.
+//!
 //! Changes (the admin API, `Permission::Admin { action: "skills.write" }`), each a
-//! `skill.changed` row in the audit trail:
+//! `skill.changed` row in the audit trail, refused (503) while the trail refuses records:
 //! - `PUT /admin/skills/{name}` — the body is the file (at most `server.max_body_bytes`);
 //!   201 when the skill is new, 200 when it changed or was already this file.
 //! - `DELETE /admin/skills/{name}` — removes it (a version without content).
@@ -25,15 +29,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_postgres::IsolationLevel;
+use warden_actors::audit::AuditRecord;
 
 use super::AppState;
 use super::admin::{admin_principal, check_rate, decision_event};
 use super::error::ApiError;
-use crate::auth::{Principal, PrincipalKind};
-use crate::policy::Permission;
+use crate::auth::Principal;
 use crate::policy::limits::Surface;
+use crate::policy::{Denial, Permission};
 use crate::skills::store::{self, Put, SkillInfo};
-use crate::skills::{Skill, SkillChange, check_name};
+use crate::skills::{Origin, Skill, SkillAction, SkillChange, check_name};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -53,20 +59,23 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("the skills cannot be read or written: {error}"))
 }
 
+fn audit_refusing() -> ApiError {
+    ApiError::Unavailable(
+        "the audit trail is refusing records (audit.on_backlog: fail_closed); try again when its backlog drains"
+            .into(),
+    )
+}
+
 async fn reader(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<std::sync::Arc<Principal>, ApiError> {
     let principal = super::authenticate(app, headers).await?;
-    check_rate(app, &principal, Surface::Skills)?;
+    check_rate(app, &principal, Surface::Skills).await?;
     Ok(principal)
 }
 
-fn may_read(
-    app: &AppState,
-    principal: &Principal,
-    skill: &SkillInfo,
-) -> Result<(), crate::policy::Denial> {
+fn may_read(app: &AppState, principal: &Principal, skill: &SkillInfo) -> Result<(), Denial> {
     app.policy.load().check(
         principal,
         &Permission::ReadSkill {
@@ -76,17 +85,6 @@ fn may_read(
     )
 }
 
-fn describe(skill: &SkillInfo) -> Value {
-    json!({
-        "name": skill.name,
-        "description": skill.description,
-        "version": skill.version,
-        "sha256": skill.sha256,
-        "updated_at": skill.updated_at,
-        "updated_by": skill.updated_by,
-    })
-}
-
 async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let principal = reader(&app, &headers).await?;
     let client = app.db.get().await.map_err(unavailable)?;
@@ -94,7 +92,15 @@ async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Va
     let visible: Vec<Value> = skills
         .iter()
         .filter(|skill| may_read(&app, &principal, skill).is_ok())
-        .map(describe)
+        .map(|skill| {
+            json!({
+                "name": skill.name,
+                "description": skill.description,
+                "version": skill.version,
+                "sha256": skill.sha256,
+                "updated_at": skill.updated_at,
+            })
+        })
         .collect();
     Ok(Json(json!({ "skills": visible })))
 }
@@ -104,36 +110,61 @@ struct VersionQuery {
     version: Option<i32>,
 }
 
+/// The one answer for a skill that does not exist, was removed, has no such version, or
+/// may not be read by the caller.
 fn not_found(name: &str, version: Option<i32>) -> ApiError {
     ApiError::NotFound(match version {
-        Some(version) => format!("skill `{name}` has no version {version} (or it is a removal)"),
-        None => format!("no skill `{name}`"),
+        Some(version) => format!("no version {version} of a skill `{name}` you may read"),
+        None => format!("no skill `{name}` you may read"),
     })
 }
 
-/// Looks up skill `name` (the current version, or `version`) and checks the caller may
-/// read it; the decision is audited.
+/// Skill `name` as it stands, and `version` of it when asked for, if the caller may read
+/// both (an old version is no way around scopes added since, nor around a removal). The
+/// decision is audited (`action` names the route); when the trail refuses it, so is the
+/// read.
 async fn readable(
     app: &AppState,
     principal: &Principal,
     name: &str,
     version: Option<i32>,
+    action: &str,
 ) -> Result<(SkillInfo, String), ApiError> {
     check_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let client = app.db.get().await.map_err(unavailable)?;
-    let (skill, content) = store::get(&**client, name, version)
+    let current = store::get(&**client, name, None)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| not_found(name, version))?;
+    let wanted = match version {
+        Some(version) if version != current.0.version => store::get(&**client, name, Some(version))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| not_found(name, Some(version)))?,
+        _ => current.clone(),
+    };
     drop(client);
-    let decision = may_read(app, principal, &skill);
-    let event = decision_event(principal, format!("skill/{name}"), "skills.read", &decision);
-    app.identity.record_event(event).await;
-    decision.map_err(|denial| ApiError::Forbidden {
-        denial,
-        resource_metadata: app.resource_metadata_url(),
-    })?;
-    Ok((skill, content))
+    let decision =
+        may_read(app, principal, &current.0).and_then(|()| may_read(app, principal, &wanted.0));
+    let mut event = decision_event(principal, format!("skill/{name}"), action, &decision);
+    event.attributes["version"] = json!(wanted.0.version);
+    app.audit
+        .record(AuditRecord::Event(Box::new(event)))
+        .await
+        .map_err(|_| audit_refusing())?;
+    decision.map_err(|_| not_found(name, version))?;
+    Ok(wanted)
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2) or is `*`.
+fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 async fn read(
@@ -143,18 +174,9 @@ async fn read(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let principal = reader(&app, &headers).await?;
-    let (skill, content) = readable(&app, &principal, &name, query.version).await?;
+    let (skill, content) = readable(&app, &principal, &name, query.version, "skills.read").await?;
     let etag = format!("\"{}\"", skill.sha256);
-    let version = HeaderValue::from(skill.version);
-    // An ETag is hex in quotes: always a valid header value.
-    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let unchanged = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|tag| matches!(tag.trim(), "*") || tag.trim() == etag);
-    let mut response = if unchanged {
+    let mut response = if matches_etag(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut response = Response::new(Body::from(content));
@@ -165,8 +187,11 @@ async fn read(
         response
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, etag_value);
-    headers.insert(VERSION_HEADER, version);
+    // Hex in quotes is always a valid header value.
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert(VERSION_HEADER, HeaderValue::from(skill.version));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
 }
@@ -178,7 +203,7 @@ async fn versions(
 ) -> Result<Json<Value>, ApiError> {
     let principal = reader(&app, &headers).await?;
     // Only who may read the skill as it stands may read its history.
-    readable(&app, &principal, &name, None).await?;
+    readable(&app, &principal, &name, None, "skills.history").await?;
     let client = app.db.get().await.map_err(unavailable)?;
     let history = store::history(&**client, &name)
         .await
@@ -191,22 +216,45 @@ async fn versions(
                 "sha256": v.sha256,
                 "description": v.description,
                 "created_at": v.created_at,
-                "created_by": v.created_by,
             })
         })
         .collect();
     Ok(Json(json!({ "name": name, "versions": versions })))
 }
 
-/// The `skill.changed` row of a change made through the admin API.
+/// The `skill.changed` row of a change made through the admin API. The change is
+/// committed, so its row is kept even while the trail refuses new governed work.
 async fn record(app: &AppState, principal: &Principal, change: &SkillChange<'_>) {
-    let actor_kind = if principal.kind == PrincipalKind::Service {
-        "client"
-    } else {
-        "user"
-    };
-    let event = change.event(actor_kind, principal.user_id());
-    app.identity.record_event(event).await;
+    let event = change.event(principal.actor_kind(), principal.user_id());
+    if let Err(refused) = app
+        .audit
+        .record_completed(AuditRecord::Event(Box::new(event)))
+        .await
+    {
+        tracing::error!(skill = change.name, error = %refused, "a skill change was made but its audit row was refused");
+    }
+}
+
+/// Runs `change` in a READ COMMITTED transaction (the per-name lock in `store` numbers
+/// versions one after the other only when each statement sees what committed before
+/// it), after making sure the trail takes records.
+async fn change<T>(
+    app: &AppState,
+    change: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, ApiError> {
+    if !app.audit.accepting() {
+        return Err(audit_refusing());
+    }
+    let mut client = app.db.get().await.map_err(unavailable)?;
+    let transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(unavailable)?;
+    let done = change(&transaction).await.map_err(unavailable)?;
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(done)
 }
 
 async fn put(
@@ -222,22 +270,17 @@ async fn put(
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|e| ApiError::BadRequest(format!("the skill file is not UTF-8: {e}")))?;
     let skill = Skill::parse_named(text, &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut client = app.db.get().await.map_err(unavailable)?;
-    let transaction = client.transaction().await.map_err(unavailable)?;
-    let outcome = store::put(&*transaction, &skill, principal.user_id())
-        .await
-        .map_err(unavailable)?;
-    transaction.commit().await.map_err(unavailable)?;
-    drop(client);
+    let by = principal.user_id();
+    let outcome = change(&app, async |t| store::put(t, &skill, by).await).await?;
     let sha256 = hex::encode(skill.sha256());
-    if !matches!(outcome, Put::Unchanged { .. }) {
+    if let Some(action) = outcome.action() {
         let change = SkillChange {
             name: &name,
-            action: outcome.action(),
+            action,
             version: outcome.version(),
             sha256: Some(sha256.clone()),
             previous_sha256: outcome.previous(),
-            origin: "admin",
+            origin: Origin::Admin,
         };
         record(&app, &principal, &change).await;
     }
@@ -250,7 +293,7 @@ async fn put(
         "name": name,
         "version": outcome.version(),
         "sha256": sha256,
-        "changed": !matches!(outcome, Put::Unchanged { .. }),
+        "changed": outcome.action().is_some(),
     });
     Ok((status, Json(answer)).into_response())
 }
@@ -262,21 +305,17 @@ async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let principal = admin_principal(&app, &headers, "skills.write").await?;
     check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut client = app.db.get().await.map_err(unavailable)?;
-    let transaction = client.transaction().await.map_err(unavailable)?;
-    let removed = store::remove(&*transaction, &name, principal.user_id())
-        .await
-        .map_err(unavailable)?;
-    transaction.commit().await.map_err(unavailable)?;
-    drop(client);
-    let (version, previous) = removed.ok_or_else(|| not_found(&name, None))?;
+    let by = principal.user_id();
+    let removed = change(&app, async |t| store::remove(t, &name, by).await).await?;
+    let (version, previous) =
+        removed.ok_or_else(|| ApiError::NotFound(format!("no skill `{name}`")))?;
     let change = SkillChange {
         name: &name,
-        action: "removed",
+        action: SkillAction::Removed,
         version,
         sha256: None,
         previous_sha256: Some(previous),
-        origin: "admin",
+        origin: Origin::Admin,
     };
     record(&app, &principal, &change).await;
     Ok(Json(

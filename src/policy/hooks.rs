@@ -939,7 +939,8 @@ mod tests {
         let endless = sh_hook(
             "endless",
             "trap '' PIPE; cat >/dev/null; while :; do head -c 65536 /dev/zero 2>/dev/null; done",
-            Duration::from_secs(120),
+            // Long enough to tell "ended at the limit" from "ended by its timeout".
+            Duration::from_secs(20),
         );
         let context = ctx(HookEvent::PreToolUse, "s", "t");
         let hooks = Hooks::new(vec![endless]);

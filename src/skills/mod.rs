@@ -125,18 +125,52 @@ impl Skill {
     }
 }
 
+/// What a change did to a skill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkillAction {
+    Created,
+    Updated,
+    Removed,
+}
+
+impl SkillAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkillAction::Created => "created",
+            SkillAction::Updated => "updated",
+            SkillAction::Removed => "removed",
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The admin API.
+    Admin,
+    /// `warden import`.
+    Import,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Admin => "admin",
+            Origin::Import => "import",
+        }
+    }
+}
+
 /// One change to a skill, as its `skill.changed` audit row records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkillChange<'a> {
     pub name: &'a str,
-    /// `created`, `updated` or `removed`.
-    pub action: &'static str,
+    pub action: SkillAction,
     pub version: i32,
     /// Hex SHA-256 of the file now (none for a removal) and of the one before.
     pub sha256: Option<String>,
     pub previous_sha256: Option<String>,
-    /// `admin` (the admin API) or `import` (`warden import`).
-    pub origin: &'static str,
+    pub origin: Origin,
 }
 
 impl SkillChange<'_> {
@@ -146,11 +180,11 @@ impl SkillChange<'_> {
         event.actor_id = Some(actor.to_owned());
         event.subject = Some(self.name.to_owned());
         event.attributes = serde_json::json!({
-            "action": self.action,
+            "action": self.action.as_str(),
             "version": self.version,
             "sha256": self.sha256,
             "previous_sha256": self.previous_sha256,
-            "origin": self.origin,
+            "origin": self.origin.as_str(),
         });
         event
     }

@@ -5,7 +5,7 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::Skill;
+use super::{Skill, SkillAction};
 
 /// A skill's current version, as listings show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +50,12 @@ pub enum Put {
 }
 
 impl Put {
-    /// `created`, `updated` or `unchanged`.
-    pub fn action(&self) -> &'static str {
+    /// What it did to the skill; `None` when the file was its current version already.
+    pub fn action(&self) -> Option<SkillAction> {
         match self {
-            Put::Created { .. } => "created",
-            Put::Updated { .. } => "updated",
-            Put::Unchanged { .. } => "unchanged",
+            Put::Created { .. } => Some(SkillAction::Created),
+            Put::Updated { .. } => Some(SkillAction::Updated),
+            Put::Unchanged { .. } => None,
         }
     }
 
@@ -210,7 +210,8 @@ pub async fn current_files<C: GenericClient>(
 }
 
 /// Skill `name` with its file: the current version, or `version`. `None` when there is
-/// no such skill or version, or it was removed (then, or since).
+/// no such skill or version, or that version is a removal (an earlier version of a
+/// skill removed since is still found: the caller decides whether it may be read).
 pub async fn get<C: GenericClient>(
     client: &C,
     name: &str,
@@ -246,6 +247,22 @@ pub async fn get<C: GenericClient>(
         let content: Option<String> = row.get("content");
         content.map(|content| (info(&row), content))
     }))
+}
+
+/// The newest version of skill `name` whose file hashes to `sha256`, if any.
+pub async fn version_with<C: GenericClient>(
+    client: &C,
+    name: &str,
+    sha256: &[u8; 32],
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT version FROM skill_versions WHERE name = $1 AND sha256 = $2 \
+             ORDER BY version DESC LIMIT 1",
+            &[&name, &sha256.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
 }
 
 /// Every version of skill `name`, newest first (empty when the name was never used).

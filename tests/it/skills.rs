@@ -133,7 +133,6 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
     let forms = &listing["skills"][1];
     assert_eq!(forms["version"], 2);
     assert_eq!(forms["description"], "Fill in PDF forms.");
-    assert_eq!(forms["updated_by"], "admin");
 
     // The file, byte for byte, with its version and ETag; unchanged is 304.
     let read = send(&env, "GET", "/v1/skills/pdf-forms", &alice, None);
@@ -146,34 +145,104 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
     );
     let etag = read.header("etag").expect("an ETag").to_owned();
     let bearer = format!("Bearer {alice}");
-    let cached = http::request(
-        "GET",
-        &env.url("/v1/skills/pdf-forms"),
-        &[("Authorization", &bearer), ("If-None-Match", &etag)],
-        None,
-    )
-    .expect("a conditional GET");
+    let conditional = |tag: &str| {
+        http::request(
+            "GET",
+            &env.url("/v1/skills/pdf-forms"),
+            &[("Authorization", &bearer), ("If-None-Match", tag)],
+            None,
+        )
+        .expect("a conditional GET")
+    };
+    let cached = conditional(&etag);
     assert_eq!(cached.status, 304, "{cached:?}");
     assert!(cached.body.is_empty());
+    assert_eq!(conditional(&format!("\"x\", W/{etag}")).status, 304);
+    assert_eq!(conditional("*").status, 304);
+    let other = conditional("\"0000\"");
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (200, forms_v2.as_str())
+    );
     let first = send(&env, "GET", "/v1/skills/pdf-forms?version=1", &alice, None);
     assert_eq!(first.body, forms_v1);
+    assert_eq!(first.header("warden-skill-version"), Some("1"));
+    // A skill the caller may not read is not found, exactly as one that does not exist.
     let refused = send(&env, "GET", "/v1/skills/payroll", &alice, None);
-    assert_eq!(refused.status, 403, "{refused:?}");
-    assert!(refused.body.contains("finance:read"), "{refused:?}");
+    let missing = send(&env, "GET", "/v1/skills/nothing", &alice, None);
+    assert_eq!((refused.status, missing.status), (404, 404), "{refused:?}");
+    assert_eq!(
+        refused.body.replace("payroll", "nothing"),
+        missing.body,
+        "the answers tell the two apart"
+    );
     assert_eq!(
         send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
         payroll
     );
     assert_eq!(
         send(&env, "GET", "/v1/skills/pdf-forms", &carol, None).status,
-        403
+        404
+    );
+    let history_refused = send(&env, "GET", "/v1/skills/pdf-forms/versions", &carol, None);
+    assert_eq!(history_refused.status, 404);
+
+    // An old version is no way around scopes added since.
+    let notes_v1 = skill("notes", "Notes.", "", "open\n");
+    assert_eq!(put("notes", &notes_v1).status, 201);
+    let notes_v2 = skill(
+        "notes",
+        "Notes.",
+        "metadata:\n  warden-scopes: finance:read\n",
+        "closed\n",
+    );
+    assert_eq!(put("notes", &notes_v2).status, 200);
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/notes?version=1", &alice, None).status,
+        404
     );
     assert_eq!(
-        send(&env, "GET", "/v1/skills/nothing", &alice, None).status,
+        send(&env, "GET", "/v1/skills/notes?version=1", &bob, None).body,
+        notes_v1
+    );
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/notes?version=3", &bob, None).status,
         404
     );
 
-    // Removed: gone from readers, kept in the history.
+    // Two changes to one skill at once are numbered one after the other.
+    for round in 0..5 {
+        let results: Vec<Response> = std::thread::scope(|scope| {
+            let racers: Vec<_> = ["a", "b"]
+                .into_iter()
+                .map(|side| {
+                    let file = skill("race", "Race.", "", &format!("{round}{side}\n"));
+                    let put = &put;
+                    scope.spawn(move || put("race", &file))
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().expect("a racer"))
+                .collect()
+        });
+        for result in &results {
+            assert!(matches!(result.status, 200 | 201), "{result:?}");
+        }
+    }
+    let race = env
+        .db
+        .query("SELECT max(version), count(*) FROM skill_versions WHERE name = 'race'");
+    assert_eq!(
+        (race[0].get::<_, i32>(0), race[0].get::<_, i64>(1)),
+        (10, 10)
+    );
+    assert_eq!(
+        send(&env, "DELETE", "/admin/skills/race", &admin, None).status,
+        200
+    );
+
+    // Removed: gone from readers (its old versions too), kept in the history.
     let removed = send(&env, "DELETE", "/admin/skills/big", &admin, None);
     assert_eq!(removed.status, 200, "{removed:?}");
     assert_eq!(removed.json()["version"], 2);
@@ -186,6 +255,10 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         send(&env, "GET", "/v1/skills/big", &alice, None).status,
         404
     );
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/big?version=1", &alice, None).status,
+        404
+    );
     let history = send(&env, "GET", "/v1/skills/pdf-forms/versions", &alice, None).json();
     let versions: Vec<i64> = history["versions"]
         .as_array()
@@ -195,16 +268,17 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         .collect();
     assert_eq!(versions, [2, 1]);
 
-    // The trail: every change with who made it, and the refused read.
+    // The trail: every change with who made it, every read's decision.
     crate::support::eventually("the skill changes are in the trail", WAIT, || {
         count(
             &env,
             "SELECT count(*) FROM audit_events WHERE kind = 'skill.changed'",
-        ) == 5
+        ) == 18
     });
     let changes = env.db.query(
         "SELECT subject, attributes->>'action', (attributes->>'version')::int, actor_id \
-         FROM audit_events WHERE kind = 'skill.changed' ORDER BY occurred_at, id",
+         FROM audit_events WHERE kind = 'skill.changed' AND subject IN ('pdf-forms', 'payroll', 'big') \
+         ORDER BY occurred_at, id",
     );
     let changes: Vec<(String, String, i32, String)> = changes
         .iter()
@@ -217,45 +291,94 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         ("big", "created", 1),
         ("big", "removed", 2),
     ];
+    assert_eq!(changes.len(), expected.len(), "{changes:?}");
     for (change, (subject, action, version)) in changes.iter().zip(expected) {
-        assert_eq!(
-            (
-                change.0.as_str(),
-                change.1.as_str(),
-                change.2,
-                change.3.as_str()
-            ),
-            (subject, action, version, "admin")
+        let change = (
+            change.0.as_str(),
+            change.1.as_str(),
+            change.2,
+            change.3.as_str(),
         );
+        assert_eq!(change, (subject, action, version, "admin"));
     }
-    crate::support::eventually("the refused read is in the trail", WAIT, || {
+    let decisions = |filter: &str| {
         count(
             &env,
-            "SELECT count(*) FROM audit_events WHERE kind = 'permission.decision' \
-             AND subject = 'skill/payroll' AND decision = 'deny'",
-        ) == 1
+            &format!(
+                "SELECT count(*) FROM audit_events WHERE kind = 'permission.decision' AND {filter}"
+            ),
+        )
+    };
+    crate::support::eventually("the reads are in the trail", WAIT, || {
+        decisions("subject = 'skill/payroll' AND decision = 'deny' AND actor_id = 'alice'") == 1
+            && decisions("subject = 'skill/pdf-forms' AND decision = 'deny' AND actor_id = 'carol'")
+                == 2
+            && decisions(
+                "subject = 'skill/pdf-forms' AND decision = 'allow' AND actor_id = 'alice' \
+                 AND attributes->>'action' = 'skills.read' AND attributes->>'version' = '1'",
+            ) == 1
+            && decisions(
+                "subject = 'skill/pdf-forms' AND decision = 'allow' AND actor_id = 'alice' \
+                 AND attributes->>'action' = 'skills.history'",
+            ) == 1
     });
 
-    // Exported as the files clients read skills from; edited and added in git; imported.
+    // Exported as the files clients read skills from.
     let out = tempfile::tempdir().expect("a temp dir");
     let dir = out.path().join("state");
     let dir_arg = dir.display().to_string();
-    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
-    assert!(ok, "{err}");
+    let export = || {
+        let (ok, stdout, err) = env.cli(&["export", "--dir", &dir_arg], None);
+        assert!(ok, "{err}");
+        stdout
+    };
+    let import = || env.cli(&["import", "--dir", &dir_arg], None);
+    export();
     let exported = |name: &str| dir.join("skills").join(name).join("SKILL.md");
-    assert_eq!(
-        std::fs::read_to_string(exported("payroll")).expect("payroll"),
-        payroll
-    );
-    assert_eq!(
-        std::fs::read_to_string(exported("pdf-forms")).expect("forms"),
-        forms_v2
-    );
+    let read_file = |name: &str| std::fs::read_to_string(exported(name)).expect("exported");
+    assert_eq!(read_file("payroll"), payroll);
+    assert_eq!(read_file("pdf-forms"), forms_v2);
     assert!(
         !dir.join("skills/big").exists(),
         "a removed skill was exported"
     );
 
+    // Changed through the API since the export: the folder's old file is refused, not
+    // applied over the change.
+    let forms_v3 = forms_v2.replace("Check every field.", "Check every field twice.");
+    assert_eq!(put("pdf-forms", &forms_v3).status, 200);
+    let (ok, _, err) = import();
+    assert!(
+        !ok && err.contains("is version 2 of skill `pdf-forms`"),
+        "{err}"
+    );
+    export();
+    assert_eq!(read_file("pdf-forms"), forms_v3);
+
+    // A file beside a SKILL.md is left alone by export and refused by import (it would
+    // not be distributed); a symbolic link among the skills is refused by both.
+    let stray = dir.join("skills/payroll/reference.md");
+    std::fs::write(&stray, "# more\n").expect("stray file");
+    export();
+    assert!(stray.exists(), "export removed a file it did not write");
+    let (ok, _, err) = import();
+    assert!(
+        !ok && err.contains("reference.md: only SKILL.md is imported"),
+        "{err}"
+    );
+    std::fs::remove_file(&stray).expect("remove the stray file");
+    let elsewhere = out.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    let linked = skill("linked", "Linked.", "", "x\n");
+    std::fs::write(elsewhere.join("SKILL.md"), linked).expect("a skill elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, dir.join("skills/linked")).expect("a link");
+    let (ok, _, err) = import();
+    assert!(!ok && err.contains("symbolic link"), "{err}");
+    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(!ok && err.contains("symbolic link"), "{err}");
+    std::fs::remove_file(dir.join("skills/linked")).expect("unlink");
+
+    // Edited and added in git, then imported.
     let payroll_v2 = payroll.replace("Ask finance first.", "Ask finance first, in writing.");
     std::fs::write(exported("payroll"), &payroll_v2).expect("edit payroll");
     let onboarding = skill(
@@ -265,27 +388,10 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         "Follow the wiki.\n",
     );
     std::fs::create_dir_all(dir.join("skills/onboarding")).expect("a new folder");
-    std::fs::write(exported("onboarding"), &onboarding).expect("add onboarding");
-    // A file beside a SKILL.md would not be distributed: the import is refused whole.
-    let stray = dir.join("skills/onboarding/script.sh");
-    std::fs::write(&stray, "#!/bin/sh\n").expect("stray file");
-    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
-    assert!(
-        !ok && err.contains("script.sh: only SKILL.md is imported"),
-        "{err}"
-    );
-    assert_eq!(
-        send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
-        payroll
-    );
-    std::fs::remove_file(&stray).expect("remove the stray file");
-    // A folder whose SKILL.md names another skill is refused too.
-    std::fs::write(
-        exported("onboarding"),
-        onboarding.replace("name: onboarding", "name: other"),
-    )
-    .expect("misnamed");
-    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    // A folder whose SKILL.md names another skill is refused.
+    let misnamed = onboarding.replace("name: onboarding", "name: other");
+    std::fs::write(exported("onboarding"), misnamed).expect("misnamed");
+    let (ok, _, err) = import();
     assert!(!ok && err.contains("`name` is `other`"), "{err}");
     std::fs::write(exported("onboarding"), &onboarding).expect("named again");
 
@@ -295,7 +401,7 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         send(&env, "GET", "/v1/skills/payroll", &bob, None).body,
         payroll
     );
-    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    let (ok, stdout, err) = import();
     assert!(ok, "{err}");
     for line in [
         "changed: skill `onboarding` created",
@@ -320,11 +426,39 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
     assert_eq!(imported.len(), 2, "{imported:?}");
     assert!(imported[0].0.starts_with("cli:"), "{imported:?}");
     assert_eq!(imported[0].1["action"], "created");
+    assert_eq!(imported[0].1["version"], 1);
     assert_eq!(imported[1].1["action"], "updated");
     assert_eq!(imported[1].1["version"], 2);
+    assert_eq!(
+        imported[1].1["previous_sha256"],
+        json!(hex_sha256(&payroll))
+    );
     // Imported again: nothing to change; exported again: the same bytes.
-    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    let (ok, stdout, err) = import();
     assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
-    let (ok, stdout, err) = env.cli(&["export", "--dir", &dir_arg], None);
-    assert!(ok && stdout.contains("0 written"), "{stdout}{err}");
+    assert!(export().contains("0 written"));
+}
+
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[test]
+fn skill_reads_are_rate_limited_and_the_refusal_audited() {
+    let env = Env::start(|p| {
+        p.set("rate_limits.skills", json!("1/h"));
+    });
+    let alice = env.token("alice", "skills:read");
+    assert_eq!(send(&env, "GET", "/v1/skills", &alice, None).status, 200);
+    let limited = send(&env, "GET", "/v1/skills", &alice, None);
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert!(limited.header("retry-after").is_some(), "{limited:?}");
+    crate::support::eventually("the refusal is in the trail", WAIT, || {
+        count(
+            &env,
+            "SELECT count(*) FROM audit_events WHERE kind = 'rate_limit.rejected' \
+             AND subject = 'skills' AND actor_id = 'alice'",
+        ) == 1
+    });
 }
