@@ -226,6 +226,7 @@ async fn run(
             store::CHANNEL,
             crate::auth::store::CHANNEL,
             crate::gateway::pins::CHANNEL,
+            crate::skills::CHANNEL,
         ],
         shutdown.clone(),
     );
@@ -239,10 +240,11 @@ async fn run(
     // up identity notices), and a failed read is tried again until it succeeds.
     let pins_wanted = Arc::new(tokio::sync::Notify::new());
     let pins_app = app.clone();
-    tokio::spawn(crate::gateway::pins::refresh_when_wanted(
+    tokio::spawn(crate::db::notify::refresh_when_wanted(
+        "the tool pins",
         pins_wanted.clone(),
         shutdown.clone(),
-        crate::gateway::pins::REFRESH_RETRY_FIRST,
+        crate::db::notify::REFRESH_RETRY_FIRST,
         move || {
             let app = pins_app.clone();
             async move {
@@ -252,6 +254,44 @@ async fn run(
                     app.gateway.announce_list_changed(&policy, &server, "tools");
                 }
                 Ok::<(), crate::gateway::pins::RefreshError>(())
+            }
+        },
+    ));
+    // The skills served as prompts: read before Warden is ready, then again after each
+    // change announced (here or on another replica) and after the listener reconnects.
+    let skills_wanted = Arc::new(tokio::sync::Notify::new());
+    let loaded = async {
+        let client = app.db.get().await.map_err(|e| e.to_string())?;
+        app.gateway
+            .skills
+            .refresh(&**client)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(error) = loaded.await {
+        tracing::warn!(%error, "cannot read the skills yet; they are read again until it succeeds");
+        skills_wanted.notify_one();
+    }
+    let skills_app = app.clone();
+    tokio::spawn(crate::db::notify::refresh_when_wanted(
+        "the skills",
+        skills_wanted.clone(),
+        shutdown.clone(),
+        crate::db::notify::REFRESH_RETRY_FIRST,
+        move || {
+            let app = skills_app.clone();
+            async move {
+                let client = app.db.get().await.map_err(|e| e.to_string())?;
+                let changed = app
+                    .gateway
+                    .skills
+                    .refresh(&**client)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if changed {
+                    app.gateway.announce_skills_changed();
+                }
+                Ok::<(), String>(())
             }
         },
     ));
@@ -269,6 +309,15 @@ async fn run(
             };
             if pins_may_have_changed {
                 pins_wanted.notify_one();
+            }
+            let skills_may_have_changed = match &notice {
+                crate::db::notify::Notice::Message { channel, .. } => {
+                    channel == crate::skills::CHANNEL
+                }
+                crate::db::notify::Notice::Connected => true,
+            };
+            if skills_may_have_changed {
+                skills_wanted.notify_one();
             }
             match &notice {
                 crate::db::notify::Notice::Message { channel, payload }

@@ -67,6 +67,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The prefix of a skill's prompt name on `/mcp` (`skill__pdf-forms` with the default
+/// separator); no server may use it as its tool prefix.
+pub const SKILL_PROMPT_PREFIX: &str = "skill";
+
 /// The validated profile.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -516,6 +520,11 @@ impl Config {
             match server_spec(&name, &spanned, &raw.defaults) {
                 Ok(_) if !enabled => {}
                 Ok((spec, names)) => {
+                    if names.prefix == SKILL_PROMPT_PREFIX {
+                        problems.push(spanned.error(format!(
+                            "tool prefix `{SKILL_PROMPT_PREFIX}` is reserved for Warden's skills (their prompts on /mcp are `{SKILL_PROMPT_PREFIX}` + separator + the skill's name); give the server another name or `prefix`"
+                        )));
+                    }
                     if let Some(other) = prefixes.insert(names.prefix.clone(), name.clone()) {
                         problems.push(spanned.error(format!(
                             "tool prefix `{}` is already used by server `{other}`",

@@ -5,10 +5,12 @@
 //! while the connection is down are lost, so every (re)connection is reported as
 //! [`Notice::Connected`] and consumers resynchronise (clear a cache, re-read state).
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// What the listener reports.
@@ -90,5 +92,91 @@ async fn run(
             _ = shutdown.cancelled() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// How long a failed refresh waits before it is tried again; the wait doubles up to
+/// [`REFRESH_RETRY_MAX`].
+pub const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `refresh` (re-reading state a notice said changed, and what follows from it)
+/// each time `wanted` is notified — notices that come while one runs are covered by one
+/// more run — and, after a failure, again with back-off from `first_retry` until one
+/// succeeds: a refresh given up would leave a change made elsewhere (a tool approved, a
+/// skill changed) unseen here until the next notice or restart. `what` names the state
+/// in the log. Ends with `shutdown`.
+pub async fn refresh_when_wanted<F, Fut, E>(
+    what: &'static str,
+    wanted: Arc<Notify>,
+    shutdown: CancellationToken,
+    first_retry: Duration,
+    mut refresh: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        tokio::select! {
+            () = wanted.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let mut wait = first_retry;
+        while let Err(error) = refresh().await {
+            tracing::warn!(%error, retry_in = ?wait, "cannot read {what} again (changes made elsewhere are not seen here until it succeeds)");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = (wait * 2).min(REFRESH_RETRY_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refreshes fail twice, then succeed: tried until one does, and not again until
+    /// the next notice.
+    #[tokio::test]
+    async fn a_failed_refresh_is_tried_again_until_it_succeeds() {
+        let wanted = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let (attempts, mut attempted) = tokio::sync::mpsc::unbounded_channel();
+        let mut failures_left = 2;
+        let refresher = tokio::spawn(refresh_when_wanted(
+            "test state",
+            wanted.clone(),
+            shutdown.clone(),
+            Duration::from_millis(1),
+            move || {
+                let outcome = if failures_left > 0 {
+                    failures_left -= 1;
+                    Err("database unreachable".to_owned())
+                } else {
+                    Ok(())
+                };
+                let _ = attempts.send(outcome.is_ok());
+                std::future::ready(outcome)
+            },
+        ));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), attempted.recv())
+                .await
+                .expect("an attempt in time")
+                .expect("the refresher runs")
+        };
+        wanted.notify_one();
+        assert!(!next().await);
+        assert!(!next().await);
+        assert!(next().await);
+        // The next notice runs it once more.
+        wanted.notify_one();
+        assert!(next().await);
+        shutdown.cancel();
+        refresher.await.expect("ends with the shutdown");
+        assert!(attempted.try_recv().is_err(), "nothing ran unasked");
     }
 }

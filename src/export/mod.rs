@@ -149,7 +149,8 @@ const SKILL_FILE: &str = "SKILL.md";
 /// Every current skill, its file as stored (byte for byte).
 async fn skills<C: GenericClient>(client: &C) -> Result<Vec<(PathBuf, String)>, ExportError> {
     let mut files = Vec::new();
-    for (name, content) in crate::skills::store::current_files(client).await? {
+    for (skill, content) in crate::skills::store::current_with_files(client).await? {
+        let name = skill.name;
         // The table checks names too; a path is built from this one.
         crate::skills::check_name(&name).map_err(|e| ExportError::Invalid {
             path: PathBuf::from("skills"),

@@ -349,6 +349,8 @@ pub struct Gateway {
     pool: deadpool_postgres::Pool,
     /// For webhook hooks.
     http: reqwest::Client,
+    /// The current skills, served as prompts on `/mcp` (loaded by `warden serve`).
+    pub skills: Arc<crate::skills::catalog::SkillCatalog>,
 }
 
 /// A resolved tool: where it goes and what the permission check needs to know.
@@ -390,7 +392,83 @@ impl Gateway {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            skills: Arc::default(),
         }
+    }
+
+    /// The skills changed: every client of the aggregate endpoint (where they are
+    /// prompts) hears that its prompt list may have. The notification names no skill.
+    pub fn announce_skills_changed(&self) {
+        self.sessions
+            .broadcast(list_changed("prompts"), |session| session.scope.is_none());
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|listener| {
+            if listener.scope.is_some() || !listener.filter.wants("prompts") {
+                return !listener.sender.is_closed();
+            }
+            tell_listener(listener, "prompts")
+        });
+    }
+
+    /// The skills `principal` may read, as prompts of the aggregate endpoint.
+    fn skill_prompts(
+        &self,
+        config: &Config,
+        policy: &PolicyEngine,
+        principal: &Principal,
+    ) -> Vec<Value> {
+        let separator = &config.gateway.separator;
+        self.skills
+            .all()
+            .iter()
+            .filter(|skill| {
+                let read = Permission::ReadSkill {
+                    name: &skill.info.name,
+                    scopes: &skill.info.scopes,
+                };
+                policy.check(principal, &read).is_ok()
+            })
+            .map(|skill| {
+                json!({
+                    "name": format!("{}{separator}{}", crate::skills::PROMPT_PREFIX, skill.info.name),
+                    "title": skill.info.name,
+                    "description": skill.info.description,
+                })
+            })
+            .collect()
+    }
+
+    /// `prompts/get` of a skill's prompt: its `SKILL.md` as one user message. One the
+    /// caller may not read is an unknown prompt, as one that does not exist.
+    async fn get_skill_prompt(
+        &self,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+        requested: &str,
+        name: &str,
+    ) -> Result<Box<RawValue>, GatewayError> {
+        let unknown = || GatewayError::UnknownPrompt(requested.to_owned());
+        let skill = self.skills.get(name).ok_or_else(unknown)?;
+        let decision = policy.check(
+            &ctx.principal,
+            &Permission::ReadSkill {
+                name,
+                scopes: &skill.info.scopes,
+            },
+        );
+        self.record_decision(ctx, &format!("skill/{name}"), "prompts/get", &decision)
+            .await?;
+        decision.map_err(|_| unknown())?;
+        let result = json!({
+            "description": skill.info.description,
+            "messages": [{
+                "role": "user",
+                "content": { "type": "text", "text": skill.content },
+            }],
+            "_meta": { "warden/skillVersion": skill.info.version, "warden/skillSha256": skill.info.sha256 },
+        });
+        serde_json::value::to_raw_value(&result)
+            .map_err(|e| GatewayError::Upstream(RpcError::new(code::INTERNAL_ERROR, e.to_string())))
     }
 
     /// Tells the sessions and listen streams that can see `server` that its list of
@@ -590,13 +668,15 @@ impl Gateway {
             }
             None => {
                 let table = self.routes(config);
-                Ok(table
+                let mut prompts: Vec<Value> = table
                     .prompt_order
                     .iter()
                     .filter_map(|name| table.prompts.get(name))
                     .filter(|route| allowed(&route.server, &route.upstream))
                     .map(|route| (*route.definition).clone())
-                    .collect())
+                    .collect();
+                prompts.extend(self.skill_prompts(config, policy, &ctx.principal));
+                Ok(prompts)
             }
         }
     }
@@ -1055,6 +1135,12 @@ impl Gateway {
                 GatewayError::InvalidParams("`name` must be a string naming the prompt".into())
             })?
             .to_owned();
+        let skill = requested
+            .strip_prefix(crate::skills::PROMPT_PREFIX)
+            .and_then(|rest| rest.strip_prefix(config.gateway.separator.as_str()));
+        if let (None, Some(skill)) = (&ctx.scope, skill) {
+            return self.get_skill_prompt(policy, ctx, &requested, skill).await;
+        }
         let (server, upstream) = match &ctx.scope {
             Some(server) => (server.clone(), requested.clone()),
             None => {

@@ -11,20 +11,16 @@
 //! The pins are loaded from PostgreSQL at start (a change made while Warden was down is
 //! still caught) and written behind, off the call path. An approval is announced on
 //! [`CHANNEL`]; every replica then reads the pins again ([`Pins::refresh`], run by
-//! [`refresh_when_wanted`], which tries a failed read again), so a tool approved on one
-//! is served by all, not only after their next restart.
+//! `db::notify::refresh_when_wanted`, which tries a failed read again), so a tool
+//! approved on one is served by all, not only after their next restart.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 
 /// The PostgreSQL channel approvals are announced on.
@@ -112,8 +108,8 @@ impl Pins {
     /// replica): a pin whose approved definition in PostgreSQL differs from the one held
     /// here is replaced. Pins this process saw first and has not written yet are kept.
     /// Returns the servers whose pins changed (their clients' tool lists did).
-    /// Fails, changing nothing, when PostgreSQL cannot be read ([`refresh_when_wanted`]
-    /// tries again).
+    /// Fails, changing nothing, when PostgreSQL cannot be read
+    /// (`db::notify::refresh_when_wanted` tries again).
     pub async fn refresh(&self) -> Result<Vec<String>, RefreshError> {
         let Some(pool) = &self.pool else {
             return Ok(Vec::new());
@@ -344,87 +340,9 @@ async fn stored(
         .collect())
 }
 
-/// How long a failed pin refresh waits before it is tried again; the wait doubles up to
-/// [`REFRESH_RETRY_MAX`].
-pub const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
-const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Runs `refresh` (a [`Pins::refresh`] and what follows from it) each time `wanted` is
-/// notified — notices that come while one runs are covered by one more run — and,
-/// after a failure, again with back-off from `first_retry` until one succeeds: a
-/// refresh given up would leave an approval made elsewhere unserved here until the
-/// next notice or restart. Ends with `shutdown`.
-pub async fn refresh_when_wanted<F, Fut, E>(
-    wanted: Arc<Notify>,
-    shutdown: CancellationToken,
-    first_retry: Duration,
-    mut refresh: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    loop {
-        tokio::select! {
-            () = wanted.notified() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let mut wait = first_retry;
-        while let Err(error) = refresh().await {
-            tracing::warn!(%error, retry_in = ?wait, "cannot read the tool pins again (approvals made on other replicas are not served here until it succeeds)");
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
-            }
-            wait = (wait * 2).min(REFRESH_RETRY_MAX);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Refreshes fail twice, then succeed: tried until one does, and not again until
-    /// the next notice.
-    #[tokio::test]
-    async fn a_failed_refresh_is_tried_again_until_it_succeeds() {
-        let wanted = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let (attempts, mut attempted) = tokio::sync::mpsc::unbounded_channel();
-        let mut failures_left = 2;
-        let refresher = tokio::spawn(refresh_when_wanted(
-            wanted.clone(),
-            shutdown.clone(),
-            Duration::from_millis(1),
-            move || {
-                let outcome = if failures_left > 0 {
-                    failures_left -= 1;
-                    Err("database unreachable".to_owned())
-                } else {
-                    Ok(())
-                };
-                let _ = attempts.send(outcome.is_ok());
-                std::future::ready(outcome)
-            },
-        ));
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(10), attempted.recv())
-                .await
-                .expect("an attempt in time")
-                .expect("the refresher runs")
-        };
-        wanted.notify_one();
-        assert!(!next().await);
-        assert!(!next().await);
-        assert!(next().await);
-        // The next notice runs it once more.
-        wanted.notify_one();
-        assert!(next().await);
-        shutdown.cancel();
-        refresher.await.expect("ends with the shutdown");
-        assert!(attempted.try_recv().is_err(), "nothing ran unasked");
-    }
 
     #[test]
     fn first_sight_approves_and_a_change_is_withheld_until_approved() {

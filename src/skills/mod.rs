@@ -14,8 +14,11 @@
 //! Every change is a new version in `skill_versions` (schema/0060_skills.sql) and a
 //! `skill.changed` row in the audit trail; nothing is overwritten. Changes come through
 //! the admin API (`PUT`/`DELETE /admin/skills/{name}`) and `warden import` (the
-//! `skills/` folder of an export); readers use `GET /v1/skills` (src/http/skills.rs).
+//! `skills/` folder of an export); readers use `GET /v1/skills` (src/http/skills.rs), or
+//! MCP: each skill is a prompt `skill__<name>` on `/mcp`, served from the in-memory
+//! [`catalog::SkillCatalog`] that every change announced on [`CHANNEL`] refreshes.
 
+pub mod catalog;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -25,6 +28,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::export::document::frontmatter;
+
+/// The PostgreSQL channel skill changes are announced on (the skill's name).
+pub const CHANNEL: &str = "warden_skills";
+pub use crate::config::SKILL_PROMPT_PREFIX as PROMPT_PREFIX;
 
 /// The frontmatter key under `metadata` that names the scopes a reader needs.
 pub const SCOPES_KEY: &str = "warden-scopes";

@@ -1,7 +1,8 @@
 //! The skills in PostgreSQL (`skill_versions`): every change is a new version, a removal
 //! a version without content. Changes take a transaction-scoped advisory lock per name,
 //! so two replicas changing one skill at once number their versions one after the
-//! other; callers run [`put`] and [`remove`] inside a transaction.
+//! other; callers run [`put`] and [`remove`] inside a READ COMMITTED transaction. Each
+//! change is announced on [`super::CHANNEL`] when it commits.
 
 use tokio_postgres::{GenericClient, Row};
 
@@ -127,6 +128,7 @@ pub async fn put<C: GenericClient>(
         ),
         None => (1, Put::Created { version: 1 }),
     };
+    announce(client, &skill.name).await?;
     client
         .execute(
             "INSERT INTO skill_versions (name, version, content, sha256, description, scopes, created_by) \
@@ -155,6 +157,7 @@ pub async fn remove<C: GenericClient>(
     let Some((version, Some(hash))) = lock_newest(client, name).await? else {
         return Ok(None);
     };
+    announce(client, name).await?;
     client
         .execute(
             "INSERT INTO skill_versions (name, version, created_by) VALUES ($1, $2, $3)",
@@ -162,6 +165,15 @@ pub async fn remove<C: GenericClient>(
         )
         .await?;
     Ok(Some((version + 1, hex::encode(hash))))
+}
+
+/// Tells every running Warden, once the transaction commits, that skill `name` changed
+/// ([`super::CHANNEL`]).
+async fn announce<C: GenericClient>(client: &C, name: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&super::CHANNEL, &name])
+        .await?;
+    Ok(())
 }
 
 fn info(row: &Row) -> SkillInfo {
@@ -194,19 +206,24 @@ pub async fn current<C: GenericClient>(
     Ok(rows.iter().map(info).collect())
 }
 
-/// Every skill there is now, by name, with its file.
-pub async fn current_files<C: GenericClient>(
+/// Every skill there is now (not removed), by name, with its file.
+pub async fn current_with_files<C: GenericClient>(
     client: &C,
-) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+) -> Result<Vec<(SkillInfo, String)>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT name, content FROM (SELECT DISTINCT ON (name) name, version, content \
-             FROM skill_versions ORDER BY name, version DESC) newest \
-             WHERE content IS NOT NULL ORDER BY name",
+            &format!(
+                "SELECT * FROM (SELECT DISTINCT ON (name) name, version, description, scopes, \
+                 sha256, {CREATED_AT} AS at, created_by, content FROM skill_versions \
+                 ORDER BY name, version DESC) newest WHERE content IS NOT NULL ORDER BY name"
+            ),
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| (info(row), row.get("content")))
+        .collect())
 }
 
 /// Skill `name` with its file: the current version, or `version`. `None` when there is

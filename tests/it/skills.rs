@@ -462,3 +462,184 @@ fn skill_reads_are_rate_limited_and_the_refusal_audited() {
         ) == 1
     });
 }
+
+/// Reports `prompts/list_changed` on a channel.
+#[derive(Clone)]
+struct PromptListener {
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl rmcp::handler::client::ClientHandler for PromptListener {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::default()
+    }
+
+    async fn on_prompt_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::service::RoleClient>,
+    ) {
+        let _ = self.changed.send(());
+    }
+}
+
+#[test]
+fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced() {
+    let env = Env::start(|_| {});
+    let admin = env.admin_token();
+    let alice = env.token("alice", "tools:read skills:read");
+    let carol = env.token("carol", "tools:read");
+    let put = |name: &str, file: &str| {
+        let answer = send(
+            &env,
+            "PUT",
+            &format!("/admin/skills/{name}"),
+            &admin,
+            Some(file),
+        );
+        assert!(matches!(answer.status, 200 | 201), "{answer:?}");
+    };
+    let forms = skill("pdf-forms", "Fill in PDF forms.", "", "1. Open the form.\n");
+    put("pdf-forms", &forms);
+    let payroll = skill(
+        "payroll",
+        "Payroll checks.",
+        "metadata:\n  warden-scopes: finance:read\n",
+        "Ask finance.\n",
+    );
+    put("payroll", &payroll);
+
+    // Listed and got by scope, as a stateless client does.
+    let skill_prompts = |token: &str| -> Vec<String> {
+        let listing = env.mcp(Some(token), "prompts/list", json!({}));
+        assert_eq!(listing.status, 200, "{listing:?}");
+        listing.json()["result"]["prompts"]
+            .as_array()
+            .expect("prompts")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .filter(|name| name.starts_with("skill__"))
+            .map(str::to_owned)
+            .collect()
+    };
+    crate::support::eventually("the skills are prompts", WAIT, || {
+        skill_prompts(&alice) == ["skill__pdf-forms"]
+    });
+    assert!(skill_prompts(&carol).is_empty());
+    let got = env.mcp(
+        Some(&alice),
+        "prompts/get",
+        json!({"name": "skill__pdf-forms"}),
+    );
+    let result = &got.json()["result"];
+    assert_eq!(
+        result["messages"][0]["content"]["text"],
+        forms.as_str(),
+        "{got:?}"
+    );
+    assert_eq!(result["messages"][0]["role"], "user");
+    assert_eq!(result["description"], "Fill in PDF forms.");
+    assert_eq!(result["_meta"]["warden/skillVersion"], 1);
+    // One the caller may not read is an unknown prompt, as one that does not exist.
+    let error = |token: &str, name: &str| {
+        let answer = env.mcp(Some(token), "prompts/get", json!({ "name": name }));
+        let error = answer.json()["error"].clone();
+        assert!(error.is_object(), "{answer:?}");
+        error.to_string().replace(name, "NAME")
+    };
+    assert_eq!(
+        error(&carol, "skill__pdf-forms"),
+        error(&carol, "skill__nothing")
+    );
+    assert_eq!(
+        error(&alice, "skill__payroll"),
+        error(&alice, "skill__nothing")
+    );
+    crate::support::eventually("the prompt reads are in the trail", WAIT, || {
+        let decisions = |filter: &str| {
+            count(
+                &env,
+                &format!(
+                    "SELECT count(*) FROM audit_events WHERE kind = 'permission.decision' \
+                     AND attributes->>'action' = 'prompts/get' AND {filter}"
+                ),
+            )
+        };
+        decisions("subject = 'skill/pdf-forms' AND decision = 'allow' AND actor_id = 'alice'") == 1
+            && decisions("subject = 'skill/pdf-forms' AND decision = 'deny' AND actor_id = 'carol'")
+                == 1
+            && decisions("subject = 'skill/payroll' AND decision = 'deny' AND actor_id = 'alice'")
+                == 1
+    });
+
+    // A client with a session hears that its prompts changed, and lists the new one.
+    let url = env.url("/mcp");
+    let upload = env.url("/admin/skills/onboarding");
+    crate::support::rt::block_on(async move {
+        use rmcp::ServiceExt as _;
+        use rmcp::transport::streamable_http_client::{
+            StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
+        };
+        let http = warden_actors::upstream::http::client_builder()
+            .build()
+            .expect("a client");
+        let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(alice.clone());
+        let transport = StreamableHttpClientTransport::with_client(http, config);
+        let (changed, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let client = PromptListener { changed }
+            .serve(transport)
+            .await
+            .expect("the rmcp client connects");
+        let names = |prompts: Vec<rmcp::model::Prompt>| -> Vec<String> {
+            prompts
+                .into_iter()
+                .map(|p| p.name.to_string())
+                .filter(|n| n.starts_with("skill__"))
+                .collect()
+        };
+        let before = client.list_all_prompts().await.expect("prompts/list");
+        assert_eq!(names(before), ["skill__pdf-forms"]);
+        let onboarding = skill("onboarding", "Set up a laptop.", "", "Follow the wiki.\n");
+        let answer = tokio::task::spawn_blocking({
+            let url = upload;
+            let bearer = format!("Bearer {admin}");
+            move || {
+                http::request(
+                    "PUT",
+                    &url,
+                    &[("Authorization", &bearer)],
+                    Some(onboarding.as_bytes()),
+                )
+            }
+        })
+        .await
+        .expect("the upload ran")
+        .expect("an answer");
+        assert_eq!(answer.status, 201, "{answer:?}");
+        tokio::time::timeout(WAIT, heard.recv())
+            .await
+            .expect("prompts/list_changed reached the client in time")
+            .expect("the handler is alive");
+        let after = client.list_all_prompts().await.expect("prompts/list");
+        assert_eq!(names(after), ["skill__onboarding", "skill__pdf-forms"]);
+        let _ = client.cancel().await;
+    });
+}
+
+#[test]
+fn a_server_may_not_take_the_skills_prompt_prefix() {
+    let env_profile = "servers:\n  skill:\n    command: /bin/true\n";
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(&path, env_profile).expect("a profile");
+    let output = std::process::Command::new(crate::support::warden::bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .expect("warden runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("tool prefix `skill` is reserved for Warden's skills"),
+        "{stderr}"
+    );
+}
