@@ -212,6 +212,11 @@ async fn run(
         move || sweeper_app.limits.load_full(),
         shutdown.clone(),
     ));
+    // The skills served as prompts are read before the first request can list them.
+    let skills_loaded = app.gateway.skills.load(&app.db).await;
+    if let Err(error) = &skills_loaded {
+        tracing::warn!(%error, "cannot read the skills yet; they are read again until it succeeds");
+    }
     let server = tokio::spawn(http::serve(
         http::LimitedListener::new(listener, config.server.max_connections),
         router,
@@ -253,23 +258,14 @@ async fn run(
                 for server in changed {
                     app.gateway.announce_list_changed(&policy, &server, "tools");
                 }
-                Ok::<(), crate::gateway::pins::RefreshError>(())
+                Ok::<(), crate::db::notify::RefreshError>(())
             }
         },
     ));
-    // The skills served as prompts: read before Warden is ready, then again after each
-    // change announced (here or on another replica) and after the listener reconnects.
+    // The skills are read again after each change announced (here or on another
+    // replica), after the listener reconnects, and until a failed first read succeeds.
     let skills_wanted = Arc::new(tokio::sync::Notify::new());
-    let loaded = async {
-        let client = app.db.get().await.map_err(|e| e.to_string())?;
-        app.gateway
-            .skills
-            .refresh(&**client)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    if let Err(error) = loaded.await {
-        tracing::warn!(%error, "cannot read the skills yet; they are read again until it succeeds");
+    if skills_loaded.is_err() {
         skills_wanted.notify_one();
     }
     let skills_app = app.clone();
@@ -281,17 +277,10 @@ async fn run(
         move || {
             let app = skills_app.clone();
             async move {
-                let client = app.db.get().await.map_err(|e| e.to_string())?;
-                let changed = app
-                    .gateway
-                    .skills
-                    .refresh(&**client)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if changed {
+                if app.gateway.skills.load(&app.db).await? {
                     app.gateway.announce_skills_changed();
                 }
-                Ok::<(), String>(())
+                Ok::<(), crate::db::notify::RefreshError>(())
             }
         },
     ));

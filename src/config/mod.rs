@@ -71,6 +71,27 @@ impl std::error::Error for ConfigError {}
 /// separator); no server may use it as its tool prefix.
 pub const SKILL_PROMPT_PREFIX: &str = "skill";
 
+/// Why server `name` with tool prefix `prefix` would clash with Warden's skills: their
+/// prompts on `/mcp` are `skill<separator><name>`, and audit rows name a skill
+/// `skill/<name>` as they name a server's prompt `<server>/<prompt>`. So the name `skill`
+/// is reserved, and any prefix whose names could begin like a skill's (or whose
+/// beginning a skill's could share).
+fn takes_skill_prompts(name: &str, prefix: &str, separator: &str) -> Option<String> {
+    let skills = format!("{SKILL_PROMPT_PREFIX}{separator}");
+    let servers = format!("{prefix}{separator}");
+    if name == SKILL_PROMPT_PREFIX {
+        Some(format!(
+            "the server name `{SKILL_PROMPT_PREFIX}` is reserved for Warden's skills (docs/skills.md)"
+        ))
+    } else if servers.starts_with(&skills) || skills.starts_with(&servers) {
+        Some(format!(
+            "tool prefix `{prefix}` would clash with Warden's skills, whose prompts on /mcp are named `{skills}<name>`; give the server another `prefix`"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The validated profile.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -520,10 +541,10 @@ impl Config {
             match server_spec(&name, &spanned, &raw.defaults) {
                 Ok(_) if !enabled => {}
                 Ok((spec, names)) => {
-                    if names.prefix == SKILL_PROMPT_PREFIX {
-                        problems.push(spanned.error(format!(
-                            "tool prefix `{SKILL_PROMPT_PREFIX}` is reserved for Warden's skills (their prompts on /mcp are `{SKILL_PROMPT_PREFIX}` + separator + the skill's name); give the server another name or `prefix`"
-                        )));
+                    if let Some(problem) =
+                        takes_skill_prompts(&name, &names.prefix, &gateway.separator)
+                    {
+                        problems.push(spanned.error(problem));
                     }
                     if let Some(other) = prefixes.insert(names.prefix.clone(), name.clone()) {
                         problems.push(spanned.error(format!(
@@ -1033,6 +1054,38 @@ mod tests {
             text.contains("audit.event_buffer: must be between 16 and 1000000, found 1000001"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn no_server_takes_the_skills_prompt_names() {
+        let clash = |profile: &str| parse(profile).unwrap_err().to_string();
+        let named = clash("servers:\n  skill:\n    command: x\n    prefix: other\n");
+        assert!(
+            named.contains("the server name `skill` is reserved"),
+            "{named}"
+        );
+        let prefixed = clash("servers:\n  notes:\n    command: x\n    prefix: skill\n");
+        assert!(
+            prefixed.contains("tool prefix `skill` would clash"),
+            "{prefixed}"
+        );
+        let longer = clash("servers:\n  skill__notes:\n    command: x\n");
+        assert!(
+            longer.contains("tool prefix `skill__notes` would clash"),
+            "{longer}"
+        );
+        let dashed =
+            clash("gateway:\n  separator: \"-\"\nservers:\n  skill-pdf:\n    command: x\n");
+        assert!(
+            dashed.contains("tool prefix `skill-pdf` would clash"),
+            "{dashed}"
+        );
+        for fine in ["skills", "skillful", "my-skill"] {
+            assert!(
+                parse(&format!("servers:\n  {fine}:\n    command: x\n")).is_ok(),
+                "{fine}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Changes made by another process (`warden secret set`, `warden user disable`, a second
 //! replica) are announced with `NOTIFY`; a running Warden hears them here. Notices sent
 //! while the connection is down are lost, so every (re)connection is reported as
-//! [`Notice::Connected`] and consumers resynchronise (clear a cache, re-read state).
+//! [`Notice::Connected`] and consumers resynchronise (clear a cache, re-read state) —
+//! those that re-read through [`refresh_when_wanted`], which tries a failed read again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,6 +94,15 @@ async fn run(
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Why state could not be read again from PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("no database connection: {0}")]
+    Connection(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Read(#[from] tokio_postgres::Error),
 }
 
 /// How long a failed refresh waits before it is tried again; the wait doubles up to

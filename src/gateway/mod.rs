@@ -430,12 +430,24 @@ impl Gateway {
             })
             .map(|skill| {
                 json!({
-                    "name": format!("{}{separator}{}", crate::skills::PROMPT_PREFIX, skill.info.name),
+                    "name": format!("{}{separator}{}", crate::config::SKILL_PROMPT_PREFIX, skill.info.name),
                     "title": skill.info.name,
                     "description": skill.info.description,
                 })
             })
             .collect()
+    }
+
+    /// The skill a prompt name of the aggregate endpoint names, if it names one.
+    fn skill_named(
+        &self,
+        config: &Config,
+        prompt: &str,
+    ) -> Option<Arc<crate::skills::catalog::CatalogEntry>> {
+        let name = prompt
+            .strip_prefix(crate::config::SKILL_PROMPT_PREFIX)?
+            .strip_prefix(config.gateway.separator.as_str())?;
+        self.skills.get(name)
     }
 
     /// `prompts/get` of a skill's prompt: its `SKILL.md` as one user message. One the
@@ -456,8 +468,9 @@ impl Gateway {
                 scopes: &skill.info.scopes,
             },
         );
-        self.record_decision(ctx, &format!("skill/{name}"), "prompts/get", &decision)
-            .await?;
+        let mut event = decision_event(ctx, &format!("skill/{name}"), "prompts/get", &decision);
+        event.attributes["version"] = json!(skill.info.version);
+        self.record_event(event).await?;
         decision.map_err(|_| unknown())?;
         let result = json!({
             "description": skill.info.description,
@@ -467,8 +480,9 @@ impl Gateway {
             }],
             "_meta": { "warden/skillVersion": skill.info.version, "warden/skillSha256": skill.info.sha256 },
         });
+        // A `Value` always serialises (its keys are strings); the error is never built.
         serde_json::value::to_raw_value(&result)
-            .map_err(|e| GatewayError::Upstream(RpcError::new(code::INTERNAL_ERROR, e.to_string())))
+            .map_err(|e| GatewayError::InvalidParams(e.to_string()))
     }
 
     /// Tells the sessions and listen streams that can see `server` that its list of
@@ -1136,7 +1150,7 @@ impl Gateway {
             })?
             .to_owned();
         let skill = requested
-            .strip_prefix(crate::skills::PROMPT_PREFIX)
+            .strip_prefix(crate::config::SKILL_PROMPT_PREFIX)
             .and_then(|rest| rest.strip_prefix(config.gateway.separator.as_str()));
         if let (None, Some(skill)) = (&ctx.scope, skill) {
             return self.get_skill_prompt(policy, ctx, &requested, skill).await;
@@ -1194,6 +1208,25 @@ impl Gateway {
                     .get("name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
+                if let Some(skill) = self.skill_named(config, name) {
+                    // A skill's prompt takes no arguments: nothing to complete, for a
+                    // caller who may read it; an unknown prompt for anyone else.
+                    let readable = policy
+                        .check(
+                            &ctx.principal,
+                            &Permission::ReadSkill {
+                                name: &skill.info.name,
+                                scopes: &skill.info.scopes,
+                            },
+                        )
+                        .is_ok();
+                    if !readable {
+                        return Err(GatewayError::UnknownPrompt(name.to_owned()));
+                    }
+                    let empty = json!({"completion": {"values": [], "hasMore": false}});
+                    return serde_json::value::to_raw_value(&empty)
+                        .map_err(|e| GatewayError::InvalidParams(e.to_string()));
+                }
                 let table = self.routes(config);
                 let route = table
                     .prompts
@@ -1626,25 +1659,40 @@ impl Gateway {
         action: &str,
         decision: &Result<(), Denial>,
     ) -> Result<(), GatewayError> {
-        let mut event = AuditEvent::new("permission.decision", ctx.principal.actor_kind());
-        event.trace_id = Some(ctx.trace.trace_id_hex());
-        event.actor_id = Some(ctx.principal.user_id().to_owned());
-        event.subject = Some(subject.to_owned());
-        event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
-        event.reason = decision.as_ref().err().map(|d| d.to_string());
-        event.attributes = json!({
-            "action": action,
-            "client_id": ctx.principal.client_id,
-            "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
-            "scopes": ctx.principal.scopes.to_header_value(),
-            "roles": ctx.principal.roles,
-            "issuer": ctx.principal.issuer,
-        });
+        let event = decision_event(ctx, subject, action, decision);
+        self.record_event(event).await
+    }
+
+    async fn record_event(&self, event: AuditEvent) -> Result<(), GatewayError> {
         self.audit
             .record(AuditRecord::Event(Box::new(event)))
             .await
             .map_err(GatewayError::Audit)
     }
+}
+
+/// The `permission.decision` row of `ctx`'s caller doing `action` on `subject`.
+fn decision_event(
+    ctx: &CallContext,
+    subject: &str,
+    action: &str,
+    decision: &Result<(), Denial>,
+) -> AuditEvent {
+    let mut event = AuditEvent::new("permission.decision", ctx.principal.actor_kind());
+    event.trace_id = Some(ctx.trace.trace_id_hex());
+    event.actor_id = Some(ctx.principal.user_id().to_owned());
+    event.subject = Some(subject.to_owned());
+    event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
+    event.reason = decision.as_ref().err().map(|d| d.to_string());
+    event.attributes = json!({
+        "action": action,
+        "client_id": ctx.principal.client_id,
+        "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
+        "scopes": ctx.principal.scopes.to_header_value(),
+        "roles": ctx.principal.roles,
+        "issuer": ctx.principal.issuer,
+    });
+    event
 }
 
 /// True when a tool result reports failure (`"isError": true`). The substring test keeps

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use warden_actors::audit::{Audit, AuditEvent, AuditRecord};
 
+use crate::db::notify::RefreshError;
+
 /// The PostgreSQL channel approvals are announced on.
 pub const CHANNEL: &str = "warden_pins";
 
@@ -33,15 +35,6 @@ pub enum ApproveError {
     NothingPending,
     #[error("the approval could not be stored: {0}")]
     Store(String),
-}
-
-/// Why the pins could not be read again.
-#[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
-    #[error("no database connection: {0}")]
-    Connection(#[from] deadpool_postgres::PoolError),
-    #[error("reading the pins: {0}")]
-    Read(#[from] tokio_postgres::Error),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -237,7 +237,8 @@ async fn record(app: &AppState, principal: &Principal, change: &SkillChange<'_>)
 
 /// Runs `change` in a READ COMMITTED transaction (the per-name lock in `store` numbers
 /// versions one after the other only when each statement sees what committed before
-/// it), after making sure the trail takes records.
+/// it), after making sure the trail takes records; then the skills served as MCP
+/// prompts here are read again.
 async fn change<T>(
     app: &AppState,
     change: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
@@ -254,6 +255,12 @@ async fn change<T>(
         .map_err(unavailable)?;
     let done = change(&transaction).await.map_err(unavailable)?;
     transaction.commit().await.map_err(unavailable)?;
+    drop(client);
+    // This replica serves the change at once, not only when its own notice comes back;
+    // if the read fails, that notice's refresh (retried) catches up.
+    if let Ok(true) = app.gateway.skills.load(&app.db).await {
+        app.gateway.announce_skills_changed();
+    }
     Ok(done)
 }
 

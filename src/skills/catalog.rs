@@ -10,11 +10,14 @@ use arc_swap::ArcSwap;
 use tokio_postgres::GenericClient;
 
 use super::store::{self, SkillInfo};
+use crate::db::notify::RefreshError;
 
 /// One current skill and its file.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CatalogEntry {
+    /// Its name, version, description, scopes and hash.
     pub info: SkillInfo,
+    /// The `SKILL.md`, byte for byte.
     pub content: String,
 }
 
@@ -25,6 +28,13 @@ pub struct SkillCatalog {
 }
 
 impl SkillCatalog {
+    /// Reads the skills again with a connection from `pool`; true when they differ from
+    /// the ones held.
+    pub async fn load(&self, pool: &deadpool_postgres::Pool) -> Result<bool, RefreshError> {
+        let client = pool.get().await?;
+        Ok(self.refresh(&**client).await?)
+    }
+
     /// Reads the skills again; true when they differ from the ones held.
     pub async fn refresh<C: GenericClient>(
         &self,
@@ -49,6 +59,7 @@ impl SkillCatalog {
         self.skills.load_full()
     }
 
+    /// The current skill `name`, if there is one.
     pub fn get(&self, name: &str) -> Option<Arc<CatalogEntry>> {
         let skills = self.skills.load();
         skills

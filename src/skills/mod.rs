@@ -31,7 +31,6 @@ use crate::export::document::frontmatter;
 
 /// The PostgreSQL channel skill changes are announced on (the skill's name).
 pub const CHANNEL: &str = "warden_skills";
-pub use crate::config::SKILL_PROMPT_PREFIX as PROMPT_PREFIX;
 
 /// The frontmatter key under `metadata` that names the scopes a reader needs.
 pub const SCOPES_KEY: &str = "warden-scopes";

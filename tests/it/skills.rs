@@ -521,10 +521,13 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
             .map(str::to_owned)
             .collect()
     };
-    crate::support::eventually("the skills are prompts", WAIT, || {
-        skill_prompts(&alice) == ["skill__pdf-forms"]
-    });
+    // The replica that took the change serves it as soon as it answered.
+    assert_eq!(skill_prompts(&alice), ["skill__pdf-forms"]);
     assert!(skill_prompts(&carol).is_empty());
+    // A server's own endpoint shows the server as it is, without skills.
+    let own = crate::identity::mcp_at(&env.url("/mcp/fx"), Some(&alice), "prompts/list", json!({}));
+    assert_eq!(own.status, 200, "{own:?}");
+    assert!(!own.body.contains("skill__"), "{own:?}");
     let got = env.mcp(
         Some(&alice),
         "prompts/get",
@@ -539,6 +542,27 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
     assert_eq!(result["messages"][0]["role"], "user");
     assert_eq!(result["description"], "Fill in PDF forms.");
     assert_eq!(result["_meta"]["warden/skillVersion"], 1);
+    assert_eq!(
+        result["_meta"]["warden/skillSha256"],
+        hex_sha256(&forms).as_str()
+    );
+    // Nothing to complete (a skill's prompt takes no arguments), for who may read it.
+    let complete = |token: &str, name: &str| {
+        let params = json!({"ref": {"type": "ref/prompt", "name": name}, "argument": {"name": "x", "value": ""}});
+        env.mcp(Some(token), "completion/complete", params).json()
+    };
+    assert_eq!(
+        complete(&alice, "skill__pdf-forms")["result"]["completion"]["values"],
+        json!([])
+    );
+    assert_eq!(
+        complete(&carol, "skill__pdf-forms")["error"]
+            .to_string()
+            .replace("skill__pdf-forms", "NAME"),
+        complete(&carol, "skill__nothing")["error"]
+            .to_string()
+            .replace("skill__nothing", "NAME")
+    );
     // One the caller may not read is an unknown prompt, as one that does not exist.
     let error = |token: &str, name: &str| {
         let answer = env.mcp(Some(token), "prompts/get", json!({ "name": name }));
@@ -564,7 +588,10 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
                 ),
             )
         };
-        decisions("subject = 'skill/pdf-forms' AND decision = 'allow' AND actor_id = 'alice'") == 1
+        decisions(
+            "subject = 'skill/pdf-forms' AND decision = 'allow' AND actor_id = 'alice' \
+             AND attributes->>'version' = '1'",
+        ) == 1
             && decisions("subject = 'skill/pdf-forms' AND decision = 'deny' AND actor_id = 'carol'")
                 == 1
             && decisions("subject = 'skill/payroll' AND decision = 'deny' AND actor_id = 'alice'")
@@ -574,6 +601,7 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
     // A client with a session hears that its prompts changed, and lists the new one.
     let url = env.url("/mcp");
     let upload = env.url("/admin/skills/onboarding");
+    let (token, admin_token) = (alice.clone(), admin.clone());
     crate::support::rt::block_on(async move {
         use rmcp::ServiceExt as _;
         use rmcp::transport::streamable_http_client::{
@@ -582,7 +610,7 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
         let http = warden_actors::upstream::http::client_builder()
             .build()
             .expect("a client");
-        let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(alice.clone());
+        let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
         let transport = StreamableHttpClientTransport::with_client(http, config);
         let (changed, mut heard) = tokio::sync::mpsc::unbounded_channel();
         let client = PromptListener { changed }
@@ -600,8 +628,8 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
         assert_eq!(names(before), ["skill__pdf-forms"]);
         let onboarding = skill("onboarding", "Set up a laptop.", "", "Follow the wiki.\n");
         let answer = tokio::task::spawn_blocking({
-            let url = upload;
-            let bearer = format!("Bearer {admin}");
+            let url = upload.clone();
+            let bearer = format!("Bearer {admin_token}");
             move || {
                 http::request(
                     "PUT",
@@ -621,12 +649,43 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
             .expect("the handler is alive");
         let after = client.list_all_prompts().await.expect("prompts/list");
         assert_eq!(names(after), ["skill__onboarding", "skill__pdf-forms"]);
+        // Removed: announced, and gone from the list.
+        let removed = tokio::task::spawn_blocking({
+            let bearer = format!("Bearer {admin_token}");
+            move || http::request("DELETE", &upload, &[("Authorization", &bearer)], None)
+        })
+        .await
+        .expect("the removal ran")
+        .expect("an answer");
+        assert_eq!(removed.status, 200, "{removed:?}");
+        tokio::time::timeout(WAIT, heard.recv())
+            .await
+            .expect("prompts/list_changed after the removal in time")
+            .expect("the handler is alive");
+        let last = client.list_all_prompts().await.expect("prompts/list");
+        assert_eq!(names(last), ["skill__pdf-forms"]);
         let _ = client.cancel().await;
+    });
+
+    // A change made by another process (`warden import`) reaches this one through
+    // PostgreSQL's notice.
+    let folder = tempfile::tempdir().expect("a temp dir");
+    let release = skill("release", "Cut a release.", "", "Tag it.\n");
+    std::fs::create_dir_all(folder.path().join("skills/release")).expect("a skill folder");
+    std::fs::write(folder.path().join("skills/release/SKILL.md"), release).expect("a skill");
+    let folder_arg = folder.path().display().to_string();
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &folder_arg], None);
+    assert!(
+        ok && stdout.contains("skill `release` created"),
+        "{stdout}{err}"
+    );
+    crate::support::eventually("the imported skill is a prompt", WAIT, || {
+        skill_prompts(&alice) == ["skill__pdf-forms", "skill__release"]
     });
 }
 
 #[test]
-fn a_server_may_not_take_the_skills_prompt_prefix() {
+fn a_server_may_not_take_the_skills_prompt_names() {
     let env_profile = "servers:\n  skill:\n    command: /bin/true\n";
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("warden.yaml");
@@ -639,7 +698,7 @@ fn a_server_may_not_take_the_skills_prompt_prefix() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("tool prefix `skill` is reserved for Warden's skills"),
+        stderr.contains("servers.skill: the server name `skill` is reserved for Warden's skills"),
         "{stderr}"
     );
 }
