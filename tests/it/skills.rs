@@ -627,41 +627,31 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
         let before = client.list_all_prompts().await.expect("prompts/list");
         assert_eq!(names(before), ["skill__pdf-forms"]);
         let onboarding = skill("onboarding", "Set up a laptop.", "", "Follow the wiki.\n");
-        let answer = tokio::task::spawn_blocking({
-            let url = upload.clone();
-            let bearer = format!("Bearer {admin_token}");
-            move || {
-                http::request(
-                    "PUT",
-                    &url,
-                    &[("Authorization", &bearer)],
-                    Some(onboarding.as_bytes()),
-                )
-            }
-        })
-        .await
-        .expect("the upload ran")
-        .expect("an answer");
-        assert_eq!(answer.status, 201, "{answer:?}");
-        tokio::time::timeout(WAIT, heard.recv())
+        // The admin API, from a blocking thread (the test's HTTP client blocks).
+        let admin_call = |method: &'static str, body: Option<String>| {
+            let (url, bearer) = (upload.clone(), format!("Bearer {admin_token}"));
+            tokio::task::spawn_blocking(move || {
+                let body = body.as_ref().map(String::as_bytes);
+                http::request(method, &url, &[("Authorization", &bearer)], body).expect("an answer")
+            })
+        };
+        let heard_in_time = async |heard: &mut tokio::sync::mpsc::UnboundedReceiver<()>| {
+            tokio::time::timeout(WAIT, heard.recv())
+                .await
+                .expect("prompts/list_changed reached the client in time")
+                .expect("the handler is alive");
+        };
+        let answer = admin_call("PUT", Some(onboarding))
             .await
-            .expect("prompts/list_changed reached the client in time")
-            .expect("the handler is alive");
+            .expect("the upload ran");
+        assert_eq!(answer.status, 201, "{answer:?}");
+        heard_in_time(&mut heard).await;
         let after = client.list_all_prompts().await.expect("prompts/list");
         assert_eq!(names(after), ["skill__onboarding", "skill__pdf-forms"]);
         // Removed: announced, and gone from the list.
-        let removed = tokio::task::spawn_blocking({
-            let bearer = format!("Bearer {admin_token}");
-            move || http::request("DELETE", &upload, &[("Authorization", &bearer)], None)
-        })
-        .await
-        .expect("the removal ran")
-        .expect("an answer");
+        let removed = admin_call("DELETE", None).await.expect("the removal ran");
         assert_eq!(removed.status, 200, "{removed:?}");
-        tokio::time::timeout(WAIT, heard.recv())
-            .await
-            .expect("prompts/list_changed after the removal in time")
-            .expect("the handler is alive");
+        heard_in_time(&mut heard).await;
         let last = client.list_all_prompts().await.expect("prompts/list");
         assert_eq!(names(last), ["skill__pdf-forms"]);
         let _ = client.cancel().await;
