@@ -10,6 +10,7 @@ mod identity;
 mod instance;
 mod secret;
 mod serve;
+mod skill;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,10 +82,14 @@ enum Command {
     /// Manage API keys of service accounts.
     #[command(subcommand)]
     Apikey(identity::ApiKeyCommand),
-    /// Write users, OAuth clients, secret names and approved tool definitions as
+    /// Manage the skills Warden distributes (SKILL.md files).
+    #[command(subcommand)]
+    Skill(skill::SkillCommand),
+    /// Write users, OAuth clients, secret names, approved tool definitions and skills as
     /// Markdown files with YAML frontmatter, for review in git.
     Export(export::ExportArgs),
-    /// Apply the users of an export (roles, disabled; missing ones created).
+    /// Apply a reviewed export: roles and `disabled` of users (missing ones created),
+    /// tool-definition approvals, changed or new skills.
     Import(export::ImportArgs),
     /// Print the version, git revision and build profile.
     Version,
@@ -163,6 +168,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(command) => {
             let _logging = init_cli_logging();
             runtime()?.block_on(identity::keys_command(command))
+        }
+        Command::Skill(command) => {
+            let _logging = init_cli_logging();
+            runtime()?.block_on(skill::run(command))
         }
         Command::Export(args) => {
             let _logging = init_cli_logging();

@@ -29,7 +29,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_postgres::IsolationLevel;
 use warden_actors::audit::AuditRecord;
 
 use super::AppState;
@@ -235,10 +234,8 @@ async fn record(app: &AppState, principal: &Principal, change: &SkillChange<'_>)
     }
 }
 
-/// Runs `change` in a READ COMMITTED transaction (the per-name lock in `store` numbers
-/// versions one after the other only when each statement sees what committed before
-/// it), after making sure the trail takes records; then the skills served as MCP
-/// prompts here are read again.
+/// Makes `change` ([`store::in_transaction`]) after making sure the trail takes
+/// records; then the skills served as MCP prompts here are read again.
 async fn change<T>(
     app: &AppState,
     change: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
@@ -246,16 +243,9 @@ async fn change<T>(
     if !app.audit.accepting() {
         return Err(audit_refusing());
     }
-    let mut client = app.db.get().await.map_err(unavailable)?;
-    let transaction = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()
+    let done = store::in_transaction(&app.db, change)
         .await
         .map_err(unavailable)?;
-    let done = change(&transaction).await.map_err(unavailable)?;
-    transaction.commit().await.map_err(unavailable)?;
-    drop(client);
     // This replica serves the change at once, not only when its own notice comes back;
     // if the read fails, that notice's refresh (retried) catches up.
     if let Ok(true) = app.gateway.skills.load(&app.db).await {

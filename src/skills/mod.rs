@@ -156,6 +156,8 @@ pub enum Origin {
     Admin,
     /// `warden import`.
     Import,
+    /// `warden skill`.
+    Cli,
 }
 
 impl Origin {
@@ -163,6 +165,7 @@ impl Origin {
         match self {
             Origin::Admin => "admin",
             Origin::Import => "import",
+            Origin::Cli => "cli",
         }
     }
 }

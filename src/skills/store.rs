@@ -4,9 +4,36 @@
 //! other; callers run [`put`] and [`remove`] inside a READ COMMITTED transaction. Each
 //! change is announced on [`super::CHANNEL`] when it commits.
 
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
 
 use super::{Skill, SkillAction};
+
+/// Why a change could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no database connection: {0}")]
+    Connection(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Runs `change` ([`put`], [`remove`]) in a READ COMMITTED transaction of its own —
+/// whatever the database's default, since the per-name lock numbers versions one after
+/// the other only when each statement sees what committed before it — and commits.
+pub async fn in_transaction<T>(
+    pool: &deadpool_postgres::Pool,
+    change: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, ChangeError> {
+    let mut client = pool.get().await?;
+    let transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
+    let done = change(&transaction).await?;
+    transaction.commit().await?;
+    Ok(done)
+}
 
 /// A skill's current version, as listings show it.
 #[derive(Clone, Debug, PartialEq, Eq)]

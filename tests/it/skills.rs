@@ -692,3 +692,85 @@ fn a_server_may_not_take_the_skills_prompt_names() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_command_line_changes_skills_and_the_running_instance_serves_them() {
+    let env = Env::start(|p| {
+        p.set("server.max_body_bytes", json!(BODY_LIMIT));
+    });
+    let alice = env.token("alice", "skills:read");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("SKILL.md");
+    let path = file.display().to_string();
+    let triage = skill(
+        "triage",
+        "Triage a bug report.",
+        "",
+        "Reproduce it first.\n",
+    );
+    std::fs::write(&file, &triage).expect("a skill file");
+
+    let (ok, stdout, err) = env.cli(&["skill", "put", &path], None);
+    assert!(
+        ok && stdout.contains("skill `triage` created (version 1)"),
+        "{stdout}{err}"
+    );
+    let (ok, stdout, err) = env.cli(&["skill", "put", &path], None);
+    assert!(
+        ok && stdout.contains("skill `triage` unchanged (version 1)"),
+        "{stdout}{err}"
+    );
+    // Announced to the running instance, which serves it.
+    crate::support::eventually("the running instance serves the skill", WAIT, || {
+        send(&env, "GET", "/v1/skills/triage", &alice, None).body == triage
+    });
+    let (ok, stdout, err) = env.cli(&["skill", "list"], None);
+    assert!(
+        ok && stdout.contains("triage\tversion=1\tscopes=(skills.scopes)\tupdated="),
+        "{stdout}{err}"
+    );
+    let (ok, stdout, _) = env.cli(&["skill", "show", "triage"], None);
+    assert!(ok);
+    assert_eq!(stdout, triage);
+
+    // Refused, naming the file and what is wrong; nothing stored.
+    std::fs::write(&file, "---\nname: Triage\ndescription: x\n---\n").expect("a bad file");
+    let (ok, _, err) = env.cli(&["skill", "put", &path], None);
+    assert!(
+        !ok && err.contains("SKILL.md: `name` `Triage` must be"),
+        "{err}"
+    );
+    let big = skill("big", "Big.", "", &"x".repeat(BODY_LIMIT));
+    std::fs::write(&file, big).expect("a big file");
+    let (ok, _, err) = env.cli(&["skill", "put", &path], None);
+    assert!(!ok && err.contains("server.max_body_bytes"), "{err}");
+
+    let (ok, stdout, err) = env.cli(&["skill", "remove", "triage"], None);
+    assert!(
+        ok && stdout.contains("skill `triage` removed (version 2)"),
+        "{stdout}{err}"
+    );
+    let (ok, _, err) = env.cli(&["skill", "remove", "triage"], None);
+    assert!(!ok && err.contains("no skill `triage`"), "{err}");
+    crate::support::eventually("the running instance no longer serves it", WAIT, || {
+        send(&env, "GET", "/v1/skills/triage", &alice, None).status == 404
+    });
+    let (ok, stdout, _) = env.cli(&["skill", "show", "triage", "--version", "1"], None);
+    assert!(ok && stdout == triage, "{stdout}");
+    let origins: Vec<(String, String)> = env
+        .db
+        .query(
+            "SELECT attributes->>'action', attributes->>'origin' FROM audit_events \
+             WHERE kind = 'skill.changed' AND subject = 'triage' ORDER BY occurred_at, id",
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("created".to_owned(), "cli".to_owned()),
+            ("removed".to_owned(), "cli".to_owned())
+        ]
+    );
+}

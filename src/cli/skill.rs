@@ -1,0 +1,165 @@
+//! `warden skill put FILE`, `warden skill list`, `warden skill show NAME [--version N]`,
+//! `warden skill remove NAME`: the skills in PostgreSQL from the command line, as the
+//! admin API changes them (see `crate::skills`). Each change is a new version, recorded
+//! as a `skill.changed` audit event with actor `cli:<os user>`, and announced to every
+//! running Warden, which serves it at once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+
+use super::ProfileArg;
+use crate::db::Database;
+use crate::skills::store::{self, Put};
+use crate::skills::{Origin, Skill, SkillAction, SkillChange};
+
+#[derive(Subcommand)]
+pub(crate) enum SkillCommand {
+    /// Store a SKILL.md as its skill's next version (the name is the file's `name`).
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// List the current skills: name, version, scopes, when and by whom changed.
+    List {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Print a skill's SKILL.md (the current version, or `--version N`).
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<i32>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Remove a skill (its versions stay in the history).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+}
+
+pub(crate) async fn run(command: SkillCommand) -> Result<ExitCode> {
+    let profile = match &command {
+        SkillCommand::Put { profile, .. }
+        | SkillCommand::List { profile }
+        | SkillCommand::Show { profile, .. }
+        | SkillCommand::Remove { profile, .. } => profile.clone(),
+    };
+    let config = profile.load()?;
+    let database = Database::open_shared(&config).await?;
+    let result = execute(&database.pool, config.server.max_body_bytes, command).await;
+    database.shutdown(config.server.shutdown_grace).await?;
+    result
+}
+
+async fn execute(
+    pool: &deadpool_postgres::Pool,
+    max_bytes: usize,
+    command: SkillCommand,
+) -> Result<ExitCode> {
+    let actor = crate::audit::cli_actor();
+    match command {
+        SkillCommand::Put { file, .. } => {
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            if size > max_bytes as u64 {
+                bail!(
+                    "{}: {size} bytes, more than a skill may hold ({max_bytes}, server.max_body_bytes)",
+                    file.display()
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let skill =
+                Skill::parse(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let stored =
+                store::in_transaction(pool, async |t| store::put(t, &skill, &actor).await).await?;
+            let Some(action) = stored.action() else {
+                println!(
+                    "skill `{}` unchanged (version {})",
+                    skill.name,
+                    stored.version()
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            let change = SkillChange {
+                name: &skill.name,
+                action,
+                version: stored.version(),
+                sha256: Some(hex::encode(skill.sha256())),
+                previous_sha256: stored.previous(),
+                origin: Origin::Cli,
+            };
+            record(pool, &change, &actor).await;
+            let verb = if matches!(stored, Put::Created { .. }) {
+                "created"
+            } else {
+                "updated"
+            };
+            println!(
+                "skill `{}` {verb} (version {})",
+                skill.name,
+                stored.version()
+            );
+        }
+        SkillCommand::List { .. } => {
+            let client = pool.get().await?;
+            for skill in store::current(&**client).await? {
+                let scopes = if skill.scopes.is_empty() {
+                    "(skills.scopes)".to_owned()
+                } else {
+                    skill.scopes.join(" ")
+                };
+                println!(
+                    "{}\tversion={}\tscopes={scopes}\tupdated={}\tby={}",
+                    skill.name, skill.version, skill.updated_at, skill.updated_by
+                );
+            }
+        }
+        SkillCommand::Show { name, version, .. } => {
+            let client = pool.get().await?;
+            let Some((_, content)) = store::get(&**client, &name, version).await? else {
+                bail!(
+                    "no skill `{name}`{}",
+                    version.map(|v| format!(" version {v}")).unwrap_or_default()
+                );
+            };
+            print!("{content}");
+        }
+        SkillCommand::Remove { name, .. } => {
+            let removed =
+                store::in_transaction(pool, async |t| store::remove(t, &name, &actor).await)
+                    .await?;
+            let Some((version, previous)) = removed else {
+                bail!("no skill `{name}`");
+            };
+            let change = SkillChange {
+                name: &name,
+                action: SkillAction::Removed,
+                version,
+                sha256: None,
+                previous_sha256: Some(previous),
+                origin: Origin::Cli,
+            };
+            record(pool, &change, &actor).await;
+            println!("skill `{name}` removed (version {version})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn record(pool: &deadpool_postgres::Pool, change: &SkillChange<'_>, actor: &str) {
+    if let Err(error) = crate::audit::record_now(pool, change.event("user", actor)).await {
+        eprintln!(
+            "warning: the change of skill `{}` could not be audited: {error}",
+            change.name
+        );
+    }
+}
