@@ -218,8 +218,21 @@ impl Profile {
         WardenProcess::spawn(command, Some(format!("http://127.0.0.1:{port}")))
     }
 
-    /// Starts `warden serve` and waits for it to be ready.
+    /// Starts `warden serve` and waits for it to be ready. The port [`free_port`] chose
+    /// is free when chosen, not when Warden binds it a moment later: another process
+    /// (a test's own listener, any connection's local port) may take it in between. A
+    /// start that failed for that alone is made again on another port.
     pub fn start(&mut self) -> WardenProcess {
+        const ATTEMPTS: usize = 3;
+        for _ in 1..ATTEMPTS {
+            let process = self.spawn();
+            if process.wait_for_log(READY_LINE, START_TIMEOUT) {
+                return process;
+            }
+            if !process.lost_its_port() {
+                process.wait_ready();
+            }
+        }
         let process = self.spawn();
         process.wait_ready();
         process
@@ -407,6 +420,15 @@ impl WardenProcess {
             seen(state) || (state.status.is_some() && state.open_streams == 0)
         });
         seen(&self.shared.lock())
+    }
+
+    /// Whether it ended because its `server.listen` port was taken.
+    fn lost_its_port(&self) -> bool {
+        let state = self.shared.lock();
+        state.status.is_some()
+            && state.lines.iter().any(|(_, line)| {
+                line.contains("(server.listen)") && line.contains("Address already in use")
+            })
     }
 
     /// Waits for the ready line; panics with the log if it does not come. Warden installs
