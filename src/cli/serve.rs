@@ -233,6 +233,10 @@ async fn run(
             crate::gateway::pins::CHANNEL,
             crate::skills::CHANNEL,
         ],
+        (
+            crate::db::notify::PING_INTERVAL,
+            crate::db::notify::PING_TIMEOUT,
+        ),
         shutdown.clone(),
     );
     if tokio::time::timeout(config.database.connect_timeout, listening)

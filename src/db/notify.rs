@@ -25,22 +25,35 @@ pub enum Notice {
     },
 }
 
+/// How often the listening connection is asked to answer, and how long it has to: a
+/// connection that went silent (a network partition, a host gone without a reset) would
+/// otherwise wait for the kernel's keep-alive — hours — while every notice meanwhile is
+/// lost: revoked tokens kept in caches, approvals, skills and secrets unseen. With these,
+/// a dead connection is replaced (and [`Notice::Connected`] makes everyone re-read)
+/// within about 40 seconds.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Starts listening on `channels`. The oneshot fires once the first `LISTEN` succeeded,
-/// so a caller can be sure nothing announced after that point is missed.
+/// so a caller can be sure nothing announced after that point is missed. The connection
+/// is checked every `ping.0` and replaced when it does not answer within `ping.1`
+/// ([`PING_INTERVAL`], [`PING_TIMEOUT`]).
 pub fn spawn(
     pg_config: tokio_postgres::Config,
     channels: Vec<&'static str>,
+    ping: (Duration, Duration),
     shutdown: CancellationToken,
 ) -> (mpsc::UnboundedReceiver<Notice>, oneshot::Receiver<()>) {
     let (notices, receiver) = mpsc::unbounded_channel();
     let (first, listening) = oneshot::channel();
-    tokio::spawn(run(pg_config, channels, shutdown, notices, first));
+    tokio::spawn(run(pg_config, channels, ping, shutdown, notices, first));
     (receiver, listening)
 }
 
 async fn run(
     pg_config: tokio_postgres::Config,
     channels: Vec<&'static str>,
+    (ping_every, ping_timeout): (Duration, Duration),
     shutdown: CancellationToken,
     notices: mpsc::UnboundedSender<Notice>,
     first: oneshot::Sender<()>,
@@ -74,12 +87,25 @@ async fn run(
                         let _ = first.send(());
                     }
                     // `client` stays alive while the connection is driven; the driver ends
-                    // when the server closes the connection.
-                    tokio::select! {
-                        _ = &mut driver => {}
-                        _ = shutdown.cancelled() => {
-                            driver.abort();
-                            return;
+                    // when the server closes the connection, and a connection that stops
+                    // answering is given up.
+                    let mut ping = tokio::time::interval(ping_every);
+                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ping.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = &mut driver => break,
+                            _ = shutdown.cancelled() => {
+                                driver.abort();
+                                return;
+                            }
+                            _ = ping.tick() => {
+                                let answered = tokio::time::timeout(ping_timeout, client.simple_query("")).await;
+                                if !matches!(answered, Ok(Ok(_))) {
+                                    tracing::warn!(timeout = ?ping_timeout, "the notice listener's connection stopped answering; connecting again (changes meanwhile are re-read)");
+                                    break;
+                                }
+                            }
                         }
                     }
                     drop(client);

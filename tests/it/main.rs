@@ -17,6 +17,7 @@ mod docs;
 mod gateway;
 mod identity;
 mod migrate;
+mod notices;
 mod policy;
 mod rmcp_client;
 mod serve;
