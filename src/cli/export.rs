@@ -145,18 +145,14 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
                 ..
             } => {
                 // Stored as planned unless someone stored the same file meanwhile.
-                let Some(action) = stored.action() else {
+                let Some(change) = crate::skills::SkillChange::stored(
+                    skill,
+                    stored,
+                    crate::skills::Origin::Import,
+                ) else {
                     continue;
                 };
-                crate::skills::SkillChange {
-                    name: &skill.name,
-                    action,
-                    version: stored.version(),
-                    sha256: Some(hex::encode(skill.sha256())),
-                    previous_sha256: stored.previous(),
-                    origin: crate::skills::Origin::Import,
-                }
-                .event("user", &crate::audit::cli_actor())
+                change.event("user", &crate::audit::cli_actor())
             }
             _ => continue,
         };

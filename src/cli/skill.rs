@@ -13,7 +13,7 @@ use clap::Subcommand;
 use super::ProfileArg;
 use crate::db::Database;
 use crate::skills::store::{self, Put};
-use crate::skills::{Origin, Skill, SkillAction, SkillChange};
+use crate::skills::{Origin, Skill, SkillChange};
 
 #[derive(Subcommand)]
 pub(crate) enum SkillCommand {
@@ -81,21 +81,13 @@ async fn execute(
                 Skill::parse(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let stored =
                 store::in_transaction(pool, async |t| store::put(t, &skill, &actor).await).await?;
-            let Some(action) = stored.action() else {
+            let Some(change) = SkillChange::stored(&skill, &stored, Origin::Cli) else {
                 println!(
                     "skill `{}` unchanged (version {})",
                     skill.name,
                     stored.version()
                 );
                 return Ok(ExitCode::SUCCESS);
-            };
-            let change = SkillChange {
-                name: &skill.name,
-                action,
-                version: stored.version(),
-                sha256: Some(hex::encode(skill.sha256())),
-                previous_sha256: stored.previous(),
-                origin: Origin::Cli,
             };
             record(pool, &change, &actor).await;
             let verb = if matches!(stored, Put::Created { .. }) {
@@ -140,14 +132,7 @@ async fn execute(
             let Some((version, previous)) = removed else {
                 bail!("no skill `{name}`");
             };
-            let change = SkillChange {
-                name: &name,
-                action: SkillAction::Removed,
-                version,
-                sha256: None,
-                previous_sha256: Some(previous),
-                origin: Origin::Cli,
-            };
+            let change = SkillChange::removed(&name, version, previous, Origin::Cli);
             record(pool, &change, &actor).await;
             println!("skill `{name}` removed (version {version})");
         }

@@ -38,7 +38,7 @@ use crate::auth::Principal;
 use crate::policy::limits::Surface;
 use crate::policy::{Denial, Permission};
 use crate::skills::store::{self, Put, SkillInfo};
-use crate::skills::{Origin, Skill, SkillAction, SkillChange, check_name};
+use crate::skills::{Origin, Skill, SkillChange, check_name};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -269,16 +269,7 @@ async fn put(
     let skill = Skill::parse_named(text, &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let by = principal.user_id();
     let outcome = change(&app, async |t| store::put(t, &skill, by).await).await?;
-    let sha256 = hex::encode(skill.sha256());
-    if let Some(action) = outcome.action() {
-        let change = SkillChange {
-            name: &name,
-            action,
-            version: outcome.version(),
-            sha256: Some(sha256.clone()),
-            previous_sha256: outcome.previous(),
-            origin: Origin::Admin,
-        };
+    if let Some(change) = SkillChange::stored(&skill, &outcome, Origin::Admin) {
         record(&app, &principal, &change).await;
     }
     let status = if matches!(outcome, Put::Created { .. }) {
@@ -289,7 +280,7 @@ async fn put(
     let answer = json!({
         "name": name,
         "version": outcome.version(),
-        "sha256": sha256,
+        "sha256": hex::encode(skill.sha256()),
         "changed": outcome.action().is_some(),
     });
     Ok((status, Json(answer)).into_response())
@@ -306,14 +297,7 @@ async fn remove(
     let removed = change(&app, async |t| store::remove(t, &name, by).await).await?;
     let (version, previous) =
         removed.ok_or_else(|| ApiError::NotFound(format!("no skill `{name}`")))?;
-    let change = SkillChange {
-        name: &name,
-        action: SkillAction::Removed,
-        version,
-        sha256: None,
-        previous_sha256: Some(previous),
-        origin: Origin::Admin,
-    };
+    let change = SkillChange::removed(&name, version, previous, Origin::Admin);
     record(&app, &principal, &change).await;
     Ok(Json(
         json!({ "name": name, "version": version, "removed": true }),

@@ -182,7 +182,33 @@ pub struct SkillChange<'a> {
     pub origin: Origin,
 }
 
-impl SkillChange<'_> {
+impl<'a> SkillChange<'a> {
+    /// The removal of skill `name`: `version` is the removal's, `previous` the hex hash
+    /// of the file removed.
+    pub fn removed(name: &'a str, version: i32, previous: String, origin: Origin) -> Self {
+        SkillChange {
+            name,
+            action: SkillAction::Removed,
+            version,
+            sha256: None,
+            previous_sha256: Some(previous),
+            origin,
+        }
+    }
+
+    /// The change storing `skill` made (`stored`, what [`store::put`] answered), if it
+    /// made one.
+    pub fn stored(skill: &'a Skill, stored: &store::Put, origin: Origin) -> Option<Self> {
+        Some(SkillChange {
+            name: &skill.name,
+            action: stored.action()?,
+            version: stored.version(),
+            sha256: Some(hex::encode(skill.sha256())),
+            previous_sha256: stored.previous(),
+            origin,
+        })
+    }
+
     /// The audit row of this change made by `actor` (`actor_kind` `user` or `client`).
     pub fn event(&self, actor_kind: &'static str, actor: &str) -> warden_actors::audit::AuditEvent {
         let mut event = warden_actors::audit::AuditEvent::new("skill.changed", actor_kind);
