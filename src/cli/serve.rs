@@ -321,17 +321,27 @@ async fn run(
                 crate::db::notify::Notice::Connected => notice_app.ai.forget_keys(),
                 _ => {}
             }
-            if let crate::db::notify::Notice::Message { channel, payload } = &notice
-                && channel == store::CHANNEL
-            {
-                // The new value must be redacted from audit payloads from now on.
+            let secret_changed = match &notice {
+                crate::db::notify::Notice::Message { channel, payload }
+                    if channel == store::CHANNEL =>
+                {
+                    Some(Some(payload))
+                }
+                crate::db::notify::Notice::Message { .. } => None,
+                // A value set while the listener was away is not known to have changed.
+                crate::db::notify::Notice::Connected => Some(None),
+            };
+            if let Some(named) = secret_changed {
+                // A new value must be redacted from audit payloads from now on.
                 crate::audit::refresh_redaction(
                     &notice_app.redaction,
                     &notice_app.config.load(),
                     &notice_app.secrets,
                 )
                 .await;
-                restart_users_of(&notice_app, payload).await;
+                if let Some(name) = named {
+                    restart_users_of(&notice_app, name).await;
+                }
             }
         }
     });

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What the listener reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,65 +62,105 @@ async fn run(
     let mut first = Some(first);
     let mut delay = Duration::from_millis(250);
     while !shutdown.is_cancelled() && !notices.is_closed() {
-        match pg_config.connect(tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                let forward = notices.clone();
-                let mut driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let notice = Notice::Message {
-                                channel: n.channel().to_owned(),
-                                payload: n.payload().to_owned(),
-                            };
-                            if forward.send(notice).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-                let statements: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
-                if client.batch_execute(&statements).await.is_ok() {
-                    delay = Duration::from_millis(250);
-                    let _ = notices.send(Notice::Connected);
-                    if let Some(first) = first.take() {
-                        let _ = first.send(());
-                    }
-                    // `client` stays alive while the connection is driven; the driver ends
-                    // when the server closes the connection, and a connection that stops
-                    // answering is given up.
-                    let mut ping = tokio::time::interval(ping_every);
-                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ping.tick().await;
-                    loop {
-                        tokio::select! {
-                            _ = &mut driver => break,
-                            _ = shutdown.cancelled() => {
-                                driver.abort();
-                                return;
-                            }
-                            _ = ping.tick() => {
-                                let answered = tokio::time::timeout(ping_timeout, client.simple_query("")).await;
-                                if !matches!(answered, Ok(Ok(_))) {
-                                    tracing::warn!(timeout = ?ping_timeout, "the notice listener's connection stopped answering; connecting again (changes meanwhile are re-read)");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    drop(client);
+        // Connecting and listening are bounded like a ping: a connection that goes
+        // silent before it listens must not hang the listener either.
+        let connecting = async {
+            let (client, connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+            // Aborted wherever it is dropped: also when the timeout below gives up.
+            let driver = AbortOnDropHandle::new(drive(connection, notices.clone()));
+            let statements: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+            if let Err(error) = client.batch_execute(&statements).await {
+                driver.abort();
+                return Err(error);
+            }
+            Ok((client, driver))
+        };
+        let connected = tokio::select! {
+            connected = tokio::time::timeout(ping_timeout, connecting) => connected,
+            () = shutdown.cancelled() => return,
+        };
+        match connected {
+            Ok(Ok((client, mut driver))) => {
+                delay = Duration::from_millis(250);
+                let _ = notices.send(Notice::Connected);
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
                 }
+                // `client` stays alive while the connection is driven; the driver ends
+                // when the server closes the connection, and a connection that stops
+                // answering is given up.
+                let mut ping = tokio::time::interval(ping_every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = &mut driver => break,
+                        () = shutdown.cancelled() => {
+                            driver.abort();
+                            return;
+                        }
+                        _ = ping.tick() => {}
+                    }
+                    let answered = tokio::select! {
+                        answered = tokio::time::timeout(ping_timeout, client.simple_query("")) => answered,
+                        () = shutdown.cancelled() => {
+                            driver.abort();
+                            return;
+                        }
+                    };
+                    match answered {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "the notice listener's connection failed; connecting again (changes meanwhile are re-read)");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(timeout = ?ping_timeout, "the notice listener's connection stopped answering; connecting again (changes meanwhile are re-read)");
+                            break;
+                        }
+                    }
+                }
+                drop(client);
                 driver.abort();
             }
-            Err(error) => tracing::debug!(%error, "the notice listener cannot connect; retrying"),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "the notice listener cannot connect; retrying");
+            }
+            Err(_) => {
+                tracing::debug!(timeout = ?ping_timeout, "the notice listener could not connect in time; retrying");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Polls `connection`, forwarding its notifications, until it closes (or the receiver
+/// went away).
+fn drive(
+    mut connection: tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        tokio_postgres::tls::NoTlsStream,
+    >,
+    notices: mpsc::UnboundedSender<Notice>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let notice = Notice::Message {
+                    channel: n.channel().to_owned(),
+                    payload: n.payload().to_owned(),
+                };
+                if notices.send(notice).is_err() {
+                    return;
+                }
+            }
+        }
+    })
 }
 
 /// Why state could not be read again from PostgreSQL.
@@ -127,7 +168,7 @@ async fn run(
 pub enum RefreshError {
     #[error("no database connection: {0}")]
     Connection(#[from] deadpool_postgres::PoolError),
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] tokio_postgres::Error),
 }
 

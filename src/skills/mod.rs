@@ -13,8 +13,8 @@
 //!
 //! Every change is a new version in `skill_versions` (schema/0060_skills.sql) and a
 //! `skill.changed` row in the audit trail; nothing is overwritten. Changes come through
-//! the admin API (`PUT`/`DELETE /admin/skills/{name}`) and `warden import` (the
-//! `skills/` folder of an export); readers use `GET /v1/skills` (src/http/skills.rs), or
+//! the admin API (`PUT`/`DELETE /admin/skills/{name}`), `warden skill` and `warden
+//! import` (the `skills/` folder of an export); readers use `GET /v1/skills` (src/http/skills.rs), or
 //! MCP: each skill is a prompt `skill__<name>` on `/mcp`, served from the in-memory
 //! [`catalog::SkillCatalog`] that every change announced on [`CHANNEL`] refreshes.
 

@@ -13,7 +13,7 @@ use super::{Skill, SkillAction};
 pub enum ChangeError {
     #[error("no database connection: {0}")]
     Connection(#[from] deadpool_postgres::PoolError),
-    #[error("{0}")]
+    #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
 }
 

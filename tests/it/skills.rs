@@ -720,10 +720,24 @@ fn the_command_line_changes_skills_and_the_running_instance_serves_them() {
         ok && stdout.contains("skill `triage` unchanged (version 1)"),
         "{stdout}{err}"
     );
-    // Announced to the running instance, which serves it.
+    // Announced to the running instance, which serves it as a prompt (the HTTP routes
+    // read PostgreSQL; the prompts are what the notice refreshes).
+    let prompts = || {
+        env.mcp(Some(&alice), "prompts/list", json!({})).json()["result"]["prompts"]
+            .as_array()
+            .expect("prompts")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .filter(|name| name.starts_with("skill__"))
+            .collect::<Vec<String>>()
+    };
     crate::support::eventually("the running instance serves the skill", WAIT, || {
-        send(&env, "GET", "/v1/skills/triage", &alice, None).body == triage
+        prompts() == ["skill__triage"]
     });
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/triage", &alice, None).body,
+        triage
+    );
     let (ok, stdout, err) = env.cli(&["skill", "list"], None);
     assert!(
         ok && stdout.contains("triage\tversion=1\tscopes=(skills.scopes)\tupdated="),
@@ -753,8 +767,12 @@ fn the_command_line_changes_skills_and_the_running_instance_serves_them() {
     let (ok, _, err) = env.cli(&["skill", "remove", "triage"], None);
     assert!(!ok && err.contains("no skill `triage`"), "{err}");
     crate::support::eventually("the running instance no longer serves it", WAIT, || {
-        send(&env, "GET", "/v1/skills/triage", &alice, None).status == 404
+        prompts().is_empty()
     });
+    assert_eq!(
+        send(&env, "GET", "/v1/skills/triage", &alice, None).status,
+        404
+    );
     let (ok, stdout, _) = env.cli(&["skill", "show", "triage", "--version", "1"], None);
     assert!(ok && stdout == triage, "{stdout}");
     let origins: Vec<(String, String)> = env

@@ -224,18 +224,21 @@ impl Profile {
     /// start that failed for that alone is made again on another port.
     pub fn start(&mut self) -> WardenProcess {
         const ATTEMPTS: usize = 3;
-        for _ in 1..ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             let process = self.spawn();
             if process.wait_for_log(READY_LINE, START_TIMEOUT) {
                 return process;
             }
-            if !process.lost_its_port() {
-                process.wait_ready();
+            if attempt == ATTEMPTS || !process.lost_its_port() {
+                process.not_ready();
             }
+            eprintln!(
+                "warden (pid {}) lost its port to another socket before it could bind it; starting it again on another",
+                process.pid()
+            );
+            attempt += 1;
         }
-        let process = self.spawn();
-        process.wait_ready();
-        process
     }
 }
 
@@ -435,13 +438,19 @@ impl WardenProcess {
     /// its signal handlers before it says it is ready, so signals may follow at once.
     pub fn wait_ready(&self) {
         if !self.wait_for_log(READY_LINE, START_TIMEOUT) {
-            panic!(
-                "warden (pid {}) did not become ready within {START_TIMEOUT:?} ({}); its log:\n{}",
-                self.pid,
-                self.describe_status(),
-                self.log()
-            );
+            self.not_ready();
         }
+    }
+
+    /// Panics with the log: it did not say it was ready (it ended, or the start timeout
+    /// passed).
+    fn not_ready(&self) -> ! {
+        panic!(
+            "warden (pid {}) did not become ready within {START_TIMEOUT:?} ({}); its log:\n{}",
+            self.pid,
+            self.describe_status(),
+            self.log()
+        );
     }
 
     fn describe_status(&self) -> String {
