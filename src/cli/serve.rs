@@ -93,6 +93,15 @@ async fn run(
     instance::verify_master_key(database, &master_key).await?;
     let master_key = Arc::new(master_key);
     let secrets = SecretStore::new(database.pool.clone(), master_key.clone());
+    // The secret values the servers start with, to compare against after the change
+    // listener was away (a change's notice may have been lost meanwhile).
+    let secrets_seen = match secrets.list().await {
+        Ok(list) => Some(crate::secrets::store::SecretVersions::of(&list)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the secrets; changes made while the change listener is away are noticed only after it connected once");
+            None
+        }
+    };
 
     let tree = Tree::start(TreeConfig {
         specs: config.servers.clone(),
@@ -290,6 +299,7 @@ async fn run(
     ));
     let notice_app = app.clone();
     let notice_task = tokio::spawn(async move {
+        let mut secrets_seen = secrets_seen;
         while let Some(notice) = notices.recv().await {
             crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
             // A tool approved on another replica is served here too; after a gap in
@@ -341,6 +351,22 @@ async fn run(
                 .await;
                 if let Some(name) = named {
                     restart_users_of(&notice_app, name).await;
+                }
+                // After a gap, the servers of every secret set, changed or deleted
+                // meanwhile are restarted, as its notice would have had them.
+                match notice_app.secrets.list().await {
+                    Ok(list) => {
+                        let now = crate::secrets::store::SecretVersions::of(&list);
+                        if let (None, Some(before)) = (named, &secrets_seen) {
+                            for name in before.changed_in(&now) {
+                                restart_users_of(&notice_app, &name).await;
+                            }
+                        }
+                        secrets_seen = Some(now);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list the secrets to tell what changed while the change listener was away");
+                    }
                 }
             }
         }

@@ -66,6 +66,39 @@ pub struct SecretInfo {
     pub updated_at: SystemTime,
 }
 
+/// When each secret value (name and owner) was last set, as last seen: what a running
+/// Warden compares against after its change listener was away, when a change's notice
+/// may have been lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretVersions(std::collections::HashMap<(String, Option<String>), SystemTime>);
+
+impl SecretVersions {
+    pub fn of(secrets: &[SecretInfo]) -> SecretVersions {
+        SecretVersions(
+            secrets
+                .iter()
+                .map(|s| ((s.name.clone(), s.owner.clone()), s.updated_at))
+                .collect(),
+        )
+    }
+
+    /// The names of the secrets set, changed or deleted in `now` since `self`.
+    pub fn changed_in(&self, now: &SecretVersions) -> std::collections::BTreeSet<String> {
+        let mut changed = std::collections::BTreeSet::new();
+        for (key, at) in &now.0 {
+            if self.0.get(key) != Some(at) {
+                changed.insert(key.0.clone());
+            }
+        }
+        for key in self.0.keys() {
+            if !now.0.contains_key(key) {
+                changed.insert(key.0.clone());
+            }
+        }
+        changed
+    }
+}
+
 #[derive(Clone)]
 pub struct SecretStore {
     pool: Pool,
@@ -268,5 +301,37 @@ impl SecretSource for SecretStore {
                 (other, _) => SecretError::Unavailable(other.to_string()),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_name_what_was_set_changed_or_deleted() {
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let info = |name: &str, owner: Option<&str>, secs| SecretInfo {
+            name: name.into(),
+            owner: owner.map(str::to_owned),
+            created_at: at(0),
+            updated_at: at(secs),
+        };
+        let before = SecretVersions::of(&[
+            info("kept", None, 1),
+            info("changed", None, 1),
+            info("deleted", None, 1),
+            info("mine", Some("alice"), 1),
+        ]);
+        let now = SecretVersions::of(&[
+            info("kept", None, 1),
+            info("changed", None, 2),
+            info("mine", Some("alice"), 1),
+            info("mine", Some("bob"), 1),
+            info("added", None, 1),
+        ]);
+        let changed: Vec<String> = before.changed_in(&now).into_iter().collect();
+        assert_eq!(changed, ["added", "changed", "deleted", "mine"]);
+        assert!(now.changed_in(&now).is_empty());
     }
 }
