@@ -266,6 +266,18 @@ mod tests {
         assert!(plain.scopes.is_empty());
     }
 
+    /// The example in docs/skills.md, a description folded over two lines included.
+    #[test]
+    fn the_documented_example_reads() {
+        let text = "---\nname: payroll-checks\ndescription: Run the monthly payroll checks before finance signs off. Use when asked to\n  check, verify or close payroll.\nlicense: Internal\nmetadata:\n  warden-scopes: \"finance:read skills:read\"\n---\n# Payroll checks\n\n1. …\n";
+        let skill = Skill::parse(text.into()).unwrap();
+        assert_eq!(
+            skill.description,
+            "Run the monthly payroll checks before finance signs off. Use when asked to check, verify or close payroll."
+        );
+        assert_eq!(skill.scopes, ["finance:read", "skills:read"]);
+    }
+
     #[test]
     fn names_follow_the_agent_skills_rules() {
         for good in ["a", "pdf-forms", "x1-2", &"a".repeat(64)] {
