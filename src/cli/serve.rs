@@ -349,23 +349,27 @@ async fn run(
                     &notice_app.secrets,
                 )
                 .await;
-                if let Some(name) = named {
-                    restart_users_of(&notice_app, name).await;
-                }
-                // After a gap, the servers of every secret set, changed or deleted
-                // meanwhile are restarted, as its notice would have had them.
+                // The servers of every secret set, changed or deleted since the values
+                // were last seen are restarted, once per change: a notice's secret, and
+                // after a gap in the listener those whose notices were lost (a change
+                // seen on reconnect is not restarted again when its notice follows).
                 match notice_app.secrets.list().await {
                     Ok(list) => {
                         let now = crate::secrets::store::SecretVersions::of(&list);
-                        if let (None, Some(before)) = (named, &secrets_seen) {
-                            for name in before.changed_in(&now) {
-                                restart_users_of(&notice_app, &name).await;
-                            }
+                        let changed = match &secrets_seen {
+                            Some(before) => before.changed_in(&now),
+                            None => named.iter().map(|name| name.to_string()).collect(),
+                        };
+                        for name in changed {
+                            restart_users_of(&notice_app, &name).await;
                         }
                         secrets_seen = Some(now);
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot list the secrets to tell what changed while the change listener was away");
+                        tracing::warn!(%error, "cannot list the secrets to tell which changed; restarting the users of the one announced");
+                        if let Some(name) = named {
+                            restart_users_of(&notice_app, name).await;
+                        }
                     }
                 }
             }

@@ -376,6 +376,14 @@ fn secrets_reach_the_child_environment_and_never_the_log() {
     );
     let log = warden.log();
     assert!(!log.contains(&value), "the secret leaked into the log");
+    // One change, one restart (also when the listener's first connection and the
+    // change's notice come close together).
+    assert_eq!(
+        log.matches("a secret it uses changed; restarting it")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
