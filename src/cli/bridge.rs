@@ -14,7 +14,6 @@
 //!
 //! Diagnostics go to stderr; stdout carries only protocol messages.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +33,8 @@ pub(crate) struct BridgeArgs {
     /// The gateway endpoint, e.g. http://127.0.0.1:8080/mcp.
     #[arg(long)]
     url: String,
-    /// A bearer token (prefer --token-file or WARDEN_TOKEN: arguments are visible in `ps`).
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding the bearer token.
-    #[arg(long, conflicts_with = "token")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    token: super::TokenArg,
 }
 
 struct Bridge {
@@ -53,16 +48,7 @@ struct Bridge {
 }
 
 pub(crate) async fn run(args: BridgeArgs) -> Result<ExitCode> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(token), _) => Some(token.trim().to_owned()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading the token file {}", file.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
+    let token = args.token.load()?;
     let client = warden_actors::upstream::http::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .build()

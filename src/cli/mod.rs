@@ -11,6 +11,7 @@ mod instance;
 mod secret;
 mod serve;
 mod skill;
+mod skill_pull;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,33 @@ pub(crate) struct ProfileArg {
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
+}
+
+/// A bearer token for a Warden the command talks to over HTTP.
+#[derive(clap::Args, Clone)]
+pub(crate) struct TokenArg {
+    /// A bearer token (prefer --token-file or WARDEN_TOKEN: arguments are visible in `ps`).
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArg {
+    /// The token, trimmed; `None` when none was given.
+    pub(crate) fn load(&self) -> Result<Option<String>> {
+        Ok(match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the token file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        })
+    }
 }
 
 impl ProfileArg {

@@ -1,5 +1,6 @@
 //! `warden skill put FILE`, `warden skill list`, `warden skill show NAME [--version N]`,
-//! `warden skill remove NAME`: the skills in PostgreSQL from the command line, as the
+//! `warden skill remove NAME` (and `warden skill pull`, in `skill_pull`, for users): the
+//! skills in PostgreSQL from the command line, as the
 //! admin API changes them (see `crate::skills`). Each change is a new version, recorded
 //! as a `skill.changed` audit event with actor `cli:<os user>`, and announced to every
 //! running Warden, which serves it at once.
@@ -42,14 +43,18 @@ pub(crate) enum SkillCommand {
         #[command(flatten)]
         profile: ProfileArg,
     },
+    /// Copy the skills a Warden gives you into a folder (e.g. ~/.claude/skills), over
+    /// HTTP with your own token; no profile needed.
+    Pull(super::skill_pull::PullArgs),
 }
 
 pub(crate) async fn run(command: SkillCommand) -> Result<ExitCode> {
-    let profile = match &command {
-        SkillCommand::Put { profile, .. }
-        | SkillCommand::List { profile }
-        | SkillCommand::Show { profile, .. }
-        | SkillCommand::Remove { profile, .. } => profile.clone(),
+    let profile = match command {
+        SkillCommand::Pull(args) => return super::skill_pull::pull(args).await,
+        SkillCommand::Put { ref profile, .. }
+        | SkillCommand::List { ref profile }
+        | SkillCommand::Show { ref profile, .. }
+        | SkillCommand::Remove { ref profile, .. } => profile.clone(),
     };
     let config = profile.load()?;
     let database = Database::open_shared(&config).await?;
@@ -125,6 +130,7 @@ async fn execute(
             };
             print!("{content}");
         }
+        SkillCommand::Pull(_) => unreachable!("handled by `run` before the database is opened"),
         SkillCommand::Remove { name, .. } => {
             let removed =
                 store::in_transaction(pool, async |t| store::remove(t, &name, &actor).await)

@@ -792,3 +792,131 @@ fn the_command_line_changes_skills_and_the_running_instance_serves_them() {
         ]
     );
 }
+
+/// `warden skill pull` as a user runs it: no profile.
+fn warden_pull(url: &str, token_file: &str, dir: &str) -> (bool, String, String) {
+    let output = std::process::Command::new(crate::support::warden::bin())
+        .args([
+            "skill",
+            "pull",
+            "--url",
+            url,
+            "--token-file",
+            token_file,
+            "--dir",
+            dir,
+        ])
+        .env_remove("WARDEN_TOKEN")
+        .output()
+        .expect("warden runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_user_pulls_the_skills_given_to_them_into_a_folder() {
+    let env = Env::start(|_| {});
+    let admin = env.admin_token();
+    let alice = env.token("alice", "skills:read");
+    let put = |name: &str, file: &str| {
+        let answer = send(
+            &env,
+            "PUT",
+            &format!("/admin/skills/{name}"),
+            &admin,
+            Some(file),
+        );
+        assert!(matches!(answer.status, 200 | 201), "{answer:?}");
+    };
+    let forms = skill("pdf-forms", "Fill in PDF forms.", "", "Open it.\n");
+    let notes = skill("notes", "Take notes.", "", "Write.\n");
+    let payroll = skill(
+        "payroll",
+        "Payroll.",
+        "metadata:\n  warden-scopes: finance:read\n",
+        "Ask.\n",
+    );
+    put("pdf-forms", &forms);
+    put("notes", &notes);
+    put("payroll", &payroll);
+
+    let home = tempfile::tempdir().expect("a temp dir");
+    let token_file = home.path().join("token");
+    std::fs::write(&token_file, &alice).expect("a token file");
+    let skills = home.path().join("skills");
+    // A folder of the user's own, named like a skill Warden will give later.
+    std::fs::create_dir_all(skills.join("review")).expect("the user's own skill");
+    std::fs::write(skills.join("review/SKILL.md"), "mine\n").expect("the user's file");
+    let url = env.url("");
+    let (token_arg, dir_arg) = (
+        token_file.display().to_string(),
+        skills.display().to_string(),
+    );
+    let pull = || {
+        let (ok, stdout, stderr) = warden_pull(&url, &token_arg, &dir_arg);
+        assert!(ok, "{stdout}{stderr}");
+        (stdout, stderr)
+    };
+    let read = |name: &str| std::fs::read_to_string(skills.join(name).join("SKILL.md")).ok();
+
+    let (stdout, _) = pull();
+    assert!(stdout.contains("2 created (notes, pdf-forms)"), "{stdout}");
+    assert_eq!(read("pdf-forms").as_deref(), Some(forms.as_str()));
+    assert_eq!(read("notes").as_deref(), Some(notes.as_str()));
+    assert_eq!(
+        read("payroll"),
+        None,
+        "a skill alice may not read was pulled"
+    );
+    let (stdout, _) = pull();
+    assert!(
+        stdout.contains("0 created, 0 updated, 0 removed, 2 unchanged"),
+        "{stdout}"
+    );
+
+    // Changed, removed, and one named like the user's own folder; and a file edited by
+    // hand, which is then neither written over nor removed.
+    let forms_v2 = forms.replace("Open it.", "Open it, then check it.");
+    put("pdf-forms", &forms_v2);
+    assert_eq!(
+        send(&env, "DELETE", "/admin/skills/notes", &admin, None).status,
+        200
+    );
+    put("review", &skill("review", "Review.", "", "Read.\n"));
+    let (stdout, stderr) = pull();
+    assert!(
+        stdout.contains("0 created, 1 updated (pdf-forms), 1 removed (notes), 0 unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("is not one `warden skill pull` wrote"),
+        "{stderr}"
+    );
+    assert_eq!(read("pdf-forms").as_deref(), Some(forms_v2.as_str()));
+    assert!(!skills.join("notes").exists());
+    assert_eq!(read("review").as_deref(), Some("mine\n"));
+
+    std::fs::write(skills.join("pdf-forms/SKILL.md"), "edited\n").expect("an edit");
+    put("pdf-forms", &forms);
+    let (_, stderr) = pull();
+    assert!(stderr.contains("was edited by hand"), "{stderr}");
+    assert_eq!(read("pdf-forms").as_deref(), Some("edited\n"));
+    assert_eq!(
+        send(&env, "DELETE", "/admin/skills/pdf-forms", &admin, None).status,
+        200
+    );
+    let (_, stderr) = pull();
+    assert!(
+        stderr.contains("it stays though skill `pdf-forms` is no longer given"),
+        "{stderr}"
+    );
+    assert_eq!(read("pdf-forms").as_deref(), Some("edited\n"));
+
+    // A bad token is an error naming the answer.
+    std::fs::write(&token_file, "not-a-token").expect("a bad token");
+    let (ok, _, stderr) = warden_pull(&url, &token_arg, &dir_arg);
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+}

@@ -319,7 +319,7 @@ async fn listen(conn: Arc<Connection>, inner: Arc<HttpInner>) {
 }
 
 /// How reading a body ended.
-enum BodyEnd {
+pub enum BodyEnd {
     Complete,
     /// It was longer than the limit; what was read is its first bytes.
     TooLarge,
@@ -327,7 +327,7 @@ enum BodyEnd {
 }
 
 /// Reads a body, up to `max` bytes: what was read, and how the reading ended.
-async fn read_capped(response: &mut reqwest::Response, max: usize) -> (Vec<u8>, BodyEnd) {
+pub async fn read_capped(response: &mut reqwest::Response, max: usize) -> (Vec<u8>, BodyEnd) {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
