@@ -164,6 +164,8 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
 
     let listed: std::collections::BTreeSet<&str> =
         listing.skills.iter().map(|s| s.name.as_str()).collect();
+    // A name the manifest holds is a path below `dir` only if it is a skill's name.
+    manifest.skills.retain(|name, _| check_name(name).is_ok());
     let gone: Vec<String> = manifest
         .skills
         .keys()
