@@ -50,24 +50,28 @@ pub(crate) struct TokenArg {
     /// A bearer token (prefer --token-file or WARDEN_TOKEN: arguments are visible in `ps`).
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A file holding the bearer token.
-    #[arg(long, conflicts_with = "token")]
+    /// A file holding the bearer token (used over --token and WARDEN_TOKEN).
+    #[arg(long)]
     token_file: Option<PathBuf>,
 }
 
 impl TokenArg {
     /// The token, trimmed; `None` when none was given.
     pub(crate) fn load(&self) -> Result<Option<String>> {
-        Ok(match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the token file {}", file.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        })
+        // A file named on the command line wins over WARDEN_TOKEN in the environment.
+        let token = match (&self.token_file, &self.token) {
+            (Some(file), _) => {
+                let token = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the token file {}", file.display()))?;
+                if token.trim().is_empty() {
+                    anyhow::bail!("the token file {} is empty", file.display());
+                }
+                token
+            }
+            (None, Some(token)) => token.clone(),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(token.trim().to_owned()))
     }
 }
 

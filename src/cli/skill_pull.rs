@@ -7,8 +7,10 @@
 //! ever touches those skills: a folder of the user's own is never overwritten (a skill
 //! of the same name is skipped, with a warning), a skill no longer given is removed only
 //! if its file is still what was written, and a file edited by hand is left (with a
-//! warning). Files are written whole (a temporary file, then a rename); nothing is
-//! written through a symbolic link.
+//! warning), and a skill folder or file that is a symbolic link is neither written
+//! through nor removed. Files are written whole (a fresh temporary file, flushed, then
+//! renamed), and the record is saved after every change, so a run that stops half-way
+//! leaves it true.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,7 +81,7 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
         .build()
         .context("building the HTTP client")?;
     let base = args.url.trim_end_matches('/');
-    let fetch = async |path: &str| -> Result<Vec<u8>> {
+    let fetch = async |path: &str| -> Result<Fetched> {
         let url = format!("{base}{path}");
         let mut response = client
             .get(&url)
@@ -96,26 +98,42 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
             }
             BodyEnd::Broken(error) => bail!("GET {url}: the answer broke off: {error}"),
         }
-        if !status.is_success() {
-            bail!(
-                "GET {url}: {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            );
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Fetched::Gone);
         }
-        Ok(body)
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.trim().chars().take(1024).collect();
+            bail!("GET {url}: {status}: {text}");
+        }
+        Ok(Fetched::Body(body))
     };
 
-    let listing: Listing = serde_json::from_slice(&fetch("/v1/skills").await?)
-        .context("reading the list of skills")?;
-    refuse_link(&args.dir)?;
+    let Fetched::Body(listing) = fetch("/v1/skills").await? else {
+        bail!("{base}/v1/skills: not found (is {base} a Warden?)");
+    };
+    let listing: Listing =
+        serde_json::from_slice(&listing).context("reading the list of skills")?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let manifest_path = args.dir.join(MANIFEST);
     let mut manifest: Manifest = match std::fs::read(&manifest_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", manifest_path.display()))?,
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "reading {} (remove it to start afresh: files it lists are then left as the user's)",
+                manifest_path.display()
+            )
+        })?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
         Err(error) => return Err(error).context(format!("reading {}", manifest_path.display())),
+    };
+    // A name the manifest holds is a path below `dir` only if it is a skill's name.
+    manifest.skills.retain(|name, _| check_name(name).is_ok());
+    // Saved after every change, so a run that stops half-way (an error, a crash) leaves
+    // it describing what is on disk.
+    let save = |manifest: &Manifest| -> Result<()> {
+        let text = serde_json::to_vec_pretty(manifest).context("writing the manifest")?;
+        write_whole(&manifest_path, &text)
     };
 
     let mut done = Pulled::default();
@@ -123,49 +141,70 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
         check_name(&skill.name).with_context(|| "a skill name Warden listed".to_owned())?;
         let folder = args.dir.join(&skill.name);
         let file = folder.join(SKILL_FILE);
-        refuse_link(&folder)?;
-        refuse_link(&file)?;
-        let ours = manifest.skills.get(&skill.name);
-        if ours.is_none() && folder.exists() {
+        if is_link(&folder) || is_link(&file) {
             eprintln!(
-                "warning: {} is not one `warden skill pull` wrote; skill `{}` is not written there",
+                "warning: {} is a symbolic link; skill `{}` is not written through it",
                 folder.display(),
                 skill.name
             );
             continue;
         }
+        let ours = manifest.skills.get(&skill.name).cloned();
         let on_disk = std::fs::read(&file).ok().map(|bytes| sha256_hex(&bytes));
-        if ours == Some(&skill.sha256) && on_disk.as_ref() == Some(&skill.sha256) {
-            done.unchanged += 1;
-            continue;
+        match (&on_disk, &ours) {
+            (Some(disk), Some(wrote)) if *disk == skill.sha256 => {
+                // Current (or current again after a run that stopped before recording
+                // it): recorded as what was written.
+                if *wrote != skill.sha256 {
+                    manifest.skills.insert(skill.name.clone(), disk.clone());
+                    save(&manifest)?;
+                }
+                done.unchanged += 1;
+                continue;
+            }
+            (Some(disk), wrote) if wrote.as_ref() != Some(disk) => {
+                let why = if wrote.is_none() {
+                    "is not one `warden skill pull` wrote (move it away to have the skill written)"
+                } else {
+                    "was edited by hand (remove it to have the skill written again)"
+                };
+                eprintln!(
+                    "warning: {} {why}; skill `{}` is not written over it",
+                    file.display(),
+                    skill.name
+                );
+                continue;
+            }
+            _ => {}
         }
-        if let (Some(ours), Some(on_disk)) = (ours, &on_disk)
-            && ours != on_disk
-        {
+        let content = match fetch(&format!("/v1/skills/{}", skill.name)).await? {
+            Fetched::Body(content) => content,
+            Fetched::Gone => {
+                eprintln!("warning: skill `{}` went away while pulling", skill.name);
+                continue;
+            }
+        };
+        let sha = sha256_hex(&content);
+        if sha != skill.sha256 {
             eprintln!(
-                "warning: {} was edited by hand; skill `{}` is not written over it",
-                file.display(),
+                "warning: skill `{}` changed while pulling (or was altered on the way); written as fetched",
                 skill.name
             );
-            continue;
         }
-        let content = fetch(&format!("/v1/skills/{}", skill.name)).await?;
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("creating {}", folder.display()))?;
         write_whole(&file, &content)?;
-        let sha = sha256_hex(&content);
-        if ours.is_some() {
+        if on_disk.is_some() || ours.is_some() {
             done.updated.push(skill.name.clone());
         } else {
             done.created.push(skill.name.clone());
         }
         manifest.skills.insert(skill.name.clone(), sha);
+        save(&manifest)?;
     }
 
     let listed: std::collections::BTreeSet<&str> =
         listing.skills.iter().map(|s| s.name.as_str()).collect();
-    // A name the manifest holds is a path below `dir` only if it is a skill's name.
-    manifest.skills.retain(|name, _| check_name(name).is_ok());
     let gone: Vec<String> = manifest
         .skills
         .keys()
@@ -175,23 +214,31 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
     for name in gone {
         let folder = args.dir.join(&name);
         let file = folder.join(SKILL_FILE);
-        refuse_link(&folder)?;
-        let on_disk = std::fs::read(&file).ok().map(|bytes| sha256_hex(&bytes));
-        if on_disk.is_some() && on_disk.as_ref() != manifest.skills.get(&name) {
+        let wrote = manifest.skills.remove(&name);
+        if is_link(&folder) || is_link(&file) {
             eprintln!(
-                "warning: {} was edited by hand; it stays though skill `{name}` is no longer given to you",
-                file.display()
+                "warning: {} is a symbolic link; it stays though skill `{name}` is no longer given to you",
+                folder.display()
             );
-        } else if on_disk.is_some() {
-            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            // Only when empty: anything else there is the user's.
-            let _ = std::fs::remove_dir(&folder);
-            done.removed.push(name.clone());
+        } else {
+            match std::fs::read(&file).ok().map(|bytes| sha256_hex(&bytes)) {
+                None => {}
+                Some(disk) if Some(&disk) == wrote.as_ref() => {
+                    std::fs::remove_file(&file)
+                        .with_context(|| format!("removing {}", file.display()))?;
+                    // Only when empty: anything else there is the user's.
+                    let _ = std::fs::remove_dir(&folder);
+                    done.removed.push(name.clone());
+                }
+                Some(_) => eprintln!(
+                    "warning: {} was edited by hand; it stays though skill `{name}` is no longer given to you",
+                    file.display()
+                ),
+            }
         }
-        manifest.skills.remove(&name);
+        save(&manifest)?;
     }
-    let text = serde_json::to_vec_pretty(&manifest).context("writing the manifest")?;
-    write_whole(&manifest_path, &text)?;
+    save(&manifest)?;
 
     let list = |names: &[String]| {
         if names.is_empty() {
@@ -214,25 +261,43 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An answer of Warden's.
+enum Fetched {
+    Body(Vec<u8>),
+    /// 404: no such skill (any more) for this token.
+    Gone,
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Refuses a path that is a symbolic link (a missing one is fine).
-fn refuse_link(path: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
-        bail!(
-            "{} is a symbolic link; nothing is written through one",
-            path.display()
-        );
-    }
-    Ok(())
+fn is_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink())
 }
 
-/// Writes `path` whole: a temporary file beside it, then a rename.
+/// Writes `path` whole: a new temporary file beside it (a fresh name, created
+/// exclusively, so no existing file or link is written through), flushed to disk, then
+/// renamed over `path`. The temporary file is removed if anything fails.
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension("warden-tmp");
-    std::fs::write(&temporary, bytes)
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
 }

@@ -876,6 +876,8 @@ fn a_user_pulls_the_skills_given_to_them_into_a_folder() {
         stdout.contains("0 created, 0 updated, 0 removed, 2 unchanged"),
         "{stdout}"
     );
+    // A file of the user's beside a pulled SKILL.md, kept when the skill goes.
+    std::fs::write(skills.join("notes/mine.txt"), "keep me\n").expect("a user's file");
 
     // Changed, removed, and one named like the user's own folder; and a file edited by
     // hand, which is then neither written over nor removed.
@@ -896,7 +898,13 @@ fn a_user_pulls_the_skills_given_to_them_into_a_folder() {
         "{stderr}"
     );
     assert_eq!(read("pdf-forms").as_deref(), Some(forms_v2.as_str()));
-    assert!(!skills.join("notes").exists());
+    assert_eq!(read("notes"), None);
+    assert_eq!(
+        std::fs::read_to_string(skills.join("notes/mine.txt"))
+            .ok()
+            .as_deref(),
+        Some("keep me\n")
+    );
     assert_eq!(read("review").as_deref(), Some("mine\n"));
 
     std::fs::write(skills.join("pdf-forms/SKILL.md"), "edited\n").expect("an edit");
@@ -914,6 +922,32 @@ fn a_user_pulls_the_skills_given_to_them_into_a_folder() {
         "{stderr}"
     );
     assert_eq!(read("pdf-forms").as_deref(), Some("edited\n"));
+
+    // A skill folder that is a symbolic link is neither written through nor fatal.
+    let elsewhere = home.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, skills.join("linked")).expect("a link");
+    put("linked", &skill("linked", "Linked.", "", "x\n"));
+    let (_, stderr) = pull();
+    assert!(
+        stderr.contains("is a symbolic link; skill `linked` is not written"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.join("SKILL.md").exists());
+    // Nothing half-written is left behind.
+    let mut leftovers = Vec::new();
+    let mut folders = vec![skills.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("a folder").flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                folders.push(path);
+            } else if path.to_string_lossy().ends_with(".tmp") {
+                leftovers.push(path);
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // A bad token is an error naming the answer.
     std::fs::write(&token_file, "not-a-token").expect("a bad token");
