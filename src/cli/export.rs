@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use warden_actors::audit::AuditEvent;
 
 use super::ProfileArg;
 use crate::db::Database;
@@ -127,17 +126,20 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
             Change::Approved {
                 server,
                 tool,
-                hash,
                 definition,
+                ..
             } => {
-                let mut event = AuditEvent::new("tool.definition_approved", "user");
-                event.actor_id = Some(crate::audit::cli_actor());
-                event.subject = Some(format!("{server}/{tool}"));
-                event.decision = Some("allow");
-                // As an approval through the admin API records it, with where it came from.
-                event.attributes =
-                    serde_json::json!({"definition": definition, "hash": hash, "origin": "import"});
-                event
+                let Some(definition) = definition else {
+                    continue;
+                };
+                crate::gateway::pins::approval_event(
+                    "user",
+                    &crate::audit::cli_actor(),
+                    server,
+                    tool,
+                    definition,
+                    Some("import"),
+                )
             }
             Change::Skill {
                 skill,

@@ -59,6 +59,28 @@ pub struct Pins {
 }
 
 /// The hash of the parts of a definition a client relies on.
+/// The `tool.definition_approved` audit row of `actor` approving `definition` of
+/// `server`/`tool` — through the admin API (`origin: None`) or elsewhere (`import`).
+pub fn approval_event(
+    actor_kind: &'static str,
+    actor: &str,
+    server: &str,
+    tool: &str,
+    definition: &Value,
+    origin: Option<&str>,
+) -> AuditEvent {
+    let mut event = AuditEvent::new("tool.definition_approved", actor_kind);
+    event.actor_id = Some(actor.to_owned());
+    event.subject = Some(format!("{server}/{tool}"));
+    event.decision = Some("allow");
+    event.attributes = json!({
+        "definition": definition,
+        "hash": definition_hash(definition),
+        "origin": origin.unwrap_or("admin"),
+    });
+    event
+}
+
 pub fn definition_hash(definition: &Value) -> String {
     let relevant = json!({
         "name": definition.get("name"),

@@ -238,15 +238,23 @@ async fn approve_tool(
     // The tool is listed again: clients that can see the server hear so.
     app.gateway
         .announce_list_changed(&app.policy.load(), &server, "tools");
-    let mut event = warden_actors::audit::AuditEvent::new("tool.definition_approved", "user");
-    event.actor_id = Some(principal.user_id().to_owned());
-    event.subject = Some(format!("{server}/{tool}"));
-    event.decision = Some("allow");
-    event.attributes = json!({ "definition": definition });
-    app.audit
-        .record(warden_actors::audit::AuditRecord::Event(Box::new(event)))
+    let event = crate::gateway::pins::approval_event(
+        principal.actor_kind(),
+        principal.user_id(),
+        &server,
+        &tool,
+        definition,
+        None,
+    );
+    // The approval is stored and served: its row is kept like a completed call's, and
+    // a refusal is logged rather than answered as if nothing had been approved.
+    if let Err(refused) = app
+        .audit
+        .record_completed(warden_actors::audit::AuditRecord::Event(Box::new(event)))
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    {
+        tracing::error!(%server, %tool, error = %refused, "a tool approval was made but its audit row was refused");
+    }
     tracing::info!(%server, %tool, by = %principal.subject, "tool definition approved");
     Ok(Json(json!({ "approved": format!("{server}/{tool}") })))
 }
