@@ -503,6 +503,37 @@ pub fn from_node_at<T: de::DeserializeOwned>(node: &Node, path: Path) -> Result<
 pub const SPANNED_NAME: &str = "$warden::config::Spanned";
 const SPANNED_FIELDS: &[&str] = &["line", "col", "path", "value"];
 
+/// Reads the YAML frontmatter of a Markdown file (between `---` lines at its top) into
+/// `T`: exported items, skills. Errors name the line, counted from the top
+/// of the file.
+pub fn frontmatter<T: de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let Some(rest) = text.strip_prefix("---\n") else {
+        return Err("line 1: expected `---` (a Markdown file with YAML frontmatter)".into());
+    };
+    let Some(end) = rest
+        .find("\n---\n")
+        .or_else(|| rest.ends_with("\n---").then(|| rest.len() - "\n---".len()))
+    else {
+        return Err("the frontmatter has no closing `---` line".into());
+    };
+    let node = parse(&rest[..=end]).map_err(|problem| shifted(problem, 1))?;
+    from_node(&node).map_err(|problem| shifted(problem, 1))
+}
+
+/// A problem's message with its line moved down by the `---` line above the YAML.
+fn shifted(problem: Located, lines: u32) -> String {
+    let place = if problem.path.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", problem.path)
+    };
+    format!(
+        "line {}: {place}{}",
+        problem.mark.line + lines,
+        problem.message
+    )
+}
+
 /// A value with the place it was written (line, column, key path), for checks that run
 /// after deserialisation and still need to point at the source.
 #[derive(Clone, Debug, PartialEq)]

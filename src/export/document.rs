@@ -1,12 +1,11 @@
 //! One exported item as a Markdown file: YAML frontmatter between `---` lines, then a
 //! Markdown body. Values are written as JSON (which is YAML), so strings are always
 //! quoted, object keys come out sorted, and the same item renders to the same bytes.
-//! Frontmatter is read back with the profile's own YAML reader.
+//! Frontmatter is read back with the profile's own YAML reader
+//! ([`crate::config::yaml::frontmatter`]).
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::yaml;
 
 /// An item: its frontmatter fields in the order they are written, and its body.
 pub struct Document {
@@ -28,36 +27,6 @@ impl Document {
         text.push_str(&self.body);
         text
     }
-}
-
-/// Reads the frontmatter of `text` into `T`. Errors name the line, counted from the top
-/// of the file.
-pub fn frontmatter<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let Some(rest) = text.strip_prefix("---\n") else {
-        return Err("line 1: expected `---` (a Markdown file with YAML frontmatter)".into());
-    };
-    let Some(end) = rest
-        .find("\n---\n")
-        .or_else(|| rest.ends_with("\n---").then(|| rest.len() - "\n---".len()))
-    else {
-        return Err("the frontmatter has no closing `---` line".into());
-    };
-    let node = yaml::parse(&rest[..=end]).map_err(|problem| shifted(problem, 1))?;
-    yaml::from_node(&node).map_err(|problem| shifted(problem, 1))
-}
-
-/// A problem's message with its line moved down by the `---` line above the YAML.
-fn shifted(problem: yaml::Located, lines: u32) -> String {
-    let place = if problem.path.is_empty() {
-        String::new()
-    } else {
-        format!("{}: ", problem.path)
-    };
-    format!(
-        "line {}: {place}{}",
-        problem.mark.line + lines,
-        problem.message
-    )
 }
 
 /// The longest file name written (file systems allow 255 bytes).
@@ -103,6 +72,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::yaml::frontmatter;
 
     #[derive(Debug, Deserialize, PartialEq)]
     struct Item {

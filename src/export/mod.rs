@@ -32,7 +32,8 @@ use thiserror::Error;
 use tokio_postgres::GenericClient;
 
 use crate::auth::store::{self, StoreError};
-use document::{Document, file_name, frontmatter};
+use crate::config::yaml::frontmatter;
+use document::{Document, file_name};
 
 /// The folders export writes, one per kind of item.
 pub const FOLDERS: [&str; 5] = ["users", "clients", "secrets", "tools", "skills"];

@@ -58,7 +58,6 @@ pub struct Pins {
     audit: Option<Audit>,
 }
 
-/// The hash of the parts of a definition a client relies on.
 /// The `tool.definition_approved` audit row of `actor` approving `definition` of
 /// `server`/`tool` — through the admin API (`origin: None`) or elsewhere (`import`).
 pub fn approval_event(
@@ -81,6 +80,7 @@ pub fn approval_event(
     event
 }
 
+/// The hash of the parts of a definition a client relies on.
 pub fn definition_hash(definition: &Value) -> String {
     let relevant = json!({
         "name": definition.get("name"),

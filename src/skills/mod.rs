@@ -27,7 +27,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::export::document::frontmatter;
+use crate::config::yaml::frontmatter;
 
 /// The PostgreSQL channel skill changes are announced on (the skill's name).
 pub const CHANNEL: &str = "warden_skills";
