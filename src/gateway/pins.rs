@@ -220,14 +220,24 @@ impl Pins {
         if let Some(pool) = &self.pool {
             let store = |e: &dyn std::fmt::Display| ApproveError::Store(e.to_string());
             let client = pool.get().await.map_err(|e| store(&e))?;
-            client
+            // An upsert: the pin's own row may still be on its way (written behind), and
+            // an approval must not be reported stored when no row took it.
+            let stored = client
                 .execute(
-                    "UPDATE tool_pins SET approved_hash = $3, approved_definition = $4, pending_hash = NULL,
-                     pending_definition = NULL, approved_at = now() WHERE server_name = $1 AND tool_name = $2",
+                    "INSERT INTO tool_pins (server_name, tool_name, approved_hash, approved_definition)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (server_name, tool_name) DO UPDATE SET approved_hash = $3,
+                     approved_definition = $4, pending_hash = NULL, pending_definition = NULL,
+                     approved_at = now()",
                     &[&server, &tool, &hash, current],
                 )
                 .await
                 .map_err(|e| store(&e))?;
+            if stored != 1 {
+                return Err(ApproveError::Store(format!(
+                    "{stored} rows took the approval of {server}/{tool}"
+                )));
+            }
             let payload = json!({"server": server, "tool": tool}).to_string();
             if let Err(error) = client
                 .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
