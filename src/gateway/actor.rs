@@ -44,7 +44,7 @@ pub enum GatewayMsg {
     /// in the bounded subscription (`server.event_buffer`), where the bus counts what it
     /// drops, and not in the actor's unbounded mailbox.
     Forwarded {
-        message: Box<GatewayMsg>,
+        delivery: Delivery,
         handled: RpcReplyPort<()>,
     },
 }
@@ -114,18 +114,12 @@ impl Actor for GatewayActor {
         message: GatewayMsg,
         state: &mut GatewayState,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            GatewayMsg::Forwarded { message, handled } => {
-                let outcome = react(&myself, *message, state);
-                let _ = handled.send(());
-                outcome
-            }
-            message => react(&myself, message, state),
-        }
+        react(&myself, message, state)
     }
 }
 
-/// Handles one message (the body of `handle`, also for forwarded ones).
+/// Handles one message (the body of `handle`); a forwarded delivery is handled as the
+/// message it carries, then answered.
 fn react(
     myself: &ActorRef<GatewayMsg>,
     message: GatewayMsg,
@@ -141,7 +135,15 @@ fn react(
             state.catch_up_soon(myself);
             return Ok(());
         }
-        GatewayMsg::Forwarded { message, .. } => return react(myself, *message, state),
+        GatewayMsg::Forwarded { delivery, handled } => {
+            let message = match delivery {
+                Delivery::Event(event) => GatewayMsg::Event(event),
+                Delivery::Lagged(lost) => GatewayMsg::Lagged(lost),
+            };
+            let outcome = react(myself, message, state);
+            let _ = handled.send(());
+            return outcome;
+        }
         GatewayMsg::CatchUp => {
             // A gap handled after this one's time came may have caught up already.
             if state.catch_up_due {
@@ -209,12 +211,8 @@ pub async fn start(
     let forward_to = actor.clone();
     tokio::spawn(async move {
         while let Some(delivery) = subscription.recv().await {
-            let message = Box::new(match delivery {
-                Delivery::Event(event) => GatewayMsg::Event(event),
-                Delivery::Lagged(lost) => GatewayMsg::Lagged(lost),
-            });
             let handled = forward_to
-                .call(|handled| GatewayMsg::Forwarded { message, handled }, None)
+                .call(|handled| GatewayMsg::Forwarded { delivery, handled }, None)
                 .await;
             if handled.is_err() {
                 return;
