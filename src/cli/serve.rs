@@ -370,6 +370,9 @@ async fn run(
                         if let Some(name) = named {
                             restart_users_of(&notice_app, name).await;
                         }
+                        // What was seen is no longer known to be current: compared
+                        // with it, the next listing would restart these users again.
+                        secrets_seen = None;
                     }
                 }
             }
