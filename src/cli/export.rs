@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-
 use super::ProfileArg;
 use crate::db::Database;
 use crate::export::Change;

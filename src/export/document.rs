@@ -6,7 +6,6 @@
 
 use serde_json::Value;
 
-
 /// An item: its frontmatter fields in the order they are written, and its body.
 pub struct Document {
     pub fields: Vec<(&'static str, Value)>,

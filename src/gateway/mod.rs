@@ -421,13 +421,7 @@ impl Gateway {
         self.skills
             .all()
             .iter()
-            .filter(|skill| {
-                let read = Permission::ReadSkill {
-                    name: &skill.info.name,
-                    scopes: &skill.info.scopes,
-                };
-                policy.check(principal, &read).is_ok()
-            })
+            .filter(|skill| crate::skills::may_read(policy, principal, &skill.info).is_ok())
             .map(|skill| {
                 json!({
                     "name": format!("{}{separator}{}", crate::config::SKILL_PROMPT_PREFIX, skill.info.name),
@@ -457,18 +451,12 @@ impl Gateway {
         policy: &PolicyEngine,
         ctx: &CallContext,
         requested: &str,
-        name: &str,
+        skill: &crate::skills::catalog::CatalogEntry,
     ) -> Result<Box<RawValue>, GatewayError> {
         let unknown = || GatewayError::UnknownPrompt(requested.to_owned());
-        let skill = self.skills.get(name).ok_or_else(unknown)?;
-        let decision = policy.check(
-            &ctx.principal,
-            &Permission::ReadSkill {
-                name,
-                scopes: &skill.info.scopes,
-            },
-        );
-        let mut event = decision_event(ctx, &format!("skill/{name}"), "prompts/get", &decision);
+        let decision = crate::skills::may_read(policy, &ctx.principal, &skill.info);
+        let subject = format!("skill/{}", skill.info.name);
+        let mut event = decision_event(ctx, &subject, "prompts/get", &decision);
         event.attributes["version"] = json!(skill.info.version);
         self.record_event(event).await?;
         decision.map_err(|_| unknown())?;
@@ -1149,11 +1137,12 @@ impl Gateway {
                 GatewayError::InvalidParams("`name` must be a string naming the prompt".into())
             })?
             .to_owned();
-        let skill = requested
-            .strip_prefix(crate::config::SKILL_PROMPT_PREFIX)
-            .and_then(|rest| rest.strip_prefix(config.gateway.separator.as_str()));
-        if let (None, Some(skill)) = (&ctx.scope, skill) {
-            return self.get_skill_prompt(policy, ctx, &requested, skill).await;
+        // No server's prompt is named like a skill's (`warden config check` sees to it),
+        // so a name that is no skill's goes on to be an unknown prompt.
+        if ctx.scope.is_none()
+            && let Some(skill) = self.skill_named(config, &requested)
+        {
+            return self.get_skill_prompt(policy, ctx, &requested, &skill).await;
         }
         let (server, upstream) = match &ctx.scope {
             Some(server) => (server.clone(), requested.clone()),
@@ -1211,16 +1200,7 @@ impl Gateway {
                 if let Some(skill) = self.skill_named(config, name) {
                     // A skill's prompt takes no arguments: nothing to complete, for a
                     // caller who may read it; an unknown prompt for anyone else.
-                    let readable = policy
-                        .check(
-                            &ctx.principal,
-                            &Permission::ReadSkill {
-                                name: &skill.info.name,
-                                scopes: &skill.info.scopes,
-                            },
-                        )
-                        .is_ok();
-                    if !readable {
+                    if crate::skills::may_read(policy, &ctx.principal, &skill.info).is_err() {
                         return Err(GatewayError::UnknownPrompt(name.to_owned()));
                     }
                     let empty = json!({"completion": {"values": [], "hasMore": false}});

@@ -35,8 +35,8 @@ use super::AppState;
 use super::admin::{admin_principal, check_rate, decision_event};
 use super::error::ApiError;
 use crate::auth::Principal;
+use crate::policy::Denial;
 use crate::policy::limits::Surface;
-use crate::policy::{Denial, Permission};
 use crate::skills::store::{self, Put, SkillInfo};
 use crate::skills::{Origin, Skill, SkillChange, check_name};
 
@@ -75,13 +75,7 @@ async fn reader(
 }
 
 fn may_read(app: &AppState, principal: &Principal, skill: &SkillInfo) -> Result<(), Denial> {
-    app.policy.load().check(
-        principal,
-        &Permission::ReadSkill {
-            name: &skill.name,
-            scopes: &skill.scopes,
-        },
-    )
+    crate::skills::may_read(&app.policy.load(), principal, skill)
 }
 
 async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

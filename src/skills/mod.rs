@@ -131,6 +131,20 @@ impl Skill {
     }
 }
 
+/// Whether `principal` may read `skill` (the one check of every route to a skill: the
+/// HTTP routes, its listing, its prompt).
+pub fn may_read(
+    policy: &crate::policy::PolicyEngine,
+    principal: &crate::auth::Principal,
+    skill: &store::SkillInfo,
+) -> Result<(), crate::policy::Denial> {
+    let read = crate::policy::Permission::ReadSkill {
+        name: &skill.name,
+        scopes: &skill.scopes,
+    };
+    policy.check(principal, &read)
+}
+
 /// What a change did to a skill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkillAction {
