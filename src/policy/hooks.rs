@@ -508,6 +508,7 @@ async fn read_output(
     stdout: &mut Vec<u8>,
     stderr: &mut Vec<u8>,
 ) -> bool {
+    // `Err` ends the reading at once: stdout went over the limit.
     let read_out = async {
         if let Some(out) = out {
             // One byte more than the limit, to tell a full answer from a cut one.
@@ -516,7 +517,11 @@ async fn read_output(
                 .read_to_end(stdout)
                 .await;
         }
-        stdout.len() > MAX_HANDLER_OUTPUT
+        if stdout.len() > MAX_HANDLER_OUTPUT {
+            Err(())
+        } else {
+            Ok(())
+        }
     };
     let read_err = async {
         if let Some(err) = err {
@@ -525,21 +530,9 @@ async fn read_output(
                 .read_to_end(stderr)
                 .await;
         }
+        Ok(())
     };
-    tokio::pin!(read_out, read_err);
-    let (mut out_done, mut err_done) = (false, false);
-    while !(out_done && err_done) {
-        tokio::select! {
-            overflowed = &mut read_out, if !out_done => {
-                if overflowed {
-                    return true;
-                }
-                out_done = true;
-            }
-            () = &mut read_err, if !err_done => err_done = true,
-        }
-    }
-    false
+    tokio::try_join!(read_out, read_err).is_err()
 }
 
 struct KillGroupOnDrop(Option<libc::pid_t>);
