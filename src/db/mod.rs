@@ -9,6 +9,12 @@ pub mod embedded;
 pub mod migrate;
 pub mod notify;
 
+/// SQL for a timestamp column as UTC text to the second (`2026-11-27T12:00:00Z`): how
+/// exports and listings show times, the same whatever the session's time zone.
+pub fn utc_seconds(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+}
+
 use std::str::FromStr;
 use std::time::Duration;
 

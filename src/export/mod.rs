@@ -68,10 +68,7 @@ pub struct Exported {
     pub removed: usize,
 }
 
-/// A timestamp column as UTC text to the second (what export writes).
-fn ts(column: &str) -> String {
-    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
-}
+use crate::db::utc_seconds as ts;
 
 /// Writes every item under `dir`, and removes the files of items that are gone.
 pub async fn export<C: GenericClient>(client: &C, dir: &Path) -> Result<Exported, ExportError> {

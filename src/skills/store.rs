@@ -104,7 +104,10 @@ impl Put {
     }
 }
 
-const CREATED_AT: &str = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+/// When a version was made, as listings show it.
+fn created_at() -> String {
+    crate::db::utc_seconds("created_at")
+}
 
 /// Takes the name's lock and reads its newest version: its number and hash (`None` when
 /// it is a removal), or nothing when the name was never used.
@@ -216,20 +219,23 @@ fn info(row: &Row) -> SkillInfo {
     }
 }
 
+/// The newest version of every skill that is not removed, by name; with `content`
+/// when asked.
+fn current_sql(with_content: bool) -> String {
+    format!(
+        "SELECT * FROM (SELECT DISTINCT ON (name) name, version, description, scopes, \
+         sha256, {} AS at, created_by{} FROM skill_versions \
+         ORDER BY name, version DESC) newest WHERE sha256 IS NOT NULL ORDER BY name",
+        created_at(),
+        if with_content { ", content" } else { "" }
+    )
+}
+
 /// Every skill there is now (not removed), by name.
 pub async fn current<C: GenericClient>(
     client: &C,
 ) -> Result<Vec<SkillInfo>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT * FROM (SELECT DISTINCT ON (name) name, version, description, scopes, \
-                 sha256, {CREATED_AT} AS at, created_by FROM skill_versions \
-                 ORDER BY name, version DESC) newest WHERE sha256 IS NOT NULL ORDER BY name"
-            ),
-            &[],
-        )
-        .await?;
+    let rows = client.query(&current_sql(false), &[]).await?;
     Ok(rows.iter().map(info).collect())
 }
 
@@ -237,16 +243,7 @@ pub async fn current<C: GenericClient>(
 pub async fn current_with_files<C: GenericClient>(
     client: &C,
 ) -> Result<Vec<(SkillInfo, String)>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT * FROM (SELECT DISTINCT ON (name) name, version, description, scopes, \
-                 sha256, {CREATED_AT} AS at, created_by, content FROM skill_versions \
-                 ORDER BY name, version DESC) newest WHERE content IS NOT NULL ORDER BY name"
-            ),
-            &[],
-        )
-        .await?;
+    let rows = client.query(&current_sql(true), &[]).await?;
     Ok(rows
         .iter()
         .map(|row| (info(row), row.get("content")))
@@ -262,7 +259,8 @@ pub async fn get<C: GenericClient>(
     version: Option<i32>,
 ) -> Result<Option<(SkillInfo, String)>, tokio_postgres::Error> {
     let columns = format!(
-        "name, version, description, scopes, sha256, {CREATED_AT} AS at, created_by, content"
+        "name, version, description, scopes, sha256, {} AS at, created_by, content",
+        created_at()
     );
     let row = match version {
         Some(version) => {
@@ -317,8 +315,9 @@ pub async fn history<C: GenericClient>(
     let rows = client
         .query(
             &format!(
-                "SELECT version, sha256, description, {CREATED_AT}, created_by FROM skill_versions \
-                 WHERE name = $1 ORDER BY version DESC"
+                "SELECT version, sha256, description, {}, created_by FROM skill_versions \
+                 WHERE name = $1 ORDER BY version DESC",
+                created_at()
             ),
             &[&name],
         )
