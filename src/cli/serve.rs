@@ -254,72 +254,48 @@ async fn run(
     {
         tracing::warn!("the change listener is not connected yet; it keeps retrying");
     }
-    // The pins are read again off the notice loop (a slow or failing read must not hold
-    // up identity notices), and a failed read is tried again until it succeeds.
-    let pins_wanted = Arc::new(tokio::sync::Notify::new());
+    // The pins and the skills are read again off the notice loop (a slow or failing
+    // read must not hold up identity notices), after each change announced (here or on
+    // another replica) and after the listener reconnects; a failed read is tried again
+    // until it succeeds.
+    use crate::db::notify::{RefreshError, spawn_refresher};
     let pins_app = app.clone();
-    tokio::spawn(crate::db::notify::refresh_when_wanted(
-        "the tool pins",
-        pins_wanted.clone(),
-        shutdown.clone(),
-        crate::db::notify::REFRESH_RETRY_FIRST,
-        move || {
-            let app = pins_app.clone();
-            async move {
-                let changed = app.gateway.pins.refresh().await?;
-                let policy = app.policy.load();
-                for server in changed {
-                    app.gateway.announce_list_changed(&policy, &server, "tools");
-                }
-                Ok::<(), crate::db::notify::RefreshError>(())
+    let pins_wanted = spawn_refresher("the tool pins", shutdown.clone(), move || {
+        let app = pins_app.clone();
+        async move {
+            let changed = app.gateway.pins.refresh().await?;
+            let policy = app.policy.load();
+            for server in changed {
+                app.gateway.announce_list_changed(&policy, &server, "tools");
             }
-        },
-    ));
-    // The skills are read again after each change announced (here or on another
-    // replica), after the listener reconnects, and until a failed first read succeeds.
-    let skills_wanted = Arc::new(tokio::sync::Notify::new());
+            Ok::<(), RefreshError>(())
+        }
+    });
+    let skills_app = app.clone();
+    let skills_wanted = spawn_refresher("the skills", shutdown.clone(), move || {
+        let app = skills_app.clone();
+        async move {
+            if app.gateway.skills.load(&app.db).await? {
+                app.gateway.announce_skills_changed();
+            }
+            Ok::<(), RefreshError>(())
+        }
+    });
     if skills_loaded.is_err() {
         skills_wanted.notify_one();
     }
-    let skills_app = app.clone();
-    tokio::spawn(crate::db::notify::refresh_when_wanted(
-        "the skills",
-        skills_wanted.clone(),
-        shutdown.clone(),
-        crate::db::notify::REFRESH_RETRY_FIRST,
-        move || {
-            let app = skills_app.clone();
-            async move {
-                if app.gateway.skills.load(&app.db).await? {
-                    app.gateway.announce_skills_changed();
-                }
-                Ok::<(), crate::db::notify::RefreshError>(())
-            }
-        },
-    ));
     let notice_app = app.clone();
     let notice_task = tokio::spawn(async move {
         let mut secrets_seen = secrets_seen;
         while let Some(notice) = notices.recv().await {
             crate::auth::service::handle_notice(&notice_app.identity, &notice).await;
-            // A tool approved on another replica is served here too; after a gap in
-            // the listener's connection, approvals it may have missed are read again.
-            let pins_may_have_changed = match &notice {
-                crate::db::notify::Notice::Message { channel, .. } => {
-                    channel == crate::gateway::pins::CHANNEL
-                }
-                crate::db::notify::Notice::Connected => true,
-            };
-            if pins_may_have_changed {
+            // A tool approved or a skill changed on another replica is served here too;
+            // after a gap in the listener's connection, what it may have missed is read
+            // again.
+            if notice.concerns(crate::gateway::pins::CHANNEL) {
                 pins_wanted.notify_one();
             }
-            let skills_may_have_changed = match &notice {
-                crate::db::notify::Notice::Message { channel, .. } => {
-                    channel == crate::skills::CHANNEL
-                }
-                crate::db::notify::Notice::Connected => true,
-            };
-            if skills_may_have_changed {
+            if notice.concerns(crate::skills::CHANNEL) {
                 skills_wanted.notify_one();
             }
             match &notice {

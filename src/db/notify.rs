@@ -26,6 +26,17 @@ pub enum Notice {
     },
 }
 
+impl Notice {
+    /// Whether state announced on `channel` may have changed: a message on it, or a
+    /// (re)connection, after which any of its messages may have been lost.
+    pub fn concerns(&self, channel: &str) -> bool {
+        match self {
+            Notice::Connected => true,
+            Notice::Message { channel: on, .. } => on == channel,
+        }
+    }
+}
+
 /// How often the listening connection is asked to answer, and how long it has to: a
 /// connection that went silent (a network partition, a host gone without a reset) would
 /// otherwise wait for the kernel's keep-alive — hours — while every notice meanwhile is
@@ -69,11 +80,8 @@ async fn run(
             // Aborted wherever it is dropped: also when the timeout below gives up.
             let driver = AbortOnDropHandle::new(drive(connection, notices.clone()));
             let statements: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
-            if let Err(error) = client.batch_execute(&statements).await {
-                driver.abort();
-                return Err(error);
-            }
-            Ok((client, driver))
+            client.batch_execute(&statements).await?;
+            Ok::<_, tokio_postgres::Error>((client, driver))
         };
         let connected = tokio::select! {
             connected = tokio::time::timeout(ping_timeout, connecting) => connected,
@@ -95,18 +103,12 @@ async fn run(
                 loop {
                     tokio::select! {
                         _ = &mut driver => break,
-                        () = shutdown.cancelled() => {
-                            driver.abort();
-                            return;
-                        }
+                        () = shutdown.cancelled() => return,
                         _ = ping.tick() => {}
                     }
                     let answered = tokio::select! {
                         answered = tokio::time::timeout(ping_timeout, client.simple_query("")) => answered,
-                        () = shutdown.cancelled() => {
-                            driver.abort();
-                            return;
-                        }
+                        () = shutdown.cancelled() => return,
                     };
                     match answered {
                         Ok(Ok(_)) => {}
@@ -120,8 +122,7 @@ async fn run(
                         }
                     }
                 }
-                drop(client);
-                driver.abort();
+                // Dropping the driver (an `AbortOnDropHandle`) stops it.
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "the notice listener cannot connect; retrying");
@@ -174,8 +175,31 @@ pub enum RefreshError {
 
 /// How long a failed refresh waits before it is tried again; the wait doubles up to
 /// [`REFRESH_RETRY_MAX`].
-pub const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Starts [`refresh_when_wanted`] in a task of its own; returns what to notify to have
+/// `refresh` run.
+pub fn spawn_refresher<F, Fut, E>(
+    what: &'static str,
+    shutdown: CancellationToken,
+    refresh: F,
+) -> Arc<Notify>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let wanted = Arc::new(Notify::new());
+    tokio::spawn(refresh_when_wanted(
+        what,
+        wanted.clone(),
+        shutdown,
+        REFRESH_RETRY_FIRST,
+        refresh,
+    ));
+    wanted
+}
 
 /// Runs `refresh` (re-reading state a notice said changed, and what follows from it)
 /// each time `wanted` is notified — notices that come while one runs are covered by one
