@@ -20,6 +20,10 @@ impl std::fmt::Display for EventTooLarge {
 /// The largest single event a reader accepts unless told otherwise.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
 
+/// What a line not yet ended may hold besides the event's data: its field name and
+/// separator (`data: `) and the start of its line end.
+const UNENDED_LINE_SLACK: usize = "data: ".len() + "\r\n".len();
+
 /// One event: its name (`event:`) if any, and its data (`data:` lines joined by `\n`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SseEvent {
@@ -80,7 +84,9 @@ impl SseReader {
         // A line not yet ended also holds its field name (`data: `) and maybe a `\r`,
         // which are not the event's: an event of exactly the limit passes however it
         // was cut into chunks.
-        if self.oversized || self.buffer.len() + self.data.len() > self.max_event_bytes + 8 {
+        if self.oversized
+            || self.buffer.len() + self.data.len() > self.max_event_bytes + UNENDED_LINE_SLACK
+        {
             self.oversized = true;
             return Err(self.too_large());
         }

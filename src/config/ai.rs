@@ -183,8 +183,16 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 usize::MAX
             })
         };
-        let max_answer_bytes = size("max_answer_bytes", p.max_answer_bytes.as_ref(), 64 << 20);
-        let max_event_bytes = size("max_event_bytes", p.max_event_bytes.as_ref(), 16 << 20);
+        let max_answer_bytes = size(
+            "max_answer_bytes",
+            p.max_answer_bytes.as_ref(),
+            warden_actors::upstream::http::DEFAULT_MAX_MESSAGE_BYTES as u64,
+        );
+        let max_event_bytes = size(
+            "max_event_bytes",
+            p.max_event_bytes.as_ref(),
+            warden_actors::sse::DEFAULT_MAX_EVENT_BYTES as u64,
+        );
         providers.insert(
             name.clone(),
             ProviderSettings {

@@ -275,7 +275,8 @@ impl ExtensionSection {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `servers.<name>.max_message_bytes` unless set (the range is `units::message_bound`).
-const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+const DEFAULT_MAX_MESSAGE_BYTES: u64 =
+    warden_actors::upstream::http::DEFAULT_MAX_MESSAGE_BYTES as u64;
 /// `server.event_buffer` and `audit.event_buffer`: what a subscriber of the lifecycle
 /// event bus may hold (each buffered event is a few hundred bytes).
 const EVENT_BUFFERS: std::ops::RangeInclusive<usize> = 16..=1_000_000;
