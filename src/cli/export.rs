@@ -88,10 +88,11 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     }
     .await;
     drop(client);
+    let mut unaudited = 0;
     if let Ok(changes) = &outcome
         && !args.dry_run
     {
-        record_changes(&database.pool, changes).await;
+        unaudited = record_changes(&database.pool, changes).await;
     }
     database.shutdown(config.server.shutdown_grace).await?;
     let changes = outcome?;
@@ -113,13 +114,19 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
             ""
         }
     );
+    if unaudited > 0 {
+        // Made but not in the trail: a script must not take this run for a clean one.
+        eprintln!("error: {unaudited} change(s) were made but could not be audited (above)");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Tool approvals and skill changes are recorded here, once, in the trail (identity
 /// changes are recorded by the running instance that hears of them, as for `warden
-/// user`).
-async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
+/// user`). Returns how many could not be recorded.
+async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> usize {
+    let mut unaudited = 0;
     for change in changes {
         let event = match change {
             Change::Approved {
@@ -160,6 +167,8 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) {
         let subject = event.subject.clone().unwrap_or_default();
         if let Err(error) = crate::audit::record_now(pool, event).await {
             eprintln!("warning: the import's change of {subject} could not be audited: {error}");
+            unaudited += 1;
         }
     }
+    unaudited
 }

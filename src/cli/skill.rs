@@ -13,7 +13,7 @@ use clap::Subcommand;
 
 use super::ProfileArg;
 use crate::db::Database;
-use crate::skills::store::{self, Put};
+use crate::skills::store;
 use crate::skills::{Origin, Skill, SkillChange};
 
 #[derive(Subcommand)]
@@ -94,17 +94,16 @@ async fn execute(
                 );
                 return Ok(ExitCode::SUCCESS);
             };
-            record(pool, &change, &actor).await;
-            let verb = if matches!(stored, Put::Created { .. }) {
-                "created"
-            } else {
-                "updated"
-            };
+            let audited = record(pool, &change, &actor).await;
             println!(
-                "skill `{}` {verb} (version {})",
+                "skill `{}` {} (version {})",
                 skill.name,
+                change.action.as_str(),
                 stored.version()
             );
+            if !audited {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         SkillCommand::List { .. } => {
             let client = pool.get().await?;
@@ -139,18 +138,27 @@ async fn execute(
                 bail!("no skill `{name}`");
             };
             let change = SkillChange::removed(&name, version, previous, Origin::Cli);
-            record(pool, &change, &actor).await;
+            let audited = record(pool, &change, &actor).await;
             println!("skill `{name}` removed (version {version})");
+            if !audited {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn record(pool: &deadpool_postgres::Pool, change: &SkillChange<'_>, actor: &str) {
-    if let Err(error) = crate::audit::record_now(pool, change.event("user", actor)).await {
-        eprintln!(
-            "warning: the change of skill `{}` could not be audited: {error}",
-            change.name
-        );
+/// Records `change` in the trail; false (said on stderr) when it could not be: the
+/// change was made, and the command then fails so that a script notices.
+async fn record(pool: &deadpool_postgres::Pool, change: &SkillChange<'_>, actor: &str) -> bool {
+    match crate::audit::record_now(pool, change.event("user", actor)).await {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!(
+                "error: skill `{}` was changed but the change could not be audited: {error}",
+                change.name
+            );
+            false
+        }
     }
 }
