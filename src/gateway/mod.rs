@@ -1470,16 +1470,8 @@ impl Gateway {
                 if policy.check(principal, &read).is_err() {
                     continue;
                 }
-                let mut notification = json!({
-                    "jsonrpc": "2.0",
-                    "method": "notifications/resources/updated",
-                    "params": { "uri": resource.uri },
-                });
-                if let Some(id) = subscription {
-                    notification["params"]["_meta"] =
-                        json!({"io.modelcontextprotocol/subscriptionId": id});
-                }
-                updates.push(Arc::from(notification.to_string()));
+                let params = json!({ "uri": resource.uri });
+                updates.push(resource_updated(&params, subscription));
             }
             updates
         };
@@ -1579,12 +1571,7 @@ impl Gateway {
             // The upstream's own `_meta` is about its session with Warden.
             params.remove("_meta");
         }
-        let notification = json!({
-            "jsonrpc": "2.0",
-            "method": "notifications/resources/updated",
-            "params": params,
-        });
-        let data: Arc<str> = Arc::from(notification.to_string());
+        let data = resource_updated(&params, None);
         self.sessions.broadcast(data, |session| {
             subscribers.contains(&session.id) && may_read(&session.principal)
         });
@@ -1595,13 +1582,9 @@ impl Gateway {
                 .as_ref()
                 .is_some_and(|key| subscribers.contains(key));
             if subscribed && may_read(&listener.principal) {
-                // Every notification on a listen stream names its subscription.
-                let mut notification = notification.clone();
-                notification["params"]["_meta"] =
-                    json!({"io.modelcontextprotocol/subscriptionId": listener.id});
                 let _ = listener
                     .sender
-                    .try_send(Arc::from(notification.to_string()));
+                    .try_send(resource_updated(&params, Some(&listener.id)));
             }
         }
     }
@@ -1649,6 +1632,20 @@ impl Gateway {
             .await
             .map_err(GatewayError::Audit)
     }
+}
+
+/// `notifications/resources/updated` with `params` (no `_meta` of the upstream's); on a
+/// listen stream every notification names its `subscription`.
+fn resource_updated(params: &Value, subscription: Option<&Value>) -> Arc<str> {
+    let mut notification = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/resources/updated",
+        "params": params,
+    });
+    if let Some(id) = subscription {
+        notification["params"]["_meta"] = json!({"io.modelcontextprotocol/subscriptionId": id});
+    }
+    Arc::from(notification.to_string())
 }
 
 /// The `permission.decision` row of `ctx`'s caller doing `action` on `subject`.
