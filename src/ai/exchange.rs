@@ -485,23 +485,17 @@ impl Ai {
         format: Wire,
         decision: &Result<(), Denial>,
     ) -> Result<(), AiError> {
-        let principal = &caller.principal;
-        let mut event = AuditEvent::new("permission.decision", principal.actor_kind());
+        let action = match format {
+            Wire::Anthropic => "ai/messages",
+            _ => "ai/chat.completions",
+        };
+        let subject = format!("ai/{}", route.alias);
+        let mut event =
+            crate::policy::decision_event(&caller.principal, &subject, action, decision);
         event.trace_id = Some(caller.trace.trace_id_hex());
-        event.actor_id = Some(principal.user_id().to_owned());
-        event.subject = Some(format!("ai/{}", route.alias));
-        event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
-        event.reason = decision.as_ref().err().map(|d| d.to_string());
-        event.attributes = json!({
-            "action": match format { Wire::Anthropic => "ai/messages", _ => "ai/chat.completions" },
-            "provider": route.provider_name,
-            "model": route.model,
-            "client_id": principal.client_id,
-            "session_id": caller.session_id,
-            "scopes": principal.scopes.to_header_value(),
-            "roles": principal.roles,
-            "issuer": principal.issuer,
-        });
+        event.attributes["provider"] = json!(route.provider_name);
+        event.attributes["model"] = json!(route.model);
+        event.attributes["session_id"] = json!(caller.session_id);
         self.audit
             .record(AuditRecord::Event(Box::new(event)))
             .await

@@ -1648,27 +1648,17 @@ fn resource_updated(params: &Value, subscription: Option<&Value>) -> Arc<str> {
     Arc::from(notification.to_string())
 }
 
-/// The `permission.decision` row of `ctx`'s caller doing `action` on `subject`.
+/// The `permission.decision` row of `ctx`'s caller doing `action` on `subject`, with
+/// the call's trace and session.
 fn decision_event(
     ctx: &CallContext,
     subject: &str,
     action: &str,
     decision: &Result<(), Denial>,
 ) -> AuditEvent {
-    let mut event = AuditEvent::new("permission.decision", ctx.principal.actor_kind());
+    let mut event = crate::policy::decision_event(&ctx.principal, subject, action, decision);
     event.trace_id = Some(ctx.trace.trace_id_hex());
-    event.actor_id = Some(ctx.principal.user_id().to_owned());
-    event.subject = Some(subject.to_owned());
-    event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
-    event.reason = decision.as_ref().err().map(|d| d.to_string());
-    event.attributes = json!({
-        "action": action,
-        "client_id": ctx.principal.client_id,
-        "session_id": ctx.session.as_ref().map(|s| s.id.as_str()),
-        "scopes": ctx.principal.scopes.to_header_value(),
-        "roles": ctx.principal.roles,
-        "issuer": ctx.principal.issuer,
-    });
+    event.attributes["session_id"] = json!(ctx.session.as_ref().map(|s| s.id.as_str()));
     event
 }
 

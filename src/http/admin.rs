@@ -28,8 +28,8 @@ use warden_actors::supervisor::RestartReason;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::Principal;
+use crate::policy::Permission;
 use crate::policy::limits::Surface;
-use crate::policy::{Denial, Permission};
 use warden_actors::audit::AuditEvent;
 
 pub fn routes() -> Router<AppState> {
@@ -54,7 +54,8 @@ pub async fn admin_principal(
         .policy
         .load()
         .check(&principal, &Permission::Admin { action });
-    let event = decision_event(&principal, format!("admin/{action}"), action, &decision);
+    let event =
+        crate::policy::decision_event(&principal, &format!("admin/{action}"), action, &decision);
     app.identity.record_event(event).await;
     decision.map_err(|denial| ApiError::Forbidden {
         denial,
@@ -88,28 +89,6 @@ pub(crate) async fn check_rate(
         message: limited.to_string(),
         retry_after_secs: limited.retry_after_secs(),
     })
-}
-
-/// The `permission.decision` row of a REST route's permission check on `subject`.
-pub(crate) fn decision_event(
-    principal: &Principal,
-    subject: String,
-    action: &str,
-    decision: &Result<(), Denial>,
-) -> AuditEvent {
-    let mut event = AuditEvent::new("permission.decision", principal.actor_kind());
-    event.actor_id = Some(principal.user_id().to_owned());
-    event.subject = Some(subject);
-    event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
-    event.reason = decision.as_ref().err().map(|d| d.to_string());
-    event.attributes = json!({
-        "action": action,
-        "client_id": principal.client_id,
-        "scopes": principal.scopes.to_header_value(),
-        "roles": principal.roles,
-        "issuer": principal.issuer,
-    });
-    event
 }
 
 fn describe(status: &ServerStatus) -> Value {

@@ -32,10 +32,11 @@ use serde_json::{Value, json};
 use warden_actors::audit::AuditRecord;
 
 use super::AppState;
-use super::admin::{admin_principal, check_rate, decision_event};
+use super::admin::{admin_principal, check_rate};
 use super::error::ApiError;
 use crate::auth::Principal;
 use crate::policy::Denial;
+use crate::policy::decision_event;
 use crate::policy::limits::Surface;
 use crate::skills::store::{self, Put, SkillInfo};
 use crate::skills::{Origin, Skill, SkillChange, check_name};
@@ -139,7 +140,7 @@ async fn readable(
     drop(client);
     let decision =
         may_read(app, principal, &current.0).and_then(|()| may_read(app, principal, &wanted.0));
-    let mut event = decision_event(principal, format!("skill/{name}"), action, &decision);
+    let mut event = decision_event(principal, &format!("skill/{name}"), action, &decision);
     event.attributes["version"] = json!(wanted.0.version);
     app.audit
         .record(AuditRecord::Event(Box::new(event)))

@@ -85,6 +85,31 @@ pub enum Denial {
     Forbidden(String),
 }
 
+/// The `permission.decision` audit row of `principal` doing `action` on `subject`, as
+/// every caller of [`PolicyEngine::check`] records it (the check itself does no I/O);
+/// callers add the trace and what else they know.
+pub fn decision_event(
+    principal: &Principal,
+    subject: &str,
+    action: &str,
+    decision: &Result<(), Denial>,
+) -> warden_actors::audit::AuditEvent {
+    let mut event =
+        warden_actors::audit::AuditEvent::new("permission.decision", principal.actor_kind());
+    event.actor_id = Some(principal.user_id().to_owned());
+    event.subject = Some(subject.to_owned());
+    event.decision = Some(if decision.is_ok() { "allow" } else { "deny" });
+    event.reason = decision.as_ref().err().map(|d| d.to_string());
+    event.attributes = serde_json::json!({
+        "action": action,
+        "client_id": principal.client_id,
+        "scopes": principal.scopes.to_header_value(),
+        "roles": principal.roles,
+        "issuer": principal.issuer,
+    });
+    event
+}
+
 /// The scope the admin API requires.
 pub const ADMIN_SCOPE: &str = "admin";
 /// The scope a model request requires.
