@@ -27,6 +27,17 @@ fn send(env: &Env, method: &str, path: &str, token: &str, body: Option<&str>) ->
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// `PUT /admin/skills/{name}` with `file`.
+fn upload(env: &Env, admin: &str, name: &str, file: &str) -> Response {
+    send(
+        env,
+        "PUT",
+        &format!("/admin/skills/{name}"),
+        admin,
+        Some(file),
+    )
+}
+
 fn names(listing: &Response) -> Vec<String> {
     assert_eq!(listing.status, 200, "{listing:?}");
     listing.json()["skills"]
@@ -59,15 +70,7 @@ fn skills_are_versioned_served_by_scope_audited_and_synced_through_files() {
         "license: MIT\n",
         "1. Open the form.\n2. Check every field.\n",
     );
-    let put = |name: &str, file: &str| {
-        send(
-            &env,
-            "PUT",
-            &format!("/admin/skills/{name}"),
-            &admin,
-            Some(file),
-        )
-    };
+    let put = |name: &str, file: &str| upload(&env, &admin, name, file);
     let created = put("pdf-forms", &forms_v1);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.json()["version"], 1);
@@ -489,13 +492,7 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
     let alice = env.token("alice", "tools:read skills:read");
     let carol = env.token("carol", "tools:read");
     let put = |name: &str, file: &str| {
-        let answer = send(
-            &env,
-            "PUT",
-            &format!("/admin/skills/{name}"),
-            &admin,
-            Some(file),
-        );
+        let answer = upload(&env, &admin, name, file);
         assert!(matches!(answer.status, 200 | 201), "{answer:?}");
     };
     let forms = skill("pdf-forms", "Fill in PDF forms.", "", "1. Open the form.\n");
@@ -822,13 +819,7 @@ fn a_user_pulls_the_skills_given_to_them_into_a_folder() {
     let admin = env.admin_token();
     let alice = env.token("alice", "skills:read");
     let put = |name: &str, file: &str| {
-        let answer = send(
-            &env,
-            "PUT",
-            &format!("/admin/skills/{name}"),
-            &admin,
-            Some(file),
-        );
+        let answer = upload(&env, &admin, name, file);
         assert!(matches!(answer.status, 200 | 201), "{answer:?}");
     };
     let forms = skill("pdf-forms", "Fill in PDF forms.", "", "Open it.\n");
