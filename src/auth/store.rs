@@ -223,7 +223,16 @@ pub async fn set_roles<C: GenericClient>(
         )
         .await?;
     if n == 0 {
-        return Err(StoreError::NotFound(name.to_owned()));
+        // A federated identity's roles come from its issuer: say so rather than that it
+        // does not exist.
+        return Err(match find(client, name).await? {
+            Some(row) => StoreError::WrongKind {
+                name: name.to_owned(),
+                actual: format!("{} identity", row.kind),
+                expected: "user or service account".to_owned(),
+            },
+            None => StoreError::NotFound(name.to_owned()),
+        });
     }
     Ok(())
 }
