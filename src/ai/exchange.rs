@@ -27,9 +27,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 use uuid::Uuid;
-use warden_actors::audit::{
-    AiRequestRecord, Audit, AuditEvent, AuditRecord, AuditRefused, ToolStatus,
-};
+use warden_actors::audit::{AiRequestRecord, Audit, AuditRecord, AuditRefused, ToolStatus};
 use warden_actors::trace::TraceContext;
 
 use super::budgets::{self, Applied, BudgetError};
@@ -511,17 +509,11 @@ impl Ai {
         budget: Option<&str>,
     ) -> Result<(), AiError> {
         let principal = &caller.principal;
-        let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
+        let subject = format!("ai/{}", route.alias);
+        let mut event = crate::policy::rate_limited_event(principal, &subject, error.to_string());
         event.trace_id = Some(caller.trace.trace_id_hex());
-        event.actor_id = Some(principal.user_id().to_owned());
-        event.subject = Some(format!("ai/{}", route.alias));
-        event.decision = Some("deny");
-        event.reason = Some(error.to_string());
-        event.attributes = json!({
-            "surface": "ai",
-            "tier": principal.tier,
-            "budget": budget,
-        });
+        event.attributes["surface"] = json!("ai");
+        event.attributes["budget"] = json!(budget);
         self.audit
             .record(AuditRecord::Event(Box::new(event)))
             .await

@@ -959,13 +959,11 @@ impl Gateway {
                 GatewayError::RateLimited(_) | GatewayError::Quota(QuotaError::Exhausted { .. })
             )
         {
-            let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
+            let subject = format!("{}/{}", target.server, target.upstream);
+            let mut event =
+                crate::policy::rate_limited_event(principal, &subject, error.to_string());
             event.trace_id = Some(ctx.trace.trace_id_hex());
-            event.actor_id = Some(principal.user_id().to_owned());
-            event.subject = Some(format!("{}/{}", target.server, target.upstream));
-            event.decision = Some("deny");
-            event.reason = Some(error.to_string());
-            event.attributes = json!({ "tier": principal.tier, "error": error.to_rpc().data });
+            event.attributes["error"] = json!(error.to_rpc().data);
             self.audit
                 .record(AuditRecord::Event(Box::new(event)))
                 .await

@@ -30,7 +30,6 @@ use super::error::ApiError;
 use crate::auth::Principal;
 use crate::policy::Permission;
 use crate::policy::limits::Surface;
-use warden_actors::audit::AuditEvent;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -78,12 +77,9 @@ pub(crate) async fn check_rate(
     let Err(limited) = checked else {
         return Ok(());
     };
-    let mut event = AuditEvent::new("rate_limit.rejected", principal.actor_kind());
-    event.actor_id = Some(principal.user_id().to_owned());
-    event.subject = Some(surface.as_str().to_owned());
-    event.decision = Some("deny");
-    event.reason = Some(limited.to_string());
-    event.attributes = json!({ "surface": surface.as_str(), "tier": principal.tier });
+    let mut event =
+        crate::policy::rate_limited_event(principal, surface.as_str(), limited.to_string());
+    event.attributes["surface"] = json!(surface.as_str());
     app.identity.record_event(event).await;
     Err(ApiError::RateLimited {
         message: limited.to_string(),

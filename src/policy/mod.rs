@@ -110,6 +110,24 @@ pub fn decision_event(
     event
 }
 
+/// The `rate_limit.rejected` audit row of `principal` refused on `subject` for
+/// `reason` (a rate limit, a quota, a spent budget); callers add the trace and the
+/// surface's own attributes.
+pub fn rate_limited_event(
+    principal: &Principal,
+    subject: &str,
+    reason: String,
+) -> warden_actors::audit::AuditEvent {
+    let mut event =
+        warden_actors::audit::AuditEvent::new("rate_limit.rejected", principal.actor_kind());
+    event.actor_id = Some(principal.user_id().to_owned());
+    event.subject = Some(subject.to_owned());
+    event.decision = Some("deny");
+    event.reason = Some(reason);
+    event.attributes = serde_json::json!({ "tier": principal.tier });
+    event
+}
+
 /// The scope the admin API requires.
 pub const ADMIN_SCOPE: &str = "admin";
 /// The scope a model request requires.
