@@ -56,6 +56,7 @@ impl extension::Extension for Builtins {
         registry.jobs("warden", audit::retention::job);
         registry.routes("warden", http::wellknown::routes);
         registry.routes("warden", http::oauth::routes);
+        registry.routes("warden", http::account::routes);
         registry.routes("warden", http::hooks::routes);
         registry.routes("warden", http::ai::routes);
         registry.routes("warden", http::skills::routes);

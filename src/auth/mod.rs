@@ -16,7 +16,8 @@
 //!   an unknown `kid`;
 //! - `store`: identities (users, service accounts, federated), API keys, the revocation
 //!   deny-list; `passwords`: Argon2id under a concurrency bound; `ratelimit`: login
-//!   attempts;
+//!   attempts; `passkeys`: WebAuthn credentials users sign in with (the checks are
+//!   `webauthn`);
 //! - `oauth`: the authorization server's state (clients, codes, refresh-token families);
 //! - `bootstrap`: the admin token printed on first start.
 
@@ -25,12 +26,14 @@ pub mod cache;
 pub mod federation;
 pub mod keys;
 pub mod oauth;
+pub mod passkeys;
 pub mod passwords;
 pub mod ratelimit;
 pub mod secret;
 pub mod service;
 pub mod store;
 pub mod tokens;
+pub mod webauthn;
 
 pub use service::Identity;
 

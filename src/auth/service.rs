@@ -96,8 +96,8 @@ struct Settings {
 
 /// Identity: authentication, tokens, users, the authorization server's state.
 pub struct Identity {
-    db: Pool,
-    master: Arc<MasterKey>,
+    pub(super) db: Pool,
+    pub(super) master: Arc<MasterKey>,
     audit: Audit,
     policy: Arc<ArcSwap<PolicyEngine>>,
     settings: ArcSwap<Settings>,
@@ -469,7 +469,7 @@ impl Identity {
         }
     }
 
-    async fn record(&self, event: AuditEvent) {
+    pub(super) async fn record(&self, event: AuditEvent) {
         if let Err(refused) = self.audit.record(AuditRecord::Event(Box::new(event))).await {
             tracing::error!(error = %refused, "an identity audit event was refused");
         }
@@ -488,7 +488,7 @@ impl Identity {
     ) -> Result<IdentityRow, LoginError> {
         let per_minute = self.settings.load().config.login_attempts_per_minute;
         if let Err(wait) = self.logins.attempt(username, per_minute) {
-            self.login_event(username, client_id, false, "rate limited")
+            self.login_event(username, client_id, false, "rate limited", "password")
                 .await;
             return Err(LoginError::RateLimited(wait));
         }
@@ -516,30 +516,45 @@ impl Identity {
         match row {
             Some(row) if ok && !row.disabled => {
                 let _ = store::touch_login(&**client, row.id).await;
-                self.login_event(username, client_id, true, "password")
+                self.login_event(username, client_id, true, "password", "password")
                     .await;
                 Ok(row)
             }
             Some(row) if ok && row.disabled => {
-                self.login_event(username, client_id, false, "account disabled")
+                self.login_event(username, client_id, false, "account disabled", "password")
                     .await;
                 Err(LoginError::Invalid)
             }
             _ => {
-                self.login_event(username, client_id, false, "wrong username or password")
-                    .await;
+                self.login_event(
+                    username,
+                    client_id,
+                    false,
+                    "wrong username or password",
+                    "password",
+                )
+                .await;
                 Err(LoginError::Invalid)
             }
         }
     }
 
-    async fn login_event(&self, username: &str, client_id: &str, ok: bool, reason: &str) {
+    /// Records an `auth.login` row; `method` is `password` or `passkey`.
+    pub(super) async fn login_event(
+        &self,
+        username: &str,
+        client_id: &str,
+        ok: bool,
+        reason: &str,
+        method: &str,
+    ) {
         let mut event = AuditEvent::new("auth.login", "user");
-        event.actor_id = Some(username.to_owned());
+        // Empty for a passkey Warden does not know: no one was identified.
+        event.actor_id = (!username.is_empty()).then(|| username.to_owned());
         event.subject = Some(client_id.to_owned());
         event.decision = Some(if ok { "allow" } else { "deny" });
         event.reason = Some(reason.to_owned());
-        event.attributes = json!({"method": "password", "client_id": client_id});
+        event.attributes = json!({"method": method, "client_id": client_id});
         self.record(event).await;
     }
 

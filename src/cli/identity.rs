@@ -2,7 +2,8 @@
 //! embedded cluster is attached, not started twice):
 //!
 //! - `warden user add NAME --role R` (password on stdin), `user list`, `user disable
-//!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin);
+//!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin), `user passkeys
+//!   [NAME]`, `user remove-passkey ID`;
 //! - `warden token issue --user NAME --scopes "a b" [--ttl 1h]`: prints an access token
 //!   (creating the user, without a password, if needed);
 //! - `warden keys rotate`, `warden keys list`;
@@ -25,7 +26,7 @@ use super::ProfileArg;
 use crate::auth::secret::Redacted;
 use crate::auth::service::issue_offline;
 use crate::auth::tokens::Grant;
-use crate::auth::{PrincipalKind, Scopes, keys, passwords, store};
+use crate::auth::{PrincipalKind, Scopes, keys, passkeys, passwords, store};
 use crate::config::Config;
 use crate::db::Database;
 use crate::policy::PolicyEngine;
@@ -62,6 +63,18 @@ pub(crate) enum UserCommand {
     /// Set a user's password (read from stdin).
     Passwd {
         name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// List passkeys: a user's, or everyone's. Users add theirs on `/oauth/account`.
+    Passkeys {
+        name: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Remove a passkey by its id (from `user passkeys`), e.g. of a lost device.
+    RemovePasskey {
+        id: String,
         #[command(flatten)]
         profile: ProfileArg,
     },
@@ -239,6 +252,50 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                     when(row.last_login_at),
                 );
             }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::Passkeys { name, profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            let keys = passkeys::list(&**client, name.as_deref()).await?;
+            if keys.is_empty() {
+                println!("no passkeys");
+            }
+            for key in keys {
+                println!(
+                    "{}\t{}\t{}\t{}\tcreated {}\tlast used {}",
+                    key.id,
+                    key.user,
+                    key.label,
+                    if key.backed_up {
+                        "synced"
+                    } else {
+                        "device-bound"
+                    },
+                    when(Some(key.created_at)),
+                    when(key.last_used_at),
+                );
+            }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::RemovePasskey { id, profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            let Some(owner) = passkeys::remove(&**client, &id).await? else {
+                drop(client);
+                database.shutdown(config.server.shutdown_grace).await?;
+                bail!("no passkey has the id `{id}` (see `warden user passkeys`)");
+            };
+            store::notify(
+                &**client,
+                "user.passkey_removed",
+                &owner,
+                json!({"origin": "cli", "passkey": id}),
+            )
+            .await?;
+            println!("passkey `{id}` of `{owner}` removed");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }

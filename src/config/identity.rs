@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::raw::{RawIdentity, RawMcpServer, RawRole, RawServerDefaults, RawTrustedIssuer};
+use super::raw::{
+    RawIdentity, RawMcpServer, RawPasskeys, RawRole, RawServerDefaults, RawTrustedIssuer,
+};
 use super::yaml::{Located, Mark, Spanned};
 
 /// Scopes a server requires when the profile names none.
@@ -37,6 +39,23 @@ pub struct IdentityConfig {
     /// Allow `http://` Client ID Metadata Documents on loopback hosts (tests, development).
     pub allow_insecure_loopback: bool,
     pub trusted_issuers: Vec<TrustedIssuer>,
+    pub passkeys: PasskeyConfig,
+}
+
+/// `identity.passkeys`: who Warden is to a passkey (the WebAuthn relying party).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PasskeyConfig {
+    /// False when the profile turned passkeys off, or the public URL's host is an IP
+    /// address (browsers refuse passkeys there) and the profile did not ask for them.
+    pub enabled: bool,
+    /// The RP ID passkeys are bound to: `server.public_url`'s host unless set. Changing it
+    /// later strands every registered passkey.
+    pub rp_id: String,
+    /// The one origin ceremonies may come from: `server.public_url`'s scheme and authority.
+    pub origin: String,
+    /// `required` (the default): the authenticator must verify the user (PIN, biometric);
+    /// `preferred`: presence (a touch) is enough.
+    pub user_verification_required: bool,
 }
 
 /// One external issuer whose tokens Warden accepts.
@@ -227,6 +246,7 @@ pub fn identity(raw: RawIdentity, public_url: &str, problems: &mut Vec<Located>)
             trusted_issuers.push(issuer);
         }
     }
+    let passkeys = passkeys(raw.passkeys, public_url, problems);
     IdentityConfig {
         issuer,
         audience,
@@ -239,6 +259,56 @@ pub fn identity(raw: RawIdentity, public_url: &str, problems: &mut Vec<Located>)
         client_metadata_documents: raw.client_metadata_documents.unwrap_or(true),
         allow_insecure_loopback: raw.allow_insecure_loopback.unwrap_or(false),
         trusted_issuers,
+        passkeys,
+    }
+}
+
+/// Converts `identity.passkeys` against `public_url` (already checked to be http(s)).
+fn passkeys(raw: RawPasskeys, public_url: &str, problems: &mut Vec<Located>) -> PasskeyConfig {
+    let after_scheme = public_url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = after_scheme.split('/').next().unwrap_or_default();
+    let origin = public_url[..public_url.len() - after_scheme.len()].to_owned() + authority;
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    }
+    .to_ascii_lowercase();
+    let rp_id = raw.rp_id.clone().unwrap_or_else(|| host.clone());
+    let is_address =
+        rp_id.starts_with('[') || rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.is_empty();
+    let enabled = raw.enabled.unwrap_or(!is_address);
+    if enabled && is_address {
+        problems.push(problem(
+            "identity.passkeys.enabled",
+            format!(
+                "browsers refuse passkeys for an IP address (`{rp_id}`): give server.public_url a host name (`localhost` works on this machine)"
+            ),
+        ));
+    } else if raw.rp_id.is_some() && !(host == rp_id || host.ends_with(&format!(".{rp_id}"))) {
+        problems.push(problem(
+            "identity.passkeys.rp_id",
+            format!(
+                "`{rp_id}` is neither the host of server.public_url (`{host}`) nor a domain it is under"
+            ),
+        ));
+    }
+    let user_verification_required = match raw.user_verification.as_deref() {
+        None | Some("required") => true,
+        Some("preferred") => false,
+        Some(other) => {
+            problems.push(problem(
+                "identity.passkeys.user_verification",
+                format!("expected `required` or `preferred`, found `{other}`"),
+            ));
+            true
+        }
+    };
+    PasskeyConfig {
+        enabled,
+        rp_id,
+        origin,
+        user_verification_required,
     }
 }
 

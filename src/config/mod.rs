@@ -26,7 +26,7 @@ use warden_actors::spec::{
     ServerSpec, ToolSpec, Transport,
 };
 
-pub use identity::{AccessConfig, IdentityConfig, RoleConfig, TrustedIssuer};
+pub use identity::{AccessConfig, IdentityConfig, PasskeyConfig, RoleConfig, TrustedIssuer};
 pub use raw::{AckMode, BacklogMode, LogFormat};
 use raw::{RawMcpServer, RawProfile, RawServerDefaults, RestartPolicyName};
 use yaml::{Located, Mark, Node, NodeKind, Spanned};

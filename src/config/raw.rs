@@ -284,7 +284,18 @@ pub struct RawIdentity {
     pub client_metadata_documents: Option<bool>,
     pub allow_insecure_loopback: Option<bool>,
     #[serde(default)]
+    pub passkeys: RawPasskeys,
+    #[serde(default)]
     pub trusted_issuers: Vec<Spanned<RawTrustedIssuer>>,
+}
+
+/// `identity.passkeys`: signing in with WebAuthn passkeys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPasskeys {
+    pub enabled: Option<bool>,
+    pub rp_id: Option<String>,
+    pub user_verification: Option<String>,
 }
 
 /// One entry of `identity.trusted_issuers`: an external OAuth/OIDC issuer whose tokens

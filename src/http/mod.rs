@@ -11,6 +11,7 @@
 //!         └─ router: routes contributed through the registry (built-ins and extensions)
 //! ```
 
+pub mod account;
 pub mod admin;
 pub mod ai;
 pub mod audit;

@@ -30,13 +30,14 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::oauth::{self, Client, CodeGrant};
+use crate::auth::passkeys::{self, PasskeyError};
 use crate::auth::secret::{self, Redacted};
 use crate::auth::service::{LoginError, OAuthError};
 use crate::auth::tokens::unix_now;
 use crate::auth::{Scopes, store};
 
 /// How long a login or consent form stays valid.
-const FORM_TTL_SECS: u64 = 600;
+pub(super) const FORM_TTL_SECS: u64 = 600;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -47,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth/register", post(register))
         .route("/oauth/revoke", post(revoke))
         .route("/oauth/introspect", post(introspect))
+        .route("/oauth/passkeys.js", get(passkeys_script))
 }
 
 /// The profile's `rate_limits.oauth`, per client (or per `subject` where there is no
@@ -95,20 +97,24 @@ struct Pending {
 
 /// A login session: who, until when.
 #[derive(Serialize, Deserialize)]
-struct LoginSession {
-    user: String,
-    exp: u64,
+pub(super) struct LoginSession {
+    pub(super) user: String,
+    pub(super) exp: u64,
 }
 
 const PENDING_CONTEXT: &[u8] = b"oauth-pending-request";
-const SESSION_CONTEXT: &[u8] = b"oauth-login-session";
+pub(super) const SESSION_CONTEXT: &[u8] = b"oauth-login-session";
 
-fn seal<T: Serialize>(app: &AppState, value: &T, context: &[u8]) -> String {
+pub(super) fn seal<T: Serialize>(app: &AppState, value: &T, context: &[u8]) -> String {
     let plain = serde_json::to_vec(value).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(app.master_key.seal(&plain, context))
 }
 
-fn unseal<T: for<'de> Deserialize<'de>>(app: &AppState, text: &str, context: &[u8]) -> Option<T> {
+pub(super) fn unseal<T: for<'de> Deserialize<'de>>(
+    app: &AppState,
+    text: &str,
+    context: &[u8],
+) -> Option<T> {
     let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .ok()?;
@@ -116,13 +122,13 @@ fn unseal<T: for<'de> Deserialize<'de>>(app: &AppState, text: &str, context: &[u
     serde_json::from_slice(&plain).ok()
 }
 
-struct CookieNames {
-    session: &'static str,
-    csrf: &'static str,
-    attributes: &'static str,
+pub(super) struct CookieNames {
+    pub(super) session: &'static str,
+    pub(super) csrf: &'static str,
+    pub(super) attributes: &'static str,
 }
 
-fn cookie_names(app: &AppState) -> CookieNames {
+pub(super) fn cookie_names(app: &AppState) -> CookieNames {
     if app.config.load().server.public_url.starts_with("https://") {
         CookieNames {
             session: "__Host-warden_session",
@@ -138,7 +144,7 @@ fn cookie_names(app: &AppState) -> CookieNames {
     }
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -149,7 +155,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -169,7 +175,7 @@ h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .2rem}input[type=text],in
 button{margin:1rem .5rem 0 0;padding:.5rem 1.2rem}.error{color:#a00}.scopes li{font-family:monospace}small{color:#666}";
 
 /// An HTML page with the headers every authorization-server page carries.
-fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Response {
     let html = format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
          <title>{} · Warden</title><style>{STYLE}</style></head><body><h1>{}</h1>{body}</body></html>",
@@ -185,7 +191,7 @@ fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Resp
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -206,7 +212,7 @@ fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Resp
     response
 }
 
-fn error_page(status: StatusCode, message: &str) -> Response {
+pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     page(
         status,
         "Authorization failed",
@@ -245,7 +251,7 @@ fn redirect_error(app: &AppState, pending: &Pending, error: &str, description: &
 }
 
 /// A fresh CSRF token and the cookie that carries it.
-fn csrf_cookie(app: &AppState) -> (String, String) {
+pub(super) fn csrf_cookie(app: &AppState) -> (String, String) {
     let token = secret::short_id("");
     let names = cookie_names(app);
     let cookie = format!(
@@ -278,11 +284,68 @@ fn login_page(
              <input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">\
              <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
              <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
-             <button type=submit id=login>Sign in</button></form>",
-            escape(client)
+             <button type=submit id=login>Sign in</button></form>{}",
+            escape(client),
+            passkey_sign_in(
+                app,
+                "/oauth/login",
+                &format!(
+                    "<input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">"
+                ),
+                &csrf
+            ),
         ),
         &[cookie],
     )
+}
+
+/// The script that runs passkey ceremonies (`navigator.credentials`) on Warden's pages.
+const PASSKEYS_SCRIPT: &str = include_str!("passkeys.js");
+
+async fn passkeys_script() -> Response {
+    let mut response = PASSKEYS_SCRIPT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The "Sign in with a passkey" form: `hidden` (the form's own fields, with its CSRF
+/// token `csrf`) and the credential the script fills in, posted to `action`. Empty when
+/// passkeys are off.
+pub(super) fn passkey_sign_in(app: &AppState, action: &str, hidden: &str, csrf: &str) -> String {
+    let Some(challenge) = app
+        .identity
+        .passkey_challenge(passkeys::Purpose::SignIn, None, csrf)
+    else {
+        return String::new();
+    };
+    let config = app.identity.passkeys();
+    format!(
+        "<form method=post action={action} id=passkey-form data-passkey=get \
+         data-challenge=\"{}\" data-rp-id=\"{}\" data-uv={}>{hidden}<input type=hidden name=credential>\
+         <button type=button id=passkey data-passkey-start>Sign in with a passkey</button>\
+         <p class=error id=passkey-error hidden></p></form><script src=/oauth/passkeys.js></script>",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(challenge),
+        escape(&config.rp_id),
+        user_verification(&config),
+    )
+}
+
+/// WebAuthn's `userVerification` for the profile's setting.
+pub(super) fn user_verification(config: &crate::config::PasskeyConfig) -> &'static str {
+    if config.user_verification_required {
+        "required"
+    } else {
+        "preferred"
+    }
 }
 
 fn consent_page(
@@ -327,7 +390,10 @@ fn consent_page(
 }
 
 /// The user of a valid login session cookie.
-async fn session_user(app: &AppState, headers: &HeaderMap) -> Option<store::IdentityRow> {
+pub(super) async fn session_user(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Option<store::IdentityRow> {
     let names = cookie_names(app);
     let session: LoginSession = unseal(app, cookie(headers, names.session)?, SESSION_CONTEXT)?;
     if session.exp <= unix_now() {
@@ -476,6 +542,9 @@ struct LoginForm {
     /// Wrapped in `Redacted` as soon as it is read; this struct has no `Debug`.
     #[serde(default)]
     password: String,
+    /// A passkey's answer (JSON) instead of a username and password.
+    #[serde(default)]
+    credential: String,
     #[serde(default)]
     pending: String,
     #[serde(default)]
@@ -531,6 +600,32 @@ async fn login(
         Ok(Some(client)) => client,
         _ => return error_page(StatusCode::BAD_REQUEST, "Unknown client."),
     };
+    if !form.credential.is_empty() {
+        return match app
+            .identity
+            .passkey_login(&form.csrf, &form.credential, &client.client_id)
+            .await
+        {
+            Ok(user) => signed_in(&app, pending, &client, user),
+            Err(error) => {
+                let status = passkey_status(&error);
+                let mut response = login_page(
+                    &app,
+                    pending,
+                    client.display_name(),
+                    Some(&error.to_string()),
+                    status,
+                );
+                if let PasskeyError::RateLimited(wait) = error {
+                    response.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(wait.as_secs().max(1)),
+                    );
+                }
+                response
+            }
+        };
+    }
     let user = match app
         .identity
         .login(
@@ -571,37 +666,69 @@ async fn login(
             );
         }
     };
+    signed_in(&app, pending, &client, user)
+}
+
+/// The cookie of a fresh login session for `user`.
+pub(super) fn session_cookie(app: &AppState, user: &store::IdentityRow) -> String {
     let ttl = app.identity.config().login_session_ttl;
     let session = seal(
-        &app,
+        app,
         &LoginSession {
             user: user.name.clone(),
             exp: unix_now() + ttl.as_secs(),
         },
         SESSION_CONTEXT,
     );
-    let names = cookie_names(&app);
-    let session_cookie = format!(
+    let names = cookie_names(app);
+    format!(
         "{}={session}{}; Max-Age={}",
         names.session,
         names.attributes,
         ttl.as_secs()
-    );
+    )
+}
+
+/// The HTTP status a refused passkey ceremony is answered with.
+pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
+    match error {
+        PasskeyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        PasskeyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        PasskeyError::Disabled => StatusCode::NOT_FOUND,
+        PasskeyError::Malformed(_) | PasskeyError::BadLabel => StatusCode::BAD_REQUEST,
+        PasskeyError::Duplicate | PasskeyError::Replayed => StatusCode::CONFLICT,
+        PasskeyError::Invalid(_)
+        | PasskeyError::WrongCeremony
+        | PasskeyError::Unknown
+        | PasskeyError::Cloned
+        | PasskeyError::AccountDisabled => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// After a successful sign-in: the login session, then the consent page (or the
+/// refusal when the user's roles grant nothing asked for).
+fn signed_in(
+    app: &AppState,
+    pending: Pending,
+    client: &Client,
+    user: store::IdentityRow,
+) -> Response {
+    let session_cookie = session_cookie(app, &user);
     let scopes = app
         .identity
         .grantable(&user.roles, &Scopes::parse(&pending.scope));
     if scopes.is_empty() {
         return redirect_error(
-            &app,
+            app,
             &pending,
             "access_denied",
             "your roles grant none of the requested scopes",
         );
     }
     consent_page(
-        &app,
+        app,
         pending,
-        &client,
+        client,
         &user.name,
         &scopes,
         Some(session_cookie),

@@ -122,6 +122,9 @@ pub struct Profile {
     /// The profile; written as JSON (a subset of YAML) on every start.
     pub value: Value,
     env: Vec<(String, String)>,
+    /// The host of `server.public_url` (with the port chosen at start), when it is not
+    /// the listen address: `localhost` for browser features refused on IP addresses.
+    public_host: Option<String>,
 }
 
 impl Profile {
@@ -149,7 +152,14 @@ impl Profile {
             dir,
             value,
             env: Vec::new(),
+            public_host: None,
         }
+    }
+
+    /// Makes `server.public_url` `http://HOST:PORT` (the port chosen at each start).
+    pub fn public_host(&mut self, host: &str) -> &mut Profile {
+        self.public_host = Some(host.to_owned());
+        self
     }
 
     /// Sets a value by dotted path (`server.shutdown_grace`), creating sections.
@@ -214,6 +224,10 @@ impl Profile {
     pub fn spawn(&mut self) -> WardenProcess {
         let port = free_port();
         self.set("server.listen", format!("127.0.0.1:{port}"));
+        if let Some(host) = &self.public_host {
+            let url = format!("http://{host}:{port}");
+            self.set("server.public_url", url);
+        }
         let command = self.command(&["serve"]);
         WardenProcess::spawn(command, Some(format!("http://127.0.0.1:{port}")))
     }

@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 use super::{Env, PASSWORD, authorize_query, exchange, pkce, query};
 use crate::support::warden::free_port;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
 /// The W3C WebDriver element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// chromedriver on a free port in a process group of its own; on drop the session is
 /// closed and the whole group (chromedriver and the browser it started) is killed.
-struct Driver {
+pub(super) struct Driver {
     child: Child,
     base: String,
     session: Option<String>,
@@ -45,7 +45,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(super) fn start() -> Driver {
         for binary in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
             assert!(
                 std::path::Path::new(binary).exists(),
@@ -81,7 +81,7 @@ impl Driver {
 
     /// One WebDriver command. chromedriver keeps connections open whatever the request
     /// says, so the answer is read by its `Content-Length`, not to the end.
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(super) fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let address = self.base.trim_start_matches("http://");
         let mut stream = std::net::TcpStream::connect(address).expect("connect to chromedriver");
         stream
@@ -125,7 +125,7 @@ impl Driver {
         value["value"].clone()
     }
 
-    fn open_session(&mut self) {
+    pub(super) fn open_session(&mut self) {
         let args = [
             "--headless",
             "--no-sandbox",
@@ -161,18 +161,18 @@ impl Driver {
         );
     }
 
-    fn path(&self, rest: &str) -> String {
+    pub(super) fn path(&self, rest: &str) -> String {
         format!(
             "/session/{}{rest}",
             self.session.as_deref().expect("a session")
         )
     }
 
-    fn go(&self, url: &str) {
+    pub(super) fn go(&self, url: &str) {
         self.call("POST", &self.path("/url"), json!({"url": url}));
     }
 
-    fn find(&self, css: &str) -> String {
+    pub(super) fn find(&self, css: &str) -> String {
         let value = self.call(
             "POST",
             &self.path("/element"),
@@ -184,7 +184,7 @@ impl Driver {
             .to_owned()
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub(super) fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css);
         self.call(
             "POST",
@@ -193,7 +193,7 @@ impl Driver {
         );
     }
 
-    fn click(&self, css: &str) {
+    pub(super) fn click(&self, css: &str) {
         let element = self.find(css);
         self.call(
             "POST",
@@ -202,7 +202,7 @@ impl Driver {
         );
     }
 
-    fn text(&self, css: &str) -> String {
+    pub(super) fn text(&self, css: &str) -> String {
         let element = self.find(css);
         self.call(
             "GET",
@@ -217,7 +217,7 @@ impl Driver {
 
 /// The client's redirect endpoint: answers every request, handing over each callback's
 /// target (the thread ends with the test binary).
-fn callback_listener() -> (String, mpsc::Receiver<String>) {
+pub(super) fn callback_listener() -> (String, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the callback");
     let url = format!(
         "http://127.0.0.1:{}/callback",

@@ -10,6 +10,7 @@ mod browser;
 mod export;
 mod federation;
 mod flows;
+mod passkeys;
 mod python;
 
 use std::io::Write as _;

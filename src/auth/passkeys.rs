@@ -1,0 +1,590 @@
+//! Passkeys: users sign in with a WebAuthn credential instead of a password.
+//!
+//! What this module owns: the `passkeys` table (schema/0070_passkeys.sql), the ceremony
+//! challenges, and the two ceremonies as the authorization server runs them — a signed-in
+//! user registering a passkey, and anyone signing in with one. The cryptographic checks
+//! are `webauthn.rs`; the pages and forms are `http/oauth.rs`.
+//!
+//! - **Challenges are sealed, not stored.** A ceremony's challenge is the purpose, the
+//!   user (for a registration), the form's CSRF token and an expiry, sealed under the
+//!   master key (its random nonce makes every challenge unpredictable). Showing a sign-in
+//!   page writes nothing; a challenge is checked by opening it. Once a ceremony succeeds
+//!   its challenge's hash goes into `webauthn_used_challenges` in the same transaction
+//!   as the ceremony's effect, so each is good once, on any replica.
+//! - **Discoverable credentials, no username.** Sign-in asks the browser for any passkey
+//!   of this relying party; the credential id names the passkey and through it the user.
+//!   The user handle (the identity's UUID) must match when the authenticator returns it.
+//! - **Counters.** A signature counter that does not advance (when the authenticator
+//!   keeps one) refuses the sign-in as a possibly cloned authenticator.
+//! - **Audit.** `auth.login` (method `passkey`) for every sign-in and refusal,
+//!   `auth.passkey_registered` and `auth.passkey_removed` for changes made through the
+//!   pages; the CLI's removals are announced on `warden_identity` like its other changes.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+use warden_actors::audit::AuditEvent;
+
+use super::service::Identity;
+use super::store::{self, IdentityRow, StoreError};
+use super::tokens::unix_now;
+use super::webauthn::{self, RelyingParty, WebAuthnError};
+use crate::config::PasskeyConfig;
+
+/// How long a ceremony may take, from the page that starts it to the form it posts.
+pub const CEREMONY_TTL: Duration = Duration::from_secs(600);
+/// The longest label a user may give a passkey.
+pub const MAX_LABEL_CHARS: usize = 64;
+/// The longest credential (the JSON the page posts) read.
+pub const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
+
+const CHALLENGE_CONTEXT: &[u8] = b"webauthn-challenge";
+
+/// What a ceremony is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Register,
+    SignIn,
+}
+
+/// What a challenge carries, sealed.
+#[derive(Serialize, Deserialize)]
+struct Ceremony {
+    purpose: Purpose,
+    /// The identity registering; `None` for a sign-in.
+    user: Option<Uuid>,
+    /// The CSRF token of the form the ceremony's answer is posted with.
+    csrf: String,
+    exp: u64,
+}
+
+/// A credential as the page posts it: the shape of WebAuthn's
+/// `PublicKeyCredential.toJSON()`, binary fields base64url.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialJson {
+    raw_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    response: ResponseJson,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseJson {
+    #[serde(rename = "clientDataJSON")]
+    client_data_json: String,
+    attestation_object: Option<String>,
+    authenticator_data: Option<String>,
+    signature: Option<String>,
+    user_handle: Option<String>,
+}
+
+/// One stored passkey, as listings show it.
+#[derive(Clone, Debug)]
+pub struct PasskeyInfo {
+    /// The credential id, base64url: how the pages and the CLI name a passkey.
+    pub id: String,
+    pub user: String,
+    pub label: String,
+    pub algorithm: i32,
+    pub backed_up: bool,
+    pub created_at: SystemTime,
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// Why a ceremony was refused. The messages are for the person at the browser.
+#[derive(Debug, thiserror::Error)]
+pub enum PasskeyError {
+    #[error("passkeys are turned off on this Warden")]
+    Disabled,
+    #[error("the passkey answer is malformed: {0}")]
+    Malformed(String),
+    #[error("the passkey answer is not valid here: {0}")]
+    Invalid(#[from] WebAuthnError),
+    #[error("this passkey page expired or was not opened in this browser; start again")]
+    WrongCeremony,
+    #[error("this passkey answer was already used; start again")]
+    Replayed,
+    #[error("this passkey is not registered here (it may have been removed)")]
+    Unknown,
+    #[error("this passkey is already registered")]
+    Duplicate,
+    #[error("the passkey's signature counter went backwards: it may have been copied")]
+    Cloned,
+    #[error("this account cannot sign in")]
+    AccountDisabled,
+    #[error("a passkey label is 1 to {MAX_LABEL_CHARS} characters without control characters")]
+    BadLabel,
+    #[error("too many sign-in attempts; wait a minute and try again")]
+    RateLimited(Duration),
+    #[error("sign-in is unavailable right now: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for PasskeyError {
+    fn from(error: StoreError) -> Self {
+        PasskeyError::Unavailable(error.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for PasskeyError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        PasskeyError::Unavailable(error.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PasskeyError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        PasskeyError::Unavailable(error.to_string())
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(field: &str, text: &str) -> Result<Vec<u8>, PasskeyError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| PasskeyError::Malformed(format!("`{field}` is not base64url")))
+}
+
+fn relying_party(config: &PasskeyConfig) -> Result<RelyingParty, PasskeyError> {
+    if !config.enabled {
+        return Err(PasskeyError::Disabled);
+    }
+    Ok(RelyingParty {
+        id: config.rp_id.clone(),
+        origin: config.origin.clone(),
+        require_user_verification: config.user_verification_required,
+    })
+}
+
+/// Parses the posted credential (bounded in size).
+pub fn parse_credential(text: &str) -> Result<CredentialJson, PasskeyError> {
+    if text.len() > MAX_CREDENTIAL_BYTES {
+        return Err(PasskeyError::Malformed(format!(
+            "it is over {MAX_CREDENTIAL_BYTES} bytes"
+        )));
+    }
+    let credential: CredentialJson =
+        serde_json::from_str(text).map_err(|e| PasskeyError::Malformed(e.to_string()))?;
+    if credential.kind != "public-key" {
+        return Err(PasskeyError::Malformed("`type` is not `public-key`".into()));
+    }
+    Ok(credential)
+}
+
+/// A label the user may give: trimmed, 1 to [`MAX_LABEL_CHARS`] characters, no control
+/// characters.
+pub fn check_label(label: &str) -> Result<&str, PasskeyError> {
+    let label = label.trim();
+    let chars = label.chars().count();
+    if chars == 0 || chars > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+        return Err(PasskeyError::BadLabel);
+    }
+    Ok(label)
+}
+
+impl Identity {
+    /// The passkey settings in force.
+    pub fn passkeys(&self) -> PasskeyConfig {
+        self.config().passkeys
+    }
+
+    /// A fresh challenge for a ceremony whose answer comes back with the form CSRF token
+    /// `csrf`; `None` when passkeys are off.
+    pub fn passkey_challenge(
+        &self,
+        purpose: Purpose,
+        user: Option<Uuid>,
+        csrf: &str,
+    ) -> Option<Vec<u8>> {
+        if !self.passkeys().enabled {
+            return None;
+        }
+        let ceremony = Ceremony {
+            purpose,
+            user,
+            csrf: csrf.to_owned(),
+            exp: unix_now() + CEREMONY_TTL.as_secs(),
+        };
+        // Serialising a struct of plain fields cannot fail.
+        let plain = serde_json::to_vec(&ceremony).unwrap_or_default();
+        Some(self.master.seal(&plain, CHALLENGE_CONTEXT))
+    }
+
+    /// The challenge `client_data_json` answers, if it is one of ours for `purpose`, for
+    /// `user`, posted with `csrf`, and not expired.
+    fn ceremony_challenge(
+        &self,
+        client_data_json: &[u8],
+        purpose: Purpose,
+        user: Option<Uuid>,
+        csrf: &str,
+    ) -> Result<Vec<u8>, PasskeyError> {
+        let challenge = webauthn::client_data_challenge(client_data_json)?;
+        let plain = self
+            .master
+            .open(&challenge, CHALLENGE_CONTEXT)
+            .map_err(|_| PasskeyError::WrongCeremony)?;
+        let ceremony: Ceremony =
+            serde_json::from_slice(&plain).map_err(|_| PasskeyError::WrongCeremony)?;
+        let genuine = ceremony.purpose == purpose
+            && ceremony.user == user
+            && !csrf.is_empty()
+            && super::secret::equal(ceremony.csrf.as_bytes(), csrf.as_bytes())
+            && ceremony.exp > unix_now();
+        if genuine {
+            Ok(challenge)
+        } else {
+            Err(PasskeyError::WrongCeremony)
+        }
+    }
+
+    /// Registers the passkey `credential` (the answer to a [`Purpose::Register`]
+    /// challenge) for `user`, labelled `label`.
+    pub async fn register_passkey(
+        &self,
+        user: &IdentityRow,
+        csrf: &str,
+        label: &str,
+        credential: &str,
+    ) -> Result<PasskeyInfo, PasskeyError> {
+        let outcome = self.try_register(user, csrf, label, credential).await;
+        let mut event = AuditEvent::new("auth.passkey_registered", "user");
+        event.actor_id = Some(user.name.clone());
+        event.decision = Some(if outcome.is_ok() { "allow" } else { "deny" });
+        match &outcome {
+            Ok((info, algorithm, aaguid, backup_eligible)) => {
+                event.subject = Some(info.id.clone());
+                event.attributes = json!({
+                    "label": info.label,
+                    "algorithm": algorithm,
+                    "aaguid": aaguid.to_string(),
+                    "backup_eligible": backup_eligible,
+                });
+            }
+            Err(error) => event.reason = Some(error.to_string()),
+        }
+        self.record(event).await;
+        outcome.map(|(info, ..)| info)
+    }
+
+    async fn try_register(
+        &self,
+        user: &IdentityRow,
+        csrf: &str,
+        label: &str,
+        credential: &str,
+    ) -> Result<(PasskeyInfo, i64, Uuid, bool), PasskeyError> {
+        let rp = relying_party(&self.passkeys())?;
+        let label = check_label(label)?;
+        let credential = parse_credential(credential)?;
+        let client_data = unb64("clientDataJSON", &credential.response.client_data_json)?;
+        let attestation = credential
+            .response
+            .attestation_object
+            .as_deref()
+            .ok_or_else(|| PasskeyError::Malformed("`attestationObject` is missing".into()))?;
+        let attestation = unb64("attestationObject", attestation)?;
+        let challenge =
+            self.ceremony_challenge(&client_data, Purpose::Register, Some(user.id), csrf)?;
+        let created = rp.verify_registration(&challenge, &client_data, &attestation)?;
+        if created.id != unb64("rawId", &credential.raw_id)? {
+            return Err(PasskeyError::Malformed(
+                "`rawId` is not the credential id the authenticator attested".into(),
+            ));
+        }
+        let aaguid = Uuid::from_bytes(created.aaguid);
+        let mut client = self.db.get().await?;
+        let transaction = client.transaction().await?;
+        consume_challenge(&*transaction, &challenge).await?;
+        let inserted = transaction
+            .execute(
+                "INSERT INTO passkeys (credential_id, identity_id, label, public_key, algorithm,
+                     sign_count, aaguid, backup_eligible, backed_up)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (credential_id) DO NOTHING",
+                &[
+                    &created.id,
+                    &user.id,
+                    &label,
+                    &created.public_key,
+                    &i32::try_from(created.algorithm).unwrap_or(0),
+                    &i64::from(created.sign_count),
+                    &aaguid,
+                    &created.backup_eligible,
+                    &created.backed_up,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(PasskeyError::Duplicate);
+        }
+        transaction.commit().await?;
+        let info = PasskeyInfo {
+            id: b64(&created.id),
+            user: user.name.clone(),
+            label: label.to_owned(),
+            algorithm: i32::try_from(created.algorithm).unwrap_or(0),
+            backed_up: created.backed_up,
+            created_at: SystemTime::now(),
+            last_used_at: None,
+        };
+        Ok((info, created.algorithm, aaguid, created.backup_eligible))
+    }
+
+    /// Signs in with the passkey `credential` (the answer to a [`Purpose::SignIn`]
+    /// challenge) on behalf of OAuth client `client_id` (empty for the account page).
+    pub async fn passkey_login(
+        &self,
+        csrf: &str,
+        credential: &str,
+        client_id: &str,
+    ) -> Result<IdentityRow, PasskeyError> {
+        let mut who = String::new();
+        let outcome = self.try_login(csrf, credential, &mut who).await;
+        let reason = match &outcome {
+            Ok(_) => "passkey".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        self.login_event(&who, client_id, outcome.is_ok(), &reason, "passkey")
+            .await;
+        outcome
+    }
+
+    async fn try_login(
+        &self,
+        csrf: &str,
+        credential: &str,
+        who: &mut String,
+    ) -> Result<IdentityRow, PasskeyError> {
+        let rp = relying_party(&self.passkeys())?;
+        let credential = parse_credential(credential)?;
+        let response = &credential.response;
+        let missing = |field: &str| PasskeyError::Malformed(format!("`{field}` is missing"));
+        let client_data = unb64("clientDataJSON", &response.client_data_json)?;
+        let authenticator_data = unb64(
+            "authenticatorData",
+            response
+                .authenticator_data
+                .as_deref()
+                .ok_or_else(|| missing("authenticatorData"))?,
+        )?;
+        let signature = unb64(
+            "signature",
+            response
+                .signature
+                .as_deref()
+                .ok_or_else(|| missing("signature"))?,
+        )?;
+        let credential_id = unb64("rawId", &credential.raw_id)?;
+        let challenge = self.ceremony_challenge(&client_data, Purpose::SignIn, None, csrf)?;
+
+        let mut client = self.db.get().await?;
+        let Some(stored) = client
+            .query_opt(
+                "SELECT p.public_key, p.sign_count, i.id, i.name
+                 FROM passkeys p JOIN identities i ON i.id = p.identity_id
+                 WHERE p.credential_id = $1",
+                &[&credential_id],
+            )
+            .await?
+        else {
+            return Err(PasskeyError::Unknown);
+        };
+        let public_key: Vec<u8> = stored.get(0);
+        let stored_count: i64 = stored.get(1);
+        let identity_id: Uuid = stored.get(2);
+        *who = stored.get(3);
+        let per_minute = self.config().login_attempts_per_minute;
+        self.logins
+            .attempt(who, per_minute)
+            .map_err(PasskeyError::RateLimited)?;
+        if let Some(handle) = response.user_handle.as_deref().filter(|h| !h.is_empty())
+            && unb64("userHandle", handle)? != identity_id.as_bytes()
+        {
+            return Err(PasskeyError::Malformed(
+                "`userHandle` is not the passkey's user".into(),
+            ));
+        }
+        let asserted = rp.verify_assertion(
+            &challenge,
+            &public_key,
+            &client_data,
+            &authenticator_data,
+            &signature,
+        )?;
+        let transaction = client.transaction().await?;
+        let Some(user) = store::find(&*transaction, who).await? else {
+            return Err(PasskeyError::Unknown);
+        };
+        if user.disabled || user.kind != "user" {
+            return Err(PasskeyError::AccountDisabled);
+        }
+        // A replayed answer repeats its counter too: named for what it is, first.
+        consume_challenge(&*transaction, &challenge).await?;
+        let stored_count = u32::try_from(stored_count).unwrap_or(u32::MAX);
+        if !webauthn::counter_advanced(stored_count, asserted.sign_count) {
+            return Err(PasskeyError::Cloned);
+        }
+        transaction
+            .execute(
+                "UPDATE passkeys SET sign_count = $2, backed_up = $3, last_used_at = now()
+                 WHERE credential_id = $1",
+                &[
+                    &credential_id,
+                    &i64::from(asserted.sign_count),
+                    &asserted.backed_up,
+                ],
+            )
+            .await?;
+        store::touch_login(&*transaction, user.id).await?;
+        transaction.commit().await?;
+        Ok(user)
+    }
+
+    /// The passkeys of `user`, newest first.
+    pub async fn passkeys_of(&self, user: &IdentityRow) -> Result<Vec<PasskeyInfo>, PasskeyError> {
+        let client = self.db.get().await?;
+        Ok(list(&**client, Some(&user.name)).await?)
+    }
+
+    /// Removes `user`'s passkey `id` (base64url); false when they have none by that id.
+    pub async fn remove_passkey(&self, user: &IdentityRow, id: &str) -> Result<bool, PasskeyError> {
+        let credential_id = unb64("id", id)?;
+        let client = self.db.get().await?;
+        let removed = client
+            .execute(
+                "DELETE FROM passkeys WHERE credential_id = $1 AND identity_id = $2",
+                &[&credential_id, &user.id],
+            )
+            .await?
+            > 0;
+        if removed {
+            let mut event = AuditEvent::new("auth.passkey_removed", "user");
+            event.actor_id = Some(user.name.clone());
+            event.subject = Some(id.to_owned());
+            event.decision = Some("allow");
+            event.attributes = json!({"origin": "account page"});
+            self.record(event).await;
+        }
+        Ok(removed)
+    }
+}
+
+/// Marks `challenge` used (and forgets used ones that expired); `Replayed` when it was.
+async fn consume_challenge<C: GenericClient>(
+    client: &C,
+    challenge: &[u8],
+) -> Result<(), PasskeyError> {
+    client
+        .execute(
+            "DELETE FROM webauthn_used_challenges WHERE expires_at < now()",
+            &[],
+        )
+        .await?;
+    let hash = Sha256::digest(challenge).to_vec();
+    let fresh = client
+        .execute(
+            "INSERT INTO webauthn_used_challenges (challenge_sha256, expires_at)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT DO NOTHING",
+            &[&hash, &(CEREMONY_TTL.as_secs() as f64)],
+        )
+        .await?;
+    if fresh == 0 {
+        return Err(PasskeyError::Replayed);
+    }
+    Ok(())
+}
+
+/// Stored passkeys, of one user or of all, newest first.
+pub async fn list<C: GenericClient>(
+    client: &C,
+    user: Option<&str>,
+) -> Result<Vec<PasskeyInfo>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT p.credential_id, i.name, p.label, p.algorithm, p.backed_up, p.created_at,
+                    p.last_used_at
+             FROM passkeys p JOIN identities i ON i.id = p.identity_id
+             WHERE $1::text IS NULL OR i.name = $1
+             ORDER BY p.created_at DESC, p.credential_id",
+            &[&user],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PasskeyInfo {
+            id: b64(&row.get::<_, Vec<u8>>(0)),
+            user: row.get(1),
+            label: row.get(2),
+            algorithm: row.get(3),
+            backed_up: row.get(4),
+            created_at: row.get(5),
+            last_used_at: row.get(6),
+        })
+        .collect())
+}
+
+/// Removes passkey `id` (base64url) whoever owns it; the owner's name, or `None`.
+pub async fn remove<C: GenericClient>(client: &C, id: &str) -> Result<Option<String>, StoreError> {
+    let Ok(credential_id) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id) else {
+        return Ok(None);
+    };
+    Ok(client
+        .query_opt(
+            "DELETE FROM passkeys p USING identities i
+             WHERE p.credential_id = $1 AND i.id = p.identity_id
+             RETURNING i.name",
+            &[&credential_id],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// The user handle a registration gives the authenticator: the identity's UUID, which
+/// names no one outside Warden.
+pub fn user_handle(user: &IdentityRow) -> String {
+    b64(user.id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_trimmed_and_bounded() {
+        assert_eq!(check_label("  laptop ").ok(), Some("laptop"));
+        assert!(check_label("").is_err());
+        assert!(check_label("   ").is_err());
+        assert!(check_label(&"x".repeat(MAX_LABEL_CHARS)).is_ok());
+        assert!(check_label(&"x".repeat(MAX_LABEL_CHARS + 1)).is_err());
+        assert!(check_label("a\nb").is_err());
+    }
+
+    #[test]
+    fn credentials_are_bounded_and_typed() {
+        let oversized = format!("\"{}\"", "a".repeat(MAX_CREDENTIAL_BYTES));
+        assert!(matches!(
+            parse_credential(&oversized),
+            Err(PasskeyError::Malformed(m)) if m.contains("bytes")
+        ));
+        let wrong_type = r#"{"rawId":"AA","type":"password","response":{"clientDataJSON":"e30"}}"#;
+        assert!(matches!(
+            parse_credential(wrong_type),
+            Err(PasskeyError::Malformed(m)) if m.contains("public-key")
+        ));
+        let fine = r#"{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","signature":"AA"},"clientExtensionResults":{}}"#;
+        assert!(parse_credential(fine).is_ok());
+    }
+}

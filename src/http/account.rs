@@ -1,0 +1,378 @@
+//! The account page: where a user signs in (password or passkey) outside an OAuth flow
+//! and manages their passkeys. The ceremonies and their checks are `auth/passkeys.rs`;
+//! pages, cookies and the login session are shared with `http/oauth.rs`.
+//!
+//! - `GET /oauth/account`: the user's passkeys, a form to add one and one to remove
+//!   each; without a login session, a sign-in form that comes back here.
+//! - `POST /oauth/account/login`, `/oauth/account/passkeys`,
+//!   `/oauth/account/passkeys/remove`, `/oauth/account/logout`: the forms. Each carries
+//!   a CSRF token that must equal the `…csrf` cookie (and, for a ceremony, the one sealed
+//!   in its challenge); changes need the login session.
+
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::AppState;
+use super::oauth::{
+    cookie, cookie_names, csrf_cookie, escape, page, passkey_sign_in, passkey_status,
+    session_cookie, session_user, user_verification,
+};
+use crate::auth::passkeys::{self, MAX_LABEL_CHARS, PasskeyError, Purpose};
+use crate::auth::secret::{self, Redacted};
+use crate::auth::service::LoginError;
+use crate::auth::store::IdentityRow;
+use crate::auth::webauthn::ALGORITHMS;
+
+/// How the audit trail names the account page where an OAuth client would stand.
+const ACCOUNT_CLIENT: &str = "warden:account";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/account", get(show))
+        .route("/oauth/account/login", post(login))
+        .route("/oauth/account/passkeys", post(add_passkey))
+        .route("/oauth/account/passkeys/remove", post(remove_passkey))
+        .route("/oauth/account/logout", post(logout))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    username: String,
+    /// Wrapped in `Redacted` as soon as it is read; this struct has no `Debug`.
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+#[derive(Deserialize)]
+struct AddForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    credential: String,
+}
+
+#[derive(Deserialize)]
+struct RemoveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The form's CSRF token equals the cookie's (the double-submit check).
+fn csrf_ok(app: &AppState, headers: &HeaderMap, csrf: &str) -> bool {
+    let from_cookie = cookie(headers, cookie_names(app).csrf).unwrap_or_default();
+    !csrf.is_empty() && secret::equal(csrf.as_bytes(), from_cookie.as_bytes())
+}
+
+fn csrf_refused() -> Response {
+    sign_in_refusal(
+        StatusCode::FORBIDDEN,
+        "This form expired or was not sent from this browser (CSRF check failed).",
+    )
+}
+
+fn sign_in_refusal(status: StatusCode, message: &str) -> Response {
+    page(
+        status,
+        "Your Warden account",
+        &format!(
+            "<p class=error id=error>{}</p><p><a href=/oauth/account>Start again</a></p>",
+            escape(message)
+        ),
+        &[],
+    )
+}
+
+async fn show(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match session_user(&app, &headers).await {
+        Some(user) => account_page(&app, &user, Message::None, StatusCode::OK, None).await,
+        None => sign_in_page(&app, None, StatusCode::OK),
+    }
+}
+
+/// The sign-in form of the account page (password, and passkey when they are on).
+fn sign_in_page(app: &AppState, error: Option<&str>, status: StatusCode) -> Response {
+    let (csrf, cookie) = csrf_cookie(app);
+    let error = error
+        .map(|e| format!("<p class=error id=error>{}</p>", escape(e)))
+        .unwrap_or_default();
+    let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
+    page(
+        status,
+        "Sign in to Warden",
+        &format!(
+            "<p>Sign in to manage your passkeys.</p>{error}\
+             <form method=post action=/oauth/account/login>{hidden}\
+             <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
+             <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
+             <button type=submit id=login>Sign in</button></form>{}",
+            passkey_sign_in(app, "/oauth/account/login", &hidden, &csrf)
+        ),
+        &[cookie],
+    )
+}
+
+/// A line above the list: what just happened, or what went wrong.
+enum Message {
+    None,
+    Notice(String),
+    Error(String),
+}
+
+async fn account_page(
+    app: &AppState,
+    user: &IdentityRow,
+    message: Message,
+    status: StatusCode,
+    session: Option<String>,
+) -> Response {
+    let (csrf, cookie) = csrf_cookie(app);
+    let message = match message {
+        Message::None => String::new(),
+        Message::Notice(text) => format!("<p id=notice>{}</p>", escape(&text)),
+        Message::Error(text) => format!("<p class=error id=error>{}</p>", escape(&text)),
+    };
+    let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
+    let (list, ids) = match app.identity.passkeys_of(user).await {
+        Ok(keys) if keys.is_empty() => {
+            ("<p id=no-passkeys>No passkeys yet.</p>".to_owned(), vec![])
+        }
+        Ok(keys) => {
+            let items: String = keys
+                .iter()
+                .map(|key| {
+                    let used = key.last_used_at.map_or_else(
+                        || "never used".to_owned(),
+                        |at| format!("last used {}", humantime::format_rfc3339_seconds(at)),
+                    );
+                    format!(
+                        "<li class=passkey data-id=\"{id}\"><b>{}</b> <small>added {}, {used}{}</small>\
+                         <form method=post action=/oauth/account/passkeys/remove>{hidden}\
+                         <input type=hidden name=id value=\"{id}\"><button type=submit class=remove>Remove</button></form></li>",
+                        escape(&key.label),
+                        humantime::format_rfc3339_seconds(key.created_at),
+                        if key.backed_up { ", synced" } else { "" },
+                        id = escape(&key.id),
+                    )
+                })
+                .collect();
+            let ids = keys.into_iter().map(|key| key.id).collect();
+            (format!("<ul id=passkeys>{items}</ul>"), ids)
+        }
+        Err(error) => (
+            format!(
+                "<p class=error>Your passkeys cannot be listed right now: {}</p>",
+                escape(&error.to_string())
+            ),
+            vec![],
+        ),
+    };
+    let add = add_form(app, user, &csrf, &hidden, &ids);
+    let mut cookies = vec![cookie];
+    cookies.extend(session);
+    page(
+        status,
+        "Your Warden account",
+        &format!(
+            "<p>Signed in as <b id=user>{}</b>.</p>{message}<h2>Passkeys</h2>{list}{add}\
+             <form method=post action=/oauth/account/logout>{hidden}<button type=submit id=logout>Sign out</button></form>",
+            escape(&user.name)
+        ),
+        &cookies,
+    )
+}
+
+/// The "Add a passkey" form, or why there is none.
+fn add_form(
+    app: &AppState,
+    user: &IdentityRow,
+    csrf: &str,
+    hidden: &str,
+    ids: &[String],
+) -> String {
+    let Some(challenge) = app
+        .identity
+        .passkey_challenge(Purpose::Register, Some(user.id), csrf)
+    else {
+        return "<p id=passkeys-off>Passkeys are turned off on this Warden \
+                (<code>identity.passkeys</code>; they need a host name in \
+                <code>server.public_url</code>).</p>"
+            .to_owned();
+    };
+    let config = app.identity.passkeys();
+    let algorithms: Vec<String> = ALGORITHMS.iter().map(i64::to_string).collect();
+    format!(
+        "<form method=post action=/oauth/account/passkeys id=add-form data-passkey=create \
+         data-challenge=\"{}\" data-rp-id=\"{}\" data-rp-name=Warden data-uv={} \
+         data-user-id=\"{}\" data-user-name=\"{}\" data-algs=\"{}\" data-exclude=\"{}\">{hidden}\
+         <input type=hidden name=credential>\
+         <label for=label>A name for the new passkey</label>\
+         <input type=text id=label name=label maxlength={MAX_LABEL_CHARS} required placeholder=\"e.g. work laptop\">\
+         <button type=button id=add-passkey data-passkey-start>Add a passkey</button>\
+         <p class=error id=passkey-error hidden></p></form><script src=/oauth/passkeys.js></script>",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(challenge),
+        escape(&config.rp_id),
+        user_verification(&config),
+        passkeys::user_handle(user),
+        escape(&user.name),
+        algorithms.join(","),
+        escape(&ids.join(",")),
+    )
+}
+
+async fn login(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !csrf_ok(&app, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let outcome = if form.credential.is_empty() {
+        app.identity
+            .login(
+                form.username.trim(),
+                Redacted::new(form.password),
+                ACCOUNT_CLIENT,
+            )
+            .await
+            .map_err(|error| match error {
+                LoginError::Invalid => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong username or password.".to_owned(),
+                    None,
+                ),
+                LoginError::RateLimited(wait) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many sign-in attempts for this username; wait a minute and try again."
+                        .to_owned(),
+                    Some(wait),
+                ),
+                LoginError::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable right now; try again shortly.".to_owned(),
+                    None,
+                ),
+            })
+    } else {
+        app.identity
+            .passkey_login(&form.csrf, &form.credential, ACCOUNT_CLIENT)
+            .await
+            .map_err(|error| {
+                let wait = match error {
+                    PasskeyError::RateLimited(wait) => Some(wait),
+                    _ => None,
+                };
+                (passkey_status(&error), error.to_string(), wait)
+            })
+    };
+    match outcome {
+        Ok(user) => {
+            let session = session_cookie(&app, &user);
+            account_page(&app, &user, Message::None, StatusCode::OK, Some(session)).await
+        }
+        Err((status, message, wait)) => {
+            let mut response = sign_in_page(&app, Some(&message), status);
+            if let Some(wait) = wait {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            response
+        }
+    }
+}
+
+async fn add_passkey(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<AddForm>,
+) -> Response {
+    if !csrf_ok(&app, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let Some(user) = session_user(&app, &headers).await else {
+        return sign_in_page(
+            &app,
+            Some("Your session ended; sign in again."),
+            StatusCode::UNAUTHORIZED,
+        );
+    };
+    match app
+        .identity
+        .register_passkey(&user, &form.csrf, &form.label, &form.credential)
+        .await
+    {
+        Ok(added) => {
+            let notice = format!("Passkey “{}” added.", added.label);
+            account_page(&app, &user, Message::Notice(notice), StatusCode::OK, None).await
+        }
+        Err(error) => {
+            let status = passkey_status(&error);
+            account_page(&app, &user, Message::Error(error.to_string()), status, None).await
+        }
+    }
+}
+
+async fn remove_passkey(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<RemoveForm>,
+) -> Response {
+    if !csrf_ok(&app, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let Some(user) = session_user(&app, &headers).await else {
+        return sign_in_page(
+            &app,
+            Some("Your session ended; sign in again."),
+            StatusCode::UNAUTHORIZED,
+        );
+    };
+    let (message, status) = match app.identity.remove_passkey(&user, &form.id).await {
+        Ok(true) => (Message::Notice("Passkey removed.".into()), StatusCode::OK),
+        Ok(false) => (
+            Message::Error("You have no passkey by that id.".into()),
+            StatusCode::NOT_FOUND,
+        ),
+        Err(error) => (Message::Error(error.to_string()), passkey_status(&error)),
+    };
+    account_page(&app, &user, message, status, None).await
+}
+
+async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    if !csrf_ok(&app, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let names = cookie_names(&app);
+    let mut response = sign_in_page(&app, None, StatusCode::OK);
+    let cleared = format!("{}={}; Max-Age=0", names.session, names.attributes);
+    if let Ok(value) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
