@@ -1037,6 +1037,55 @@ mod tests {
     }
 
     #[test]
+    fn passkeys_follow_the_public_url() {
+        // The default listen address is an IP address: passkeys are off, not an error.
+        let config = parse("").unwrap();
+        assert!(!config.identity.passkeys.enabled);
+        let config = parse("server: {public_url: \"https://id.example.com/warden/\"}\n").unwrap();
+        let passkeys = &config.identity.passkeys;
+        assert!(passkeys.enabled);
+        assert_eq!(passkeys.rp_id, "id.example.com");
+        assert_eq!(passkeys.origin, "https://id.example.com");
+        assert!(passkeys.user_verification_required);
+        let config = parse(
+            "server: {public_url: \"http://localhost:8080\"}\n\
+             identity: {passkeys: {user_verification: preferred}}\n",
+        )
+        .unwrap();
+        assert_eq!(config.identity.passkeys.origin, "http://localhost:8080");
+        assert_eq!(config.identity.passkeys.rp_id, "localhost");
+        assert!(!config.identity.passkeys.user_verification_required);
+        let config = parse(
+            "server: {public_url: \"https://id.example.com\"}\n\
+             identity: {passkeys: {rp_id: example.com}}\n",
+        )
+        .unwrap();
+        assert_eq!(config.identity.passkeys.rp_id, "example.com");
+
+        let text = parse(
+            "server: {public_url: \"https://id.example.com\"}\n\
+             identity: {passkeys: {rp_id: ample.com, user_verification: sometimes}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("identity.passkeys.rp_id: `ample.com` is neither the host"),
+            "{text}"
+        );
+        assert!(
+            text.contains("identity.passkeys.user_verification: expected `required` or `preferred`, found `sometimes`"),
+            "{text}"
+        );
+        let text = parse("identity: {passkeys: {enabled: true}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("identity.passkeys.enabled: browsers refuse passkeys for an IP address (`127.0.0.1`)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn event_buffers_default_and_are_bounded() {
         let config = parse("").unwrap();
         assert_eq!(config.server.event_buffer, 1024);
