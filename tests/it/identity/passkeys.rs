@@ -186,3 +186,194 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
     let left = env.db.query("SELECT count(*) FROM passkeys");
     assert_eq!(left[0].get::<_, i64>(0), 0);
 }
+
+/// The value of `name=NAME value="…"` in a page.
+fn field(page: &str, name: &str) -> String {
+    let marker = format!("name={name} value=\"");
+    let start = page.find(&marker).map(|i| i + marker.len());
+    let start = start.unwrap_or_else(|| panic!("no field {name} in {page}"));
+    page[start..][..page[start..].find('"').expect("a closing quote")].to_owned()
+}
+
+/// `name=value` of every cookie the response sets, joined for a `Cookie` header.
+fn cookies(response: &crate::support::http::Response) -> String {
+    response
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .filter_map(|(_, v)| v.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
+    let mut env = Env::start(|p| {
+        p.public_host("localhost");
+    });
+    env.add_user("erin", "user");
+
+    // The account page without a session: the sign-in form, with a passkey button.
+    let page = crate::support::http::get(&env.url("/oauth/account"));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("id=passkey-form"), "{}", page.body);
+    let csrf = field(&page.body, "csrf");
+    let csrf_cookie = cookies(&page);
+    let sign_in = [
+        ("username", "erin"),
+        ("password", PASSWORD),
+        ("csrf", csrf.as_str()),
+    ];
+
+    // A post from another site has the form's fields but not the browser's cookie.
+    let forged = env.form("/oauth/account/login", &sign_in, &[]);
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let signed_in = env.form(
+        "/oauth/account/login",
+        &sign_in,
+        &[("Cookie", &csrf_cookie)],
+    );
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    assert!(
+        signed_in.body.contains("<b id=user>erin</b>"),
+        "{}",
+        signed_in.body
+    );
+    // The account page sets a fresh CSRF cookie beside the session's.
+    let session = cookies(&signed_in);
+    let csrf = field(&signed_in.body, "csrf");
+
+    // An answer to a challenge Warden never issued, and one that is not an answer.
+    let client_data = |kind: &str| {
+        let json = json!({
+            "type": kind,
+            "challenge": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "origin": env.url("").replacen("127.0.0.1", "localhost", 1),
+        });
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            json.to_string(),
+        )
+    };
+    let made_up_assertion = json!({"id": "AQID", "rawId": "AQID", "type": "public-key",
+        "response": {"clientDataJSON": client_data("webauthn.get"),
+                     "authenticatorData": "AAAA", "signature": "AAAA"}})
+    .to_string();
+    let made_up_attestation = json!({"id": "AQID", "rawId": "AQID", "type": "public-key",
+        "response": {"clientDataJSON": client_data("webauthn.create"),
+                     "attestationObject": "oA"}})
+    .to_string();
+    let refused = env.form(
+        "/oauth/account/login",
+        &[("csrf", csrf.as_str()), ("credential", &made_up_assertion)],
+        &[("Cookie", &session)],
+    );
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(
+        refused.body.contains("not opened in this browser"),
+        "{}",
+        refused.body
+    );
+    let refused = env.form(
+        "/oauth/account/passkeys",
+        &[
+            ("csrf", csrf.as_str()),
+            ("label", "forged"),
+            ("credential", &made_up_attestation),
+        ],
+        &[("Cookie", &session)],
+    );
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(
+        refused.body.contains("not opened in this browser"),
+        "{}",
+        refused.body
+    );
+    let malformed = env.form(
+        "/oauth/account/passkeys",
+        &[
+            ("csrf", csrf.as_str()),
+            ("label", "x"),
+            ("credential", "{\"type\": 1}"),
+        ],
+        &[("Cookie", &session)],
+    );
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    assert!(malformed.body.contains("malformed"), "{}", malformed.body);
+    let unlabelled = env.form(
+        "/oauth/account/passkeys",
+        &[
+            ("csrf", csrf.as_str()),
+            ("label", " "),
+            ("credential", &made_up_attestation),
+        ],
+        &[("Cookie", &session)],
+    );
+    assert_eq!(unlabelled.status, 400, "{unlabelled:?}");
+    // Removing needs the session: without it, the sign-in form again.
+    let removal = env.form(
+        "/oauth/account/passkeys/remove",
+        &[("csrf", csrf.as_str()), ("id", "AQID")],
+        &[("Cookie", &format!("warden_csrf={csrf}"))],
+    );
+    assert_eq!(removal.status, 401, "{removal:?}");
+    let removal = env.form(
+        "/oauth/account/passkeys/remove",
+        &[("csrf", csrf.as_str()), ("id", "AQID")],
+        &[("Cookie", &session)],
+    );
+    assert_eq!(removal.status, 404, "{removal:?}");
+
+    let status = env.warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", env.warden.log());
+    let rows = env.db.query(
+        "SELECT kind, decision FROM audit_events \
+         WHERE kind IN ('auth.passkey_registered', 'auth.login') ORDER BY occurred_at, id",
+    );
+    let rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected = [
+        ("auth.login", "allow"),
+        ("auth.login", "deny"),
+        ("auth.passkey_registered", "deny"),
+        ("auth.passkey_registered", "deny"),
+        ("auth.passkey_registered", "deny"),
+    ];
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(k, d)| (k.as_str(), d.as_str())).collect();
+    assert_eq!(rows, expected);
+}
+
+#[test]
+fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
+    let env = Env::start(|_| {});
+    env.add_user("erin", "user");
+    let page = crate::support::http::get(&env.url("/oauth/account"));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(!page.body.contains("passkeys.js"), "{}", page.body);
+    let csrf = field(&page.body, "csrf");
+    let signed_in = env.form(
+        "/oauth/account/login",
+        &[
+            ("username", "erin"),
+            ("password", PASSWORD),
+            ("csrf", &csrf),
+        ],
+        &[("Cookie", &cookies(&page))],
+    );
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    assert!(
+        signed_in.body.contains("id=passkeys-off"),
+        "{}",
+        signed_in.body
+    );
+    let refused = env.form(
+        "/oauth/account/passkeys",
+        &[
+            ("csrf", &field(&signed_in.body, "csrf")),
+            ("label", "x"),
+            ("credential", "{}"),
+        ],
+        &[("Cookie", &cookies(&signed_in))],
+    );
+    assert_eq!(refused.status, 404, "{refused:?}");
+    assert!(refused.body.contains("turned off"), "{}", refused.body);
+}
