@@ -90,6 +90,17 @@ static ONE_KEY: LazyLock<bool> = LazyLock::new(|| env_is("KEYS", "one"));
 /// `TRACES=client`: random trace ids, as clients that send their own.
 static CLIENT_TRACES: LazyLock<bool> = LazyLock::new(|| env_is("TRACES", "client"));
 
+/// `PG_SETTINGS="name=value,name=value"`: PostgreSQL settings for the bench's cluster
+/// (`-c name=value`), to measure a setting against the defaults.
+fn pg_settings() -> Vec<(String, String)> {
+    std::env::var("PG_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
 fn env_is(name: &str, value: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == value)
 }
@@ -205,6 +216,7 @@ fn copy(c: &mut Criterion) {
         .expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut options = ClusterOptions::new(dir.path().join("pg"));
+    options.settings = pg_settings();
     options.start_timeout = Duration::from_secs(120);
     let mut cluster = runtime
         .block_on(EmbeddedCluster::start(options))

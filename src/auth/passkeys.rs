@@ -35,6 +35,7 @@ use super::store::{self, IdentityRow, StoreError};
 use super::tokens::unix_now;
 use super::webauthn::{self, RelyingParty, WebAuthnError};
 use crate::config::PasskeyConfig;
+use crate::secrets::MasterKey;
 
 /// How long a ceremony may take, from the page that starts it to the form it posts.
 pub const CEREMONY_TTL: Duration = Duration::from_secs(600);
@@ -42,6 +43,8 @@ pub const CEREMONY_TTL: Duration = Duration::from_secs(600);
 pub const MAX_LABEL_CHARS: usize = 64;
 /// The longest credential (the JSON the page posts) read.
 pub const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
+/// The most passkeys one user may register (a bound on what one account can store).
+pub const MAX_PASSKEYS_PER_USER: i64 = 20;
 
 const CHALLENGE_CONTEXT: &[u8] = b"webauthn-challenge";
 
@@ -118,14 +121,30 @@ pub enum PasskeyError {
     Duplicate,
     #[error("the passkey's signature counter went backwards: it may have been copied")]
     Cloned,
+    #[error("this passkey answer names another user than the passkey's")]
+    WrongUser,
     #[error("this account cannot sign in")]
     AccountDisabled,
     #[error("a passkey label is 1 to {MAX_LABEL_CHARS} characters without control characters")]
     BadLabel,
-    #[error("too many sign-in attempts; wait a minute and try again")]
-    RateLimited(Duration),
+    #[error("you have {MAX_PASSKEYS_PER_USER} passkeys already; remove one first")]
+    TooMany,
+    /// The database failed; the detail is for the log and the audit row, not the page.
     #[error("sign-in is unavailable right now: {0}")]
     Unavailable(String),
+}
+
+impl PasskeyError {
+    /// What the person at the browser is told: everything but a database failure's
+    /// detail.
+    pub fn for_user(&self) -> String {
+        match self {
+            PasskeyError::Unavailable(_) => {
+                "Passkeys are unavailable right now; try again shortly.".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<StoreError> for PasskeyError {
@@ -207,46 +226,9 @@ impl Identity {
         user: Option<Uuid>,
         csrf: &str,
     ) -> Option<Vec<u8>> {
-        if !self.passkeys().enabled {
-            return None;
-        }
-        let ceremony = Ceremony {
-            purpose,
-            user,
-            csrf: csrf.to_owned(),
-            exp: unix_now() + CEREMONY_TTL.as_secs(),
-        };
-        // Serialising a struct of plain fields cannot fail.
-        let plain = serde_json::to_vec(&ceremony).unwrap_or_default();
-        Some(self.master.seal(&plain, CHALLENGE_CONTEXT))
-    }
-
-    /// The challenge `client_data_json` answers, if it is one of ours for `purpose`, for
-    /// `user`, posted with `csrf`, and not expired.
-    fn ceremony_challenge(
-        &self,
-        client_data_json: &[u8],
-        purpose: Purpose,
-        user: Option<Uuid>,
-        csrf: &str,
-    ) -> Result<Vec<u8>, PasskeyError> {
-        let challenge = webauthn::client_data_challenge(client_data_json)?;
-        let plain = self
-            .master
-            .open(&challenge, CHALLENGE_CONTEXT)
-            .map_err(|_| PasskeyError::WrongCeremony)?;
-        let ceremony: Ceremony =
-            serde_json::from_slice(&plain).map_err(|_| PasskeyError::WrongCeremony)?;
-        let genuine = ceremony.purpose == purpose
-            && ceremony.user == user
-            && !csrf.is_empty()
-            && super::secret::equal(ceremony.csrf.as_bytes(), csrf.as_bytes())
-            && ceremony.exp > unix_now();
-        if genuine {
-            Ok(challenge)
-        } else {
-            Err(PasskeyError::WrongCeremony)
-        }
+        self.passkeys()
+            .enabled
+            .then(|| seal_ceremony(&self.master, purpose, user, csrf, unix_now()))
     }
 
     /// Registers the passkey `credential` (the answer to a [`Purpose::Register`]
@@ -295,8 +277,12 @@ impl Identity {
             .as_deref()
             .ok_or_else(|| PasskeyError::Malformed("`attestationObject` is missing".into()))?;
         let attestation = unb64("attestationObject", attestation)?;
-        let challenge =
-            self.ceremony_challenge(&client_data, Purpose::Register, Some(user.id), csrf)?;
+        let (challenge, expires) = open_ceremony(
+            &self.master,
+            &client_data,
+            (Purpose::Register, Some(user.id), csrf),
+            unix_now(),
+        )?;
         let created = rp.verify_registration(&challenge, &client_data, &attestation)?;
         if created.id != unb64("rawId", &credential.raw_id)? {
             return Err(PasskeyError::Malformed(
@@ -306,7 +292,19 @@ impl Identity {
         let aaguid = Uuid::from_bytes(created.aaguid);
         let mut client = self.db.get().await?;
         let transaction = client.transaction().await?;
-        consume_challenge(&*transaction, &challenge).await?;
+        consume_challenge(&*transaction, &challenge, expires).await?;
+        // Under the identity's row lock, so two registrations cannot both pass the bound.
+        let held: i64 = transaction
+            .query_one(
+                "SELECT count(*) FROM passkeys
+                 WHERE identity_id = (SELECT id FROM identities WHERE id = $1 FOR UPDATE)",
+                &[&user.id],
+            )
+            .await?
+            .get(0);
+        if held >= MAX_PASSKEYS_PER_USER {
+            return Err(PasskeyError::TooMany);
+        }
         let inserted = transaction
             .execute(
                 "INSERT INTO passkeys (credential_id, identity_id, label, public_key, algorithm,
@@ -387,14 +385,27 @@ impl Identity {
                 .ok_or_else(|| missing("signature"))?,
         )?;
         let credential_id = unb64("rawId", &credential.raw_id)?;
-        let challenge = self.ceremony_challenge(&client_data, Purpose::SignIn, None, csrf)?;
+        // A discoverable credential's answer names its user (§7.2): required, and it
+        // must be the passkey's owner.
+        let user_handle = match response.user_handle.as_deref() {
+            Some(handle) if !handle.is_empty() => unb64("userHandle", handle)?,
+            _ => return Err(missing("userHandle")),
+        };
+        let (challenge, expires) = open_ceremony(
+            &self.master,
+            &client_data,
+            (Purpose::SignIn, None, csrf),
+            unix_now(),
+        )?;
 
         let mut client = self.db.get().await?;
-        let Some(stored) = client
+        let transaction = client.transaction().await?;
+        // Locked until the counter is written back: two answers of one authenticator
+        // checked at once are checked one after the other.
+        let Some(stored) = transaction
             .query_opt(
-                "SELECT p.public_key, p.sign_count, i.id, i.name
-                 FROM passkeys p JOIN identities i ON i.id = p.identity_id
-                 WHERE p.credential_id = $1",
+                "SELECT public_key, sign_count, identity_id FROM passkeys
+                 WHERE credential_id = $1 FOR UPDATE",
                 &[&credential_id],
             )
             .await?
@@ -404,17 +415,12 @@ impl Identity {
         let public_key: Vec<u8> = stored.get(0);
         let stored_count: i64 = stored.get(1);
         let identity_id: Uuid = stored.get(2);
-        *who = stored.get(3);
-        let per_minute = self.config().login_attempts_per_minute;
-        self.logins
-            .attempt(who, per_minute)
-            .map_err(PasskeyError::RateLimited)?;
-        if let Some(handle) = response.user_handle.as_deref().filter(|h| !h.is_empty())
-            && unb64("userHandle", handle)? != identity_id.as_bytes()
-        {
-            return Err(PasskeyError::Malformed(
-                "`userHandle` is not the passkey's user".into(),
-            ));
+        let Some(user) = store::find_by_id(&*transaction, identity_id).await? else {
+            return Err(PasskeyError::Unknown);
+        };
+        who.clone_from(&user.name);
+        if user_handle != identity_id.as_bytes() {
+            return Err(PasskeyError::WrongUser);
         }
         let asserted = rp.verify_assertion(
             &challenge,
@@ -423,15 +429,11 @@ impl Identity {
             &authenticator_data,
             &signature,
         )?;
-        let transaction = client.transaction().await?;
-        let Some(user) = store::find(&*transaction, who).await? else {
-            return Err(PasskeyError::Unknown);
-        };
         if user.disabled || user.kind != "user" {
             return Err(PasskeyError::AccountDisabled);
         }
         // A replayed answer repeats its counter too: named for what it is, first.
-        consume_challenge(&*transaction, &challenge).await?;
+        consume_challenge(&*transaction, &challenge, expires).await?;
         let stored_count = u32::try_from(stored_count).unwrap_or(u32::MAX);
         if !webauthn::counter_advanced(stored_count, asserted.sign_count) {
             return Err(PasskeyError::Cloned);
@@ -460,31 +462,44 @@ impl Identity {
 
     /// Removes `user`'s passkey `id` (base64url); false when they have none by that id.
     pub async fn remove_passkey(&self, user: &IdentityRow, id: &str) -> Result<bool, PasskeyError> {
-        let credential_id = unb64("id", id)?;
-        let client = self.db.get().await?;
-        let removed = client
-            .execute(
-                "DELETE FROM passkeys WHERE credential_id = $1 AND identity_id = $2",
-                &[&credential_id, &user.id],
-            )
-            .await?
-            > 0;
-        if removed {
-            let mut event = AuditEvent::new("auth.passkey_removed", "user");
-            event.actor_id = Some(user.name.clone());
-            event.subject = Some(id.to_owned());
-            event.decision = Some("allow");
-            event.attributes = json!({"origin": "account page"});
-            self.record(event).await;
+        let outcome = async {
+            let credential_id = unb64("id", id)?;
+            let client = self.db.get().await?;
+            let removed = client
+                .execute(
+                    "DELETE FROM passkeys WHERE credential_id = $1 AND identity_id = $2",
+                    &[&credential_id, &user.id],
+                )
+                .await?;
+            Ok::<bool, PasskeyError>(removed > 0)
         }
-        Ok(removed)
+        .await;
+        let mut event = AuditEvent::new("auth.passkey_removed", "user");
+        event.actor_id = Some(user.name.clone());
+        event.subject = Some(id.chars().take(1400).collect());
+        event.decision = Some(if matches!(outcome, Ok(true)) {
+            "allow"
+        } else {
+            "deny"
+        });
+        event.reason = match &outcome {
+            Ok(true) => None,
+            Ok(false) => Some("the user has no passkey by that id".into()),
+            Err(error) => Some(error.to_string()),
+        };
+        event.attributes = json!({"origin": "account page"});
+        self.record(event).await;
+        outcome
     }
 }
 
-/// Marks `challenge` used (and forgets used ones that expired); `Replayed` when it was.
+/// Marks `challenge` used until `expires` (Unix seconds, when the challenge itself stops
+/// opening: by the clock of the replica that sealed it), and forgets used ones that
+/// expired; `Replayed` when it was used.
 async fn consume_challenge<C: GenericClient>(
     client: &C,
     challenge: &[u8],
+    expires: u64,
 ) -> Result<(), PasskeyError> {
     client
         .execute(
@@ -496,15 +511,65 @@ async fn consume_challenge<C: GenericClient>(
     let fresh = client
         .execute(
             "INSERT INTO webauthn_used_challenges (challenge_sha256, expires_at)
-             VALUES ($1, now() + make_interval(secs => $2))
+             VALUES ($1, to_timestamp($2) + interval '1 minute')
              ON CONFLICT DO NOTHING",
-            &[&hash, &(CEREMONY_TTL.as_secs() as f64)],
+            // A minute more: replicas' clocks may disagree a little.
+            &[&hash, &(expires as f64)],
         )
         .await?;
     if fresh == 0 {
         return Err(PasskeyError::Replayed);
     }
     Ok(())
+}
+
+/// A sealed challenge: `purpose`, `user`, the form's `csrf` token and an expiry
+/// [`CEREMONY_TTL`] after `now` (Unix seconds). The seal's random nonce makes each one
+/// unpredictable.
+fn seal_ceremony(
+    master: &MasterKey,
+    purpose: Purpose,
+    user: Option<Uuid>,
+    csrf: &str,
+    now: u64,
+) -> Vec<u8> {
+    let ceremony = Ceremony {
+        purpose,
+        user,
+        csrf: csrf.to_owned(),
+        exp: now + CEREMONY_TTL.as_secs(),
+    };
+    // Serialising a struct of plain fields cannot fail.
+    let plain = serde_json::to_vec(&ceremony).unwrap_or_default();
+    master.seal(&plain, CHALLENGE_CONTEXT)
+}
+
+/// The challenge `client_data_json` answers and when it expires, if it is one Warden
+/// sealed for `expected` (purpose, user, the posted form's CSRF token) and not expired
+/// at `now`.
+fn open_ceremony(
+    master: &MasterKey,
+    client_data_json: &[u8],
+    expected: (Purpose, Option<Uuid>, &str),
+    now: u64,
+) -> Result<(Vec<u8>, u64), PasskeyError> {
+    let (purpose, user, csrf) = expected;
+    let challenge = webauthn::client_data_challenge(client_data_json)?;
+    let plain = master
+        .open(&challenge, CHALLENGE_CONTEXT)
+        .map_err(|_| PasskeyError::WrongCeremony)?;
+    let ceremony: Ceremony =
+        serde_json::from_slice(&plain).map_err(|_| PasskeyError::WrongCeremony)?;
+    let genuine = ceremony.purpose == purpose
+        && ceremony.user == user
+        && !csrf.is_empty()
+        && super::secret::equal(ceremony.csrf.as_bytes(), csrf.as_bytes())
+        && ceremony.exp > now;
+    if genuine {
+        Ok((challenge, ceremony.exp))
+    } else {
+        Err(PasskeyError::WrongCeremony)
+    }
 }
 
 /// Stored passkeys, of one user or of all, newest first.
@@ -561,6 +626,83 @@ pub fn user_handle(user: &IdentityRow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_data(challenge: &[u8]) -> Vec<u8> {
+        json!({"type": "webauthn.get", "challenge": b64(challenge), "origin": "https://x"})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_challenge_opens_only_for_its_own_ceremony() {
+        let master = MasterKey::from_bytes([7; 32], "test");
+        let alice = Uuid::from_u128(1);
+        let bob = Uuid::from_u128(2);
+        let now = 1_800_000_000;
+        let registration = seal_ceremony(&master, Purpose::Register, Some(alice), "csrf-a", now);
+        let answered = client_data(&registration);
+        let (challenge, expires) = open_ceremony(
+            &master,
+            &answered,
+            (Purpose::Register, Some(alice), "csrf-a"),
+            now + 1,
+        )
+        .expect("its own ceremony");
+        assert_eq!(challenge, registration);
+        assert_eq!(expires, now + CEREMONY_TTL.as_secs());
+        let refused = |expected: (Purpose, Option<Uuid>, &str), at: u64| {
+            matches!(
+                open_ceremony(&master, &answered, expected, at),
+                Err(PasskeyError::WrongCeremony)
+            )
+        };
+        // A sign-in, another user, another form, no form, too late.
+        assert!(refused((Purpose::SignIn, None, "csrf-a"), now + 1));
+        assert!(refused((Purpose::Register, Some(bob), "csrf-a"), now + 1));
+        assert!(refused((Purpose::Register, Some(alice), "csrf-b"), now + 1));
+        assert!(refused((Purpose::Register, Some(alice), ""), now + 1));
+        assert!(refused(
+            (Purpose::Register, Some(alice), "csrf-a"),
+            now + CEREMONY_TTL.as_secs()
+        ));
+        // Sealed under another key, or not sealed at all.
+        let other = MasterKey::from_bytes([8; 32], "test");
+        let foreign = seal_ceremony(&other, Purpose::Register, Some(alice), "csrf-a", now);
+        assert!(matches!(
+            open_ceremony(
+                &master,
+                &client_data(&foreign),
+                (Purpose::Register, Some(alice), "csrf-a"),
+                now
+            ),
+            Err(PasskeyError::WrongCeremony)
+        ));
+        assert!(matches!(
+            open_ceremony(
+                &master,
+                &client_data(&[0; 64]),
+                (Purpose::SignIn, None, "csrf-a"),
+                now
+            ),
+            Err(PasskeyError::WrongCeremony)
+        ));
+        // Two challenges for the same ceremony differ (the seal's nonce).
+        assert_ne!(
+            seal_ceremony(&master, Purpose::SignIn, None, "c", now),
+            seal_ceremony(&master, Purpose::SignIn, None, "c", now)
+        );
+    }
+
+    #[test]
+    fn database_failures_are_not_shown_to_the_user() {
+        let error = PasskeyError::Unavailable("connection to 10.0.0.5:5432 refused".into());
+        assert!(!error.for_user().contains("10.0.0.5"));
+        assert!(error.to_string().contains("10.0.0.5"));
+        assert_eq!(
+            PasskeyError::Replayed.for_user(),
+            PasskeyError::Replayed.to_string()
+        );
+    }
 
     #[test]
     fn labels_are_trimmed_and_bounded() {

@@ -102,6 +102,21 @@ pub async fn find<C: GenericClient>(
 }
 
 /// The identity and its password hash, for a login.
+/// The identity with id `id`.
+pub async fn find_by_id<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+) -> Result<Option<IdentityRow>, StoreError> {
+    Ok(client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM identities WHERE id = $1"),
+            &[&id],
+        )
+        .await?
+        .as_ref()
+        .map(IdentityRow::from_row))
+}
+
 pub async fn find_with_password<C: GenericClient>(
     client: &C,
     name: &str,

@@ -265,19 +265,45 @@ pub fn identity(raw: RawIdentity, public_url: &str, problems: &mut Vec<Located>)
 
 /// Converts `identity.passkeys` against `public_url` (already checked to be http(s)).
 fn passkeys(raw: RawPasskeys, public_url: &str, problems: &mut Vec<Located>) -> PasskeyConfig {
-    let after_scheme = public_url.split_once("://").map_or("", |(_, rest)| rest);
-    let authority = after_scheme.split('/').next().unwrap_or_default();
-    let origin = public_url[..public_url.len() - after_scheme.len()].to_owned() + authority;
-    let host = if authority.starts_with('[') {
-        authority.split_inclusive(']').next().unwrap_or(authority)
-    } else {
-        authority.split(':').next().unwrap_or(authority)
-    }
-    .to_ascii_lowercase();
-    let rp_id = raw.rp_id.clone().unwrap_or_else(|| host.clone());
+    let (scheme, after_scheme) = public_url.split_once("://").unwrap_or(("http", ""));
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, port)) => (format!("[{address}]"), port.strip_prefix(':')),
+            None => (authority.clone(), None),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.clone(), None),
+        },
+    };
+    // The origin as a browser serialises it: lower case, without the scheme's default
+    // port; anything else would never match a ceremony's.
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    let origin = match port.filter(|p| !p.is_empty() && *p != default_port) {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let rp_id = raw
+        .rp_id
+        .as_deref()
+        .map_or_else(|| host.clone(), str::to_ascii_lowercase);
     let is_address =
         rp_id.starts_with('[') || rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.is_empty();
-    let enabled = raw.enabled.unwrap_or(!is_address);
+    // Browsers offer WebAuthn in secure contexts only: https pages, and localhost.
+    let secure = scheme == "https" || host == "localhost" || host.ends_with(".localhost");
+    let enabled = raw.enabled.unwrap_or(!is_address && secure);
+    if authority.contains('@') {
+        problems.push(problem(
+            "server.public_url",
+            "must not carry a user name or password".into(),
+        ));
+    }
     if enabled && is_address {
         problems.push(problem(
             "identity.passkeys.enabled",
@@ -285,7 +311,17 @@ fn passkeys(raw: RawPasskeys, public_url: &str, problems: &mut Vec<Located>) -> 
                 "browsers refuse passkeys for an IP address (`{rp_id}`): give server.public_url a host name (`localhost` works on this machine)"
             ),
         ));
-    } else if raw.rp_id.is_some() && !(host == rp_id || host.ends_with(&format!(".{rp_id}"))) {
+    } else if enabled && !secure {
+        problems.push(problem(
+            "identity.passkeys.enabled",
+            format!(
+                "browsers offer passkeys on https pages only (and on localhost); server.public_url is `{public_url}`"
+            ),
+        ));
+    } else if raw.rp_id.is_some()
+        && (!(host == rp_id || host.ends_with(&format!(".{rp_id}")))
+            || !(rp_id.contains('.') || rp_id == "localhost"))
+    {
         problems.push(problem(
             "identity.passkeys.rp_id",
             format!(

@@ -1076,6 +1076,34 @@ mod tests {
             text.contains("identity.passkeys.user_verification: expected `required` or `preferred`, found `sometimes`"),
             "{text}"
         );
+        // What a browser reports as the origin: lower case, no default port.
+        let config =
+            parse("server: {public_url: \"https://ID.Example.com:443/warden\"}\n").unwrap();
+        assert_eq!(config.identity.passkeys.origin, "https://id.example.com");
+        assert_eq!(config.identity.passkeys.rp_id, "id.example.com");
+        let config = parse("server: {public_url: \"https://id.example.com:8443\"}\n").unwrap();
+        assert_eq!(
+            config.identity.passkeys.origin,
+            "https://id.example.com:8443"
+        );
+        // Plain http outside localhost: browsers offer no passkeys there.
+        let config = parse("server: {public_url: \"http://warden.internal\"}\n").unwrap();
+        assert!(!config.identity.passkeys.enabled);
+        let text = parse(
+            "server: {public_url: \"http://warden.internal\"}\nidentity: {passkeys: {enabled: true}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("on https pages only"), "{text}");
+        let text = parse(
+            "server: {public_url: \"https://id.example.com\"}\nidentity: {passkeys: {rp_id: com}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("identity.passkeys.rp_id: `com`"), "{text}");
+        let config = parse("server: {public_url: \"http://[::1]:8080\"}\n").unwrap();
+        assert!(!config.identity.passkeys.enabled);
+
         let text = parse("identity: {passkeys: {enabled: true}}\n")
             .unwrap_err()
             .to_string();

@@ -19,10 +19,10 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::oauth::{
-    cookie, cookie_names, csrf_cookie, escape, page, passkey_sign_in, passkey_status,
-    session_cookie, session_user, user_verification,
+    cookie, cookie_names, csrf_cookie, escape, page, passkey_sign_in, passkey_status, session,
+    session_cookie, user_verification,
 };
-use crate::auth::passkeys::{self, MAX_LABEL_CHARS, PasskeyError, Purpose};
+use crate::auth::passkeys::{self, MAX_LABEL_CHARS, Purpose};
 use crate::auth::secret::{self, Redacted};
 use crate::auth::service::LoginError;
 use crate::auth::store::IdentityRow;
@@ -30,6 +30,15 @@ use crate::auth::webauthn::ALGORITHMS;
 
 /// How the audit trail names the account page where an OAuth client would stand.
 const ACCOUNT_CLIENT: &str = "warden:account";
+
+/// Adding a passkey needs a sign-in this recent (seconds): a login session left open in
+/// a browser, or a stolen session cookie, must not be enough to plant a lasting
+/// credential.
+const RECENT_SIGN_IN_SECS: u64 = 600;
+
+fn recent(signed_in_at: u64) -> bool {
+    crate::auth::tokens::unix_now().saturating_sub(signed_in_at) < RECENT_SIGN_IN_SECS
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -103,8 +112,16 @@ fn sign_in_refusal(status: StatusCode, message: &str) -> Response {
 }
 
 async fn show(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match session_user(&app, &headers).await {
-        Some(user) => account_page(&app, &user, Message::None, StatusCode::OK, None).await,
+    match session(&app, &headers).await {
+        Some((user, signed_in_at)) => {
+            let view = View {
+                message: Message::None,
+                status: StatusCode::OK,
+                fresh: recent(signed_in_at),
+                session: None,
+            };
+            account_page(&app, &user, view).await
+        }
         None => sign_in_page(&app, None, StatusCode::OK),
     }
 }
@@ -115,19 +132,26 @@ fn sign_in_page(app: &AppState, error: Option<&str>, status: StatusCode) -> Resp
     let error = error
         .map(|e| format!("<p class=error id=error>{}</p>", escape(e)))
         .unwrap_or_default();
-    let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
     page(
         status,
         "Sign in to Warden",
         &format!(
-            "<p>Sign in to manage your passkeys.</p>{error}\
-             <form method=post action=/oauth/account/login>{hidden}\
-             <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
-             <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
-             <button type=submit id=login>Sign in</button></form>{}",
-            passkey_sign_in(app, "/oauth/account/login", &hidden, &csrf)
+            "<p>Sign in to manage your passkeys.</p>{error}{}",
+            sign_in_forms(app, &csrf)
         ),
         &[cookie],
+    )
+}
+
+/// The password form and the passkey button, posting to the account page's sign-in.
+fn sign_in_forms(app: &AppState, csrf: &str) -> String {
+    let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
+    format!(
+        "<form method=post action=/oauth/account/login>{hidden}\
+         <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
+         <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
+         <button type=submit id=login>Sign in</button></form>{}",
+        passkey_sign_in(app, "/oauth/account/login", &hidden, csrf)
     )
 }
 
@@ -138,13 +162,23 @@ enum Message {
     Error(String),
 }
 
-async fn account_page(
-    app: &AppState,
-    user: &IdentityRow,
+/// How the account page is shown.
+struct View {
     message: Message,
     status: StatusCode,
+    /// Signed in recently enough to add a passkey.
+    fresh: bool,
+    /// A new login session's cookie to set.
     session: Option<String>,
-) -> Response {
+}
+
+async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Response {
+    let View {
+        message,
+        status,
+        fresh,
+        session,
+    } = view;
     let (csrf, cookie) = csrf_cookie(app);
     let message = match message {
         Message::None => String::new(),
@@ -186,7 +220,15 @@ async fn account_page(
             vec![],
         ),
     };
-    let add = add_form(app, user, &csrf, &hidden, &ids);
+    let add = if fresh {
+        add_form(app, user, &csrf, &hidden, &ids)
+    } else {
+        format!(
+            "<p id=reauth>To add a passkey, sign in again (it needs a sign-in within the last {} minutes).</p>{}",
+            RECENT_SIGN_IN_SECS / 60,
+            sign_in_forms(app, &csrf)
+        )
+    };
     let mut cookies = vec![cookie];
     cookies.extend(session);
     page(
@@ -277,18 +319,17 @@ async fn login(
         app.identity
             .passkey_login(&form.csrf, &form.credential, ACCOUNT_CLIENT)
             .await
-            .map_err(|error| {
-                let wait = match error {
-                    PasskeyError::RateLimited(wait) => Some(wait),
-                    _ => None,
-                };
-                (passkey_status(&error), error.to_string(), wait)
-            })
+            .map_err(|error| (passkey_status(&error), error.for_user(), None))
     };
     match outcome {
         Ok(user) => {
-            let session = session_cookie(&app, &user);
-            account_page(&app, &user, Message::None, StatusCode::OK, Some(session)).await
+            let view = View {
+                message: Message::None,
+                status: StatusCode::OK,
+                fresh: true,
+                session: Some(session_cookie(&app, &user)),
+            };
+            account_page(&app, &user, view).await
         }
         Err((status, message, wait)) => {
             let mut response = sign_in_page(&app, Some(&message), status);
@@ -311,27 +352,40 @@ async fn add_passkey(
     if !csrf_ok(&app, &headers, &form.csrf) {
         return csrf_refused();
     }
-    let Some(user) = session_user(&app, &headers).await else {
+    let Some((user, signed_in_at)) = session(&app, &headers).await else {
         return sign_in_page(
             &app,
             Some("Your session ended; sign in again."),
             StatusCode::UNAUTHORIZED,
         );
     };
-    match app
+    if !recent(signed_in_at) {
+        let view = View {
+            message: Message::Error("Sign in again to add a passkey.".into()),
+            status: StatusCode::UNAUTHORIZED,
+            fresh: false,
+            session: None,
+        };
+        return account_page(&app, &user, view).await;
+    }
+    let (message, status) = match app
         .identity
         .register_passkey(&user, &form.csrf, &form.label, &form.credential)
         .await
     {
-        Ok(added) => {
-            let notice = format!("Passkey “{}” added.", added.label);
-            account_page(&app, &user, Message::Notice(notice), StatusCode::OK, None).await
-        }
-        Err(error) => {
-            let status = passkey_status(&error);
-            account_page(&app, &user, Message::Error(error.to_string()), status, None).await
-        }
-    }
+        Ok(added) => (
+            Message::Notice(format!("Passkey “{}” added.", added.label)),
+            StatusCode::OK,
+        ),
+        Err(error) => (Message::Error(error.for_user()), passkey_status(&error)),
+    };
+    let view = View {
+        message,
+        status,
+        fresh: true,
+        session: None,
+    };
+    account_page(&app, &user, view).await
 }
 
 async fn remove_passkey(
@@ -342,7 +396,7 @@ async fn remove_passkey(
     if !csrf_ok(&app, &headers, &form.csrf) {
         return csrf_refused();
     }
-    let Some(user) = session_user(&app, &headers).await else {
+    let Some((user, signed_in_at)) = session(&app, &headers).await else {
         return sign_in_page(
             &app,
             Some("Your session ended; sign in again."),
@@ -355,9 +409,15 @@ async fn remove_passkey(
             Message::Error("You have no passkey by that id.".into()),
             StatusCode::NOT_FOUND,
         ),
-        Err(error) => (Message::Error(error.to_string()), passkey_status(&error)),
+        Err(error) => (Message::Error(error.for_user()), passkey_status(&error)),
     };
-    account_page(&app, &user, message, status, None).await
+    let view = View {
+        message,
+        status,
+        fresh: recent(signed_in_at),
+        session: None,
+    };
+    account_page(&app, &user, view).await
 }
 
 async fn logout(

@@ -100,6 +100,10 @@ struct Pending {
 pub(super) struct LoginSession {
     pub(super) user: String,
     pub(super) exp: u64,
+    /// When the user signed in (Unix seconds): adding a passkey needs a recent sign-in.
+    /// Sessions sealed before this field existed read as long ago.
+    #[serde(default)]
+    pub(super) signed_in_at: u64,
 }
 
 const PENDING_CONTEXT: &[u8] = b"oauth-pending-request";
@@ -394,12 +398,21 @@ pub(super) async fn session_user(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Option<store::IdentityRow> {
+    session(app, headers).await.map(|(user, _)| user)
+}
+
+/// The user of a valid login session cookie, and when they signed in (Unix seconds).
+pub(super) async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Option<(store::IdentityRow, u64)> {
     let names = cookie_names(app);
     let session: LoginSession = unseal(app, cookie(headers, names.session)?, SESSION_CONTEXT)?;
     if session.exp <= unix_now() {
         return None;
     }
-    app.identity.active_user(&session.user).await
+    let user = app.identity.active_user(&session.user).await?;
+    Some((user, session.signed_in_at))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -607,23 +620,13 @@ async fn login(
             .await
         {
             Ok(user) => signed_in(&app, pending, &client, user),
-            Err(error) => {
-                let status = passkey_status(&error);
-                let mut response = login_page(
-                    &app,
-                    pending,
-                    client.display_name(),
-                    Some(&error.to_string()),
-                    status,
-                );
-                if let PasskeyError::RateLimited(wait) = error {
-                    response.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(wait.as_secs().max(1)),
-                    );
-                }
-                response
-            }
+            Err(error) => login_page(
+                &app,
+                pending,
+                client.display_name(),
+                Some(&error.for_user()),
+                passkey_status(&error),
+            ),
         };
     }
     let user = match app
@@ -677,6 +680,7 @@ pub(super) fn session_cookie(app: &AppState, user: &store::IdentityRow) -> Strin
         &LoginSession {
             user: user.name.clone(),
             exp: unix_now() + ttl.as_secs(),
+            signed_in_at: unix_now(),
         },
         SESSION_CONTEXT,
     );
@@ -689,17 +693,23 @@ pub(super) fn session_cookie(app: &AppState, user: &store::IdentityRow) -> Strin
     )
 }
 
-/// The HTTP status a refused passkey ceremony is answered with.
+/// The HTTP status a refused passkey ceremony is answered with (a database failure is
+/// logged here; the page does not show its detail).
 pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
     match error {
-        PasskeyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        PasskeyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        PasskeyError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "a passkey ceremony failed on the database");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         PasskeyError::Disabled => StatusCode::NOT_FOUND,
         PasskeyError::Malformed(_) | PasskeyError::BadLabel => StatusCode::BAD_REQUEST,
-        PasskeyError::Duplicate | PasskeyError::Replayed => StatusCode::CONFLICT,
+        PasskeyError::Duplicate | PasskeyError::Replayed | PasskeyError::TooMany => {
+            StatusCode::CONFLICT
+        }
         PasskeyError::Invalid(_)
         | PasskeyError::WrongCeremony
         | PasskeyError::Unknown
+        | PasskeyError::WrongUser
         | PasskeyError::Cloned
         | PasskeyError::AccountDisabled => StatusCode::UNAUTHORIZED,
     }

@@ -12,6 +12,8 @@ use super::{Env, PASSWORD, authorize_query, exchange, pkce, query};
 
 /// Clicks the passkey button but keeps the form from being posted: hands the filled-in
 /// form fields to the test instead.
+const LABEL: &str = "Erin's \"work\" <laptop> & co";
+
 const CAPTURE_SIGN_IN: &str = "const done = arguments[arguments.length - 1];\
     const form = document.getElementById('passkey-form');\
     form.submit = function () { done({credential: form.elements.credential.value,\
@@ -59,9 +61,10 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
     driver.click("#login");
     assert_eq!(driver.text("#user"), "erin");
     driver.find("#no-passkeys");
-    driver.type_into("#label", "test laptop");
+    // A label that would break the page if it were not escaped.
+    driver.type_into("#label", LABEL);
     driver.click("#add-passkey");
-    assert_eq!(driver.text("#notice"), "Passkey “test laptop” added.");
+    assert_eq!(driver.text("#notice"), format!("Passkey “{LABEL}” added."));
     let held = driver.call(
         "GET",
         &driver.path(&format!(
@@ -76,7 +79,7 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
 
     let (ok, listed, err) = env.cli(&["user", "passkeys", "erin"], None);
     assert!(ok, "{err}");
-    assert!(listed.contains("\terin\ttest laptop\t"), "{listed}");
+    assert!(listed.contains(&format!("\terin\t{LABEL}\t")), "{listed}");
     let passkey_id = listed.split('\t').next().expect("an id").to_owned();
     driver.click("#logout");
     driver.find("#login");
@@ -140,6 +143,18 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
     assert_eq!(again.status, 409, "{again:?}");
     assert!(again.body.contains("already used"), "{}", again.body);
 
+    // A disabled user's passkey signs no one in.
+    let (ok, _, err) = env.cli(&["user", "disable", "erin"], None);
+    assert!(ok, "{err}");
+    forget_login(&driver, &local("/oauth/account"));
+    let (url, _) = authorize("disabled");
+    driver.go(&url);
+    driver.click("#passkey");
+    let refusal = driver.text("#error");
+    assert!(refusal.contains("cannot sign in"), "{refusal}");
+    let (ok, _, err) = env.cli(&["user", "enable", "erin"], None);
+    assert!(ok, "{err}");
+
     // The operator removes the passkey (a lost laptop): it signs no one in any more.
     let (ok, out, err) = env.cli(&["user", "remove-passkey", &passkey_id], None);
     assert!(ok, "{err}");
@@ -172,6 +187,7 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
         ("auth.login", "erin", "allow", "passkey"),
         ("auth.login", "erin", "allow", "passkey"),
         ("auth.login", "erin", "deny", "already used"),
+        ("auth.login", "erin", "deny", "cannot sign in"),
         ("auth.login", "", "deny", "not registered"),
     ];
     assert_eq!(rows.len(), expected.len(), "{rows:?}");
@@ -257,7 +273,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
     };
     let made_up_assertion = json!({"id": "AQID", "rawId": "AQID", "type": "public-key",
         "response": {"clientDataJSON": client_data("webauthn.get"),
-                     "authenticatorData": "AAAA", "signature": "AAAA"}})
+                     "authenticatorData": "AAAA", "signature": "AAAA", "userHandle": "AAAA"}})
     .to_string();
     let made_up_attestation = json!({"id": "AQID", "rawId": "AQID", "type": "public-key",
         "response": {"clientDataJSON": client_data("webauthn.create"),
