@@ -47,6 +47,16 @@ pub const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
 pub const MAX_PASSKEYS_PER_USER: i64 = 20;
 
 const CHALLENGE_CONTEXT: &[u8] = b"webauthn-challenge";
+const LINK_CONTEXT: &[u8] = b"passkey-sign-in-link";
+/// The longest a sign-in link may stay good.
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 86400);
+
+/// What a one-time sign-in link carries, sealed.
+#[derive(Serialize, Deserialize)]
+struct SignInLink {
+    user: Uuid,
+    exp: u64,
+}
 
 /// What a ceremony is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +133,10 @@ pub enum PasskeyError {
     Cloned,
     #[error("this passkey answer names another user than the passkey's")]
     WrongUser,
+    #[error("this sign-in link is not valid or has expired; ask for a new one")]
+    BadLink,
+    #[error("this sign-in link was already used; ask for a new one")]
+    LinkUsed,
     #[error("this account cannot sign in")]
     AccountDisabled,
     #[error("a passkey label is 1 to {MAX_LABEL_CHARS} characters without control characters")]
@@ -454,6 +468,55 @@ impl Identity {
         Ok(user)
     }
 
+    /// Signs in with a one-time link from `warden user passkey-link` (so that a user
+    /// without a password can add their first passkey).
+    pub async fn link_login(&self, code: &str) -> Result<IdentityRow, PasskeyError> {
+        let mut who = String::new();
+        let outcome = self.try_link_login(code, &mut who).await;
+        let reason = match &outcome {
+            Ok(_) => "sign-in link".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        self.login_event(&who, "warden:account", outcome.is_ok(), &reason, "link")
+            .await;
+        outcome
+    }
+
+    async fn try_link_login(
+        &self,
+        code: &str,
+        who: &mut String,
+    ) -> Result<IdentityRow, PasskeyError> {
+        relying_party(&self.passkeys())?;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(code.trim())
+            .map_err(|_| PasskeyError::BadLink)?;
+        let plain = self
+            .master
+            .open(&sealed, LINK_CONTEXT)
+            .map_err(|_| PasskeyError::BadLink)?;
+        let link: SignInLink = serde_json::from_slice(&plain).map_err(|_| PasskeyError::BadLink)?;
+        if link.exp <= unix_now() {
+            return Err(PasskeyError::BadLink);
+        }
+        let mut client = self.db.get().await?;
+        let transaction = client.transaction().await?;
+        let Some(user) = store::find_by_id(&*transaction, link.user).await? else {
+            return Err(PasskeyError::BadLink);
+        };
+        who.clone_from(&user.name);
+        if user.disabled || user.kind != "user" {
+            return Err(PasskeyError::AccountDisabled);
+        }
+        match consume_challenge(&*transaction, &sealed, link.exp).await {
+            Err(PasskeyError::Replayed) => return Err(PasskeyError::LinkUsed),
+            other => other?,
+        }
+        store::touch_login(&*transaction, user.id).await?;
+        transaction.commit().await?;
+        Ok(user)
+    }
+
     /// The passkeys of `user`, newest first.
     pub async fn passkeys_of(&self, user: &IdentityRow) -> Result<Vec<PasskeyInfo>, PasskeyError> {
         let client = self.db.get().await?;
@@ -570,6 +633,13 @@ fn open_ceremony(
     } else {
         Err(PasskeyError::WrongCeremony)
     }
+}
+
+/// The code of a one-time sign-in link for `user`, good until `exp` (Unix seconds).
+pub fn sign_in_link_code(master: &MasterKey, user: Uuid, exp: u64) -> String {
+    // Serialising a struct of plain fields cannot fail.
+    let plain = serde_json::to_vec(&SignInLink { user, exp }).unwrap_or_default();
+    b64(&master.seal(&plain, LINK_CONTEXT))
 }
 
 /// Stored passkeys, of one user or of all, newest first.

@@ -3,7 +3,7 @@
 //!
 //! - `warden user add NAME --role R` (password on stdin), `user list`, `user disable
 //!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin), `user passkeys
-//!   [NAME]`, `user remove-passkey ID`;
+//!   [NAME]`, `user passkey-link NAME [--ttl 1h]`, `user remove-passkey ID`;
 //! - `warden token issue --user NAME --scopes "a b" [--ttl 1h]`: prints an access token
 //!   (creating the user, without a password, if needed);
 //! - `warden keys rotate`, `warden keys list`;
@@ -69,6 +69,16 @@ pub(crate) enum UserCommand {
     /// List passkeys: a user's, or everyone's. Users add theirs on `/oauth/account`.
     Passkeys {
         name: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Print a one-time sign-in link with which a user adds a passkey (e.g. one without
+    /// a password); good once, until `--ttl` passes.
+    PasskeyLink {
+        name: String,
+        /// How long the link stays good (at most 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
         #[command(flatten)]
         profile: ProfileArg,
     },
@@ -277,6 +287,49 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                     when(key.last_used_at),
                 );
             }
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::PasskeyLink { name, ttl, profile } => {
+            let ttl = parse_ttl(&ttl)?;
+            if ttl > passkeys::MAX_LINK_TTL || ttl.is_zero() {
+                bail!("--ttl must be between 1s and 7d");
+            }
+            let (config, database) = open(&profile).await?;
+            if !config.identity.passkeys.enabled {
+                bail!(
+                    "passkeys are off (identity.passkeys; browsers offer them on https pages and on localhost only)"
+                );
+            }
+            let master = master_key(&config)?;
+            let client = database.pool.get().await?;
+            let row = store::find(&**client, &name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no identity named `{name}`"))?;
+            if row.kind != "user" || row.disabled {
+                bail!("`{name}` is not an enabled user");
+            }
+            let expires = std::time::SystemTime::now() + ttl;
+            let exp = expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let code = passkeys::sign_in_link_code(&master, row.id, exp);
+            store::notify(
+                &**client,
+                "user.sign_in_link_issued",
+                &name,
+                json!({"origin": "cli", "expires": humantime::format_rfc3339_seconds(expires).to_string()}),
+            )
+            .await?;
+            println!(
+                "{}/oauth/account/link?code={code}",
+                config.server.public_url
+            );
+            eprintln!(
+                "a one-time sign-in link for `{name}`, good until {}: give it to them privately",
+                humantime::format_rfc3339_seconds(expires)
+            );
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }

@@ -4,13 +4,16 @@
 //!
 //! - `GET /oauth/account`: the user's passkeys, a form to add one and one to remove
 //!   each; without a login session, a sign-in form that comes back here.
+//! - `GET /oauth/account/link?code=…`, `POST /oauth/account/link`: a one-time sign-in
+//!   link from `warden user passkey-link`, for a user without a password to add their
+//!   first passkey (the page spends nothing; its button does).
 //! - `POST /oauth/account/login`, `/oauth/account/passkeys`,
 //!   `/oauth/account/passkeys/remove`, `/oauth/account/logout`: the forms. Each carries
 //!   a CSRF token that must equal the `…csrf` cookie (and, for a ceremony, the one sealed
 //!   in its challenge); changes need the login session.
 
 use axum::Router;
-use axum::extract::{Form, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -47,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth/account/passkeys", post(add_passkey))
         .route("/oauth/account/passkeys/remove", post(remove_passkey))
         .route("/oauth/account/logout", post(logout))
+        .route("/oauth/account/link", get(link_page).post(link_login))
 }
 
 #[derive(Deserialize)]
@@ -78,6 +82,14 @@ struct RemoveForm {
     csrf: String,
     #[serde(default)]
     id: String,
+}
+
+#[derive(Deserialize)]
+struct LinkForm {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +430,46 @@ async fn remove_passkey(
         session: None,
     };
     account_page(&app, &user, view).await
+}
+
+/// A one-time sign-in link's landing page. Opening it spends nothing (link previews and
+/// mail scanners open links too): the button does.
+async fn link_page(State(app): State<AppState>, Query(form): Query<LinkForm>) -> Response {
+    let (csrf, cookie) = csrf_cookie(&app);
+    page(
+        StatusCode::OK,
+        "Set up a passkey",
+        &format!(
+            "<p>This link signs you in once, so that you can add a passkey.</p>\
+             <form method=post action=/oauth/account/link>\
+             <input type=hidden name=code value=\"{}\"><input type=hidden name=csrf value=\"{csrf}\">\
+             <button type=submit id=continue>Continue</button></form>",
+            escape(&form.code)
+        ),
+        &[cookie],
+    )
+}
+
+async fn link_login(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LinkForm>,
+) -> Response {
+    if !csrf_ok(&app, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    match app.identity.link_login(&form.code).await {
+        Ok(user) => {
+            let view = View {
+                message: Message::Notice("Signed in with your link: add a passkey below.".into()),
+                status: StatusCode::OK,
+                fresh: true,
+                session: Some(session_cookie(&app, &user)),
+            };
+            account_page(&app, &user, view).await
+        }
+        Err(error) => sign_in_refusal(passkey_status(&error), &error.for_user()),
+    }
 }
 
 async fn logout(

@@ -706,7 +706,9 @@ pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
         PasskeyError::Duplicate | PasskeyError::Replayed | PasskeyError::TooMany => {
             StatusCode::CONFLICT
         }
-        PasskeyError::Invalid(_)
+        PasskeyError::LinkUsed => StatusCode::CONFLICT,
+        PasskeyError::BadLink
+        | PasskeyError::Invalid(_)
         | PasskeyError::WrongCeremony
         | PasskeyError::Unknown
         | PasskeyError::WrongUser

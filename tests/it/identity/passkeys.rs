@@ -393,3 +393,77 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
     assert_eq!(refused.status, 404, "{refused:?}");
     assert!(refused.body.contains("turned off"), "{}", refused.body);
 }
+
+#[test]
+fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
+    let mut env = Env::start(|p| {
+        p.public_host("localhost");
+    });
+    // `token issue` creates the user without a password.
+    env.token("nopass", "tools:read");
+    let (ok, link, err) = env.cli(&["user", "passkey-link", "nopass", "--ttl", "10m"], None);
+    assert!(ok, "{err}");
+    let link = link.trim();
+    assert!(link.starts_with("http://localhost:"), "{link}");
+    assert!(err.contains("good until"), "{err}");
+    let code = query(link)["code"].clone();
+
+    // Opening the link spends nothing (a mail scanner may open it first).
+    let path = &link[link.find("/oauth/").expect("a path")..];
+    for _ in 0..2 {
+        let landing = crate::support::http::get(&env.url(path));
+        assert_eq!(landing.status, 200, "{landing:?}");
+        assert!(landing.body.contains("id=continue"), "{}", landing.body);
+    }
+    let landing = crate::support::http::get(&env.url(path));
+    let csrf = field(&landing.body, "csrf");
+    let cookie = cookies(&landing);
+    let form = [("code", code.as_str()), ("csrf", csrf.as_str())];
+    let forged = env.form("/oauth/account/link", &form, &[]);
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let signed_in = env.form("/oauth/account/link", &form, &[("Cookie", &cookie)]);
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    assert!(
+        signed_in.body.contains("<b id=user>nopass</b>"),
+        "{}",
+        signed_in.body
+    );
+    // Signed in just now: the passkey form is there.
+    assert!(signed_in.body.contains("id=add-form"), "{}", signed_in.body);
+    let again = env.form("/oauth/account/link", &form, &[("Cookie", &cookie)]);
+    assert_eq!(again.status, 409, "{again:?}");
+    assert!(again.body.contains("already used"), "{}", again.body);
+    let made_up = env.form(
+        "/oauth/account/link",
+        &[
+            (
+                "code",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ),
+            ("csrf", &csrf),
+        ],
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(made_up.status, 401, "{made_up:?}");
+    assert!(made_up.body.contains("not valid"), "{}", made_up.body);
+
+    let (ok, _, err) = env.cli(&["user", "passkey-link", "nopass", "--ttl", "8d"], None);
+    assert!(!ok);
+    assert!(err.contains("--ttl must be between 1s and 7d"), "{err}");
+    let (ok, _, err) = env.cli(&["user", "passkey-link", "nobody"], None);
+    assert!(!ok);
+    assert!(err.contains("no identity named `nobody`"), "{err}");
+
+    let status = env.warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", env.warden.log());
+    let rows = env.db.query(
+        "SELECT coalesce(actor_id, ''), decision FROM audit_events \
+         WHERE kind = 'auth.login' AND attributes->>'method' = 'link' ORDER BY occurred_at, id",
+    );
+    let rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(a, d)| (a.as_str(), d.as_str())).collect();
+    assert_eq!(
+        rows,
+        [("nopass", "allow"), ("nopass", "deny"), ("", "deny")]
+    );
+}
