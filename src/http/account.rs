@@ -356,20 +356,33 @@ async fn login(
     }
 }
 
+/// The user a form is from: its CSRF token checked, then the login session read (and
+/// when they signed in); otherwise the page to answer with.
+async fn form_user(
+    app: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(IdentityRow, u64), Response> {
+    if !csrf_ok(app, headers, csrf) {
+        return Err(csrf_refused());
+    }
+    session(app, headers).await.ok_or_else(|| {
+        sign_in_page(
+            app,
+            Some("Your session ended; sign in again."),
+            StatusCode::UNAUTHORIZED,
+        )
+    })
+}
+
 async fn add_passkey(
     State(app): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<AddForm>,
 ) -> Response {
-    if !csrf_ok(&app, &headers, &form.csrf) {
-        return csrf_refused();
-    }
-    let Some((user, signed_in_at)) = session(&app, &headers).await else {
-        return sign_in_page(
-            &app,
-            Some("Your session ended; sign in again."),
-            StatusCode::UNAUTHORIZED,
-        );
+    let (user, signed_in_at) = match form_user(&app, &headers, &form.csrf).await {
+        Ok(signed_in) => signed_in,
+        Err(refusal) => return refusal,
     };
     if !recent(signed_in_at) {
         let view = View {
@@ -405,15 +418,9 @@ async fn remove_passkey(
     headers: HeaderMap,
     Form(form): Form<RemoveForm>,
 ) -> Response {
-    if !csrf_ok(&app, &headers, &form.csrf) {
-        return csrf_refused();
-    }
-    let Some((user, signed_in_at)) = session(&app, &headers).await else {
-        return sign_in_page(
-            &app,
-            Some("Your session ended; sign in again."),
-            StatusCode::UNAUTHORIZED,
-        );
+    let (user, signed_in_at) = match form_user(&app, &headers, &form.csrf).await {
+        Ok(signed_in) => signed_in,
+        Err(refusal) => return refusal,
     };
     let (message, status) = match app.identity.remove_passkey(&user, &form.id).await {
         Ok(true) => (Message::Notice("Passkey removed.".into()), StatusCode::OK),

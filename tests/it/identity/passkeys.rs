@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use super::browser::{Driver, WAIT, callback_listener};
-use super::{Env, PASSWORD, authorize_query, exchange, pkce, query};
+use super::{Env, PASSWORD, authorize_query, cookies, exchange, hidden, pkce, query};
 
 /// Clicks the passkey button but keeps the form from being posted: hands the filled-in
 /// form fields to the test instead.
@@ -203,25 +203,6 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
     assert_eq!(left[0].get::<_, i64>(0), 0);
 }
 
-/// The value of `name=NAME value="…"` in a page.
-fn field(page: &str, name: &str) -> String {
-    let marker = format!("name={name} value=\"");
-    let start = page.find(&marker).map(|i| i + marker.len());
-    let start = start.unwrap_or_else(|| panic!("no field {name} in {page}"));
-    page[start..][..page[start..].find('"').expect("a closing quote")].to_owned()
-}
-
-/// `name=value` of every cookie the response sets, joined for a `Cookie` header.
-fn cookies(response: &crate::support::http::Response) -> String {
-    response
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .filter_map(|(_, v)| v.split(';').next())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 #[test]
 fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
     let mut env = Env::start(|p| {
@@ -233,7 +214,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
     let page = crate::support::http::get(&env.url("/oauth/account"));
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains("id=passkey-form"), "{}", page.body);
-    let csrf = field(&page.body, "csrf");
+    let csrf = hidden(&page.body, "csrf");
     let csrf_cookie = cookies(&page);
     let sign_in = [
         ("username", "erin"),
@@ -257,7 +238,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
     );
     // The account page sets a fresh CSRF cookie beside the session's.
     let session = cookies(&signed_in);
-    let csrf = field(&signed_in.body, "csrf");
+    let csrf = hidden(&signed_in.body, "csrf");
 
     // An answer to a challenge Warden never issued, and one that is not an answer.
     let client_data = |kind: &str| {
@@ -365,7 +346,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
     let page = crate::support::http::get(&env.url("/oauth/account"));
     assert_eq!(page.status, 200, "{page:?}");
     assert!(!page.body.contains("passkeys.js"), "{}", page.body);
-    let csrf = field(&page.body, "csrf");
+    let csrf = hidden(&page.body, "csrf");
     let signed_in = env.form(
         "/oauth/account/login",
         &[
@@ -384,7 +365,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
     let refused = env.form(
         "/oauth/account/passkeys",
         &[
-            ("csrf", &field(&signed_in.body, "csrf")),
+            ("csrf", &hidden(&signed_in.body, "csrf")),
             ("label", "x"),
             ("credential", "{}"),
         ],
@@ -416,7 +397,7 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
         assert!(landing.body.contains("id=continue"), "{}", landing.body);
     }
     let landing = crate::support::http::get(&env.url(path));
-    let csrf = field(&landing.body, "csrf");
+    let csrf = hidden(&landing.body, "csrf");
     let cookie = cookies(&landing);
     let form = [("code", code.as_str()), ("csrf", csrf.as_str())];
     let forged = env.form("/oauth/account/link", &form, &[]);
