@@ -147,6 +147,8 @@ impl App {
                 new.server.state_dir != current.server.state_dir,
             ),
             ("database", new.database.url != current.database.url),
+            // The files' contents are picked up live; which files, and whether, is not.
+            ("server.tls", new.server.tls != current.server.tls),
         ] {
             if changed {
                 tracing::warn!(key, "changed in the profile; takes effect after a restart");

@@ -65,8 +65,16 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     tracing::info!(origin = %master_key.origin, "master key loaded");
 
     let registry = Registry::with(&[]);
+    // The certificate is read first: a wrong file stops Warden before anything starts.
+    let tls = match &config.server.tls {
+        Some(tls) => Some(Arc::new(http::tls::Tls::new(tls)?)),
+        None => None,
+    };
     let database = Database::open(&config).await?;
-    let result = run(&config, &database, &registry, master_key, logging, signals).await;
+    let result = run(
+        &config, &database, &registry, master_key, logging, signals, tls,
+    )
+    .await;
     if let Err(error) = database.shutdown(config.server.shutdown_grace).await {
         tracing::error!(%error, "stopping the database failed");
     }
@@ -81,6 +89,7 @@ async fn run(
     master_key: MasterKey,
     logging: Option<LogReload>,
     signals: Signals,
+    tls: Option<Arc<http::tls::Tls>>,
 ) -> Result<ExitCode> {
     if config.database.migrate_on_start {
         let report = database.migrate(registry.all_migrations()).await?;
@@ -226,8 +235,11 @@ async fn run(
     if let Err(error) = &skills_loaded {
         tracing::warn!(%error, "cannot read the skills yet; they are read again until it succeeds");
     }
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
     let server = tokio::spawn(http::serve(
-        http::LimitedListener::new(listener, config.server.max_connections),
+        http::LimitedListener::new(listener, config.server.max_connections, tls.clone()),
         router,
         shutdown.clone(),
         config.server.shutdown_grace,
@@ -362,7 +374,7 @@ async fn run(
     let watchdog_app = app.clone();
     systemd::spawn_watchdog(move || !watchdog_app.readiness.is_draining());
 
-    let outcome = wait_for_shutdown(&app, signals).await;
+    let outcome = wait_for_shutdown(&app, tls.as_deref(), signals).await;
 
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
@@ -406,9 +418,14 @@ async fn cancel_held_calls(app: &App, grace: std::time::Duration) {
     }
 }
 
-/// Runs reloads on SIGHUP; returns on SIGTERM or SIGINT (exit 0) or when the supervision
-/// tree fails (exit 1, for the service manager to restart Warden).
-async fn wait_for_shutdown(app: &Arc<App>, signals: Signals) -> Result<ExitCode> {
+/// Runs reloads on SIGHUP (the profile, and the TLS certificate if its files changed);
+/// returns on SIGTERM or SIGINT (exit 0) or when the supervision tree fails (exit 1, for
+/// the service manager to restart Warden).
+async fn wait_for_shutdown(
+    app: &Arc<App>,
+    tls: Option<&http::tls::Tls>,
+    signals: Signals,
+) -> Result<ExitCode> {
     let Signals {
         mut term,
         mut int,
@@ -424,6 +441,9 @@ async fn wait_for_shutdown(app: &Arc<App>, signals: Signals) -> Result<ExitCode>
             }
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
+                if let Some(tls) = tls {
+                    tls.reload_logged();
+                }
                 let app = app.clone();
                 tokio::spawn(async move {
                     let _ = app.reload().await;

@@ -148,6 +148,21 @@ pub struct ServerConfig {
     /// Lifecycle events the gateway and each `/events` stream may fall behind by before
     /// they are told how many they lost.
     pub event_buffer: usize,
+    /// `server.tls`: serve https on `listen` (else plain http).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsConfig {
+    /// PEM: the certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// A connection that has not finished its handshake by then is closed.
+    pub handshake_timeout: Duration,
+    /// How often the files are checked for a new certificate.
+    pub reload_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -354,15 +369,54 @@ impl Config {
             );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        let tls = raw.server.tls.as_ref().map(|raw_tls| {
+            let mut file = |key: &str, value: Option<String>| {
+                value.map(PathBuf::from).unwrap_or_else(|| {
+                    problem(
+                        &format!("server.tls.{key}"),
+                        "required when server.tls is set (a PEM file)".into(),
+                    );
+                    PathBuf::new()
+                })
+            };
+            TlsConfig {
+                cert_file: file("cert_file", raw_tls.cert_file.clone()),
+                key_file: file("key_file", raw_tls.key_file.clone()),
+                handshake_timeout: raw_tls
+                    .handshake_timeout
+                    .map_or(Duration::from_secs(10), |d| d.0),
+                reload_interval: raw_tls
+                    .reload_interval
+                    .map_or(Duration::from_secs(60), |d| d.0),
+            }
+        });
+        if let Some(tls) = &tls {
+            for (key, value) in [
+                ("server.tls.handshake_timeout", tls.handshake_timeout),
+                ("server.tls.reload_interval", tls.reload_interval),
+            ] {
+                if value < Duration::from_secs(1) {
+                    problem(key, "must be at least 1s".into());
+                }
+            }
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = raw
             .server
             .public_url
-            .unwrap_or_else(|| format!("http://{listen}"));
+            .unwrap_or_else(|| format!("{scheme}://{listen}"));
         let public_url = public_url.trim_end_matches('/').to_owned();
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             problem(
                 "server.public_url",
                 format!("expected an http:// or https:// URL, found `{public_url}`"),
+            );
+        } else if tls.is_some() && public_url.starts_with("http://") {
+            problem(
+                "server.public_url",
+                format!(
+                    "Warden serves https (server.tls), so clients reach it at an https:// URL; found `{public_url}`"
+                ),
             );
         }
         let max_body_bytes = raw.server.max_body_bytes.map_or(4 << 20, |s| s.0);
@@ -401,6 +455,7 @@ impl Config {
             require_master_key: raw.server.require_master_key.unwrap_or(false),
             max_connections: raw.server.max_connections.unwrap_or(10_000),
             event_buffer: raw.server.event_buffer.unwrap_or(1024),
+            tls,
         };
         if !EVENT_BUFFERS.contains(&server.event_buffer) {
             problem(
@@ -1032,6 +1087,38 @@ mod tests {
             text.starts_with(
                 "test.yaml:5:21: servers.github.restart.max_restarts: expected an integer"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_an_https_public_url() {
+        let config = parse(
+            "server: {listen: \"127.0.0.1:8443\", tls: {cert_file: c.pem, key_file: k.pem}}\n",
+        )
+        .unwrap();
+        let tls = config.server.tls.expect("tls");
+        assert_eq!(tls.cert_file, PathBuf::from("c.pem"));
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.reload_interval, Duration::from_secs(60));
+        // Serving https, the default public URL is https.
+        assert_eq!(config.server.public_url, "https://127.0.0.1:8443");
+        let text = parse(
+            "server: {public_url: \"http://warden.example.com\", \
+             tls: {cert_file: c.pem, handshake_timeout: 0s}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("server.tls.key_file: required when server.tls is set"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server.tls.handshake_timeout: must be at least 1s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server.public_url: Warden serves https (server.tls)"),
             "{text}"
         );
     }

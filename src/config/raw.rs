@@ -60,6 +60,17 @@ pub struct RawServer {
     pub require_master_key: Option<bool>,
     pub max_connections: Option<usize>,
     pub event_buffer: Option<usize>,
+    pub tls: Option<RawTls>,
+}
+
+/// `server.tls`: TLS on Warden's own listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub handshake_timeout: Option<Dur>,
+    pub reload_interval: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,7 +1,8 @@
 //! The TCP listener: at most `server.max_connections` open connections (further ones wait
 //! in the kernel backlog instead of exhausting file descriptors), and `TCP_NODELAY` on
 //! every socket — without it a response written in two pieces (an SSE priming event and
-//! its data, say) waits ~40 ms for a delayed ACK.
+//! its data, say) waits ~40 ms for a delayed ACK. With `server.tls` each connection is
+//! TLS, its handshake run by the connection itself (`tls.rs`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,16 +14,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::tls::{Connection, Tls};
+
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
+    pub fn new(inner: TcpListener, max_connections: usize, tls: Option<Arc<Tls>>) -> Self {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            tls,
         }
     }
 
@@ -33,7 +38,7 @@ impl LimitedListener {
 }
 
 impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
+    type Io = Connection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -48,13 +53,15 @@ impl axum::serve::Listener for LimitedListener {
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "cannot set TCP_NODELAY");
                     }
-                    return (
-                        LimitedStream {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
+                    let stream = LimitedStream {
+                        stream,
+                        _permit: permit,
+                    };
+                    let connection = match &self.tls {
+                        Some(tls) => tls.connection(stream),
+                        None => Connection::Plain(stream),
+                    };
+                    return (connection, addr);
                 }
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.

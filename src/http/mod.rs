@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mrtr;
 pub mod oauth;
 pub mod skills;
+pub mod tls;
 pub mod wellknown;
 
 use std::sync::Arc;

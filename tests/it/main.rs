@@ -23,3 +23,4 @@ mod rmcp_client;
 mod serve;
 mod skills;
 mod supervision;
+mod tls;

@@ -122,9 +122,10 @@ pub struct Profile {
     /// The profile; written as JSON (a subset of YAML) on every start.
     pub value: Value,
     env: Vec<(String, String)>,
-    /// The host of `server.public_url` (with the port chosen at start), when it is not
-    /// the listen address: `localhost` for browser features refused on IP addresses.
-    public_host: Option<String>,
+    /// The scheme and host of `server.public_url` (with the port chosen at start), when
+    /// it is not `http://` and the listen address: `localhost` for browser features
+    /// refused on IP addresses, `https` for Warden's own TLS.
+    public_origin: Option<(String, String)>,
 }
 
 impl Profile {
@@ -152,13 +153,18 @@ impl Profile {
             dir,
             value,
             env: Vec::new(),
-            public_host: None,
+            public_origin: None,
         }
     }
 
     /// Makes `server.public_url` `http://HOST:PORT` (the port chosen at each start).
     pub fn public_host(&mut self, host: &str) -> &mut Profile {
-        self.public_host = Some(host.to_owned());
+        self.public_origin("http", host)
+    }
+
+    /// Makes `server.public_url` `SCHEME://HOST:PORT` (the port chosen at each start).
+    pub fn public_origin(&mut self, scheme: &str, host: &str) -> &mut Profile {
+        self.public_origin = Some((scheme.to_owned(), host.to_owned()));
         self
     }
 
@@ -224,8 +230,8 @@ impl Profile {
     pub fn spawn(&mut self) -> WardenProcess {
         let port = free_port();
         self.set("server.listen", format!("127.0.0.1:{port}"));
-        if let Some(host) = &self.public_host {
-            let url = format!("http://{host}:{port}");
+        if let Some((scheme, host)) = &self.public_origin {
+            let url = format!("{scheme}://{host}:{port}");
             self.set("server.public_url", url);
         }
         let command = self.command(&["serve"]);

@@ -1,0 +1,324 @@
+//! TLS on Warden's own listener (`server.tls`), for deployments without a proxy in front.
+//!
+//! What this module owns: the certificate in force (read from the PEM files the profile
+//! names, replaced whole when they change), and [`Connection`], the stream every accepted
+//! socket becomes — plain, or TLS whose handshake runs in the connection's own task on
+//! its first read or write (a slow or silent client never holds up the accept loop), and
+//! is given up after `server.tls.handshake_timeout`.
+//!
+//! Certificates are rotated without a restart: [`Tls::watch`] looks at the files' change
+//! times every `server.tls.reload_interval` (cert-manager and ACME clients replace files
+//! in place) and on a profile reload; a pair that does not load (a half-written file, a
+//! key that does not match) is refused with the reason logged, and the current one stays.
+//! Connections already open keep the certificate they were made with.
+//!
+//! HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3 with rustls' default (ring) suites.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use super::listener::LimitedStream;
+use crate::config::TlsConfig;
+
+/// Why a certificate and key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls.cert_file `{path}`: {message}")]
+    Certificate { path: PathBuf, message: String },
+    #[error("server.tls.key_file `{path}`: {message}")]
+    Key { path: PathBuf, message: String },
+}
+
+/// Reads the certificate chain and its private key, and checks that they belong together.
+pub fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_error = |message: String| TlsError::Certificate {
+        path: cert_file.to_owned(),
+        message,
+    };
+    let key_error = |message: String| TlsError::Key {
+        path: key_file.to_owned(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| cert_error(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_error("holds no PEM certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| key_error(e.to_string()))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| key_error(format!("not a usable private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| {
+        key_error(format!(
+            "does not belong to the first certificate of server.tls.cert_file: {e}"
+        ))
+    })?;
+    Ok(certified)
+}
+
+/// The certificate handed to every new handshake.
+struct Current(ArcSwap<CertifiedKey>);
+
+impl fmt::Debug for Current {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Current(certificate)")
+    }
+}
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// TLS for the listener: the acceptor, the certificate in force and where it came from.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    current: Arc<Current>,
+    config: TlsConfig,
+    /// The files' change times when last loaded.
+    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// The last reload's refusal, so that it is logged once.
+    last_error: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls").field("config", &self.config).finish()
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Tls {
+    /// Loads the profile's certificate; an error names the file and what is wrong.
+    pub fn new(config: &TlsConfig) -> Result<Tls, TlsError> {
+        warden_actors::upstream::http::install_crypto_provider();
+        let stamps = (modified(&config.cert_file), modified(&config.key_file));
+        let certified = load(&config.cert_file, &config.key_file)?;
+        let current = Arc::new(Current(ArcSwap::from_pointee(certified)));
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            current,
+            config: config.clone(),
+            loaded: Mutex::new(stamps),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// Loads the files again if either changed since the last load; true when a new
+    /// certificate is in force. On an error the current certificate stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamps = (
+            modified(&self.config.cert_file),
+            modified(&self.config.key_file),
+        );
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *loaded == stamps {
+            return Ok(false);
+        }
+        let certified = load(&self.config.cert_file, &self.config.key_file)?;
+        self.current.0.store(Arc::new(certified));
+        *loaded = stamps;
+        Ok(true)
+    }
+
+    /// Looks for changed files every `reload_interval` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.config.reload_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => self.reload_logged(),
+            }
+        }
+    }
+
+    /// [`Tls::reload_if_changed`], saying what happened: a new certificate, or why the
+    /// files were refused (once per distinct problem, not on every look).
+    pub fn reload_logged(&self) {
+        let mut last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.reload_if_changed() {
+            Ok(true) => {
+                *last_error = None;
+                tracing::info!(
+                    cert_file = %self.config.cert_file.display(),
+                    "TLS certificate reloaded; new connections use it"
+                );
+            }
+            Ok(false) => {}
+            Err(error) => {
+                let text = error.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    tracing::error!(%error, "cannot reload the TLS certificate; keeping the current one");
+                    *last_error = Some(text);
+                }
+            }
+        }
+    }
+
+    /// `stream` as a TLS connection whose handshake runs on its first use.
+    pub fn connection(&self, stream: LimitedStream) -> Connection {
+        let handshake =
+            tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream));
+        Connection::Tls(TlsState::Handshaking(Box::pin(handshake)))
+    }
+}
+
+type Handshake = Pin<Box<tokio::time::Timeout<tokio_rustls::Accept<LimitedStream>>>>;
+
+/// An accepted connection: plain, or TLS.
+pub enum Connection {
+    Plain(LimitedStream),
+    Tls(TlsState),
+}
+
+/// Where a TLS connection stands.
+pub enum TlsState {
+    Handshaking(Handshake),
+    Ready(Box<TlsStream<LimitedStream>>),
+    Failed,
+}
+
+impl TlsState {
+    /// Drives the handshake; `Ready(Ok)` once the stream can carry data.
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<&mut TlsStream<LimitedStream>>> {
+        if let TlsState::Handshaking(handshake) = self {
+            let outcome = match handshake.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(stream))) => Ok(stream),
+                Poll::Ready(Ok(Err(error))) => Err(error),
+                Poll::Ready(Err(_elapsed)) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out (server.tls.handshake_timeout)",
+                )),
+            };
+            match outcome {
+                Ok(stream) => *self = TlsState::Ready(Box::new(stream)),
+                Err(error) => {
+                    // Scanners and plain-HTTP clients end here: not worth more than debug.
+                    tracing::debug!(%error, "TLS handshake failed");
+                    *self = TlsState::Failed;
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        match self {
+            TlsState::Ready(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(state) => match state.poll_ready(cx) {
+                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_read(cx, buf),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(state) => match state.poll_ready(cx) {
+                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Connection::Tls(state) => match state.poll_ready(cx) {
+                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write_vectored(cx, bufs),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(stream) => stream.is_write_vectored(),
+            Connection::Tls(_) => true,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(state) => match state.poll_ready(cx) {
+                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(TlsState::Ready(stream)) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            // Nothing was said over TLS yet: nothing to close but the socket.
+            Connection::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}

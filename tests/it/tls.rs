@@ -1,0 +1,279 @@
+//! Warden's own TLS (`server.tls`): certificates made by `openssl` for the test (a CA and
+//! two server certificates), a rustls client that trusts only that CA. https is served
+//! with the profile's certificate, and the login cookies turn `__Host-`/`Secure`; plain
+//! http and a client that never says hello are turned away; a broken replacement is
+//! refused and the certificate in force stays; a good one is picked up without a
+//! restart.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::support::{Profile, TestDb, WardenProcess};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (the openssl package)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, and server certificates `name.pem`/`name.key` it signed for localhost and
+/// 127.0.0.1, one per name.
+fn make_certificates(dir: &Path, names: &[&str]) {
+    let p256 = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(p256);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=warden-test-ca",
+    ]);
+    openssl(dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the extensions");
+    for (serial, name) in names.iter().enumerate() {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subject = format!("/CN=warden-test-{name}");
+        let mut request = vec!["req"];
+        request.extend(p256);
+        request.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(dir, &request);
+        let serial = (serial + 1).to_string();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+fn der(pem: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(pem).expect("a PEM certificate")
+}
+
+/// A client that trusts only the test CA.
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(ca)).expect("the CA is a usable root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every connection a full handshake: a resumed one does not show the certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// `GET path` over TLS; the response and the certificate the server presented.
+fn https_get(
+    port: u16,
+    config: &Arc<rustls::ClientConfig>,
+    path: &str,
+) -> (String, CertificateDer<'static>) {
+    let name = ServerName::try_from("localhost").expect("a server name");
+    let mut connection = rustls::ClientConnection::new(config.clone(), name).expect("a TLS client");
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let mut tls = rustls::Stream::new(&mut connection, &mut socket);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send over TLS");
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A peer that closes without close_notify: the response is complete anyway.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(error) => panic!("reading over TLS: {error}"),
+    }
+    let presented = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a server certificate")
+        .clone()
+        .into_owned();
+    assert_eq!(connection.alpn_protocol(), Some(&b"http/1.1"[..]));
+    (String::from_utf8_lossy(&response).into_owned(), presented)
+}
+
+fn port_of(warden: &WardenProcess) -> u16 {
+    let url = warden.url("");
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// Replaces `to` with `from` as certificate tooling does: a new file renamed over it.
+fn replace(from: &Path, to: &Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).expect("stage the file");
+    std::fs::rename(&staged, to).expect("rename over");
+}
+
+#[test]
+fn warden_serves_https_and_picks_up_a_new_certificate() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let dir = certs.path();
+    make_certificates(dir, &["first", "second"]);
+    let served_cert: PathBuf = dir.join("served.pem");
+    let served_key: PathBuf = dir.join("served.key");
+    replace(&dir.join("first.pem"), &served_cert);
+    replace(&dir.join("first.key"), &served_key);
+
+    let db = TestDb::new();
+    let mut profile = Profile::with_database(db.url());
+    profile.public_origin("https", "localhost");
+    profile.set(
+        "server.tls",
+        serde_json::json!({
+            "cert_file": served_cert,
+            "key_file": served_key,
+            "handshake_timeout": "1s",
+            "reload_interval": "1s",
+        }),
+    );
+    let mut warden = profile.start();
+    let port = port_of(&warden);
+    let client = client_config(&dir.join("ca.pem"));
+
+    let (response, presented) = https_get(port, &client, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(presented, der(&dir.join("first.pem")));
+    // With an https public URL the sign-in cookies are `__Host-` and `Secure`.
+    let (page, _) = https_get(port, &client, "/oauth/account");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("set-cookie: __Host-warden_csrf=") && page.contains("; Secure"),
+        "{page}"
+    );
+
+    // Plain http on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
+        "{answer:?}"
+    );
+    // A client that connects and says nothing is closed after the handshake timeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    silent.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let mut byte = [0u8; 1];
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the silent connection was not closed: {other:?}"),
+    }
+
+    // A broken replacement is refused; the certificate in force stays.
+    let mark = warden.log_mark();
+    std::fs::write(&served_cert, "not a certificate").expect("write");
+    assert!(
+        warden.wait_for_log_since(mark, "cannot reload the TLS certificate", WAIT),
+        "{}",
+        warden.log()
+    );
+    let (response, presented) = https_get(port, &client, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(presented, der(&dir.join("first.pem")));
+
+    // A new pair is picked up without a restart.
+    let mark = warden.log_mark();
+    replace(&dir.join("second.key"), &served_key);
+    replace(&dir.join("second.pem"), &served_cert);
+    assert!(
+        warden.wait_for_log_since(mark, "TLS certificate reloaded", WAIT),
+        "{}",
+        warden.log()
+    );
+    let (response, presented) = https_get(port, &client, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(presented, der(&dir.join("second.pem")));
+
+    let status = warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", warden.log());
+}
+
+#[test]
+fn a_missing_or_mismatched_key_stops_warden_at_start_naming_the_file() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let dir = certs.path();
+    make_certificates(dir, &["first", "second"]);
+    let db = TestDb::new();
+    for (key, expected) in [
+        ("missing.key", "server.tls.key_file"),
+        ("second.key", "does not belong to the first certificate"),
+    ] {
+        let mut profile = Profile::with_database(db.url());
+        profile.public_origin("https", "localhost");
+        profile.set(
+            "server.tls",
+            serde_json::json!({
+                "cert_file": dir.join("first.pem"),
+                "key_file": dir.join(key),
+            }),
+        );
+        let warden = profile.spawn();
+        assert!(warden.wait_for_log(expected, WAIT), "{}", warden.log());
+    }
+}
