@@ -242,6 +242,12 @@ fn config_check(file: &Path) -> ExitCode {
                 eprintln!("{}: {error}", file.display());
                 return ExitCode::FAILURE;
             }
+            if let Some(tls) = &config.server.tls
+                && let Err(error) = crate::http::tls::load(tls)
+            {
+                eprintln!("{}: {error}", file.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} server{}, listening on {})",
                 file.display(),

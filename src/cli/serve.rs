@@ -61,15 +61,15 @@ pub(super) async fn serve(config: Config, logging: Option<LogReload>) -> Result<
     if let Ok(exe) = std::env::current_exe() {
         warden_actors::process::set_guard_executable(exe);
     }
-    let master_key = instance::master_key(&config)?;
-    tracing::info!(origin = %master_key.origin, "master key loaded");
-
-    let registry = Registry::with(&[]);
     // The certificate is read first: a wrong file stops Warden before anything starts.
     let tls = match &config.server.tls {
         Some(tls) => Some(Arc::new(http::tls::Tls::new(tls)?)),
         None => None,
     };
+    let master_key = instance::master_key(&config)?;
+    tracing::info!(origin = %master_key.origin, "master key loaded");
+
+    let registry = Registry::with(&[]);
     let database = Database::open(&config).await?;
     let result = run(
         &config, &database, &registry, master_key, logging, signals, tls,

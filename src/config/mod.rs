@@ -370,14 +370,15 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let tls = raw.server.tls.as_ref().map(|raw_tls| {
-            let mut file = |key: &str, value: Option<String>| {
-                value.map(PathBuf::from).unwrap_or_else(|| {
+            let mut file = |key: &str, value: Option<String>| match value {
+                Some(path) if !path.trim().is_empty() => PathBuf::from(path),
+                _ => {
                     problem(
                         &format!("server.tls.{key}"),
-                        "required when server.tls is set (a PEM file)".into(),
+                        "required when server.tls is set (the path of a PEM file)".into(),
                     );
                     PathBuf::new()
-                })
+                }
             };
             TlsConfig {
                 cert_file: file("cert_file", raw_tls.cert_file.clone()),

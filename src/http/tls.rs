@@ -6,32 +6,35 @@
 //! its first read or write (a slow or silent client never holds up the accept loop), and
 //! is given up after `server.tls.handshake_timeout`.
 //!
-//! Certificates are rotated without a restart: [`Tls::watch`] looks at the files' change
-//! times every `server.tls.reload_interval` (cert-manager and ACME clients replace files
-//! in place) and on a profile reload; a pair that does not load (a half-written file, a
-//! key that does not match) is refused with the reason logged, and the current one stays.
-//! Connections already open keep the certificate they were made with.
+//! Certificates are rotated without a restart: [`Tls::watch`] reads the two files every
+//! `server.tls.reload_interval`, and on SIGHUP, and loads them when their contents differ
+//! from the pair in force (contents, not change times: a file rewritten twice within the
+//! clock's resolution, or read while half written, is still noticed when it settles). A
+//! pair that does not load (a half-written file, a key that does not match) is refused
+//! with the reason logged once, and the current one stays. Connections already open keep
+//! the certificate they were made with.
 //!
 //! HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3 with rustls' default (ring) suites.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use super::listener::LimitedStream;
 use crate::config::TlsConfig;
@@ -45,24 +48,54 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
 }
 
+/// The two files as read, and the digest that tells one reading from another.
+struct Files {
+    cert: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
+    digest: [u8; 32],
+}
+
+fn read(config: &TlsConfig) -> Result<Files, TlsError> {
+    let cert = std::fs::read(&config.cert_file).map_err(|e| TlsError::Certificate {
+        path: config.cert_file.clone(),
+        message: e.to_string(),
+    })?;
+    let key = Zeroizing::new(std::fs::read(&config.key_file).map_err(|e| TlsError::Key {
+        path: config.key_file.clone(),
+        message: e.to_string(),
+    })?);
+    let mut hasher = Sha256::new();
+    hasher.update((cert.len() as u64).to_be_bytes());
+    hasher.update(&cert);
+    hasher.update(&*key);
+    Ok(Files {
+        digest: hasher.finalize().into(),
+        cert,
+        key,
+    })
+}
+
 /// Reads the certificate chain and its private key, and checks that they belong together.
-pub fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+pub fn load(config: &TlsConfig) -> Result<CertifiedKey, TlsError> {
+    parse(config, &read(config)?)
+}
+
+fn parse(config: &TlsConfig, files: &Files) -> Result<CertifiedKey, TlsError> {
     let cert_error = |message: String| TlsError::Certificate {
-        path: cert_file.to_owned(),
+        path: config.cert_file.clone(),
         message,
     };
     let key_error = |message: String| TlsError::Key {
-        path: key_file.to_owned(),
+        path: config.key_file.clone(),
         message,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| cert_error(e.to_string()))?
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.cert)
         .collect::<Result<_, _>>()
         .map_err(|e| cert_error(e.to_string()))?;
     if chain.is_empty() {
         return Err(cert_error("holds no PEM certificate".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| key_error(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| key_error(e.to_string()))?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| key_error(format!("not a usable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
@@ -94,8 +127,8 @@ pub struct Tls {
     acceptor: TlsAcceptor,
     current: Arc<Current>,
     config: TlsConfig,
-    /// The files' change times when last loaded.
-    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// The digest of the files in force.
+    loaded: Mutex<[u8; 32]>,
     /// The last reload's refusal, so that it is logged once.
     last_error: Mutex<Option<String>>,
 }
@@ -106,16 +139,12 @@ impl fmt::Debug for Tls {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 impl Tls {
     /// Loads the profile's certificate; an error names the file and what is wrong.
     pub fn new(config: &TlsConfig) -> Result<Tls, TlsError> {
         warden_actors::upstream::http::install_crypto_provider();
-        let stamps = (modified(&config.cert_file), modified(&config.key_file));
-        let certified = load(&config.cert_file, &config.key_file)?;
+        let files = read(config)?;
+        let certified = parse(config, &files)?;
         let current = Arc::new(Current(ArcSwap::from_pointee(certified)));
         let mut server = rustls::ServerConfig::builder()
             .with_no_client_auth()
@@ -125,28 +154,25 @@ impl Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             current,
             config: config.clone(),
-            loaded: Mutex::new(stamps),
+            loaded: Mutex::new(files.digest),
             last_error: Mutex::new(None),
         })
     }
 
-    /// Loads the files again if either changed since the last load; true when a new
-    /// certificate is in force. On an error the current certificate stays.
+    /// Loads the files again if their contents differ from the pair in force; true when
+    /// a new certificate is in force. On an error the current certificate stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamps = (
-            modified(&self.config.cert_file),
-            modified(&self.config.key_file),
-        );
+        let files = read(&self.config)?;
         let mut loaded = self
             .loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *loaded == stamps {
+        if *loaded == files.digest {
             return Ok(false);
         }
-        let certified = load(&self.config.cert_file, &self.config.key_file)?;
+        let certified = parse(&self.config, &files)?;
         self.current.0.store(Arc::new(certified));
-        *loaded = stamps;
+        *loaded = files.digest;
         Ok(true)
     }
 
@@ -177,7 +203,9 @@ impl Tls {
                     "TLS certificate reloaded; new connections use it"
                 );
             }
-            Ok(false) => {}
+            // The pair in force is back (a broken file was put right): the next breakage
+            // is news again.
+            Ok(false) => *last_error = None,
             Err(error) => {
                 let text = error.to_string();
                 if last_error.as_ref() != Some(&text) {
@@ -317,8 +345,11 @@ impl AsyncWrite for Connection {
         match self.get_mut() {
             Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Connection::Tls(TlsState::Ready(stream)) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-            // Nothing was said over TLS yet: nothing to close but the socket.
-            Connection::Tls(_) => Poll::Ready(Ok(())),
+            // Nothing was said over TLS yet: give the socket (and its permit) up now.
+            Connection::Tls(state) => {
+                *state = TlsState::Failed;
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }

@@ -255,6 +255,49 @@ fn warden_serves_https_and_picks_up_a_new_certificate() {
 }
 
 #[test]
+fn sighup_loads_a_new_certificate_at_once() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let dir = certs.path();
+    make_certificates(dir, &["first", "second"]);
+    let served_cert = dir.join("served.pem");
+    let served_key = dir.join("served.key");
+    replace(&dir.join("first.pem"), &served_cert);
+    replace(&dir.join("first.key"), &served_key);
+    let db = TestDb::new();
+    let mut profile = Profile::with_database(db.url());
+    profile.public_origin("https", "localhost");
+    // Files looked at once an hour: only the signal can explain a reload.
+    profile.set(
+        "server.tls",
+        serde_json::json!({
+            "cert_file": served_cert,
+            "key_file": served_key,
+            "reload_interval": "1h",
+        }),
+    );
+    let mut warden = profile.start();
+    let port = port_of(&warden);
+    let client = client_config(&dir.join("ca.pem"));
+    let (_, presented) = https_get(port, &client, "/healthz");
+    assert_eq!(presented, der(&dir.join("first.pem")));
+
+    replace(&dir.join("second.key"), &served_key);
+    replace(&dir.join("second.pem"), &served_cert);
+    let mark = warden.log_mark();
+    warden.sighup();
+    assert!(
+        warden.wait_for_log_since(mark, "TLS certificate reloaded", WAIT),
+        "{}",
+        warden.log()
+    );
+    let (response, presented) = https_get(port, &client, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(presented, der(&dir.join("second.pem")));
+    let status = warden.sigterm();
+    assert_eq!(status.code(), Some(0), "{}", warden.log());
+}
+
+#[test]
 fn a_missing_or_mismatched_key_stops_warden_at_start_naming_the_file() {
     let certs = tempfile::tempdir().expect("a temp dir");
     let dir = certs.path();
@@ -275,5 +318,14 @@ fn a_missing_or_mismatched_key_stops_warden_at_start_naming_the_file() {
         );
         let warden = profile.spawn();
         assert!(warden.wait_for_log(expected, WAIT), "{}", warden.log());
+        // `config check` loads the pair too.
+        let path = profile.write();
+        let checked = crate::support::warden::command(&["config", "check"])
+            .arg(&path)
+            .output()
+            .expect("warden config check runs");
+        assert!(!checked.status.success());
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
     }
 }
