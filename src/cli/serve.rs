@@ -243,6 +243,7 @@ async fn run(
         router,
         shutdown.clone(),
         config.server.shutdown_grace,
+        config.server.header_read_timeout,
     ));
     // One LISTEN connection for changes made elsewhere (the CLI, other replicas). It is
     // listening before Warden says it is ready, so no change announced after that is lost.

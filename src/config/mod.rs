@@ -148,6 +148,9 @@ pub struct ServerConfig {
     /// Lifecycle events the gateway and each `/events` stream may fall behind by before
     /// they are told how many they lost.
     pub event_buffer: usize,
+    /// A client must send a request's headers within this long (from the connection's
+    /// start, or the end of its previous response).
+    pub header_read_timeout: Duration,
     /// `server.tls`: serve https on `listen` (else plain http).
     pub tls: Option<TlsConfig>,
 }
@@ -456,8 +459,15 @@ impl Config {
             require_master_key: raw.server.require_master_key.unwrap_or(false),
             max_connections: raw.server.max_connections.unwrap_or(10_000),
             event_buffer: raw.server.event_buffer.unwrap_or(1024),
+            header_read_timeout: raw
+                .server
+                .header_read_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
             tls,
         };
+        if server.header_read_timeout < Duration::from_secs(1) {
+            problem("server.header_read_timeout", "must be at least 1s".into());
+        }
         if !EVENT_BUFFERS.contains(&server.event_buffer) {
             problem(
                 "server.event_buffer",

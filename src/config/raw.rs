@@ -60,6 +60,7 @@ pub struct RawServer {
     pub require_master_key: Option<bool>,
     pub max_connections: Option<usize>,
     pub event_buffer: Option<usize>,
+    pub header_read_timeout: Option<Dur>,
     pub tls: Option<RawTls>,
 }
 

@@ -89,38 +89,75 @@ async fn add_challenge_scope(
     response
 }
 
-/// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight
-/// requests up to `grace` to finish; whatever is still open after that is dropped.
+/// Serves until `shutdown` is cancelled, then stops accepting, lets every connection
+/// finish the request it is serving (idle ones close at once) and gives them up to
+/// `grace`; whatever is still open after that is dropped.
+///
+/// The loop is axum's `serve` with one addition: a timer, so that a client must send a
+/// request's headers within `header_read_timeout` (a connection trickling them, or
+/// idle between requests that long, is closed) instead of holding a connection slot
+/// forever.
 pub async fn serve(
-    listener: LimitedListener,
+    mut listener: LimitedListener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    header_read_timeout: Duration,
 ) {
-    let signal = shutdown.clone();
+    use axum::serve::Listener as _;
     // Routes are finalised once here and each connection gets a cheap clone of the
     // router. Serving the `Router` itself finalises it again per connection — a fresh
     // route table (~10 KiB) for every keep-alive connection (docs/benchmarks.md).
-    let service = router.with_state(()).into_make_service();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { signal.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => {
-            if let Err(error) = result {
-                tracing::error!(%error, "HTTP server failed");
+    let service = router.with_state(());
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (io, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connections as they end, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let io = hyper_util::rt::TokioIo::new(io);
+            let mut connection =
+                std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::trace!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
-            return;
-        }
-        _ = shutdown.cancelled() => {}
+            if let Err(error) = connection.await {
+                tracing::trace!(%error, "connection ended with an error while draining");
+            }
+        });
     }
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(())) => tracing::info!("all in-flight requests finished"),
-        Ok(Err(error)) => tracing::error!(%error, "HTTP server failed while draining"),
-        Err(_) => tracing::warn!(
-            ?grace,
-            "shutdown grace elapsed; closing the remaining connections"
-        ),
+    // No new connections from here on.
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("all in-flight requests finished"),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "shutdown grace elapsed; closing the remaining connections"
+            );
+            connections.abort_all();
+        }
     }
 }
 

@@ -302,3 +302,39 @@ fn sighup_reloads_the_profile_and_names_settings_that_need_a_restart() {
     let status = warden.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", warden.log());
 }
+
+#[test]
+fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
+    use std::io::{Read as _, Write as _};
+    let db = TestDb::new();
+    let mut profile = Profile::with_database(db.url());
+    profile.set("server.header_read_timeout", "1s");
+    let mut warden = profile.start();
+    let address = warden
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+
+    // Half a request, then nothing: the connection is closed (no answer is owed).
+    let mut slow = std::net::TcpStream::connect(&address).expect("connect");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("a read timeout");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("send half the headers");
+    let mut answer = Vec::new();
+    match slow.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("the trickling connection was not closed: {error}"),
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Everyone else is served as before.
+    let healthy = http::get(&warden.url("/healthz"));
+    assert_eq!(healthy.status, 200, "{healthy:?}");
+    stop_with_sigterm(&mut warden);
+}
