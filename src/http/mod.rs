@@ -5,10 +5,12 @@
 //!
 //! ```text
 //!   connection limit (server.max_connections; excess connections wait in the backlog)
-//!   └─ TCP_NODELAY on every accepted socket
-//!      └─ challenge scope: a 401 `Bearer` challenge without `scope=` gets the scopes the
-//!         profile requires (RFC 6750 §3), whichever surface answered
-//!         └─ router: routes contributed through the registry (built-ins and extensions)
+//!   └─ TCP_NODELAY on every accepted socket; TLS when server.tls is set (tls.rs)
+//!      └─ header read timeout (server.header_read_timeout), graceful drain (serve)
+//!         └─ challenge scope: a 401 `Bearer` challenge without `scope=` gets the scopes
+//!            the profile requires (RFC 6750 §3), whichever surface answered
+//!            └─ router: routes contributed through the registry (built-ins and
+//!               extensions)
 //! ```
 
 pub mod account;
