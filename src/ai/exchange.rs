@@ -138,60 +138,10 @@ impl Ai {
         body: &[u8],
     ) -> Result<Answer, AiError> {
         let started = Instant::now();
-        let created_at = SystemTime::now();
         let state = self.state.load_full();
-        // Only the top level is parsed: everything else is forwarded as written when
-        // client and provider speak the same format.
-        let top: IndexMap<String, Box<RawValue>> = serde_json::from_slice(body)
-            .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-        let requested: String = top
-            .get("model")
-            .and_then(|v| serde_json::from_str(v.get()).ok())
-            .ok_or_else(|| AiError::BadRequest("`model` must be a string naming a model".into()))?;
+        let (top, requested, route) = self.route_for(policy, caller, &state, body)?;
         let stream = top.get("stream").is_some_and(|v| v.get().trim() == "true");
-        let Some(route) = state.routes.get(&requested).cloned() else {
-            return Err(AiError::UnknownModel {
-                allowed: self
-                    .models_for(policy, &caller.principal)
-                    .into_iter()
-                    .map(|(alias, _)| alias)
-                    .collect(),
-                model: requested,
-            });
-        };
-        let mut account = Some(Accounting {
-            row: Some(AiRequestRecord {
-                id: Uuid::now_v7(),
-                trace_id: caller.trace.trace_id_hex(),
-                user_id: Some(caller.principal.user_id().to_owned()),
-                client_id: caller.principal.client_id.clone(),
-                session_id: caller.session_id.clone(),
-                provider: route.provider_name.clone(),
-                model: route.model.clone(),
-                requested_model: Some(requested),
-                input_tokens: None,
-                output_tokens: None,
-                cache_read_tokens: None,
-                cache_write_tokens: None,
-                cost_microdollars: None,
-                latency_ms: None,
-                ttft_ms: None,
-                status: ToolStatus::Error,
-                error: None,
-                streaming: stream,
-                created_at,
-            }),
-            started,
-            usage: Usage::default(),
-            answered_model: None,
-            ttft: None,
-            content_deltas: 0,
-            audit: self.audit.clone(),
-            pool: self.pool.clone(),
-            state: state.clone(),
-            route: route.clone(),
-            budgets: Vec::new(),
-        });
+        let mut account = Some(self.account(caller, &state, &route, requested, stream, started));
         let result = self
             .run(
                 policy,
@@ -216,20 +166,161 @@ impl Ai {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
+    /// Serves one embeddings request (`POST /v1/embeddings`, OpenAI format) with the
+    /// checks, accounting and audit of a chat request (the decision's action is
+    /// `ai/embeddings`). The provider must offer an OpenAI-style embeddings endpoint; the
+    /// row counts the input tokens the provider reports, and no output tokens.
+    pub async fn embed(
         &self,
         policy: &PolicyEngine,
         limits: &RateLimiter,
         caller: &Caller,
-        format: Wire,
         body: &[u8],
-        mut top: IndexMap<String, Box<RawValue>>,
-        stream: bool,
+    ) -> Result<Bytes, AiError> {
+        let started = Instant::now();
+        let state = self.state.load_full();
+        let (mut top, requested, route) = self.route_for(policy, caller, &state, body)?;
+        let Some(url) = route.provider.embeddings_url(&route.model) else {
+            return Err(AiError::BadRequest(format!(
+                "model `{requested}` is served by provider `{}` (kind `{}`), which has no \
+                 embeddings endpoint Warden can call; route embedding models to an `openai` \
+                 or `openai_compatible` provider",
+                route.provider_name, route.settings.kind
+            )));
+        };
+        let mut account = Some(self.account(caller, &state, &route, requested, false, started));
+        let result: Result<Bytes, AiError> = async {
+            let auth = self
+                .admit(
+                    (policy, limits),
+                    caller,
+                    &route,
+                    &state,
+                    &mut account,
+                    "ai/embeddings",
+                )
+                .await?;
+            let (body, _) = passthrough_body(&mut top, &route.model, Wire::OpenAi, false)?;
+            let (response, deadline) = self
+                .send(caller, &route, auth.as_ref(), (url, body.into()), &[])
+                .await?;
+            let answer = Self::read_answer(&route, response, deadline).await?;
+            let probe: AnswerProbe =
+                serde_json::from_slice(&answer).map_err(|e| AiError::BadAnswer {
+                    provider: route.provider_name.clone(),
+                    reason: format!("the answer is not a JSON object: {e}"),
+                })?;
+            let mut usage = probe
+                .usage
+                .as_ref()
+                .map_or_else(Usage::default, openai::usage);
+            if usage.input.is_some() {
+                // Embeddings generate no tokens; the count is known, not missing.
+                usage.output = Some(0);
+            }
+            if let Some(mut account) = account.take() {
+                account.usage = usage;
+                account.answered_model = probe.model;
+                account.finish(ToolStatus::Success, None).await;
+            }
+            Ok(answer)
+        }
+        .await;
+        if let Err(error) = &result
+            && let Some(mut account) = account.take()
+        {
+            account
+                .finish(error.row_status(), Some(error.to_string()))
+                .await;
+        }
+        result
+    }
+
+    /// The request's top-level fields (the rest stays unparsed, forwarded as written
+    /// where no translation is needed), the model it names and that model's route.
+    fn route_for(
+        &self,
+        policy: &PolicyEngine,
+        caller: &Caller,
+        state: &AiState,
+        body: &[u8],
+    ) -> Result<(TopLevel, String, Arc<Route>), AiError> {
+        let top: TopLevel = serde_json::from_slice(body)
+            .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+        let requested: String = top
+            .get("model")
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+            .ok_or_else(|| AiError::BadRequest("`model` must be a string naming a model".into()))?;
+        let Some(route) = state.routes.get(&requested).cloned() else {
+            return Err(AiError::UnknownModel {
+                allowed: self
+                    .models_for(policy, &caller.principal)
+                    .into_iter()
+                    .map(|(alias, _)| alias)
+                    .collect(),
+                model: requested,
+            });
+        };
+        Ok((top, requested, route))
+    }
+
+    /// The accounting of a request for `requested` that reached its route: the row it
+    /// will leave, however it ends.
+    fn account(
+        &self,
+        caller: &Caller,
+        state: &Arc<AiState>,
         route: &Arc<Route>,
+        requested: String,
+        streaming: bool,
+        started: Instant,
+    ) -> Accounting {
+        Accounting {
+            row: Some(AiRequestRecord {
+                id: Uuid::now_v7(),
+                trace_id: caller.trace.trace_id_hex(),
+                user_id: Some(caller.principal.user_id().to_owned()),
+                client_id: caller.principal.client_id.clone(),
+                session_id: caller.session_id.clone(),
+                provider: route.provider_name.clone(),
+                model: route.model.clone(),
+                requested_model: Some(requested),
+                input_tokens: None,
+                output_tokens: None,
+                cache_read_tokens: None,
+                cache_write_tokens: None,
+                cost_microdollars: None,
+                latency_ms: None,
+                ttft_ms: None,
+                status: ToolStatus::Error,
+                error: None,
+                streaming,
+                created_at: SystemTime::now(),
+            }),
+            started,
+            usage: Usage::default(),
+            answered_model: None,
+            ttft: None,
+            content_deltas: 0,
+            audit: self.audit.clone(),
+            pool: self.pool.clone(),
+            state: state.clone(),
+            route: route.clone(),
+            budgets: Vec::new(),
+        }
+    }
+
+    /// The checks before the provider is asked, in order: the permission check
+    /// (audited as `action`), the `ai` rate limit, the budgets; then the provider's key.
+    async fn admit(
+        &self,
+        (policy, limits): (&PolicyEngine, &RateLimiter),
+        caller: &Caller,
+        route: &Route,
         state: &AiState,
         account: &mut Option<Accounting>,
-    ) -> Result<Answer, AiError> {
+        action: &str,
+    ) -> Result<Option<AuthHeaders>, AiError> {
         let principal = &caller.principal;
         let decision = policy.check(
             principal,
@@ -237,7 +328,7 @@ impl Ai {
                 model: &route.alias,
             },
         );
-        self.record_decision(caller, route, format, &decision)
+        self.record_decision(caller, route, action, &decision)
             .await?;
         decision.map_err(|denial| AiError::Denied {
             model: route.alias.clone(),
@@ -277,8 +368,8 @@ impl Ai {
                 account.budgets = applied;
             }
         }
-        let auth = match &route.settings.api_key_secret {
-            Some(secret) => Some(
+        match &route.settings.api_key_secret {
+            Some(secret) => Ok(Some(
                 self.keys
                     .headers(
                         &self.secrets,
@@ -288,9 +379,111 @@ impl Ai {
                     )
                     .await
                     .map_err(AiError::Key)?,
-            ),
-            None => None,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Posts `body` to the provider at `url` with the request's headers (`extra`: the
+    /// client's own Anthropic headers, when they apply); the response once its status
+    /// is a success, and the deadline its body must arrive by.
+    async fn send(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        auth: Option<&AuthHeaders>,
+        (url, body): (String, Bytes),
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<(reqwest::Response, tokio::time::Instant), AiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(traceparent) = HeaderValue::from_str(&caller.trace.header()) {
+            headers.insert("traceparent", traceparent);
+        }
+        for (name, value) in route.provider.fixed_headers() {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in extra {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in auth.iter().flat_map(|a| a.iter()) {
+            headers.insert(name.clone(), value.clone());
+        }
+        let request = self.http.post(url).headers(headers).body(body);
+        let timeout = route.settings.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let provider = || route.provider_name.clone();
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => {
+                return Err(AiError::Timeout {
+                    provider: provider(),
+                    after: timeout,
+                });
+            }
+            Ok(Err(error)) => {
+                return Err(AiError::Unreachable {
+                    provider: provider(),
+                    reason: describe(&error),
+                });
+            }
+            Ok(Ok(response)) => response,
         };
+        if !response.status().is_success() {
+            return Err(upstream_error(route, response, auth, deadline).await);
+        }
+        Ok((response, deadline))
+    }
+
+    /// A complete answer's body, within the provider's size limit and deadline.
+    async fn read_answer(
+        route: &Route,
+        response: reqwest::Response,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, AiError> {
+        let provider = || route.provider_name.clone();
+        let max_answer_bytes = route.settings.max_answer_bytes;
+        read_body(response, max_answer_bytes, deadline)
+            .await
+            .map_err(|failure| match failure {
+                ReadFailure::TimedOut => AiError::Timeout {
+                    provider: provider(),
+                    after: route.settings.timeout,
+                },
+                ReadFailure::Broken(reason) => AiError::Unreachable {
+                    provider: provider(),
+                    reason,
+                },
+                ReadFailure::TooLarge => AiError::BadAnswer {
+                    provider: provider(),
+                    reason: format!(
+                        "the answer is larger than {max_answer_bytes} bytes (ai.providers.{}.max_answer_bytes)",
+                        route.provider_name
+                    ),
+                },
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        policy: &PolicyEngine,
+        limits: &RateLimiter,
+        caller: &Caller,
+        format: Wire,
+        body: &[u8],
+        mut top: IndexMap<String, Box<RawValue>>,
+        stream: bool,
+        route: &Arc<Route>,
+        state: &AiState,
+        account: &mut Option<Accounting>,
+    ) -> Result<Answer, AiError> {
+        let action = match format {
+            Wire::Anthropic => "ai/messages",
+            _ => "ai/chat.completions",
+        };
+        let auth = self
+            .admit((policy, limits), caller, route, state, account, action)
+            .await?;
 
         // The request in the provider's format.
         let provider_wire = route.wire();
@@ -317,48 +510,24 @@ impl Ai {
             )
         };
 
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Ok(traceparent) = HeaderValue::from_str(&caller.trace.header()) {
-            headers.insert("traceparent", traceparent);
-        }
-        for (name, value) in route.provider.fixed_headers() {
-            headers.insert(name.clone(), value.clone());
-        }
-        if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
-            for (name, value) in &caller.anthropic_headers {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-        for (name, value) in auth.iter().flat_map(|a| a.iter()) {
-            headers.insert(name.clone(), value.clone());
-        }
-        let request = self
-            .http
-            .post(route.provider.url(&route.model, stream))
-            .headers(headers)
-            .body(upstream_body);
+        let extra: &[(HeaderName, HeaderValue)] =
+            if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
+                &caller.anthropic_headers
+            } else {
+                &[]
+            };
+        let url = route.provider.url(&route.model, stream);
+        let (response, deadline) = self
+            .send(
+                caller,
+                route,
+                auth.as_ref(),
+                (url, upstream_body.into()),
+                extra,
+            )
+            .await?;
         let timeout = route.settings.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         let provider = || route.provider_name.clone();
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
-            Err(_) => {
-                return Err(AiError::Timeout {
-                    provider: provider(),
-                    after: timeout,
-                });
-            }
-            Ok(Err(error)) => {
-                return Err(AiError::Unreachable {
-                    provider: provider(),
-                    reason: describe(&error),
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
-        if !response.status().is_success() {
-            return Err(upstream_error(route, response, auth.as_ref(), deadline).await);
-        }
 
         if stream {
             let is_sse = response
@@ -407,37 +576,13 @@ impl Ai {
             return Ok(Answer::Stream(Box::pin(stream)));
         }
 
-        let max_answer_bytes = route.settings.max_answer_bytes;
-        let answer = read_body(response, max_answer_bytes, deadline)
-            .await
-            .map_err(|failure| match failure {
-                ReadFailure::TimedOut => AiError::Timeout {
-                    provider: provider(),
-                    after: timeout,
-                },
-                ReadFailure::Broken(reason) => AiError::Unreachable {
-                    provider: provider(),
-                    reason,
-                },
-                ReadFailure::TooLarge => AiError::BadAnswer {
-                    provider: provider(),
-                    reason: format!(
-                        "the answer is larger than {max_answer_bytes} bytes (ai.providers.{}.max_answer_bytes)",
-                        route.provider_name
-                    ),
-                },
-            })?;
+        let answer = Self::read_answer(route, response, deadline).await?;
         let bad = |reason: String| AiError::BadAnswer {
             provider: provider(),
             reason,
         };
         let (bytes, usage, model) = if provider_wire == format {
-            #[derive(serde::Deserialize)]
-            struct Probe {
-                model: Option<String>,
-                usage: Option<Value>,
-            }
-            let probe: Probe = serde_json::from_slice(&answer)
+            let probe: AnswerProbe = serde_json::from_slice(&answer)
                 .map_err(|e| bad(format!("the answer is not a JSON object: {e}")))?;
             let usage = probe
                 .usage
@@ -480,13 +625,9 @@ impl Ai {
         &self,
         caller: &Caller,
         route: &Route,
-        format: Wire,
+        action: &str,
         decision: &Result<(), Denial>,
     ) -> Result<(), AiError> {
-        let action = match format {
-            Wire::Anthropic => "ai/messages",
-            _ => "ai/chat.completions",
-        };
         let subject = format!("ai/{}", route.alias);
         let mut event =
             crate::policy::decision_event(&caller.principal, &subject, action, decision);
@@ -519,6 +660,17 @@ impl Ai {
             .await
             .map_err(AiError::Audit)
     }
+}
+
+/// A request's top-level fields, their values unparsed.
+type TopLevel = IndexMap<String, Box<RawValue>>;
+
+/// What Warden reads of a complete answer in the client's own format: who answered and
+/// the usage report; the rest is passed on untouched.
+#[derive(serde::Deserialize)]
+struct AnswerProbe {
+    model: Option<String>,
+    usage: Option<Value>,
 }
 
 /// The client's body with `model` replaced (and, for an OpenAI stream, its usage report

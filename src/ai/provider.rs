@@ -59,6 +59,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Fixed headers on every request (the kind's own and the profile's `headers`).
     fn fixed_headers(&self) -> &[(HeaderName, HeaderValue)];
 
+    /// Where embeddings of `model` are requested (OpenAI format), if the provider has
+    /// such an endpoint.
+    fn embeddings_url(&self, _model: &str) -> Option<String> {
+        None
+    }
+
     /// How an OpenAI-format request is spelled for it.
     fn dialect(&self) -> Dialect {
         Dialect {
@@ -191,6 +197,12 @@ impl Provider for Builtin {
 
     fn fixed_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.fixed
+    }
+
+    fn embeddings_url(&self, _model: &str) -> Option<String> {
+        // Anthropic has no embeddings API; Gemini's own format is not translated (its
+        // OpenAI-compatible endpoint serves as an `openai_compatible` provider).
+        (self.wire == Wire::OpenAi).then(|| format!("{}/embeddings", self.base_url))
     }
 
     fn dialect(&self) -> Dialect {

@@ -1,5 +1,7 @@
 //! The AI gateway's endpoints: `POST /v1/chat/completions` (OpenAI format),
-//! `POST /v1/messages` (Anthropic format), streaming or not, and `GET /v1/models` (the
+//! `POST /v1/messages` (Anthropic format), streaming or not, `POST /v1/embeddings`
+//! (OpenAI format; providers with an OpenAI-style embeddings endpoint), and
+//! `GET /v1/models` (the
 //! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
 //! carries `anthropic-version`).
 //!
@@ -40,6 +42,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
 
@@ -60,36 +63,70 @@ fn trace_of(headers: &HeaderMap) -> TraceContext {
         .unwrap_or_else(TraceContext::generate)
 }
 
+/// The caller (authenticated) and the request body (within the size and depth limits).
+async fn read_request(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    trace: TraceContext,
+) -> Result<(Caller, bytes::Bytes), ApiError> {
+    let principal = authenticate(app, headers).await?;
+    let (limit, depth) = {
+        let config = app.config.load();
+        (config.server.max_body_bytes, config.server.max_json_depth)
+    };
+    let bytes = super::read_limited(body, limit).await?;
+    if super::jsonlimits::exceeds_depth(&bytes, depth) {
+        return Err(ApiError::BadRequest(format!(
+            "the body nests deeper than {depth} levels (server.max_json_depth)"
+        )));
+    }
+    let caller = Caller {
+        principal,
+        trace,
+        session_id: headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        anthropic_headers: ["anthropic-version", "anthropic-beta"]
+            .iter()
+            .filter_map(|name| {
+                headers
+                    .get(*name)
+                    .map(|v| (HeaderName::from_static(name), v.clone()))
+            })
+            .collect(),
+    };
+    Ok((caller, bytes))
+}
+
+/// `POST /v1/embeddings` (OpenAI format).
+async fn embeddings(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let trace = trace_of(&headers);
+    let result = async {
+        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
+        let policy = app.policy.load_full();
+        let limits = app.limits.load_full();
+        app.ai
+            .embed(&policy, &limits, &caller, &bytes)
+            .await
+            .map_err(|error| api_error(&app, error))
+    }
+    .await;
+    let mut response = match result {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(error) => error_response(Wire::OpenAi, error),
+    };
+    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
 async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> Response {
     let trace = trace_of(&headers);
     let result = async {
-        let principal = authenticate(&app, &headers).await?;
-        let (limit, depth) = {
-            let config = app.config.load();
-            (config.server.max_body_bytes, config.server.max_json_depth)
-        };
-        let bytes = super::read_limited(body, limit).await?;
-        if super::jsonlimits::exceeds_depth(&bytes, depth) {
-            return Err(ApiError::BadRequest(format!(
-                "the body nests deeper than {depth} levels (server.max_json_depth)"
-            )));
-        }
-        let caller = Caller {
-            principal,
-            trace,
-            session_id: headers
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            anthropic_headers: ["anthropic-version", "anthropic-beta"]
-                .iter()
-                .filter_map(|name| {
-                    headers
-                        .get(*name)
-                        .map(|v| (HeaderName::from_static(name), v.clone()))
-                })
-                .collect(),
-        };
+        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
         app.ai

@@ -12,13 +12,15 @@
 //!   never reach providers;
 //! - `budgets`: a spent budget refuses the next request, is recorded, and holds across a
 //!   restart;
-//! - `access`: scopes per model, `/v1/models`, unknown models, rate limits, body limits.
+//! - `access`: scopes per model, `/v1/models`, unknown models, rate limits, body limits;
+//! - `embeddings`: `/v1/embeddings` governed, recorded and priced like chat.
 //!
 //! Rows are awaited with a deadline (the audit writer batches), never a fixed sleep.
 
 mod access;
 mod budgets;
 mod cross;
+mod embeddings;
 mod failures;
 mod fake;
 mod kinds;
