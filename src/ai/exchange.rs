@@ -137,7 +137,7 @@ impl Ai {
         format: Wire,
         body: &[u8],
     ) -> Result<Answer, AiError> {
-        let started = Instant::now();
+        let started = (Instant::now(), SystemTime::now());
         let state = self.state.load_full();
         let (top, requested, route) = self.route_for(policy, caller, &state, body)?;
         let stream = top.get("stream").is_some_and(|v| v.get().trim() == "true");
@@ -177,17 +177,15 @@ impl Ai {
         caller: &Caller,
         body: &[u8],
     ) -> Result<Bytes, AiError> {
-        let started = Instant::now();
+        let started = (Instant::now(), SystemTime::now());
         let state = self.state.load_full();
         let (mut top, requested, route) = self.route_for(policy, caller, &state, body)?;
-        let Some(url) = route.provider.embeddings_url(&route.model) else {
-            return Err(AiError::BadRequest(format!(
-                "model `{requested}` is served by provider `{}` (kind `{}`), which has no \
-                 embeddings endpoint Warden can call; route embedding models to an `openai` \
-                 or `openai_compatible` provider",
-                route.provider_name, route.settings.kind
-            )));
-        };
+        let no_endpoint = format!(
+            "model `{requested}` is served by provider `{}` (kind `{}`), which has no \
+             embeddings endpoint Warden can call; route embedding models to an `openai` or \
+             `openai_compatible` provider",
+            route.provider_name, route.settings.kind
+        );
         let mut account = Some(self.account(caller, &state, &route, requested, false, started));
         let result: Result<Bytes, AiError> = async {
             let auth = self
@@ -200,6 +198,12 @@ impl Ai {
                     "ai/embeddings",
                 )
                 .await?;
+            // After the permission check: who may not use the model learns nothing of
+            // its provider.
+            let url = route
+                .provider
+                .embeddings_url(&route.model)
+                .ok_or(AiError::BadRequest(no_endpoint))?;
             let (body, _) = passthrough_body(&mut top, &route.model, Wire::OpenAi, false)?;
             let (response, deadline) = self
                 .send(caller, &route, auth.as_ref(), (url, body.into()), &[])
@@ -214,6 +218,14 @@ impl Ai {
                 .usage
                 .as_ref()
                 .map_or_else(Usage::default, openai::usage);
+            if usage.input.is_none() {
+                // Some servers report only the total, which for embeddings is the input.
+                usage.input = probe
+                    .usage
+                    .as_ref()
+                    .and_then(|u| u.get("total_tokens"))
+                    .and_then(Value::as_u64);
+            }
             if usage.input.is_some() {
                 // Embeddings generate no tokens; the count is known, not missing.
                 usage.output = Some(0);
@@ -265,7 +277,8 @@ impl Ai {
     }
 
     /// The accounting of a request for `requested` that reached its route: the row it
-    /// will leave, however it ends.
+    /// will leave, however it ends. `started`: when the request arrived, by the
+    /// monotonic clock (for its latency) and the wall clock (the row's `created_at`).
     fn account(
         &self,
         caller: &Caller,
@@ -273,7 +286,7 @@ impl Ai {
         route: &Arc<Route>,
         requested: String,
         streaming: bool,
-        started: Instant,
+        (started, created_at): (Instant, SystemTime),
     ) -> Accounting {
         Accounting {
             row: Some(AiRequestRecord {
@@ -295,7 +308,7 @@ impl Ai {
                 status: ToolStatus::Error,
                 error: None,
                 streaming,
-                created_at: SystemTime::now(),
+                created_at,
             }),
             started,
             usage: Usage::default(),

@@ -31,6 +31,15 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
                 body: json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
             };
         }
+        if seen.body["input"] == "total only" {
+            // A server that reports only the total (which, for embeddings, is the input).
+            return fake::json_reply(json!({
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [1.0]}],
+                "model": "text-embed-test-001",
+                "usage": {"total_tokens": 5},
+            }));
+        }
         let vectors = seen.body["input"].as_array().map_or(1, Vec::len);
         fake::json_reply(embedding_answer("text-embed-test-001", vectors, 12))
     });
@@ -112,12 +121,14 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
         decisions[0]
     );
 
-    // A model whose provider has no embeddings endpoint: refused before anything is sent.
+    // A model whose provider has no embeddings endpoint: refused after the permission
+    // check (recorded), before anything is sent.
+    let trace = Trace::new();
     let refused = env.post(
         "/v1/embeddings",
         &token,
         &json!({"model": "sonnet", "input": "x"}),
-        &[],
+        &[("traceparent", &trace.header)],
     );
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(
@@ -127,6 +138,28 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
         "{refused:?}"
     );
     assert!(anthropic.seen().is_empty());
+    let row = env.row(&trace);
+    assert_eq!(row["status"], "error", "{row}");
+    assert_eq!(row["provider"], "claude");
+
+    // A server that reports only the total: that is the input.
+    let trace = Trace::new();
+    let total_only = env.post(
+        "/v1/embeddings",
+        &token,
+        &json!({"model": "embed", "input": "total only"}),
+        &[("traceparent", &trace.header)],
+    );
+    assert_eq!(total_only.status, 200, "{total_only:?}");
+    let row = env.row(&trace);
+    assert_eq!(
+        (row["input_tokens"].clone(), row["output_tokens"].clone()),
+        (json!(5), json!(0))
+    );
+    assert_eq!(
+        row["cost_microdollars"], 1,
+        "5 × $0.13 per million = 0.65 µ$, rounded"
+    );
 
     // Without the scope: 403, and the denial on the trail.
     let outsider = env.token("carol", "tools:read");
@@ -139,6 +172,15 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     );
     assert_eq!(denied.status, 403, "{denied:?}");
     assert_eq!(env.row(&trace)["status"], "denied");
+    // Nor does a model's provider show through to who may not use it.
+    let denied = env.post(
+        "/v1/embeddings",
+        &outsider,
+        &json!({"model": "sonnet", "input": "x"}),
+        &[],
+    );
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(!denied.body.contains("claude"), "{denied:?}");
 
     // The provider's 429 comes back with its Retry-After, and the row says so.
     let trace = Trace::new();

@@ -114,6 +114,7 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     );
     assert_eq!(decisions[0]["subject"], "ai/gpt");
     assert_eq!(decisions[0]["decision"], "allow");
+    assert_eq!(decisions[0]["attributes"]["action"], "ai/chat.completions");
     assert_eq!(decisions[0]["actor_id"], "alice");
 
     // Streamed, without asking for usage: Warden asks on the client's behalf and keeps
