@@ -156,14 +156,7 @@ impl Ai {
                 &mut account,
             )
             .await;
-        if let Err(error) = &result
-            && let Some(mut account) = account.take()
-        {
-            account
-                .finish(error.row_status(), Some(error.to_string()))
-                .await;
-        }
-        result
+        settle(result, &mut account).await
     }
 
     /// Serves one embeddings request (`POST /v1/embeddings`, OpenAI format) with the
@@ -238,14 +231,7 @@ impl Ai {
             Ok(answer)
         }
         .await;
-        if let Err(error) = &result
-            && let Some(mut account) = account.take()
-        {
-            account
-                .finish(error.row_status(), Some(error.to_string()))
-                .await;
-        }
-        result
+        settle(result, &mut account).await
     }
 
     /// The request's top-level fields (the rest stays unparsed, forwarded as written
@@ -673,6 +659,22 @@ impl Ai {
             .await
             .map_err(AiError::Audit)
     }
+}
+
+/// `result`, after finishing the request's row with the error's status when it failed
+/// and the row is still open.
+async fn settle<T>(
+    result: Result<T, AiError>,
+    account: &mut Option<Accounting>,
+) -> Result<T, AiError> {
+    if let Err(error) = &result
+        && let Some(mut account) = account.take()
+    {
+        account
+            .finish(error.row_status(), Some(error.to_string()))
+            .await;
+    }
+    result
 }
 
 /// A request's top-level fields, their values unparsed.

@@ -166,37 +166,77 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&staged, to).expect("rename over");
 }
 
+/// Warden serving https with the `first` certificate from `served.pem`/`served.key`, and
+/// a client that trusts the test CA.
+struct Served {
+    certs: tempfile::TempDir,
+    _db: TestDb,
+    warden: WardenProcess,
+    port: u16,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Served {
+    /// `tls`: `server.tls` settings besides the two files.
+    fn start(tls: serde_json::Value) -> Served {
+        let certs = tempfile::tempdir().expect("a temp dir");
+        let dir = certs.path();
+        make_certificates(dir, &["first", "second"]);
+        replace(&dir.join("first.pem"), &dir.join("served.pem"));
+        replace(&dir.join("first.key"), &dir.join("served.key"));
+        let mut settings = tls;
+        settings["cert_file"] = serde_json::json!(dir.join("served.pem"));
+        settings["key_file"] = serde_json::json!(dir.join("served.key"));
+        let db = TestDb::new();
+        let mut profile = Profile::with_database(db.url());
+        profile.public_origin("https", "localhost");
+        profile.set("server.tls", settings);
+        let warden = profile.start();
+        let port = port_of(&warden);
+        let client = client_config(&dir.join("ca.pem"));
+        Served {
+            certs,
+            _db: db,
+            warden,
+            port,
+            client,
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.certs.path().join(name)
+    }
+
+    /// Puts the `second` pair in place, key first, as tooling that renames files does.
+    fn install_second(&self) {
+        replace(&self.file("second.key"), &self.file("served.key"));
+        replace(&self.file("second.pem"), &self.file("served.pem"));
+    }
+
+    /// Asserts that a new connection gets 200 from `/healthz` and certificate `name`.
+    fn assert_serves(&self, name: &str) {
+        let (response, presented) = https_get(self.port, &self.client, "/healthz");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert_eq!(presented, der(&self.file(name)), "not {name}");
+    }
+
+    fn stop(mut self) {
+        let status = self.warden.sigterm();
+        assert_eq!(status.code(), Some(0), "{}", self.warden.log());
+    }
+}
+
 #[test]
 fn warden_serves_https_and_picks_up_a_new_certificate() {
-    let certs = tempfile::tempdir().expect("a temp dir");
-    let dir = certs.path();
-    make_certificates(dir, &["first", "second"]);
-    let served_cert: PathBuf = dir.join("served.pem");
-    let served_key: PathBuf = dir.join("served.key");
-    replace(&dir.join("first.pem"), &served_cert);
-    replace(&dir.join("first.key"), &served_key);
+    let served = Served::start(serde_json::json!({
+        "handshake_timeout": "1s",
+        "reload_interval": "1s",
+    }));
+    let (port, client, warden) = (served.port, &served.client, &served.warden);
 
-    let db = TestDb::new();
-    let mut profile = Profile::with_database(db.url());
-    profile.public_origin("https", "localhost");
-    profile.set(
-        "server.tls",
-        serde_json::json!({
-            "cert_file": served_cert,
-            "key_file": served_key,
-            "handshake_timeout": "1s",
-            "reload_interval": "1s",
-        }),
-    );
-    let mut warden = profile.start();
-    let port = port_of(&warden);
-    let client = client_config(&dir.join("ca.pem"));
-
-    let (response, presented) = https_get(port, &client, "/healthz");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert_eq!(presented, der(&dir.join("first.pem")));
+    served.assert_serves("first.pem");
     // With an https public URL the sign-in cookies are `__Host-` and `Secure`.
-    let (page, _) = https_get(port, &client, "/oauth/account");
+    let (page, _) = https_get(port, client, "/oauth/account");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
         page.contains("set-cookie: __Host-warden_csrf=") && page.contains("; Secure"),
@@ -227,74 +267,43 @@ fn warden_serves_https_and_picks_up_a_new_certificate() {
 
     // A broken replacement is refused; the certificate in force stays.
     let mark = warden.log_mark();
-    std::fs::write(&served_cert, "not a certificate").expect("write");
+    std::fs::write(served.file("served.pem"), "not a certificate").expect("write");
     assert!(
         warden.wait_for_log_since(mark, "cannot reload the TLS certificate", WAIT),
         "{}",
         warden.log()
     );
-    let (response, presented) = https_get(port, &client, "/healthz");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert_eq!(presented, der(&dir.join("first.pem")));
+    served.assert_serves("first.pem");
 
     // A new pair is picked up without a restart.
     let mark = warden.log_mark();
-    replace(&dir.join("second.key"), &served_key);
-    replace(&dir.join("second.pem"), &served_cert);
+    served.install_second();
     assert!(
         warden.wait_for_log_since(mark, "TLS certificate reloaded", WAIT),
         "{}",
         warden.log()
     );
-    let (response, presented) = https_get(port, &client, "/healthz");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert_eq!(presented, der(&dir.join("second.pem")));
-
-    let status = warden.sigterm();
-    assert_eq!(status.code(), Some(0), "{}", warden.log());
+    served.assert_serves("second.pem");
+    served.stop();
 }
 
 #[test]
 fn sighup_loads_a_new_certificate_at_once() {
-    let certs = tempfile::tempdir().expect("a temp dir");
-    let dir = certs.path();
-    make_certificates(dir, &["first", "second"]);
-    let served_cert = dir.join("served.pem");
-    let served_key = dir.join("served.key");
-    replace(&dir.join("first.pem"), &served_cert);
-    replace(&dir.join("first.key"), &served_key);
-    let db = TestDb::new();
-    let mut profile = Profile::with_database(db.url());
-    profile.public_origin("https", "localhost");
     // Files looked at once an hour: only the signal can explain a reload.
-    profile.set(
-        "server.tls",
-        serde_json::json!({
-            "cert_file": served_cert,
-            "key_file": served_key,
-            "reload_interval": "1h",
-        }),
-    );
-    let mut warden = profile.start();
-    let port = port_of(&warden);
-    let client = client_config(&dir.join("ca.pem"));
-    let (_, presented) = https_get(port, &client, "/healthz");
-    assert_eq!(presented, der(&dir.join("first.pem")));
-
-    replace(&dir.join("second.key"), &served_key);
-    replace(&dir.join("second.pem"), &served_cert);
-    let mark = warden.log_mark();
-    warden.sighup();
+    let served = Served::start(serde_json::json!({"reload_interval": "1h"}));
+    served.assert_serves("first.pem");
+    served.install_second();
+    let mark = served.warden.log_mark();
+    served.warden.sighup();
     assert!(
-        warden.wait_for_log_since(mark, "TLS certificate reloaded", WAIT),
+        served
+            .warden
+            .wait_for_log_since(mark, "TLS certificate reloaded", WAIT),
         "{}",
-        warden.log()
+        served.warden.log()
     );
-    let (response, presented) = https_get(port, &client, "/healthz");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert_eq!(presented, der(&dir.join("second.pem")));
-    let status = warden.sigterm();
-    assert_eq!(status.code(), Some(0), "{}", warden.log());
+    served.assert_serves("second.pem");
+    served.stop();
 }
 
 #[test]
