@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -107,6 +108,101 @@ fn parse(config: &TlsConfig, files: &Files) -> Result<CertifiedKey, TlsError> {
     Ok(certified)
 }
 
+/// When a DER X.509 certificate stops being valid (its `notAfter`, RFC 5280 §4.1.2.5);
+/// `None` when the structure cannot be read that far. Only the fields before it are
+/// walked, never interpreted.
+pub fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let (_, certificate, _) = tlv(der)?;
+    let (_, tbs, _) = tlv(certificate)?;
+    let (tag, _, after_version) = tlv(tbs)?;
+    // `[0] EXPLICIT version` is optional; then serialNumber, signature, issuer.
+    let mut rest = if tag == 0xA0 { after_version } else { tbs };
+    for _ in 0..3 {
+        rest = tlv(rest)?.2;
+    }
+    let (tag, validity, _) = tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, after_not_before) = tlv(validity)?;
+    let (tag, time, _) = tlv(after_not_before)?;
+    asn1_time(tag, time)
+}
+
+/// One DER tag-length-value: the tag, the value, and what follows it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let octets = usize::from(first & 0x7f);
+        if octets == 0 || octets > 4 || rest.len() < octets {
+            return None;
+        }
+        let length = rest[..octets]
+            .iter()
+            .fold(0usize, |acc, byte| acc << 8 | usize::from(*byte));
+        (length, &rest[octets..])
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+}
+
+/// An ASN.1 UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`), as certificates write them.
+fn asn1_time(tag: u8, value: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let short: u32 = text[..2].parse().ok()?;
+            (
+                if short >= 50 {
+                    1900 + short
+                } else {
+                    2000 + short
+                },
+                &text[2..],
+            )
+        }
+        (0x18, 14) => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let rfc3339 = format!(
+        "{year:04}-{}-{}T{}:{}:{}Z",
+        &rest[0..2],
+        &rest[2..4],
+        &rest[4..6],
+        &rest[6..8],
+        &rest[8..10]
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
+}
+
+/// Says when the certificate in force expires, and warns when it has or is about to.
+fn announce(config: &TlsConfig, expires: Option<SystemTime>) {
+    let cert_file = config.cert_file.display();
+    let Some(expires) = expires else {
+        tracing::warn!(%cert_file, "cannot read the TLS certificate's expiry date");
+        return;
+    };
+    let at = humantime::format_rfc3339_seconds(expires);
+    match expires.duration_since(SystemTime::now()) {
+        Err(_) => {
+            tracing::error!(%cert_file, expires = %at, "the TLS certificate has expired; clients refuse it")
+        }
+        Ok(left) if left < EXPIRY_WARNING => {
+            tracing::warn!(%cert_file, expires = %at, "the TLS certificate expires within 14 days")
+        }
+        Ok(_) => tracing::info!(%cert_file, expires = %at, "TLS certificate in force"),
+    }
+}
+
+/// How long before its expiry a certificate in force is warned about.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86400);
+
 /// The certificate handed to every new handshake.
 struct Current(ArcSwap<CertifiedKey>);
 
@@ -131,6 +227,8 @@ pub struct Tls {
     loaded: Mutex<[u8; 32]>,
     /// The last reload's refusal, so that it is logged once.
     last_error: Mutex<Option<String>>,
+    /// When the certificate in force expires (for the metric).
+    expires: Mutex<Option<SystemTime>>,
 }
 
 impl fmt::Debug for Tls {
@@ -145,6 +243,8 @@ impl Tls {
         warden_actors::upstream::http::install_crypto_provider();
         let files = read(config)?;
         let certified = parse(config, &files)?;
+        let expires = certified.cert.first().and_then(|c| not_after(c));
+        announce(config, expires);
         let current = Arc::new(Current(ArcSwap::from_pointee(certified)));
         let mut server = rustls::ServerConfig::builder()
             .with_no_client_auth()
@@ -156,6 +256,7 @@ impl Tls {
             config: config.clone(),
             loaded: Mutex::new(files.digest),
             last_error: Mutex::new(None),
+            expires: Mutex::new(expires),
         })
     }
 
@@ -171,6 +272,12 @@ impl Tls {
             return Ok(false);
         }
         let certified = parse(&self.config, &files)?;
+        let expires = certified.cert.first().and_then(|c| not_after(c));
+        announce(&self.config, expires);
+        *self
+            .expires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = expires;
         self.current.0.store(Arc::new(certified));
         *loaded = files.digest;
         Ok(true)
@@ -183,8 +290,26 @@ impl Tls {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => self.reload_logged(),
+                _ = ticks.tick() => {
+                    self.reload_logged();
+                    self.publish_expiry();
+                }
             }
+        }
+    }
+
+    /// `warden_tls_certificate_expiry_timestamp_seconds`: when the certificate in force
+    /// expires, for alerting before it does.
+    fn publish_expiry(&self) {
+        let expires = *self
+            .expires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(seconds) = expires
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+        {
+            metrics::gauge!("warden_tls_certificate_expiry_timestamp_seconds").set(seconds);
         }
     }
 
@@ -351,5 +476,43 @@ impl AsyncWrite for Connection {
                 Poll::Ready(Ok(()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openssl req -x509 … -days 3650`: notAfter Nov 24 16:18:28 2036 GMT (UTCTime).
+    const UTC_TIME: &str = "-----BEGIN CERTIFICATE-----\nMIIBezCCASGgAwIBAgIUM4Dt9V7+t4x2Sa9vSCaRVu9QekcwCgYIKoZIzj0EAwIw\nEzERMA8GA1UEAwwIdXRjLXRlc3QwHhcNMjYxMTI3MTYxODI4WhcNMzYxMTI0MTYx\nODI4WjATMREwDwYDVQQDDAh1dGMtdGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEH\nA0IABFpX8y0wi1llsghudeplYB1mchR88FsWUkIXJSKDzDJzuM0cNr0DCHaMoPMU\nH9VRjNRuRJ3vImGg1mMx9ysBohejUzBRMB0GA1UdDgQWBBT4q9M+/Prt+eUi51Ke\nWFpQ40aVXDAfBgNVHSMEGDAWgBT4q9M+/Prt+eUi51KeWFpQ40aVXDAPBgNVHRMB\nAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQCjJ7QrBOi3dsj/+twyCJA87vDV\nN59iiizcGeWExWmWrAIgMfzjMq/B8w3UWjyOK4HXyt1M5AKlJL6Bah7Dpshoi2k=\n-----END CERTIFICATE-----";
+    /// `… -days 30000`: notAfter Jan 16 16:18:28 2109 GMT (GeneralizedTime).
+    const GENERALIZED_TIME: &str = "-----BEGIN CERTIFICATE-----\nMIIBfDCCASOgAwIBAgIUW2pWKMqH90F9uxkIvQ4XRh4jY/gwCgYIKoZIzj0EAwIw\nEzERMA8GA1UEAwwIZ2VuLXRlc3QwIBcNMjYxMTI3MTYxODI4WhgPMjEwOTAxMTYx\nNjE4MjhaMBMxETAPBgNVBAMMCGdlbi10ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0D\nAQcDQgAEQW2e6ZMUfCLej5na6DkOCUQmAkf+h3oyBvsdQEYaZyCCbzvUtoSNpGrG\ngh3HLB6kJoUMEogRvN0kaL09NSnqkKNTMFEwHQYDVR0OBBYEFAUzW0YOQ4k4dNGX\nqmBLJjppGvODMB8GA1UdIwQYMBaAFAUzW0YOQ4k4dNGXqmBLJjppGvODMA8GA1Ud\nEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgImnz7JoWKKqpLb8TXxKTKMrn\nRUjx8v5s5KQ272YkRRACIGqz5eQny1PeH8CvjoFYLMMfu0Q2CGZoMpqPI1OgmbQ8\n-----END CERTIFICATE-----";
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("a PEM certificate")
+            .to_vec()
+    }
+
+    #[test]
+    fn expiry_dates_are_read_in_both_time_formats() {
+        let at = |text: &str| humantime::parse_rfc3339(text).expect("a date");
+        assert_eq!(not_after(&der(UTC_TIME)), Some(at("2036-11-24T16:18:28Z")));
+        assert_eq!(
+            not_after(&der(GENERALIZED_TIME)),
+            Some(at("2109-01-16T16:18:28Z"))
+        );
+    }
+
+    #[test]
+    fn unreadable_certificates_have_no_expiry() {
+        let whole = der(UTC_TIME);
+        assert_eq!(not_after(&[]), None);
+        assert_eq!(not_after(&whole[..whole.len() / 3]), None);
+        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(asn1_time(0x17, b"3611241618Z"), None);
+        assert_eq!(asn1_time(0x17, b"36112416182aZ"), None);
+        assert_eq!(asn1_time(0x02, b"361124161828Z"), None);
+        assert_eq!(asn1_time(0x17, b"361324161828Z"), None, "month 13");
     }
 }

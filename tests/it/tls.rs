@@ -243,6 +243,22 @@ fn warden_serves_https_and_picks_up_a_new_certificate() {
         "{page}"
     );
 
+    // The certificate's expiry is a metric (openssl made it valid for two days).
+    let (metrics, _) = https_get(port, client, "/metrics");
+    let expiry: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("warden_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no expiry metric in {metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(
+        (now + 86_400.0..now + 3.0 * 86_400.0).contains(&expiry),
+        "{expiry} is not about two days from {now}"
+    );
+
     // Plain http on the TLS port gets no HTTP answer.
     let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     plain.set_read_timeout(Some(WAIT)).expect("a read timeout");
