@@ -129,8 +129,9 @@ pub enum PasskeyError {
     Unknown,
     #[error("this passkey is already registered")]
     Duplicate,
-    #[error("the passkey's signature counter went backwards: it may have been copied")]
-    Cloned,
+    /// The authenticator answered unlike the one registered (the reason says how).
+    #[error("{0}: the passkey may have been copied")]
+    Cloned(&'static str),
     #[error("this passkey answer names another user than the passkey's")]
     WrongUser,
     #[error("this sign-in link is not valid or has expired; ask for a new one")]
@@ -418,7 +419,7 @@ impl Identity {
         // checked at once are checked one after the other.
         let Some(stored) = transaction
             .query_opt(
-                "SELECT public_key, sign_count, identity_id FROM passkeys
+                "SELECT public_key, sign_count, identity_id, backup_eligible FROM passkeys
                  WHERE credential_id = $1 FOR UPDATE",
                 &[&credential_id],
             )
@@ -429,6 +430,7 @@ impl Identity {
         let public_key: Vec<u8> = stored.get(0);
         let stored_count: i64 = stored.get(1);
         let identity_id: Uuid = stored.get(2);
+        let backup_eligible: bool = stored.get(3);
         let Some(user) = store::find_by_id(&*transaction, identity_id).await? else {
             return Err(PasskeyError::Unknown);
         };
@@ -443,6 +445,12 @@ impl Identity {
             &authenticator_data,
             &signature,
         )?;
+        if asserted.backup_eligible != backup_eligible {
+            // Fixed for a credential's life: another authenticator answers in its name.
+            return Err(PasskeyError::Cloned(
+                "its backup eligibility differs from the registration's",
+            ));
+        }
         if user.disabled || user.kind != "user" {
             return Err(PasskeyError::AccountDisabled);
         }
@@ -450,7 +458,9 @@ impl Identity {
         consume_challenge(&*transaction, &challenge, expires).await?;
         let stored_count = u32::try_from(stored_count).unwrap_or(u32::MAX);
         if !webauthn::counter_advanced(stored_count, asserted.sign_count) {
-            return Err(PasskeyError::Cloned);
+            return Err(PasskeyError::Cloned(
+                "its signature counter did not advance",
+            ));
         }
         transaction
             .execute(

@@ -47,7 +47,8 @@
 //! - Token binding (`tokenBinding` in client data): ignored, as it is deprecated and no
 //!   browser sends it; so are any other unknown client data members.
 //! - That the backup eligibility (BE) of an assertion matches the registration's: the
-//!   assertion API takes no stored BE, so the caller compares if it cares.
+//!   assertion API takes no stored BE; it returns the flag and the caller
+//!   (`passkeys.rs`) compares.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +104,9 @@ pub struct NewCredential {
 pub struct Assertion {
     pub sign_count: u32,
     pub user_verified: bool,
+    /// BE: the credential may be synced to other devices. Fixed for a credential's life
+    /// (WebAuthn Level 3 §6.1.3): the caller compares it with the registration's.
+    pub backup_eligible: bool,
     pub backed_up: bool,
 }
 
@@ -320,6 +324,7 @@ impl RelyingParty {
         Ok(Assertion {
             sign_count: parsed.sign_count,
             user_verified: parsed.has(FLAG_USER_VERIFIED),
+            backup_eligible: parsed.has(FLAG_BACKUP_ELIGIBLE),
             backed_up: parsed.has(FLAG_BACKED_UP),
         })
     }
@@ -1210,6 +1215,7 @@ mod tests {
             Assertion {
                 sign_count: 7,
                 user_verified: true,
+                backup_eligible: true,
                 backed_up: false,
             }
         );

@@ -712,7 +712,7 @@ pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
         | PasskeyError::WrongCeremony
         | PasskeyError::Unknown
         | PasskeyError::WrongUser
-        | PasskeyError::Cloned
+        | PasskeyError::Cloned(_)
         | PasskeyError::AccountDisabled => StatusCode::UNAUTHORIZED,
     }
 }
