@@ -448,3 +448,206 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
         [("nopass", "allow"), ("nopass", "deny"), ("", "deny")]
     );
 }
+
+/// A software authenticator: one P-256 passkey for `localhost`, answering ceremonies the
+/// way a browser hands them over, with the flags and counter the test chooses.
+struct SoftAuthenticator {
+    key: p256::ecdsa::SigningKey,
+    id: Vec<u8>,
+    origin: String,
+}
+
+const FLAG_UP: u8 = 0x01;
+const FLAG_UV: u8 = 0x04;
+const FLAG_BE: u8 = 0x08;
+const FLAG_AT: u8 = 0x40;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, text)
+        .expect("base64url")
+}
+
+/// The value of `data-NAME="…"` in a page.
+fn data(page: &str, name: &str) -> String {
+    let marker = format!("data-{name}=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no data-{name} in {page}"))
+        + marker.len();
+    page[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl SoftAuthenticator {
+    fn new(origin: String) -> SoftAuthenticator {
+        SoftAuthenticator {
+            key: p256::ecdsa::SigningKey::from_slice(&[7; 32]).expect("a P-256 key"),
+            id: vec![0xAB; 32],
+            origin,
+        }
+    }
+
+    fn client_data(&self, kind: &str, challenge: &str) -> Vec<u8> {
+        json!({"type": kind, "challenge": challenge, "origin": self.origin})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn authenticator_data(&self, flags: u8, counter: u32) -> Vec<u8> {
+        use sha2::Digest as _;
+        let mut out = sha2::Sha256::digest(b"localhost").to_vec();
+        out.push(flags);
+        out.extend(counter.to_be_bytes());
+        out
+    }
+
+    /// The answer to a registration page's challenge.
+    fn register(&self, challenge: &str, flags: u8) -> String {
+        use ciborium::Value as Cbor;
+        let point = self.key.verifying_key().to_encoded_point(false);
+        let cose = Cbor::Map(vec![
+            (Cbor::Integer(1.into()), Cbor::Integer(2.into())),
+            (Cbor::Integer(3.into()), Cbor::Integer((-7).into())),
+            (Cbor::Integer((-1).into()), Cbor::Integer(1.into())),
+            (
+                Cbor::Integer((-2).into()),
+                Cbor::Bytes(point.x().expect("x").to_vec()),
+            ),
+            (
+                Cbor::Integer((-3).into()),
+                Cbor::Bytes(point.y().expect("y").to_vec()),
+            ),
+        ]);
+        let mut auth_data = self.authenticator_data(flags | FLAG_AT, 0);
+        auth_data.extend([0u8; 16]);
+        auth_data.extend((self.id.len() as u16).to_be_bytes());
+        auth_data.extend(&self.id);
+        ciborium::into_writer(&cose, &mut auth_data).expect("CBOR");
+        let attestation = Cbor::Map(vec![
+            (Cbor::Text("fmt".into()), Cbor::Text("none".into())),
+            (Cbor::Text("attStmt".into()), Cbor::Map(vec![])),
+            (Cbor::Text("authData".into()), Cbor::Bytes(auth_data)),
+        ]);
+        let mut attestation_object = Vec::new();
+        ciborium::into_writer(&attestation, &mut attestation_object).expect("CBOR");
+        json!({
+            "id": b64(&self.id), "rawId": b64(&self.id), "type": "public-key",
+            "response": {
+                "clientDataJSON": b64(&self.client_data("webauthn.create", challenge)),
+                "attestationObject": b64(&attestation_object),
+            },
+        })
+        .to_string()
+    }
+
+    /// The answer to a sign-in page's challenge, for `user_handle`.
+    fn sign_in(&self, challenge: &str, user_handle: &str, flags: u8, counter: u32) -> String {
+        use p256::ecdsa::signature::Signer as _;
+        use sha2::Digest as _;
+        let client_data = self.client_data("webauthn.get", challenge);
+        let auth_data = self.authenticator_data(flags, counter);
+        let mut signed = auth_data.clone();
+        signed.extend(sha2::Sha256::digest(&client_data));
+        let signature: p256::ecdsa::Signature = self.key.sign(&signed);
+        json!({
+            "id": b64(&self.id), "rawId": b64(&self.id), "type": "public-key",
+            "response": {
+                "clientDataJSON": b64(&client_data),
+                "authenticatorData": b64(&auth_data),
+                "signature": b64(signature.to_der().as_bytes()),
+                "userHandle": user_handle,
+            },
+        })
+        .to_string()
+    }
+}
+
+#[test]
+fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
+    let env = Env::start(|p| {
+        p.public_host("localhost");
+    });
+    env.add_user("erin", "user");
+    let origin = env
+        .url("")
+        .trim_end_matches('/')
+        .replacen("127.0.0.1", "localhost", 1);
+    let authenticator = SoftAuthenticator::new(origin);
+
+    // Register (signed in with the password just now).
+    let page = crate::support::http::get(&env.url("/oauth/account"));
+    let signed_in = env.form(
+        "/oauth/account/login",
+        &[
+            ("username", "erin"),
+            ("password", PASSWORD),
+            ("csrf", &hidden(&page.body, "csrf")),
+        ],
+        &[("Cookie", &cookies(&page))],
+    );
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    let user_handle = data(&signed_in.body, "user-id");
+    assert_eq!(unb64(&user_handle).len(), 16, "the identity's UUID");
+    let answer = authenticator.register(&data(&signed_in.body, "challenge"), FLAG_UP | FLAG_UV);
+    let added = env.form(
+        "/oauth/account/passkeys",
+        &[
+            ("csrf", &hidden(&signed_in.body, "csrf")),
+            ("label", "software"),
+            ("credential", &answer),
+        ],
+        &[("Cookie", &cookies(&signed_in))],
+    );
+    assert_eq!(added.status, 200, "{added:?}");
+    assert!(
+        added.body.contains("Passkey “software” added."),
+        "{}",
+        added.body
+    );
+
+    // Sign in from a fresh page each time; the answer's flags and counter vary.
+    let sign_in = |flags: u8, counter: u32| {
+        let page = crate::support::http::get(&env.url("/oauth/account"));
+        let answer =
+            authenticator.sign_in(&data(&page.body, "challenge"), &user_handle, flags, counter);
+        env.form(
+            "/oauth/account/login",
+            &[
+                ("csrf", &hidden(&page.body, "csrf")),
+                ("credential", &answer),
+            ],
+            &[("Cookie", &cookies(&page))],
+        )
+    };
+    let first = sign_in(FLAG_UP | FLAG_UV, 1);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert!(first.body.contains("<b id=user>erin</b>"), "{}", first.body);
+    let same_counter = sign_in(FLAG_UP | FLAG_UV, 1);
+    assert_eq!(same_counter.status, 401, "{same_counter:?}");
+    assert!(
+        same_counter
+            .body
+            .contains("signature counter did not advance"),
+        "{}",
+        same_counter.body
+    );
+    let now_synced = sign_in(FLAG_UP | FLAG_UV | FLAG_BE, 2);
+    assert_eq!(now_synced.status, 401, "{now_synced:?}");
+    assert!(
+        now_synced.body.contains("backup eligibility"),
+        "{}",
+        now_synced.body
+    );
+    let again = sign_in(FLAG_UP | FLAG_UV, 3);
+    assert_eq!(again.status, 200, "{again:?}");
+    // Without user verification (the profile requires it by default).
+    let unverified = sign_in(FLAG_UP, 4);
+    assert_eq!(unverified.status, 401, "{unverified:?}");
+}
