@@ -1,9 +1,11 @@
 //! Passkeys: users sign in with a WebAuthn credential instead of a password.
 //!
 //! What this module owns: the `passkeys` table (schema/0070_passkeys.sql), the ceremony
-//! challenges, and the two ceremonies as the authorization server runs them — a signed-in
-//! user registering a passkey, and anyone signing in with one. The cryptographic checks
-//! are `webauthn.rs`; the pages and forms are `http/oauth.rs`.
+//! challenges, the two ceremonies as the authorization server runs them — a signed-in
+//! user registering a passkey, and anyone signing in with one — and the one-time sign-in
+//! links (`warden user passkey-link`) with which a user without a password adds a first
+//! one. The cryptographic checks are `webauthn.rs`; the pages and forms are
+//! `http/oauth.rs` (the OAuth login page) and `http/account.rs` (the account page).
 //!
 //! - **Challenges are sealed, not stored.** A ceremony's challenge is the purpose, the
 //!   user (for a registration), the form's CSRF token and an expiry, sealed under the
@@ -13,10 +15,15 @@
 //!   as the ceremony's effect, so each is good once, on any replica.
 //! - **Discoverable credentials, no username.** Sign-in asks the browser for any passkey
 //!   of this relying party; the credential id names the passkey and through it the user.
-//!   The user handle (the identity's UUID) must match when the authenticator returns it.
-//! - **Counters.** A signature counter that does not advance (when the authenticator
-//!   keeps one) refuses the sign-in as a possibly cloned authenticator.
-//! - **Audit.** `auth.login` (method `passkey`) for every sign-in and refusal,
+//!   The user handle (the identity's UUID) is required and must be the passkey's owner.
+//! - **Copies.** A signature counter that does not advance (when the authenticator keeps
+//!   one), or a backup eligibility other than the registration's, refuses the sign-in as
+//!   a possibly copied passkey. The passkey's row is locked from its lookup to the
+//!   counter's update.
+//! - **Bounds.** Adding a passkey needs a recent sign-in (`http/account.rs`); a user holds
+//!   at most [`MAX_PASSKEYS_PER_USER`]; a posted answer is at most
+//!   [`MAX_CREDENTIAL_BYTES`].
+//! - **Audit.** `auth.login` (method `passkey` or `link`) for every sign-in and refusal,
 //!   `auth.passkey_registered` and `auth.passkey_removed` for changes made through the
 //!   pages; the CLI's removals are announced on `warden_identity` like its other changes.
 
