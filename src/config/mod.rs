@@ -372,28 +372,40 @@ impl Config {
             );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
-        let tls = raw.server.tls.as_ref().map(|raw_tls| {
-            let mut file = |key: &str, value: Option<String>| match value {
-                Some(path) if !path.trim().is_empty() => PathBuf::from(path),
-                _ => {
-                    problem(
-                        &format!("server.tls.{key}"),
-                        "required when server.tls is set (the path of a PEM file)".into(),
-                    );
-                    PathBuf::new()
+        if matches!(raw.server.tls, Some(None)) {
+            problem(
+                "server.tls",
+                "is empty: give cert_file and key_file, or remove the key to serve plain http"
+                    .into(),
+            );
+        }
+        let tls = raw
+            .server
+            .tls
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(|raw_tls| {
+                let mut file = |key: &str, value: Option<String>| match value {
+                    Some(path) if !path.trim().is_empty() => PathBuf::from(path),
+                    _ => {
+                        problem(
+                            &format!("server.tls.{key}"),
+                            "required when server.tls is set (the path of a PEM file)".into(),
+                        );
+                        PathBuf::new()
+                    }
+                };
+                TlsConfig {
+                    cert_file: file("cert_file", raw_tls.cert_file.clone()),
+                    key_file: file("key_file", raw_tls.key_file.clone()),
+                    handshake_timeout: raw_tls
+                        .handshake_timeout
+                        .map_or(Duration::from_secs(10), |d| d.0),
+                    reload_interval: raw_tls
+                        .reload_interval
+                        .map_or(Duration::from_secs(60), |d| d.0),
                 }
-            };
-            TlsConfig {
-                cert_file: file("cert_file", raw_tls.cert_file.clone()),
-                key_file: file("key_file", raw_tls.key_file.clone()),
-                handshake_timeout: raw_tls
-                    .handshake_timeout
-                    .map_or(Duration::from_secs(10), |d| d.0),
-                reload_interval: raw_tls
-                    .reload_interval
-                    .map_or(Duration::from_secs(60), |d| d.0),
-            }
-        });
+            });
         if let Some(tls) = &tls {
             for (key, value) in [
                 ("server.tls.handshake_timeout", tls.handshake_timeout),
@@ -1114,6 +1126,10 @@ mod tests {
         assert_eq!(tls.reload_interval, Duration::from_secs(60));
         // Serving https, the default public URL is https.
         assert_eq!(config.server.public_url, "https://127.0.0.1:8443");
+        let text = parse("server:\n  tls:\n  # cert_file: c.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("server.tls: is empty"), "{text}");
         let text = parse(
             "server: {public_url: \"http://warden.example.com\", \
              tls: {cert_file: c.pem, handshake_timeout: 0s}}\n",

@@ -61,7 +61,20 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub event_buffer: Option<usize>,
     pub header_read_timeout: Option<Dur>,
-    pub tls: Option<RawTls>,
+    /// `Some(None)`: written, but empty (`tls:` with every line below it commented out),
+    /// which is refused rather than read as "no TLS".
+    #[serde(default, deserialize_with = "written")]
+    pub tls: Option<Option<RawTls>>,
+}
+
+/// A key that was written, whatever its value (a blank one included); absent keys stay
+/// `None` through `#[serde(default)]`.
+fn written<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// `server.tls`: TLS on Warden's own listener.
