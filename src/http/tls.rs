@@ -22,7 +22,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -371,15 +371,12 @@ impl TlsState {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut TlsStream<LimitedStream>>> {
         if let TlsState::Handshaking(handshake) = self {
-            let outcome = match handshake.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Ok(stream))) => Ok(stream),
-                Poll::Ready(Ok(Err(error))) => Err(error),
-                Poll::Ready(Err(_elapsed)) => Err(io::Error::new(
+            let outcome = ready!(handshake.as_mut().poll(cx)).unwrap_or_else(|_elapsed| {
+                Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "TLS handshake timed out (server.tls.handshake_timeout)",
-                )),
-            };
+                ))
+            });
             match outcome {
                 Ok(stream) => *self = TlsState::Ready(Box::new(stream)),
                 Err(error) => {
@@ -408,11 +405,7 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Connection::Tls(state) => match state.poll_ready(cx) {
-                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_read(cx, buf),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
+            Connection::Tls(state) => Pin::new(ready!(state.poll_ready(cx))?).poll_read(cx, buf),
         }
     }
 }
@@ -425,11 +418,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Connection::Tls(state) => match state.poll_ready(cx) {
-                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
+            Connection::Tls(state) => Pin::new(ready!(state.poll_ready(cx))?).poll_write(cx, buf),
         }
     }
 
@@ -440,11 +429,9 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Connection::Tls(state) => match state.poll_ready(cx) {
-                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write_vectored(cx, bufs),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
+            Connection::Tls(state) => {
+                Pin::new(ready!(state.poll_ready(cx))?).poll_write_vectored(cx, bufs)
+            }
         }
     }
 
@@ -458,11 +445,7 @@ impl AsyncWrite for Connection {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Connection::Tls(state) => match state.poll_ready(cx) {
-                Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
+            Connection::Tls(state) => Pin::new(ready!(state.poll_ready(cx))?).poll_flush(cx),
         }
     }
 
