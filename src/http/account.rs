@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::oauth::{
-    cookie, cookie_names, csrf_cookie, escape, page, passkey_sign_in, passkey_status, session,
-    session_cookie, user_verification,
+    LoginForm, cookie, cookie_names, csrf_cookie, escape, page, passkey_status, session,
+    session_cookie, sign_in_forms, user_verification,
 };
 use crate::auth::passkeys::{self, MAX_LABEL_CHARS, Purpose};
 use crate::auth::secret::{self, Redacted};
@@ -51,19 +51,6 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth/account/passkeys/remove", post(remove_passkey))
         .route("/oauth/account/logout", post(logout))
         .route("/oauth/account/link", get(link_page).post(link_login))
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    #[serde(default)]
-    username: String,
-    /// Wrapped in `Redacted` as soon as it is read; this struct has no `Debug`.
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    credential: String,
-    #[serde(default)]
-    csrf: String,
 }
 
 #[derive(Deserialize)]
@@ -149,22 +136,16 @@ fn sign_in_page(app: &AppState, error: Option<&str>, status: StatusCode) -> Resp
         "Sign in to Warden",
         &format!(
             "<p>Sign in to manage your passkeys.</p>{error}{}",
-            sign_in_forms(app, &csrf)
+            account_sign_in(app, &csrf)
         ),
         &[cookie],
     )
 }
 
-/// The password form and the passkey button, posting to the account page's sign-in.
-fn sign_in_forms(app: &AppState, csrf: &str) -> String {
+/// The sign-in forms, posting to the account page's sign-in.
+fn account_sign_in(app: &AppState, csrf: &str) -> String {
     let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
-    format!(
-        "<form method=post action=/oauth/account/login>{hidden}\
-         <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
-         <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
-         <button type=submit id=login>Sign in</button></form>{}",
-        passkey_sign_in(app, "/oauth/account/login", &hidden, csrf)
-    )
+    sign_in_forms(app, "/oauth/account/login", &hidden, csrf)
 }
 
 /// A line above the list: what just happened, or what went wrong.
@@ -238,7 +219,7 @@ async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Respons
         format!(
             "<p id=reauth>To add a passkey, sign in again (it needs a sign-in within the last {} minutes).</p>{}",
             RECENT_SIGN_IN_SECS / 60,
-            sign_in_forms(app, &csrf)
+            account_sign_in(app, &csrf)
         )
     };
     let mut cookies = vec![cookie];

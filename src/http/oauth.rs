@@ -279,27 +279,30 @@ fn login_page(
     let error = error
         .map(|e| format!("<p class=error id=error>{}</p>", escape(e)))
         .unwrap_or_default();
+    let hidden = format!(
+        "<input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">"
+    );
     page(
         status,
         "Sign in to Warden",
         &format!(
-            "<p><b>{}</b> wants to use your Warden account.</p>{error}\
-             <form method=post action=/oauth/login>\
-             <input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">\
-             <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
-             <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
-             <button type=submit id=login>Sign in</button></form>{}",
+            "<p><b>{}</b> wants to use your Warden account.</p>{error}{}",
             escape(client),
-            passkey_sign_in(
-                app,
-                "/oauth/login",
-                &format!(
-                    "<input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">"
-                ),
-                &csrf
-            ),
+            sign_in_forms(app, "/oauth/login", &hidden, &csrf),
         ),
         &[cookie],
+    )
+}
+
+/// The username-and-password form and, when passkeys are on, the passkey button, both
+/// posting to `action` with the `hidden` fields (which carry the CSRF token `csrf`).
+pub(super) fn sign_in_forms(app: &AppState, action: &str, hidden: &str, csrf: &str) -> String {
+    format!(
+        "<form method=post action={action}>{hidden}\
+         <label for=username>Username</label><input type=text id=username name=username autocomplete=username required autofocus>\
+         <label for=password>Password</label><input type=password id=password name=password autocomplete=current-password required>\
+         <button type=submit id=login>Sign in</button></form>{}",
+        passkey_sign_in(app, action, hidden, csrf)
     )
 }
 
@@ -324,7 +327,7 @@ async fn passkeys_script() -> Response {
 /// The "Sign in with a passkey" form: `hidden` (the form's own fields, with its CSRF
 /// token `csrf`) and the credential the script fills in, posted to `action`. Empty when
 /// passkeys are off.
-pub(super) fn passkey_sign_in(app: &AppState, action: &str, hidden: &str, csrf: &str) -> String {
+fn passkey_sign_in(app: &AppState, action: &str, hidden: &str, csrf: &str) -> String {
     let Some(challenge) = app
         .identity
         .passkey_challenge(passkeys::Purpose::SignIn, None, csrf)
@@ -548,20 +551,22 @@ async fn authorize(
 // POST /oauth/login and /oauth/consent
 // ---------------------------------------------------------------------------------------
 
+/// A sign-in form: username and password, or a passkey's answer; `pending` only on the
+/// OAuth login page.
 #[derive(Deserialize)]
-struct LoginForm {
+pub(super) struct LoginForm {
     #[serde(default)]
-    username: String,
+    pub(super) username: String,
     /// Wrapped in `Redacted` as soon as it is read; this struct has no `Debug`.
     #[serde(default)]
-    password: String,
+    pub(super) password: String,
     /// A passkey's answer (JSON) instead of a username and password.
     #[serde(default)]
-    credential: String,
+    pub(super) credential: String,
     #[serde(default)]
     pending: String,
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 #[derive(Deserialize)]
