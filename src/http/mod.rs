@@ -112,6 +112,11 @@ pub async fn serve(
     // route table (~10 KiB) for every keep-alive connection (docs/benchmarks.md).
     let service = router.with_state(());
     let mut connections = tokio::task::JoinSet::new();
+    // HTTP/1.1 only (no cleartext HTTP/2 either), as the TLS listener announces.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (io, _peer) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -121,16 +126,11 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(service.clone());
         let stop = shutdown.clone();
+        let builder = builder.clone();
         connections.spawn(async move {
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
             let io = hyper_util::rt::TokioIo::new(io);
             let mut connection =
-                std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+                std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
