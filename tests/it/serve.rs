@@ -310,15 +310,13 @@ fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
     let mut profile = Profile::with_database(db.url());
     profile.set("server.header_read_timeout", "1s");
     let mut warden = profile.start();
-    let address = warden
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let address = warden.url("").trim_start_matches("http://").to_owned();
 
-    // Half a request, then nothing: the connection is closed (no answer is owed).
+    // Half a request, then nothing: the connection is closed (no answer is owed). The
+    // read gives up after 10 s, well before the 30 s default would close it: a Warden
+    // ignoring the setting fails here.
     let mut slow = std::net::TcpStream::connect(&address).expect("connect");
-    slow.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .expect("a read timeout");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .expect("send half the headers");
