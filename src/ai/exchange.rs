@@ -173,12 +173,14 @@ impl Ai {
         let started = (Instant::now(), SystemTime::now());
         let state = self.state.load_full();
         let (mut top, requested, route) = self.route_for(policy, caller, &state, body)?;
-        let no_endpoint = format!(
-            "model `{requested}` is served by provider `{}` (kind `{}`), which has no \
-             embeddings endpoint Warden can call; route embedding models to an `openai` or \
-             `openai_compatible` provider",
-            route.provider_name, route.settings.kind
-        );
+        let no_endpoint = || {
+            AiError::BadRequest(format!(
+                "model `{}` is served by provider `{}` (kind `{}`), which has no embeddings \
+                 endpoint Warden can call; route embedding models to an `openai` or \
+                 `openai_compatible` provider",
+                route.alias, route.provider_name, route.settings.kind
+            ))
+        };
         let mut account = Some(self.account(caller, &state, &route, requested, false, started));
         let result: Result<Bytes, AiError> = async {
             let auth = self
@@ -196,7 +198,7 @@ impl Ai {
             let url = route
                 .provider
                 .embeddings_url(&route.model)
-                .ok_or(AiError::BadRequest(no_endpoint))?;
+                .ok_or_else(no_endpoint)?;
             let (body, _) = passthrough_body(&mut top, &route.model, Wire::OpenAi, false)?;
             let (response, deadline) = self
                 .send(caller, &route, auth.as_ref(), (url, body.into()), &[])
