@@ -149,6 +149,10 @@ impl App {
             ("database", new.database.url != current.database.url),
             // The files' contents are picked up live; which files, and whether, is not.
             ("server.tls", new.server.tls != current.server.tls),
+            (
+                "server.header_read_timeout",
+                new.server.header_read_timeout != current.server.header_read_timeout,
+            ),
         ] {
             if changed {
                 tracing::warn!(key, "changed in the profile; takes effect after a restart");

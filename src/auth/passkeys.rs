@@ -235,11 +235,6 @@ pub fn check_label(label: &str) -> Result<&str, PasskeyError> {
 }
 
 impl Identity {
-    /// The passkey settings in force.
-    pub fn passkeys(&self) -> PasskeyConfig {
-        self.config().passkeys
-    }
-
     /// A fresh challenge for a ceremony whose answer comes back with the form CSRF token
     /// `csrf`; `None` when passkeys are off.
     pub fn passkey_challenge(
@@ -312,6 +307,8 @@ impl Identity {
             ));
         }
         let aaguid = Uuid::from_bytes(created.aaguid);
+        // COSE identifiers Warden accepts are small negative numbers (webauthn::ALGORITHMS).
+        let algorithm = i32::try_from(created.algorithm).unwrap_or(0);
         let mut client = self.db.get().await?;
         let transaction = client.transaction().await?;
         consume_challenge(&*transaction, &challenge, expires).await?;
@@ -338,7 +335,7 @@ impl Identity {
                     &user.id,
                     &label,
                     &created.public_key,
-                    &i32::try_from(created.algorithm).unwrap_or(0),
+                    &algorithm,
                     &i64::from(created.sign_count),
                     &aaguid,
                     &created.backup_eligible,
@@ -354,7 +351,7 @@ impl Identity {
             id: b64(&created.id),
             user: user.name.clone(),
             label: label.to_owned(),
-            algorithm: i32::try_from(created.algorithm).unwrap_or(0),
+            algorithm,
             backed_up: created.backed_up,
             created_at: SystemTime::now(),
             last_used_at: None,
@@ -458,7 +455,7 @@ impl Identity {
                 "its backup eligibility differs from the registration's",
             ));
         }
-        if user.disabled || user.kind != "user" {
+        if !user.can_sign_in() {
             return Err(PasskeyError::AccountDisabled);
         }
         // A replayed answer repeats its counter too: named for what it is, first.
@@ -522,7 +519,7 @@ impl Identity {
             return Err(PasskeyError::BadLink);
         };
         who.clone_from(&user.name);
-        if user.disabled || user.kind != "user" {
+        if !user.can_sign_in() {
             return Err(PasskeyError::AccountDisabled);
         }
         match consume_challenge(&*transaction, &sealed, link.exp).await {
@@ -690,7 +687,7 @@ pub async fn list<C: GenericClient>(
 
 /// Removes passkey `id` (base64url) whoever owns it; the owner's name, or `None`.
 pub async fn remove<C: GenericClient>(client: &C, id: &str) -> Result<Option<String>, StoreError> {
-    let Ok(credential_id) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id) else {
+    let Ok(credential_id) = unb64("id", id) else {
         return Ok(None);
     };
     Ok(client

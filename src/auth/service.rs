@@ -169,6 +169,11 @@ impl Identity {
         self.policy.clone()
     }
 
+    /// The passkey settings in force (without copying the rest of the identity settings).
+    pub fn passkeys(&self) -> crate::config::PasskeyConfig {
+        self.settings.load().config.passkeys.clone()
+    }
+
     pub fn config(&self) -> IdentityConfig {
         self.settings.load().config.clone()
     }
@@ -580,7 +585,7 @@ impl Identity {
             .await
             .ok()
             .flatten()
-            .filter(|row| !row.disabled && row.kind == "user")
+            .filter(IdentityRow::can_sign_in)
     }
 
     /// The scopes a user's roles allow out of `requested` (all of them when nothing was

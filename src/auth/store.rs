@@ -49,6 +49,12 @@ pub struct IdentityRow {
 }
 
 impl IdentityRow {
+    /// A user (not a service account or a federated identity) who is not disabled: who
+    /// may sign in to the authorization server.
+    pub fn can_sign_in(&self) -> bool {
+        !self.disabled && self.kind == "user"
+    }
+
     fn from_row(row: &tokio_postgres::Row) -> IdentityRow {
         IdentityRow {
             id: row.get("id"),
@@ -101,7 +107,6 @@ pub async fn find<C: GenericClient>(
         .map(IdentityRow::from_row))
 }
 
-/// The identity and its password hash, for a login.
 /// The identity with id `id`.
 pub async fn find_by_id<C: GenericClient>(
     client: &C,
@@ -117,6 +122,7 @@ pub async fn find_by_id<C: GenericClient>(
         .map(IdentityRow::from_row))
 }
 
+/// The identity and its password hash, for a login.
 pub async fn find_with_password<C: GenericClient>(
     client: &C,
     name: &str,

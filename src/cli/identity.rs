@@ -306,7 +306,7 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             let row = store::find(&**client, &name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no identity named `{name}`"))?;
-            if row.kind != "user" || row.disabled {
+            if !row.can_sign_in() {
                 bail!("`{name}` is not an enabled user");
             }
             let expires = std::time::SystemTime::now() + ttl;

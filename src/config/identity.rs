@@ -298,12 +298,6 @@ fn passkeys(raw: RawPasskeys, public_url: &str, problems: &mut Vec<Located>) -> 
     // Browsers offer WebAuthn in secure contexts only: https pages, and localhost.
     let secure = scheme == "https" || host == "localhost" || host.ends_with(".localhost");
     let enabled = raw.enabled.unwrap_or(!is_address && secure);
-    if authority.contains('@') {
-        problems.push(problem(
-            "server.public_url",
-            "must not carry a user name or password".into(),
-        ));
-    }
     if enabled && is_address {
         problems.push(problem(
             "identity.passkeys.enabled",

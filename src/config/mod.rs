@@ -427,6 +427,15 @@ impl Config {
                 "server.public_url",
                 format!("expected an http:// or https:// URL, found `{public_url}`"),
             );
+        } else if public_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+            .is_some_and(|authority| authority.contains('@'))
+        {
+            problem(
+                "server.public_url",
+                "must not carry a user name or password".into(),
+            );
         } else if tls.is_some() && public_url.starts_with("http://") {
             problem(
                 "server.public_url",
@@ -1126,6 +1135,13 @@ mod tests {
         assert_eq!(tls.reload_interval, Duration::from_secs(60));
         // Serving https, the default public URL is https.
         assert_eq!(config.server.public_url, "https://127.0.0.1:8443");
+        let text = parse("server: {public_url: \"https://me:secret@warden.example.com\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("server.public_url: must not carry a user name or password"),
+            "{text}"
+        );
         let text = parse("server:\n  tls:\n  # cert_file: c.pem\n")
             .unwrap_err()
             .to_string();

@@ -205,13 +205,15 @@ async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Respons
             let ids = keys.into_iter().map(|key| key.id).collect();
             (format!("<ul id=passkeys>{items}</ul>"), ids)
         }
-        Err(error) => (
-            format!(
+        Err(error) => {
+            // Logs a database failure's detail; the page gets the user's message.
+            let _ = passkey_status(&error);
+            let message = format!(
                 "<p class=error>Your passkeys cannot be listed right now: {}</p>",
-                escape(&error.to_string())
-            ),
-            vec![],
-        ),
+                escape(&error.for_user())
+            );
+            (message, vec![])
+        }
     };
     let add = if fresh {
         add_form(app, user, &csrf, &hidden, &ids)

@@ -36,8 +36,9 @@ use crate::auth::service::{LoginError, OAuthError};
 use crate::auth::tokens::unix_now;
 use crate::auth::{Scopes, store};
 
-/// How long a login or consent form stays valid.
-pub(super) const FORM_TTL_SECS: u64 = 600;
+/// How long a login or consent form stays valid: as long as a passkey ceremony, which is
+/// bound to the form's CSRF cookie.
+const FORM_TTL_SECS: u64 = crate::auth::passkeys::CEREMONY_TTL.as_secs();
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -97,28 +98,24 @@ struct Pending {
 
 /// A login session: who, until when.
 #[derive(Serialize, Deserialize)]
-pub(super) struct LoginSession {
-    pub(super) user: String,
-    pub(super) exp: u64,
+struct LoginSession {
+    user: String,
+    exp: u64,
     /// When the user signed in (Unix seconds): adding a passkey needs a recent sign-in.
     /// Sessions sealed before this field existed read as long ago.
     #[serde(default)]
-    pub(super) signed_in_at: u64,
+    signed_in_at: u64,
 }
 
 const PENDING_CONTEXT: &[u8] = b"oauth-pending-request";
-pub(super) const SESSION_CONTEXT: &[u8] = b"oauth-login-session";
+const SESSION_CONTEXT: &[u8] = b"oauth-login-session";
 
-pub(super) fn seal<T: Serialize>(app: &AppState, value: &T, context: &[u8]) -> String {
+fn seal<T: Serialize>(app: &AppState, value: &T, context: &[u8]) -> String {
     let plain = serde_json::to_vec(value).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(app.master_key.seal(&plain, context))
 }
 
-pub(super) fn unseal<T: for<'de> Deserialize<'de>>(
-    app: &AppState,
-    text: &str,
-    context: &[u8],
-) -> Option<T> {
+fn unseal<T: for<'de> Deserialize<'de>>(app: &AppState, text: &str, context: &[u8]) -> Option<T> {
     let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .ok()?;
@@ -216,7 +213,7 @@ pub(super) fn page(status: StatusCode, title: &str, body: &str, cookies: &[Strin
     response
 }
 
-pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
+fn error_page(status: StatusCode, message: &str) -> Response {
     page(
         status,
         "Authorization failed",
@@ -397,10 +394,7 @@ fn consent_page(
 }
 
 /// The user of a valid login session cookie.
-pub(super) async fn session_user(
-    app: &AppState,
-    headers: &HeaderMap,
-) -> Option<store::IdentityRow> {
+async fn session_user(app: &AppState, headers: &HeaderMap) -> Option<store::IdentityRow> {
     session(app, headers).await.map(|(user, _)| user)
 }
 
