@@ -350,7 +350,7 @@ impl RelyingParty {
                 found: client_data.ceremony_type,
             });
         }
-        if !constant_time_equal(&client_data.challenge, expected_challenge) {
+        if !super::secret::equal(&client_data.challenge, expected_challenge) {
             return Err(WebAuthnError::ChallengeMismatch);
         }
         if client_data.origin != self.origin {
@@ -414,17 +414,6 @@ fn check_size(input: &'static str, bytes: &[u8]) -> Result<(), WebAuthnError> {
         });
     }
     Ok(())
-}
-
-/// Compares digests of both sides so the time taken says nothing about how long a prefix
-/// of the issued challenge a forged one got right.
-fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
-    let left = Sha256::digest(left);
-    let right = Sha256::digest(right);
-    left.iter()
-        .zip(right.iter())
-        .fold(0u8, |difference, (l, r)| difference | (l ^ r))
-        == 0
 }
 
 /// The members of `CollectedClientData` (§5.8.1) Warden reads. Each is kept as raw JSON
