@@ -211,10 +211,19 @@ pub fn cookies(response: &Response) -> String {
 
 /// The value of hidden input `name` in a page.
 pub fn hidden(page: &str, name: &str) -> String {
-    let marker = format!("name={name} value=\"");
+    quoted_after(page, &format!("name={name} value=\""))
+}
+
+/// The value of attribute `data-NAME` in a page.
+pub fn data_attribute(page: &str, name: &str) -> String {
+    quoted_after(page, &format!("data-{name}=\""))
+}
+
+/// What follows the first `marker` in `page` up to the next `"`.
+fn quoted_after(page: &str, marker: &str) -> String {
     let start = page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no hidden `{name}` in page:\n{page}"))
+        .find(marker)
+        .unwrap_or_else(|| panic!("no `{marker}` in page:\n{page}"))
         + marker.len();
     page[start..]
         .split('"')

@@ -8,12 +8,15 @@
 use serde_json::{Value, json};
 
 use super::browser::{Driver, WAIT, callback_listener};
-use super::{Env, PASSWORD, authorize_query, cookies, exchange, hidden, pkce, query};
+use super::{
+    Env, PASSWORD, authorize_query, cookies, data_attribute, exchange, hidden, pkce, query,
+};
+
+/// A passkey label that breaks the page unless it is escaped.
+const LABEL: &str = "Erin's \"work\" <laptop> & co";
 
 /// Clicks the passkey button but keeps the form from being posted: hands the filled-in
 /// form fields to the test instead.
-const LABEL: &str = "Erin's \"work\" <laptop> & co";
-
 const CAPTURE_SIGN_IN: &str = "const done = arguments[arguments.length - 1];\
     const form = document.getElementById('passkey-form');\
     form.submit = function () { done({credential: form.elements.credential.value,\
@@ -247,10 +250,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
             "challenge": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "origin": env.url("").replacen("127.0.0.1", "localhost", 1),
         });
-        base64::Engine::encode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            json.to_string(),
-        )
+        b64(json.to_string().as_bytes())
     };
     let made_up_assertion = json!({"id": "AQID", "rawId": "AQID", "type": "public-key",
         "response": {"clientDataJSON": client_data("webauthn.get"),
@@ -471,20 +471,6 @@ fn unb64(text: &str) -> Vec<u8> {
         .expect("base64url")
 }
 
-/// The value of `data-NAME="…"` in a page.
-fn data(page: &str, name: &str) -> String {
-    let marker = format!("data-{name}=\"");
-    let start = page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no data-{name} in {page}"))
-        + marker.len();
-    page[start..]
-        .split('"')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 impl SoftAuthenticator {
     fn new(origin: String) -> SoftAuthenticator {
         SoftAuthenticator {
@@ -593,9 +579,12 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
         &[("Cookie", &cookies(&page))],
     );
     assert_eq!(signed_in.status, 200, "{signed_in:?}");
-    let user_handle = data(&signed_in.body, "user-id");
+    let user_handle = data_attribute(&signed_in.body, "user-id");
     assert_eq!(unb64(&user_handle).len(), 16, "the identity's UUID");
-    let answer = authenticator.register(&data(&signed_in.body, "challenge"), FLAG_UP | FLAG_UV);
+    let answer = authenticator.register(
+        &data_attribute(&signed_in.body, "challenge"),
+        FLAG_UP | FLAG_UV,
+    );
     let added = env.form(
         "/oauth/account/passkeys",
         &[
@@ -615,8 +604,12 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
     // Sign in from a fresh page each time; the answer's flags and counter vary.
     let sign_in = |flags: u8, counter: u32| {
         let page = crate::support::http::get(&env.url("/oauth/account"));
-        let answer =
-            authenticator.sign_in(&data(&page.body, "challenge"), &user_handle, flags, counter);
+        let answer = authenticator.sign_in(
+            &data_attribute(&page.body, "challenge"),
+            &user_handle,
+            flags,
+            counter,
+        );
         env.form(
             "/oauth/account/login",
             &[
