@@ -135,6 +135,8 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> u
                 definition,
                 ..
             } => {
+                // `apply` fills it in for every approval it made; without it there was
+                // none to record.
                 let Some(definition) = definition else {
                     continue;
                 };

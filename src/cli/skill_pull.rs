@@ -128,7 +128,9 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
         Err(error) => return Err(error).context(format!("reading {}", manifest_path.display())),
     };
     // A name the manifest holds is a path below `dir` only if it is a skill's name.
+    let held = manifest.skills.len();
     manifest.skills.retain(|name, _| check_name(name).is_ok());
+    let pruned = manifest.skills.len() != held;
     // Saved after every change, so a run that stops half-way (an error, a crash) leaves
     // it describing what is on disk.
     let save = |manifest: &Manifest| -> Result<()> {
@@ -238,7 +240,10 @@ pub(crate) async fn pull(args: PullArgs) -> Result<ExitCode> {
         }
         save(&manifest)?;
     }
-    save(&manifest)?;
+    // Every change above was saved as it was made; what is left is names dropped unread.
+    if pruned {
+        save(&manifest)?;
+    }
 
     let list = |names: &[String]| {
         if names.is_empty() {
