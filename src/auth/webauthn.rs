@@ -915,6 +915,15 @@ mod tests {
 
     use super::*;
 
+    /// Asserts that a ceremony was refused with an error matching the pattern, showing
+    /// the error when it was another.
+    macro_rules! assert_refused {
+        ($result:expr, $pattern:pat $(if $guard:expr)?) => {{
+            let error = $result.unwrap_err();
+            assert!(matches!(error, $pattern $(if $guard)?), "{error}");
+        }};
+    }
+
     const RP_ID: &str = "warden.example.com";
     const ORIGIN: &str = "https://warden.example.com";
     const CHALLENGE: &[u8] = b"a challenge Warden issued, 32+ b";
@@ -1241,14 +1250,13 @@ mod tests {
         let create = create_client_data();
         let auth_data = authenticator_data(RP_ID, UP, 1, None);
         let signature = signed_assertion(&key, &create, &auth_data);
-        let error = assert_with(&rp, &cose_key, &create, &auth_data, &signature).unwrap_err();
-        assert!(matches!(
-            error,
+        assert_refused!(
+            assert_with(&rp, &cose_key, &create, &auth_data, &signature),
             WebAuthnError::WrongCeremonyType {
                 expected: "webauthn.get",
                 ..
             }
-        ));
+        );
     }
 
     #[test]
@@ -1262,22 +1270,24 @@ mod tests {
             ORIGIN,
             "",
         );
-        let error = register(&rp, &other, &registration_with(&cose_key, UP)).unwrap_err();
-        assert!(matches!(error, WebAuthnError::ChallengeMismatch), "{error}");
+        assert_refused!(
+            register(&rp, &other, &registration_with(&cose_key, UP)),
+            WebAuthnError::ChallengeMismatch
+        );
 
         let get = get_client_data();
         let auth_data = authenticator_data(RP_ID, UP, 1, None);
         let signature = signed_assertion(&key, &get, &auth_data);
-        let error = rp
-            .verify_assertion(
+        assert_refused!(
+            rp.verify_assertion(
                 b"a different issued challenge!!!!",
                 &cose_key,
                 &get,
                 &auth_data,
                 &signature,
-            )
-            .unwrap_err();
-        assert!(matches!(error, WebAuthnError::ChallengeMismatch), "{error}");
+            ),
+            WebAuthnError::ChallengeMismatch
+        );
     }
 
     #[test]
@@ -1285,12 +1295,9 @@ mod tests {
         let rp = relying_party(false);
         let empty = client_data("webauthn.create", b"", ORIGIN, "");
         let cose_key = TestKey::eddsa(0x22).cose_key();
-        let error = rp
-            .verify_registration(b"", &empty, &registration_with(&cose_key, UP))
-            .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::WeakExpectedChallenge(0)),
-            "{error}"
+        assert_refused!(
+            rp.verify_registration(b"", &empty, &registration_with(&cose_key, UP)),
+            WebAuthnError::WeakExpectedChallenge(0)
         );
     }
 
@@ -1325,8 +1332,10 @@ mod tests {
             ORIGIN,
             r#","crossOrigin":true"#,
         );
-        let error = register(&rp, &cross, &attestation).unwrap_err();
-        assert!(matches!(error, WebAuthnError::CrossOrigin), "{error}");
+        assert_refused!(
+            register(&rp, &cross, &attestation),
+            WebAuthnError::CrossOrigin
+        );
 
         let top = client_data(
             "webauthn.create",
@@ -1436,8 +1445,10 @@ mod tests {
         let get = get_client_data();
         let auth_data = authenticator_data("evil.example.com", UP, 1, None);
         let signature = signed_assertion(&key, &get, &auth_data);
-        let error = assert_with(&rp, &cose_key, &get, &auth_data, &signature).unwrap_err();
-        assert!(matches!(error, WebAuthnError::RpIdMismatch(_)), "{error}");
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &auth_data, &signature),
+            WebAuthnError::RpIdMismatch(_)
+        );
     }
 
     #[test]
@@ -1445,19 +1456,22 @@ mod tests {
         let rp = relying_party(false);
         let key = TestKey::eddsa(0x22);
         let cose_key = key.cose_key();
-        let error = register(
-            &rp,
-            &create_client_data(),
-            &registration_with(&cose_key, UV),
-        )
-        .unwrap_err();
-        assert!(matches!(error, WebAuthnError::UserNotPresent), "{error}");
+        assert_refused!(
+            register(
+                &rp,
+                &create_client_data(),
+                &registration_with(&cose_key, UV),
+            ),
+            WebAuthnError::UserNotPresent
+        );
 
         let get = get_client_data();
         let auth_data = authenticator_data(RP_ID, UV, 1, None);
         let signature = signed_assertion(&key, &get, &auth_data);
-        let error = assert_with(&rp, &cose_key, &get, &auth_data, &signature).unwrap_err();
-        assert!(matches!(error, WebAuthnError::UserNotPresent), "{error}");
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &auth_data, &signature),
+            WebAuthnError::UserNotPresent
+        );
     }
 
     #[test]
@@ -1470,10 +1484,14 @@ mod tests {
         let signature = signed_assertion(&key, &get, &auth_data);
 
         let strict = relying_party(true);
-        let error = register(&strict, &create_client_data(), &attestation).unwrap_err();
-        assert!(matches!(error, WebAuthnError::UserNotVerified), "{error}");
-        let error = assert_with(&strict, &cose_key, &get, &auth_data, &signature).unwrap_err();
-        assert!(matches!(error, WebAuthnError::UserNotVerified), "{error}");
+        assert_refused!(
+            register(&strict, &create_client_data(), &attestation),
+            WebAuthnError::UserNotVerified
+        );
+        assert_refused!(
+            assert_with(&strict, &cose_key, &get, &auth_data, &signature),
+            WebAuthnError::UserNotVerified
+        );
 
         let lenient = relying_party(false);
         let credential = register(&lenient, &create_client_data(), &attestation).unwrap();
@@ -1492,16 +1510,22 @@ mod tests {
             let signature = signed_assertion(&key, &get, &auth_data);
             let mut tampered = auth_data.clone();
             tampered[36] = 200; // the counter, moved forward
-            let error = assert_with(&rp, &cose_key, &get, &tampered, &signature).unwrap_err();
-            assert!(matches!(error, WebAuthnError::BadSignature), "{error}");
+            assert_refused!(
+                assert_with(&rp, &cose_key, &get, &tampered, &signature),
+                WebAuthnError::BadSignature
+            );
             let mut tampered = auth_data.clone();
             tampered[32] |= UV; // a user verification that did not happen
-            let error = assert_with(&rp, &cose_key, &get, &tampered, &signature).unwrap_err();
-            assert!(matches!(error, WebAuthnError::BadSignature), "{error}");
+            assert_refused!(
+                assert_with(&rp, &cose_key, &get, &tampered, &signature),
+                WebAuthnError::BadSignature
+            );
             // The client data is signed too (through its hash).
             let other = client_data("webauthn.get", CHALLENGE, ORIGIN, "");
-            let error = assert_with(&rp, &cose_key, &other, &auth_data, &signature).unwrap_err();
-            assert!(matches!(error, WebAuthnError::BadSignature), "{error}");
+            assert_refused!(
+                assert_with(&rp, &cose_key, &other, &auth_data, &signature),
+                WebAuthnError::BadSignature
+            );
         }
     }
 
@@ -1521,17 +1545,15 @@ mod tests {
         }
         // An RSA signature checked with an ES256 key is not even an ECDSA signature.
         let signature = signed_assertion(&TestKey::rs256(), &get, &auth_data);
-        let error = assert_with(
-            &rp,
-            &TestKey::es256(0x11).cose_key(),
-            &get,
-            &auth_data,
-            &signature,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedSignature(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(
+                &rp,
+                &TestKey::es256(0x11).cose_key(),
+                &get,
+                &auth_data,
+                &signature,
+            ),
+            WebAuthnError::MalformedSignature(_)
         );
     }
 
@@ -1546,40 +1568,37 @@ mod tests {
         let mut message = auth_data.clone();
         message.extend_from_slice(&Sha256::digest(&get));
         let raw: p256::ecdsa::Signature = key.sign(&message);
-        let error = assert_with(
-            &rp,
-            &TestKey::es256(0x11).cose_key(),
-            &get,
-            &auth_data,
-            &raw.to_bytes(),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedSignature(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(
+                &rp,
+                &TestKey::es256(0x11).cose_key(),
+                &get,
+                &auth_data,
+                &raw.to_bytes(),
+            ),
+            WebAuthnError::MalformedSignature(_)
         );
 
-        let error = assert_with(
-            &rp,
-            &TestKey::eddsa(0x22).cose_key(),
-            &get,
-            &auth_data,
-            &[0; 63],
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedSignature(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(
+                &rp,
+                &TestKey::eddsa(0x22).cose_key(),
+                &get,
+                &auth_data,
+                &[0; 63],
+            ),
+            WebAuthnError::MalformedSignature(_)
         );
-        let error = assert_with(
-            &rp,
-            &TestKey::eddsa(0x22).cose_key(),
-            &get,
-            &auth_data,
-            &[0; 64],
-        )
-        .unwrap_err();
-        assert!(matches!(error, WebAuthnError::BadSignature), "{error}");
+        assert_refused!(
+            assert_with(
+                &rp,
+                &TestKey::eddsa(0x22).cose_key(),
+                &get,
+                &auth_data,
+                &[0; 64],
+            ),
+            WebAuthnError::BadSignature
+        );
     }
 
     #[test]
@@ -1705,10 +1724,9 @@ mod tests {
         // The same check applies to a stored key at sign-in.
         let get = get_client_data();
         let auth_data = authenticator_data(RP_ID, UP, 1, None);
-        let error = assert_with(&rp, &small, &get, &auth_data, &[0; 128]).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::RsaKeyTooSmall(1024)),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &small, &get, &auth_data, &[0; 128]),
+            WebAuthnError::RsaKeyTooSmall(1024)
         );
     }
 
@@ -1727,17 +1745,15 @@ mod tests {
 
         let mut assertion_data = authenticator_data(RP_ID, UP, 1, None);
         assertion_data.push(0);
-        let error = assert_with(
-            &rp,
-            &cose_key,
-            &get_client_data(),
-            &assertion_data,
-            &[0; 64],
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::TrailingAuthenticatorData(1)),
-            "{error}"
+        assert_refused!(
+            assert_with(
+                &rp,
+                &cose_key,
+                &get_client_data(),
+                &assertion_data,
+                &[0; 64],
+            ),
+            WebAuthnError::TrailingAuthenticatorData(1)
         );
     }
 
@@ -1771,23 +1787,20 @@ mod tests {
         // ED with something other than one map, or something after it, is refused.
         let mut not_a_map = authenticator_data(RP_ID, UP | ED, 3, None);
         not_a_map.push(0x01);
-        let error = assert_with(&rp, &cose_key, &get, &not_a_map, &signature).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedAuthenticatorData(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &not_a_map, &signature),
+            WebAuthnError::MalformedAuthenticatorData(_)
         );
         let mut missing = authenticator_data(RP_ID, UP | ED, 3, None);
-        let error = assert_with(&rp, &cose_key, &get, &missing, &signature).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedAuthenticatorData(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &missing, &signature),
+            WebAuthnError::MalformedAuthenticatorData(_)
         );
         missing.extend_from_slice(&extensions);
         missing.push(0xA0);
-        let error = assert_with(&rp, &cose_key, &get, &missing, &signature).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::TrailingAuthenticatorData(1)),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &missing, &signature),
+            WebAuthnError::TrailingAuthenticatorData(1)
         );
     }
 
@@ -1796,24 +1809,21 @@ mod tests {
         let rp = relying_party(false);
         let key = TestKey::es256(0x11);
         let cose_key = key.cose_key();
-        let error = register(
-            &rp,
-            &create_client_data(),
-            &registration_with(&cose_key, UP | BS),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::BackupStateWithoutEligibility),
-            "{error}"
+        assert_refused!(
+            register(
+                &rp,
+                &create_client_data(),
+                &registration_with(&cose_key, UP | BS),
+            ),
+            WebAuthnError::BackupStateWithoutEligibility
         );
 
         let get = get_client_data();
         let auth_data = authenticator_data(RP_ID, UP | BS, 1, None);
         let signature = signed_assertion(&key, &get, &auth_data);
-        let error = assert_with(&rp, &cose_key, &get, &auth_data, &signature).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::BackupStateWithoutEligibility),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &auth_data, &signature),
+            WebAuthnError::BackupStateWithoutEligibility
         );
 
         let credential = register(
@@ -1831,19 +1841,17 @@ mod tests {
         let key = TestKey::es256(0x11);
         let cose_key = key.cose_key();
         let without = attestation_object(&authenticator_data(RP_ID, UP, 0, None));
-        let error = register(&rp, &create_client_data(), &without).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MissingAttestedCredentialData),
-            "{error}"
+        assert_refused!(
+            register(&rp, &create_client_data(), &without),
+            WebAuthnError::MissingAttestedCredentialData
         );
 
         let get = get_client_data();
         let auth_data = authenticator_data(RP_ID, UP | AT, 1, Some(&cose_key));
         let signature = signed_assertion(&key, &get, &auth_data);
-        let error = assert_with(&rp, &cose_key, &get, &auth_data, &signature).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::UnexpectedAttestedCredentialData),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get, &auth_data, &signature),
+            WebAuthnError::UnexpectedAttestedCredentialData
         );
     }
 
@@ -1852,10 +1860,9 @@ mod tests {
         let rp = relying_party(false);
         let cose_key = TestKey::es256(0x11).cose_key();
         let short = authenticator_data(RP_ID, UP, 1, None)[..36].to_vec();
-        let error = assert_with(&rp, &cose_key, &get_client_data(), &short, &[0; 64]).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedAuthenticatorData(_)),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get_client_data(), &short, &[0; 64]),
+            WebAuthnError::MalformedAuthenticatorData(_)
         );
 
         let full = authenticator_data(RP_ID, UP | AT, 0, Some(&cose_key));
@@ -1972,10 +1979,9 @@ mod tests {
         }
         let mut trailing = attestation_object(&auth_data);
         trailing.push(0);
-        let error = register(&rp, &create_client_data(), &trailing).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::MalformedAttestationObject(_)),
-            "{error}"
+        assert_refused!(
+            register(&rp, &create_client_data(), &trailing),
+            WebAuthnError::MalformedAttestationObject(_)
         );
         let error =
             register(&rp, &create_client_data(), &encode(&Cbor::Array(vec![]))).unwrap_err();
@@ -1991,32 +1997,20 @@ mod tests {
         let huge = vec![b' '; MAX_INPUT_BYTES + 1];
         let cose_key = TestKey::es256(0x11).cose_key();
         let attestation = registration_with(&cose_key, UP);
-        let error = register(&rp, &huge, &attestation).unwrap_err();
-        assert!(
-            matches!(error, WebAuthnError::TooLarge { input: "client data JSON", size } if size == MAX_INPUT_BYTES + 1),
-            "{error}"
+        assert_refused!(register(&rp, &huge, &attestation), WebAuthnError::TooLarge { input: "client data JSON", size } if size == MAX_INPUT_BYTES + 1);
+        assert_refused!(
+            register(&rp, &create_client_data(), &huge),
+            WebAuthnError::TooLarge {
+                input: "attestation object",
+                ..
+            }
         );
-        let error = register(&rp, &create_client_data(), &huge).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                WebAuthnError::TooLarge {
-                    input: "attestation object",
-                    ..
-                }
-            ),
-            "{error}"
-        );
-        let error = assert_with(&rp, &cose_key, &get_client_data(), &huge, &[0; 64]).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                WebAuthnError::TooLarge {
-                    input: "authenticator data",
-                    ..
-                }
-            ),
-            "{error}"
+        assert_refused!(
+            assert_with(&rp, &cose_key, &get_client_data(), &huge, &[0; 64]),
+            WebAuthnError::TooLarge {
+                input: "authenticator data",
+                ..
+            }
         );
         assert!(matches!(
             client_data_challenge(&huge),
