@@ -235,17 +235,24 @@ pub fn check_label(label: &str) -> Result<&str, PasskeyError> {
 }
 
 impl Identity {
-    /// A fresh challenge for a ceremony whose answer comes back with the form CSRF token
-    /// `csrf`; `None` when passkeys are off.
+    /// A fresh challenge (base64url, as pages hand it to the browser) for a ceremony
+    /// whose answer comes back with the form CSRF token `csrf`; `None` when passkeys are
+    /// off.
     pub fn passkey_challenge(
         &self,
         purpose: Purpose,
         user: Option<Uuid>,
         csrf: &str,
-    ) -> Option<Vec<u8>> {
-        self.passkeys()
-            .enabled
-            .then(|| seal_ceremony(&self.master, purpose, user, csrf, unix_now()))
+    ) -> Option<String> {
+        self.passkeys().enabled.then(|| {
+            b64(&seal_ceremony(
+                &self.master,
+                purpose,
+                user,
+                csrf,
+                unix_now(),
+            ))
+        })
     }
 
     /// Registers the passkey `credential` (the answer to a [`Purpose::Register`]
@@ -502,14 +509,11 @@ impl Identity {
         who: &mut String,
     ) -> Result<IdentityRow, PasskeyError> {
         relying_party(&self.passkeys())?;
-        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(code.trim())
-            .map_err(|_| PasskeyError::BadLink)?;
-        let plain = self
+        let sealed = unb64("code", code.trim()).map_err(|_| PasskeyError::BadLink)?;
+        let link: SignInLink = self
             .master
-            .open(&sealed, LINK_CONTEXT)
-            .map_err(|_| PasskeyError::BadLink)?;
-        let link: SignInLink = serde_json::from_slice(&plain).map_err(|_| PasskeyError::BadLink)?;
+            .open_json(&sealed, LINK_CONTEXT)
+            .ok_or(PasskeyError::BadLink)?;
         if link.exp <= unix_now() {
             return Err(PasskeyError::BadLink);
         }
@@ -616,9 +620,7 @@ fn seal_ceremony(
         csrf: csrf.to_owned(),
         exp: now + CEREMONY_TTL.as_secs(),
     };
-    // Serialising a struct of plain fields cannot fail.
-    let plain = serde_json::to_vec(&ceremony).unwrap_or_default();
-    master.seal(&plain, CHALLENGE_CONTEXT)
+    master.seal_json(&ceremony, CHALLENGE_CONTEXT)
 }
 
 /// The challenge `client_data_json` answers and when it expires, if it is one Warden
@@ -632,11 +634,9 @@ fn open_ceremony(
 ) -> Result<(Vec<u8>, u64), PasskeyError> {
     let (purpose, user, csrf) = expected;
     let challenge = webauthn::client_data_challenge(client_data_json)?;
-    let plain = master
-        .open(&challenge, CHALLENGE_CONTEXT)
-        .map_err(|_| PasskeyError::WrongCeremony)?;
-    let ceremony: Ceremony =
-        serde_json::from_slice(&plain).map_err(|_| PasskeyError::WrongCeremony)?;
+    let ceremony: Ceremony = master
+        .open_json(&challenge, CHALLENGE_CONTEXT)
+        .ok_or(PasskeyError::WrongCeremony)?;
     let genuine = ceremony.purpose == purpose
         && ceremony.user == user
         && !csrf.is_empty()
@@ -651,9 +651,7 @@ fn open_ceremony(
 
 /// The code of a one-time sign-in link for `user`, good until `exp` (Unix seconds).
 pub fn sign_in_link_code(master: &MasterKey, user: Uuid, exp: u64) -> String {
-    // Serialising a struct of plain fields cannot fail.
-    let plain = serde_json::to_vec(&SignInLink { user, exp }).unwrap_or_default();
-    b64(&master.seal(&plain, LINK_CONTEXT))
+    b64(&master.seal_json(&SignInLink { user, exp }, LINK_CONTEXT))
 }
 
 /// Stored passkeys, of one user or of all, newest first.

@@ -17,7 +17,6 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use base64::Engine as _;
 use serde::Deserialize;
 
 use super::AppState;
@@ -266,7 +265,7 @@ fn add_form(
          <input type=text id=label name=label maxlength={MAX_LABEL_CHARS} required placeholder=\"e.g. work laptop\">\
          <button type=button id=add-passkey data-passkey-start>Add a passkey</button>\
          <p class=error id=passkey-error hidden></p></form><script src=/oauth/passkeys.js></script>",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(challenge),
+        challenge,
         escape(&config.rp_id),
         user_verification(&config),
         passkeys::user_handle(user),

@@ -111,16 +111,15 @@ const PENDING_CONTEXT: &[u8] = b"oauth-pending-request";
 const SESSION_CONTEXT: &[u8] = b"oauth-login-session";
 
 fn seal<T: Serialize>(app: &AppState, value: &T, context: &[u8]) -> String {
-    let plain = serde_json::to_vec(value).unwrap_or_default();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(app.master_key.seal(&plain, context))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(app.master_key.seal_json(value, context))
 }
 
 fn unseal<T: for<'de> Deserialize<'de>>(app: &AppState, text: &str, context: &[u8]) -> Option<T> {
     let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .ok()?;
-    let plain = app.master_key.open(&sealed, context).ok()?;
-    serde_json::from_slice(&plain).ok()
+    app.master_key.open_json(&sealed, context)
 }
 
 pub(super) struct CookieNames {
@@ -337,7 +336,7 @@ fn passkey_sign_in(app: &AppState, action: &str, hidden: &str, csrf: &str) -> St
          data-challenge=\"{}\" data-rp-id=\"{}\" data-uv={}>{hidden}<input type=hidden name=credential>\
          <button type=button id=passkey data-passkey-start>Sign in with a passkey</button>\
          <p class=error id=passkey-error hidden></p></form><script src=/oauth/passkeys.js></script>",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(challenge),
+        challenge,
         escape(&config.rp_id),
         user_verification(&config),
     )

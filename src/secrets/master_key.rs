@@ -185,6 +185,25 @@ impl MasterKey {
             .map_err(|_| MasterKeyError::Decrypt)
     }
 
+    /// `value` as JSON, sealed ([`MasterKey::seal`]): state Warden hands out and takes
+    /// back (form state, cookies, passkey challenges, sign-in links) without storing it.
+    pub fn seal_json<T: serde::Serialize>(&self, value: &T, context: &[u8]) -> Vec<u8> {
+        // Serialising Warden's own plain structs cannot fail.
+        let plain = serde_json::to_vec(value).unwrap_or_default();
+        self.seal(&plain, context)
+    }
+
+    /// What [`MasterKey::seal_json`] sealed with the same `context`; `None` for anything
+    /// else (altered, sealed for another purpose or under another key, not that shape).
+    pub fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+    ) -> Option<T> {
+        let plain = self.open(sealed, context).ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
     /// The value stored in `warden_instance.master_key_check`.
     pub fn check_value(&self) -> Vec<u8> {
         self.seal(CHECK_TEXT, b"master-key-check")
