@@ -269,11 +269,11 @@ impl Identity {
         event.actor_id = Some(user.name.clone());
         event.decision = Some(if outcome.is_ok() { "allow" } else { "deny" });
         match &outcome {
-            Ok((info, algorithm, aaguid, backup_eligible)) => {
+            Ok((info, aaguid, backup_eligible)) => {
                 event.subject = Some(info.id.clone());
                 event.attributes = json!({
                     "label": info.label,
-                    "algorithm": algorithm,
+                    "algorithm": info.algorithm,
                     "aaguid": aaguid.to_string(),
                     "backup_eligible": backup_eligible,
                 });
@@ -290,7 +290,7 @@ impl Identity {
         csrf: &str,
         label: &str,
         credential: &str,
-    ) -> Result<(PasskeyInfo, i64, Uuid, bool), PasskeyError> {
+    ) -> Result<(PasskeyInfo, Uuid, bool), PasskeyError> {
         let rp = relying_party(&self.passkeys())?;
         let label = check_label(label)?;
         let credential = parse_credential(credential)?;
@@ -363,7 +363,7 @@ impl Identity {
             created_at: SystemTime::now(),
             last_used_at: None,
         };
-        Ok((info, created.algorithm, aaguid, created.backup_eligible))
+        Ok((info, aaguid, created.backup_eligible))
     }
 
     /// Signs in with the passkey `credential` (the answer to a [`Purpose::SignIn`]
