@@ -54,6 +54,14 @@ async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -
     serve(app, headers, body, Wire::Anthropic).await
 }
 
+/// `response` carrying the request's trace (`traceparent`), as every AI answer does.
+fn with_traceparent(mut response: Response, trace: &TraceContext) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
 fn trace_of(headers: &HeaderMap) -> TraceContext {
     headers
         .get("traceparent")
@@ -113,14 +121,11 @@ async fn embeddings(State(app): State<AppState>, headers: HeaderMap, body: Body)
             .map_err(|error| api_error(&app, error))
     }
     .await;
-    let mut response = match result {
+    let response = match result {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(error) => error_response(Wire::OpenAi, error),
     };
-    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
-        response.headers_mut().insert("traceparent", value);
-    }
-    response
+    with_traceparent(response, &trace)
 }
 
 async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> Response {
@@ -135,7 +140,7 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
             .map_err(|error| api_error(&app, error))
     }
     .await;
-    let mut response = match result {
+    let response = match result {
         Ok(Answer::Complete(bytes)) => {
             ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
         }
@@ -149,10 +154,7 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
             .into_response(),
         Err(error) => error_response(format, error),
     };
-    if let Ok(value) = HeaderValue::from_str(&trace.header()) {
-        response.headers_mut().insert("traceparent", value);
-    }
-    response
+    with_traceparent(response, &trace)
 }
 
 async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
