@@ -12,6 +12,12 @@ use super::{
     Env, PASSWORD, authorize_query, cookies, data_attribute, exchange, hidden, pkce, query,
 };
 
+/// Asserts that `response` has `status` and a body saying `text`.
+fn assert_answer(response: &crate::support::http::Response, status: u16, text: &str) {
+    assert_eq!(response.status, status, "{response:?}");
+    assert!(response.body.contains(text), "{}", response.body);
+}
+
 /// A passkey label that breaks the page unless it is escaped.
 const LABEL: &str = "Erin's \"work\" <laptop> & co";
 
@@ -140,11 +146,9 @@ fn passkeys_register_sign_in_refuse_replays_and_removed_keys() {
         ),
     ];
     let first = env.form("/oauth/login", &form, &[("Cookie", &cookie)]);
-    assert_eq!(first.status, 200, "{first:?}");
-    assert!(first.body.contains("Allow access?"), "{}", first.body);
+    assert_answer(&first, 200, "Allow access?");
     let again = env.form("/oauth/login", &form, &[("Cookie", &cookie)]);
-    assert_eq!(again.status, 409, "{again:?}");
-    assert!(again.body.contains("already used"), "{}", again.body);
+    assert_answer(&again, 409, "already used");
 
     // A disabled user's passkey signs no one in.
     let (ok, _, err) = env.cli(&["user", "disable", "erin"], None);
@@ -215,8 +219,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
 
     // The account page without a session: the sign-in form, with a passkey button.
     let page = crate::support::http::get(&env.url("/oauth/account"));
-    assert_eq!(page.status, 200, "{page:?}");
-    assert!(page.body.contains("id=passkey-form"), "{}", page.body);
+    assert_answer(&page, 200, "id=passkey-form");
     let csrf = hidden(&page.body, "csrf");
     let csrf_cookie = cookies(&page);
     let sign_in = [
@@ -233,12 +236,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
         &sign_in,
         &[("Cookie", &csrf_cookie)],
     );
-    assert_eq!(signed_in.status, 200, "{signed_in:?}");
-    assert!(
-        signed_in.body.contains("<b id=user>erin</b>"),
-        "{}",
-        signed_in.body
-    );
+    assert_answer(&signed_in, 200, "<b id=user>erin</b>");
     // The account page sets a fresh CSRF cookie beside the session's.
     let session = cookies(&signed_in);
     let csrf = hidden(&signed_in.body, "csrf");
@@ -265,12 +263,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
         &[("csrf", csrf.as_str()), ("credential", &made_up_assertion)],
         &[("Cookie", &session)],
     );
-    assert_eq!(refused.status, 401, "{refused:?}");
-    assert!(
-        refused.body.contains("not opened in this browser"),
-        "{}",
-        refused.body
-    );
+    assert_answer(&refused, 401, "not opened in this browser");
     let refused = env.form(
         "/oauth/account/passkeys",
         &[
@@ -280,12 +273,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
         ],
         &[("Cookie", &session)],
     );
-    assert_eq!(refused.status, 401, "{refused:?}");
-    assert!(
-        refused.body.contains("not opened in this browser"),
-        "{}",
-        refused.body
-    );
+    assert_answer(&refused, 401, "not opened in this browser");
     let malformed = env.form(
         "/oauth/account/passkeys",
         &[
@@ -295,8 +283,7 @@ fn passkey_forms_refuse_forged_answers_and_cross_site_posts() {
         ],
         &[("Cookie", &session)],
     );
-    assert_eq!(malformed.status, 400, "{malformed:?}");
-    assert!(malformed.body.contains("malformed"), "{}", malformed.body);
+    assert_answer(&malformed, 400, "malformed");
     let unlabelled = env.form(
         "/oauth/account/passkeys",
         &[
@@ -356,12 +343,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
         ],
         &[("Cookie", &cookies(&page))],
     );
-    assert_eq!(signed_in.status, 200, "{signed_in:?}");
-    assert!(
-        signed_in.body.contains("id=passkeys-off"),
-        "{}",
-        signed_in.body
-    );
+    assert_answer(&signed_in, 200, "id=passkeys-off");
     let refused = env.form(
         "/oauth/account/passkeys",
         &[
@@ -371,8 +353,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
         ],
         &[("Cookie", &cookies(&signed_in))],
     );
-    assert_eq!(refused.status, 404, "{refused:?}");
-    assert!(refused.body.contains("turned off"), "{}", refused.body);
+    assert_answer(&refused, 404, "turned off");
 }
 
 #[test]
@@ -393,8 +374,7 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
     let path = &link[link.find("/oauth/").expect("a path")..];
     for _ in 0..2 {
         let landing = crate::support::http::get(&env.url(path));
-        assert_eq!(landing.status, 200, "{landing:?}");
-        assert!(landing.body.contains("id=continue"), "{}", landing.body);
+        assert_answer(&landing, 200, "id=continue");
     }
     let landing = crate::support::http::get(&env.url(path));
     let csrf = hidden(&landing.body, "csrf");
@@ -403,17 +383,11 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
     let forged = env.form("/oauth/account/link", &form, &[]);
     assert_eq!(forged.status, 403, "{forged:?}");
     let signed_in = env.form("/oauth/account/link", &form, &[("Cookie", &cookie)]);
-    assert_eq!(signed_in.status, 200, "{signed_in:?}");
-    assert!(
-        signed_in.body.contains("<b id=user>nopass</b>"),
-        "{}",
-        signed_in.body
-    );
+    assert_answer(&signed_in, 200, "<b id=user>nopass</b>");
     // Signed in just now: the passkey form is there.
     assert!(signed_in.body.contains("id=add-form"), "{}", signed_in.body);
     let again = env.form("/oauth/account/link", &form, &[("Cookie", &cookie)]);
-    assert_eq!(again.status, 409, "{again:?}");
-    assert!(again.body.contains("already used"), "{}", again.body);
+    assert_answer(&again, 409, "already used");
     let made_up = env.form(
         "/oauth/account/link",
         &[
@@ -425,8 +399,7 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
         ],
         &[("Cookie", &cookie)],
     );
-    assert_eq!(made_up.status, 401, "{made_up:?}");
-    assert!(made_up.body.contains("not valid"), "{}", made_up.body);
+    assert_answer(&made_up, 401, "not valid");
 
     let (ok, _, err) = env.cli(&["user", "passkey-link", "nopass", "--ttl", "8d"], None);
     assert!(!ok);
@@ -594,12 +567,7 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
         ],
         &[("Cookie", &cookies(&signed_in))],
     );
-    assert_eq!(added.status, 200, "{added:?}");
-    assert!(
-        added.body.contains("Passkey “software” added."),
-        "{}",
-        added.body
-    );
+    assert_answer(&added, 200, "Passkey “software” added.");
 
     // Sign in from a fresh page each time; the answer's flags and counter vary.
     let sign_in = |flags: u8, counter: u32| {
@@ -620,8 +588,7 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
         )
     };
     let first = sign_in(FLAG_UP | FLAG_UV, 1);
-    assert_eq!(first.status, 200, "{first:?}");
-    assert!(first.body.contains("<b id=user>erin</b>"), "{}", first.body);
+    assert_answer(&first, 200, "<b id=user>erin</b>");
     let same_counter = sign_in(FLAG_UP | FLAG_UV, 1);
     assert_eq!(same_counter.status, 401, "{same_counter:?}");
     assert!(
@@ -632,12 +599,7 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
         same_counter.body
     );
     let now_synced = sign_in(FLAG_UP | FLAG_UV | FLAG_BE, 2);
-    assert_eq!(now_synced.status, 401, "{now_synced:?}");
-    assert!(
-        now_synced.body.contains("backup eligibility"),
-        "{}",
-        now_synced.body
-    );
+    assert_answer(&now_synced, 401, "backup eligibility");
     let again = sign_in(FLAG_UP | FLAG_UV, 3);
     assert_eq!(again.status, 200, "{again:?}");
     // Without user verification (the profile requires it by default).
