@@ -89,6 +89,7 @@ fn bench(c: &mut Criterion) {
             roles: vec!["user".into()],
             kind: PrincipalKind::User,
             family: None,
+            session_epoch: 0,
             ttl: Duration::from_secs(3600),
         },
     )

@@ -194,6 +194,9 @@ pub enum AuthRejection {
     /// The account behind the token is disabled (401).
     #[error("account disabled")]
     Disabled,
+    /// The user signed out everywhere after the token was issued (401, `invalid_token`).
+    #[error("the user signed out everywhere after this token was issued")]
+    SignedOut,
     /// The token could not be checked: the identity store is unreachable (503).
     #[error("the identity store is unavailable: {0}")]
     Unavailable(String),

@@ -354,6 +354,8 @@ pub struct CodeGrant {
     pub scopes: Scopes,
     pub resource: Option<String>,
     pub code_challenge: String,
+    /// The user's session epoch when the login session that consented began.
+    pub session_epoch: i64,
 }
 
 pub async fn create_code<C: GenericClient>(
@@ -363,7 +365,7 @@ pub async fn create_code<C: GenericClient>(
     let code = secret::generate(secret::CODE_PREFIX);
     db.execute(
         "INSERT INTO oauth_codes (code_hash, client_id, identity_name, redirect_uri, scopes, resource, \
-         code_challenge, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         code_challenge, expires_at, session_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &secret::hash(code.expose()),
             &grant.client_id,
@@ -373,6 +375,7 @@ pub async fn create_code<C: GenericClient>(
             &grant.resource,
             &grant.code_challenge,
             &(SystemTime::now() + CODE_TTL),
+            &grant.session_epoch,
         ],
     )
     .await?;
@@ -402,7 +405,8 @@ pub async fn redeem_code<C: GenericClient>(
         .query_opt(
             "UPDATE oauth_codes SET used_at = now(), family_id = $2 \
              WHERE code_hash = $1 AND used_at IS NULL AND expires_at > now() \
-             RETURNING client_id, identity_name, redirect_uri, scopes, resource, code_challenge",
+             RETURNING client_id, identity_name, redirect_uri, scopes, resource, code_challenge, \
+             session_epoch",
             &[&hash, &family],
         )
         .await?;
@@ -414,6 +418,7 @@ pub async fn redeem_code<C: GenericClient>(
             scopes: Scopes::parse(&r.get::<_, String>(3)),
             resource: r.get(4),
             code_challenge: r.get(5),
+            session_epoch: r.get(6),
         }));
     }
     let row = db
@@ -441,6 +446,8 @@ pub struct RefreshGrant {
     pub identity: String,
     pub scopes: Scopes,
     pub resource: Option<String>,
+    /// The user's session epoch the family was granted at.
+    pub session_epoch: i64,
 }
 
 pub async fn create_refresh<C: GenericClient>(
@@ -451,7 +458,7 @@ pub async fn create_refresh<C: GenericClient>(
     let token = secret::generate(secret::REFRESH_PREFIX);
     db.execute(
         "INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, identity_name, scopes, \
-         resource, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         resource, expires_at, session_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &secret::hash(token.expose()),
             &grant.family,
@@ -460,6 +467,7 @@ pub async fn create_refresh<C: GenericClient>(
             &grant.scopes.to_header_value(),
             &grant.resource,
             &(SystemTime::now() + ttl),
+            &grant.session_epoch,
         ],
     )
     .await?;
@@ -488,7 +496,7 @@ pub async fn use_refresh<C: GenericClient>(
         .query_opt(
             "UPDATE oauth_refresh_tokens SET used_at = now() \
              WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now() \
-             RETURNING family_id, client_id, identity_name, scopes, resource",
+             RETURNING family_id, client_id, identity_name, scopes, resource, session_epoch",
             &[&hash],
         )
         .await?;
@@ -499,6 +507,7 @@ pub async fn use_refresh<C: GenericClient>(
             identity: r.get(2),
             scopes: Scopes::parse(&r.get::<_, String>(3)),
             resource: r.get(4),
+            session_epoch: r.get(5),
         }));
     }
     let row = db

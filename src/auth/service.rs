@@ -35,7 +35,7 @@ use super::oauth::{
 use super::passwords::Passwords;
 use super::ratelimit::LoginLimiter;
 use super::secret::{self, Redacted};
-use super::store::{self, IdentityRow};
+use super::store::{self, IdentityRow, Standing};
 use super::tokens::{self, Grant, Issued, MAX_TOKEN_BYTES, VerifyError, unix_now};
 use super::{AuthRejection, Authenticator, Principal, PrincipalKind, Scopes};
 use crate::config::{Config, IdentityConfig};
@@ -351,7 +351,7 @@ impl Identity {
         if let Some(f) = &family {
             ids.push(f);
         }
-        match self.account_state(&claims.sub, &ids).await {
+        match self.account_state(&claims.sub, &ids, claims.sep).await {
             Ok(None) => {}
             Ok(Some(rejection)) => return Err(rejection),
             Err(error) => {
@@ -371,19 +371,25 @@ impl Identity {
         Ok((principal, claims.exp, claims.fid))
     }
 
-    /// `Some(rejection)` when the account is disabled or the token revoked; `Err` when
-    /// PostgreSQL cannot answer.
+    /// `Some(rejection)` when the account is disabled, signed out everywhere since the
+    /// token's session epoch `sep`, or the token revoked; `Err` when PostgreSQL cannot
+    /// answer.
     async fn account_state(
         &self,
         subject: &str,
         ids: &[&str],
+        sep: i64,
     ) -> Result<Option<AuthRejection>, String> {
         let client = self.db.get().await.map_err(|e| e.to_string())?;
-        if store::is_disabled(&**client, subject)
+        match store::standing(&**client, subject)
             .await
             .map_err(|e| e.to_string())?
         {
-            return Ok(Some(AuthRejection::Disabled));
+            Standing::Disabled => return Ok(Some(AuthRejection::Disabled)),
+            Standing::Active { session_epoch } if sep < session_epoch => {
+                return Ok(Some(AuthRejection::SignedOut));
+            }
+            Standing::Active { .. } => {}
         }
         if store::any_revoked(&**client, ids)
             .await
@@ -458,6 +464,14 @@ impl Identity {
             .filter(|origin| matches!(*origin, "cli" | "import"))
             .map(str::to_owned);
         if let Some(origin) = origin {
+            if kind == SIGNED_OUT_NOTICE
+                && let Some(subject) = subject
+            {
+                let detail = notice.get("detail").cloned().unwrap_or(Value::Null);
+                self.record(signed_out_event(subject, &origin, detail))
+                    .await;
+                return;
+            }
             let mut event = AuditEvent::new(
                 match kind {
                     "keys.rotated" => "identity.key_rotated",
@@ -576,6 +590,30 @@ impl Identity {
     /// Records an event on the audit trail (for surfaces that act on identity's behalf).
     pub async fn record_event(&self, event: AuditEvent) {
         self.record(event).await;
+    }
+
+    /// Signs `name` out everywhere — the account page's "Sign out everywhere": every
+    /// login session, authorization code, refresh token and access token issued to them
+    /// so far stops working, on every replica (the notice drops their cached
+    /// verifications). Recorded as `auth.signed_out`. `warden user sign-out` does the
+    /// same from the CLI, recorded when this process hears its notice.
+    pub async fn sign_out_everywhere(&self, name: &str, origin: &str) -> Result<(), SignOutError> {
+        let db = self
+            .db
+            .get()
+            .await
+            .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
+        let revoked = store::sign_out(&**db, name)
+            .await
+            .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
+        self.cache.clear();
+        let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
+        if let Err(error) = store::notify(&**db, SIGNED_OUT_NOTICE, name, detail.clone()).await {
+            // This replica is signed out already; others see it on their next cache miss.
+            tracing::warn!(%error, "could not tell other replicas of a sign-out");
+        }
+        self.record(signed_out_event(name, origin, detail)).await;
+        Ok(())
     }
 
     /// The identity behind a login session, if it still may log in.
@@ -753,11 +791,25 @@ impl Identity {
         }
     }
 
-    async fn user_for_grant(&self, name: &str) -> Result<IdentityRow, OAuthError> {
+    /// The user a code or refresh token was granted to, if still enabled and not signed
+    /// out everywhere since the grant (made at `session_epoch`).
+    async fn user_for_grant(
+        &self,
+        name: &str,
+        session_epoch: i64,
+    ) -> Result<IdentityRow, OAuthError> {
         let db = self.db.get().await.map_err(OAuthError::server)?;
         match store::find(&**db, name).await.map_err(OAuthError::server)? {
-            Some(row) if !row.disabled => Ok(row),
-            _ => Err(OAuthError::new(
+            Some(row) if row.disabled => Err(OAuthError::new(
+                "invalid_grant",
+                "the account is disabled or gone",
+            )),
+            Some(row) if row.session_epoch != session_epoch => Err(OAuthError::new(
+                "invalid_grant",
+                "the user signed out everywhere after this grant was made",
+            )),
+            Some(row) => Ok(row),
+            None => Err(OAuthError::new(
                 "invalid_grant",
                 "the account is disabled or gone",
             )),
@@ -861,7 +913,9 @@ impl Identity {
                 "resource differs from the authorization request",
             ));
         }
-        let user = self.user_for_grant(&grant.identity).await?;
+        let user = self
+            .user_for_grant(&grant.identity, grant.session_epoch)
+            .await?;
         self.grant_tokens(
             client,
             &user,
@@ -892,6 +946,7 @@ impl Identity {
                     roles: user.roles.clone(),
                     kind: user.principal_kind(),
                     family: Some(family),
+                    session_epoch: user.session_epoch,
                     ttl: config.access_token_ttl,
                 },
                 grant_type,
@@ -908,6 +963,7 @@ impl Identity {
                         identity: user.name.clone(),
                         scopes: scopes.clone(),
                         resource,
+                        session_epoch: user.session_epoch,
                     },
                     config.refresh_token_ttl,
                 )
@@ -1012,7 +1068,9 @@ impl Identity {
             }
             None => grant.scopes.clone(),
         };
-        let user = self.user_for_grant(&grant.identity).await?;
+        let user = self
+            .user_for_grant(&grant.identity, grant.session_epoch)
+            .await?;
         // Roles may have shrunk since the grant.
         let scopes = self.grantable(&user.roles, &scopes);
         self.grant_tokens(
@@ -1089,6 +1147,7 @@ impl Identity {
                     roles: grant.identity.roles.clone(),
                     kind: PrincipalKind::Service,
                     family: None,
+                    session_epoch: grant.identity.session_epoch,
                     ttl: config.access_token_ttl,
                 },
                 "client_credentials",
@@ -1274,6 +1333,26 @@ fn settings(config: &Config, policy: &PolicyEngine) -> Settings {
             })
         }),
     }
+}
+
+/// The notice kind of a sign-out everywhere (`store::notify`).
+pub const SIGNED_OUT_NOTICE: &str = "user.signed_out";
+
+/// The `auth.signed_out` row: who was signed out, by whom (`origin`: `account`, `cli`).
+fn signed_out_event(name: &str, origin: &str, detail: Value) -> AuditEvent {
+    let mut event = AuditEvent::new("auth.signed_out", "system");
+    event.actor_id = Some(origin.to_owned());
+    event.subject = Some(name.to_owned());
+    event.reason = Some("signed out everywhere".to_owned());
+    event.attributes = detail;
+    event
+}
+
+/// Why a sign-out everywhere did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SignOutError {
+    #[error("the identity store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn unavailable(error: impl std::fmt::Display) -> AuthRejection {

@@ -44,6 +44,9 @@ pub struct IdentityRow {
     pub roles: Vec<String>,
     pub disabled: bool,
     pub has_password: bool,
+    /// Raised by every sign-out everywhere: sessions and tokens carrying a lower one
+    /// are refused (schema/0080_sign_out_everywhere.sql).
+    pub session_epoch: i64,
     pub created_at: SystemTime,
     pub last_login_at: Option<SystemTime>,
 }
@@ -63,6 +66,7 @@ impl IdentityRow {
             roles: row.get("roles"),
             disabled: row.get("disabled"),
             has_password: row.get::<_, Option<String>>("password_hash").is_some(),
+            session_epoch: row.get("session_epoch"),
             created_at: row.get("created_at"),
             last_login_at: row.get("last_login_at"),
         }
@@ -77,7 +81,8 @@ impl IdentityRow {
     }
 }
 
-const COLUMNS: &str = "id, name, kind, roles, password_hash, disabled, created_at, last_login_at";
+const COLUMNS: &str =
+    "id, name, kind, roles, password_hash, disabled, session_epoch, created_at, last_login_at";
 
 /// Local names: what people type at a login prompt and in `--user`.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
@@ -297,12 +302,45 @@ pub async fn list<C: GenericClient>(client: &C) -> Result<Vec<IdentityRow>, Stor
         .collect())
 }
 
-/// Whether an identity is disabled (a missing local one counts as disabled).
-pub async fn is_disabled<C: GenericClient>(client: &C, name: &str) -> Result<bool, StoreError> {
-    Ok(client
-        .query_opt("SELECT disabled FROM identities WHERE name = $1", &[&name])
-        .await?
-        .is_none_or(|row| row.get(0)))
+/// What a token of a local identity is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Enabled, at this session epoch.
+    Active { session_epoch: i64 },
+    /// Disabled, or gone (a missing local identity counts as disabled).
+    Disabled,
+}
+
+pub async fn standing<C: GenericClient>(client: &C, name: &str) -> Result<Standing, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT disabled, session_epoch FROM identities WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) if !row.get::<_, bool>(0) => Standing::Active {
+            session_epoch: row.get(1),
+        },
+        _ => Standing::Disabled,
+    })
+}
+
+/// Signs an identity out everywhere: raises its session epoch, so every login session,
+/// authorization code, refresh token and access token issued before is refused, and
+/// marks its live refresh tokens revoked. One statement, so both happen or neither.
+/// Returns how many refresh tokens were revoked.
+pub async fn sign_out<C: GenericClient>(client: &C, name: &str) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "WITH bumped AS (                  UPDATE identities SET session_epoch = session_epoch + 1, updated_at = now()                  WHERE name = $1 RETURNING name),              revoked AS (                  UPDATE oauth_refresh_tokens SET revoked_at = now()                  WHERE identity_name IN (SELECT name FROM bumped)                    AND revoked_at IS NULL AND used_at IS NULL AND expires_at > now()                  RETURNING 1)              SELECT (SELECT count(*) FROM bumped), (SELECT count(*) FROM revoked)",
+            &[&name],
+        )
+        .await?;
+    if row.get::<_, i64>(0) == 0 {
+        return Err(StoreError::NotFound(name.to_owned()));
+    }
+    Ok(row.get(1))
 }
 
 // ---------------------------------------------------------------------------------------

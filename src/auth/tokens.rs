@@ -45,6 +45,15 @@ pub struct AccessClaims {
     /// The refresh-token family the token came from (revoking the family revokes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fid: Option<String>,
+    /// The subject's session epoch when the chain that led to this token began (a
+    /// sign-out everywhere raises the subject's and refuses the token). Tokens from
+    /// before sign-outs existed have none: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sep: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// What a token is issued for.
@@ -56,6 +65,8 @@ pub struct Grant {
     pub roles: Vec<String>,
     pub kind: PrincipalKind,
     pub family: Option<Uuid>,
+    /// The subject's session epoch the grant was made at (claim `sep`).
+    pub session_epoch: i64,
     pub ttl: Duration,
 }
 
@@ -104,6 +115,7 @@ pub fn issue(
             .to_owned(),
         ),
         fid: grant.family.map(|f| f.to_string()),
+        sep: grant.session_epoch,
     };
     let (token, kid) = keys.sign(&claims, ACCESS_TOKEN_TYP)?;
     Ok(Issued {
@@ -236,8 +248,20 @@ mod tests {
             roles: vec!["user".into()],
             kind: PrincipalKind::User,
             family: None,
+            session_epoch: 0,
             ttl: Duration::from_secs(600),
         }
+    }
+
+    /// The claims part of a token, as JSON.
+    fn payload(token: &str) -> serde_json::Value {
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     fn b64(value: &serde_json::Value) -> String {
@@ -262,6 +286,32 @@ mod tests {
         assert!(p.scopes.grants("tools:read") && !p.scopes.grants("tools:write"));
         assert_eq!(p.tier, "user");
         assert_eq!(p.token_id.as_deref(), Some(issued.jti.as_str()));
+    }
+
+    #[test]
+    fn the_session_epoch_travels_in_sep_and_reads_as_zero_when_absent() {
+        let keys = KeySet::generate_ephemeral();
+        let first = issue(&keys, ISS, AUD, &grant()).unwrap();
+        assert!(payload(first.token.expose()).get("sep").is_none());
+        assert_eq!(
+            verify(first.token.expose(), &keys, ISS, AUD).unwrap().sep,
+            0
+        );
+        let later = issue(
+            &keys,
+            ISS,
+            AUD,
+            &Grant {
+                session_epoch: 3,
+                ..grant()
+            },
+        )
+        .unwrap();
+        assert_eq!(payload(later.token.expose())["sep"], 3);
+        assert_eq!(
+            verify(later.token.expose(), &keys, ISS, AUD).unwrap().sep,
+            3
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! embedded cluster is attached, not started twice):
 //!
 //! - `warden user add NAME --role R` (password on stdin), `user list`, `user disable
-//!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin), `user passkeys
-//!   [NAME]`, `user passkey-link NAME [--ttl 1h]`, `user remove-passkey ID`;
+//!   NAME`, `user enable NAME`, `user passwd NAME` (password on stdin; signs the user
+//!   out everywhere), `user sign-out NAME`, `user passkeys [NAME]`, `user passkey-link
+//!   NAME [--ttl 1h]`, `user remove-passkey ID`;
 //! - `warden token issue --user NAME --scopes "a b" [--ttl 1h]`: prints an access token
 //!   (creating the user, without a password, if needed);
 //! - `warden keys rotate`, `warden keys list`;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use super::ProfileArg;
 use crate::auth::secret::Redacted;
-use crate::auth::service::issue_offline;
+use crate::auth::service::{SIGNED_OUT_NOTICE, issue_offline};
 use crate::auth::tokens::Grant;
 use crate::auth::{PrincipalKind, Scopes, keys, passkeys, passwords, store};
 use crate::config::Config;
@@ -60,8 +61,17 @@ pub(crate) enum UserCommand {
         #[command(flatten)]
         profile: ProfileArg,
     },
-    /// Set a user's password (read from stdin).
+    /// Set a user's password (read from stdin); signs them out everywhere, as
+    /// `sign-out` does.
     Passwd {
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Sign an identity out everywhere: every login session, authorization code,
+    /// refresh token and access token issued to it so far stops working (API keys
+    /// stay: `apikey revoke`).
+    SignOut {
         name: String,
         #[command(flatten)]
         profile: ProfileArg,
@@ -370,12 +380,37 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 json!({"origin": "cli"}),
             )
             .await?;
-            println!("password of `{name}` changed");
+            let revoked = sign_out(&**client, &name).await?;
+            println!(
+                "password of `{name}` changed; signed out everywhere ({revoked} refresh tokens revoked)"
+            );
+            drop(client);
+            database.shutdown(config.server.shutdown_grace).await?;
+        }
+        UserCommand::SignOut { name, profile } => {
+            let (config, database) = open(&profile).await?;
+            let client = database.pool.get().await?;
+            let revoked = sign_out(&**client, &name).await?;
+            println!("`{name}` signed out everywhere ({revoked} refresh tokens revoked)");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs `name` out everywhere and tells running servers (which drop cached
+/// verifications and record `auth.signed_out`); returns the refresh tokens revoked.
+async fn sign_out<C: tokio_postgres::GenericClient>(client: &C, name: &str) -> Result<i64> {
+    let revoked = store::sign_out(client, name).await?;
+    store::notify(
+        client,
+        SIGNED_OUT_NOTICE,
+        name,
+        json!({"origin": "cli", "refresh_tokens_revoked": revoked}),
+    )
+    .await?;
+    Ok(revoked)
 }
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {
@@ -433,6 +468,7 @@ pub(crate) async fn token(command: TokenCommand) -> Result<ExitCode> {
             roles: row.roles.clone(),
             kind: PrincipalKind::User,
             family: None,
+            session_epoch: row.session_epoch,
             ttl,
         },
     )

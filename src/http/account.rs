@@ -8,7 +8,8 @@
 //!   link from `warden user passkey-link`, for a user without a password to add their
 //!   first passkey (the page spends nothing; its button does).
 //! - `POST /oauth/account/login`, `/oauth/account/passkeys`,
-//!   `/oauth/account/passkeys/remove`, `/oauth/account/logout`: the forms. Each carries
+//!   `/oauth/account/passkeys/remove`, `/oauth/account/logout`,
+//!   `/oauth/account/sign-out-everywhere`: the forms. Each carries
 //!   a CSRF token that must equal the `…csrf` cookie (and, for a ceremony, the one sealed
 //!   in its challenge); changes need the login session.
 
@@ -49,6 +50,10 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth/account/passkeys", post(add_passkey))
         .route("/oauth/account/passkeys/remove", post(remove_passkey))
         .route("/oauth/account/logout", post(logout))
+        .route(
+            "/oauth/account/sign-out-everywhere",
+            post(sign_out_everywhere),
+        )
         .route("/oauth/account/link", get(link_page).post(link_login))
 }
 
@@ -120,21 +125,19 @@ async fn show(State(app): State<AppState>, headers: HeaderMap) -> Response {
             };
             account_page(&app, &user, view).await
         }
-        None => sign_in_page(&app, None, StatusCode::OK),
+        None => sign_in_page(&app, Message::None, StatusCode::OK),
     }
 }
 
 /// The sign-in form of the account page (password, and passkey when they are on).
-fn sign_in_page(app: &AppState, error: Option<&str>, status: StatusCode) -> Response {
+fn sign_in_page(app: &AppState, message: Message, status: StatusCode) -> Response {
     let (csrf, cookie) = csrf_cookie(app);
-    let error = error
-        .map(|e| format!("<p class=error id=error>{}</p>", escape(e)))
-        .unwrap_or_default();
     page(
         status,
         "Sign in to Warden",
         &format!(
-            "<p>Sign in to manage your passkeys.</p>{error}{}",
+            "<p>Sign in to manage your passkeys.</p>{}{}",
+            message.html(),
             account_sign_in(app, &csrf)
         ),
         &[cookie],
@@ -152,6 +155,16 @@ enum Message {
     None,
     Notice(String),
     Error(String),
+}
+
+impl Message {
+    fn html(&self) -> String {
+        match self {
+            Message::None => String::new(),
+            Message::Notice(text) => format!("<p id=notice>{}</p>", escape(text)),
+            Message::Error(text) => format!("<p class=error id=error>{}</p>", escape(text)),
+        }
+    }
 }
 
 /// How the account page is shown.
@@ -172,11 +185,7 @@ async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Respons
         session,
     } = view;
     let (csrf, cookie) = csrf_cookie(app);
-    let message = match message {
-        Message::None => String::new(),
-        Message::Notice(text) => format!("<p id=notice>{}</p>", escape(&text)),
-        Message::Error(text) => format!("<p class=error id=error>{}</p>", escape(&text)),
-    };
+    let message = message.html();
     let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
     let (list, ids) = match app.identity.passkeys_of(user).await {
         Ok(keys) if keys.is_empty() => {
@@ -230,7 +239,11 @@ async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Respons
         "Your Warden account",
         &format!(
             "<p>Signed in as <b id=user>{}</b>.</p>{message}<h2>Passkeys</h2>{list}{add}\
-             <form method=post action=/oauth/account/logout>{hidden}<button type=submit id=logout>Sign out</button></form>",
+             <form method=post action=/oauth/account/logout>{hidden}<button type=submit id=logout>Sign out</button></form>\
+             <h2>Every device</h2><p>Signing out everywhere ends every sign-in of yours and makes \
+             every token issued to you so far stop working, in every application.</p>\
+             <form method=post action=/oauth/account/sign-out-everywhere>{hidden}\
+             <button type=submit id=sign-out-everywhere>Sign out everywhere</button></form>",
             escape(&user.name)
         ),
         &cookies,
@@ -326,7 +339,7 @@ async fn login(
             account_page(&app, &user, view).await
         }
         Err((status, message, wait)) => {
-            let mut response = sign_in_page(&app, Some(&message), status);
+            let mut response = sign_in_page(&app, Message::Error(message), status);
             if let Some(wait) = wait {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
@@ -351,7 +364,7 @@ async fn form_user(
     session(app, headers).await.ok_or_else(|| {
         sign_in_page(
             app,
-            Some("Your session ended; sign in again."),
+            Message::Error("Your session ended; sign in again.".into()),
             StatusCode::UNAUTHORIZED,
         )
     })
@@ -469,8 +482,49 @@ async fn logout(
     if !csrf_ok(&app, &headers, &form.csrf) {
         return csrf_refused();
     }
-    let names = cookie_names(&app);
-    let mut response = sign_in_page(&app, None, StatusCode::OK);
+    ended_session(&app, sign_in_page(&app, Message::None, StatusCode::OK))
+}
+
+/// "Sign out everywhere": every login session (this one too), code, refresh token and
+/// access token of the user so far stops working (`Identity::sign_out_everywhere`).
+async fn sign_out_everywhere(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    let (user, signed_in_at) = match form_user(&app, &headers, &form.csrf).await {
+        Ok(signed_in) => signed_in,
+        Err(refusal) => return refusal,
+    };
+    match app
+        .identity
+        .sign_out_everywhere(&user.name, "account")
+        .await
+    {
+        Ok(()) => {
+            let notice = Message::Notice(
+                "You are signed out everywhere: every sign-in and token of yours has ended.".into(),
+            );
+            ended_session(&app, sign_in_page(&app, notice, StatusCode::OK))
+        }
+        Err(error) => {
+            tracing::warn!(%error, user = %user.name, "a sign-out everywhere failed");
+            let view = View {
+                message: Message::Error(
+                    "Warden could not sign you out everywhere just now; try again.".into(),
+                ),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                fresh: recent(signed_in_at),
+                session: None,
+            };
+            account_page(&app, &user, view).await
+        }
+    }
+}
+
+/// `response` with the login session cookie cleared.
+fn ended_session(app: &AppState, mut response: Response) -> Response {
+    let names = cookie_names(app);
     let cleared = format!("{}={}; Max-Age=0", names.session, names.attributes);
     if let Ok(value) = HeaderValue::from_str(&cleared) {
         response.headers_mut().append(header::SET_COOKIE, value);

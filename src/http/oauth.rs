@@ -105,6 +105,10 @@ struct LoginSession {
     /// Sessions sealed before this field existed read as long ago.
     #[serde(default)]
     signed_in_at: u64,
+    /// The user's session epoch at sign-in: a sign-out everywhere raises it and ends
+    /// this session. Sessions sealed before sign-outs existed read as 0.
+    #[serde(default)]
+    epoch: i64,
 }
 
 const PENDING_CONTEXT: &[u8] = b"oauth-pending-request";
@@ -408,7 +412,7 @@ pub(super) async fn session(
         return None;
     }
     let user = app.identity.active_user(&session.user).await?;
-    Some((user, session.signed_in_at))
+    (user.session_epoch == session.epoch).then_some((user, session.signed_in_at))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -679,6 +683,7 @@ pub(super) fn session_cookie(app: &AppState, user: &store::IdentityRow) -> Strin
             user: user.name.clone(),
             exp: unix_now() + ttl.as_secs(),
             signed_in_at: unix_now(),
+            epoch: user.session_epoch,
         },
         SESSION_CONTEXT,
     );
@@ -798,6 +803,7 @@ async fn consent(
             scopes: scopes.clone(),
             resource: pending.resource.clone(),
             code_challenge: pending.code_challenge.clone(),
+            session_epoch: user.session_epoch,
         })
         .await
     {

@@ -12,6 +12,7 @@ mod federation;
 mod flows;
 mod passkeys;
 mod python;
+mod sign_out;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -297,6 +298,25 @@ pub fn authorize_over_http(env: &Env, query: &str, user: &str, password: &str) -
     Consented {
         location: consent.header("location").expect("Location").to_owned(),
     }
+}
+
+/// Signs `user` in on the account page with the test password, as a browser would:
+/// the account page it answers with, and the cookies it set (login session and CSRF).
+pub fn account_sign_in(env: &Env, user: &str) -> (Response, String) {
+    let page = http::get(&env.url("/oauth/account"));
+    assert_eq!(page.status, 200, "{page:?}");
+    let signed_in = env.form(
+        "/oauth/account/login",
+        &[
+            ("username", user),
+            ("password", PASSWORD),
+            ("csrf", &hidden(&page.body, "csrf")),
+        ],
+        &[("Cookie", &cookies(&page))],
+    );
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    let cookies = cookies(&signed_in);
+    (signed_in, cookies)
 }
 
 /// Exchanges a code at the token endpoint.

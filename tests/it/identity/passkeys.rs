@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::browser::{Driver, WAIT, callback_listener};
 use super::{
-    Env, PASSWORD, authorize_query, cookies, data_attribute, exchange, hidden, pkce, query,
+    Env, PASSWORD, account_sign_in, authorize_query, cookies, data_attribute, exchange, hidden,
+    pkce, query,
 };
 
 /// Asserts that `response` has `status` and a body saying `text`.
@@ -333,16 +334,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
     let page = crate::support::http::get(&env.url("/oauth/account"));
     assert_eq!(page.status, 200, "{page:?}");
     assert!(!page.body.contains("passkeys.js"), "{}", page.body);
-    let csrf = hidden(&page.body, "csrf");
-    let signed_in = env.form(
-        "/oauth/account/login",
-        &[
-            ("username", "erin"),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-        ],
-        &[("Cookie", &cookies(&page))],
-    );
+    let (signed_in, session) = account_sign_in(&env, "erin");
     assert_answer(&signed_in, 200, "id=passkeys-off");
     let refused = env.form(
         "/oauth/account/passkeys",
@@ -351,7 +343,7 @@ fn passkeys_are_off_while_the_public_url_is_an_ip_address() {
             ("label", "x"),
             ("credential", "{}"),
         ],
-        &[("Cookie", &cookies(&signed_in))],
+        &[("Cookie", &session)],
     );
     assert_answer(&refused, 404, "turned off");
 }
@@ -541,17 +533,7 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
     let authenticator = SoftAuthenticator::new(origin);
 
     // Register (signed in with the password just now).
-    let page = crate::support::http::get(&env.url("/oauth/account"));
-    let signed_in = env.form(
-        "/oauth/account/login",
-        &[
-            ("username", "erin"),
-            ("password", PASSWORD),
-            ("csrf", &hidden(&page.body, "csrf")),
-        ],
-        &[("Cookie", &cookies(&page))],
-    );
-    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    let (signed_in, _) = account_sign_in(&env, "erin");
     let user_handle = data_attribute(&signed_in.body, "user-id");
     assert_eq!(unb64(&user_handle).len(), 16, "the identity's UUID");
     let answer = authenticator.register(
