@@ -63,6 +63,10 @@ pub const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 86400);
 struct SignInLink {
     user: Uuid,
     exp: u64,
+    /// The user's session epoch when the link was made: signing them out everywhere
+    /// cancels it.
+    #[serde(default)]
+    epoch: i64,
 }
 
 /// What a ceremony is for.
@@ -145,6 +149,10 @@ pub enum PasskeyError {
     BadLink,
     #[error("this sign-in link was already used; ask for a new one")]
     LinkUsed,
+    #[error(
+        "this sign-in link was cancelled when you were signed out everywhere; ask for a new one"
+    )]
+    LinkCancelled,
     #[error("this account cannot sign in")]
     AccountDisabled,
     #[error("a passkey label is 1 to {MAX_LABEL_CHARS} characters without control characters")]
@@ -526,6 +534,9 @@ impl Identity {
         if !user.can_sign_in() {
             return Err(PasskeyError::AccountDisabled);
         }
+        if user.session_epoch != link.epoch {
+            return Err(PasskeyError::LinkCancelled);
+        }
         match consume_challenge(&*transaction, &sealed, link.exp).await {
             Err(PasskeyError::Replayed) => return Err(PasskeyError::LinkUsed),
             other => other?,
@@ -649,9 +660,15 @@ fn open_ceremony(
     }
 }
 
-/// The code of a one-time sign-in link for `user`, good until `exp` (Unix seconds).
-pub fn sign_in_link_code(master: &MasterKey, user: Uuid, exp: u64) -> String {
-    b64(&master.seal_json(&SignInLink { user, exp }, LINK_CONTEXT))
+/// The code of a one-time sign-in link for `user`, good until `exp` (Unix seconds) or
+/// until the user is signed out everywhere.
+pub fn sign_in_link_code(master: &MasterKey, user: &IdentityRow, exp: u64) -> String {
+    let link = SignInLink {
+        user: user.id,
+        exp,
+        epoch: user.session_epoch,
+    };
+    b64(&master.seal_json(&link, LINK_CONTEXT))
 }
 
 /// Stored passkeys, of one user or of all, newest first.

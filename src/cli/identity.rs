@@ -324,7 +324,7 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            let code = passkeys::sign_in_link_code(&master, row.id, exp);
+            let code = passkeys::sign_in_link_code(&master, &row, exp);
             store::notify(
                 &**client,
                 "user.sign_in_link_issued",

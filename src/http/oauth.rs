@@ -709,7 +709,7 @@ pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
         PasskeyError::Duplicate | PasskeyError::Replayed | PasskeyError::TooMany => {
             StatusCode::CONFLICT
         }
-        PasskeyError::LinkUsed => StatusCode::CONFLICT,
+        PasskeyError::LinkUsed | PasskeyError::LinkCancelled => StatusCode::CONFLICT,
         PasskeyError::BadLink
         | PasskeyError::Invalid(_)
         | PasskeyError::WrongCeremony

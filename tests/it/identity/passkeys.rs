@@ -393,6 +393,23 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
     );
     assert_answer(&made_up, 401, "not valid");
 
+    // Signing the user out everywhere cancels a link not yet used.
+    let (ok, link, err) = env.cli(&["user", "passkey-link", "nopass"], None);
+    assert!(ok, "{err}");
+    let pending = query(link.trim())["code"].clone();
+    let (ok, _, err) = env.cli(&["user", "sign-out", "nopass"], None);
+    assert!(ok, "{err}");
+    let cancelled = env.form(
+        "/oauth/account/link",
+        &[("code", pending.as_str()), ("csrf", csrf.as_str())],
+        &[("Cookie", &cookie)],
+    );
+    assert_answer(
+        &cancelled,
+        409,
+        "cancelled when you were signed out everywhere",
+    );
+
     let (ok, _, err) = env.cli(&["user", "passkey-link", "nopass", "--ttl", "8d"], None);
     assert!(!ok);
     assert!(err.contains("--ttl must be between 1s and 7d"), "{err}");
@@ -410,7 +427,12 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
     let rows: Vec<(&str, &str)> = rows.iter().map(|(a, d)| (a.as_str(), d.as_str())).collect();
     assert_eq!(
         rows,
-        [("nopass", "allow"), ("nopass", "deny"), ("", "deny")]
+        [
+            ("nopass", "allow"),
+            ("nopass", "deny"),
+            ("", "deny"),
+            ("nopass", "deny")
+        ]
     );
 }
 
