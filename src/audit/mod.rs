@@ -1,4 +1,5 @@
-//! The audit trail, read side and glue: search ([`query`]), the tamper check
+//! The audit trail, read side and glue: search ([`query`]), the feed in written order
+//! for SIEMs ([`feed`]), the tamper check
 //! ([`verify`]), the retention job ([`retention`]), lifecycle events from the event bus
 //! ([`lifecycle`]), and the redaction rules in force ([`refresh_redaction`]).
 //!
@@ -10,6 +11,7 @@
 //!
 //! The schema, guarantees and ready SQL are in `docs/audit.md`.
 
+pub mod feed;
 pub mod lifecycle;
 pub mod query;
 pub mod retention;

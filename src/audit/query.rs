@@ -94,15 +94,50 @@ fn parse_cursor(cursor: &str) -> Result<(i64, Uuid), QueryError> {
     ))
 }
 
-const SEARCH: &str = "
-SELECT at, id, doc FROM (
-  (SELECT t.started_at AS at, t.id, jsonb_build_object(
+// The JSON document of each kind of row, as the search and the feed (`audit::feed`)
+// return it: one shape for both, built in SQL. Macros rather than constants, so that
+// `concat!` can splice them into the statements at compile time. Table aliases: `t` tool
+// calls, `e` events, `a` model requests.
+macro_rules! tool_doc {
+    () => {
+        "jsonb_build_object(
       'type', 'tool_call', 'id', t.id, 'at', warden_audit_ts(t.started_at) || 'Z',
       'trace_id', t.trace_id, 'user', t.user_id, 'client_id', t.client_id,
       'session_id', t.session_id, 'server', t.server_name, 'tool', t.tool_name,
       'requested_name', t.requested_name, 'status', t.status, 'error', t.error,
       'duration_us', t.duration_us, 'input', t.input, 'input_truncated', t.input_truncated,
-      'output', t.output, 'output_truncated', t.output_truncated, 'batch_seq', t.batch_seq) AS doc
+      'output', t.output, 'output_truncated', t.output_truncated, 'batch_seq', t.batch_seq)"
+    };
+}
+macro_rules! event_doc {
+    () => {
+        "jsonb_build_object(
+      'type', 'event', 'id', e.id, 'at', warden_audit_ts(e.occurred_at) || 'Z',
+      'trace_id', e.trace_id, 'kind', e.kind, 'actor_kind', e.actor_kind, 'user', e.actor_id,
+      'subject', e.subject, 'decision', e.decision, 'reason', e.reason,
+      'attributes', e.attributes, 'batch_seq', e.batch_seq)"
+    };
+}
+macro_rules! ai_doc {
+    () => {
+        "jsonb_build_object(
+      'type', 'ai_request', 'id', a.id, 'at', warden_audit_ts(a.created_at) || 'Z',
+      'trace_id', a.trace_id, 'user', a.user_id, 'client_id', a.client_id,
+      'session_id', a.session_id, 'provider', a.provider, 'model', a.model,
+      'requested_model', a.requested_model, 'input_tokens', a.input_tokens,
+      'output_tokens', a.output_tokens, 'cost_microdollars', a.cost_microdollars,
+      'latency_ms', a.latency_ms, 'status', a.status, 'error', a.error,
+      'streaming', a.streaming, 'batch_seq', a.batch_seq)"
+    };
+}
+pub(crate) use {ai_doc, event_doc, tool_doc};
+
+const SEARCH: &str = concat!(
+    "
+SELECT at, id, doc FROM (
+  (SELECT t.started_at AS at, t.id, ",
+    tool_doc!(),
+    " AS doc
    FROM mcp_tool_executions t
    WHERE ($7::text IS NULL OR $7 = 'tool_call')
      AND ($1::text IS NULL OR t.user_id = $1)
@@ -114,11 +149,9 @@ SELECT at, id, doc FROM (
      AND ($8::timestamptz IS NULL OR (t.started_at, t.id) < ($8, $9::uuid))
    ORDER BY t.started_at DESC, t.id DESC LIMIT $10)
   UNION ALL
-  (SELECT e.occurred_at, e.id, jsonb_build_object(
-      'type', 'event', 'id', e.id, 'at', warden_audit_ts(e.occurred_at) || 'Z',
-      'trace_id', e.trace_id, 'kind', e.kind, 'actor_kind', e.actor_kind, 'user', e.actor_id,
-      'subject', e.subject, 'decision', e.decision, 'reason', e.reason,
-      'attributes', e.attributes, 'batch_seq', e.batch_seq)
+  (SELECT e.occurred_at, e.id, ",
+    event_doc!(),
+    "
    FROM audit_events e
    WHERE ($7::text IS NULL OR e.kind = $7)
      AND ($1::text IS NULL OR e.actor_id = $1)
@@ -131,14 +164,9 @@ SELECT at, id, doc FROM (
      AND ($8::timestamptz IS NULL OR (e.occurred_at, e.id) < ($8, $9::uuid))
    ORDER BY e.occurred_at DESC, e.id DESC LIMIT $10)
   UNION ALL
-  (SELECT a.created_at, a.id, jsonb_build_object(
-      'type', 'ai_request', 'id', a.id, 'at', warden_audit_ts(a.created_at) || 'Z',
-      'trace_id', a.trace_id, 'user', a.user_id, 'client_id', a.client_id,
-      'session_id', a.session_id, 'provider', a.provider, 'model', a.model,
-      'requested_model', a.requested_model, 'input_tokens', a.input_tokens,
-      'output_tokens', a.output_tokens, 'cost_microdollars', a.cost_microdollars,
-      'latency_ms', a.latency_ms, 'status', a.status, 'error', a.error,
-      'streaming', a.streaming, 'batch_seq', a.batch_seq)
+  (SELECT a.created_at, a.id, ",
+    ai_doc!(),
+    "
    FROM ai_requests a
    WHERE ($7::text IS NULL OR $7 = 'ai_request')
      AND ($2::text IS NULL)
@@ -151,7 +179,8 @@ SELECT at, id, doc FROM (
    ORDER BY a.created_at DESC, a.id DESC LIMIT $10)
 ) r
 ORDER BY at DESC, id DESC
-LIMIT $10";
+LIMIT $10"
+);
 
 /// Runs a search.
 pub async fn search(client: &impl GenericClient, filters: &Filters) -> Result<Page, QueryError> {

@@ -1,20 +1,26 @@
-//! `warden audit verify [--since T] [--json]` and
+//! `warden audit verify [--since T] [--json]`,
 //! `warden audit search [--user U] [--tool T] [--trace X] [--since 1h] [--until T]
-//! [--status S] [--kind K] [--limit N] [--cursor C] [--json]`.
+//! [--status S] [--kind K] [--limit N] [--cursor C] [--json]` and
+//! `warden audit tail [--after P] [--follow [--interval 1s]] [--limit N]` (the trail in
+//! written order as JSON lines, for a SIEM's shipper: `audit::feed`).
 //!
-//! Both read the database the profile names (attaching to the embedded cluster a running
+//! All read the database the profile names (attaching to the embedded cluster a running
 //! `warden serve` owns). `verify` exits 1 when it finds a problem, naming the first batch
 //! or row that no longer matches; its last line is the chain's head, worth keeping
 //! elsewhere (docs/audit.md).
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 
 use super::ProfileArg;
-use crate::audit::query::{self, Filters};
+use crate::audit::feed::{self, FeedPage};
+use crate::audit::query::{self, Filters, QueryError};
 use crate::audit::verify;
+use crate::config::units::parse_duration;
 use crate::db::Database;
 
 #[derive(Subcommand)]
@@ -28,6 +34,25 @@ pub(crate) enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Print the trail in the order it was written, one JSON document per line: the
+    /// rows of every batch after chain position `--after` (each line's `batch`). Resume
+    /// from the last line's `batch`: nothing is missed or repeated.
+    Tail {
+        /// The chain position read up to (0: from the start).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep printing batches as they are written, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// How often `--follow` looks for new batches.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Rows per read of the database (1 to 10000).
+        #[arg(long)]
+        limit: Option<usize>,
         #[command(flatten)]
         profile: ProfileArg,
     },
@@ -70,9 +95,9 @@ pub(crate) enum AuditCommand {
 
 pub(crate) async fn run(command: AuditCommand) -> Result<ExitCode> {
     let profile = match &command {
-        AuditCommand::Verify { profile, .. } | AuditCommand::Search { profile, .. } => {
-            profile.clone()
-        }
+        AuditCommand::Verify { profile, .. }
+        | AuditCommand::Search { profile, .. }
+        | AuditCommand::Tail { profile, .. } => profile.clone(),
     };
     let config = profile.load()?;
     let database = Database::open_shared(&config).await?;
@@ -81,14 +106,21 @@ pub(crate) async fn run(command: AuditCommand) -> Result<ExitCode> {
     result
 }
 
+async fn connect(database: &Database) -> Result<deadpool_postgres::Object> {
+    database.pool.get().await.context("cannot reach PostgreSQL")
+}
+
 async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode> {
-    let client = database
-        .pool
-        .get()
-        .await
-        .context("cannot reach PostgreSQL")?;
     match command {
+        AuditCommand::Tail {
+            after,
+            follow,
+            interval,
+            limit,
+            ..
+        } => tail(database, after, follow, interval, limit).await,
         AuditCommand::Verify { since, json, .. } => {
+            let client = connect(database).await?;
             let since = query::since_for_verify(since.as_deref())?;
             let report = verify::verify(&**client, since)
                 .await
@@ -146,6 +178,7 @@ async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode>
                 limit,
                 cursor,
             };
+            let client = connect(database).await?;
             let page = query::search(&**client, &filters).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
@@ -161,4 +194,101 @@ async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err("the interval is 100ms to 1h".to_owned());
+    }
+    Ok(interval)
+}
+
+/// `audit tail`: reads and prints whole batches after `after`; with `follow`, keeps
+/// doing so every `interval` until SIGINT or SIGTERM. While following, a database that
+/// cannot be reached is reported on stderr and tried again: the position is kept.
+async fn tail(
+    database: &Database,
+    mut after: i64,
+    follow: bool,
+    interval: Duration,
+    limit: Option<usize>,
+) -> Result<ExitCode> {
+    let mut stop = std::pin::pin!(stop_signal()?);
+    loop {
+        let page = match read_feed(database, after, limit).await {
+            Ok(page) => page,
+            Err(error) if follow && !matches!(error, FeedError::Refused(_)) => {
+                eprintln!("warden audit tail: {error:#}; trying again");
+                FeedPage {
+                    items: Vec::new(),
+                    next_after: after,
+                    caught_up: true,
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        print_lines(&page.items)?;
+        after = page.next_after;
+        if page.caught_up {
+            if !follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::select! {
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// Why a read of the feed failed: the arguments (not worth retrying), or the database.
+#[derive(Debug, thiserror::Error)]
+enum FeedError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot read the audit trail: {0}")]
+    Database(String),
+}
+
+async fn read_feed(
+    database: &Database,
+    after: i64,
+    limit: Option<usize>,
+) -> Result<FeedPage, FeedError> {
+    let client = database
+        .pool
+        .get()
+        .await
+        .map_err(|e| FeedError::Database(e.to_string()))?;
+    feed::read(&**client, after, limit)
+        .await
+        .map_err(|error| match error {
+            QueryError::BadFilter(m) => FeedError::Refused(m),
+            QueryError::Database(m) => FeedError::Database(m),
+        })
+}
+
+/// Each item as one line of compact JSON, flushed (a shipper reads as they come).
+fn print_lines(items: &[serde_json::Value]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        serde_json::to_writer(&mut out, item)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

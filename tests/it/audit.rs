@@ -430,6 +430,237 @@ fn every_call_leaves_one_row_with_principal_trace_status_and_payloads_and_verify
 }
 
 // ---------------------------------------------------------------------------------------
+// The feed (`GET /admin/audit/feed`, `warden audit tail`)
+// ---------------------------------------------------------------------------------------
+
+/// `GET path` as the bootstrap admin.
+fn admin_get(warden: &WardenProcess, profile: &Profile, path: &str) -> http::Response {
+    let token = std::fs::read_to_string(profile.state_dir().join("admin.token"))
+        .expect("the bootstrap admin token");
+    let auth = format!("Bearer {}", token.trim());
+    http::request(
+        "GET",
+        &warden.url(path),
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Reads the feed after `after` until it is caught up, `limit` rows a read: the items
+/// and the position read up to.
+fn read_feed(
+    warden: &WardenProcess,
+    profile: &Profile,
+    mut after: i64,
+    limit: usize,
+) -> (Vec<Value>, i64) {
+    let mut items = Vec::new();
+    for _ in 0..10_000 {
+        let response = admin_get(
+            warden,
+            profile,
+            &format!("/admin/audit/feed?after={after}&limit={limit}"),
+        );
+        assert_eq!(response.status, 200, "{response:?}");
+        let page = response.json();
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        after = page["next_after"].as_i64().expect("next_after");
+        if page["caught_up"] == true {
+            return (items, after);
+        }
+    }
+    panic!("the feed never caught up");
+}
+
+fn ids(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|item| item["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The `message` arguments of the echo calls among `items`, in feed order.
+fn echoed(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter(|item| item["type"] == "tool_call")
+        .filter_map(|item| item["input"]["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A `warden audit tail --follow` child, killed if the test ends without stopping it.
+struct Tail {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Tail {
+    fn start(profile: &Profile, after: i64) -> Tail {
+        let mut command = profile.command(&[
+            "audit",
+            "tail",
+            "--follow",
+            "--interval",
+            "100ms",
+            "--after",
+            &after.to_string(),
+        ]);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().expect("warden audit tail starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Tail { child, lines }
+    }
+
+    /// Lines until one satisfies `done` (all of them, that one included).
+    fn until(&self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no matching line; saw {seen:?}"));
+            let item: Value = serde_json::from_str(&line).expect("each line is JSON");
+            let found = done(&item);
+            seen.push(item);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("a pid fits");
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "tail did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_feed_gives_every_row_once_in_written_order_and_resumes_after_a_position() {
+    let db = TestDb::new();
+    let mut profile = profile_with_fixture(db.url());
+    let warden = profile.start();
+    let mcp = Mcp::connect(&warden, &profile.state_dir());
+    let first: Vec<String> = (0..6).map(|i| format!("first {i}")).collect();
+    for message in &first {
+        assert!(is_success(&mcp.echo(message)));
+    }
+    eventually("the rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == 6
+    });
+
+    let (items, head) = read_feed(&warden, &profile, 0, 1000);
+    assert_eq!(echoed(&items), first, "the calls, in the order made");
+    // Exactly the rows of the batches up to the position read, each once.
+    let expected = count(
+        &db,
+        &format!(
+            "SELECT (SELECT count(*) FROM mcp_tool_executions WHERE batch_seq IN (SELECT seq FROM audit_batches WHERE position <= {head})) \
+                  + (SELECT count(*) FROM audit_events WHERE batch_seq IN (SELECT seq FROM audit_batches WHERE position <= {head})) \
+                  + (SELECT count(*) FROM ai_requests WHERE batch_seq IN (SELECT seq FROM audit_batches WHERE position <= {head}))"
+        ),
+    );
+    assert_eq!(items.len() as i64, expected);
+    let unique: std::collections::HashSet<String> = ids(&items).into_iter().collect();
+    assert_eq!(unique.len(), items.len(), "a row appeared twice");
+    let batches: Vec<i64> = items.iter().map(|i| i["batch"].as_i64().unwrap()).collect();
+    assert!(batches.windows(2).all(|w| w[0] <= w[1]), "{batches:?}");
+    assert_eq!(batches.last().copied(), Some(head));
+    let call = items.iter().find(|i| i["type"] == "tool_call").unwrap();
+    for key in [
+        "id", "at", "trace_id", "user", "server", "tool", "status", "input", "batch",
+    ] {
+        assert!(call.get(key).is_some(), "no `{key}` in {call}");
+    }
+
+    // A row at a time: the same rows in the same order (whole batches per read).
+    // (Warden may have written more batches since: compare what both read.)
+    let (small, small_head) = read_feed(&warden, &profile, 0, 1);
+    assert!(small_head >= head);
+    assert_eq!(ids(&small[..items.len()]), ids(&items));
+    assert!(small[items.len()..].iter().all(|i| i["batch"].as_i64() > Some(head)));
+
+    // Resumed after the position: only what came since.
+    let later: Vec<String> = (0..2).map(|i| format!("later {i}")).collect();
+    for message in &later {
+        assert!(is_success(&mcp.echo(message)));
+    }
+    eventually("the later rows", DEADLINE, || {
+        count(&db, "SELECT count(*) FROM mcp_tool_executions") == 8
+    });
+    let (resumed, _) = read_feed(&warden, &profile, head, 1000);
+    assert_eq!(echoed(&resumed), later);
+    assert!(ids(&resumed).iter().all(|id| !unique.contains(id)));
+
+    // `warden audit tail` prints the same documents, one per line.
+    let tail = audit_cli(&profile, &["tail"]);
+    assert!(tail.status.success(), "{tail:?}");
+    let lines: Vec<Value> = tail
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(ids(&lines[..items.len()]), ids(&items));
+    assert_eq!(lines[..items.len()], items[..]);
+    // … and with --follow, what is written while it runs.
+    let follower = Tail::start(&profile, head);
+    assert!(is_success(&mcp.echo("while following")));
+    let followed = follower.until(|item| item["input"]["message"] == "while following");
+    assert_eq!(echoed(&followed), ["later 0", "later 1", "while following"]);
+    assert!(follower.stop().success());
+
+    // Limits and bad input, each named.
+    for (query, expected_status, named) in [
+        ("limit=0", 400, "`limit` is 1 to 10000"),
+        ("limit=10001", 400, "`limit` is 1 to 10000"),
+        ("limit=10000", 200, ""),
+        ("after=-1", 400, "`after` is a chain position"),
+        ("after=first", 400, "after"),
+        ("since=1h", 400, "since"),
+    ] {
+        let response = admin_get(&warden, &profile, &format!("/admin/audit/feed?{query}"));
+        assert_eq!(response.status, expected_status, "{query}: {response:?}");
+        assert!(response.body.contains(named), "{query}: {}", response.body);
+    }
+    let unauthenticated = http::get(&warden.url("/admin/audit/feed"));
+    assert_eq!(unauthenticated.status, 401);
+    let bad = audit_cli(&profile, &["tail", "--limit", "0"]);
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("`limit` is 1 to 10000"), "{bad:?}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Redaction and durable acknowledgement
 // ---------------------------------------------------------------------------------------
 
@@ -816,6 +1047,15 @@ fn retention_deletes_old_batches_records_that_it_did_and_verify_still_passes() {
         ) == 1
     });
     drop(warden);
+    // The feed steps over the pruned batches.
+    let tail = audit_cli(&profile, &["tail"]);
+    assert!(tail.status.success(), "{tail:?}");
+    assert!(!tail.stdout.contains("old call"), "{}", tail.stdout);
+    assert!(
+        tail.stdout.contains("\"audit.retention\""),
+        "{}",
+        tail.stdout
+    );
     let verify = audit_cli(&profile, &["verify"]);
     assert!(verify.status.success(), "{verify:?}");
     assert!(
