@@ -5,9 +5,15 @@
 //! profile reload clear entries, in this process at once and in every other replica
 //! through PostgreSQL `NOTIFY` (see `service`). The map is bounded: at the limit, expired
 //! entries are dropped, and if that is not enough the whole cache is.
+//!
+//! A verification that read the account's state before an invalidation must not land in
+//! the cache after it (it would outlive the revocation): every clear and invalidation
+//! bumps a generation, and [`TokenCache::insert_unless_changed`] inserts only if the
+//! generation is still the one read before verifying.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -49,6 +55,8 @@ struct Entry {
 pub struct TokenCache {
     map: RwLock<Map>,
     max_entries: usize,
+    /// Bumped, under the map's write lock, by every clear and invalidation.
+    generation: AtomicU64,
 }
 
 /// The cache key of a token.
@@ -61,6 +69,29 @@ impl TokenCache {
         TokenCache {
             map: RwLock::new(Map::default()),
             max_entries: max_entries.max(1),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The current generation: read it before verifying a token, and pass it to
+    /// [`TokenCache::insert_unless_changed`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// [`TokenCache::insert`], unless the cache was cleared or invalidated since
+    /// `generation` was read: the verification may predate a revocation.
+    pub fn insert_unless_changed(
+        &self,
+        generation: u64,
+        key: [u8; 32],
+        principal: Arc<Principal>,
+        expires_at: u64,
+        family: Option<&str>,
+    ) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.insert_locked(&mut map, key, principal, expires_at, family);
         }
     }
 
@@ -80,6 +111,17 @@ impl TokenCache {
         family: Option<&str>,
     ) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.insert_locked(&mut map, key, principal, expires_at, family);
+    }
+
+    fn insert_locked(
+        &self,
+        map: &mut Map,
+        key: [u8; 32],
+        principal: Arc<Principal>,
+        expires_at: u64,
+        family: Option<&str>,
+    ) {
         if map.len() >= self.max_entries {
             let now = unix_now();
             map.retain(|_, e| e.expires_at > now);
@@ -100,6 +142,7 @@ impl TokenCache {
     /// Drops the entries of one token id, one subject or one refresh family.
     pub fn invalidate(&self, token_id: Option<&str>, subject: Option<&str>, family: Option<&str>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         map.retain(|_, e| {
             let by_id = token_id.is_some() && e.principal.token_id.as_deref() == token_id;
             let by_subject = subject.is_some_and(|s| e.principal.subject == s);
@@ -109,7 +152,9 @@ impl TokenCache {
     }
 
     pub fn clear(&self) {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -144,5 +189,22 @@ mod tests {
         cache.insert(key("t4"), alice, unix_now() + 60, None);
         cache.invalidate(None, Some("alice"), None);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_verification_older_than_an_invalidation_is_not_cached() {
+        let cache = TokenCache::new(10);
+        let alice = Arc::new(Principal::anonymous());
+        let before = cache.generation();
+        cache.clear();
+        cache.insert_unless_changed(before, key("t1"), alice.clone(), unix_now() + 60, None);
+        assert!(cache.get(&key("t1")).is_none());
+        let before = cache.generation();
+        cache.invalidate(Some("j9"), None, None);
+        cache.insert_unless_changed(before, key("t1"), alice.clone(), unix_now() + 60, None);
+        assert!(cache.get(&key("t1")).is_none());
+        let now = cache.generation();
+        cache.insert_unless_changed(now, key("t1"), alice, unix_now() + 60, None);
+        assert!(cache.get(&key("t1")).is_some());
     }
 }

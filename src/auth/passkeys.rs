@@ -75,13 +75,17 @@ struct SignInLink {
 pub enum Purpose {
     Register,
     SignIn,
+    /// A passkey confirming the password sign-in of the identity the challenge names
+    /// (`identity.passkeys.second_factor`).
+    Confirm,
 }
 
 /// What a challenge carries, sealed.
 #[derive(Serialize, Deserialize)]
 struct Ceremony {
     purpose: Purpose,
-    /// The identity registering; `None` for a sign-in.
+    /// The identity registering, or whose password sign-in a passkey confirms; `None`
+    /// for a sign-in.
     user: Option<Uuid>,
     /// The CSRF token of the form the ceremony's answer is posted with.
     csrf: String,
@@ -145,6 +149,8 @@ pub enum PasskeyError {
     Cloned(&'static str),
     #[error("this passkey answer names another user than the passkey's")]
     WrongUser,
+    #[error("this passkey belongs to another account than the one signing in")]
+    NotTheirs,
     #[error("this sign-in link is not valid or has expired; ask for a new one")]
     BadLink,
     #[error("this sign-in link was already used; ask for a new one")]
@@ -374,8 +380,9 @@ impl Identity {
         Ok((info, aaguid, created.backup_eligible))
     }
 
-    /// Signs in with the passkey `credential` (the answer to a [`Purpose::SignIn`]
-    /// challenge) on behalf of OAuth client `client_id` (empty for the account page).
+    /// Signs in with the passkey `credential` — the answer to a [`Purpose::SignIn`]
+    /// challenge, or to a [`Purpose::Confirm`] one after a password — on behalf of OAuth
+    /// client `client_id` (`warden:account` for the account page).
     pub async fn passkey_login(
         &self,
         csrf: &str,
@@ -383,14 +390,37 @@ impl Identity {
         client_id: &str,
     ) -> Result<IdentityRow, PasskeyError> {
         let mut who = String::new();
-        let outcome = self.try_login(csrf, credential, &mut who).await;
+        let mut method = "passkey";
+        let outcome = self
+            .try_login(csrf, credential, &mut who, &mut method)
+            .await;
         let reason = match &outcome {
-            Ok(_) => "passkey".to_owned(),
+            Ok(_) => method.to_owned(),
             Err(error) => error.to_string(),
         };
-        self.login_event(&who, client_id, outcome.is_ok(), &reason, "passkey")
+        self.login_event(&who, client_id, outcome.is_ok(), &reason, method)
             .await;
         outcome
+    }
+
+    /// A challenge confirming `user`'s password sign-in with one of their passkeys, and
+    /// the ids (base64url) of those passkeys for the browser to offer; `None` when they
+    /// have none (or passkeys are off).
+    pub async fn confirm_challenge(
+        &self,
+        user: &IdentityRow,
+        csrf: &str,
+    ) -> Result<Option<(String, Vec<String>)>, PasskeyError> {
+        let Some(challenge) = self.passkey_challenge(Purpose::Confirm, Some(user.id), csrf) else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = self
+            .passkeys_of(user)
+            .await?
+            .into_iter()
+            .map(|key| key.id)
+            .collect();
+        Ok((!ids.is_empty()).then_some((challenge, ids)))
     }
 
     async fn try_login(
@@ -398,6 +428,7 @@ impl Identity {
         csrf: &str,
         credential: &str,
         who: &mut String,
+        method: &mut &'static str,
     ) -> Result<IdentityRow, PasskeyError> {
         let rp = relying_party(&self.passkeys())?;
         let credential = parse_credential(credential)?;
@@ -425,12 +456,11 @@ impl Identity {
             Some(handle) if !handle.is_empty() => unb64("userHandle", handle)?,
             _ => return Err(missing("userHandle")),
         };
-        let (challenge, expires) = open_ceremony(
-            &self.master,
-            &client_data,
-            (Purpose::SignIn, None, csrf),
-            unix_now(),
-        )?;
+        let (challenge, expires, confirming) =
+            open_sign_in(&self.master, &client_data, csrf, unix_now())?;
+        if confirming.is_some() {
+            *method = "password+passkey";
+        }
 
         let mut client = self.db.get().await?;
         let transaction = client.transaction().await?;
@@ -456,6 +486,9 @@ impl Identity {
         who.clone_from(&user.name);
         if user_handle != identity_id.as_bytes() {
             return Err(PasskeyError::WrongUser);
+        }
+        if confirming.is_some_and(|confirmed| confirmed != identity_id) {
+            return Err(PasskeyError::NotTheirs);
         }
         let asserted = rp.verify_assertion(
             &challenge,
@@ -644,19 +677,53 @@ fn open_ceremony(
     now: u64,
 ) -> Result<(Vec<u8>, u64), PasskeyError> {
     let (purpose, user, csrf) = expected;
-    let challenge = webauthn::client_data_challenge(client_data_json)?;
-    let ceremony: Ceremony = master
-        .open_json(&challenge, CHALLENGE_CONTEXT)
-        .ok_or(PasskeyError::WrongCeremony)?;
-    let genuine = ceremony.purpose == purpose
-        && ceremony.user == user
-        && !csrf.is_empty()
-        && super::secret::equal(ceremony.csrf.as_bytes(), csrf.as_bytes())
-        && ceremony.exp > now;
-    if genuine {
+    let (challenge, ceremony) = open_any(master, client_data_json)?;
+    if ceremony.purpose == purpose && ceremony.user == user && ceremony.current(csrf, now) {
         Ok((challenge, ceremony.exp))
     } else {
         Err(PasskeyError::WrongCeremony)
+    }
+}
+
+/// The challenge a sign-in answer answers, when it expires, and — for the confirmation
+/// of a password sign-in — whose: a [`Purpose::SignIn`] challenge (`None`) or a
+/// [`Purpose::Confirm`] one, sealed by Warden for the posted form and not expired.
+fn open_sign_in(
+    master: &MasterKey,
+    client_data_json: &[u8],
+    csrf: &str,
+    now: u64,
+) -> Result<(Vec<u8>, u64, Option<Uuid>), PasskeyError> {
+    let (challenge, ceremony) = open_any(master, client_data_json)?;
+    let sign_in = matches!(
+        (ceremony.purpose, ceremony.user),
+        (Purpose::SignIn, None) | (Purpose::Confirm, Some(_))
+    );
+    if sign_in && ceremony.current(csrf, now) {
+        Ok((challenge, ceremony.exp, ceremony.user))
+    } else {
+        Err(PasskeyError::WrongCeremony)
+    }
+}
+
+/// The challenge of `client_data_json` and what Warden sealed in it.
+fn open_any(
+    master: &MasterKey,
+    client_data_json: &[u8],
+) -> Result<(Vec<u8>, Ceremony), PasskeyError> {
+    let challenge = webauthn::client_data_challenge(client_data_json)?;
+    let ceremony = master
+        .open_json(&challenge, CHALLENGE_CONTEXT)
+        .ok_or(PasskeyError::WrongCeremony)?;
+    Ok((challenge, ceremony))
+}
+
+impl Ceremony {
+    /// Sealed for the form posted with `csrf`, and not expired at `now`.
+    fn current(&self, csrf: &str, now: u64) -> bool {
+        !csrf.is_empty()
+            && super::secret::equal(self.csrf.as_bytes(), csrf.as_bytes())
+            && self.exp > now
     }
 }
 

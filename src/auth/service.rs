@@ -38,7 +38,7 @@ use super::secret::{self, Redacted};
 use super::store::{self, IdentityRow, Standing};
 use super::tokens::{self, Grant, Issued, MAX_TOKEN_BYTES, VerifyError, unix_now};
 use super::{AuthRejection, Authenticator, Principal, PrincipalKind, Scopes};
-use crate::config::{Config, IdentityConfig};
+use crate::config::{Config, IdentityConfig, SecondFactor};
 use crate::policy::PolicyEngine;
 use crate::secrets::MasterKey;
 
@@ -87,6 +87,21 @@ pub enum LoginError {
     Invalid,
     RateLimited(Duration),
     Unavailable(String),
+    /// `identity.passkeys.second_factor: required` and the user has no passkey.
+    PasskeyRequired,
+}
+
+/// Where a correct password leads.
+pub enum PasswordSignIn {
+    /// Signed in.
+    Done(IdentityRow),
+    /// Not yet: one of the user's passkeys must confirm (`second_factor`). The challenge
+    /// (sealed for the form's CSRF token) and the ids of their passkeys.
+    Confirm {
+        user: IdentityRow,
+        challenge: String,
+        passkeys: Vec<String>,
+    },
 }
 
 struct Settings {
@@ -252,11 +267,19 @@ impl Identity {
         {
             return Ok(principal.clone());
         }
+        // Read before the account's state is: a revocation meanwhile keeps this
+        // verification out of the cache.
+        let generation = self.cache.generation();
         match self.verify_uncached(token).await {
             Ok((principal, expires_at, family)) => {
                 let principal = Arc::new(principal);
-                self.cache
-                    .insert(key, principal.clone(), expires_at, family.as_deref());
+                self.cache.insert_unless_changed(
+                    generation,
+                    key,
+                    principal.clone(),
+                    expires_at,
+                    family.as_deref(),
+                );
                 Ok(principal)
             }
             Err(rejection) => {
@@ -386,7 +409,9 @@ impl Identity {
             .map_err(|e| e.to_string())?
         {
             Standing::Disabled => return Ok(Some(AuthRejection::Disabled)),
-            Standing::Active { session_epoch } if sep < session_epoch => {
+            // `!=`, not `<`: a token from ahead of the stored epoch (a database restored
+            // from before a sign-out) is refused too.
+            Standing::Active { session_epoch } if sep != session_epoch => {
                 return Ok(Some(AuthRejection::SignedOut));
             }
             Standing::Active { .. } => {}
@@ -464,7 +489,7 @@ impl Identity {
             .filter(|origin| matches!(*origin, "cli" | "import"))
             .map(str::to_owned);
         if let Some(origin) = origin {
-            if kind == SIGNED_OUT_NOTICE
+            if kind == store::SIGNED_OUT_NOTICE
                 && let Some(subject) = subject
             {
                 let detail = notice.get("detail").cloned().unwrap_or(Value::Null);
@@ -498,13 +523,16 @@ impl Identity {
     // Users and logins
     // -----------------------------------------------------------------------------------
 
-    /// Checks a username and password (rate-limited per username).
+    /// Checks a username and password (rate-limited per username); under
+    /// `identity.passkeys.second_factor`, a passkey confirms before the user is signed in
+    /// (the challenge is sealed for the next form's CSRF token `csrf`).
     pub async fn login(
         &self,
         username: &str,
         password: Redacted<String>,
         client_id: &str,
-    ) -> Result<IdentityRow, LoginError> {
+        csrf: &str,
+    ) -> Result<PasswordSignIn, LoginError> {
         let per_minute = self.settings.load().config.login_attempts_per_minute;
         if let Err(wait) = self.logins.attempt(username, per_minute) {
             self.login_event(username, client_id, false, "rate limited", "password")
@@ -534,10 +562,8 @@ impl Identity {
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         match row {
             Some(row) if ok && !row.disabled => {
-                let _ = store::touch_login(&**client, row.id).await;
-                self.login_event(username, client_id, true, "password", "password")
-                    .await;
-                Ok(row)
+                drop(client);
+                self.after_password(row, client_id, csrf).await
             }
             Some(row) if ok && row.disabled => {
                 self.login_event(username, client_id, false, "account disabled", "password")
@@ -558,7 +584,54 @@ impl Identity {
         }
     }
 
-    /// Records an `auth.login` row; `method` is `password` or `passkey`.
+    /// A correct password of `user`: signed in, or on to a passkey's confirmation.
+    async fn after_password(
+        &self,
+        user: IdentityRow,
+        client_id: &str,
+        csrf: &str,
+    ) -> Result<PasswordSignIn, LoginError> {
+        let second_factor = self.passkeys().second_factor;
+        if second_factor != SecondFactor::Off {
+            let confirm = self
+                .confirm_challenge(&user, csrf)
+                .await
+                .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+            if let Some((challenge, passkeys)) = confirm {
+                let mut event = AuditEvent::new("auth.login", "user");
+                event.actor_id = Some(user.name.clone());
+                event.subject = Some(client_id.to_owned());
+                event.reason = Some("password correct; a passkey must confirm".to_owned());
+                event.attributes = json!({"method": "password", "client_id": client_id});
+                self.record(event).await;
+                return Ok(PasswordSignIn::Confirm {
+                    user,
+                    challenge,
+                    passkeys,
+                });
+            }
+            if second_factor == SecondFactor::Required {
+                self.login_event(
+                    &user.name,
+                    client_id,
+                    false,
+                    "a passkey must confirm a password sign-in and the account has none",
+                    "password",
+                )
+                .await;
+                return Err(LoginError::PasskeyRequired);
+            }
+        }
+        if let Ok(client) = self.db.get().await {
+            let _ = store::touch_login(&**client, user.id).await;
+        }
+        self.login_event(&user.name, client_id, true, "password", "password")
+            .await;
+        Ok(PasswordSignIn::Done(user))
+    }
+
+    /// Records an `auth.login` row; `method` is `password`, `passkey`,
+    /// `password+passkey` or `link`.
     pub(super) async fn login_event(
         &self,
         username: &str,
@@ -603,15 +676,11 @@ impl Identity {
             .get()
             .await
             .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
-        let revoked = store::sign_out(&**db, name)
+        let revoked = store::sign_out(&**db, name, origin)
             .await
             .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
         self.cache.clear();
         let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
-        if let Err(error) = store::notify(&**db, SIGNED_OUT_NOTICE, name, detail.clone()).await {
-            // This replica is signed out already; others see it on their next cache miss.
-            tracing::warn!(%error, "could not tell other replicas of a sign-out");
-        }
         self.record(signed_out_event(name, origin, detail)).await;
         Ok(())
     }
@@ -1241,9 +1310,12 @@ impl Identity {
             };
             let row = db
                 .query_opt(
-                    "SELECT client_id, identity_name, scopes, extract(epoch FROM expires_at)::bigint \
-                     FROM oauth_refresh_tokens WHERE token_hash = $1 AND used_at IS NULL \
-                     AND revoked_at IS NULL AND expires_at > now()",
+                    // Active as `/oauth/token` would take it: its user enabled and not
+                    // signed out everywhere since it was granted.
+                    "SELECT t.client_id, t.identity_name, t.scopes, extract(epoch FROM t.expires_at)::bigint \
+                     FROM oauth_refresh_tokens t JOIN identities i ON i.name = t.identity_name \
+                     WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.revoked_at IS NULL \
+                     AND t.expires_at > now() AND NOT i.disabled AND i.session_epoch = t.session_epoch",
                     &[&secret::hash(token)],
                 )
                 .await
@@ -1334,9 +1406,6 @@ fn settings(config: &Config, policy: &PolicyEngine) -> Settings {
         }),
     }
 }
-
-/// The notice kind of a sign-out everywhere (`store::notify`).
-pub const SIGNED_OUT_NOTICE: &str = "user.signed_out";
 
 /// The `auth.signed_out` row: who was signed out, by whom (`origin`: `account`, `cli`).
 fn signed_out_event(name: &str, origin: &str, detail: Value) -> AuditEvent {

@@ -326,19 +326,54 @@ pub async fn standing<C: GenericClient>(client: &C, name: &str) -> Result<Standi
     })
 }
 
+/// The notice kind of a sign-out everywhere.
+pub const SIGNED_OUT_NOTICE: &str = "user.signed_out";
+
+/// The sign-out everywhere of `$1` by `$2` (origin), announced on channel `$3` as `$4`: one
+/// statement, so the epoch, the revoked refresh tokens and the notice (delivered at
+/// commit) happen together or not at all. Federated identities are left alone: their
+/// issuer revokes their tokens.
+const SIGN_OUT: &str = "
+WITH bumped AS (
+    UPDATE identities SET session_epoch = session_epoch + 1, updated_at = now()
+    WHERE name = $1 AND kind <> 'federated'
+    RETURNING name),
+revoked AS (
+    UPDATE oauth_refresh_tokens SET revoked_at = now()
+    WHERE identity_name IN (SELECT name FROM bumped)
+      AND revoked_at IS NULL AND used_at IS NULL AND expires_at > now()
+    RETURNING 1),
+counts AS (
+    SELECT (SELECT count(*) FROM bumped) AS identities, (SELECT count(*) FROM revoked) AS tokens)
+SELECT identities, tokens,
+       CASE WHEN identities > 0 THEN pg_notify($3, json_build_object(
+           'kind', $4::text, 'subject', $1::text,
+           'detail', json_build_object('origin', $2::text, 'refresh_tokens_revoked', tokens))::text)
+       END IS NULL
+FROM counts";
+
 /// Signs an identity out everywhere: raises its session epoch, so every login session,
-/// authorization code, refresh token and access token issued before is refused, and
-/// marks its live refresh tokens revoked. One statement, so both happen or neither.
-/// Returns how many refresh tokens were revoked.
-pub async fn sign_out<C: GenericClient>(client: &C, name: &str) -> Result<i64, StoreError> {
+/// authorization code, refresh token, access token and sign-in link issued before is
+/// refused; marks its live refresh tokens revoked; and tells every running server
+/// (notice `user.signed_out`, detail `origin` and `refresh_tokens_revoked`), which drop
+/// their cached verifications. Returns how many refresh tokens were revoked.
+pub async fn sign_out<C: GenericClient>(
+    client: &C,
+    name: &str,
+    origin: &str,
+) -> Result<i64, StoreError> {
     let row = client
-        .query_one(
-            "WITH bumped AS (                  UPDATE identities SET session_epoch = session_epoch + 1, updated_at = now()                  WHERE name = $1 RETURNING name),              revoked AS (                  UPDATE oauth_refresh_tokens SET revoked_at = now()                  WHERE identity_name IN (SELECT name FROM bumped)                    AND revoked_at IS NULL AND used_at IS NULL AND expires_at > now()                  RETURNING 1)              SELECT (SELECT count(*) FROM bumped), (SELECT count(*) FROM revoked)",
-            &[&name],
-        )
+        .query_one(SIGN_OUT, &[&name, &origin, &CHANNEL, &SIGNED_OUT_NOTICE])
         .await?;
     if row.get::<_, i64>(0) == 0 {
-        return Err(StoreError::NotFound(name.to_owned()));
+        return Err(match find(client, name).await? {
+            Some(_) => StoreError::WrongKind {
+                name: name.to_owned(),
+                actual: "federated identity (its issuer revokes its tokens)".to_owned(),
+                expected: "user or service account".to_owned(),
+            },
+            None => StoreError::NotFound(name.to_owned()),
+        });
     }
     Ok(row.get(1))
 }

@@ -38,8 +38,9 @@ pub(crate) enum AuditCommand {
         profile: ProfileArg,
     },
     /// Print the trail in the order it was written, one JSON document per line: the
-    /// rows of every batch after chain position `--after` (each line's `batch`). Resume
-    /// from the last line's `batch`: nothing is missed or repeated.
+    /// rows of every batch after chain position `--after` (each line's `batch`). To
+    /// resume, pass the last shipped line's `batch` minus one and skip the ids already
+    /// shipped: nothing is missed.
     Tail {
         /// The chain position read up to (0: from the start).
         #[arg(long, default_value_t = 0)]
@@ -205,20 +206,52 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 /// `audit tail`: reads and prints whole batches after `after`; with `follow`, keeps
-/// doing so every `interval` until SIGINT or SIGTERM. While following, a database that
-/// cannot be reached is reported on stderr and tried again: the position is kept.
+/// doing so every `interval` until SIGINT or SIGTERM, which stop it between two batches'
+/// lines, whatever it is doing. While following, a database that cannot be reached is
+/// reported on stderr and tried again: the position is kept.
 async fn tail(
     database: &Database,
-    mut after: i64,
+    after: i64,
     follow: bool,
     interval: Duration,
     limit: Option<usize>,
 ) -> Result<ExitCode> {
-    let mut stop = std::pin::pin!(stop_signal()?);
+    if !follow {
+        // Without --follow the default signal handling stays: Ctrl-C ends it at once.
+        return read_to_head(database, after, limit).await;
+    }
+    let stop = stop_signal()?;
+    tokio::select! {
+        () = stop => Ok(ExitCode::SUCCESS),
+        result = follow_feed(database, after, interval, limit) => result,
+    }
+}
+
+async fn read_to_head(
+    database: &Database,
+    mut after: i64,
+    limit: Option<usize>,
+) -> Result<ExitCode> {
+    loop {
+        let page = read_feed(database, after, limit).await?;
+        print_lines(&page.items)?;
+        after = page.next_after;
+        if page.caught_up {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+async fn follow_feed(
+    database: &Database,
+    mut after: i64,
+    interval: Duration,
+    limit: Option<usize>,
+) -> Result<ExitCode> {
     loop {
         let page = match read_feed(database, after, limit).await {
             Ok(page) => page,
-            Err(error) if follow && !matches!(error, FeedError::Refused(_)) => {
+            Err(error @ FeedError::Database(_)) => {
                 eprintln!("warden audit tail: {error:#}; trying again");
                 FeedPage {
                     items: Vec::new(),
@@ -231,13 +264,7 @@ async fn tail(
         print_lines(&page.items)?;
         after = page.next_after;
         if page.caught_up {
-            if !follow {
-                return Ok(ExitCode::SUCCESS);
-            }
-            tokio::select! {
-                _ = &mut stop => return Ok(ExitCode::SUCCESS),
-                () = tokio::time::sleep(interval) => {}
-            }
+            tokio::time::sleep(interval).await;
         }
     }
 }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::ProfileArg;
 use crate::auth::secret::Redacted;
-use crate::auth::service::{SIGNED_OUT_NOTICE, issue_offline};
+use crate::auth::service::issue_offline;
 use crate::auth::tokens::Grant;
 use crate::auth::{PrincipalKind, Scopes, keys, passkeys, passwords, store};
 use crate::config::Config;
@@ -371,16 +371,19 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 passwords::hash_blocking(password.expose().as_bytes())
             })
             .await??;
-            let client = database.pool.get().await?;
-            store::set_password(&**client, &name, &hash).await?;
+            let mut client = database.pool.get().await?;
+            // One transaction: the new password and the sign-out happen together.
+            let transaction = client.transaction().await?;
+            store::set_password(&*transaction, &name, &hash).await?;
             store::notify(
-                &**client,
+                &*transaction,
                 "user.password_changed",
                 &name,
                 json!({"origin": "cli"}),
             )
             .await?;
-            let revoked = sign_out(&**client, &name).await?;
+            let revoked = store::sign_out(&*transaction, &name, "cli").await?;
+            transaction.commit().await?;
             println!(
                 "password of `{name}` changed; signed out everywhere ({revoked} refresh tokens revoked)"
             );
@@ -390,27 +393,13 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
         UserCommand::SignOut { name, profile } => {
             let (config, database) = open(&profile).await?;
             let client = database.pool.get().await?;
-            let revoked = sign_out(&**client, &name).await?;
+            let revoked = store::sign_out(&**client, &name, "cli").await?;
             println!("`{name}` signed out everywhere ({revoked} refresh tokens revoked)");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Signs `name` out everywhere and tells running servers (which drop cached
-/// verifications and record `auth.signed_out`); returns the refresh tokens revoked.
-async fn sign_out<C: tokio_postgres::GenericClient>(client: &C, name: &str) -> Result<i64> {
-    let revoked = store::sign_out(client, name).await?;
-    store::notify(
-        client,
-        SIGNED_OUT_NOTICE,
-        name,
-        json!({"origin": "cli", "refresh_tokens_revoked": revoked}),
-    )
-    .await?;
-    Ok(revoked)
 }
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {

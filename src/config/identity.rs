@@ -56,6 +56,22 @@ pub struct PasskeyConfig {
     /// `required` (the default): the authenticator must verify the user (PIN, biometric);
     /// `preferred`: presence (a touch) is enough.
     pub user_verification_required: bool,
+    /// Whether a password sign-in must be confirmed with one of the user's passkeys.
+    pub second_factor: SecondFactor,
+}
+
+/// `identity.passkeys.second_factor`: a password and then a passkey.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecondFactor {
+    /// A password alone signs in.
+    #[default]
+    Off,
+    /// Users with a passkey confirm a password sign-in with one; users without sign in
+    /// with the password alone.
+    IfRegistered,
+    /// A password alone never signs in: users without a passkey cannot use their
+    /// password (a sign-in link from `warden user passkey-link` adds their first).
+    Required,
 }
 
 /// One external issuer whose tokens Warden accepts.
@@ -334,12 +350,54 @@ fn passkeys(raw: RawPasskeys, public_url: &str, problems: &mut Vec<Located>) -> 
             true
         }
     };
+    let second_factor = second_factor(&raw, enabled, user_verification_required, problems);
     PasskeyConfig {
         enabled,
         rp_id,
         origin,
         user_verification_required,
+        second_factor,
     }
+}
+
+/// `identity.passkeys.second_factor`. A passkey sign-in without a password stays open
+/// under it: a passkey that verifies its user (PIN, biometric) is two factors by itself,
+/// which is why anything but `off` needs `user_verification: required`.
+fn second_factor(
+    raw: &RawPasskeys,
+    enabled: bool,
+    user_verification_required: bool,
+    problems: &mut Vec<Located>,
+) -> SecondFactor {
+    const KEY: &str = "identity.passkeys.second_factor";
+    let second_factor = match raw.second_factor.as_deref() {
+        None | Some("off") => SecondFactor::Off,
+        Some("if_registered") => SecondFactor::IfRegistered,
+        Some("required") => SecondFactor::Required,
+        Some(other) => {
+            problems.push(problem(
+                KEY,
+                format!("expected `off`, `if_registered` or `required`, found `{other}`"),
+            ));
+            SecondFactor::Off
+        }
+    };
+    if second_factor == SecondFactor::Off {
+        return second_factor;
+    }
+    if !enabled {
+        problems.push(problem(
+            KEY,
+            "needs passkeys, which are off (identity.passkeys.enabled, server.public_url)"
+                .to_owned(),
+        ));
+    } else if !user_verification_required {
+        problems.push(problem(
+            KEY,
+            "needs identity.passkeys.user_verification: required — a passkey sign-in without a password counts as two factors only when the authenticator verifies its user".to_owned(),
+        ));
+    }
+    second_factor
 }
 
 fn trusted_issuer(

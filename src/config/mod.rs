@@ -26,7 +26,9 @@ use warden_actors::spec::{
     ServerSpec, ToolSpec, Transport,
 };
 
-pub use identity::{AccessConfig, IdentityConfig, PasskeyConfig, RoleConfig, TrustedIssuer};
+pub use identity::{
+    AccessConfig, IdentityConfig, PasskeyConfig, RoleConfig, SecondFactor, TrustedIssuer,
+};
 pub use raw::{AckMode, BacklogMode, LogFormat};
 use raw::{RawMcpServer, RawProfile, RawServerDefaults, RestartPolicyName};
 use yaml::{Located, Mark, Node, NodeKind, Spanned};
@@ -1162,6 +1164,47 @@ mod tests {
         );
         assert!(
             text.contains("server.public_url: Warden serves https (server.tls)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_second_factor_needs_passkeys_that_verify_their_user() {
+        let https = "server: {public_url: \"https://id.example.com\"}\n";
+        assert_eq!(
+            parse(https).unwrap().identity.passkeys.second_factor,
+            SecondFactor::Off
+        );
+        for (value, expected) in [
+            ("off", SecondFactor::Off),
+            ("if_registered", SecondFactor::IfRegistered),
+            ("required", SecondFactor::Required),
+        ] {
+            let config = parse(&format!(
+                "{https}identity: {{passkeys: {{second_factor: {value}}}}}\n"
+            ))
+            .unwrap();
+            assert_eq!(config.identity.passkeys.second_factor, expected, "{value}");
+        }
+        let refused = |yaml: &str| parse(yaml).unwrap_err().to_string();
+        let text = refused(&format!(
+            "{https}identity: {{passkeys: {{second_factor: sometimes}}}}\n"
+        ));
+        assert!(
+            text.contains("identity.passkeys.second_factor: expected `off`, `if_registered` or `required`, found `sometimes`"),
+            "{text}"
+        );
+        let text = refused(&format!(
+            "{https}identity: {{passkeys: {{second_factor: required, user_verification: preferred}}}}\n"
+        ));
+        assert!(
+            text.contains("identity.passkeys.second_factor: needs identity.passkeys.user_verification: required"),
+            "{text}"
+        );
+        // The default listen address is an IP address, where passkeys are off.
+        let text = refused("identity: {passkeys: {second_factor: if_registered}}\n");
+        assert!(
+            text.contains("identity.passkeys.second_factor: needs passkeys, which are off"),
             "{text}"
         );
     }

@@ -321,6 +321,7 @@ pub struct RawPasskeys {
     pub enabled: Option<bool>,
     pub rp_id: Option<String>,
     pub user_verification: Option<String>,
+    pub second_factor: Option<String>,
 }
 
 /// One entry of `identity.trusted_issuers`: an external OAuth/OIDC issuer whose tokens

@@ -22,12 +22,12 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::oauth::{
-    LoginForm, cookie, cookie_names, csrf_cookie, escape, page, passkey_status, session,
-    session_cookie, sign_in_forms, user_verification,
+    LoginForm, confirm_form, cookie, cookie_names, csrf_cookie, escape, login_refusal, page,
+    passkey_status, session, session_cookie, sign_in_forms, user_verification,
 };
 use crate::auth::passkeys::{self, MAX_LABEL_CHARS, Purpose};
 use crate::auth::secret::{self, Redacted};
-use crate::auth::service::LoginError;
+use crate::auth::service::PasswordSignIn;
 use crate::auth::store::IdentityRow;
 use crate::auth::webauthn::ALGORITHMS;
 
@@ -297,31 +297,37 @@ async fn login(
         return csrf_refused();
     }
     let outcome = if form.credential.is_empty() {
-        app.identity
+        // The next form's CSRF token: a passkey's confirmation is sealed for it.
+        let (csrf, csrf_cookie) = csrf_cookie(&app);
+        match app
+            .identity
             .login(
                 form.username.trim(),
                 Redacted::new(form.password),
                 ACCOUNT_CLIENT,
+                &csrf,
             )
             .await
-            .map_err(|error| match error {
-                LoginError::Invalid => (
-                    StatusCode::UNAUTHORIZED,
-                    "Wrong username or password.".to_owned(),
-                    None,
-                ),
-                LoginError::RateLimited(wait) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many sign-in attempts for this username; wait a minute and try again."
-                        .to_owned(),
-                    Some(wait),
-                ),
-                LoginError::Unavailable(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in is unavailable right now; try again shortly.".to_owned(),
-                    None,
-                ),
-            })
+        {
+            Ok(PasswordSignIn::Done(user)) => Ok(user),
+            Ok(PasswordSignIn::Confirm {
+                challenge,
+                passkeys,
+                ..
+            }) => {
+                let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
+                return page(
+                    StatusCode::OK,
+                    "Confirm with your passkey",
+                    &confirm_form(&app, "/oauth/account/login", &hidden, &challenge, &passkeys),
+                    &[csrf_cookie],
+                );
+            }
+            Err(error) => {
+                let (status, message, wait) = login_refusal(&error);
+                Err((status, message.to_owned(), wait))
+            }
+        }
     } else {
         app.identity
             .passkey_login(&form.csrf, &form.credential, ACCOUNT_CLIENT)

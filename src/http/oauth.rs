@@ -16,6 +16,7 @@
 //!   `POST /oauth/introspect` (RFC 7662; needs a bearer token with the `admin` scope).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Form, Query, State};
@@ -32,7 +33,7 @@ use super::error::ApiError;
 use crate::auth::oauth::{self, Client, CodeGrant};
 use crate::auth::passkeys::{self, PasskeyError};
 use crate::auth::secret::{self, Redacted};
-use crate::auth::service::{LoginError, OAuthError};
+use crate::auth::service::{LoginError, OAuthError, PasswordSignIn};
 use crate::auth::tokens::unix_now;
 use crate::auth::{Scopes, store};
 
@@ -631,47 +632,105 @@ async fn login(
             ),
         };
     }
-    let user = match app
+    // The next form's CSRF token: a passkey's confirmation is sealed for it.
+    let (csrf, csrf_cookie) = csrf_cookie(&app);
+    match app
         .identity
         .login(
             form.username.trim(),
             Redacted::new(form.password),
             &client.client_id,
+            &csrf,
         )
         .await
     {
-        Ok(user) => user,
-        Err(LoginError::Invalid) => {
-            return login_page(
-                &app,
-                pending,
-                client.display_name(),
-                Some("Wrong username or password."),
-                StatusCode::UNAUTHORIZED,
+        Ok(PasswordSignIn::Done(user)) => signed_in(&app, pending, &client, user),
+        Ok(PasswordSignIn::Confirm {
+            challenge,
+            passkeys,
+            ..
+        }) => {
+            let mut pending = pending;
+            pending.csrf = csrf.clone();
+            pending.exp = unix_now() + FORM_TTL_SECS;
+            let hidden = format!(
+                "<input type=hidden name=pending value=\"{}\"><input type=hidden name=csrf value=\"{csrf}\">",
+                seal(&app, &pending, PENDING_CONTEXT)
             );
+            page(
+                StatusCode::OK,
+                "Confirm with your passkey",
+                &confirm_form(&app, "/oauth/login", &hidden, &challenge, &passkeys),
+                &[csrf_cookie],
+            )
         }
-        Err(LoginError::RateLimited(wait)) => {
-            let mut response = login_page(
-                &app,
-                pending,
-                client.display_name(),
-                Some("Too many sign-in attempts for this username; wait a minute and try again."),
-                StatusCode::TOO_MANY_REQUESTS,
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-            return response;
+        Err(LoginError::Unavailable(_)) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable right now; try again shortly.",
+        ),
+        Err(error) => {
+            let (status, message, wait) = login_refusal(&error);
+            let mut response =
+                login_page(&app, pending, client.display_name(), Some(message), status);
+            if let Some(wait) = wait {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            response
         }
-        Err(LoginError::Unavailable(_)) => {
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in is unavailable right now; try again shortly.",
-            );
-        }
-    };
-    signed_in(&app, pending, &client, user)
+    }
+}
+
+/// How a refused password sign-in is answered: status, message, and how long to wait.
+pub(super) fn login_refusal(error: &LoginError) -> (StatusCode, &'static str, Option<Duration>) {
+    match error {
+        LoginError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            "Wrong username or password.",
+            None,
+        ),
+        LoginError::RateLimited(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts for this username; wait a minute and try again.",
+            Some(*wait),
+        ),
+        LoginError::PasskeyRequired => (
+            StatusCode::FORBIDDEN,
+            "This Warden asks for a passkey after the password, and your account has none yet: ask your operator for a sign-in link to add one (warden user passkey-link).",
+            None,
+        ),
+        LoginError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable right now; try again shortly.",
+            None,
+        ),
+    }
+}
+
+/// The second step of a password sign-in under `identity.passkeys.second_factor`: a
+/// passkey form answering `challenge`, offering the user's `passkeys` (ids), posting
+/// to `action` with the `hidden` fields.
+pub(super) fn confirm_form(
+    app: &AppState,
+    action: &str,
+    hidden: &str,
+    challenge: &str,
+    passkeys: &[String],
+) -> String {
+    let config = app.identity.passkeys();
+    format!(
+        "<p id=confirm>Your password is right. Now confirm it is you with one of your passkeys.</p>\
+         <form method=post action={action} id=passkey-form data-passkey=get \
+         data-challenge=\"{challenge}\" data-rp-id=\"{}\" data-uv={} data-allow=\"{}\">{hidden}\
+         <input type=hidden name=credential>\
+         <button type=button id=passkey data-passkey-start>Confirm with a passkey</button>\
+         <p class=error id=passkey-error hidden></p></form><script src=/oauth/passkeys.js></script>",
+        escape(&config.rp_id),
+        user_verification(&config),
+        escape(&passkeys.join(",")),
+    )
 }
 
 /// The cookie of a fresh login session for `user`.
@@ -715,6 +774,7 @@ pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
         | PasskeyError::WrongCeremony
         | PasskeyError::Unknown
         | PasskeyError::WrongUser
+        | PasskeyError::NotTheirs
         | PasskeyError::Cloned(_)
         | PasskeyError::AccountDisabled => StatusCode::UNAUTHORIZED,
     }

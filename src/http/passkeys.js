@@ -46,7 +46,11 @@
     };
     if (data.passkey === "get") {
       publicKey.rpId = data.rpId;
-      publicKey.allowCredentials = [];
+      // Confirming a password sign-in: the user's own passkeys; otherwise any of this site's.
+      publicKey.allowCredentials = (data.allow ? data.allow.split(",") : []).map((id) => ({
+        type: "public-key",
+        id: decode(id),
+      }));
       return { publicKey };
     }
     publicKey.rp = { id: data.rpId, name: data.rpName };

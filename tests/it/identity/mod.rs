@@ -12,6 +12,7 @@ mod federation;
 mod flows;
 mod passkeys;
 mod python;
+mod second_factor;
 mod sign_out;
 
 use std::io::Write as _;

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// Asserts that `response` has `status` and a body saying `text`.
-fn assert_answer(response: &crate::support::http::Response, status: u16, text: &str) {
+pub(super) fn assert_answer(response: &crate::support::http::Response, status: u16, text: &str) {
     assert_eq!(response.status, status, "{response:?}");
     assert!(response.body.contains(text), "{}", response.body);
 }
@@ -438,14 +438,14 @@ fn a_one_time_link_lets_a_user_without_a_password_add_a_passkey() {
 
 /// A software authenticator: one P-256 passkey for `localhost`, answering ceremonies the
 /// way a browser hands them over, with the flags and counter the test chooses.
-struct SoftAuthenticator {
+pub(super) struct SoftAuthenticator {
     key: p256::ecdsa::SigningKey,
     id: Vec<u8>,
     origin: String,
 }
 
-const FLAG_UP: u8 = 0x01;
-const FLAG_UV: u8 = 0x04;
+pub(super) const FLAG_UP: u8 = 0x01;
+pub(super) const FLAG_UV: u8 = 0x04;
 const FLAG_BE: u8 = 0x08;
 const FLAG_AT: u8 = 0x40;
 
@@ -459,12 +459,40 @@ fn unb64(text: &str) -> Vec<u8> {
 }
 
 impl SoftAuthenticator {
-    fn new(origin: String) -> SoftAuthenticator {
+    /// An authenticator for Warden at `env`'s URL with host `localhost`; `seed` tells
+    /// apart the key and credential id of several.
+    pub(super) fn new(env: &Env, seed: u8) -> SoftAuthenticator {
+        let origin = env
+            .url("")
+            .trim_end_matches('/')
+            .replacen("127.0.0.1", "localhost", 1);
         SoftAuthenticator {
-            key: p256::ecdsa::SigningKey::from_slice(&[7; 32]).expect("a P-256 key"),
-            id: vec![0xAB; 32],
+            key: p256::ecdsa::SigningKey::from_slice(&[seed.max(1); 32]).expect("a P-256 key"),
+            id: vec![seed; 32],
             origin,
         }
+    }
+
+    /// Signs `user` in on the account page with the password and registers this
+    /// passkey for them; the user handle its answers carry.
+    pub(super) fn register_for(&self, env: &Env, user: &str) -> String {
+        let (signed_in, session) = account_sign_in(env, user);
+        let user_handle = data_attribute(&signed_in.body, "user-id");
+        let answer = self.register(
+            &data_attribute(&signed_in.body, "challenge"),
+            FLAG_UP | FLAG_UV,
+        );
+        let added = env.form(
+            "/oauth/account/passkeys",
+            &[
+                ("csrf", &hidden(&signed_in.body, "csrf")),
+                ("label", "software"),
+                ("credential", &answer),
+            ],
+            &[("Cookie", &session)],
+        );
+        assert_answer(&added, 200, "Passkey “software” added.");
+        user_handle
     }
 
     fn client_data(&self, kind: &str, challenge: &str) -> Vec<u8> {
@@ -482,7 +510,7 @@ impl SoftAuthenticator {
     }
 
     /// The answer to a registration page's challenge.
-    fn register(&self, challenge: &str, flags: u8) -> String {
+    pub(super) fn register(&self, challenge: &str, flags: u8) -> String {
         use ciborium::Value as Cbor;
         let point = self.key.verifying_key().to_encoded_point(false);
         let cose = Cbor::Map(vec![
@@ -521,7 +549,13 @@ impl SoftAuthenticator {
     }
 
     /// The answer to a sign-in page's challenge, for `user_handle`.
-    fn sign_in(&self, challenge: &str, user_handle: &str, flags: u8, counter: u32) -> String {
+    pub(super) fn sign_in(
+        &self,
+        challenge: &str,
+        user_handle: &str,
+        flags: u8,
+        counter: u32,
+    ) -> String {
         use p256::ecdsa::signature::Signer as _;
         use sha2::Digest as _;
         let client_data = self.client_data("webauthn.get", challenge);
@@ -548,30 +582,11 @@ fn a_passkey_that_answers_unlike_the_registered_one_is_refused_as_copied() {
         p.public_host("localhost");
     });
     env.add_user("erin", "user");
-    let origin = env
-        .url("")
-        .trim_end_matches('/')
-        .replacen("127.0.0.1", "localhost", 1);
-    let authenticator = SoftAuthenticator::new(origin);
+    let authenticator = SoftAuthenticator::new(&env, 0xAB);
 
     // Register (signed in with the password just now).
-    let (signed_in, _) = account_sign_in(&env, "erin");
-    let user_handle = data_attribute(&signed_in.body, "user-id");
+    let user_handle = authenticator.register_for(&env, "erin");
     assert_eq!(unb64(&user_handle).len(), 16, "the identity's UUID");
-    let answer = authenticator.register(
-        &data_attribute(&signed_in.body, "challenge"),
-        FLAG_UP | FLAG_UV,
-    );
-    let added = env.form(
-        "/oauth/account/passkeys",
-        &[
-            ("csrf", &hidden(&signed_in.body, "csrf")),
-            ("label", "software"),
-            ("credential", &answer),
-        ],
-        &[("Cookie", &cookies(&signed_in))],
-    );
-    assert_answer(&added, 200, "Passkey “software” added.");
 
     // Sign in from a fresh page each time; the answer's flags and counter vary.
     let sign_in = |flags: u8, counter: u32| {

@@ -145,6 +145,21 @@ fn the_cli_signs_a_user_out_of_sessions_codes_and_tokens_and_later_ones_work() {
     assert_signed_out(&env, &access);
     assert_signed_out(&env, &cli_token);
     assert_invalid_grant(&refresh(&env, &client_id, &refresh_token), "revoked");
+    // A refresh token the sign-out did not reach (one granted while it ran) is refused
+    // for its epoch, and introspection agrees.
+    env.db.execute(
+        "UPDATE oauth_refresh_tokens SET revoked_at = NULL, used_at = NULL WHERE identity_name = 'alice'",
+    );
+    let introspected = env.form(
+        "/oauth/introspect",
+        &[("token", &refresh_token)],
+        &[("Authorization", &format!("Bearer {}", env.admin_token()))],
+    );
+    assert_eq!(introspected.json()["active"], false, "{introspected:?}");
+    assert_invalid_grant(
+        &refresh(&env, &client_id, &refresh_token),
+        "signed out everywhere after this grant was made",
+    );
     assert_invalid_grant(
         &exchange(
             &env,
