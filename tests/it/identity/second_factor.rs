@@ -62,6 +62,31 @@ fn consent_and_exchange(env: &Env, consent: &Response, client_id: &str, verifier
     assert_eq!(echo.status, 200, "{echo:?}");
 }
 
+/// Answers the passkey challenge of an account `page` (a sign-in or confirmation) with
+/// `key`, at signature counter `counter`.
+fn passkey_on_account_page(
+    env: &Env,
+    page: &Response,
+    key: &SoftAuthenticator,
+    user_handle: &str,
+    counter: u32,
+) -> Response {
+    let answer = key.sign_in(
+        &data_attribute(&page.body, "challenge"),
+        user_handle,
+        FLAG_UP | FLAG_UV,
+        counter,
+    );
+    env.form(
+        "/oauth/account/login",
+        &[
+            ("csrf", &hidden(&page.body, "csrf")),
+            ("credential", &answer),
+        ],
+        &[("Cookie", &cookies(page))],
+    )
+}
+
 /// `(actor, decision, method, reason)` of the `auth.login` rows, oldest first.
 fn logins(env: &Env) -> Vec<(String, String, String, String)> {
     env.db
@@ -146,36 +171,10 @@ fn under_if_registered_a_users_own_passkey_confirms_their_password() {
         &[("Cookie", &cookies(&account))],
     );
     assert_answer(&confirm, 200, "id=confirm");
-    let answer = erin.sign_in(
-        &data_attribute(&confirm.body, "challenge"),
-        &erin_handle,
-        FLAG_UP | FLAG_UV,
-        2,
-    );
-    let signed_in = env.form(
-        "/oauth/account/login",
-        &[
-            ("csrf", &hidden(&confirm.body, "csrf")),
-            ("credential", &answer),
-        ],
-        &[("Cookie", &cookies(&confirm))],
-    );
+    let signed_in = passkey_on_account_page(&env, &confirm, &erin, &erin_handle, 2);
     assert_answer(&signed_in, 200, "<b id=user>erin</b>");
     let account = http::get(&env.url("/oauth/account"));
-    let answer = erin.sign_in(
-        &data_attribute(&account.body, "challenge"),
-        &erin_handle,
-        FLAG_UP | FLAG_UV,
-        3,
-    );
-    let passkey_alone = env.form(
-        "/oauth/account/login",
-        &[
-            ("csrf", &hidden(&account.body, "csrf")),
-            ("credential", &answer),
-        ],
-        &[("Cookie", &cookies(&account))],
-    );
+    let passkey_alone = passkey_on_account_page(&env, &account, &erin, &erin_handle, 3);
     assert_answer(&passkey_alone, 200, "<b id=user>erin</b>");
 
     let status = env.warden.sigterm();
