@@ -23,7 +23,9 @@
 //! - **Bounds.** Adding a passkey needs a recent sign-in (`http/account.rs`); a user holds
 //!   at most [`MAX_PASSKEYS_PER_USER`]; a posted answer is at most
 //!   [`MAX_CREDENTIAL_BYTES`].
-//! - **Audit.** `auth.login` (method `passkey` or `link`) for every sign-in and refusal,
+//! - **Audit.** `auth.login` (method `passkey`, `password+passkey` for the confirmation
+//!   of a password sign-in — on the trail of the user who gave the password — or `link`)
+//!   for every sign-in and refusal,
 //!   `auth.passkey_registered` and `auth.passkey_removed` for changes made through the
 //!   pages; the CLI's removals are announced on `warden_identity` like its other changes.
 
@@ -406,7 +408,7 @@ impl Identity {
     /// A challenge confirming `user`'s password sign-in with one of their passkeys, and
     /// the ids (base64url) of those passkeys for the browser to offer; `None` when they
     /// have none (or passkeys are off).
-    pub async fn confirm_challenge(
+    pub(super) async fn confirm_challenge(
         &self,
         user: &IdentityRow,
         csrf: &str,
@@ -435,6 +437,16 @@ impl Identity {
         let response = &credential.response;
         let missing = |field: &str| PasskeyError::Malformed(format!("`{field}` is missing"));
         let client_data = unb64("clientDataJSON", &response.client_data_json)?;
+        // Whose sign-in this is, as far as the challenge says, before anything can fail:
+        // a refused confirmation belongs on the trail of the user who gave the password.
+        let (challenge, ceremony) = open_any(&self.master, &client_data)?;
+        let mut client = self.db.get().await?;
+        if let (Purpose::Confirm, Some(id)) = (ceremony.purpose, ceremony.user) {
+            *method = "password+passkey";
+            if let Some(row) = store::find_by_id(&**client, id).await? {
+                who.clone_from(&row.name);
+            }
+        }
         let authenticator_data = unb64(
             "authenticatorData",
             response
@@ -456,13 +468,8 @@ impl Identity {
             Some(handle) if !handle.is_empty() => unb64("userHandle", handle)?,
             _ => return Err(missing("userHandle")),
         };
-        let (challenge, expires, confirming) =
-            open_sign_in(&self.master, &client_data, csrf, unix_now())?;
-        if confirming.is_some() {
-            *method = "password+passkey";
-        }
+        let (expires, confirming) = sign_in_ceremony(&ceremony, csrf, unix_now())?;
 
-        let mut client = self.db.get().await?;
         let transaction = client.transaction().await?;
         // Locked until the counter is written back: two answers of one authenticator
         // checked at once are checked one after the other.
@@ -483,12 +490,11 @@ impl Identity {
         let Some(user) = store::find_by_id(&*transaction, identity_id).await? else {
             return Err(PasskeyError::Unknown);
         };
-        who.clone_from(&user.name);
+        if confirming.is_none() {
+            who.clone_from(&user.name);
+        }
         if user_handle != identity_id.as_bytes() {
             return Err(PasskeyError::WrongUser);
-        }
-        if confirming.is_some_and(|confirmed| confirmed != identity_id) {
-            return Err(PasskeyError::NotTheirs);
         }
         let asserted = rp.verify_assertion(
             &challenge,
@@ -497,6 +503,10 @@ impl Identity {
             &authenticator_data,
             &signature,
         )?;
+        // After the signature: only a real answer of another account's passkey gets here.
+        if confirming.is_some_and(|confirmed| confirmed != identity_id) {
+            return Err(PasskeyError::NotTheirs);
+        }
         if asserted.backup_eligible != backup_eligible {
             // Fixed for a credential's life: another authenticator answers in its name.
             return Err(PasskeyError::Cloned(
@@ -685,22 +695,20 @@ fn open_ceremony(
     }
 }
 
-/// The challenge a sign-in answer answers, when it expires, and — for the confirmation
-/// of a password sign-in — whose: a [`Purpose::SignIn`] challenge (`None`) or a
-/// [`Purpose::Confirm`] one, sealed by Warden for the posted form and not expired.
-fn open_sign_in(
-    master: &MasterKey,
-    client_data_json: &[u8],
+/// When a sign-in answer's challenge expires and — for the confirmation of a password
+/// sign-in — whose sign-in it confirms, if it is a [`Purpose::SignIn`] challenge (`None`)
+/// or a [`Purpose::Confirm`] one, for the posted form and not expired at `now`.
+fn sign_in_ceremony(
+    ceremony: &Ceremony,
     csrf: &str,
     now: u64,
-) -> Result<(Vec<u8>, u64, Option<Uuid>), PasskeyError> {
-    let (challenge, ceremony) = open_any(master, client_data_json)?;
+) -> Result<(u64, Option<Uuid>), PasskeyError> {
     let sign_in = matches!(
         (ceremony.purpose, ceremony.user),
         (Purpose::SignIn, None) | (Purpose::Confirm, Some(_))
     );
     if sign_in && ceremony.current(csrf, now) {
-        Ok((challenge, ceremony.exp, ceremony.user))
+        Ok((ceremony.exp, ceremony.user))
     } else {
         Err(PasskeyError::WrongCeremony)
     }
@@ -797,6 +805,44 @@ mod tests {
         json!({"type": "webauthn.get", "challenge": b64(challenge), "origin": "https://x"})
             .to_string()
             .into_bytes()
+    }
+
+    #[test]
+    fn a_sign_in_answers_a_sign_in_or_a_confirmation_challenge_only() {
+        let master = MasterKey::from_bytes([7; 32], "test");
+        let alice = Uuid::from_u128(1);
+        let now = 1_800_000_000;
+        let opened = |purpose: Purpose, user: Option<Uuid>, csrf: &str, at: u64| {
+            let sealed = seal_ceremony(&master, purpose, user, "csrf-a", now);
+            let (_, ceremony) = open_any(&master, &client_data(&sealed)).expect("ours");
+            sign_in_ceremony(&ceremony, csrf, at).map(|(_, confirming)| confirming)
+        };
+        assert_eq!(
+            opened(Purpose::SignIn, None, "csrf-a", now + 1).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            opened(Purpose::Confirm, Some(alice), "csrf-a", now + 1).ok(),
+            Some(Some(alice))
+        );
+        for (purpose, user) in [
+            (Purpose::Register, Some(alice)),
+            (Purpose::SignIn, Some(alice)),
+            (Purpose::Confirm, None),
+        ] {
+            assert!(
+                matches!(
+                    opened(purpose, user, "csrf-a", now + 1),
+                    Err(PasskeyError::WrongCeremony)
+                ),
+                "{purpose:?} {user:?}"
+            );
+        }
+        // Another form's, or too late.
+        assert!(opened(Purpose::Confirm, Some(alice), "csrf-b", now + 1).is_err());
+        assert!(opened(Purpose::Confirm, Some(alice), "", now + 1).is_err());
+        let late = now + CEREMONY_TTL.as_secs();
+        assert!(opened(Purpose::Confirm, Some(alice), "csrf-a", late).is_err());
     }
 
     #[test]

@@ -206,8 +206,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 /// `audit tail`: reads and prints whole batches after `after`; with `follow`, keeps
-/// doing so every `interval` until SIGINT or SIGTERM, which stop it between two batches'
-/// lines, whatever it is doing. While following, a database that cannot be reached is
+/// doing so every `interval` until SIGINT or SIGTERM, which stop it between two reads
+/// (a read's lines are written whole; a write blocked on a full pipe finishes first). While following, a database that cannot be reached is
 /// reported on stderr and tried again: the position is kept.
 async fn tail(
     database: &Database,

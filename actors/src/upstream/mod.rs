@@ -260,10 +260,16 @@ impl Connection {
         let cancel = options.cancel.unwrap_or_default();
         let timeout = options.timeout.unwrap_or(Duration::from_secs(24 * 3600));
         let mut guard = guard;
+        // Cancellation first: once the caller gave up, the call ends cancelled even if
+        // an answer is ready in the same poll. Cancelling often provokes that answer —
+        // a call held for its client's input is cancelled by dropping the pending
+        // question, to which the upstream answers with an error — and an unbiased
+        // select then recorded `error` instead of `cancelled` at random (seen under load).
         let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(CallError::Cancelled),
             answer = answer => answer.unwrap_or_else(|_| Err(CallError::Closed(self.close_reason()))),
             _ = tokio::time::sleep(timeout) => Err(CallError::Timeout(timeout)),
-            _ = cancel.cancelled() => Err(CallError::Cancelled),
         };
         match &outcome {
             Err(CallError::Timeout(_)) | Err(CallError::Cancelled) => {} // guard notifies

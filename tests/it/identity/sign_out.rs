@@ -183,6 +183,13 @@ fn the_cli_signs_a_user_out_of_sessions_codes_and_tokens_and_later_ones_work() {
     let (_, session) = account_sign_in(&env, "alice");
     assert!(signed_in(&env, &session));
 
+    // A token from ahead of the stored epoch (a database restored from before the
+    // sign-out) is refused too.
+    let ahead = env.token("alice", "tools:read");
+    env.db
+        .execute("UPDATE identities SET session_epoch = session_epoch - 1 WHERE name = 'alice'");
+    assert_signed_out(&env, &ahead);
+
     // A name that is not there is an error naming it.
     let (ok, _, err) = env.cli(&["user", "sign-out", "nobody"], None);
     assert!(!ok);
