@@ -1232,18 +1232,29 @@ impl Identity {
 
     /// Revokes a refresh family and every access token issued from it.
     async fn revoke_family(&self, family: Uuid, reason: &str) -> Result<(), OAuthError> {
-        let db = self.db.get().await.map_err(OAuthError::server)?;
-        oauth::revoke_family(&**db, family)
+        let mut db = self.db.get().await.map_err(OAuthError::server)?;
+        // One transaction: the revocation and the notice other replicas drop their
+        // cached verifications on (delivered at commit) happen together.
+        let transaction = db.transaction().await.map_err(OAuthError::server)?;
+        oauth::revoke_family(&*transaction, family)
             .await
             .map_err(OAuthError::server)?;
         let config = self.settings.load().config.clone();
         let until = SystemTime::now() + config.access_token_ttl.max(config.refresh_token_ttl);
         let id = oauth::family_token_id(&family.to_string());
-        store::revoke(&**db, &id, until, reason)
+        store::revoke(&*transaction, &id, until, reason)
             .await
             .map_err(OAuthError::server)?;
+        store::notify(
+            &*transaction,
+            "token.revoked",
+            &id,
+            json!({"origin": "serve"}),
+        )
+        .await
+        .map_err(OAuthError::server)?;
+        transaction.commit().await.map_err(OAuthError::server)?;
         self.cache.invalidate(None, None, Some(&family.to_string()));
-        let _ = store::notify(&**db, "token.revoked", &id, json!({"origin": "serve"})).await;
         let mut event = AuditEvent::new("auth.token_revoked", "system");
         event.subject = Some(id);
         event.reason = Some(reason.to_owned());
@@ -1274,22 +1285,26 @@ impl Identity {
             tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience)
             && claims.client_id == client.client_id
         {
+            let mut db = db;
+            let transaction = db.transaction().await.map_err(OAuthError::server)?;
             store::revoke(
-                &**db,
+                &*transaction,
                 &claims.jti,
                 UNIX_EPOCH + Duration::from_secs(claims.exp),
                 "revoked by the client",
             )
             .await
             .map_err(OAuthError::server)?;
-            self.cache.invalidate(Some(&claims.jti), None, None);
-            let _ = store::notify(
-                &**db,
+            store::notify(
+                &*transaction,
                 "token.revoked",
                 &claims.jti,
                 json!({"origin": "serve"}),
             )
-            .await;
+            .await
+            .map_err(OAuthError::server)?;
+            transaction.commit().await.map_err(OAuthError::server)?;
+            self.cache.invalidate(Some(&claims.jti), None, None);
             let mut event = AuditEvent::new("auth.token_revoked", "client");
             event.actor_id = Some(client.client_id.clone());
             event.subject = Some(claims.jti);

@@ -404,14 +404,18 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {
     let (config, database) = open(&profile).await?;
-    let client = database.pool.get().await?;
-    store::set_disabled(&**client, &name, disabled).await?;
+    let mut client = database.pool.get().await?;
+    // One transaction: the change and the notice servers drop their cached
+    // verifications on (delivered at commit) happen together.
+    let transaction = client.transaction().await?;
+    store::set_disabled(&*transaction, &name, disabled).await?;
     let kind = if disabled {
         "user.disabled"
     } else {
         "user.enabled"
     };
-    store::notify(&**client, kind, &name, json!({"origin": "cli"})).await?;
+    store::notify(&*transaction, kind, &name, json!({"origin": "cli"})).await?;
+    transaction.commit().await?;
     println!("`{name}` {}", if disabled { "disabled" } else { "enabled" });
     drop(client);
     database.shutdown(config.server.shutdown_grace).await?;
@@ -589,15 +593,18 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
                 );
             }
             let (config, database) = open(&profile).await?;
-            let client = database.pool.get().await?;
-            let n = store::revoke_api_keys(&**client, id, name.as_deref(), None).await?;
+            let mut client = database.pool.get().await?;
+            // One transaction with its notice, as every revocation.
+            let transaction = client.transaction().await?;
+            let n = store::revoke_api_keys(&*transaction, id, name.as_deref(), None).await?;
             store::notify(
-                &**client,
+                &*transaction,
                 "apikey.revoked",
                 name.as_deref().unwrap_or_default(),
                 json!({"origin": "cli", "key_id": id, "count": n}),
             )
             .await?;
+            transaction.commit().await?;
             println!("{n} key(s) revoked");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
