@@ -476,41 +476,12 @@ impl Identity {
         {
             tracing::error!(%error, "cannot reload the signing keys after a rotation");
         }
+        // The CLI and `warden import` record their changes themselves
+        // (`identity_change_event`, `audit::record_now`): once, server running or not.
         tracing::info!(
             kind,
             "identity change noticed; cached verifications dropped"
         );
-        // Changes made by `warden user …`/`warden apikey …` (origin `cli`) and by
-        // `warden import` are recorded by the running instance, which has the trail.
-        let origin = notice
-            .get("detail")
-            .and_then(|d| d.get("origin"))
-            .and_then(Value::as_str)
-            .filter(|origin| matches!(*origin, "cli" | "import"))
-            .map(str::to_owned);
-        if let Some(origin) = origin {
-            if kind == store::SIGNED_OUT_NOTICE
-                && let Some(subject) = subject
-            {
-                let detail = notice.get("detail").cloned().unwrap_or(Value::Null);
-                self.record(signed_out_event(subject, &origin, detail))
-                    .await;
-                return;
-            }
-            let mut event = AuditEvent::new(
-                match kind {
-                    "keys.rotated" => "identity.key_rotated",
-                    k if k.starts_with("apikey.") => "identity.api_key_changed",
-                    k if k.starts_with("token.") => "auth.token_issued",
-                    _ => "identity.changed",
-                },
-                "system",
-            );
-            event.actor_id = Some(origin);
-            event.subject = subject.map(str::to_owned);
-            event.attributes = notice;
-            self.record(event).await;
-        }
     }
 
     pub(super) async fn record(&self, event: AuditEvent) {
@@ -1422,7 +1393,30 @@ fn settings(config: &Config, policy: &PolicyEngine) -> Settings {
     }
 }
 
-/// The `auth.signed_out` row: who was signed out, by whom (`origin`: `account`, `cli`).
+/// The audit event of an identity change made outside a server (`warden user …`,
+/// `warden apikey …`, `warden keys rotate`, `warden token issue`, `warden import`) by
+/// `actor`: the notice servers hear (`kind`, `subject`, `detail`) as its attributes.
+pub fn identity_change_event(kind: &str, subject: &str, detail: Value, actor: &str) -> AuditEvent {
+    if kind == store::SIGNED_OUT_NOTICE {
+        return signed_out_event(subject, actor, detail);
+    }
+    let mut event = AuditEvent::new(
+        match kind {
+            "keys.rotated" => "identity.key_rotated",
+            k if k.starts_with("apikey.") => "identity.api_key_changed",
+            k if k.starts_with("token.") => "auth.token_issued",
+            _ => "identity.changed",
+        },
+        "system",
+    );
+    event.actor_id = Some(actor.to_owned());
+    event.subject = Some(subject.to_owned());
+    event.attributes = json!({"kind": kind, "subject": subject, "detail": detail});
+    event
+}
+
+/// The `auth.signed_out` row: who was signed out, by whom (`account` for the account
+/// page, the CLI's user for `warden user sign-out`/`passwd`).
 fn signed_out_event(name: &str, origin: &str, detail: Value) -> AuditEvent {
     let mut event = AuditEvent::new("auth.signed_out", "system");
     event.actor_id = Some(origin.to_owned());

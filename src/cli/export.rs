@@ -122,13 +122,24 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tool approvals and skill changes are recorded here, once, in the trail (identity
-/// changes are recorded by the running instance that hears of them, as for `warden
-/// user`). Returns how many could not be recorded.
+/// The import's changes are recorded here, once, in the trail — identity changes,
+/// tool approvals and skills, as `warden user` and `warden skill` record theirs. Returns
+/// how many could not be recorded.
 async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> usize {
     let mut unaudited = 0;
     for change in changes {
         let event = match change {
+            Change::Created { .. } | Change::Roles { .. } | Change::Disabled { .. } => {
+                let Some((kind, name, detail)) = change.identity_notice() else {
+                    continue;
+                };
+                crate::auth::service::identity_change_event(
+                    kind,
+                    name,
+                    detail,
+                    &crate::audit::cli_actor(),
+                )
+            }
             Change::Approved {
                 server,
                 tool,

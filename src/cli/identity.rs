@@ -12,7 +12,8 @@
 //!   `apikey list`, `apikey revoke ID`.
 //!
 //! Every change is announced on `warden_identity`, so running servers drop what they
-//! cached and record the change on the audit trail.
+//! cached, and recorded on the audit trail by the command itself (`record`): once,
+//! whether or not a server is running.
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use uuid::Uuid;
 
 use super::ProfileArg;
 use crate::auth::secret::Redacted;
-use crate::auth::service::issue_offline;
+use crate::auth::service::{identity_change_event, issue_offline};
 use crate::auth::tokens::Grant;
 use crate::auth::{PrincipalKind, Scopes, keys, passkeys, passwords, store};
 use crate::config::Config;
@@ -238,7 +239,8 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             .await??;
             let client = database.pool.get().await?;
             let row = store::create(&**client, &name, "user", &roles, Some(&hash)).await?;
-            store::notify(
+            announce(
+                &database,
                 &**client,
                 "user.added",
                 &name,
@@ -325,13 +327,13 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 .unwrap_or_default()
                 .as_secs();
             let code = passkeys::sign_in_link_code(&master, &row, exp);
-            store::notify(
+            announce(
+                &database,
                 &**client,
                 "user.sign_in_link_issued",
                 &name,
                 json!({"origin": "cli", "expires": humantime::format_rfc3339_seconds(expires).to_string()}),
-            )
-            .await?;
+            ).await?;
             println!(
                 "{}/oauth/account/link?code={code}",
                 config.server.public_url
@@ -351,7 +353,8 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 database.shutdown(config.server.shutdown_grace).await?;
                 bail!("no passkey has the id `{id}` (see `warden user passkeys`)");
             };
-            store::notify(
+            announce(
+                &database,
                 &**client,
                 "user.passkey_removed",
                 &owner,
@@ -384,6 +387,14 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             .await?;
             let revoked = store::sign_out(&*transaction, &name, "cli").await?;
             transaction.commit().await?;
+            record(
+                &database,
+                "user.password_changed",
+                &name,
+                json!({"origin": "cli"}),
+            )
+            .await?;
+            record_sign_out(&database, &name, revoked).await?;
             println!(
                 "password of `{name}` changed; signed out everywhere ({revoked} refresh tokens revoked)"
             );
@@ -394,12 +405,48 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             let (config, database) = open(&profile).await?;
             let client = database.pool.get().await?;
             let revoked = store::sign_out(&**client, &name, "cli").await?;
+            record_sign_out(&database, &name, revoked).await?;
             println!("`{name}` signed out everywhere ({revoked} refresh tokens revoked)");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells running servers of a change made here (they drop cached verifications), and
+/// records it on the audit trail.
+async fn announce<C: tokio_postgres::GenericClient>(
+    database: &Database,
+    client: &C,
+    kind: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    store::notify(client, kind, subject, detail.clone()).await?;
+    record(database, kind, subject, detail).await
+}
+
+/// Records a change made here on the audit trail, as its own sealed batch: once,
+/// whether or not a server is running. The change is in effect already; a row that
+/// cannot be written is an error saying so, not a silent gap.
+async fn record(
+    database: &Database,
+    kind: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let event = identity_change_event(kind, subject, detail, &crate::audit::cli_actor());
+    crate::audit::record_now(&database.pool, event)
+        .await
+        .with_context(|| {
+            format!("the change ({kind} of `{subject}`) was made, but its audit row could not be written")
+        })
+}
+
+async fn record_sign_out(database: &Database, name: &str, revoked: i64) -> Result<()> {
+    let detail = json!({"origin": "cli", "refresh_tokens_revoked": revoked});
+    record(database, store::SIGNED_OUT_NOTICE, name, detail).await
 }
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {
@@ -416,6 +463,7 @@ async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Resu
     };
     store::notify(&*transaction, kind, &name, json!({"origin": "cli"})).await?;
     transaction.commit().await?;
+    record(&database, kind, &name, json!({"origin": "cli"})).await?;
     println!("`{name}` {}", if disabled { "disabled" } else { "enabled" });
     drop(client);
     database.shutdown(config.server.shutdown_grace).await?;
@@ -466,13 +514,13 @@ pub(crate) async fn token(command: TokenCommand) -> Result<ExitCode> {
         },
     )
     .await?;
-    store::notify(
+    announce(
+        &database,
         &**client,
         "token.issued",
         &issued.jti,
         json!({"origin": "cli", "user": user, "scopes": issued.scopes.to_header_value(), "user_created": created}),
-    )
-    .await?;
+    ).await?;
     if created {
         eprintln!("created user `{user}` (no password, no roles)");
     }
@@ -489,7 +537,8 @@ pub(crate) async fn keys_command(command: KeysCommand) -> Result<ExitCode> {
             let key = master_key(&config)?;
             let mut client = database.pool.get().await?;
             let (kid, retired) = keys::rotate(&mut client, &key).await?;
-            store::notify(
+            announce(
+                &database,
                 &**client,
                 "keys.rotated",
                 &kid,
@@ -552,13 +601,13 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
             let client = database.pool.get().await?;
             let (row, _) = store::ensure(&**client, &name, "service", &roles).await?;
             let key = store::create_api_key(&**client, row.id, &scopes, ttl).await?;
-            store::notify(
+            announce(
+                &database,
                 &**client,
                 "apikey.created",
                 &name,
                 json!({"origin": "cli", "key_id": key.id, "prefix": key.prefix, "scopes": scopes.to_header_value()}),
-            )
-            .await?;
+            ).await?;
             eprintln!(
                 "API key {} ({}) for `{name}`; it is shown once:",
                 key.id, key.prefix
@@ -597,14 +646,11 @@ pub(crate) async fn apikey(command: ApiKeyCommand) -> Result<ExitCode> {
             // One transaction with its notice, as every revocation.
             let transaction = client.transaction().await?;
             let n = store::revoke_api_keys(&*transaction, id, name.as_deref(), None).await?;
-            store::notify(
-                &*transaction,
-                "apikey.revoked",
-                name.as_deref().unwrap_or_default(),
-                json!({"origin": "cli", "key_id": id, "count": n}),
-            )
-            .await?;
+            let detail = json!({"origin": "cli", "key_id": id, "count": n});
+            let subject = name.as_deref().unwrap_or_default();
+            store::notify(&*transaction, "apikey.revoked", subject, detail.clone()).await?;
             transaction.commit().await?;
+            record(&database, "apikey.revoked", subject, detail).await?;
             println!("{n} key(s) revoked");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;

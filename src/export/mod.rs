@@ -720,27 +720,50 @@ fn entries(folder: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, ExportErr
     Ok(found)
 }
 
+impl Change {
+    /// An identity change's notice (kind, subject, detail): what running servers hear
+    /// and what the audit trail records.
+    pub fn identity_notice(&self) -> Option<(&'static str, &str, Value)> {
+        match self {
+            Change::Created { name, roles, .. } => Some((
+                "user.added",
+                name,
+                json!({"origin": "import", "roles": roles}),
+            )),
+            Change::Roles { name, roles } => Some((
+                "user.roles_changed",
+                name,
+                json!({"origin": "import", "roles": roles}),
+            )),
+            Change::Disabled { name, disabled } => Some((
+                if *disabled {
+                    "user.disabled"
+                } else {
+                    "user.enabled"
+                },
+                name,
+                json!({"origin": "import"}),
+            )),
+            Change::Skill { .. } | Change::Approved { .. } => None,
+        }
+    }
+}
+
 async fn apply<C: GenericClient>(client: &C, change: &mut Change) -> Result<(), ExportError> {
-    let origin = json!({"origin": "import"});
+    // Running servers drop what they cached of the identity when the import commits;
+    // the trail records the change once (`cli/export.rs`).
+    if let Some((kind, name, detail)) = change.identity_notice() {
+        store::notify(client, kind, name, detail).await?;
+    }
     match change {
         Change::Created { name, kind, roles } => {
             store::create(client, name, kind, roles, None).await?;
-            let detail = json!({"origin": "import", "roles": roles});
-            store::notify(client, "user.added", name, detail).await?;
         }
         Change::Roles { name, roles } => {
             store::set_roles(client, name, roles).await?;
-            let detail = json!({"origin": "import", "roles": roles});
-            store::notify(client, "user.roles_changed", name, detail).await?;
         }
         Change::Disabled { name, disabled } => {
             store::set_disabled(client, name, *disabled).await?;
-            let kind = if *disabled {
-                "user.disabled"
-            } else {
-                "user.enabled"
-            };
-            store::notify(client, kind, name, origin).await?;
         }
         Change::Skill { skill, stored, .. } => {
             *stored =
