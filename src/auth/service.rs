@@ -458,8 +458,8 @@ impl Identity {
     // Changes from other processes
     // -----------------------------------------------------------------------------------
 
-    /// Handles a `warden_identity` notice: forget cached verifications, reload keys, and
-    /// record what the CLI changed.
+    /// Handles a `warden_identity` notice: forget cached verifications and reload keys
+    /// (whoever sent it recorded the change).
     pub async fn on_notice(&self, payload: &str) {
         let notice: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
         let kind = notice.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -640,7 +640,7 @@ impl Identity {
     /// login session, authorization code, refresh token and access token issued to them
     /// so far stops working, on every replica (the notice drops their cached
     /// verifications). Recorded as `auth.signed_out`. `warden user sign-out` does the
-    /// same from the CLI, recorded when this process hears its notice.
+    /// same from the CLI, which records its own row.
     pub async fn sign_out_everywhere(&self, name: &str, origin: &str) -> Result<(), SignOutError> {
         let db = self
             .db
@@ -898,6 +898,7 @@ impl Identity {
         {
             Ok(grant) => grant,
             Err(CodeRefusal::Replayed { family }) => {
+                drop(db);
                 if let Some(family) = family {
                     self.revoke_family(family, "authorization code replayed")
                         .await?;
@@ -1203,35 +1204,45 @@ impl Identity {
 
     /// Revokes a refresh family and every access token issued from it.
     async fn revoke_family(&self, family: Uuid, reason: &str) -> Result<(), OAuthError> {
-        let mut db = self.db.get().await.map_err(OAuthError::server)?;
-        // One transaction: the revocation and the notice other replicas drop their
-        // cached verifications on (delivered at commit) happen together.
-        let transaction = db.transaction().await.map_err(OAuthError::server)?;
-        oauth::revoke_family(&*transaction, family)
-            .await
-            .map_err(OAuthError::server)?;
         let config = self.settings.load().config.clone();
         let until = SystemTime::now() + config.access_token_ttl.max(config.refresh_token_ttl);
         let id = oauth::family_token_id(&family.to_string());
-        store::revoke(&*transaction, &id, until, reason)
-            .await
-            .map_err(OAuthError::server)?;
-        store::notify(
-            &*transaction,
-            "token.revoked",
-            &id,
-            json!({"origin": "serve"}),
-        )
-        .await
-        .map_err(OAuthError::server)?;
-        transaction.commit().await.map_err(OAuthError::server)?;
+        let told = self.deny(&id, Some(family), until, reason).await?;
         self.cache.invalidate(None, None, Some(&family.to_string()));
         let mut event = AuditEvent::new("auth.token_revoked", "system");
         event.subject = Some(id);
         event.reason = Some(reason.to_owned());
         event.decision = Some("deny");
+        event.attributes = json!({"replicas_told": told});
         self.record(event).await;
         Ok(())
+    }
+
+    /// Puts `token_id` (a `jti`, or `family:<id>` with the family's refresh tokens
+    /// revoked too) on the deny-list until `until`, and tells the other replicas, which
+    /// drop their cached verifications: one transaction, so the notice goes out with the
+    /// revocation. If that fails, the revocation is made without the notice — a reused
+    /// refresh token or a replayed code must not leave the family live because the
+    /// others could not be told (they keep cached verifications until those expire; the
+    /// error is logged). Returns whether they were told.
+    async fn deny(
+        &self,
+        token_id: &str,
+        family: Option<Uuid>,
+        until: SystemTime,
+        reason: &str,
+    ) -> Result<bool, OAuthError> {
+        let mut db = self.db.get().await.map_err(OAuthError::server)?;
+        match deny_rows(&mut db, token_id, family, until, reason, true).await {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                tracing::error!(%error, token_id, "a revocation and its notice to other replicas failed together; revoking without the notice");
+                deny_rows(&mut db, token_id, family, until, reason, false)
+                    .await
+                    .map_err(OAuthError::server)?;
+                Ok(false)
+            }
+        }
     }
 
     /// RFC 7009: revokes a refresh token (its family) or one of Warden's access tokens.
@@ -1241,11 +1252,11 @@ impl Identity {
             return Ok(());
         }
         let db = self.db.get().await.map_err(OAuthError::server)?;
-        if let Some((family, owner)) = oauth::refresh_family(&**db, token)
+        let family = oauth::refresh_family(&**db, token)
             .await
-            .map_err(OAuthError::server)?
-        {
-            drop(db);
+            .map_err(OAuthError::server)?;
+        drop(db);
+        if let Some((family, owner)) = family {
             if owner != client.client_id {
                 return Ok(());
             }
@@ -1256,30 +1267,16 @@ impl Identity {
             tokens::verify(token, &self.keys.load(), &config.issuer, &config.audience)
             && claims.client_id == client.client_id
         {
-            let mut db = db;
-            let transaction = db.transaction().await.map_err(OAuthError::server)?;
-            store::revoke(
-                &*transaction,
-                &claims.jti,
-                UNIX_EPOCH + Duration::from_secs(claims.exp),
-                "revoked by the client",
-            )
-            .await
-            .map_err(OAuthError::server)?;
-            store::notify(
-                &*transaction,
-                "token.revoked",
-                &claims.jti,
-                json!({"origin": "serve"}),
-            )
-            .await
-            .map_err(OAuthError::server)?;
-            transaction.commit().await.map_err(OAuthError::server)?;
+            let until = UNIX_EPOCH + Duration::from_secs(claims.exp);
+            let told = self
+                .deny(&claims.jti, None, until, "revoked by the client")
+                .await?;
             self.cache.invalidate(Some(&claims.jti), None, None);
             let mut event = AuditEvent::new("auth.token_revoked", "client");
             event.actor_id = Some(client.client_id.clone());
             event.subject = Some(claims.jti);
             event.reason = Some("revoked by the client".into());
+            event.attributes = json!({"replicas_told": told});
             self.record(event).await;
         }
         Ok(())
@@ -1391,6 +1388,38 @@ fn settings(config: &Config, policy: &PolicyEngine) -> Settings {
             })
         }),
     }
+}
+
+/// [`Identity::deny`]'s statements, in one transaction; with `notify`, the notice
+/// (`token.revoked`) too.
+async fn deny_rows(
+    db: &mut deadpool_postgres::Object,
+    token_id: &str,
+    family: Option<Uuid>,
+    until: SystemTime,
+    reason: &str,
+    notify: bool,
+) -> Result<(), String> {
+    let transaction = db.transaction().await.map_err(|e| e.to_string())?;
+    if let Some(family) = family {
+        oauth::revoke_family(&*transaction, family)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    store::revoke(&*transaction, token_id, until, reason)
+        .await
+        .map_err(|e| e.to_string())?;
+    if notify {
+        store::notify(
+            &*transaction,
+            "token.revoked",
+            token_id,
+            json!({"origin": "serve"}),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    transaction.commit().await.map_err(|e| e.to_string())
 }
 
 /// The audit event of an identity change made outside a server (`warden user …`,

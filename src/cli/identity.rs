@@ -414,8 +414,13 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tells running servers of a change made here (they drop cached verifications), and
-/// records it on the audit trail.
+/// Records a change made here on the audit trail, then tells running servers of it.
+///
+/// Used for changes nothing caches (a new user or key, a token, a sign-in link, a
+/// removed passkey, a rotated key — servers reload on an unknown `kid` anyway): the
+/// row is written first, and a notice that cannot be sent is a warning, not a failure
+/// that would hide a credential already made (`apikey create`, `token issue` print it
+/// after this). Revocations send their notice in the change's own transaction instead.
 async fn announce<C: tokio_postgres::GenericClient>(
     database: &Database,
     client: &C,
@@ -423,8 +428,11 @@ async fn announce<C: tokio_postgres::GenericClient>(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<()> {
-    store::notify(client, kind, subject, detail.clone()).await?;
-    record(database, kind, subject, detail).await
+    record(database, kind, subject, detail.clone()).await?;
+    if let Err(error) = store::notify(client, kind, subject, detail).await {
+        eprintln!("warning: running servers were not told of {kind} of `{subject}`: {error}");
+    }
+    Ok(())
 }
 
 /// Records a change made here on the audit trail, as its own sealed batch: once,

@@ -136,6 +136,12 @@ fn authorization_code_flow_grants_what_roles_allow_and_refresh_rotates() {
             "no `{kind}` event in {kinds:?}"
         );
     }
+    // The revocation went out to the other replicas with it.
+    let told = env.db.query(
+        "SELECT attributes->>'replicas_told' FROM audit_events WHERE kind = 'auth.token_revoked'",
+    );
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].get::<_, Option<String>>(0).as_deref(), Some("true"));
     for secret in [&access, &refresh, &refresh2, &params["code"], PASSWORD] {
         let leaks = env.db.query(&format!(
             "SELECT count(*) FROM audit_events WHERE attributes::text LIKE '%{secret}%' OR coalesce(reason, '') LIKE '%{secret}%'"
