@@ -21,6 +21,22 @@ fn embedding_answer(model: &str, vectors: usize, prompt_tokens: u64) -> Value {
     })
 }
 
+/// `POST /v1/embeddings` of `input` to `model` as `token`, with extra `headers`.
+fn embed(
+    env: &Env,
+    token: &str,
+    model: &str,
+    input: &str,
+    headers: &[(&str, &str)],
+) -> crate::support::http::Response {
+    env.post(
+        "/v1/embeddings",
+        token,
+        &json!({"model": model, "input": input}),
+        headers,
+    )
+}
+
 #[test]
 fn embeddings_are_governed_recorded_and_priced_like_chat() {
     let openai = FakeProvider::start(|seen| {
@@ -124,10 +140,11 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     // A model whose provider has no embeddings endpoint: refused after the permission
     // check (recorded), before anything is sent.
     let trace = Trace::new();
-    let refused = env.post(
-        "/v1/embeddings",
+    let refused = embed(
+        &env,
         &token,
-        &json!({"model": "sonnet", "input": "x"}),
+        "sonnet",
+        "x",
         &[("traceparent", &trace.header)],
     );
     assert_eq!(refused.status, 400, "{refused:?}");
@@ -144,10 +161,11 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
 
     // A server that reports only the total: that is the input.
     let trace = Trace::new();
-    let total_only = env.post(
-        "/v1/embeddings",
+    let total_only = embed(
+        &env,
         &token,
-        &json!({"model": "embed", "input": "total only"}),
+        "embed",
+        "total only",
         &[("traceparent", &trace.header)],
     );
     assert_eq!(total_only.status, 200, "{total_only:?}");
@@ -164,30 +182,27 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     // Without the scope: 403, and the denial on the trail.
     let outsider = env.token("carol", "tools:read");
     let trace = Trace::new();
-    let denied = env.post(
-        "/v1/embeddings",
+    let denied = embed(
+        &env,
         &outsider,
-        &json!({"model": "embed", "input": "x"}),
+        "embed",
+        "x",
         &[("traceparent", &trace.header)],
     );
     assert_eq!(denied.status, 403, "{denied:?}");
     assert_eq!(env.row(&trace)["status"], "denied");
     // Nor does a model's provider show through to who may not use it.
-    let denied = env.post(
-        "/v1/embeddings",
-        &outsider,
-        &json!({"model": "sonnet", "input": "x"}),
-        &[],
-    );
+    let denied = embed(&env, &outsider, "sonnet", "x", &[]);
     assert_eq!(denied.status, 403, "{denied:?}");
     assert!(!denied.body.contains("claude"), "{denied:?}");
 
     // The provider's 429 comes back with its Retry-After, and the row says so.
     let trace = Trace::new();
-    let limited = env.post(
-        "/v1/embeddings",
+    let limited = embed(
+        &env,
         &token,
-        &json!({"model": "embed", "input": "fail"}),
+        "embed",
+        "fail",
         &[("traceparent", &trace.header)],
     );
     assert_eq!(limited.status, 429, "{limited:?}");
@@ -202,21 +217,11 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     // Budgets count embedding tokens: bob's 20 tokens a day are spent after two requests.
     let bob = env.token("bob", "ai:chat");
     for _ in 0..2 {
-        let ok = env.post(
-            "/v1/embeddings",
-            &bob,
-            &json!({"model": "embed", "input": "x"}),
-            &[],
-        );
+        let ok = embed(&env, &bob, "embed", "x", &[]);
         assert_eq!(ok.status, 200, "{ok:?}");
     }
     env.wait_rows("user_id = 'bob' AND status = 'success'", 2);
-    let spent = env.post(
-        "/v1/embeddings",
-        &bob,
-        &json!({"model": "embed", "input": "x"}),
-        &[],
-    );
+    let spent = embed(&env, &bob, "embed", "x", &[]);
     assert_eq!(spent.status, 429, "{spent:?}");
     let message = spent.json()["error"]["message"]
         .as_str()
