@@ -99,14 +99,16 @@ fn bench(c: &mut Criterion) {
     let principal = Arc::new(tokens::principal(&claims, ISS));
     let cache = TokenCache::new(100_000);
     for i in 0..10_000 {
-        cache.insert(
+        cache.insert_unless_changed(
+            cache.generation(),
             cache::key(&format!("other-{i}")),
             principal.clone(),
             unix_now() + 3600,
             None,
         );
     }
-    cache.insert(
+    cache.insert_unless_changed(
+        cache.generation(),
         cache::key(&token),
         principal.clone(),
         unix_now() + 3600,

@@ -44,20 +44,35 @@ pub async fn refresh_redaction(cell: &ScrubberCell, config: &Config, secrets: &S
 /// Writes one event as its own sealed batch, now (for short-lived CLI commands that have
 /// no AuditWriter). Redacted with the built-in patterns.
 pub async fn record_now(pool: &Pool, event: AuditEvent) -> Result<(), StoreError> {
+    record_all_now(pool, vec![event]).await
+}
+
+/// [`record_now`] for the events of one command: one sealed batch, all or none.
+pub async fn record_all_now(pool: &Pool, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let scrubber = Scrubber::builtin();
     let preparer = Preparer {
         scrubber: &scrubber,
-        max_payload_bytes: 64 << 10,
+        max_payload_bytes: CLI_MAX_PAYLOAD_BYTES,
     };
-    let row = preparer.row(&AuditRecord::Event(Box::new(event)));
+    let rows: Vec<_> = events
+        .into_iter()
+        .map(|event| preparer.row(&AuditRecord::Event(Box::new(event))))
+        .collect();
     let mut client = pool.get().await?;
     let writer = format!(
         "{} (cli)",
         warden_actors::audit::writer::default_writer_name()
     );
-    store::write_batch(&mut client, &[row], &writer, false, false).await?;
+    store::write_batch(&mut client, &rows, &writer, false, false).await?;
     Ok(())
 }
+
+/// Payloads of a CLI command's own rows are truncated past this (as the writer's are
+/// past `audit.max_payload_bytes`, which a command does not read).
+const CLI_MAX_PAYLOAD_BYTES: usize = 64 << 10;
 
 /// The operating-system user running a CLI command, for `actor_id`.
 pub fn cli_actor() -> String {

@@ -79,8 +79,9 @@ impl TokenCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// [`TokenCache::insert`], unless the cache was cleared or invalidated since
-    /// `generation` was read: the verification may predate a revocation.
+    /// Remembers a verified token until `expires_at` (unix seconds), unless the cache
+    /// was cleared or invalidated since `generation` was read: the verification may
+    /// predate a revocation.
     pub fn insert_unless_changed(
         &self,
         generation: u64,
@@ -90,38 +91,9 @@ impl TokenCache {
         family: Option<&str>,
     ) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.insert_locked(&mut map, key, principal, expires_at, family);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
         }
-    }
-
-    /// The principal of a token verified earlier and not yet expired.
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Principal>> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        let entry = map.get(key)?;
-        (entry.expires_at > unix_now()).then(|| entry.principal.clone())
-    }
-
-    /// Remembers a verified token until `expires_at` (unix seconds).
-    pub fn insert(
-        &self,
-        key: [u8; 32],
-        principal: Arc<Principal>,
-        expires_at: u64,
-        family: Option<&str>,
-    ) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        self.insert_locked(&mut map, key, principal, expires_at, family);
-    }
-
-    fn insert_locked(
-        &self,
-        map: &mut Map,
-        key: [u8; 32],
-        principal: Arc<Principal>,
-        expires_at: u64,
-        family: Option<&str>,
-    ) {
         if map.len() >= self.max_entries {
             let now = unix_now();
             map.retain(|_, e| e.expires_at > now);
@@ -137,6 +109,13 @@ impl TokenCache {
                 family: family.map(Arc::from),
             },
         );
+    }
+
+    /// The principal of a token verified earlier and not yet expired.
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Principal>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let entry = map.get(key)?;
+        (entry.expires_at > unix_now()).then(|| entry.principal.clone())
     }
 
     /// Drops the entries of one token id, one subject or one refresh family.
@@ -177,16 +156,34 @@ mod tests {
         alice.subject = "alice".into();
         alice.token_id = Some("j1".into());
         let alice = Arc::new(alice);
-        cache.insert(key("t1"), alice.clone(), unix_now() + 60, Some("fam"));
+        cache.insert_unless_changed(
+            cache.generation(),
+            key("t1"),
+            alice.clone(),
+            unix_now() + 60,
+            Some("fam"),
+        );
         assert!(cache.get(&key("t1")).is_some());
         assert!(cache.get(&key("t2")).is_none());
-        cache.insert(key("old"), alice.clone(), unix_now() - 1, None);
+        cache.insert_unless_changed(
+            cache.generation(),
+            key("old"),
+            alice.clone(),
+            unix_now() - 1,
+            None,
+        );
         assert!(cache.get(&key("old")).is_none());
-        cache.insert(key("t3"), alice.clone(), unix_now() + 60, None);
+        cache.insert_unless_changed(
+            cache.generation(),
+            key("t3"),
+            alice.clone(),
+            unix_now() + 60,
+            None,
+        );
         assert!(cache.len() <= 2);
         cache.invalidate(None, None, Some("fam"));
         assert!(cache.get(&key("t1")).is_none());
-        cache.insert(key("t4"), alice, unix_now() + 60, None);
+        cache.insert_unless_changed(cache.generation(), key("t4"), alice, unix_now() + 60, None);
         cache.invalidate(None, Some("alice"), None);
         assert!(cache.is_empty());
     }

@@ -173,6 +173,13 @@ pub enum PasskeyError {
 }
 
 impl PasskeyError {
+    /// Logs a database failure's detail (which the page does not show).
+    pub fn log_detail(&self) {
+        if let PasskeyError::Unavailable(detail) = self {
+            tracing::warn!(error = %detail, "a passkey ceremony failed on the database");
+        }
+    }
+
     /// What the person at the browser is told: everything but a database failure's
     /// detail.
     pub fn for_user(&self) -> String {

@@ -35,7 +35,7 @@ use super::oauth::{
 use super::passwords::Passwords;
 use super::ratelimit::LoginLimiter;
 use super::secret::{self, Redacted};
-use super::store::{self, IdentityRow, Standing};
+use super::store::{self, IdentityRow, Standing, StoreError};
 use super::tokens::{self, Grant, Issued, MAX_TOKEN_BYTES, VerifyError, unix_now};
 use super::{AuthRejection, Authenticator, Principal, PrincipalKind, Scopes};
 use crate::config::{Config, IdentityConfig, SecondFactor};
@@ -98,7 +98,6 @@ pub enum PasswordSignIn {
     /// Not yet: one of the user's passkeys must confirm (`second_factor`). The challenge
     /// (sealed for the form's CSRF token) and the ids of their passkeys.
     Confirm {
-        user: IdentityRow,
         challenge: String,
         passkeys: Vec<String>,
     },
@@ -480,6 +479,7 @@ impl Identity {
         // (`identity_change_event`, `audit::record_now`): once, server running or not.
         tracing::info!(
             kind,
+            subject = subject.unwrap_or_default(),
             "identity change noticed; cached verifications dropped"
         );
     }
@@ -569,14 +569,11 @@ impl Identity {
                 .await
                 .map_err(|e| LoginError::Unavailable(e.to_string()))?;
             if let Some((challenge, passkeys)) = confirm {
-                let mut event = AuditEvent::new("auth.login", "user");
-                event.actor_id = Some(user.name.clone());
-                event.subject = Some(client_id.to_owned());
-                event.reason = Some("password correct; a passkey must confirm".to_owned());
-                event.attributes = json!({"method": "password", "client_id": client_id});
-                self.record(event).await;
+                // No decision yet: the passkey's row has it.
+                let reason = "password correct; a passkey must confirm";
+                self.record(login_row(&user.name, client_id, None, reason, "password"))
+                    .await;
                 return Ok(PasswordSignIn::Confirm {
-                    user,
                     challenge,
                     passkeys,
                 });
@@ -611,14 +608,9 @@ impl Identity {
         reason: &str,
         method: &str,
     ) {
-        let mut event = AuditEvent::new("auth.login", "user");
-        // Empty for a passkey Warden does not know: no one was identified.
-        event.actor_id = (!username.is_empty()).then(|| username.to_owned());
-        event.subject = Some(client_id.to_owned());
-        event.decision = Some(if ok { "allow" } else { "deny" });
-        event.reason = Some(reason.to_owned());
-        event.attributes = json!({"method": method, "client_id": client_id});
-        self.record(event).await;
+        let decision = Some(if ok { "allow" } else { "deny" });
+        self.record(login_row(username, client_id, decision, reason, method))
+            .await;
     }
 
     /// Records a consent decision.
@@ -642,15 +634,15 @@ impl Identity {
     /// verifications). Recorded as `auth.signed_out`. `warden user sign-out` does the
     /// same from the CLI, which records its own row.
     pub async fn sign_out_everywhere(&self, name: &str, origin: &str) -> Result<(), SignOutError> {
-        let db = self
+        let mut db = self
             .db
             .get()
             .await
             .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
-        let revoked = store::sign_out(&**db, name, origin)
-            .await
-            .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
-        self.cache.clear();
+        let transaction = db.transaction().await.map_err(StoreError::from)?;
+        let revoked = store::sign_out(&transaction, name, origin).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        self.cache.invalidate(None, Some(name), None);
         let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
         self.record(signed_out_event(name, origin, detail)).await;
         Ok(())
@@ -840,16 +832,12 @@ impl Identity {
     ) -> Result<IdentityRow, OAuthError> {
         let db = self.db.get().await.map_err(OAuthError::server)?;
         match store::find(&**db, name).await.map_err(OAuthError::server)? {
-            Some(row) if row.disabled => Err(OAuthError::new(
-                "invalid_grant",
-                "the account is disabled or gone",
-            )),
-            Some(row) if row.session_epoch != session_epoch => Err(OAuthError::new(
+            Some(row) if !row.disabled && row.session_epoch == session_epoch => Ok(row),
+            Some(row) if !row.disabled => Err(OAuthError::new(
                 "invalid_grant",
                 "the user signed out everywhere after this grant was made",
             )),
-            Some(row) => Ok(row),
-            None => Err(OAuthError::new(
+            _ => Err(OAuthError::new(
                 "invalid_grant",
                 "the account is disabled or gone",
             )),
@@ -1390,6 +1378,24 @@ fn settings(config: &Config, policy: &PolicyEngine) -> Settings {
     }
 }
 
+/// An `auth.login` row; `username` empty for a passkey Warden does not know (no one
+/// was identified).
+fn login_row(
+    username: &str,
+    client_id: &str,
+    decision: Option<&'static str>,
+    reason: &str,
+    method: &str,
+) -> AuditEvent {
+    let mut event = AuditEvent::new("auth.login", "user");
+    event.actor_id = (!username.is_empty()).then(|| username.to_owned());
+    event.subject = Some(client_id.to_owned());
+    event.decision = decision;
+    event.reason = Some(reason.to_owned());
+    event.attributes = json!({"method": method, "client_id": client_id});
+    event
+}
+
 /// [`Identity::deny`]'s statements, in one transaction; with `notify`, the notice
 /// (`token.revoked`) too.
 async fn deny_rows(
@@ -1460,6 +1466,8 @@ fn signed_out_event(name: &str, origin: &str, detail: Value) -> AuditEvent {
 pub enum SignOutError {
     #[error("the identity store is unavailable: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn unavailable(error: impl std::fmt::Display) -> AuthRejection {

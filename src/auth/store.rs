@@ -329,10 +329,9 @@ pub async fn standing<C: GenericClient>(client: &C, name: &str) -> Result<Standi
 /// The notice kind of a sign-out everywhere.
 pub const SIGNED_OUT_NOTICE: &str = "user.signed_out";
 
-/// The sign-out everywhere of `$1` by `$2` (origin), announced on channel `$3` as `$4`: one
-/// statement, so the epoch, the revoked refresh tokens and the notice (delivered at
-/// commit) happen together or not at all. Federated identities are left alone: their
-/// issuer revokes their tokens.
+/// The sign-out everywhere of `$1`: its epoch raised and its live refresh tokens
+/// revoked; (identities, refresh tokens) changed. Federated identities are left alone:
+/// their issuer revokes their tokens.
 const SIGN_OUT: &str = "
 WITH bumped AS (
     UPDATE identities SET session_epoch = session_epoch + 1, updated_at = now()
@@ -342,31 +341,23 @@ revoked AS (
     UPDATE oauth_refresh_tokens SET revoked_at = now()
     WHERE identity_name IN (SELECT name FROM bumped)
       AND revoked_at IS NULL AND used_at IS NULL AND expires_at > now()
-    RETURNING 1),
-counts AS (
-    SELECT (SELECT count(*) FROM bumped) AS identities, (SELECT count(*) FROM revoked) AS tokens)
-SELECT identities, tokens,
-       CASE WHEN identities > 0 THEN pg_notify($3, json_build_object(
-           'kind', $4::text, 'subject', $1::text,
-           'detail', json_build_object('origin', $2::text, 'refresh_tokens_revoked', tokens))::text)
-       END IS NULL
-FROM counts";
+    RETURNING 1)
+SELECT (SELECT count(*) FROM bumped), (SELECT count(*) FROM revoked)";
 
 /// Signs an identity out everywhere: raises its session epoch, so every login session,
 /// authorization code, refresh token, access token and sign-in link issued before is
 /// refused; marks its live refresh tokens revoked; and tells every running server
 /// (notice `user.signed_out`, detail `origin` and `refresh_tokens_revoked`), which drop
-/// their cached verifications. Returns how many refresh tokens were revoked.
-pub async fn sign_out<C: GenericClient>(
-    client: &C,
+/// their cached verifications. In the caller's transaction, so the notice goes out with
+/// the change at commit. Returns how many refresh tokens were revoked.
+pub async fn sign_out(
+    transaction: &tokio_postgres::Transaction<'_>,
     name: &str,
     origin: &str,
 ) -> Result<i64, StoreError> {
-    let row = client
-        .query_one(SIGN_OUT, &[&name, &origin, &CHANNEL, &SIGNED_OUT_NOTICE])
-        .await?;
+    let row = transaction.query_one(SIGN_OUT, &[&name]).await?;
     if row.get::<_, i64>(0) == 0 {
-        return Err(match find(client, name).await? {
+        return Err(match find(transaction, name).await? {
             Some(_) => StoreError::WrongKind {
                 name: name.to_owned(),
                 actual: "federated identity (its issuer revokes its tokens)".to_owned(),
@@ -375,7 +366,10 @@ pub async fn sign_out<C: GenericClient>(
             None => StoreError::NotFound(name.to_owned()),
         });
     }
-    Ok(row.get(1))
+    let revoked: i64 = row.get(1);
+    let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
+    notify(transaction, SIGNED_OUT_NOTICE, name, detail).await?;
+    Ok(revoked)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ pub(crate) enum AuditCommand {
         /// How often `--follow` looks for new batches.
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
-        /// Rows per read of the database (1 to 10000).
+        /// Rows per read of the database (1 to `audit::feed::MAX_LIMIT`, 10000).
         #[arg(long)]
         limit: Option<usize>,
         #[command(flatten)]
@@ -197,18 +197,28 @@ async fn execute(database: &Database, command: AuditCommand) -> Result<ExitCode>
     }
 }
 
+/// The bounds of `audit tail --interval`: each look is a database read, and a reader
+/// that looks less than hourly is not following.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = parse_duration(text)?;
-    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
-        return Err("the interval is 100ms to 1h".to_owned());
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        return Err(format!(
+            "the interval is {} to {}",
+            humantime::format_duration(MIN_INTERVAL),
+            humantime::format_duration(MAX_INTERVAL)
+        ));
     }
     Ok(interval)
 }
 
 /// `audit tail`: reads and prints whole batches after `after`; with `follow`, keeps
 /// doing so every `interval` until SIGINT or SIGTERM, which stop it between two reads
-/// (a read's lines are written whole; a write blocked on a full pipe finishes first). While following, a database that cannot be reached is
-/// reported on stderr and tried again: the position is kept.
+/// (a read's lines are written whole; a write blocked on a full pipe finishes first).
+/// While following, a database that cannot be reached is reported on stderr and tried
+/// again: the position is kept.
 async fn tail(
     database: &Database,
     after: i64,
@@ -251,7 +261,7 @@ async fn follow_feed(
     loop {
         let page = match read_feed(database, after, limit).await {
             Ok(page) => page,
-            Err(error @ FeedError::Database(_)) => {
+            Err(error @ QueryError::Database(_)) => {
                 eprintln!("warden audit tail: {error:#}; trying again");
                 FeedPage {
                     items: Vec::new(),
@@ -269,31 +279,19 @@ async fn follow_feed(
     }
 }
 
-/// Why a read of the feed failed: the arguments (not worth retrying), or the database.
-#[derive(Debug, thiserror::Error)]
-enum FeedError {
-    #[error("{0}")]
-    Refused(String),
-    #[error("cannot read the audit trail: {0}")]
-    Database(String),
-}
-
+/// A read of the feed; a `QueryError::BadFilter` is the arguments' fault (not worth
+/// retrying), a `Database` one the database's.
 async fn read_feed(
     database: &Database,
     after: i64,
     limit: Option<usize>,
-) -> Result<FeedPage, FeedError> {
+) -> Result<FeedPage, QueryError> {
     let client = database
         .pool
         .get()
         .await
-        .map_err(|e| FeedError::Database(e.to_string()))?;
-    feed::read(&**client, after, limit)
-        .await
-        .map_err(|error| match error {
-            QueryError::BadFilter(m) => FeedError::Refused(m),
-            QueryError::Database(m) => FeedError::Database(m),
-        })
+        .map_err(|e| QueryError::Database(format!("cannot reach PostgreSQL: {e}")))?;
+    feed::read(&**client, after, limit).await
 }
 
 /// Each item as one line of compact JSON, flushed (a shipper reads as they come).

@@ -123,23 +123,21 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
 }
 
 /// The import's changes are recorded here, once, in the trail — identity changes,
-/// tool approvals and skills, as `warden user` and `warden skill` record theirs. Returns
-/// how many could not be recorded.
+/// tool approvals and skills, as `warden user` and `warden skill` record theirs — in one
+/// sealed batch. Returns how many could not be recorded (all of them, or none).
 async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> usize {
-    let mut unaudited = 0;
+    let mut events = Vec::with_capacity(changes.len());
     for change in changes {
+        if let Some((kind, name, detail)) = change.identity_notice() {
+            events.push(crate::auth::service::identity_change_event(
+                kind,
+                name,
+                detail,
+                &crate::audit::cli_actor(),
+            ));
+            continue;
+        }
         let event = match change {
-            Change::Created { .. } | Change::Roles { .. } | Change::Disabled { .. } => {
-                let Some((kind, name, detail)) = change.identity_notice() else {
-                    continue;
-                };
-                crate::auth::service::identity_change_event(
-                    kind,
-                    name,
-                    detail,
-                    &crate::audit::cli_actor(),
-                )
-            }
             Change::Approved {
                 server,
                 tool,
@@ -177,11 +175,14 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> u
             }
             _ => continue,
         };
-        let subject = event.subject.clone().unwrap_or_default();
-        if let Err(error) = crate::audit::record_now(pool, event).await {
-            eprintln!("warning: the import's change of {subject} could not be audited: {error}");
-            unaudited += 1;
+        events.push(event);
+    }
+    let count = events.len();
+    match crate::audit::record_all_now(pool, events).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("warning: the import's {count} change(s) could not be audited: {error}");
+            count
         }
     }
-    unaudited
 }

@@ -385,16 +385,17 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 json!({"origin": "cli"}),
             )
             .await?;
-            let revoked = store::sign_out(&*transaction, &name, "cli").await?;
+            let revoked = store::sign_out(&transaction, &name, "cli").await?;
             transaction.commit().await?;
-            record(
+            // Both rows in one batch: neither is written without the other.
+            record_all(
                 &database,
-                "user.password_changed",
-                &name,
-                json!({"origin": "cli"}),
+                &[
+                    ("user.password_changed", &name, json!({"origin": "cli"})),
+                    sign_out_change(&name, revoked),
+                ],
             )
             .await?;
-            record_sign_out(&database, &name, revoked).await?;
             println!(
                 "password of `{name}` changed; signed out everywhere ({revoked} refresh tokens revoked)"
             );
@@ -403,9 +404,11 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::SignOut { name, profile } => {
             let (config, database) = open(&profile).await?;
-            let client = database.pool.get().await?;
-            let revoked = store::sign_out(&**client, &name, "cli").await?;
-            record_sign_out(&database, &name, revoked).await?;
+            let mut client = database.pool.get().await?;
+            let transaction = client.transaction().await?;
+            let revoked = store::sign_out(&transaction, &name, "cli").await?;
+            transaction.commit().await?;
+            record_all(&database, &[sign_out_change(&name, revoked)]).await?;
             println!("`{name}` signed out everywhere ({revoked} refresh tokens revoked)");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
@@ -444,17 +447,40 @@ async fn record(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<()> {
-    let event = identity_change_event(kind, subject, detail, &crate::audit::cli_actor());
-    crate::audit::record_now(&database.pool, event)
+    record_all(database, &[(kind, subject, detail)]).await
+}
+
+/// [`record`] for the changes of one command (kind, subject, detail), in one batch.
+async fn record_all(
+    database: &Database,
+    changes: &[(&str, &str, serde_json::Value)],
+) -> Result<()> {
+    let actor = crate::audit::cli_actor();
+    let events = changes
+        .iter()
+        .map(|(kind, subject, detail)| identity_change_event(kind, subject, detail.clone(), &actor))
+        .collect();
+    crate::audit::record_all_now(&database.pool, events)
         .await
         .with_context(|| {
-            format!("the change ({kind} of `{subject}`) was made, but its audit row could not be written")
+            let what: Vec<String> = changes
+                .iter()
+                .map(|(kind, subject, _)| format!("{kind} of `{subject}`"))
+                .collect();
+            format!(
+                "the change ({}) was made, but its audit row could not be written",
+                what.join(", ")
+            )
         })
 }
 
-async fn record_sign_out(database: &Database, name: &str, revoked: i64) -> Result<()> {
-    let detail = json!({"origin": "cli", "refresh_tokens_revoked": revoked});
-    record(database, store::SIGNED_OUT_NOTICE, name, detail).await
+/// The audit change of a sign-out everywhere.
+fn sign_out_change(name: &str, revoked: i64) -> (&'static str, &str, serde_json::Value) {
+    (
+        store::SIGNED_OUT_NOTICE,
+        name,
+        json!({"origin": "cli", "refresh_tokens_revoked": revoked}),
+    )
 }
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {

@@ -214,8 +214,7 @@ async fn account_page(app: &AppState, user: &IdentityRow, view: View) -> Respons
             (format!("<ul id=passkeys>{items}</ul>"), ids)
         }
         Err(error) => {
-            // Logs a database failure's detail; the page gets the user's message.
-            let _ = passkey_status(&error);
+            error.log_detail();
             let message = format!(
                 "<p class=error>Your passkeys cannot be listed right now: {}</p>",
                 escape(&error.for_user())
@@ -313,7 +312,6 @@ async fn login(
             Ok(PasswordSignIn::Confirm {
                 challenge,
                 passkeys,
-                ..
             }) => {
                 let hidden = format!("<input type=hidden name=csrf value=\"{csrf}\">");
                 return page(

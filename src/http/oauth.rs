@@ -266,6 +266,17 @@ pub(super) fn csrf_cookie(app: &AppState) -> (String, String) {
     (token, cookie)
 }
 
+/// The hidden fields of a form that carries `pending` on: the request sealed again for
+/// the form's CSRF token `csrf`, good for the form's lifetime from now.
+fn pending_fields(app: &AppState, pending: &mut Pending, csrf: &str) -> String {
+    csrf.clone_into(&mut pending.csrf);
+    pending.exp = unix_now() + FORM_TTL_SECS;
+    let sealed = seal(app, pending, PENDING_CONTEXT);
+    format!(
+        "<input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">"
+    )
+}
+
 fn login_page(
     app: &AppState,
     mut pending: Pending,
@@ -274,15 +285,10 @@ fn login_page(
     status: StatusCode,
 ) -> Response {
     let (csrf, cookie) = csrf_cookie(app);
-    pending.csrf = csrf.clone();
-    pending.exp = unix_now() + FORM_TTL_SECS;
-    let sealed = seal(app, &pending, PENDING_CONTEXT);
+    let hidden = pending_fields(app, &mut pending, &csrf);
     let error = error
         .map(|e| format!("<p class=error id=error>{}</p>", escape(e)))
         .unwrap_or_default();
-    let hidden = format!(
-        "<input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">"
-    );
     page(
         status,
         "Sign in to Warden",
@@ -365,9 +371,7 @@ fn consent_page(
     extra: Option<String>,
 ) -> Response {
     let (csrf, cookie) = csrf_cookie(app);
-    pending.csrf = csrf.clone();
-    pending.exp = unix_now() + FORM_TTL_SECS;
-    let sealed = seal(app, &pending, PENDING_CONTEXT);
+    let hidden = pending_fields(app, &mut pending, &csrf);
     let host = pending
         .redirect_uri
         .split_once("://")
@@ -386,7 +390,7 @@ fn consent_page(
             "<p>Signed in as <b id=user>{}</b>.</p><p><b>{}</b> (returns to <code>{}</code>) asks for:</p>\
              <ul class=scopes id=scopes>{list}</ul>\
              <form method=post action=/oauth/consent>\
-             <input type=hidden name=pending value=\"{sealed}\"><input type=hidden name=csrf value=\"{csrf}\">\
+             {hidden}\
              <button type=submit name=decision value=allow id=allow>Allow</button>\
              <button type=submit name=decision value=deny id=deny>Deny</button></form>",
             escape(user),
@@ -648,15 +652,9 @@ async fn login(
         Ok(PasswordSignIn::Confirm {
             challenge,
             passkeys,
-            ..
         }) => {
             let mut pending = pending;
-            pending.csrf = csrf.clone();
-            pending.exp = unix_now() + FORM_TTL_SECS;
-            let hidden = format!(
-                "<input type=hidden name=pending value=\"{}\"><input type=hidden name=csrf value=\"{csrf}\">",
-                seal(&app, &pending, PENDING_CONTEXT)
-            );
+            let hidden = pending_fields(&app, &mut pending, &csrf);
             page(
                 StatusCode::OK,
                 "Confirm with your passkey",
@@ -758,11 +756,9 @@ pub(super) fn session_cookie(app: &AppState, user: &store::IdentityRow) -> Strin
 /// The HTTP status a refused passkey ceremony is answered with (a database failure is
 /// logged here; the page does not show its detail).
 pub(super) fn passkey_status(error: &PasskeyError) -> StatusCode {
+    error.log_detail();
     match error {
-        PasskeyError::Unavailable(detail) => {
-            tracing::warn!(error = %detail, "a passkey ceremony failed on the database");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        PasskeyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         PasskeyError::Disabled => StatusCode::NOT_FOUND,
         PasskeyError::Malformed(_) | PasskeyError::BadLabel => StatusCode::BAD_REQUEST,
         PasskeyError::Duplicate | PasskeyError::Replayed | PasskeyError::TooMany => {
