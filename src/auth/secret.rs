@@ -71,4 +71,13 @@ mod tests {
         assert!(!equal(&hash(a.expose()), &hash(b.expose())));
         assert_eq!(display_prefix(a.expose()).chars().count(), 12);
     }
+
+    #[test]
+    fn values_of_other_lengths_are_not_equal() {
+        assert!(equal(b"ab", b"ab"));
+        assert!(!equal(b"ab", b"a"));
+        assert!(!equal(b"a", b"ab"));
+        assert!(!equal(b"", b"a"));
+        assert!(equal(b"", b""));
+    }
 }

@@ -1288,6 +1288,22 @@ mod tests {
             ),
             WebAuthnError::ChallengeMismatch
         );
+
+        // Challenges of another length: empty, a prefix, one byte more.
+        let longer = [CHALLENGE, b"!"].concat();
+        for answered in [&b""[..], &CHALLENGE[..16], &longer] {
+            let other = client_data("webauthn.create", answered, ORIGIN, "");
+            assert_refused!(
+                register(&rp, &other, &registration_with(&cose_key, UP)),
+                WebAuthnError::ChallengeMismatch
+            );
+            let get = client_data("webauthn.get", answered, ORIGIN, "");
+            let signature = signed_assertion(&key, &get, &auth_data);
+            assert_refused!(
+                rp.verify_assertion(CHALLENGE, &cose_key, &get, &auth_data, &signature),
+                WebAuthnError::ChallengeMismatch
+            );
+        }
     }
 
     #[test]

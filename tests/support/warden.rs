@@ -432,12 +432,17 @@ impl WardenProcess {
 
     /// Like [`WardenProcess::wait_for_log`], looking only at lines after `mark`.
     pub fn wait_for_log_since(&self, mark: usize, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_line_since(mark, &[needle], timeout)
+    }
+
+    /// Waits for one line after `mark` that contains every one of `needles`.
+    pub fn wait_for_line_since(&self, mark: usize, needles: &[&str], timeout: Duration) -> bool {
         let seen = |state: &State| {
             state
                 .lines
                 .iter()
                 .skip(mark)
-                .any(|(_, line)| line.contains(needle))
+                .any(|(_, line)| needles.iter().all(|needle| line.contains(needle)))
         };
         self.wait_until(timeout, |state| {
             seen(state) || (state.status.is_some() && state.open_streams == 0)

@@ -304,20 +304,26 @@ pub fn authorize_over_http(env: &Env, query: &str, user: &str, password: &str) -
 /// Signs `user` in on the account page with the test password, as a browser would:
 /// the account page it answers with, and the cookies it set (login session and CSRF).
 pub fn account_sign_in(env: &Env, user: &str) -> (Response, String) {
-    let page = http::get(&env.url("/oauth/account"));
-    assert_eq!(page.status, 200, "{page:?}");
-    let signed_in = env.form(
-        "/oauth/account/login",
-        &[
-            ("username", user),
-            ("password", PASSWORD),
-            ("csrf", &hidden(&page.body, "csrf")),
-        ],
-        &[("Cookie", &cookies(&page))],
-    );
+    let signed_in = account_password(env, user, PASSWORD);
     assert_eq!(signed_in.status, 200, "{signed_in:?}");
     let cookies = cookies(&signed_in);
     (signed_in, cookies)
+}
+
+/// Posts `user`'s `password` on a fresh account page, as a browser would; the answer,
+/// whatever it is.
+pub fn account_password(env: &Env, user: &str, password: &str) -> Response {
+    let page = http::get(&env.url("/oauth/account"));
+    assert_eq!(page.status, 200, "{page:?}");
+    env.form(
+        "/oauth/account/login",
+        &[
+            ("username", user),
+            ("password", password),
+            ("csrf", &hidden(&page.body, "csrf")),
+        ],
+        &[("Cookie", &cookies(&page))],
+    )
 }
 
 /// Exchanges a code at the token endpoint.

@@ -3,8 +3,8 @@
 
 use super::passkeys::{FLAG_UP, FLAG_UV, SoftAuthenticator, assert_answer};
 use super::{
-    Env, PASSWORD, authorize_over_http, authorize_query, cookies, data_attribute, exchange, hidden,
-    pkce, query,
+    Env, PASSWORD, account_password, authorize_over_http, authorize_query, cookies, data_attribute,
+    exchange, hidden, pkce, query,
 };
 use crate::support::http::{self, Response};
 
@@ -29,17 +29,6 @@ fn post_login(env: &Env, page: &Response, fields: &[(&str, &str)]) -> Response {
     let mut form = vec![("pending", pending.as_str()), ("csrf", csrf.as_str())];
     form.extend_from_slice(fields);
     env.form("/oauth/login", &form, &[("Cookie", &cookies(page))])
-}
-
-fn password(user: &str) -> [(&'static str, String); 2] {
-    [
-        ("username", user.to_owned()),
-        ("password", PASSWORD.to_owned()),
-    ]
-}
-
-fn as_refs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// Allows on a consent page and exchanges the code: an access token that works.
@@ -132,7 +121,7 @@ fn under_if_registered_a_users_own_passkey_confirms_their_password() {
 
     // erin's password leads to her passkey, and signs in no one yet.
     let (page, verifier) = authorize_page(&env, &client_id);
-    let confirm = post_login(&env, &page, &as_refs(&password("erin")));
+    let confirm = post_login(&env, &page, &[("username", "erin"), ("password", PASSWORD)]);
     assert_answer(&confirm, 200, "id=confirm");
     assert!(
         !cookies(&confirm).contains("session"),
@@ -156,7 +145,7 @@ fn under_if_registered_a_users_own_passkey_confirms_their_password() {
     let mut made_up: serde_json::Value = serde_json::from_str(&right).expect("JSON");
     made_up["response"]["signature"] = "MEUCIQ".into();
     let refused = post_login(&env, &confirm, &[("credential", &made_up.to_string())]);
-    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_answer(&refused, 401, "signature is malformed");
     // Hers does: on to the consent page, with a session.
     let consent = post_login(&env, &confirm, &[("credential", &right)]);
     assert_answer(&consent, 200, "id=allow");
@@ -167,16 +156,7 @@ fn under_if_registered_a_users_own_passkey_confirms_their_password() {
     consent_and_exchange(&env, &consent, &client_id, &verifier);
 
     // The same on the account page; and a passkey alone still signs in there.
-    let account = http::get(&env.url("/oauth/account"));
-    let confirm = env.form(
-        "/oauth/account/login",
-        &[
-            ("username", "erin"),
-            ("password", PASSWORD),
-            ("csrf", &hidden(&account.body, "csrf")),
-        ],
-        &[("Cookie", &cookies(&account))],
-    );
+    let confirm = account_password(&env, "erin", PASSWORD);
     assert_answer(&confirm, 200, "id=confirm");
     assert!(!cookies(&confirm).contains("session"), "{confirm:?}");
     let signed_in = passkey_on_account_page(&env, &confirm, &erin, &erin_handle, 2);
@@ -253,18 +233,9 @@ fn under_required_a_password_alone_signs_no_one_in() {
     env.add_user("hana", "user");
     let client_id = env.register(REDIRECT);
     let (page, _) = authorize_page(&env, &client_id);
-    let refused = post_login(&env, &page, &as_refs(&password("hana")));
+    let refused = post_login(&env, &page, &[("username", "hana"), ("password", PASSWORD)]);
     assert_answer(&refused, 403, "ask your operator for a sign-in link");
-    let account = http::get(&env.url("/oauth/account"));
-    let refused = env.form(
-        "/oauth/account/login",
-        &[
-            ("username", "hana"),
-            ("password", PASSWORD),
-            ("csrf", &hidden(&account.body, "csrf")),
-        ],
-        &[("Cookie", &cookies(&account))],
-    );
+    let refused = account_password(&env, "hana", PASSWORD);
     assert_answer(&refused, 403, "ask your operator for a sign-in link");
     // A wrong password is still just that.
     let (page, _) = authorize_page(&env, &client_id);
@@ -301,7 +272,7 @@ fn under_required_a_password_alone_signs_no_one_in() {
     assert_answer(&added, 200, "added");
     let handle = data_attribute(&signed_in.body, "user-id");
     let (page, verifier) = authorize_page(&env, &client_id);
-    let confirm = post_login(&env, &page, &as_refs(&password("hana")));
+    let confirm = post_login(&env, &page, &[("username", "hana"), ("password", PASSWORD)]);
     assert_answer(&confirm, 200, "id=confirm");
     let answer = hana.sign_in(
         &data_attribute(&confirm.body, "challenge"),

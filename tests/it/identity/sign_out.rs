@@ -59,13 +59,15 @@ fn sign_in_tokens(env: &Env, client_id: &str, user: &str, password: &str) -> (St
     tokens(env, client_id, &consent(env, client_id, user, password))
 }
 
-/// `warden ARGS`, asserting success, once the running server heard of it; its stdout.
+/// `warden user ARGS`, asserting success, once the running server heard that the user
+/// `ARGS[1]` was signed out (not some earlier notice); its stdout.
 fn cli_heard(env: &Env, args: &[&str], stdin: Option<&str>) -> String {
     let mark = env.warden.log_mark();
     let (ok, out, err) = env.cli(args, stdin);
     assert!(ok, "{err}");
+    let needles = [NOTICED, "user.signed_out", args[2]];
     assert!(
-        env.warden.wait_for_log_since(mark, NOTICED, WAIT),
+        env.warden.wait_for_line_since(mark, &needles, WAIT),
         "{}",
         env.warden.log()
     );
@@ -235,6 +237,7 @@ fn the_account_page_and_a_new_password_sign_out_everywhere() {
         page.body
     );
     let csrf = hidden(&page.body, "csrf");
+    assert!(signed_in(&env, &laptop) && signed_in(&env, &phone));
 
     // The form needs the browser's CSRF cookie, and a session.
     let forged = env.form(
@@ -256,6 +259,7 @@ fn the_account_page_and_a_new_password_sign_out_everywhere() {
     assert_eq!(no_session.status, 401, "{no_session:?}");
     assert_eq!(echo(&env, &access).status, 200, "nothing ended yet");
 
+    let mark = env.warden.log_mark();
     let done = env.form(
         "/oauth/account/sign-out-everywhere",
         &[("csrf", &csrf)],
@@ -271,11 +275,18 @@ fn the_account_page_and_a_new_password_sign_out_everywhere() {
         cookies(&done).split("; ").any(|c| c.ends_with("session=")),
         "the session cookie is cleared: {done:?}"
     );
-    // The same process: no notice to wait for.
+    // The same process: no notice to wait for before checking. (Waited for all the same,
+    // so that it cannot be taken for the notice of the `passwd` below.)
     assert!(!signed_in(&env, &laptop));
     assert!(!signed_in(&env, &phone));
     assert_signed_out(&env, &access);
     assert_invalid_grant(&refresh(&env, &client_id, &refresh_token), "revoked");
+    let needles = [NOTICED, "user.signed_out", "carol"];
+    assert!(
+        env.warden.wait_for_line_since(mark, &needles, WAIT),
+        "{}",
+        env.warden.log()
+    );
 
     // A new password signs out everywhere too; the new password works, the old does not.
     let (access, _) = sign_in_tokens(&env, &client_id, "carol", PASSWORD);
