@@ -1595,26 +1595,10 @@ mod tests {
             WebAuthnError::MalformedSignature(_)
         );
 
-        assert_refused!(
-            assert_with(
-                &rp,
-                &TestKey::eddsa(0x22).cose_key(),
-                &get,
-                &auth_data,
-                &[0; 63],
-            ),
-            WebAuthnError::MalformedSignature(_)
-        );
-        assert_refused!(
-            assert_with(
-                &rp,
-                &TestKey::eddsa(0x22).cose_key(),
-                &get,
-                &auth_data,
-                &[0; 64],
-            ),
-            WebAuthnError::BadSignature
-        );
+        let eddsa = TestKey::eddsa(0x22).cose_key();
+        let with_eddsa = |signature: &[u8]| assert_with(&rp, &eddsa, &get, &auth_data, signature);
+        assert_refused!(with_eddsa(&[0; 63]), WebAuthnError::MalformedSignature(_));
+        assert_refused!(with_eddsa(&[0; 64]), WebAuthnError::BadSignature);
     }
 
     #[test]
