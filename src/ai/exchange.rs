@@ -36,6 +36,7 @@ use super::pricing::{self, Usage};
 use super::sse::{SseEvent, SseReader, event_bytes, write_event};
 use super::wire::{
     self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai,
+    responses,
 };
 use super::{Ai, AiState, Route};
 use crate::auth::Principal;
@@ -480,14 +481,27 @@ impl Ai {
     ) -> Result<Answer, AiError> {
         let action = match format {
             Wire::Anthropic => "ai/messages",
+            Wire::Responses => "ai/responses",
             _ => "ai/chat.completions",
         };
+        if format == Wire::Responses {
+            refuse_background(&top)?;
+        }
         let auth = self
             .admit((policy, limits), caller, route, state, account, action)
             .await?;
 
-        // The request in the provider's format.
-        let provider_wire = route.wire();
+        // The request in the provider's format. A provider serving OpenAI's Responses API
+        // takes a Responses request as sent; any other pairing with it is refused by
+        // `translate_body`.
+        let responses_url = (format == Wire::Responses)
+            .then(|| route.provider.responses_url())
+            .flatten();
+        let provider_wire = if responses_url.is_some() {
+            Wire::Responses
+        } else {
+            route.wire()
+        };
         let (upstream_body, client_usage) = if provider_wire == format {
             passthrough_body(&mut top, &route.model, format, stream)?
         } else {
@@ -517,7 +531,7 @@ impl Ai {
             } else {
                 &[]
             };
-        let url = route.provider.url(&route.model, stream);
+        let url = responses_url.unwrap_or_else(|| route.provider.url(&route.model, stream));
         let (response, deadline) = self
             .send(
                 caller,
@@ -582,6 +596,7 @@ impl Ai {
             provider: provider(),
             reason,
         };
+        let mut failed = None;
         let (bytes, usage, model) = if provider_wire == format {
             let probe: AnswerProbe = serde_json::from_slice(&answer)
                 .map_err(|e| bad(format!("the answer is not a JSON object: {e}")))?;
@@ -590,8 +605,12 @@ impl Ai {
                 .as_ref()
                 .map_or_else(Usage::default, |u| match provider_wire {
                     Wire::Anthropic => anthropic::usage(u),
+                    Wire::Responses => responses::usage(u),
                     _ => openai::usage(u),
                 });
+            if provider_wire == Wire::Responses {
+                failed = responses::failure(probe.status.as_deref(), probe.error.as_ref());
+            }
             (answer, usage, probe.model)
         } else {
             let value: Value = serde_json::from_slice(&answer)
@@ -600,6 +619,8 @@ impl Ai {
                 Wire::OpenAi => openai::parse_response(&value),
                 Wire::Anthropic => anthropic::parse_response(&value),
                 Wire::Gemini => gemini::parse_response(&value),
+                // Never: `translate_body` refused the request.
+                Wire::Responses => Err(wire::invalid("a Responses answer is not translated")),
             }
             .map_err(|e| bad(e.to_string()))?;
             let answered = Some(neutral.model.clone()).filter(|m| !m.is_empty());
@@ -615,7 +636,13 @@ impl Ai {
         if let Some(mut account) = account.take() {
             account.usage = usage;
             account.answered_model = model;
-            account.finish(ToolStatus::Success, None).await;
+            let provider_said = failed
+                .map(|message| format!("provider `{}` reported: {message}", route.provider_name));
+            let status = match provider_said {
+                Some(_) => ToolStatus::Error,
+                None => ToolStatus::Success,
+            };
+            account.finish(status, provider_said).await;
         }
         Ok(Answer::Complete(bytes))
     }
@@ -683,11 +710,31 @@ async fn settle<T>(
 type TopLevel = IndexMap<String, Box<RawValue>>;
 
 /// What Warden reads of a complete answer in the client's own format: who answered and
-/// the usage report; the rest is passed on untouched.
+/// the usage report (and, for the Responses API, whether it failed); the rest is passed
+/// on untouched.
 #[derive(serde::Deserialize)]
 struct AnswerProbe {
     model: Option<String>,
     usage: Option<Value>,
+    status: Option<String>,
+    error: Option<Value>,
+}
+
+/// A Responses request with `background: true` is refused: its answer is fetched later
+/// from the provider by id, past Warden, so its usage could never be recorded or charged.
+fn refuse_background(top: &TopLevel) -> Result<(), AiError> {
+    if top
+        .get("background")
+        .is_some_and(|v| v.get().trim() == "true")
+    {
+        return Err(AiError::BadRequest(
+            "`background: true` is not supported: the answer would be collected from the \
+             provider past Warden, so its tokens and cost could not be recorded; send the \
+             request without it (streaming if it is long)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The client's body with `model` replaced (and, for an OpenAI stream, its usage report
@@ -737,8 +784,19 @@ pub fn translate_body(
     model: &str,
     dialect: openai::Dialect,
 ) -> Result<Vec<u8>, AiError> {
+    let relayed_only = |what: &str| {
+        AiError::Translation(WireError::Untranslatable {
+            what: format!(
+                "{what} (OpenAI's Responses API is relayed to providers that serve it — kinds \
+                 `openai` and `openai_compatible` — and never translated; use \
+                 /v1/chat/completions or /v1/messages for this model)"
+            ),
+            target: target.as_str(),
+        })
+    };
     let neutral = match format {
         Wire::Anthropic => anthropic::parse_request(full),
+        Wire::Responses => return Err(relayed_only("a /v1/responses request")),
         _ => openai::parse_request(full),
     }
     .map_err(|e| AiError::Translation(e.toward(target)))?;
@@ -746,6 +804,7 @@ pub fn translate_body(
         Wire::OpenAi => openai::render_request(&neutral, model, dialect),
         Wire::Anthropic => anthropic::render_request(&neutral, model),
         Wire::Gemini => gemini::render_request(&neutral).map_err(AiError::Translation)?,
+        Wire::Responses => return Err(relayed_only("a request in another format")),
     };
     serde_json::to_vec(&rendered)
         .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
@@ -861,6 +920,10 @@ fn stream_error(format: Wire, message: &str) -> Bytes {
         Wire::Anthropic => event_bytes(
             Some("error"),
             &anthropic::error_body(message, "api_error").to_string(),
+        ),
+        Wire::Responses => event_bytes(
+            Some("error"),
+            &responses::error_event(message, "upstream_error").to_string(),
         ),
         _ => event_bytes(
             None,

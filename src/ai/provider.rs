@@ -65,6 +65,12 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// Where a request in OpenAI's Responses format goes, if the provider serves that
+    /// API (relayed as sent, never translated).
+    fn responses_url(&self) -> Option<String> {
+        None
+    }
+
     /// How an OpenAI-format request is spelled for it.
     fn dialect(&self) -> Dialect {
         Dialect {
@@ -165,6 +171,7 @@ impl Provider for Builtin {
     fn url(&self, model: &str, stream: bool) -> String {
         match self.wire {
             Wire::OpenAi => format!("{}/chat/completions", self.base_url),
+            Wire::Responses => format!("{}/responses", self.base_url),
             Wire::Anthropic => format!("{}/v1/messages", self.base_url),
             Wire::Gemini if stream => format!(
                 "{}/models/{}:streamGenerateContent?alt=sse",
@@ -203,6 +210,13 @@ impl Provider for Builtin {
         // Anthropic has no embeddings API; Gemini's own format is not translated (its
         // OpenAI-compatible endpoint serves as an `openai_compatible` provider).
         (self.wire == Wire::OpenAi).then(|| format!("{}/embeddings", self.base_url))
+    }
+
+    fn responses_url(&self) -> Option<String> {
+        // OpenAI's API and the servers that copy it (vLLM, Ollama, llama.cpp, LiteLLM)
+        // offer chat completions and responses under the same root.
+        matches!(self.wire, Wire::OpenAi | Wire::Responses)
+            .then(|| format!("{}/responses", self.base_url))
     }
 
     fn dialect(&self) -> Dialect {
@@ -265,6 +279,11 @@ mod tests {
             "https://api.openai.com/v1/chat/completions"
         );
         assert_eq!(openai.auth_headers(&key).unwrap()[0].1, "Bearer sk-test");
+        assert_eq!(
+            openai.responses_url().as_deref(),
+            Some("https://api.openai.com/v1/responses")
+        );
+        assert_eq!(anthropic.responses_url(), None);
         assert_eq!(openai.dialect().max_tokens_field, "max_completion_tokens");
 
         let gemini = builtin(

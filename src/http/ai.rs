@@ -1,5 +1,6 @@
 //! The AI gateway's endpoints: `POST /v1/chat/completions` (OpenAI format),
-//! `POST /v1/messages` (Anthropic format), streaming or not, `POST /v1/embeddings`
+//! `POST /v1/messages` (Anthropic format), `POST /v1/responses` (OpenAI's Responses API,
+//! relayed to the providers that serve it), streaming or not, `POST /v1/embeddings`
 //! (OpenAI format; providers with an OpenAI-style embeddings endpoint), and
 //! `GET /v1/models` (the
 //! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
@@ -42,6 +43,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
@@ -52,6 +54,10 @@ async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body:
 
 async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     serve(app, headers, body, Wire::Anthropic).await
+}
+
+async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    serve(app, headers, body, Wire::Responses).await
 }
 
 /// `response` carrying the request's trace (`traceparent`), as every AI answer does.

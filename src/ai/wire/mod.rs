@@ -5,6 +5,9 @@
 //!   `openai_compatible` providers).
 //! - [`anthropic`]: messages (clients on `/v1/messages`; `anthropic` providers).
 //! - [`gemini`]: `generateContent` / `streamGenerateContent` (`gemini` providers only).
+//! - [`responses`]: OpenAI's Responses API (clients on `/v1/responses`; served by the
+//!   providers that speak [`Wire::OpenAi`], at their `/responses` endpoint). Relayed only:
+//!   a request in it, or toward a provider speaking only it, is never translated.
 //!
 //! When client and provider speak the same format, the request is forwarded as sent (only
 //! `model` is replaced, and an OpenAI stream asks for its usage report) and the answer
@@ -18,6 +21,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 use bytes::BytesMut;
 use serde_json::Value;
@@ -29,9 +33,12 @@ use super::sse::SseEvent;
 /// A wire format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wire {
+    /// OpenAI chat completions.
     OpenAi,
     Anthropic,
     Gemini,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Wire {
@@ -40,6 +47,7 @@ impl Wire {
             Wire::OpenAi => "openai",
             Wire::Anthropic => "anthropic",
             Wire::Gemini => "gemini",
+            Wire::Responses => "openai_responses",
         }
     }
 }
@@ -247,14 +255,19 @@ pub fn decoder(wire: Wire) -> Box<dyn StreamDecoder> {
         Wire::OpenAi => Box::new(openai::Decoder::default()),
         Wire::Anthropic => Box::new(anthropic::Decoder::default()),
         Wire::Gemini => Box::new(gemini::Decoder::default()),
+        Wire::Responses => Box::new(responses::Decoder::default()),
     }
 }
 
-/// The encoder for a client's format (clients speak OpenAI or Anthropic).
+/// The encoder for a client's format when its provider speaks another: clients
+/// translated for speak OpenAI chat completions or Anthropic (no client speaks Gemini's
+/// format, and Responses requests are relayed only — `translate_body` refuses them).
 pub fn encoder(wire: Wire, include_usage: bool) -> Box<dyn StreamEncoder> {
     match wire {
         Wire::Anthropic => Box::new(anthropic::Encoder::default()),
-        Wire::OpenAi | Wire::Gemini => Box::new(openai::Encoder::new(include_usage)),
+        Wire::OpenAi | Wire::Gemini | Wire::Responses => {
+            Box::new(openai::Encoder::new(include_usage))
+        }
     }
 }
 

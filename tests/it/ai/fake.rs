@@ -345,6 +345,71 @@ pub fn openai_tool_stream(model: &str, name: &str, first: &str, second: &str) ->
 }
 
 // ---------------------------------------------------------------------------------------
+// OpenAI's Responses API
+// ---------------------------------------------------------------------------------------
+
+/// A Responses `usage` (`cached` of the input tokens from cache).
+pub fn responses_usage(input: u64, cached: u64, output: u64) -> Value {
+    json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
+           "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+           "total_tokens": input + output})
+}
+
+/// A complete Responses answer with `text`, in `status`, with `usage` (`null` for none).
+pub fn responses_answer(model: &str, text: &str, status: &str, usage: Value) -> Value {
+    json!({
+        "id": "resp_fake", "object": "response", "created_at": 1, "status": status,
+        "model": model, "error": null, "incomplete_details": null,
+        "output": [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": usage,
+    })
+}
+
+/// A Responses event stream of `pieces`, ended by `terminal` (`response.completed`,
+/// `response.incomplete` or `response.failed`) carrying `usage` — or, with `terminal`
+/// `None`, held open after the pieces (a provider still generating).
+pub fn responses_stream(
+    model: &str,
+    pieces: &[&str],
+    terminal: Option<&str>,
+    usage: Value,
+) -> Reply {
+    let mut sequence = 0;
+    let mut event = |kind: &str, mut body: Value| {
+        body["type"] = json!(kind);
+        body["sequence_number"] = json!(sequence);
+        sequence += 1;
+        named(kind, &body)
+    };
+    let created = responses_answer(model, "", "in_progress", Value::Null);
+    let mut events = vec![
+        event("response.created", json!({"response": created})),
+        event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": {"type": "message", "id": "msg_fake",
+                   "role": "assistant", "status": "in_progress", "content": []}}),
+        ),
+    ];
+    for piece in pieces {
+        events.push(event(
+            "response.output_text.delta",
+            json!({"item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": piece}),
+        ));
+    }
+    let hold_open = terminal.is_none();
+    if let Some(terminal) = terminal {
+        let status = terminal.trim_start_matches("response.");
+        let mut done = responses_answer(model, &pieces.concat(), status, usage);
+        if status == "failed" {
+            done["error"] = json!({"code": "server_error", "message": "the model overheated"});
+        }
+        events.push(event(terminal, json!({"response": done})));
+    }
+    Reply::Events { events, hold_open }
+}
+
+// ---------------------------------------------------------------------------------------
 // Anthropic
 // ---------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@
 //!   restart;
 //! - `access`: scopes per model, `/v1/models`, unknown models, rate limits, body limits;
 //! - `embeddings`: `/v1/embeddings` governed, recorded and priced like chat.
+//! - `responses`: `/v1/responses` (OpenAI's Responses API) relayed, recorded and priced
+//!   like chat; refused for providers that do not serve it.
 //!
 //! Rows are awaited with a deadline (the audit writer batches), never a fixed sleep.
 
@@ -25,6 +27,7 @@ mod failures;
 mod fake;
 mod kinds;
 mod leaks;
+mod responses;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
