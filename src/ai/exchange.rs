@@ -492,8 +492,7 @@ impl Ai {
             .await?;
 
         // The request in the provider's format. A provider serving OpenAI's Responses API
-        // takes a Responses request as sent; any other pairing with it is refused by
-        // `translate_body`.
+        // takes a Responses request as sent; for the others it is translated.
         let responses_url = (format == Wire::Responses)
             .then(|| route.provider.responses_url())
             .flatten();
@@ -629,6 +628,7 @@ impl Ai {
             }
             let rendered = match format {
                 Wire::Anthropic => anthropic::render_response(&neutral),
+                Wire::Responses => responses::render_response(&neutral),
                 _ => openai::render_response(&neutral),
             };
             (Bytes::from(rendered.to_string()), neutral.usage, answered)
@@ -784,19 +784,9 @@ pub fn translate_body(
     model: &str,
     dialect: openai::Dialect,
 ) -> Result<Vec<u8>, AiError> {
-    let relayed_only = |what: &str| {
-        AiError::Translation(WireError::Untranslatable {
-            what: format!(
-                "{what} (OpenAI's Responses API is relayed to providers that serve it — kinds \
-                 `openai` and `openai_compatible` — and never translated; use \
-                 /v1/chat/completions or /v1/messages for this model)"
-            ),
-            target: target.as_str(),
-        })
-    };
     let neutral = match format {
         Wire::Anthropic => anthropic::parse_request(full),
-        Wire::Responses => return Err(relayed_only("a /v1/responses request")),
+        Wire::Responses => responses::parse_request(full),
         _ => openai::parse_request(full),
     }
     .map_err(|e| AiError::Translation(e.toward(target)))?;
@@ -804,7 +794,20 @@ pub fn translate_body(
         Wire::OpenAi => openai::render_request(&neutral, model, dialect),
         Wire::Anthropic => anthropic::render_request(&neutral, model),
         Wire::Gemini => gemini::render_request(&neutral).map_err(AiError::Translation)?,
-        Wire::Responses => return Err(relayed_only("a request in another format")),
+        // A provider that speaks only the Responses API (an extension's kind): the built-in
+        // kinds that serve it also serve chat completions, so nothing is translated into it.
+        Wire::Responses => {
+            return Err(AiError::Translation(WireError::Untranslatable {
+                what: format!(
+                    "a /v1/{} request",
+                    match format {
+                        Wire::Anthropic => "messages",
+                        _ => "chat/completions",
+                    }
+                ),
+                target: target.as_str(),
+            }));
+        }
     };
     serde_json::to_vec(&rendered)
         .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))

@@ -32,6 +32,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Usage from a report whose input count includes the tokens read from cache (OpenAI's
+    /// formats): Warden counts those apart, as `cache_read`.
+    pub fn cache_included(input: Option<u64>, cached: Option<u64>, output: Option<u64>) -> Usage {
+        Usage {
+            input: input.map(|i| i.saturating_sub(cached.unwrap_or(0))),
+            output,
+            cache_read: cached,
+            cache_write: None,
+        }
+    }
+
     /// Takes every count `later` reports (providers report cumulative counts).
     pub fn merge(&mut self, later: Usage) {
         self.input = later.input.or(self.input);

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
     StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid, merge_turns,
-    str_or_empty, string,
+    refuse_fields, str_or_empty, string,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -68,12 +68,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             other => untranslatable.push(format!("`{other}`")),
         }
     }
-    if !untranslatable.is_empty() {
-        return Err(WireError::Untranslatable {
-            what: format!("request field {}", untranslatable.join(", ")),
-            target: "",
-        });
-    }
+    refuse_fields(untranslatable)?;
     match body.get("system") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => request.system.push(s.clone()),
@@ -138,17 +133,9 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
                 target: "",
             });
         }
-        request.tools.push(Tool {
-            name: string(tool, "name", "tools[]")?.to_owned(),
-            description: tool
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: tool
-                .get("input_schema")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        });
+        request
+            .tools
+            .push(Tool::read(tool, "input_schema", "tools[]")?);
     }
     if let Some(choice) = body.get("tool_choice").filter(|c| !c.is_null()) {
         request.tool_choice = Some(match string(choice, "type", "tool_choice")? {

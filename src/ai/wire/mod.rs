@@ -5,9 +5,9 @@
 //!   `openai_compatible` providers).
 //! - [`anthropic`]: messages (clients on `/v1/messages`; `anthropic` providers).
 //! - [`gemini`]: `generateContent` / `streamGenerateContent` (`gemini` providers only).
-//! - [`responses`]: OpenAI's Responses API (clients on `/v1/responses`; served by the
-//!   providers that speak [`Wire::OpenAi`], at their `/responses` endpoint). Relayed only:
-//!   a request in it, or toward a provider speaking only it, is never translated.
+//! - [`responses`]: OpenAI's Responses API (clients on `/v1/responses`): relayed to the
+//!   providers that speak [`Wire::OpenAi`], at their `/responses` endpoint; translated for
+//!   the others. Nothing is translated *into* it (no built-in provider speaks only it).
 //!
 //! When client and provider speak the same format, the request is forwarded as sent (only
 //! `model` is replaced, and an OpenAI stream asks for its usage report) and the answer
@@ -79,6 +79,19 @@ impl WireError {
 
 pub(crate) fn invalid(message: impl Into<String>) -> WireError {
     WireError::Invalid(message.into())
+}
+
+/// The refusal of request fields with no equivalent in the provider's format (each
+/// already quoted, as `` `n` ``); `Ok` when there are none.
+pub(crate) fn refuse_fields(mut fields: Vec<String>) -> Result<(), WireError> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    fields.sort();
+    Err(WireError::Untranslatable {
+        what: format!("request field {}", fields.join(", ")),
+        target: "",
+    })
 }
 
 /// A chat request in neutral form.
@@ -172,6 +185,25 @@ pub struct Tool {
     pub parameters: Value,
 }
 
+impl Tool {
+    /// A tool as a request declares it: `name`, `description`, and its arguments' schema
+    /// under `schema_key` (an object taking no arguments when absent).
+    pub(crate) fn read(spec: &Value, schema_key: &str, context: &str) -> Result<Tool, WireError> {
+        Ok(Tool {
+            name: string(spec, "name", context)?.to_owned(),
+            description: spec
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters: spec
+                .get(schema_key)
+                .filter(|schema| !schema.is_null())
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToolChoice {
     Auto,
@@ -259,15 +291,13 @@ pub fn decoder(wire: Wire) -> Box<dyn StreamDecoder> {
     }
 }
 
-/// The encoder for a client's format when its provider speaks another: clients
-/// translated for speak OpenAI chat completions or Anthropic (no client speaks Gemini's
-/// format, and Responses requests are relayed only — `translate_body` refuses them).
+/// The encoder for a client's format when its provider speaks another (no client speaks
+/// Gemini's format).
 pub fn encoder(wire: Wire, include_usage: bool) -> Box<dyn StreamEncoder> {
     match wire {
         Wire::Anthropic => Box::new(anthropic::Encoder::default()),
-        Wire::OpenAi | Wire::Gemini | Wire::Responses => {
-            Box::new(openai::Encoder::new(include_usage))
-        }
+        Wire::Responses => Box::new(responses::Encoder::default()),
+        Wire::OpenAi | Wire::Gemini => Box::new(openai::Encoder::new(include_usage)),
     }
 }
 
@@ -292,6 +322,37 @@ pub(crate) fn error_message(error: &Value) -> String {
         .get("message")
         .and_then(Value::as_str)
         .map_or_else(|| error.to_string(), str::to_owned)
+}
+
+/// The text of a message's `content`: a string, or a list of parts whose `type` is one of
+/// `kinds`, each paired with the member holding its text; any other part cannot be
+/// translated.
+pub(crate) fn content_text(
+    content: &Value,
+    context: &str,
+    kinds: &[(&str, &str)],
+) -> Result<String, WireError> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                let kind = part.get("type").and_then(Value::as_str);
+                let Some((_, member)) = kinds.iter().find(|(k, _)| Some(*k) == kind) else {
+                    return Err(WireError::Untranslatable {
+                        what: format!("{context} content of type `{}`", kind.unwrap_or("?")),
+                        target: "",
+                    });
+                };
+                text.push_str(string(part, member, context)?);
+            }
+            Ok(text)
+        }
+        _ => Err(invalid(format!(
+            "{context}: `content` must be a string or a list"
+        ))),
+    }
 }
 
 /// The text of a string field, or an error naming it.

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
-    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, error_message,
-    invalid, str_or_empty, string, unix_now,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, content_text, count,
+    error_message, invalid, refuse_fields, str_or_empty, string, unix_now,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -79,12 +79,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             other => untranslatable.push(format!("`{other}`")),
         }
     }
-    if !untranslatable.is_empty() {
-        return Err(WireError::Untranslatable {
-            what: format!("request field {}", untranslatable.join(", ")),
-            target: "",
-        });
-    }
+    refuse_fields(untranslatable)?;
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -106,27 +101,14 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
             let function = tool
                 .get("function")
                 .ok_or_else(|| invalid("a tool needs `function`"))?;
-            request.tools.push(Tool {
-                name: string(function, "name", "tools[].function")?.to_owned(),
-                description: function
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                parameters: function
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            });
+            request
+                .tools
+                .push(Tool::read(function, "parameters", "tools[].function")?);
         }
     }
     request.tool_choice = match body.get("tool_choice") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => return Err(invalid(format!("unknown `tool_choice` `{other}`"))),
-        }),
+        Some(Value::String(name)) => Some(tool_choice_named(name)?),
         Some(choice) => Some(ToolChoice::Tool(
             choice
                 .pointer("/function/name")
@@ -138,29 +120,18 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
     Ok(request)
 }
 
-fn text_of(content: &Value, context: &str) -> Result<String, WireError> {
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for part in parts {
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => text.push_str(string(part, "text", context)?),
-                    other => {
-                        return Err(WireError::Untranslatable {
-                            what: format!("{context} content of type `{}`", other.unwrap_or("?")),
-                            target: "",
-                        });
-                    }
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(invalid(format!(
-            "{context}: `content` must be a string or a list"
-        ))),
+/// A `tool_choice` given by name, as OpenAI's formats name them.
+pub(crate) fn tool_choice_named(name: &str) -> Result<ToolChoice, WireError> {
+    match name {
+        "auto" => Ok(ToolChoice::Auto),
+        "none" => Ok(ToolChoice::None),
+        "required" => Ok(ToolChoice::Required),
+        other => Err(invalid(format!("unknown `tool_choice` `{other}`"))),
     }
+}
+
+fn text_of(content: &Value, context: &str) -> Result<String, WireError> {
+    content_text(content, context, &[("text", "text")])
 }
 
 fn read_message(request: &mut ChatRequest, message: &Value, i: usize) -> Result<(), WireError> {
@@ -370,16 +341,13 @@ pub fn render_request(request: &ChatRequest, model: &str, dialect: Dialect) -> V
 
 /// OpenAI's `usage`, in Warden's token classes (cached input apart from the rest).
 pub fn usage(value: &Value) -> Usage {
-    let prompt = count(value, "prompt_tokens");
-    let cached = value
-        .get("prompt_tokens_details")
-        .and_then(|d| count(d, "cached_tokens"));
-    Usage {
-        input: prompt.map(|p| p.saturating_sub(cached.unwrap_or(0))),
-        output: count(value, "completion_tokens"),
-        cache_read: cached,
-        cache_write: None,
-    }
+    Usage::cache_included(
+        count(value, "prompt_tokens"),
+        value
+            .get("prompt_tokens_details")
+            .and_then(|d| count(d, "cached_tokens")),
+        count(value, "completion_tokens"),
+    )
 }
 
 fn render_usage(usage: &Usage) -> Value {

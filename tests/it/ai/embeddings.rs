@@ -93,12 +93,7 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     let answer = response.json();
     assert_eq!(answer["data"].as_array().map(Vec::len), Some(2), "{answer}");
     assert_eq!(answer["data"][1]["embedding"], json!([0.25, -0.5, 1.0]));
-    assert!(
-        response
-            .header("traceparent")
-            .is_some_and(|t| t.contains(&trace.id)),
-        "{response:?}"
-    );
+    trace.assert_answered(&response);
     let seen = openai.last();
     assert_eq!(
         (seen.method.as_str(), seen.path.as_str()),

@@ -69,12 +69,7 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
         answer["choices"][0]["message"]["content"],
         "Hello from openai"
     );
-    assert!(
-        response
-            .header("traceparent")
-            .is_some_and(|t| t.contains(&trace.id)),
-        "{response:?}"
-    );
+    trace.assert_answered(&response);
     let seen = openai.last();
     assert_eq!(
         (seen.method.as_str(), seen.path.as_str()),

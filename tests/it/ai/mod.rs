@@ -191,6 +191,17 @@ impl Trace {
             id,
         }
     }
+
+    /// Asserts that Warden answered on this trace (its `traceparent`).
+    pub fn assert_answered(&self, response: &Response) {
+        assert!(
+            response
+                .header("traceparent")
+                .is_some_and(|t| t.contains(&self.id)),
+            "not answered on trace {}: {response:?}",
+            self.id
+        );
+    }
 }
 
 /// The data of each event in an SSE body (`[DONE]` included), with the event's name.

@@ -1,10 +1,14 @@
-//! `POST /v1/responses` (OpenAI's Responses API) through `warden serve`: relayed to an
-//! `openai` provider's `/responses` as sent (only `model` replaced, Warden's key, never the
-//! client's token), answered byte for byte and event for event, and recorded like chat —
-//! the exact `ai_requests` row for a complete answer, a stream, an answer cut short by
-//! its token limit, a failed response (complete and streamed), a provider's 429 and a
-//! client that goes away mid-stream. Refused with a clear 400: a model whose provider
-//! cannot serve the API (nothing reaches that provider) and `background: true`.
+//! `POST /v1/responses` (OpenAI's Responses API) through `warden serve`.
+//!
+//! Relayed to an `openai` provider's `/responses` as sent (only `model` replaced, Warden's
+//! key, never the client's token), answered byte for byte and event for event, and
+//! recorded like chat — the exact `ai_requests` row for a complete answer, a stream, an
+//! answer cut short by its token limit, a failed response (complete and streamed), a
+//! provider's 429 and a client that goes away mid-stream; `background: true` refused.
+//!
+//! Translated for an `anthropic` provider: a tool round trip complete, text and a tool
+//! call streamed, each as a Responses client reads it, with its row; the provider-side
+//! conversation state (`previous_response_id`) refused by name.
 
 use serde_json::{Value, json};
 
@@ -57,19 +61,14 @@ fn request(model: &str, input: &str, stream: bool) -> Value {
 #[test]
 fn responses_requests_are_relayed_and_recorded_like_chat() {
     let openai = FakeProvider::start(scripted);
-    let anthropic = FakeProvider::start(|_| fake::json_reply(json!({})));
     let key = "sk-responses-test-key";
     let env = Env::start(
         json!({
             "providers": {
                 "openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url),
                            "api_key_secret": "openai_key"},
-                "claude": {"kind": "anthropic", "base_url": anthropic.url},
             },
-            "models": {
-                "gpt": {"provider": "openai", "model": "gpt-test"},
-                "sonnet": {"provider": "claude", "model": "claude-test"},
-            },
+            "models": {"gpt": {"provider": "openai", "model": "gpt-test"}},
             "prices": {"gpt-test": {"input": 2.5, "output": 10, "cache_read": 1.25}},
         }),
         &[("openai_key", key)],
@@ -99,12 +98,7 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
             fake::responses_usage(120, 20, 30)
         )
     );
-    assert!(
-        response
-            .header("traceparent")
-            .is_some_and(|t| t.contains(&trace.id)),
-        "{response:?}"
-    );
+    trace.assert_answered(&response);
     let seen = openai.last();
     assert_eq!(
         (seen.method.as_str(), seen.path.as_str()),
@@ -258,28 +252,8 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     assert_eq!(row["input_tokens"], Value::Null);
     assert!(row["ttft_ms"].is_i64(), "{row}");
 
-    // Refused, and nothing sent: a model whose provider does not serve the API …
+    // A background response, whose usage Warden could never see, is refused.
     let requests_so_far = openai.seen().len();
-    let trace = Trace::new();
-    let response = post(&request("sonnet", "hi", false), &trace);
-    assert_eq!(response.status, 400, "{response:?}");
-    let message = response.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        message.contains("relayed to providers that serve it")
-            && message.contains("/v1/chat/completions or /v1/messages"),
-        "{message}"
-    );
-    assert!(anthropic.seen().is_empty(), "{:?}", anthropic.seen());
-    let row = env.row(&trace);
-    assert_eq!(
-        (&row["status"], &row["provider"]),
-        (&json!("error"), &json!("claude"))
-    );
-
-    // … and a background response, whose usage Warden could never see.
     let mut background = request("gpt", "hi", false);
     background["background"] = json!(true);
     let response = post(&background, &Trace::new());
@@ -295,4 +269,198 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
         requests_so_far,
         "nothing more reached the provider"
     );
+}
+
+/// The Anthropic stand-in: a tool call when the request has tools (complete or streamed),
+/// else streamed text.
+fn anthropic(seen: &fake::Seen) -> Reply {
+    match (seen.streaming(), seen.body["tools"].is_array()) {
+        (false, _) => fake::json_reply(fake::anthropic_tool_answer(
+            "claude-test",
+            "weather",
+            json!({"city": "Oslo"}),
+        )),
+        (true, false) => fake::anthropic_stream(
+            "claude-test",
+            &["Hel", "lo"],
+            json!({"input_tokens": 9, "output_tokens": 1}),
+            json!({"output_tokens": 4}),
+            None,
+        ),
+        (true, true) => {
+            fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
+        }
+    }
+}
+
+#[test]
+fn responses_clients_are_served_by_an_anthropic_provider() {
+    let provider = FakeProvider::start(anthropic);
+    let env = Env::start(
+        json!({
+            "providers": {"claude": {"kind": "anthropic", "base_url": provider.url,
+                                     "api_key_secret": "anthropic_key"}},
+            "models": {"sonnet": {"provider": "claude", "model": "claude-test"}},
+            "prices": {"claude-test": {"input": 3, "output": 15}},
+        }),
+        &[("anthropic_key", "sk-ant-responses-test")],
+        |_| {},
+    );
+    let token = env.token("alice", "ai:chat");
+    let post = |body: &Value, trace: &Trace| {
+        env.post(
+            "/v1/responses",
+            &token,
+            body,
+            &[("traceparent", &trace.header)],
+        )
+    };
+    let tools = json!([{"type": "function", "name": "weather", "description": "Weather by city",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+
+    // A tool round trip, complete, the way Codex sends one.
+    let trace = Trace::new();
+    let response = post(
+        &json!({
+            "model": "sonnet",
+            "instructions": "Be brief.",
+            "input": [
+                {"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": "Weather in Oslo?"}]},
+                {"type": "function_call", "call_id": "call_1", "name": "weather",
+                 "arguments": "{\"city\":\"Oslo\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "rain"},
+                {"role": "user", "content": "And tomorrow?"},
+            ],
+            "tools": tools,
+            "max_output_tokens": 100,
+            "store": false,
+            "reasoning": {"effort": "low"},
+        }),
+        &trace,
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    let sent = provider.last();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.header("x-api-key"), Some("sk-ant-responses-test"));
+    assert_eq!(sent.body["model"], "claude-test");
+    assert_eq!(sent.body["system"], "Be brief.");
+    assert_eq!(sent.body["max_tokens"], 100);
+    assert_eq!(
+        sent.body["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "rain"},
+                {"type": "text", "text": "And tomorrow?"}]},
+        ])
+    );
+    assert_eq!(sent.body["tools"][0]["name"], "weather");
+    assert_eq!(
+        sent.body["tools"][0]["input_schema"],
+        tools[0]["parameters"]
+    );
+    let answer = response.json();
+    assert_eq!(answer["object"], "response", "{answer}");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["model"], "claude-test");
+    assert_eq!(answer["output"][0]["type"], "message");
+    assert_eq!(answer["output"][0]["content"][0]["text"], "Let me check.");
+    assert_eq!(answer["output"][1]["type"], "function_call");
+    assert_eq!(answer["output"][1]["call_id"], "toolu_1");
+    assert_eq!(answer["output"][1]["name"], "weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(answer["output"][1]["arguments"].as_str().unwrap_or("")).ok(),
+        Some(json!({"city": "Oslo"}))
+    );
+    assert_eq!(
+        (
+            &answer["usage"]["input_tokens"],
+            &answer["usage"]["output_tokens"]
+        ),
+        (&json!(60), &json!(20))
+    );
+    let row = env.row(&trace);
+    assert_eq!(
+        (&row["provider"], &row["status"]),
+        (&json!("claude"), &json!("success"))
+    );
+    assert_eq!(
+        (&row["input_tokens"], &row["output_tokens"]),
+        (&json!(60), &json!(20))
+    );
+    // 60 × $3 + 20 × $15 per million = 180 + 300 µ$.
+    assert_eq!(row["cost_microdollars"], 480);
+
+    // Text, streamed: Responses events, ending in `response.completed` with the usage.
+    let trace = Trace::new();
+    let response = post(
+        &json!({"model": "sonnet", "input": "Hi", "stream": true}),
+        &trace,
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    let events = sse_events(&response.body);
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|(name, _)| name.as_deref())
+        .collect();
+    assert_eq!(names.first(), Some(&"response.created"), "{names:?}");
+    assert_eq!(names.last(), Some(&"response.completed"), "{names:?}");
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name.as_deref() == Some("response.output_text.delta"))
+        .filter_map(|(_, data)| {
+            serde_json::from_str::<Value>(data).ok()?["delta"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "Hello");
+    let (_, last) = &events[events.len() - 1];
+    let completed: Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        "Hello"
+    );
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 4);
+    let row = env.row(&trace);
+    assert_eq!(row["streaming"], true, "{row}");
+    assert_eq!(
+        (&row["input_tokens"], &row["output_tokens"]),
+        (&json!(9), &json!(4))
+    );
+    assert!(row["ttft_ms"].is_i64(), "{row}");
+
+    // A tool call, streamed: its arguments in pieces, then whole.
+    let trace = Trace::new();
+    let response = post(
+        &json!({"model": "sonnet", "input": "Weather?", "tools": tools, "stream": true}),
+        &trace,
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    let done: Vec<Value> = sse_events(&response.body)
+        .into_iter()
+        .filter(|(name, _)| name.as_deref() == Some("response.function_call_arguments.done"))
+        .map(|(_, data)| serde_json::from_str(&data).expect("JSON"))
+        .collect();
+    assert_eq!(done.len(), 1, "{}", response.body);
+    assert_eq!(done[0]["arguments"], "{\"city\":\"Oslo\"}");
+    assert_eq!(env.row(&trace)["status"], "success");
+
+    // Conversation state kept at a provider cannot cross over: refused by name, nothing sent.
+    let requests_so_far = provider.seen().len();
+    let response = post(
+        &json!({"model": "sonnet", "input": "And then?", "previous_response_id": "resp_1"}),
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(
+        response.body.contains(
+            "request field `previous_response_id` cannot be translated for a provider speaking the anthropic format"
+        ),
+        "{response:?}"
+    );
+    assert_eq!(provider.seen().len(), requests_so_far);
 }
