@@ -1,6 +1,6 @@
 //! Programs the tests need beyond the workspace, installed on first use into the target
 //! directory (never outside the checkout): the fixture MCP server binary, a Python venv
-//! with the official `mcp` SDK, and npm packages (the reference MCP servers and the
+//! with the official `mcp`, `openai` and `anthropic` SDKs, and npm packages (the reference MCP servers and the
 //! conformance suite). Installs take a file lock so parallel test binaries do not race.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Pinned versions, so a registry update cannot change what the tests exercise.
-pub const PYTHON_MCP: &str = "mcp==2.3.0";
+pub const PYTHON_PACKAGES: &[&str] = &["mcp==2.3.0", "openai==3.57.0", "anthropic==2.14.0"];
 pub const NPM_PACKAGES: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
     "@modelcontextprotocol/conformance@0.1.13",
@@ -77,13 +77,13 @@ pub fn fixture() -> &'static Path {
     })
 }
 
-/// A Python interpreter with the `mcp` SDK.
+/// A Python interpreter with the `mcp`, `openai` and `anthropic` SDKs.
 pub fn python() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let venv = target_dir().join("pyenv");
         let python = venv.join("bin/python");
-        let marker = venv.join(format!(".installed-{PYTHON_MCP}"));
+        let marker = venv.join(format!(".installed-{}", PYTHON_PACKAGES.join(",")));
         with_lock("pyenv", || {
             if !marker.exists() {
                 run(
@@ -91,8 +91,10 @@ pub fn python() -> &'static Path {
                     "python3 -m venv",
                 );
                 run(
-                    Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_MCP]),
-                    "pip install mcp",
+                    Command::new(&python)
+                        .args(["-m", "pip", "install", "-q"])
+                        .args(PYTHON_PACKAGES),
+                    "pip install (the Python SDKs)",
                 );
                 std::fs::write(&marker, b"").expect("write the venv marker");
             }

@@ -382,7 +382,17 @@ pub fn responses_stream(
         sequence += 1;
         named(kind, &body)
     };
-    let created = responses_answer(model, "", "in_progress", Value::Null);
+    let mut created = responses_answer(model, "", "in_progress", Value::Null);
+    created["output"] = json!([]);
+    let text = pieces.concat();
+    let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
+    let at = |extra: Value| {
+        let mut body = json!({"item_id": "msg_fake", "output_index": 0, "content_index": 0});
+        if let (Some(target), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            target.extend(extra.clone());
+        }
+        body
+    };
     let mut events = vec![
         event("response.created", json!({"response": created})),
         event(
@@ -390,20 +400,33 @@ pub fn responses_stream(
             json!({"output_index": 0, "item": {"type": "message", "id": "msg_fake",
                    "role": "assistant", "status": "in_progress", "content": []}}),
         ),
+        event("response.content_part.added", at(json!({"part": part("")}))),
     ];
     for piece in pieces {
         events.push(event(
             "response.output_text.delta",
-            json!({"item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": piece}),
+            at(json!({"delta": piece})),
         ));
     }
     let hold_open = terminal.is_none();
     if let Some(terminal) = terminal {
         let status = terminal.trim_start_matches("response.");
-        let mut done = responses_answer(model, &pieces.concat(), status, usage);
+        let mut done = responses_answer(model, &text, status, usage);
         if status == "failed" {
             done["error"] = json!({"code": "server_error", "message": "the model overheated"});
         }
+        events.push(event(
+            "response.output_text.done",
+            at(json!({"text": text})),
+        ));
+        events.push(event(
+            "response.content_part.done",
+            at(json!({"part": part(&text)})),
+        ));
+        events.push(event(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": done["output"][0].clone()}),
+        ));
         events.push(event(terminal, json!({"response": done})));
     }
     Reply::Events { events, hold_open }

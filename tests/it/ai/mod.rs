@@ -14,8 +14,10 @@
 //!   restart;
 //! - `access`: scopes per model, `/v1/models`, unknown models, rate limits, body limits;
 //! - `embeddings`: `/v1/embeddings` governed, recorded and priced like chat.
-//! - `responses`: `/v1/responses` (OpenAI's Responses API) relayed, recorded and priced
-//!   like chat; refused for providers that do not serve it.
+//! - `responses`: `/v1/responses` (OpenAI's Responses API) relayed to OpenAI-format
+//!   providers and translated for Anthropic's, recorded and priced like chat;
+//! - `sdks`: the official OpenAI and Anthropic Python SDKs read what Warden relays and
+//!   translates.
 //!
 //! Rows are awaited with a deadline (the audit writer batches), never a fixed sleep.
 
@@ -28,6 +30,7 @@ mod fake;
 mod kinds;
 mod leaks;
 mod responses;
+mod sdks;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,190 @@
+"""Drives Warden's AI gateway with the official OpenAI and Anthropic Python SDKs and prints
+one JSON object of observations for the Rust test that runs it (tests/it/ai/sdks.rs).
+
+    python ai_sdks.py BASE_URL TOKEN
+
+Warden routes `sonnet` to an Anthropic-format provider and `gpt` to an OpenAI-format one
+(stand-ins on loopback), so each SDK reads both what Warden relays and what it
+translates. The SDKs' own stream helpers (`responses.stream`, `messages.stream`) check
+the order and shape of the events as they accumulate them: a malformed stream raises.
+Every request has a deadline; an exception is reported with its type and message.
+"""
+
+import json
+import sys
+import traceback
+
+import anthropic
+import openai
+
+DEADLINE = 30
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "weather",
+    "description": "Weather by city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def observe(report, name, scenario):
+    try:
+        report[name] = scenario()
+    except Exception as error:  # reported, not raised: the test names what failed
+        report[name] = {
+            "raised": type(error).__name__,
+            "message": str(error),
+            "trace": traceback.format_exc(limit=3),
+        }
+
+
+def openai_scenarios(client, report):
+    def chat(model):
+        def run():
+            answer = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi"}]
+            )
+            return {
+                "text": answer.choices[0].message.content,
+                "prompt_tokens": answer.usage.prompt_tokens,
+            }
+
+        return run
+
+    def chat_stream():
+        text, usage = [], None
+        stream = client.chat.completions.create(
+            model="sonnet",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text.append(chunk.choices[0].delta.content)
+            if chunk.usage:
+                usage = chunk.usage.completion_tokens
+        return {"text": "".join(text), "completion_tokens": usage}
+
+    def responses_create(model):
+        def run():
+            answer = client.responses.create(model=model, input="Hi")
+            return {
+                "status": answer.status,
+                "text": answer.output_text,
+                "input_tokens": answer.usage.input_tokens,
+                "output_tokens": answer.usage.output_tokens,
+            }
+
+        return run
+
+    def responses_stream(model, tools=None):
+        def run():
+            deltas, names = [], []
+            arguments = {"tools": tools} if tools else {}
+            with client.responses.stream(model=model, input="Hi", **arguments) as stream:
+                for event in stream:
+                    names.append(event.type)
+                    if event.type == "response.output_text.delta":
+                        deltas.append(event.delta)
+                final = stream.get_final_response()
+            calls = [
+                {"name": item.name, "call_id": item.call_id, "arguments": json.loads(item.arguments)}
+                for item in final.output
+                if item.type == "function_call"
+            ]
+            return {
+                "deltas": "".join(deltas),
+                "final_text": final.output_text,
+                "status": final.status,
+                "first": names[0] if names else None,
+                "last": names[-1] if names else None,
+                "output_tokens": final.usage.output_tokens if final.usage else None,
+                "calls": calls,
+            }
+
+        return run
+
+    def unknown_model():
+        try:
+            client.responses.create(model="no-such-model", input="Hi")
+        except openai.NotFoundError as error:
+            return {"raised": "NotFoundError", "message": error.message}
+        return {"raised": None}
+
+    observe(report, "openai_chat_translated", chat("sonnet"))
+    observe(report, "openai_chat_relayed", chat("gpt"))
+    observe(report, "openai_chat_stream_translated", chat_stream)
+    observe(report, "responses_create_translated", responses_create("sonnet"))
+    observe(report, "responses_create_relayed", responses_create("gpt"))
+    observe(report, "responses_stream_translated", responses_stream("sonnet"))
+    observe(report, "responses_stream_relayed", responses_stream("gpt"))
+    observe(report, "responses_stream_tool_translated", responses_stream("sonnet", [WEATHER_TOOL]))
+    observe(report, "openai_unknown_model", unknown_model)
+
+
+def anthropic_scenarios(client, report):
+    def create(model):
+        def run():
+            answer = client.messages.create(
+                model=model, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+            )
+            return {
+                "text": "".join(b.text for b in answer.content if b.type == "text"),
+                "stop_reason": answer.stop_reason,
+                "output_tokens": answer.usage.output_tokens,
+            }
+
+        return run
+
+    def stream(model):
+        def run():
+            with client.messages.stream(
+                model=model, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+            ) as events:
+                text = "".join(events.text_stream)
+                final = events.get_final_message()
+            return {
+                "text": text,
+                "final_text": "".join(b.text for b in final.content if b.type == "text"),
+                "output_tokens": final.usage.output_tokens,
+            }
+
+        return run
+
+    def unknown_model():
+        try:
+            client.messages.create(
+                model="no-such-model", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+            )
+        except anthropic.NotFoundError as error:
+            return {"raised": "NotFoundError", "message": error.message}
+        return {"raised": None}
+
+    observe(report, "anthropic_create_relayed", create("sonnet"))
+    observe(report, "anthropic_create_translated", create("gpt"))
+    observe(report, "anthropic_stream_relayed", stream("sonnet"))
+    observe(report, "anthropic_stream_translated", stream("gpt"))
+    observe(report, "anthropic_unknown_model", unknown_model)
+
+
+def main():
+    base_url, token = sys.argv[1], sys.argv[2]
+    report = {"openai_version": openai.__version__, "anthropic_version": anthropic.__version__}
+    openai_client = openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key=token, max_retries=0, timeout=DEADLINE
+    )
+    anthropic_client = anthropic.Anthropic(
+        base_url=base_url, api_key=token, max_retries=0, timeout=DEADLINE
+    )
+    openai_scenarios(openai_client, report)
+    anthropic_scenarios(anthropic_client, report)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
