@@ -484,12 +484,12 @@ impl Ai {
             Wire::Responses => "ai/responses",
             _ => "ai/chat.completions",
         };
-        if format == Wire::Responses {
-            refuse_background(&top)?;
-        }
         let auth = self
             .admit((policy, limits), caller, route, state, account, action)
             .await?;
+        if format == Wire::Responses {
+            refuse_background(&top)?;
+        }
 
         // The request in the provider's format. A provider serving OpenAI's Responses API
         // takes a Responses request as sent; for the others it is translated.
@@ -608,7 +608,8 @@ impl Ai {
                     _ => openai::usage(u),
                 });
             if provider_wire == Wire::Responses {
-                failed = responses::failure(probe.status.as_deref(), probe.error.as_ref());
+                let status = probe.status.as_ref().and_then(Value::as_str);
+                failed = responses::failure(status, probe.error.as_ref());
             }
             (answer, usage, probe.model)
         } else {
@@ -716,7 +717,9 @@ type TopLevel = IndexMap<String, Box<RawValue>>;
 struct AnswerProbe {
     model: Option<String>,
     usage: Option<Value>,
-    status: Option<String>,
+    /// Read as any JSON: only the Responses API gives it a meaning (other servers may
+    /// put anything there).
+    status: Option<Value>,
     error: Option<Value>,
 }
 
@@ -1258,7 +1261,16 @@ impl Relay {
                 }
                 Some(Failure::Warden(status, message)) => {
                     self.closed = true;
-                    out.extend_from_slice(&stream_error(self.client_wire, &message));
+                    match &mut self.mode {
+                        // The encoder writes it in the client's format, numbered and
+                        // closed as the rest of its stream.
+                        Mode::Translate(encoder) => {
+                            encoder.encode(&Delta::Error(message.clone()), &mut out)
+                        }
+                        Mode::Passthrough { .. } => {
+                            out.extend_from_slice(&stream_error(self.client_wire, &message))
+                        }
+                    }
                     self.account.finish(status, Some(message)).await;
                 }
                 None if self.finished => {

@@ -1,7 +1,8 @@
 //! The Gemini API format (`models/{model}:generateContent`, and
 //! `:streamGenerateContent?alt=sse` whose events are each a partial answer). Spoken by
-//! `gemini` providers only: requests always arrive in the OpenAI or Anthropic format and
-//! are translated.
+//! `gemini` providers, and by clients on `/v1beta/models/{model}:…` (Gemini CLI, Google's
+//! `genai` SDKs): relayed as sent to a `gemini` provider, translated for the others
+//! ([`parse_request`], [`render_response`], [`Encoder`]).
 //!
 //! Gemini function calls may carry no id; Warden then gives each one an id of its own
 //! (`call_<random>_<n>`), and maps tool results back to the function's name (which is what
@@ -11,14 +12,33 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use bytes::BytesMut;
+use serde_json::{Map, Value, json};
 
 use super::{
-    ChatRequest, ChatResponse, Delta, Finish, Image, Part, Role, StreamDecoder, ToolCall,
-    ToolChoice, WireError, count, error_message, invalid, merge_turns, str_or_empty,
+    ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, error_message,
+    invalid, merge_turns, refuse_fields, str_or_empty, string,
 };
 use crate::ai::pricing::Usage;
-use crate::ai::sse::SseEvent;
+use crate::ai::sse::{SseEvent, write_event};
+
+/// Fields Warden adds to a Gemini client's body for routing (the model and the streaming
+/// flag come from the URL in this format); taken out again before it goes anywhere.
+pub const ROUTING_FIELDS: &[&str] = &["model", "stream"];
+
+/// Request fields dropped when translating to another format: safety and sampling hints
+/// with no equivalent, and thinking settings (as `thinking` is dropped from Anthropic
+/// requests).
+const DROPPED_GENERATION: &[&str] = &[
+    "topK",
+    "seed",
+    "thinkingConfig",
+    "presencePenalty",
+    "frequencyPenalty",
+    "responseModalities",
+    "mediaResolution",
+];
 
 /// Renders a request for a Gemini provider (the model goes in the URL).
 pub fn render_request(request: &ChatRequest) -> Result<Value, WireError> {
@@ -308,6 +328,407 @@ impl StreamDecoder for Decoder {
             out.push(Delta::Usage(usage(reported)));
         }
         Ok(())
+    }
+}
+
+// -----------------------------------------------------------------------------------
+// Clients: requests in
+// -----------------------------------------------------------------------------------
+
+/// Reads a Gemini client's request (with the [`ROUTING_FIELDS`] Warden added), for a
+/// provider of another format.
+///
+/// Function calls without an id get `call_<n>` (the nth call of the conversation); a
+/// function response without one answers the earliest call of that name not yet answered.
+pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError> {
+    let mut request = ChatRequest::default();
+    let mut untranslatable = Vec::new();
+    for (key, value) in body {
+        match key.as_str() {
+            "contents" | "systemInstruction" | "tools" | "toolConfig" | "generationConfig"
+            | "safetySettings" | "labels" => {}
+            "stream" => request.stream = value.as_bool().unwrap_or(false),
+            "model" => {}
+            other => untranslatable.push(format!("`{other}`")),
+        }
+    }
+    if let Some(generation) = body.get("generationConfig").and_then(Value::as_object) {
+        read_generation(&mut request, generation, &mut untranslatable)?;
+    }
+    refuse_fields(untranslatable)?;
+    if let Some(system) = body.get("systemInstruction").filter(|s| !s.is_null()) {
+        request.system.push(texts(system, "systemInstruction")?);
+    }
+    let contents = body
+        .get("contents")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("`contents` must be a list"))?;
+    let mut calls = CallIds::default();
+    for (i, content) in contents.iter().enumerate() {
+        read_content(&mut request, content, &format!("contents[{i}]"), &mut calls)?;
+    }
+    read_tools(&mut request, body)?;
+    Ok(request)
+}
+
+fn read_generation(
+    request: &mut ChatRequest,
+    generation: &Map<String, Value>,
+    untranslatable: &mut Vec<String>,
+) -> Result<(), WireError> {
+    for (key, value) in generation {
+        match key.as_str() {
+            "maxOutputTokens" => {
+                request.max_tokens = Some(value.as_u64().ok_or_else(|| {
+                    invalid("`generationConfig.maxOutputTokens` must be a non-negative integer")
+                })?)
+            }
+            "temperature" => request.temperature = Some(value.clone()),
+            "topP" => request.top_p = Some(value.clone()),
+            "stopSequences" => {
+                request.stop = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            }
+            "candidateCount" if value.as_u64() == Some(1) => {}
+            "responseMimeType" if value.as_str() == Some("text/plain") => {}
+            other if DROPPED_GENERATION.contains(&other) => {}
+            other => untranslatable.push(format!("`generationConfig.{other}`")),
+        }
+    }
+    Ok(())
+}
+
+/// The text of a `Content` made only of text parts (a system instruction).
+fn texts(content: &Value, context: &str) -> Result<String, WireError> {
+    let mut text = String::new();
+    for part in content
+        .get("parts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(format!("{context}: `parts` must be a list")))?
+    {
+        match part.get("text").and_then(Value::as_str) {
+            Some(piece) => text.push_str(piece),
+            None => {
+                return Err(WireError::Untranslatable {
+                    what: format!("{context} with a part other than text"),
+                    target: "",
+                });
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// Ids for function calls that came without one, and the calls not yet answered.
+#[derive(Default)]
+struct CallIds {
+    made: usize,
+    /// (name, id) of calls without a response yet, oldest first.
+    open: Vec<(String, String)>,
+}
+
+impl CallIds {
+    fn call(&mut self, name: &str, id: Option<&str>) -> String {
+        self.made += 1;
+        let id = id
+            .filter(|id| !id.is_empty())
+            .map_or_else(|| format!("call_{}", self.made), str::to_owned);
+        self.open.push((name.to_owned(), id.clone()));
+        id
+    }
+
+    fn response(&mut self, name: &str, id: Option<&str>) -> Option<String> {
+        let position = match id.filter(|id| !id.is_empty()) {
+            Some(id) => self.open.iter().position(|(_, open)| open == id),
+            None => self.open.iter().position(|(open, _)| open == name),
+        };
+        match position {
+            Some(position) => Some(self.open.remove(position).1),
+            None => id.map(str::to_owned),
+        }
+    }
+}
+
+fn read_content(
+    request: &mut ChatRequest,
+    content: &Value,
+    context: &str,
+    calls: &mut CallIds,
+) -> Result<(), WireError> {
+    let role = match content.get("role").and_then(Value::as_str) {
+        Some("model") => Role::Assistant,
+        None | Some("user" | "function" | "tool") => Role::User,
+        Some(other) => {
+            return Err(invalid(format!("{context}: unknown `role` `{other}`")));
+        }
+    };
+    let mut parts = Vec::new();
+    for part in content
+        .get("parts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(format!("{context}: `parts` must be a list")))?
+    {
+        if part.get("thought").and_then(Value::as_bool) == Some(true) {
+            continue; // another provider cannot continue Gemini's thoughts
+        }
+        if let Some(text) = part.get("text").and_then(Value::as_str) {
+            parts.push(Part::Text(text.to_owned()));
+        } else if let Some(data) = part.get("inlineData") {
+            parts.push(Part::Image(Image::Base64 {
+                media_type: string(data, "mimeType", context)?.to_owned(),
+                data: string(data, "data", context)?.to_owned(),
+            }));
+        } else if let Some(call) = part.get("functionCall") {
+            let name = string(call, "name", context)?;
+            parts.push(Part::ToolCall(ToolCall {
+                id: calls.call(name, call.get("id").and_then(Value::as_str)),
+                name: name.to_owned(),
+                arguments: call
+                    .get("args")
+                    .map_or_else(|| "{}".to_owned(), Value::to_string),
+            }));
+        } else if let Some(response) = part.get("functionResponse") {
+            let name = string(response, "name", context)?;
+            let id = calls
+                .response(name, response.get("id").and_then(Value::as_str))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{context}: the response of `{name}` answers no function call in the \
+                         conversation"
+                    ))
+                })?;
+            let result = response.get("response").cloned().unwrap_or(Value::Null);
+            parts.push(Part::ToolResult(ToolResult {
+                id,
+                is_error: result.get("error").is_some() && result.get("output").is_none(),
+                content: match &result {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                },
+            }));
+        } else {
+            let kind = part
+                .as_object()
+                .and_then(|p| p.keys().find(|k| !matches!(k.as_str(), "thoughtSignature")))
+                .map_or("?", String::as_str);
+            return Err(WireError::Untranslatable {
+                what: format!("{context} a part of kind `{kind}`"),
+                target: "",
+            });
+        }
+    }
+    if !parts.is_empty() {
+        request.messages.push(Message { role, parts });
+    }
+    Ok(())
+}
+
+fn read_tools(request: &mut ChatRequest, body: &Map<String, Value>) -> Result<(), WireError> {
+    for (i, tool) in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let declarations = tool.get("functionDeclarations").and_then(Value::as_array);
+        let other = tool
+            .as_object()
+            .and_then(|t| t.keys().find(|k| k.as_str() != "functionDeclarations"));
+        if let Some(other) = other {
+            return Err(WireError::Untranslatable {
+                what: format!("tools[{i}] `{other}` (only function declarations cross over)"),
+                target: "",
+            });
+        }
+        for declaration in declarations.into_iter().flatten() {
+            let schema_key = if declaration.get("parametersJsonSchema").is_some() {
+                "parametersJsonSchema"
+            } else {
+                "parameters"
+            };
+            request.tools.push(Tool::read(
+                declaration,
+                schema_key,
+                &format!("tools[{i}].functionDeclarations"),
+            )?);
+        }
+    }
+    let config = body
+        .get("toolConfig")
+        .and_then(|c| c.get("functionCallingConfig"));
+    request.tool_choice = match config.and_then(|c| c.get("mode")).and_then(Value::as_str) {
+        None | Some("MODE_UNSPECIFIED") => None,
+        Some("AUTO" | "VALIDATED") => Some(ToolChoice::Auto),
+        Some("NONE") => Some(ToolChoice::None),
+        Some("ANY") => {
+            let allowed = config
+                .and_then(|c| c.get("allowedFunctionNames"))
+                .and_then(Value::as_array);
+            match allowed.map(Vec::as_slice) {
+                Some([only]) => Some(ToolChoice::Tool(
+                    only.as_str()
+                        .ok_or_else(|| invalid("`allowedFunctionNames` must hold names"))?
+                        .to_owned(),
+                )),
+                Some([]) | None => Some(ToolChoice::Required),
+                Some(_) => {
+                    return Err(WireError::Untranslatable {
+                        what: "`allowedFunctionNames` with more than one name".into(),
+                        target: "",
+                    });
+                }
+            }
+        }
+        Some(other) => return Err(invalid(format!("unknown function calling mode `{other}`"))),
+    };
+    Ok(())
+}
+
+// -----------------------------------------------------------------------------------
+// Clients: answers out
+// -----------------------------------------------------------------------------------
+
+fn finish_reason(finish: Option<&Finish>) -> &'static str {
+    match finish {
+        Some(Finish::Length) => "MAX_TOKENS",
+        Some(Finish::ContentFilter) => "SAFETY",
+        Some(Finish::Other(_)) => "OTHER",
+        _ => "STOP",
+    }
+}
+
+fn render_usage(usage: &Usage) -> Value {
+    let prompt = usage.prompt_total();
+    let output = usage.output.unwrap_or(0);
+    let mut out = json!({
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": output,
+        "totalTokenCount": prompt.saturating_add(output),
+    });
+    if let Some(cached) = usage.cache_read {
+        out["cachedContentTokenCount"] = json!(cached);
+    }
+    out
+}
+
+fn call_part(call: &ToolCall) -> Value {
+    let args = serde_json::from_str::<Value>(&call.arguments)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    json!({"functionCall": {"id": call.id, "name": call.name, "args": args}})
+}
+
+fn chunk(parts: Vec<Value>, finish: Option<&str>, model: &str, id: &str) -> Value {
+    let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+    if let Some(reason) = finish {
+        candidate["finishReason"] = json!(reason);
+    }
+    json!({"candidates": [candidate], "modelVersion": model, "responseId": id})
+}
+
+/// Renders a complete answer for a Gemini client.
+pub fn render_response(response: &ChatResponse) -> Value {
+    let parts = response
+        .parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(json!({"text": text})),
+            Part::ToolCall(call) => Some(call_part(call)),
+            _ => None,
+        })
+        .collect();
+    let mut answer = chunk(
+        parts,
+        Some(finish_reason(response.finish.as_ref())),
+        &response.model,
+        &response.id,
+    );
+    answer["usageMetadata"] = render_usage(&response.usage);
+    answer
+}
+
+/// An error object in Gemini's shape.
+pub fn error_body(message: &str, code: u16, status: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "status": status}})
+}
+
+/// Writes `streamGenerateContent?alt=sse` events from deltas: text as it comes, each
+/// function call whole once its arguments are complete (Gemini sends calls whole), and
+/// a last event with the finish reason and the usage.
+#[derive(Default)]
+pub struct Encoder {
+    id: String,
+    model: String,
+    call: Option<ToolCall>,
+    finish: Option<Finish>,
+    usage: Usage,
+    done: bool,
+}
+
+impl Encoder {
+    fn write(&self, parts: Vec<Value>, finish: Option<&str>, out: &mut BytesMut) {
+        let mut event = chunk(parts, finish, &self.model, &self.id);
+        if finish.is_some() {
+            event["usageMetadata"] = render_usage(&self.usage);
+        }
+        write_event(out, None, &event.to_string());
+    }
+
+    /// Sends the call whose arguments were being collected, if any.
+    fn flush_call(&mut self, out: &mut BytesMut) {
+        if let Some(call) = self.call.take() {
+            self.write(vec![call_part(&call)], None, out);
+        }
+    }
+}
+
+impl StreamEncoder for Encoder {
+    fn encode(&mut self, delta: &Delta, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        match delta {
+            Delta::Start { id, model } => {
+                self.id = id.clone();
+                self.model = model.clone();
+            }
+            Delta::Text(text) => {
+                self.flush_call(out);
+                self.write(vec![json!({"text": text})], None, out);
+            }
+            Delta::ToolStart { id, name, .. } => {
+                self.flush_call(out);
+                self.call = Some(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                });
+            }
+            Delta::ToolArgs { json, .. } => {
+                if let Some(call) = &mut self.call {
+                    call.arguments.push_str(json);
+                }
+            }
+            Delta::Finish(finish) => self.finish = Some(finish.clone()),
+            Delta::Usage(usage) => self.usage.merge(*usage),
+            Delta::Error(message) => {
+                self.done = true;
+                let error = error_body(message, 500, "INTERNAL");
+                write_event(out, None, &error.to_string());
+            }
+            Delta::Done => {
+                self.flush_call(out);
+                self.done = true;
+                let reason = finish_reason(self.finish.as_ref());
+                self.write(Vec::new(), Some(reason), out);
+            }
+        }
     }
 }
 

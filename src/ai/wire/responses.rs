@@ -120,7 +120,10 @@ impl StreamDecoder for Decoder {
                 .map_or(Ok(Value::Null), |r| serde_json::from_str(r.get()))
                 .map_err(not_json)
         };
-        let index = raw.output_index.unwrap_or(0) as usize;
+        let index = raw
+            .output_index
+            .and_then(|i| usize::try_from(i).ok())
+            .unwrap_or(0);
         match raw.kind.as_ref() {
             "response.created" | "response.in_progress" => {
                 let response = response()?;
@@ -227,6 +230,9 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
         }
     }
     if let Some(text) = body.get("text").filter(|t| !t.is_null()) {
+        if !text.is_object() {
+            return Err(invalid("`text` must be an object"));
+        }
         // `verbosity` is a hint; an output format other than text is not.
         let format = text.pointer("/format/type").and_then(Value::as_str);
         if format.is_some_and(|f| f != "text") {
@@ -316,7 +322,11 @@ fn read_item(request: &mut ChatRequest, item: &Value, context: &str) -> Result<(
             let content = match item.get("output") {
                 Some(Value::String(text)) => text.clone(),
                 Some(parts @ Value::Array(_)) => input_text(parts, context)?,
-                _ => return Err(invalid(format!("{context}: `output` must be a string"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "{context}: `output` must be a string or a list of text parts"
+                    )));
+                }
             };
             push_part(
                 request,
@@ -637,7 +647,8 @@ impl Encoder {
             Some(OpenItem::Message { id, text }) => {
                 self.event(
                     "response.output_text.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text,
+                           "logprobs": []}),
                     out,
                 );
                 self.event(
@@ -655,6 +666,11 @@ impl Encoder {
                 self.items.push(item);
             }
             Some(OpenItem::Call { id, call, .. }) => {
+                let mut call = call;
+                if call.arguments.is_empty() {
+                    // A call without arguments: `{}`, as OpenAI sends it (clients parse it).
+                    call.arguments = "{}".to_owned();
+                }
                 self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": id, "output_index": index, "arguments": call.arguments}),
@@ -735,7 +751,9 @@ impl StreamEncoder for Encoder {
                         if let Some(item) = calls.into_iter().nth(*index)
                             && let Some(arguments) = item["arguments"].as_str()
                         {
-                            item["arguments"] = json!(format!("{arguments}{json}"));
+                            // `{}` stood in for arguments that had not come yet.
+                            let so_far = if arguments == "{}" { "" } else { arguments };
+                            item["arguments"] = json!(format!("{so_far}{json}"));
                         }
                     }
                 }
@@ -1231,5 +1249,45 @@ mod tests {
         assert!(text.contains("event: error\n"), "{text}");
         assert!(text.contains("\"message\":\"overloaded\""), "{text}");
         assert!(!text.contains("response.completed"), "{text}");
+    }
+
+    #[test]
+    fn calls_without_arguments_close_with_an_empty_object_and_late_arguments_are_kept() {
+        let mut encoder = Encoder::default();
+        let mut out = BytesMut::new();
+        let start = |index: usize, name: &str| Delta::ToolStart {
+            index,
+            id: format!("toolu_{index}"),
+            name: name.into(),
+        };
+        for delta in [
+            start(0, "now"),
+            start(1, "weather"),
+            // Arguments of the first call after the second began (no decoder sends
+            // this today; the final response must still hold them).
+            Delta::ToolArgs {
+                index: 0,
+                json: "{\"tz\":\"UTC\"}".into(),
+            },
+            Delta::Done,
+        ] {
+            encoder.encode(&delta, &mut out);
+        }
+        let mut events = Vec::new();
+        crate::ai::sse::SseReader::default()
+            .push(&out, &mut events)
+            .unwrap();
+        let done: Vec<Value> = events
+            .iter()
+            .filter(|e| e.event.as_deref() == Some("response.function_call_arguments.done"))
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect();
+        assert_eq!(done[0]["arguments"], "{}");
+        assert_eq!(done[1]["arguments"], "{}");
+        let last: Value = serde_json::from_str(&events[events.len() - 1].data).unwrap();
+        assert_eq!(
+            last["response"]["output"][0]["arguments"],
+            "{\"tz\":\"UTC\"}"
+        );
     }
 }

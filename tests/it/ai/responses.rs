@@ -256,7 +256,8 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     let requests_so_far = openai.seen().len();
     let mut background = request("gpt", "hi", false);
     background["background"] = json!(true);
-    let response = post(&background, &Trace::new());
+    let trace = Trace::new();
+    let response = post(&background, &trace);
     assert_eq!(response.status, 400, "{response:?}");
     assert!(
         response
@@ -264,11 +265,27 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
             .contains("`background: true` is not supported"),
         "{response:?}"
     );
+    // After the permission check: its decision and an error row, like any refusal.
+    assert_eq!(env.row(&trace)["status"], "error");
+    let decisions = env.wait_events(
+        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
+        1,
+    );
+    assert_eq!(decisions[0]["decision"], "allow");
+    // A caller who may not use the model is told only that.
+    let outsider = env.token("mallory", "profile");
+    let response = env.post("/v1/responses", &outsider, &background, &[]);
+    assert_eq!(response.status, 403, "{response:?}");
     assert_eq!(
         openai.seen().len(),
         requests_so_far,
         "nothing more reached the provider"
     );
+    // `background: false` is the default, and relayed as sent.
+    background["background"] = json!(false);
+    let response = post(&background, &Trace::new());
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(openai.last().body["background"], false);
 }
 
 /// The Anthropic stand-in: a tool call when the request has tools (complete or streamed),
