@@ -22,7 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use warden::ai::exchange::{passthrough_body, translate_body};
+use warden::ai::exchange::{Upstream, passthrough_body, translate_body};
 use warden::ai::pricing::{Price, Usage, cost_microdollars};
 use warden::ai::sse::{SseReader, write_event};
 use warden::ai::wire::openai::Dialect;
@@ -68,10 +68,13 @@ fn benches(c: &mut Criterion) {
                 translate_body(
                     &full,
                     Wire::OpenAi,
-                    Wire::Anthropic,
-                    "claude",
-                    Dialect {
-                        max_tokens_field: "max_tokens",
+                    &Upstream {
+                        wire: Wire::Anthropic,
+                        model: "claude",
+                        dialect: Dialect {
+                            max_tokens_field: "max_tokens",
+                        },
+                        default_max_tokens: None,
                     },
                 )
                 .expect("body"),

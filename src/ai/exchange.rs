@@ -501,6 +501,10 @@ impl Ai {
         } else {
             route.wire()
         };
+        if provider_wire == Wire::Responses {
+            responses::check_tools(top.get("tools").map(|t| &**t), &state.provider_tools)
+                .map_err(AiError::BadRequest)?;
+        }
         let (upstream_body, client_usage) = if provider_wire == format {
             passthrough_body(&mut top, &route.model, format, stream)?
         } else {
@@ -512,16 +516,13 @@ impl Ai {
                     .and_then(|o| o.get("include_usage"))
                     .and_then(Value::as_bool)
                     == Some(true);
-            (
-                translate_body(
-                    &full,
-                    format,
-                    provider_wire,
-                    &route.model,
-                    route.provider.dialect(),
-                )?,
-                asked,
-            )
+            let upstream = Upstream {
+                wire: provider_wire,
+                model: &route.model,
+                dialect: route.provider.dialect(),
+                default_max_tokens: route.default_max_tokens,
+            };
+            (translate_body(&full, format, &upstream)?, asked)
         };
 
         let extra: &[(HeaderName, HeaderValue)] =
@@ -779,35 +780,42 @@ pub fn passthrough_body(
     Ok((serde_json::to_vec(top).map_err(internal)?, client_usage))
 }
 
-/// The client's request (in `format`) translated into the provider's format (`target`).
+/// Where a translated request goes: the provider's format and how it names things.
+pub struct Upstream<'a> {
+    pub wire: Wire,
+    pub model: &'a str,
+    pub dialect: openai::Dialect,
+    /// The output limit when the client named none (`ai.models.<alias>.default_max_tokens`).
+    pub default_max_tokens: Option<u64>,
+}
+
+/// The client's request (in `format`) translated into the provider's format.
 pub fn translate_body(
     full: &Map<String, Value>,
     format: Wire,
-    target: Wire,
-    model: &str,
-    dialect: openai::Dialect,
+    upstream: &Upstream<'_>,
 ) -> Result<Vec<u8>, AiError> {
-    let neutral = match format {
+    let target = upstream.wire;
+    let mut neutral = match format {
         Wire::Anthropic => anthropic::parse_request(full),
         Wire::Responses => responses::parse_request(full),
-        _ => openai::parse_request(full),
+        Wire::Gemini => gemini::parse_request(full),
+        Wire::OpenAi => openai::parse_request(full),
     }
     .map_err(|e| AiError::Translation(e.toward(target)))?;
+    if neutral.max_tokens.is_none() {
+        neutral.max_tokens = upstream.default_max_tokens;
+    }
+    let model = upstream.model;
     let rendered = match target {
-        Wire::OpenAi => openai::render_request(&neutral, model, dialect),
+        Wire::OpenAi => openai::render_request(&neutral, model, upstream.dialect),
         Wire::Anthropic => anthropic::render_request(&neutral, model),
         Wire::Gemini => gemini::render_request(&neutral).map_err(AiError::Translation)?,
         // A provider that speaks only the Responses API (an extension's kind): the built-in
         // kinds that serve it also serve chat completions, so nothing is translated into it.
         Wire::Responses => {
             return Err(AiError::Translation(WireError::Untranslatable {
-                what: format!(
-                    "a /v1/{} request",
-                    match format {
-                        Wire::Anthropic => "messages",
-                        _ => "chat/completions",
-                    }
-                ),
+                what: format!("a request in the {} format", format.as_str()),
                 target: target.as_str(),
             }));
         }

@@ -57,6 +57,9 @@ pub struct AiConfig {
     /// Model name → price (picodollars per token).
     pub prices: BTreeMap<String, Price>,
     pub budgets: Vec<BudgetRule>,
+    /// Tool types a provider runs itself allowed in relayed Responses requests
+    /// (`ai.provider_tools`).
+    pub provider_tools: Vec<String>,
 }
 
 /// `ai.models.<alias>`: the name a client asks for, and where it goes.
@@ -68,6 +71,9 @@ pub struct ModelRoute {
     pub model: String,
     /// Replaces `ai.scopes` for this model.
     pub scopes: Option<Vec<String>>,
+    /// The output limit a translated request gets when it names none (Anthropic's
+    /// format requires one).
+    pub default_max_tokens: Option<u64>,
 }
 
 /// Provider kind → its factory (from the registry).
@@ -86,6 +92,8 @@ pub enum SetupError {
 pub struct Route {
     pub alias: String,
     pub model: String,
+    /// `ai.models.<alias>.default_max_tokens`.
+    pub default_max_tokens: Option<u64>,
     pub provider_name: String,
     pub provider: Arc<dyn Provider>,
     pub settings: ProviderSettings,
@@ -103,6 +111,7 @@ pub struct AiState {
     pub routes: IndexMap<String, Arc<Route>>,
     pub prices: Arc<BTreeMap<String, Price>>,
     pub budgets: Arc<[BudgetRule]>,
+    pub provider_tools: Arc<[String]>,
 }
 
 impl AiState {
@@ -247,6 +256,7 @@ pub fn prepare(kinds: &ProviderKinds, ai: &AiConfig) -> Result<AiState, SetupErr
             Arc::new(Route {
                 alias: alias.clone(),
                 model: route.model.clone(),
+                default_max_tokens: route.default_max_tokens,
                 provider_name: route.provider.clone(),
                 provider: provider.clone(),
                 settings: settings.clone(),
@@ -257,5 +267,6 @@ pub fn prepare(kinds: &ProviderKinds, ai: &AiConfig) -> Result<AiState, SetupErr
         routes,
         prices: Arc::new(ai.prices.clone()),
         budgets: ai.budgets.clone().into(),
+        provider_tools: ai.provider_tools.clone().into(),
     })
 }

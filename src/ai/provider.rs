@@ -40,6 +40,18 @@ pub struct ProviderSettings {
     pub max_answer_bytes: usize,
     /// The largest single event of a streamed answer.
     pub max_event_bytes: usize,
+    /// How `/v1/responses` requests reach it; `None`: relayed when it serves that API.
+    pub responses: Option<ResponsesMode>,
+}
+
+/// `ai.providers.<name>.responses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponsesMode {
+    /// Sent as written to the provider's own `/responses` endpoint.
+    Relay,
+    /// Translated into the provider's chat format (for OpenAI-style servers without
+    /// `/responses`).
+    Translate,
 }
 
 /// A configured provider.
@@ -96,6 +108,8 @@ pub fn register_builtins(registry: &mut crate::extension::Registry) {
 /// A built-in provider: its wire format, default base URL, key header and URL shape.
 struct Builtin {
     wire: Wire,
+    /// Whether `/v1/responses` requests go to its own `/responses`.
+    relays_responses: bool,
     base_url: String,
     dialect: Dialect,
     key_header: HeaderName,
@@ -138,6 +152,17 @@ fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>,
              API root, such as http://127.0.0.1:8000/v1)"
                 .to_owned()
         })?;
+    let relays_responses = match (settings.responses, wire) {
+        (Some(ResponsesMode::Translate), _) => false,
+        (_, Wire::OpenAi) => true,
+        (Some(ResponsesMode::Relay), _) => {
+            return Err(format!(
+                "`responses: relay` needs a provider that serves OpenAI's Responses API (kind \
+                 `openai` or `openai_compatible`); kind `{kind}` is always translated"
+            ));
+        }
+        (None, _) => false,
+    };
     let mut fixed = Vec::new();
     if wire == Wire::Anthropic {
         fixed.push((
@@ -155,6 +180,7 @@ fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>,
     }
     Ok(Arc::new(Builtin {
         wire,
+        relays_responses,
         base_url,
         dialect: Dialect { max_tokens_field },
         key_header: HeaderName::from_static(key_header),
@@ -215,7 +241,7 @@ impl Provider for Builtin {
     fn responses_url(&self) -> Option<String> {
         // OpenAI's API and the servers that copy it (vLLM, Ollama, llama.cpp, LiteLLM)
         // offer chat completions and responses under the same root.
-        matches!(self.wire, Wire::OpenAi | Wire::Responses)
+        self.relays_responses
             .then(|| format!("{}/responses", self.base_url))
     }
 
@@ -251,6 +277,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_answer_bytes: 1 << 20,
             max_event_bytes: 1 << 20,
+            responses: None,
         }
     }
 
@@ -284,6 +311,25 @@ mod tests {
             Some("https://api.openai.com/v1/responses")
         );
         assert_eq!(anthropic.responses_url(), None);
+        let translated = ProviderSettings {
+            responses: Some(ResponsesMode::Translate),
+            ..settings("openai_compatible", Some("http://127.0.0.1:9/v1"))
+        };
+        assert_eq!(
+            builtin("openai_compatible", &translated)
+                .unwrap()
+                .responses_url(),
+            None
+        );
+        let relayed = ProviderSettings {
+            responses: Some(ResponsesMode::Relay),
+            ..settings("anthropic", None)
+        };
+        let refused = builtin("anthropic", &relayed).err().unwrap();
+        assert!(
+            refused.contains("kind `anthropic` is always translated"),
+            "{refused}"
+        );
         assert_eq!(openai.dialect().max_tokens_field, "max_completion_tokens");
 
         let gemini = builtin(

@@ -21,6 +21,7 @@ use super::units::{ByteSize, Dur};
 use super::yaml::{Located, Mark, Spanned};
 use crate::ai::budgets::{BudgetRule, BudgetSubject, BudgetWindow};
 use crate::ai::pricing::{self, Price};
+use crate::ai::provider::ResponsesMode;
 use crate::ai::{AiConfig, ModelRoute, ProviderSettings};
 use crate::policy::MODEL_SCOPE;
 use crate::policy::hooks::Pattern;
@@ -39,6 +40,10 @@ pub struct RawAi {
     pub prices: BTreeMap<String, Spanned<RawPrice>>,
     #[serde(default)]
     pub budgets: Vec<Spanned<RawBudget>>,
+    /// Tool types a provider runs itself (web search, code interpreter, remote MCP
+    /// servers) allowed in relayed Responses requests.
+    #[serde(default)]
+    pub provider_tools: Vec<String>,
 }
 
 /// `ai.providers.<name>`.
@@ -54,6 +59,8 @@ pub struct RawProvider {
     pub timeout: Option<Dur>,
     pub max_answer_bytes: Option<ByteSize>,
     pub max_event_bytes: Option<ByteSize>,
+    /// `relay` or `translate`: how requests to `/v1/responses` reach it.
+    pub responses: Option<String>,
 }
 
 /// `ai.models.<alias>`.
@@ -63,6 +70,8 @@ pub struct RawModel {
     pub provider: String,
     pub model: String,
     pub scopes: Option<Vec<String>>,
+    /// The output limit a translated request gets when it names none.
+    pub default_max_tokens: Option<u64>,
 }
 
 /// `ai.prices.<model>`: US dollars per million tokens.
@@ -193,6 +202,17 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
             p.max_event_bytes.as_ref(),
             warden_actors::sse::DEFAULT_MAX_EVENT_BYTES as u64,
         );
+        let responses = match p.responses.as_deref() {
+            None => None,
+            Some("relay") => Some(ResponsesMode::Relay),
+            Some("translate") => Some(ResponsesMode::Translate),
+            Some(other) => {
+                fail(format!(
+                    "`responses` must be `relay` or `translate`, found `{other}`"
+                ));
+                None
+            }
+        };
         providers.insert(
             name.clone(),
             ProviderSettings {
@@ -207,6 +227,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 timeout,
                 max_answer_bytes,
                 max_event_bytes,
+                responses,
             },
         );
     }
@@ -265,6 +286,11 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         if m.model.is_empty() {
             problems.push(spanned.error(format!("model `{alias}`: `model` must not be empty")));
         }
+        if m.default_max_tokens == Some(0) {
+            problems.push(spanned.error(format!(
+                "model `{alias}`: `default_max_tokens` must be at least 1"
+            )));
+        }
         models.insert(
             alias.clone(),
             ModelRoute {
@@ -272,6 +298,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 provider: m.provider.clone(),
                 model: m.model.clone(),
                 scopes: m.scopes.clone(),
+                default_max_tokens: m.default_max_tokens,
             },
         );
     }
@@ -365,12 +392,22 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         }
     }
 
+    for tool in &raw.provider_tools {
+        if tool.is_empty() || !tool.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            problems.push(located(
+                "ai.provider_tools".into(),
+                format!("`{tool}` is not a tool type (letters, digits and `_`, as `web_search`)"),
+            ));
+        }
+    }
+
     AiConfig {
         scopes,
         providers,
         models,
         prices,
         budgets,
+        provider_tools: raw.provider_tools,
     }
 }
 
@@ -396,6 +433,7 @@ fn is_reserved_header(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::ai::provider::ResponsesMode;
     use crate::config::Config;
 
     fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
@@ -465,6 +503,46 @@ ai:
             "ai.prices.x.output",
             "budget `b`: `per` must be day or month",
             "budget `b`: needs `max_cost`",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn responses_settings_are_read_and_checked() {
+        let config = parse(
+            "ai:
+  provider_tools: [web_search]
+  providers:
+    local: {kind: openai_compatible, base_url: http://127.0.0.1:9/v1, responses: translate}
+    openai: {kind: openai}
+  models:
+    m: {provider: local, model: x, default_max_tokens: 32000}
+",
+        )
+        .unwrap();
+        assert_eq!(config.ai.provider_tools, ["web_search"]);
+        assert_eq!(
+            config.ai.providers["local"].responses,
+            Some(ResponsesMode::Translate)
+        );
+        assert_eq!(config.ai.providers["openai"].responses, None);
+        assert_eq!(config.ai.models["m"].default_max_tokens, Some(32000));
+        let text = parse(
+            "ai:
+  provider_tools: [\"web search\"]
+  providers:
+    p: {kind: openai, responses: sometimes}
+  models:
+    m: {provider: p, model: x, default_max_tokens: 0}
+",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "ai.providers.p: `responses` must be `relay` or `translate`, found `sometimes`",
+            "model `m`: `default_max_tokens` must be at least 1",
+            "ai.provider_tools: `web search` is not a tool type",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }

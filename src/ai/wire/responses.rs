@@ -56,6 +56,39 @@ pub fn usage(value: &Value) -> Usage {
     )
 }
 
+/// Tool types whose calls the client carries out, as with a `function`: allowed in every
+/// relayed request. The others run at the provider (`web_search`, `file_search`,
+/// `code_interpreter`, `image_generation`, `mcp` — a remote MCP server the provider calls,
+/// outside Warden's governance of MCP) and are refused unless `ai.provider_tools` allows
+/// them.
+pub const CLIENT_TOOLS: &[&str] = &[
+    "function",
+    "custom",
+    "local_shell",
+    "shell",
+    "apply_patch",
+    "computer_use_preview",
+];
+
+/// Refuses a relayed request naming a tool the provider would run itself, unless
+/// `allowed` lists its type.
+pub fn check_tools(tools: Option<&RawValue>, allowed: &[String]) -> Result<(), String> {
+    let Some(tools) = tools else {
+        return Ok(());
+    };
+    let tools: Value = serde_json::from_str(tools.get()).map_err(|e| e.to_string())?;
+    for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("?");
+        if !CLIENT_TOOLS.contains(&kind) && !allowed.iter().any(|a| a == kind) {
+            return Err(format!(
+                "tools[{i}] of type `{kind}` would run at the provider, outside Warden's \
+                 governance; list `{kind}` in ai.provider_tools to allow it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a complete answer failed, from its `status` and `error`: `None` unless the
 /// status is `failed` (`incomplete` is an answer cut short by a limit the client set).
 pub fn failure(status: Option<&str>, error: Option<&Value>) -> Option<String> {
@@ -1249,6 +1282,26 @@ mod tests {
         assert!(text.contains("event: error\n"), "{text}");
         assert!(text.contains("\"message\":\"overloaded\""), "{text}");
         assert!(!text.contains("response.completed"), "{text}");
+    }
+
+    #[test]
+    fn tools_the_provider_would_run_are_refused_unless_allowed() {
+        let tools = |value: Value| serde_json::value::to_raw_value(&value).unwrap();
+        let codex = tools(
+            json!([{"type": "function", "name": "f"}, {"type": "local_shell"},
+                                 {"type": "custom", "name": "apply_patch"}]),
+        );
+        assert_eq!(check_tools(Some(&codex), &[]), Ok(()));
+        assert_eq!(check_tools(None, &[]), Ok(()));
+        let hosted = tools(json!([{"type": "function", "name": "f"},
+                                  {"type": "mcp", "server_url": "https://example.com/mcp"}]));
+        let refused = check_tools(Some(&hosted), &["web_search".to_owned()]).unwrap_err();
+        assert!(
+            refused.contains("tools[1] of type `mcp` would run at the provider")
+                && refused.contains("ai.provider_tools"),
+            "{refused}"
+        );
+        assert_eq!(check_tools(Some(&hosted), &["mcp".to_owned()]), Ok(()));
     }
 
     #[test]

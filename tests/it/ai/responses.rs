@@ -252,8 +252,22 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     assert_eq!(row["input_tokens"], Value::Null);
     assert!(row["ttft_ms"].is_i64(), "{row}");
 
-    // A background response, whose usage Warden could never see, is refused.
+    // A tool the provider would run itself (here a remote MCP server it would call) is
+    // refused unless ai.provider_tools allows it.
     let requests_so_far = openai.seen().len();
+    let mut hosted = request("gpt", "hi", false);
+    hosted["tools"] =
+        json!([{"type": "mcp", "server_label": "x", "server_url": "https://example.com/mcp"}]);
+    let response = post(&hosted, &Trace::new());
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(
+        response
+            .body
+            .contains("tools[0] of type `mcp` would run at the provider"),
+        "{response:?}"
+    );
+
+    // A background response, whose usage Warden could never see, is refused.
     let mut background = request("gpt", "hi", false);
     background["background"] = json!(true);
     let trace = Trace::new();
@@ -313,11 +327,21 @@ fn anthropic(seen: &fake::Seen) -> Reply {
 #[test]
 fn responses_clients_are_served_by_an_anthropic_provider() {
     let provider = FakeProvider::start(anthropic);
+    let chat_only = FakeProvider::start(|_| {
+        fake::json_reply(fake::openai_answer("llama-test", "From chat", 7, 3, 0))
+    });
     let env = Env::start(
         json!({
-            "providers": {"claude": {"kind": "anthropic", "base_url": provider.url,
-                                     "api_key_secret": "anthropic_key"}},
-            "models": {"sonnet": {"provider": "claude", "model": "claude-test"}},
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": provider.url,
+                           "api_key_secret": "anthropic_key"},
+                "local": {"kind": "openai_compatible", "base_url": format!("{}/v1", chat_only.url),
+                          "responses": "translate"},
+            },
+            "models": {
+                "sonnet": {"provider": "claude", "model": "claude-test", "default_max_tokens": 64000},
+                "llama": {"provider": "local", "model": "llama-test"},
+            },
             "prices": {"claude-test": {"input": 3, "output": 15}},
         }),
         &[("anthropic_key", "sk-ant-responses-test")],
@@ -442,6 +466,11 @@ fn responses_clients_are_served_by_an_anthropic_provider() {
         "Hello"
     );
     assert_eq!(completed["response"]["usage"]["output_tokens"], 4);
+    assert_eq!(
+        provider.last().body["max_tokens"],
+        64000,
+        "the model's default_max_tokens, as the client named none"
+    );
     let row = env.row(&trace);
     assert_eq!(row["streaming"], true, "{row}");
     assert_eq!(
@@ -465,6 +494,28 @@ fn responses_clients_are_served_by_an_anthropic_provider() {
     assert_eq!(done.len(), 1, "{}", response.body);
     assert_eq!(done[0]["arguments"], "{\"city\":\"Oslo\"}");
     assert_eq!(env.row(&trace)["status"], "success");
+
+    // An OpenAI-style server without /responses (`responses: translate`): its chat
+    // completions, answered as a response.
+    let trace = Trace::new();
+    let response = post(&json!({"model": "llama", "input": "Hi"}), &trace);
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = chat_only.last();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(
+        seen.body["messages"],
+        json!([{"role": "user", "content": "Hi"}])
+    );
+    let answer = response.json();
+    assert_eq!(answer["object"], "response", "{answer}");
+    assert_eq!(answer["output"][0]["content"][0]["text"], "From chat");
+    assert_eq!(
+        (
+            &env.row(&trace)["provider"],
+            &env.row(&trace)["output_tokens"]
+        ),
+        (&json!("local"), &json!(3))
+    );
 
     // Conversation state kept at a provider cannot cross over: refused by name, nothing sent.
     let requests_so_far = provider.seen().len();
