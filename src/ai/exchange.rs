@@ -482,7 +482,8 @@ impl Ai {
         let action = match format {
             Wire::Anthropic => "ai/messages",
             Wire::Responses => "ai/responses",
-            _ => "ai/chat.completions",
+            Wire::Gemini => "ai/generateContent",
+            Wire::OpenAi => "ai/chat.completions",
         };
         let auth = self
             .admit((policy, limits), caller, route, state, account, action)
@@ -600,19 +601,18 @@ impl Ai {
         let (bytes, usage, model) = if provider_wire == format {
             let probe: AnswerProbe = serde_json::from_slice(&answer)
                 .map_err(|e| bad(format!("the answer is not a JSON object: {e}")))?;
-            let usage = probe
-                .usage
-                .as_ref()
-                .map_or_else(Usage::default, |u| match provider_wire {
-                    Wire::Anthropic => anthropic::usage(u),
-                    Wire::Responses => responses::usage(u),
-                    _ => openai::usage(u),
-                });
+            let usage = match provider_wire {
+                Wire::Anthropic => probe.usage.as_ref().map(anthropic::usage),
+                Wire::Responses => probe.usage.as_ref().map(responses::usage),
+                Wire::Gemini => probe.usage_metadata.as_ref().map(gemini::usage),
+                Wire::OpenAi => probe.usage.as_ref().map(openai::usage),
+            }
+            .unwrap_or_default();
             if provider_wire == Wire::Responses {
                 let status = probe.status.as_ref().and_then(Value::as_str);
                 failed = responses::failure(status, probe.error.as_ref());
             }
-            (answer, usage, probe.model)
+            (answer, usage, probe.model.or(probe.model_version))
         } else {
             let value: Value = serde_json::from_slice(&answer)
                 .map_err(|e| bad(format!("the answer is not JSON: {e}")))?;
@@ -631,7 +631,8 @@ impl Ai {
             let rendered = match format {
                 Wire::Anthropic => anthropic::render_response(&neutral),
                 Wire::Responses => responses::render_response(&neutral),
-                _ => openai::render_response(&neutral),
+                Wire::Gemini => gemini::render_response(&neutral),
+                Wire::OpenAi => openai::render_response(&neutral),
             };
             (Bytes::from(rendered.to_string()), neutral.usage, answered)
         };
@@ -722,6 +723,11 @@ struct AnswerProbe {
     /// put anything there).
     status: Option<Value>,
     error: Option<Value>,
+    /// Gemini's names for who answered and the usage report.
+    #[serde(rename = "modelVersion")]
+    model_version: Option<String>,
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<Value>,
 }
 
 /// A Responses request with `background: true` is refused: its answer is fetched later
@@ -752,10 +758,17 @@ pub fn passthrough_body(
 ) -> Result<(Vec<u8>, bool), AiError> {
     let internal =
         |e: serde_json::Error| AiError::BadRequest(format!("cannot re-encode the request: {e}"));
-    top.insert(
-        "model".into(),
-        serde_json::value::to_raw_value(model).map_err(internal)?,
-    );
+    if format == Wire::Gemini {
+        // The model goes in the URL in this format.
+        for field in gemini::ROUTING_FIELDS {
+            top.shift_remove(*field);
+        }
+    } else {
+        top.insert(
+            "model".into(),
+            serde_json::value::to_raw_value(model).map_err(internal)?,
+        );
+    }
     let mut client_usage = false;
     if format == Wire::OpenAi && stream {
         let options: Option<Value> = top
@@ -938,6 +951,10 @@ fn stream_error(format: Wire, message: &str) -> Bytes {
         Wire::Responses => event_bytes(
             Some("error"),
             &responses::error_event(message, "upstream_error").to_string(),
+        ),
+        Wire::Gemini => event_bytes(
+            None,
+            &gemini::error_body(message, 502, "UNAVAILABLE").to_string(),
         ),
         _ => event_bytes(
             None,

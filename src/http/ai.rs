@@ -1,13 +1,16 @@
 //! The AI gateway's endpoints: `POST /v1/chat/completions` (OpenAI format),
 //! `POST /v1/messages` (Anthropic format), `POST /v1/responses` (OpenAI's Responses API,
-//! relayed to the providers that serve it), streaming or not, `POST /v1/embeddings`
+//! relayed to the providers that serve it), `POST /v1beta/models/{model}:generateContent`
+//! and `:streamGenerateContent?alt=sse` (Gemini's format, as Gemini CLI and Google's
+//! `genai` SDKs send it; also under `/v1/models/…`), streaming or not, `POST /v1/embeddings`
 //! (OpenAI format; providers with an OpenAI-style embeddings endpoint), and
 //! `GET /v1/models` (the
 //! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
 //! carries `anthropic-version`).
 //!
 //! This file knows HTTP: the caller's token (`Authorization: Bearer`, or `x-api-key` as
-//! Anthropic's SDKs send it), the body limit (`server.max_body_bytes`) and depth limit,
+//! Anthropic's SDKs send it, or `x-goog-api-key` as Google's do; never a URL's `?key=`,
+//! which proxies and access logs keep), the body limit (`server.max_body_bytes`) and depth limit,
 //! `traceparent` in and out, and the status of every failure — answered in the client's
 //! own error shape so its SDK reads it. The request itself is `ai::Ai::chat`.
 //!
@@ -26,7 +29,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +39,7 @@ use warden_actors::trace::TraceContext;
 use super::AppState;
 use super::error::ApiError;
 use crate::ai::budgets::BudgetError;
-use crate::ai::wire::{Wire, anthropic, openai};
+use crate::ai::wire::{Wire, anthropic, gemini, openai};
 use crate::ai::{AiError, Answer, Caller};
 
 pub fn routes() -> Router<AppState> {
@@ -44,6 +47,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
+        .route("/v1beta/models/{target}", post(gemini))
+        .route("/v1/models/{target}", post(gemini))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
@@ -58,6 +63,67 @@ async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -
 
 async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     serve(app, headers, body, Wire::Responses).await
+}
+
+/// `POST …/models/{model}:generateContent` or `:streamGenerateContent?alt=sse`. The model
+/// and whether to stream come from the URL in this format; they are added to the body
+/// for routing (`gemini::ROUTING_FIELDS`) and taken out before it goes anywhere.
+async fn gemini(
+    State(app): State<AppState>,
+    Path(target): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let trace = trace_of(&headers);
+    let stream = match gemini_streams(&target, query.as_deref()) {
+        Ok(stream) => stream,
+        Err(error) => return with_traceparent(error_response(Wire::Gemini, error), &trace),
+    };
+    let model = target
+        .rsplit_once(':')
+        .map_or("", |(model, _)| model)
+        .to_owned();
+    let result = async {
+        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
+        let mut request: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+        request.insert("model".into(), Value::String(model));
+        request.insert("stream".into(), Value::Bool(stream));
+        let bytes = serde_json::to_vec(&request)
+            .map_err(|e| ApiError::BadRequest(format!("cannot re-encode the request: {e}")))?;
+        let policy = app.policy.load_full();
+        let limits = app.limits.load_full();
+        app.ai
+            .chat(&policy, &limits, &caller, Wire::Gemini, &bytes)
+            .await
+            .map_err(|error| api_error(&app, error))
+    }
+    .await;
+    with_traceparent(answer(result, Wire::Gemini), &trace)
+}
+
+/// Whether the method a Gemini URL names streams; an error names what Warden serves
+/// instead.
+fn gemini_streams(target: &str, query: Option<&str>) -> Result<bool, ApiError> {
+    let method = target.rsplit_once(':').map(|(_, method)| method);
+    let sse = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|pair| pair == "alt=sse");
+    match method {
+        Some("generateContent") => Ok(false),
+        Some("streamGenerateContent") if sse => Ok(true),
+        Some("streamGenerateContent") => Err(ApiError::BadRequest(
+            "Warden streams Gemini answers as server-sent events only: add `?alt=sse` (as \
+             Google's SDKs do)"
+                .into(),
+        )),
+        _ => Err(ApiError::NotFound(format!(
+            "`{target}`: Warden serves `models/{{model}}:generateContent` and \
+             `:streamGenerateContent?alt=sse`"
+        ))),
+    }
 }
 
 /// `response` carrying the request's trace (`traceparent`), as every AI answer does.
@@ -146,7 +212,12 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
             .map_err(|error| api_error(&app, error))
     }
     .await;
-    let response = match result {
+    with_traceparent(answer(result, format), &trace)
+}
+
+/// The HTTP answer: JSON, an event stream, or the error in the client's format.
+fn answer(result: Result<Answer, ApiError>, format: Wire) -> Response {
+    match result {
         Ok(Answer::Complete(bytes)) => {
             ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
         }
@@ -159,8 +230,7 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
         )
             .into_response(),
         Err(error) => error_response(format, error),
-    };
-    with_traceparent(response, &trace)
+    }
 }
 
 async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
@@ -207,8 +277,11 @@ async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<std::sync::Arc<crate::auth::Principal>, ApiError> {
+    let key = ["x-api-key", "x-goog-api-key"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()));
     if !headers.contains_key(header::AUTHORIZATION)
-        && let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok())
+        && let Some(key) = key
     {
         let mut with_bearer = HeaderMap::new();
         if let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}")) {
@@ -283,7 +356,8 @@ fn error_response(format: Wire, error: ApiError) -> Response {
     let code = error.code();
     let body: Value = match format {
         Wire::Anthropic => anthropic::error_body(&message, anthropic_type(status)),
-        _ => openai::error_body(&message, openai_type(status), code),
+        Wire::Gemini => gemini::error_body(&message, status.as_u16(), gemini_status(status)),
+        Wire::OpenAi | Wire::Responses => openai::error_body(&message, openai_type(status), code),
     };
     let mut response = error.into_response();
     *response.body_mut() = Body::from(body.to_string());
@@ -298,6 +372,20 @@ fn openai_type(status: StatusCode) -> &'static str {
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
         _ => "api_error",
+    }
+}
+
+/// The `status` Google's APIs give an HTTP status.
+fn gemini_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
     }
 }
 

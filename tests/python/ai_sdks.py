@@ -1,11 +1,12 @@
-"""Drives Warden's AI gateway with the official OpenAI and Anthropic Python SDKs and prints
-one JSON object of observations for the Rust test that runs it (tests/it/ai/sdks.rs).
+"""Drives Warden's AI gateway with the official OpenAI, Anthropic and Google GenAI Python
+SDKs and prints one JSON object of observations for the Rust test that runs it
+(tests/it/ai/sdks.rs).
 
     python ai_sdks.py BASE_URL TOKEN
 
-Warden routes `sonnet` to an Anthropic-format provider and `gpt` to an OpenAI-format one
-(stand-ins on loopback), so each SDK reads both what Warden relays and what it
-translates. The SDKs' own stream helpers (`responses.stream`, `messages.stream`) check
+Warden routes `sonnet` to an Anthropic-format provider, `gpt` to an OpenAI-format one
+and `flash` to a Gemini one (stand-ins on loopback), so each SDK reads both what Warden
+relays and what it translates. The SDKs' own stream helpers (`responses.stream`, `messages.stream`) check
 the order and shape of the events as they accumulate them: a malformed stream raises.
 Every request has a deadline; an exception is reported with its type and message.
 """
@@ -16,6 +17,9 @@ import traceback
 
 import anthropic
 import openai
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 DEADLINE = 30
 
@@ -172,6 +176,43 @@ def anthropic_scenarios(client, report):
     observe(report, "anthropic_unknown_model", unknown_model)
 
 
+def genai_scenarios(client, report):
+    def create(model):
+        def run():
+            answer = client.models.generate_content(model=model, contents="Hi")
+            return {
+                "text": answer.text,
+                "output_tokens": answer.usage_metadata.candidates_token_count,
+            }
+
+        return run
+
+    def stream(model):
+        def run():
+            text, usage = [], None
+            for chunk in client.models.generate_content_stream(model=model, contents="Hi"):
+                if chunk.text:
+                    text.append(chunk.text)
+                if chunk.usage_metadata and chunk.usage_metadata.candidates_token_count:
+                    usage = chunk.usage_metadata.candidates_token_count
+            return {"text": "".join(text), "output_tokens": usage}
+
+        return run
+
+    def unknown_model():
+        try:
+            client.models.generate_content(model="no-such-model", contents="Hi")
+        except genai_errors.ClientError as error:
+            return {"raised": "ClientError", "code": error.code, "message": error.message}
+        return {"raised": None}
+
+    observe(report, "genai_create_relayed", create("flash"))
+    observe(report, "genai_create_translated", create("sonnet"))
+    observe(report, "genai_stream_relayed", stream("flash"))
+    observe(report, "genai_stream_translated", stream("sonnet"))
+    observe(report, "genai_unknown_model", unknown_model)
+
+
 def main():
     base_url, token = sys.argv[1], sys.argv[2]
     report = {"openai_version": openai.__version__, "anthropic_version": anthropic.__version__}
@@ -181,8 +222,17 @@ def main():
     anthropic_client = anthropic.Anthropic(
         base_url=base_url, api_key=token, max_retries=0, timeout=DEADLINE
     )
+    genai_client = genai.Client(
+        api_key=token,
+        http_options=genai_types.HttpOptions(
+            base_url=base_url,
+            timeout=DEADLINE * 1000,
+            retry_options=genai_types.HttpRetryOptions(attempts=1),
+        ),
+    )
     openai_scenarios(openai_client, report)
     anthropic_scenarios(anthropic_client, report)
+    genai_scenarios(genai_client, report)
     print(json.dumps(report))
 
 

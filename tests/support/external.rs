@@ -1,6 +1,6 @@
 //! Programs the tests need beyond the workspace, installed on first use into the target
 //! directory (never outside the checkout): the fixture MCP server binary, a Python venv
-//! with the official `mcp`, `openai` and `anthropic` SDKs, and npm packages (the reference MCP servers and the
+//! with the official `mcp`, `openai`, `anthropic` and `google-genai` SDKs, and npm packages (the reference MCP servers and the
 //! conformance suite). Installs take a file lock so parallel test binaries do not race.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Pinned versions, so a registry update cannot change what the tests exercise.
-pub const PYTHON_PACKAGES: &[&str] = &["mcp==2.3.0", "openai==3.57.0", "anthropic==2.14.0"];
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "mcp==2.3.0",
+    "openai==3.57.0",
+    "anthropic==2.14.0",
+    "google-genai==3.6.1",
+];
 pub const NPM_PACKAGES: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
     "@modelcontextprotocol/conformance@0.1.13",
@@ -77,7 +82,7 @@ pub fn fixture() -> &'static Path {
     })
 }
 
-/// A Python interpreter with the `mcp`, `openai` and `anthropic` SDKs.
+/// A Python interpreter with the `mcp`, `openai`, `anthropic` and `google-genai` SDKs.
 pub fn python() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {

@@ -805,4 +805,191 @@ mod tests {
             }
         );
     }
+
+    fn map(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_client_request_reads_into_neutral_form_with_call_ids_of_its_own() {
+        let request = parse_request(&map(json!({
+            "model": "flash", "stream": true,
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "contents": [
+                {"role": "user", "parts": [{"text": "Weather?"},
+                    {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]},
+                {"role": "model", "parts": [{"text": "Checking.", "thought": true},
+                    {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}},
+                    {"functionCall": {"name": "weather", "args": {"city": "Bergen"}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "weather", "response": {"output": "rain"}}},
+                    {"functionResponse": {"name": "weather", "response": {"output": "sun"}}}]},
+            ],
+            "tools": [{"functionDeclarations": [{"name": "weather",
+                "parametersJsonSchema": {"type": "object"}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "ANY",
+                "allowedFunctionNames": ["weather"]}},
+            "generationConfig": {"maxOutputTokens": 100, "temperature": 0.5, "topK": 40,
+                "thinkingConfig": {"thinkingBudget": 0}, "stopSequences": ["END"]},
+            "safetySettings": [],
+        })))
+        .unwrap();
+        assert!(request.stream);
+        assert_eq!(request.system, ["Be brief."]);
+        assert_eq!(request.messages.len(), 3);
+        assert_eq!(request.messages[1].role, Role::Assistant);
+        let Part::ToolCall(first) = &request.messages[1].parts[0] else {
+            panic!("{:?}", request.messages[1]);
+        };
+        assert_eq!(
+            (first.id.as_str(), first.arguments.as_str()),
+            ("call_1", "{\"city\":\"Oslo\"}")
+        );
+        // Responses without ids answer the calls of that name in order.
+        let ids: Vec<&str> = request.messages[2]
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::ToolResult(r) => Some(r.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["call_1", "call_2"]);
+        assert_eq!(request.tools[0].parameters, json!({"type": "object"}));
+        assert_eq!(
+            request.tool_choice,
+            Some(ToolChoice::Tool("weather".into()))
+        );
+        assert_eq!(request.max_tokens, Some(100));
+        assert_eq!(request.stop, ["END"]);
+    }
+
+    #[test]
+    fn what_a_client_request_cannot_carry_over_is_named() {
+        let refused = |body: Value| {
+            parse_request(&map(body))
+                .unwrap_err()
+                .toward(super::super::Wire::Anthropic)
+                .to_string()
+        };
+        let contents = json!([{"role": "user", "parts": [{"text": "Hi"}]}]);
+        assert!(
+            refused(json!({"contents": contents, "cachedContent": "c/1",
+                           "generationConfig": {"responseSchema": {}}}))
+            .contains("request field `cachedContent`, `generationConfig.responseSchema`")
+        );
+        assert!(
+            refused(json!({"contents": contents, "tools": [{"googleSearch": {}}]}))
+                .contains("tools[0] `googleSearch`")
+        );
+        assert!(
+            refused(json!({"contents": [{"role": "user",
+                "parts": [{"fileData": {"fileUri": "gs://x"}}]}]}))
+            .contains("contents[0] a part of kind `fileData`")
+        );
+        let orphan = parse_request(&map(json!({"contents": [{"role": "user", "parts": [
+            {"functionResponse": {"name": "weather", "response": {}}}]}]})))
+        .unwrap_err();
+        assert!(
+            orphan.to_string().contains("answers no function call"),
+            "{orphan}"
+        );
+    }
+
+    #[test]
+    fn answers_render_for_a_client_complete_and_streamed() {
+        let usage = Usage {
+            input: Some(10),
+            output: Some(5),
+            cache_read: Some(2),
+            cache_write: None,
+        };
+        let answer = render_response(&ChatResponse {
+            id: "msg_1".into(),
+            model: "claude-test".into(),
+            parts: vec![
+                Part::Text("Hi".into()),
+                Part::ToolCall(ToolCall {
+                    id: "toolu_1".into(),
+                    name: "weather".into(),
+                    arguments: "{\"city\":\"Oslo\"}".into(),
+                }),
+            ],
+            finish: Some(Finish::ToolCalls),
+            usage,
+        });
+        assert_eq!(answer["candidates"][0]["content"]["parts"][0]["text"], "Hi");
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"][1]["functionCall"]["args"]["city"],
+            "Oslo"
+        );
+        assert_eq!(answer["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(answer["usageMetadata"]["promptTokenCount"], 12);
+        assert_eq!(super::usage(&answer["usageMetadata"]), usage);
+        // Read back by Warden's own provider-side reader.
+        let read = parse_response(&answer).unwrap();
+        assert_eq!(read.finish, Some(Finish::ToolCalls));
+
+        let mut encoder = Encoder::default();
+        let mut out = BytesMut::new();
+        for delta in [
+            Delta::Start {
+                id: "msg_1".into(),
+                model: "claude-test".into(),
+            },
+            Delta::Text("Hel".into()),
+            Delta::Text("lo".into()),
+            Delta::ToolStart {
+                index: 0,
+                id: "toolu_1".into(),
+                name: "weather".into(),
+            },
+            Delta::ToolArgs {
+                index: 0,
+                json: "{\"city\":".into(),
+            },
+            Delta::ToolArgs {
+                index: 0,
+                json: "\"Oslo\"}".into(),
+            },
+            Delta::Finish(Finish::Length),
+            Delta::Usage(usage),
+            Delta::Done,
+        ] {
+            encoder.encode(&delta, &mut out);
+        }
+        let mut events = Vec::new();
+        crate::ai::sse::SseReader::default()
+            .push(&out, &mut events)
+            .unwrap();
+        let chunks: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect();
+        assert_eq!(
+            chunks.len(),
+            4,
+            "two texts, the whole call, the end: {chunks:?}"
+        );
+        assert_eq!(
+            chunks[0]["candidates"][0]["content"]["parts"][0]["text"],
+            "Hel"
+        );
+        assert_eq!(
+            chunks[2]["candidates"][0]["content"]["parts"][0]["functionCall"]["args"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(chunks[3]["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert_eq!(chunks[3]["usageMetadata"]["candidatesTokenCount"], 5);
+        // Warden's provider-side decoder reads the stream back.
+        let mut decoder = Decoder::default();
+        let mut deltas = Vec::new();
+        for event in &events {
+            decoder.decode(event, &mut deltas).unwrap();
+        }
+        assert!(
+            deltas.contains(&Delta::Finish(Finish::Length)),
+            "{deltas:?}"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! - [`openai`]: chat completions (clients on `/v1/chat/completions`; `openai` and
 //!   `openai_compatible` providers).
 //! - [`anthropic`]: messages (clients on `/v1/messages`; `anthropic` providers).
-//! - [`gemini`]: `generateContent` / `streamGenerateContent` (`gemini` providers only).
+//! - [`gemini`]: `generateContent` / `streamGenerateContent` (`gemini` providers, and
+//!   clients on `/v1beta/models/{model}:…`).
 //! - [`responses`]: OpenAI's Responses API (clients on `/v1/responses`): relayed to the
 //!   providers that speak [`Wire::OpenAi`], at their `/responses` endpoint; translated for
 //!   the others. Nothing is translated *into* it (no built-in provider speaks only it).
@@ -291,13 +292,13 @@ pub fn decoder(wire: Wire) -> Box<dyn StreamDecoder> {
     }
 }
 
-/// The encoder for a client's format when its provider speaks another (no client speaks
-/// Gemini's format).
+/// The encoder for a client's format when its provider speaks another.
 pub fn encoder(wire: Wire, include_usage: bool) -> Box<dyn StreamEncoder> {
     match wire {
         Wire::Anthropic => Box::new(anthropic::Encoder::default()),
         Wire::Responses => Box::new(responses::Encoder::default()),
-        Wire::OpenAi | Wire::Gemini => Box::new(openai::Encoder::new(include_usage)),
+        Wire::Gemini => Box::new(gemini::Encoder::default()),
+        Wire::OpenAi => Box::new(openai::Encoder::new(include_usage)),
     }
 }
 

@@ -16,8 +16,10 @@
 //! - `embeddings`: `/v1/embeddings` governed, recorded and priced like chat.
 //! - `responses`: `/v1/responses` (OpenAI's Responses API) relayed to OpenAI-format
 //!   providers and translated for Anthropic's, recorded and priced like chat;
-//! - `sdks`: the official OpenAI and Anthropic Python SDKs read what Warden relays and
-//!   translates.
+//! - `gemini`: Gemini-format clients relayed to a Gemini provider and translated for
+//!   Anthropic's;
+//! - `sdks`: the official OpenAI, Anthropic and Google GenAI Python SDKs read what Warden
+//!   relays and translates.
 //!
 //! Rows are awaited with a deadline (the audit writer batches), never a fixed sleep.
 
@@ -27,6 +29,7 @@ mod cross;
 mod embeddings;
 mod failures;
 mod fake;
+mod gemini;
 mod kinds;
 mod leaks;
 mod responses;

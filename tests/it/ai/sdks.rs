@@ -1,9 +1,9 @@
-//! The official OpenAI and Anthropic Python SDKs against `warden serve`
-//! (`tests/python/ai_sdks.py`): chat completions, the Responses API and messages, each
-//! complete and streamed, relayed to a provider of the client's own format and translated
-//! for one of the other — read by the SDKs' own types and stream helpers, which raise on
-//! a malformed answer or an event out of order. Unknown models raise the SDKs' own
-//! `NotFoundError`.
+//! The official OpenAI, Anthropic and Google GenAI Python SDKs against `warden serve`
+//! (`tests/python/ai_sdks.py`): chat completions, the Responses API, messages and
+//! `generateContent`, each complete and streamed, relayed to a provider of the client's
+//! own format and translated for another — read by the SDKs' own types and stream
+//! helpers, which raise on a malformed answer or an event out of order. Unknown models
+//! raise the SDKs' own errors.
 
 use std::process::Command;
 
@@ -28,6 +28,16 @@ fn claude(seen: &fake::Seen) -> Reply {
             None,
         ),
         (false, _) => fake::json_reply(fake::anthropic_answer("claude-test", "Hello", usage)),
+    }
+}
+
+/// A Gemini-format provider.
+fn flash(seen: &fake::Seen) -> Reply {
+    let usage = json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17});
+    if seen.streaming() {
+        fake::gemini_stream("gemini-test", &["Hey ", "you"], usage)
+    } else {
+        fake::json_reply(fake::gemini_answer("gemini-test", "Hey you", usage))
     }
 }
 
@@ -72,15 +82,18 @@ fn run_sdks(env: &Env, token: &str) -> Value {
 fn official_sdks_read_what_warden_relays_and_translates() {
     let anthropic = FakeProvider::start(claude);
     let openai = FakeProvider::start(gpt);
+    let google = FakeProvider::start(flash);
     let env = Env::start(
         json!({
             "providers": {
                 "claude": {"kind": "anthropic", "base_url": anthropic.url},
                 "openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url)},
+                "google": {"kind": "gemini", "base_url": format!("{}/v1beta", google.url)},
             },
             "models": {
                 "sonnet": {"provider": "claude", "model": "claude-test"},
                 "gpt": {"provider": "openai", "model": "gpt-test"},
+                "flash": {"provider": "google", "model": "gemini-test"},
             },
         }),
         &[],
@@ -164,14 +177,37 @@ fn official_sdks_read_what_warden_relays_and_translates() {
         );
     }
 
+    // Google's SDK: generateContent, complete and streamed.
+    for (name, text, output) in [
+        ("genai_create_relayed", "Hey you", 6),
+        ("genai_create_translated", "Hello", 4),
+        ("genai_stream_relayed", "Hey you", 6),
+        ("genai_stream_translated", "Hello", 4),
+    ] {
+        assert_eq!(
+            scenario(name),
+            json!({"text": text, "output_tokens": output}),
+            "{name}"
+        );
+    }
+
     // Unknown models: each SDK's own error, with the models the caller may use.
-    for name in ["openai_unknown_model", "anthropic_unknown_model"] {
+    for name in [
+        "openai_unknown_model",
+        "anthropic_unknown_model",
+        "genai_unknown_model",
+    ] {
         let refused = scenario(name);
-        assert_eq!(refused["raised"], "NotFoundError", "{name}: {refused}");
+        let expected = if name.starts_with("genai") {
+            "ClientError"
+        } else {
+            "NotFoundError"
+        };
+        assert_eq!(refused["raised"], expected, "{name}: {refused}");
         assert!(
             refused["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("models you may use: gpt, sonnet")),
+                .is_some_and(|m| m.contains("models you may use: flash, gpt, sonnet")),
             "{name}: {refused}"
         );
     }
