@@ -271,8 +271,9 @@ async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
     axum::Json(body).into_response()
 }
 
-/// The caller's token: `Authorization: Bearer …`, or `x-api-key` (what Anthropic's SDKs
-/// send; it carries a Warden token here, never a provider key).
+/// The caller's token: `Authorization: Bearer …`, or `x-api-key` / `x-goog-api-key` (what
+/// Anthropic's and Google's SDKs send; it carries a Warden token here, never a provider
+/// key).
 async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
