@@ -33,6 +33,7 @@ use warden_actors::trace::TraceContext;
 use super::budgets::{self, Applied, BudgetError};
 use super::keys::{AuthHeaders, KeyError};
 use super::pricing::{self, Usage};
+use super::provider::ResponsesMode;
 use super::sse::{SseEvent, SseReader, event_bytes, write_event};
 use super::wire::{
     self, Delta, StreamDecoder, StreamEncoder, Wire, WireError, anthropic, gemini, openai,
@@ -494,7 +495,8 @@ impl Ai {
 
         // The request in the provider's format. A provider serving OpenAI's Responses API
         // takes a Responses request as sent; for the others it is translated.
-        let responses_url = (format == Wire::Responses)
+        let relays = route.settings.responses != Some(ResponsesMode::Translate);
+        let responses_url = (format == Wire::Responses && relays)
             .then(|| route.provider.responses_url())
             .flatten();
         let provider_wire = if responses_url.is_some() {
@@ -502,9 +504,16 @@ impl Ai {
         } else {
             route.wire()
         };
-        if provider_wire == Wire::Responses {
-            responses::check_tools(top.get("tools").map(|t| &**t), &state.provider_tools)
-                .map_err(AiError::BadRequest)?;
+        // Relayed requests are not read whole: tools the provider would run itself are
+        // looked for here (a translated request cannot carry them).
+        if provider_wire == format {
+            let tools = top.get("tools").map(|t| &**t);
+            match format {
+                Wire::Responses => responses::check_tools(tools, &state.provider_tools),
+                Wire::Gemini => gemini::check_tools(tools, &state.provider_tools),
+                Wire::OpenAi | Wire::Anthropic => Ok(()),
+            }
+            .map_err(AiError::BadRequest)?;
         }
         let (upstream_body, client_usage) = if provider_wire == format {
             passthrough_body(&mut top, &route.model, format, stream)?
@@ -573,7 +582,6 @@ impl Ai {
                 upstream: response,
                 reader: SseReader::new(route.settings.max_event_bytes),
                 decoder: wire::decoder(provider_wire),
-                provider_wire,
                 client_wire: format,
                 mode,
                 idle: timeout,
@@ -952,10 +960,7 @@ fn stream_error(format: Wire, message: &str) -> Bytes {
             Some("error"),
             &responses::error_event(message, "upstream_error").to_string(),
         ),
-        Wire::Gemini => event_bytes(
-            None,
-            &gemini::error_body(message, 502, "UNAVAILABLE").to_string(),
-        ),
+        Wire::Gemini => event_bytes(None, &gemini::stream_error_body(message).to_string()),
         _ => event_bytes(
             None,
             &openai::error_body(message, "api_error", "upstream_error").to_string(),
@@ -1182,7 +1187,6 @@ struct Relay {
     upstream: reqwest::Response,
     reader: SseReader,
     decoder: Box<dyn StreamDecoder>,
-    provider_wire: Wire,
     client_wire: Wire,
     mode: Mode,
     /// The longest wait for the next piece of the answer.
@@ -1382,7 +1386,8 @@ impl Relay {
     /// The connection ended without the provider's end marker: Gemini streams end that
     /// way; for the others it means the answer was cut off, unless it had finished.
     fn end_without_marker(&mut self, out: &mut BytesMut) -> Option<Failure> {
-        if !(self.provider_wire == Wire::Gemini || self.saw_finish) {
+        // Gemini's streams always end so: complete when an event gave a finish reason.
+        if !self.saw_finish {
             return Some(Failure::Warden(
                 ToolStatus::Error,
                 format!(

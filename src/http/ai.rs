@@ -33,6 +33,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use indexmap::IndexMap;
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 use warden_actors::trace::TraceContext;
 
@@ -48,7 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
         .route("/v1beta/models/{target}", post(gemini))
-        .route("/v1/models/{target}", post(gemini))
+        .route("/v1/models/{target}", post(gemini).get(model))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
@@ -76,22 +78,22 @@ async fn gemini(
     body: Body,
 ) -> Response {
     let trace = trace_of(&headers);
-    let stream = match gemini_streams(&target, query.as_deref()) {
-        Ok(stream) => stream,
-        Err(error) => return with_traceparent(error_response(Wire::Gemini, error), &trace),
-    };
-    let model = target
-        .rsplit_once(':')
-        .map_or("", |(model, _)| model)
-        .to_owned();
     let result = async {
         let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let mut request: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
+        let stream = gemini_streams(&target, query.as_deref())?;
+        let model = target.rsplit_once(':').map_or("", |(model, _)| model);
+        // The client's values stay as it wrote them (raw), in its order.
+        let mut request: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-        request.insert("model".into(), Value::String(model));
-        request.insert("stream".into(), Value::Bool(stream));
-        let bytes = serde_json::to_vec(&request)
-            .map_err(|e| ApiError::BadRequest(format!("cannot re-encode the request: {e}")))?;
+        let encode_error = |e: serde_json::Error| {
+            ApiError::BadRequest(format!("cannot re-encode the request: {e}"))
+        };
+        request.insert("model".into(), to_raw_value(model).map_err(encode_error)?);
+        request.insert(
+            "stream".into(),
+            to_raw_value(&stream).map_err(encode_error)?,
+        );
+        let bytes = serde_json::to_vec(&request).map_err(encode_error)?;
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
         app.ai
@@ -233,6 +235,8 @@ fn answer(result: Result<Answer, ApiError>, format: Wire) -> Response {
     }
 }
 
+/// `GET /v1/models`: the models the caller may use, in the OpenAI shape, or Anthropic's
+/// when the request carries `anthropic-version`.
 async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
     let format = if anthropic {
@@ -245,30 +249,63 @@ async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Err(error) => return error_response(format, error),
     };
     let models = app.ai.models_for(&app.policy.load(), &principal);
+    let entries: Vec<Value> = models
+        .iter()
+        .map(|(alias, provider)| model_entry(anthropic, alias, provider))
+        .collect();
     let body = if anthropic {
         json!({
-            "data": models.iter().map(|(alias, _)| json!({
-                "type": "model",
-                "id": alias,
-                "display_name": alias,
-                "created_at": "1970-01-01T00:00:00Z",
-            })).collect::<Vec<_>>(),
+            "data": entries,
             "has_more": false,
             "first_id": models.first().map(|(a, _)| a),
             "last_id": models.last().map(|(a, _)| a),
         })
     } else {
-        json!({
-            "object": "list",
-            "data": models.iter().map(|(alias, provider)| json!({
-                "id": alias,
-                "object": "model",
-                "created": 0,
-                "owned_by": provider,
-            })).collect::<Vec<_>>(),
-        })
+        json!({"object": "list", "data": entries})
     };
     axum::Json(body).into_response()
+}
+
+/// `GET /v1/models/{id}`: one of the models the caller may use (the SDKs' `retrieve`).
+async fn model(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let anthropic = headers.contains_key("anthropic-version");
+    let format = if anthropic {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let principal = match authenticate(&app, &headers).await {
+        Ok(principal) => principal,
+        Err(error) => return error_response(format, error),
+    };
+    let models = app.ai.models_for(&app.policy.load(), &principal);
+    match models.iter().find(|(alias, _)| *alias == id) {
+        Some((alias, provider)) => {
+            axum::Json(model_entry(anthropic, alias, provider)).into_response()
+        }
+        None => error_response(
+            format,
+            ApiError::NotFound(format!("no model `{id}` you may use")),
+        ),
+    }
+}
+
+/// One model as a model list shows it.
+fn model_entry(anthropic: bool, alias: &str, provider: &str) -> Value {
+    if anthropic {
+        json!({
+            "type": "model",
+            "id": alias,
+            "display_name": alias,
+            "created_at": "1970-01-01T00:00:00Z",
+        })
+    } else {
+        json!({"id": alias, "object": "model", "created": 0, "owned_by": provider})
+    }
 }
 
 /// The caller's token: `Authorization: Bearer …`, or `x-api-key` / `x-goog-api-key` (what

@@ -129,6 +129,10 @@ def openai_scenarios(client, report):
     observe(report, "responses_stream_relayed", responses_stream("gpt"))
     observe(report, "responses_stream_tool_translated", responses_stream("sonnet", [WEATHER_TOOL]))
     observe(report, "openai_unknown_model", unknown_model)
+    observe(report, "openai_models", lambda: {
+        "list": [m.id for m in client.models.list()],
+        "retrieved": client.models.retrieve("gpt").id,
+    })
 
 
 def anthropic_scenarios(client, report):
@@ -174,6 +178,10 @@ def anthropic_scenarios(client, report):
     observe(report, "anthropic_stream_relayed", stream("sonnet"))
     observe(report, "anthropic_stream_translated", stream("gpt"))
     observe(report, "anthropic_unknown_model", unknown_model)
+    observe(report, "anthropic_models", lambda: {
+        "list": [m.id for m in client.models.list()],
+        "retrieved": client.models.retrieve("sonnet").id,
+    })
 
 
 def genai_scenarios(client, report):

@@ -436,16 +436,19 @@ impl CallIds {
         self.made += 1;
         let id = id
             .filter(|id| !id.is_empty())
-            .map_or_else(|| format!("call_{}", self.made), str::to_owned);
+            .map_or_else(|| format!("call_warden_{}", self.made), str::to_owned);
         self.open.push((name.to_owned(), id.clone()));
         id
     }
 
+    /// The id of the call a response answers: the open call with its id, else (clients
+    /// such as Gemini CLI give responses ids of their own making when the call had none)
+    /// the earliest open call of its name.
     fn response(&mut self, name: &str, id: Option<&str>) -> Option<String> {
-        let position = match id.filter(|id| !id.is_empty()) {
-            Some(id) => self.open.iter().position(|(_, open)| open == id),
-            None => self.open.iter().position(|(open, _)| open == name),
-        };
+        let id = id.filter(|id| !id.is_empty());
+        let position = id
+            .and_then(|id| self.open.iter().position(|(_, open)| open == id))
+            .or_else(|| self.open.iter().position(|(open, _)| open == name));
         match position {
             Some(position) => Some(self.open.remove(position).1),
             None => id.map(str::to_owned),
@@ -478,8 +481,15 @@ fn read_content(
         if let Some(text) = part.get("text").and_then(Value::as_str) {
             parts.push(Part::Text(text.to_owned()));
         } else if let Some(data) = part.get("inlineData") {
+            let media_type = string(data, "mimeType", context)?;
+            if !media_type.starts_with("image/") {
+                return Err(WireError::Untranslatable {
+                    what: format!("{context} inline data of type `{media_type}` (images only)"),
+                    target: "",
+                });
+            }
             parts.push(Part::Image(Image::Base64 {
-                media_type: string(data, "mimeType", context)?.to_owned(),
+                media_type: media_type.to_owned(),
                 data: string(data, "data", context)?.to_owned(),
             }));
         } else if let Some(call) = part.get("functionCall") {
@@ -602,18 +612,29 @@ fn finish_reason(finish: Option<&Finish>) -> &'static str {
     }
 }
 
+/// `usageMetadata` with the counts the provider reported (an unknown count is left out,
+/// not written as zero: clients keep a running total of the prompt's size).
 fn render_usage(usage: &Usage) -> Value {
-    let prompt = usage.prompt_total();
-    let output = usage.output.unwrap_or(0);
-    let mut out = json!({
-        "promptTokenCount": prompt,
-        "candidatesTokenCount": output,
-        "totalTokenCount": prompt.saturating_add(output),
-    });
-    if let Some(cached) = usage.cache_read {
-        out["cachedContentTokenCount"] = json!(cached);
+    let prompt_known =
+        usage.input.is_some() || usage.cache_read.is_some() || usage.cache_write.is_some();
+    let prompt = prompt_known.then(|| usage.prompt_total());
+    let mut out = Map::new();
+    if let Some(prompt) = prompt {
+        out.insert("promptTokenCount".into(), json!(prompt));
     }
-    out
+    if let Some(output) = usage.output {
+        out.insert("candidatesTokenCount".into(), json!(output));
+    }
+    if let (Some(prompt), Some(output)) = (prompt, usage.output) {
+        out.insert(
+            "totalTokenCount".into(),
+            json!(prompt.saturating_add(output)),
+        );
+    }
+    if let Some(cached) = usage.cache_read {
+        out.insert("cachedContentTokenCount".into(), json!(cached));
+    }
+    Value::Object(out)
 }
 
 fn call_part(call: &ToolCall) -> Value {
@@ -653,18 +674,51 @@ pub fn render_response(response: &ChatResponse) -> Value {
     answer
 }
 
+/// Refuses a relayed request with a tool the provider runs itself (`googleSearch`,
+/// `codeExecution`, `urlContext`, …: calls Warden never sees, billed beyond the token
+/// counts), unless `allowed` (`ai.provider_tools`) lists its key.
+pub fn check_tools(
+    tools: Option<&serde_json::value::RawValue>,
+    allowed: &[String],
+) -> Result<(), String> {
+    let Some(tools) = tools else {
+        return Ok(());
+    };
+    let tools: Value = serde_json::from_str(tools.get()).map_err(|e| e.to_string())?;
+    for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
+        for key in tool.as_object().into_iter().flat_map(|t| t.keys()) {
+            if key != "functionDeclarations" && !allowed.iter().any(|a| a == key) {
+                return Err(format!(
+                    "tools[{i}] `{key}` would run at the provider, outside Warden's governance; \
+                     list `{key}` in ai.provider_tools to allow it"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An error object in Gemini's shape.
 pub fn error_body(message: &str, code: u16, status: &str) -> Value {
     json!({"error": {"code": code, "message": message, "status": status}})
 }
 
+/// The error event of a stream that failed midway (the provider's failure or Warden's).
+pub fn stream_error_body(message: &str) -> Value {
+    error_body(message, 502, "UNAVAILABLE")
+}
+
 /// Writes `streamGenerateContent?alt=sse` events from deltas: text as it comes, each
-/// function call whole once its arguments are complete (Gemini sends calls whole), and
-/// a last event with the finish reason and the usage.
+/// function call whole once its arguments are complete (Gemini sends calls whole). The
+/// last part is held back and sent with the finish reason and the usage, as Gemini does:
+/// clients such as Gemini CLI treat a chunk without parts as an invalid stream.
 #[derive(Default)]
 pub struct Encoder {
     id: String,
     model: String,
+    /// A part not sent yet: the last one goes out with the finish reason.
+    held: Option<Value>,
+    /// The function call whose arguments are arriving.
     call: Option<ToolCall>,
     finish: Option<Finish>,
     usage: Usage,
@@ -680,10 +734,17 @@ impl Encoder {
         write_event(out, None, &event.to_string());
     }
 
-    /// Sends the call whose arguments were being collected, if any.
-    fn flush_call(&mut self, out: &mut BytesMut) {
+    /// Holds `part`, sending the one held before it.
+    fn hold(&mut self, part: Value, out: &mut BytesMut) {
+        if let Some(previous) = self.held.replace(part) {
+            self.write(vec![previous], None, out);
+        }
+    }
+
+    /// The call whose arguments were arriving is complete.
+    fn complete_call(&mut self, out: &mut BytesMut) {
         if let Some(call) = self.call.take() {
-            self.write(vec![call_part(&call)], None, out);
+            self.hold(call_part(&call), out);
         }
     }
 }
@@ -698,12 +759,13 @@ impl StreamEncoder for Encoder {
                 self.id = id.clone();
                 self.model = model.clone();
             }
+            Delta::Text(text) if text.is_empty() => {}
             Delta::Text(text) => {
-                self.flush_call(out);
-                self.write(vec![json!({"text": text})], None, out);
+                self.complete_call(out);
+                self.hold(json!({"text": text}), out);
             }
             Delta::ToolStart { id, name, .. } => {
-                self.flush_call(out);
+                self.complete_call(out);
                 self.call = Some(ToolCall {
                     id: id.clone(),
                     name: name.clone(),
@@ -718,15 +780,19 @@ impl StreamEncoder for Encoder {
             Delta::Finish(finish) => self.finish = Some(finish.clone()),
             Delta::Usage(usage) => self.usage.merge(*usage),
             Delta::Error(message) => {
+                self.complete_call(out);
+                if let Some(part) = self.held.take() {
+                    self.write(vec![part], None, out);
+                }
                 self.done = true;
-                let error = error_body(message, 500, "INTERNAL");
-                write_event(out, None, &error.to_string());
+                write_event(out, None, &stream_error_body(message).to_string());
             }
             Delta::Done => {
-                self.flush_call(out);
+                self.complete_call(out);
                 self.done = true;
+                let parts = self.held.take().into_iter().collect();
                 let reason = finish_reason(self.finish.as_ref());
-                self.write(Vec::new(), Some(reason), out);
+                self.write(parts, Some(reason), out);
             }
         }
     }
@@ -823,7 +889,9 @@ mod tests {
                     {"functionCall": {"name": "weather", "args": {"city": "Bergen"}}}]},
                 {"role": "user", "parts": [
                     {"functionResponse": {"name": "weather", "response": {"output": "rain"}}},
-                    {"functionResponse": {"name": "weather", "response": {"output": "sun"}}}]},
+                    // An id the client made up (Gemini CLI does for calls without one).
+                    {"functionResponse": {"id": "weather-17-x", "name": "weather",
+                                          "response": {"output": "sun"}}}]},
             ],
             "tools": [{"functionDeclarations": [{"name": "weather",
                 "parametersJsonSchema": {"type": "object"}}]}],
@@ -843,9 +911,10 @@ mod tests {
         };
         assert_eq!(
             (first.id.as_str(), first.arguments.as_str()),
-            ("call_1", "{\"city\":\"Oslo\"}")
+            ("call_warden_1", "{\"city\":\"Oslo\"}")
         );
-        // Responses without ids answer the calls of that name in order.
+        // Responses without ids, or with ids of the client's, answer the calls of that
+        // name in order.
         let ids: Vec<&str> = request.messages[2]
             .parts
             .iter()
@@ -854,7 +923,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(ids, ["call_1", "call_2"]);
+        assert_eq!(ids, ["call_warden_1", "call_warden_2"]);
         assert_eq!(request.tools[0].parameters, json!({"type": "object"}));
         assert_eq!(
             request.tool_choice,
@@ -968,19 +1037,28 @@ mod tests {
             .collect();
         assert_eq!(
             chunks.len(),
-            4,
-            "two texts, the whole call, the end: {chunks:?}"
+            3,
+            "two texts, then the whole call with the end: {chunks:?}"
         );
         assert_eq!(
             chunks[0]["candidates"][0]["content"]["parts"][0]["text"],
             "Hel"
         );
+        // The last part travels with the finish reason: no chunk without parts.
+        let last = &chunks[2];
         assert_eq!(
-            chunks[2]["candidates"][0]["content"]["parts"][0]["functionCall"]["args"],
+            last["candidates"][0]["content"]["parts"][0]["functionCall"]["args"],
             json!({"city": "Oslo"})
         );
-        assert_eq!(chunks[3]["candidates"][0]["finishReason"], "MAX_TOKENS");
-        assert_eq!(chunks[3]["usageMetadata"]["candidatesTokenCount"], 5);
+        assert_eq!(last["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 5);
+        for chunk in &chunks {
+            assert_ne!(
+                chunk["candidates"][0]["content"]["parts"],
+                json!([]),
+                "{chunk}"
+            );
+        }
         // Warden's provider-side decoder reads the stream back.
         let mut decoder = Decoder::default();
         let mut deltas = Vec::new();

@@ -38,6 +38,9 @@ fn ask(text: &str) -> Value {
 
 fn claude(seen: &fake::Seen) -> Reply {
     match (seen.streaming(), seen.body["tools"].is_array()) {
+        (true, true) => {
+            fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
+        }
         (false, true) => fake::json_reply(fake::anthropic_tool_answer(
             "claude-test",
             "weather",
@@ -48,7 +51,7 @@ fn claude(seen: &fake::Seen) -> Reply {
             "Hello from claude",
             json!({"input_tokens": 9, "output_tokens": 4}),
         )),
-        (true, _) => fake::anthropic_stream(
+        (true, false) => fake::anthropic_stream(
             "claude-test",
             &["Hel", "lo"],
             json!({"input_tokens": 9, "output_tokens": 1}),
@@ -220,6 +223,35 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
         (&json!(9), &json!(4))
     );
 
+    // Translated, streamed, with a function call: sent whole, with the finish reason (no
+    // chunk without parts: Gemini CLI takes one for a broken stream).
+    let trace = Trace::new();
+    let response = post(
+        &env,
+        "/v1beta/models/sonnet:streamGenerateContent?alt=sse",
+        &token,
+        &request,
+        &trace,
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    let chunks = sse_json(&response.body);
+    for chunk in &chunks {
+        assert_ne!(
+            chunk["candidates"][0]["content"]["parts"],
+            json!([]),
+            "{chunk}"
+        );
+    }
+    let last = chunks.last().expect("a last chunk");
+    assert_eq!(
+        last["candidates"][0]["content"]["parts"][0]["functionCall"],
+        json!({"id": "toolu_1", "name": "weather", "args": {"city": "Oslo"}}),
+        "{}",
+        response.body
+    );
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(env.row(&trace)["status"], "success");
+
     // Errors, in Google's shape.
     let requests_so_far = (google.seen().len(), anthropic.seen().len());
     let refused = |path: &str, token: &str| {
@@ -257,6 +289,25 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     );
     let (status, error) = refused("/v1beta/models/flash:generateContent", "wrong-token");
     assert_eq!((status, &error["status"]), (401, &json!("UNAUTHENTICATED")));
+    let (status, _) = refused("/v1beta/models/flash:countTokens", "wrong-token");
+    assert_eq!(status, 401, "who is asking comes first");
+    // A tool Google would run itself, relayed: refused unless ai.provider_tools allows it.
+    let mut search = ask("Hi");
+    search["tools"] = json!([{"googleSearch": {}}]);
+    let response = post(
+        &env,
+        "/v1beta/models/flash:generateContent",
+        &token,
+        &search,
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(
+        response
+            .body
+            .contains("tools[0] `googleSearch` would run at the provider"),
+        "{response:?}"
+    );
     assert_eq!(
         (google.seen().len(), anthropic.seen().len()),
         requests_so_far,

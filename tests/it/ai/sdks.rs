@@ -177,6 +177,16 @@ fn official_sdks_read_what_warden_relays_and_translates() {
         );
     }
 
+    // Both SDKs list the models the caller may use, and retrieve one.
+    assert_eq!(
+        scenario("openai_models"),
+        json!({"list": ["flash", "gpt", "sonnet"], "retrieved": "gpt"})
+    );
+    assert_eq!(
+        scenario("anthropic_models"),
+        json!({"list": ["flash", "gpt", "sonnet"], "retrieved": "sonnet"})
+    );
+
     // Google's SDK: generateContent, complete and streamed.
     for (name, text, output) in [
         ("genai_create_relayed", "Hey you", 6),
