@@ -235,20 +235,26 @@ fn answer(result: Result<Answer, ApiError>, format: Wire) -> Response {
     }
 }
 
+/// The models the caller may use, as (alias, provider), and whether to answer in
+/// Anthropic's shape (the request carries `anthropic-version`); an error is answered.
+async fn usable_models(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<(bool, Vec<(String, String)>), Response> {
+    let anthropic = headers.contains_key("anthropic-version");
+    let principal = authenticate(app, headers)
+        .await
+        .map_err(|error| error_response(list_format(anthropic), error))?;
+    Ok((anthropic, app.ai.models_for(&app.policy.load(), &principal)))
+}
+
 /// `GET /v1/models`: the models the caller may use, in the OpenAI shape, or Anthropic's
 /// when the request carries `anthropic-version`.
 async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let anthropic = headers.contains_key("anthropic-version");
-    let format = if anthropic {
-        Wire::Anthropic
-    } else {
-        Wire::OpenAi
+    let (anthropic, models) = match usable_models(&app, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let principal = match authenticate(&app, &headers).await {
-        Ok(principal) => principal,
-        Err(error) => return error_response(format, error),
-    };
-    let models = app.ai.models_for(&app.policy.load(), &principal);
     let entries: Vec<Value> = models
         .iter()
         .map(|(alias, provider)| model_entry(anthropic, alias, provider))
@@ -272,25 +278,27 @@ async fn model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let anthropic = headers.contains_key("anthropic-version");
-    let format = if anthropic {
-        Wire::Anthropic
-    } else {
-        Wire::OpenAi
+    let (anthropic, models) = match usable_models(&app, &headers).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let principal = match authenticate(&app, &headers).await {
-        Ok(principal) => principal,
-        Err(error) => return error_response(format, error),
-    };
-    let models = app.ai.models_for(&app.policy.load(), &principal);
     match models.iter().find(|(alias, _)| *alias == id) {
         Some((alias, provider)) => {
             axum::Json(model_entry(anthropic, alias, provider)).into_response()
         }
-        None => error_response(
-            format,
-            ApiError::NotFound(format!("no model `{id}` you may use")),
-        ),
+        None => {
+            let missing = ApiError::NotFound(format!("no model `{id}` you may use"));
+            error_response(list_format(anthropic), missing)
+        }
+    }
+}
+
+/// The format a model list answers in.
+fn list_format(anthropic: bool) -> Wire {
+    if anthropic {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
     }
 }
 

@@ -1001,30 +1001,7 @@ mod tests {
 
         let mut encoder = Encoder::default();
         let mut out = BytesMut::new();
-        for delta in [
-            Delta::Start {
-                id: "msg_1".into(),
-                model: "claude-test".into(),
-            },
-            Delta::Text("Hel".into()),
-            Delta::Text("lo".into()),
-            Delta::ToolStart {
-                index: 0,
-                id: "toolu_1".into(),
-                name: "weather".into(),
-            },
-            Delta::ToolArgs {
-                index: 0,
-                json: "{\"city\":".into(),
-            },
-            Delta::ToolArgs {
-                index: 0,
-                json: "\"Oslo\"}".into(),
-            },
-            Delta::Finish(Finish::Length),
-            Delta::Usage(usage),
-            Delta::Done,
-        ] {
+        for delta in super::super::sample_deltas(Finish::Length, usage) {
             encoder.encode(&delta, &mut out);
         }
         let mut events = Vec::new();

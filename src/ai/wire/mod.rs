@@ -385,3 +385,33 @@ pub(crate) fn merge_turns(messages: &[Message]) -> Vec<Message> {
     }
     merged
 }
+
+/// A streamed answer as a provider's decoder gives it, for the encoders' tests: text in
+/// two pieces, then a tool call whose arguments come in two pieces, `finish` and `usage`.
+#[cfg(test)]
+pub(crate) fn sample_deltas(finish: Finish, usage: Usage) -> Vec<Delta> {
+    vec![
+        Delta::Start {
+            id: "msg_1".into(),
+            model: "claude-test".into(),
+        },
+        Delta::Text("Hel".into()),
+        Delta::Text("lo".into()),
+        Delta::ToolStart {
+            index: 0,
+            id: "toolu_1".into(),
+            name: "weather".into(),
+        },
+        Delta::ToolArgs {
+            index: 0,
+            json: "{\"city\":".into(),
+        },
+        Delta::ToolArgs {
+            index: 0,
+            json: "\"Oslo\"}".into(),
+        },
+        Delta::Finish(finish),
+        Delta::Usage(usage),
+        Delta::Done,
+    ]
+}

@@ -1164,37 +1164,14 @@ mod tests {
 
     #[test]
     fn deltas_encode_as_a_stream_that_decodes_back() {
-        let deltas = [
-            Delta::Start {
-                id: "msg_1".into(),
-                model: "claude-test".into(),
-            },
-            Delta::Usage(Usage {
+        let deltas = super::super::sample_deltas(
+            Finish::ToolCalls,
+            Usage {
                 input: Some(10),
-                ..Usage::default()
-            }),
-            Delta::Text("Hel".into()),
-            Delta::Text("lo".into()),
-            Delta::ToolStart {
-                index: 0,
-                id: "toolu_1".into(),
-                name: "weather".into(),
-            },
-            Delta::ToolArgs {
-                index: 0,
-                json: "{\"city\":".into(),
-            },
-            Delta::ToolArgs {
-                index: 0,
-                json: "\"Oslo\"}".into(),
-            },
-            Delta::Finish(Finish::ToolCalls),
-            Delta::Usage(Usage {
                 output: Some(7),
                 ..Usage::default()
-            }),
-            Delta::Done,
-        ];
+            },
+        );
         let mut encoder = Encoder::default();
         let mut out = BytesMut::new();
         for delta in &deltas {
