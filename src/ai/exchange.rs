@@ -12,7 +12,9 @@
 //! Streams are relayed event by event as they arrive ([`Relay`]): untouched when client
 //! and provider speak the same format (only an OpenAI usage chunk the client did not ask
 //! for is held back), translated through [`Delta`]s otherwise. Dropping the relay (the
-//! client disconnected) closes the upstream connection, so the provider stops generating.
+//! client disconnected) closes the upstream connection, so the provider stops generating —
+//! or, with `on_client_gone: finish`, hands it to a [`Drain`] task that reads the rest of
+//! the answer for its usage before the row is written.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -579,7 +581,7 @@ impl Ai {
                 Mode::Translate(wire::encoder(format, client_usage))
             };
             let relay = Relay {
-                upstream: response,
+                upstream: Some(response),
                 reader: SseReader::new(route.settings.max_event_bytes),
                 decoder: wire::decoder(provider_wire),
                 client_wire: format,
@@ -1087,6 +1089,24 @@ impl Accounting {
         }
     }
 
+    /// This accounting, moved out: `self` is left without its row (its `Drop` does
+    /// nothing), the returned one writes it.
+    fn detach(&mut self) -> Accounting {
+        Accounting {
+            row: self.row.take(),
+            started: self.started,
+            usage: self.usage,
+            answered_model: self.answered_model.take(),
+            ttft: self.ttft,
+            content_deltas: self.content_deltas,
+            audit: self.audit.clone(),
+            pool: self.pool.clone(),
+            state: self.state.clone(),
+            route: self.route.clone(),
+            budgets: std::mem::take(&mut self.budgets),
+        }
+    }
+
     fn abandoned_message(&self) -> String {
         let tokens = if self.usage.is_empty() {
             "the provider had reported no usage yet, so tokens and cost are unknown"
@@ -1182,9 +1202,12 @@ enum Mode {
     Translate(Box<dyn StreamEncoder>),
 }
 
-/// Relays one upstream event stream to the client.
+/// Relays one upstream event stream to the client. Dropped before the answer ended (the
+/// client went away), it closes the upstream connection — or, with
+/// `ai.providers.<name>.on_client_gone: finish`, hands it to a [`Drain`].
 struct Relay {
-    upstream: reqwest::Response,
+    /// `None` only once handed to a drain.
+    upstream: Option<reqwest::Response>,
     reader: SseReader,
     decoder: Box<dyn StreamDecoder>,
     client_wire: Wire,
@@ -1328,10 +1351,13 @@ impl Relay {
     /// safe), and the timer keeps its deadline.
     async fn next_chunk(&mut self) -> Result<reqwest::Result<Option<Bytes>>, Elapsed> {
         self.waiting_since = tokio::time::Instant::now();
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Ok(Ok(None));
+        };
         loop {
             tokio::select! {
                 biased;
-                chunk = self.upstream.chunk() => return Ok(chunk),
+                chunk = upstream.chunk() => return Ok(chunk),
                 () = self.idle_timer.as_mut() => {
                     let deadline = self.waiting_since + self.idle;
                     if tokio::time::Instant::now() >= deadline {
@@ -1401,6 +1427,105 @@ impl Relay {
         }
         self.finished = true;
         None
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.closed || !self.account.route.settings.finish_when_client_gone {
+            return;
+        }
+        let (Some(upstream), Ok(runtime)) =
+            (self.upstream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        tracing::info!(
+            provider = %self.account.route.provider_name,
+            trace_id = self.account.row.as_ref().map(|r| r.trace_id.as_str()).unwrap_or(""),
+            "the client went away mid-answer; reading the rest for its usage (on_client_gone: finish)"
+        );
+        let drain = Drain {
+            upstream,
+            reader: std::mem::replace(&mut self.reader, SseReader::new(0)),
+            decoder: std::mem::replace(&mut self.decoder, wire::decoder(Wire::OpenAi)),
+            relayed: self.account.content_deltas,
+            account: self.account.detach(),
+            idle: self.idle,
+        };
+        runtime.spawn(drain.run());
+    }
+}
+
+/// The rest of an answer whose client went away, read for its usage only
+/// (`on_client_gone: finish`): providers that report usage at the end of a stream would
+/// otherwise leave the request's tokens and cost unknown, and its budgets uncharged.
+struct Drain {
+    upstream: reqwest::Response,
+    reader: SseReader,
+    decoder: Box<dyn StreamDecoder>,
+    account: Accounting,
+    /// Content events the client received.
+    relayed: u64,
+    idle: Duration,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        let mut events = Vec::new();
+        let mut deltas = Vec::new();
+        let read_to_end = loop {
+            events.clear();
+            match tokio::time::timeout(self.idle, self.upstream.chunk()).await {
+                Ok(Ok(Some(bytes))) => {
+                    if self.reader.push(&bytes, &mut events).is_err() {
+                        break false;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    self.reader.finish(&mut events);
+                    self.observe(&events, &mut deltas);
+                    break true;
+                }
+                // Silent past the provider's timeout, or broken.
+                Err(_) | Ok(Err(_)) => break false,
+            }
+            if self.observe(&events, &mut deltas) {
+                break true;
+            }
+        };
+        let provider = self.account.route.provider_name.clone();
+        let how = if read_to_end {
+            "Warden read the rest of the answer for its usage"
+        } else {
+            "Warden read what it could of the rest for its usage (the provider stopped or broke off)"
+        };
+        let message = format!(
+            "the client went away before the answer was complete ({} content events relayed); \
+             {how} (ai.providers.{provider}.on_client_gone: finish)",
+            self.relayed
+        );
+        self.account
+            .finish(ToolStatus::Cancelled, Some(message))
+            .await;
+    }
+
+    /// Takes note of `events`; true when the answer ended.
+    fn observe(&mut self, events: &[SseEvent], deltas: &mut Vec<Delta>) -> bool {
+        for event in events {
+            deltas.clear();
+            if self.decoder.decode(event, deltas).is_err() {
+                return true;
+            }
+            self.account.observe(deltas);
+            if deltas
+                .iter()
+                .any(|d| matches!(d, Delta::Done | Delta::Error(_)))
+            {
+                return true;
+            }
+        }
+        false
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ProviderSettings {
     pub max_event_bytes: usize,
     /// How `/v1/responses` requests reach it; `None`: relayed when it serves that API.
     pub responses: Option<ResponsesMode>,
+    /// `on_client_gone: finish`: a stream whose client went away is read to its end for
+    /// the usage (else the connection is closed and the provider stops).
+    pub finish_when_client_gone: bool,
 }
 
 /// `ai.providers.<name>.responses`.
@@ -278,6 +281,7 @@ mod tests {
             max_answer_bytes: 1 << 20,
             max_event_bytes: 1 << 20,
             responses: None,
+            finish_when_client_gone: false,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct RawProvider {
     pub max_event_bytes: Option<ByteSize>,
     /// `relay` or `translate`: how requests to `/v1/responses` reach it.
     pub responses: Option<String>,
+    /// `close` or `finish`: what becomes of a stream whose client went away.
+    pub on_client_gone: Option<String>,
 }
 
 /// `ai.models.<alias>`.
@@ -202,6 +204,16 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
             p.max_event_bytes.as_ref(),
             warden_actors::sse::DEFAULT_MAX_EVENT_BYTES as u64,
         );
+        let finish_when_client_gone = match p.on_client_gone.as_deref() {
+            None | Some("close") => false,
+            Some("finish") => true,
+            Some(other) => {
+                fail(format!(
+                    "`on_client_gone` must be `close` or `finish`, found `{other}`"
+                ));
+                false
+            }
+        };
         let responses = match p.responses.as_deref() {
             None => None,
             Some("relay") => Some(ResponsesMode::Relay),
@@ -228,6 +240,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
                 max_answer_bytes,
                 max_event_bytes,
                 responses,
+                finish_when_client_gone,
             },
         );
     }
@@ -514,7 +527,8 @@ ai:
             "ai:
   provider_tools: [web_search]
   providers:
-    local: {kind: openai_compatible, base_url: http://127.0.0.1:9/v1, responses: translate}
+    local: {kind: openai_compatible, base_url: http://127.0.0.1:9/v1, responses: translate,
+            on_client_gone: finish}
     openai: {kind: openai}
   models:
     m: {provider: local, model: x, default_max_tokens: 32000}
@@ -527,12 +541,14 @@ ai:
             Some(ResponsesMode::Translate)
         );
         assert_eq!(config.ai.providers["openai"].responses, None);
+        assert!(config.ai.providers["local"].finish_when_client_gone);
+        assert!(!config.ai.providers["openai"].finish_when_client_gone);
         assert_eq!(config.ai.models["m"].default_max_tokens, Some(32000));
         let text = parse(
             "ai:
   provider_tools: [\"web search\"]
   providers:
-    p: {kind: openai, responses: sometimes}
+    p: {kind: openai, responses: sometimes, on_client_gone: linger}
   models:
     m: {provider: p, model: x, default_max_tokens: 0}
 ",
@@ -541,6 +557,7 @@ ai:
         .to_string();
         for needle in [
             "ai.providers.p: `responses` must be `relay` or `translate`, found `sometimes`",
+            "ai.providers.p: `on_client_gone` must be `close` or `finish`, found `linger`",
             "model `m`: `default_max_tokens` must be at least 1",
             "ai.provider_tools: `web search` is not a tool type",
         ] {

@@ -341,3 +341,82 @@ fn answers_and_events_over_the_providers_limits_are_refused_naming_the_key() {
     );
     assert_eq!(env.row(&trace)["status"], "error");
 }
+
+#[test]
+fn on_client_gone_finish_reads_the_rest_of_the_answer_for_its_usage() {
+    let gate = fake::Gate::default();
+    let provider_gate = gate.clone();
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let body = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-test",
+                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {body}\n\n")
+    };
+    let openai = FakeProvider::start(move |_| Reply::Gated {
+        before: vec![chunk(json!({"content": "first words"}), None)],
+        gate: provider_gate.clone(),
+        after: vec![
+            chunk(json!({"content": " and the rest"}), None),
+            chunk(json!({}), Some("stop")),
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-test",
+                       "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 12}})
+            ),
+            "data: [DONE]\n\n".into(),
+        ],
+    });
+    let env = Env::start(
+        json!({
+            "providers": {"openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url),
+                                     "on_client_gone": "finish"}},
+            "models": {"gpt": {"provider": "openai", "model": "gpt-test"}},
+            "prices": {"gpt-test": {"input": 2, "output": 10}},
+            "budgets": [{"name": "daily", "per": "day", "max_tokens": 1000000}],
+        }),
+        &[],
+        |_| {},
+    );
+    let token = env.token("alice", "ai:chat");
+    let trace = Trace::new();
+    let auth = format!("Bearer {token}");
+    let mark = env.warden.log_mark();
+    stream_then_hang_up(
+        &env.warden,
+        "/v1/chat/completions",
+        &[("Authorization", &auth), ("traceparent", &trace.header)],
+        &streamed(ask("gpt", "count"), json!({})),
+        "first words",
+    );
+    // Only once Warden has seen the client go does the provider send the rest.
+    assert!(
+        env.warden
+            .wait_for_line_since(mark, &["the client went away mid-answer", &trace.id], WAIT),
+        "Warden never noticed the client leave"
+    );
+    gate.open();
+    let row = env.row(&trace);
+    assert_eq!(row["status"], "cancelled", "{row}");
+    assert_eq!(
+        (&row["input_tokens"], &row["output_tokens"]),
+        (&json!(30), &json!(12)),
+        "the usage the provider reported at the end"
+    );
+    // 30 × $2 + 12 × $10 per million.
+    assert_eq!(row["cost_microdollars"], 180);
+    assert!(
+        row["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("1 content events relayed")
+                && e.contains("Warden read the rest of the answer for its usage")),
+        "{row}"
+    );
+    // And the budget was charged with it.
+    let charged = || {
+        env.db
+            .query("SELECT coalesce(sum(tokens), 0)::bigint FROM ai_budget_usage")
+            .first()
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    super::eventually("the budget charged with 42 tokens", || charged() == 42);
+}

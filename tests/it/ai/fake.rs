@@ -54,6 +54,38 @@ pub enum Reply {
     },
     /// Never answers; waits for the peer to close.
     Hang,
+    /// Events `before`, then — once the test opens `gate` — events `after` and the end of
+    /// the stream (a provider still generating when its client goes away).
+    Gated {
+        before: Vec<String>,
+        gate: Gate,
+        after: Vec<String>,
+    },
+}
+
+/// A gate a [`Reply::Gated`] stream waits at until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.0.1.notify_all();
+    }
+
+    /// Waits until the gate opens or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open && Instant::now() < deadline {
+            open = self
+                .0
+                .1
+                .wait_timeout(open, deadline - Instant::now())
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
@@ -196,13 +228,7 @@ fn serve(stream: TcpStream, handler: &Handler, shared: &Shared) {
             let _ = stream.write_all(body.as_bytes());
         }
         Reply::Events { events, hold_open } => {
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-            );
-            for event in events {
-                let _ = stream.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
-                let _ = stream.flush();
-            }
+            write_events(&mut stream, &events, true);
             if hold_open {
                 wait_for_close(&mut reader, shared);
             } else {
@@ -210,6 +236,29 @@ fn serve(stream: TcpStream, handler: &Handler, shared: &Shared) {
             }
         }
         Reply::Hang => wait_for_close(&mut reader, shared),
+        Reply::Gated {
+            before,
+            gate,
+            after,
+        } => {
+            write_events(&mut stream, &before, true);
+            gate.wait(Duration::from_secs(60));
+            write_events(&mut stream, &after, false);
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+    }
+}
+
+/// Writes `events` as chunks of an event stream (after the response head when `head`).
+fn write_events(stream: &mut TcpStream, events: &[String], head: bool) {
+    if head {
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+    }
+    for event in events {
+        let _ = stream.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        let _ = stream.flush();
     }
 }
 
