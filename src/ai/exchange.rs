@@ -28,6 +28,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use warden_actors::audit::{AiRequestRecord, Audit, AuditRecord, AuditRefused, ToolStatus};
 use warden_actors::trace::TraceContext;
@@ -312,6 +314,8 @@ impl Ai {
             state: state.clone(),
             route: route.clone(),
             budgets: Vec::new(),
+            tasks: self.tasks.clone(),
+            closing: self.closing.clone(),
         }
     }
 
@@ -989,6 +993,10 @@ pub(crate) struct Accounting {
     state: Arc<AiState>,
     route: Arc<Route>,
     budgets: Vec<Applied>,
+    /// Where the row's writing runs, so that neither a client leaving nor shutdown cuts
+    /// it off halfway (shutdown waits for these tasks).
+    tasks: TaskTracker,
+    closing: CancellationToken,
 }
 
 /// A charge to the budgets, made after the row is queued.
@@ -1079,14 +1087,12 @@ impl Accounting {
         let Some((record, charge)) = self.close(status, error) else {
             return;
         };
-        // `record_completed`: the request was admitted and ran, so its row is kept even
-        // while the trail refuses new requests.
-        if let Err(refused) = self.audit.record_completed(record).await {
-            tracing::error!(error = %refused, "a model request's audit row was refused");
-        }
-        if let Some(charge) = charge {
-            charge.run().await;
-        }
+        // A task of its own: a client that leaves while this waits on PostgreSQL drops
+        // the wait, not the writing.
+        let written = self
+            .tasks
+            .spawn(write_row(self.audit.clone(), record, charge));
+        let _ = written.await;
     }
 
     /// This accounting, moved out: `self` is left without its row (its `Drop` does
@@ -1104,6 +1110,8 @@ impl Accounting {
             state: self.state.clone(),
             route: self.route.clone(),
             budgets: std::mem::take(&mut self.budgets),
+            tasks: self.tasks.clone(),
+            closing: self.closing.clone(),
         }
     }
 
@@ -1169,22 +1177,27 @@ impl Drop for Accounting {
         let Some((record, charge)) = self.close(ToolStatus::Cancelled, Some(message)) else {
             return;
         };
-        let audit = self.audit.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(refused) = audit.record_completed(record).await {
-                        tracing::error!(error = %refused, "a model request's audit row was refused");
-                    }
-                    if let Some(charge) = charge {
-                        charge.run().await;
-                    }
-                });
+                self.tasks
+                    .spawn_on(write_row(self.audit.clone(), record, charge), &runtime);
             }
             Err(_) => {
                 tracing::error!("a cancelled model request could not be recorded: no runtime")
             }
         }
+    }
+}
+
+/// Queues a finished request's row and charges its budgets.
+async fn write_row(audit: Audit, record: AuditRecord, charge: Option<Charge>) {
+    // `record_completed`: the request was admitted and ran, so its row is kept even while
+    // the trail refuses new requests.
+    if let Err(refused) = audit.record_completed(record).await {
+        tracing::error!(error = %refused, "a model request's audit row was refused");
+    }
+    if let Some(charge) = charge {
+        charge.run().await;
     }
 }
 
@@ -1432,34 +1445,57 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if self.closed || !self.account.route.settings.finish_when_client_gone {
+        let account = &self.account;
+        if self.closed || !account.route.settings.finish_when_client_gone {
             return;
         }
+        let provider = account.route.provider_name.clone();
+        let trace_id = account
+            .row
+            .as_ref()
+            .map_or_else(String::new, |r| r.trace_id.clone());
+        if account.closing.is_cancelled() {
+            return; // shutting down: the row records what was relayed
+        }
+        let Ok(permit) = account.state.drains.clone().try_acquire_owned() else {
+            tracing::warn!(
+                %provider,
+                %trace_id,
+                "the client went away mid-answer and every drain is busy \
+                 (ai.max_draining_streams): closing the stream, its usage stays unknown"
+            );
+            return;
+        };
         let (Some(upstream), Ok(runtime)) =
             (self.upstream.take(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
         tracing::info!(
-            provider = %self.account.route.provider_name,
-            trace_id = self.account.row.as_ref().map(|r| r.trace_id.as_str()).unwrap_or(""),
+            %provider,
+            %trace_id,
             "the client went away mid-answer; reading the rest for its usage (on_client_gone: finish)"
         );
+        let tasks = self.account.tasks.clone();
         let drain = Drain {
             upstream,
             reader: std::mem::replace(&mut self.reader, SseReader::new(0)),
             decoder: std::mem::replace(&mut self.decoder, wire::decoder(Wire::OpenAi)),
             relayed: self.account.content_deltas,
             account: self.account.detach(),
-            idle: self.idle,
+            _permit: permit,
         };
-        runtime.spawn(drain.run());
+        tasks.spawn_on(drain.run(), &runtime);
     }
 }
 
 /// The rest of an answer whose client went away, read for its usage only
 /// (`on_client_gone: finish`): providers that report usage at the end of a stream would
 /// otherwise leave the request's tokens and cost unknown, and its budgets uncharged.
+///
+/// Bounded as a complete answer is: the provider's `timeout` for all of it and its
+/// `max_answer_bytes`; at most `ai.max_draining_streams` at once; stopped at shutdown
+/// (the row then records what was read).
 struct Drain {
     upstream: reqwest::Response,
     reader: SseReader,
@@ -1467,39 +1503,66 @@ struct Drain {
     account: Accounting,
     /// Content events the client received.
     relayed: u64,
-    idle: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// How a drain ended.
+enum DrainEnd {
+    /// The provider's end marker, or the end of a stream that has none.
+    Complete,
+    /// The provider reported an error, or sent what Warden cannot read.
+    Failed,
+    /// Silence past the deadline, a broken connection, the size limit, or shutdown.
+    Stopped(&'static str),
 }
 
 impl Drain {
     async fn run(mut self) {
+        let settings = &self.account.route.settings;
+        let deadline = tokio::time::Instant::now() + settings.timeout;
+        let max_bytes = settings.max_answer_bytes;
+        let closing = self.account.closing.clone();
+        let mut read = 0usize;
         let mut events = Vec::new();
         let mut deltas = Vec::new();
-        let read_to_end = loop {
+        let end = loop {
             events.clear();
-            match tokio::time::timeout(self.idle, self.upstream.chunk()).await {
+            let chunk = tokio::select! {
+                () = closing.cancelled() => break DrainEnd::Stopped("Warden shut down"),
+                chunk = tokio::time::timeout_at(deadline, self.upstream.chunk()) => chunk,
+            };
+            let pushed = match chunk {
                 Ok(Ok(Some(bytes))) => {
-                    if self.reader.push(&bytes, &mut events).is_err() {
-                        break false;
-                    }
+                    read = read.saturating_add(bytes.len());
+                    self.reader.push(&bytes, &mut events)
                 }
                 Ok(Ok(None)) => {
                     self.reader.finish(&mut events);
-                    self.observe(&events, &mut deltas);
-                    break true;
+                    break self
+                        .observe(&events, &mut deltas)
+                        .unwrap_or(DrainEnd::Complete);
                 }
-                // Silent past the provider's timeout, or broken.
-                Err(_) | Ok(Err(_)) => break false,
+                Ok(Err(_)) => break DrainEnd::Stopped("the connection broke"),
+                Err(_) => break DrainEnd::Stopped("the provider's timeout passed"),
+            };
+            // Events read before an oversized one still count.
+            if let Some(end) = self.observe(&events, &mut deltas) {
+                break end;
             }
-            if self.observe(&events, &mut deltas) {
-                break true;
+            if pushed.is_err() || read > max_bytes {
+                break DrainEnd::Stopped("the answer outgrew its size limits");
+            }
+        };
+        let how = match end {
+            DrainEnd::Complete => "Warden read the rest of the answer for its usage".to_owned(),
+            DrainEnd::Failed => {
+                "Warden read the rest for its usage until the provider reported an error".to_owned()
+            }
+            DrainEnd::Stopped(why) => {
+                format!("Warden read what it could of the rest for its usage ({why})")
             }
         };
         let provider = self.account.route.provider_name.clone();
-        let how = if read_to_end {
-            "Warden read the rest of the answer for its usage"
-        } else {
-            "Warden read what it could of the rest for its usage (the provider stopped or broke off)"
-        };
         let message = format!(
             "the client went away before the answer was complete ({} content events relayed); \
              {how} (ai.providers.{provider}.on_client_gone: finish)",
@@ -1510,22 +1573,23 @@ impl Drain {
             .await;
     }
 
-    /// Takes note of `events`; true when the answer ended.
-    fn observe(&mut self, events: &[SseEvent], deltas: &mut Vec<Delta>) -> bool {
+    /// Takes note of `events`; how the answer ended, once it did.
+    fn observe(&mut self, events: &[SseEvent], deltas: &mut Vec<Delta>) -> Option<DrainEnd> {
         for event in events {
             deltas.clear();
             if self.decoder.decode(event, deltas).is_err() {
-                return true;
+                return Some(DrainEnd::Failed);
             }
             self.account.observe(deltas);
-            if deltas
-                .iter()
-                .any(|d| matches!(d, Delta::Done | Delta::Error(_)))
-            {
-                return true;
+            for delta in deltas.iter() {
+                match delta {
+                    Delta::Done => return Some(DrainEnd::Complete),
+                    Delta::Error(_) => return Some(DrainEnd::Failed),
+                    _ => {}
+                }
             }
         }
-        false
+        None
     }
 }
 

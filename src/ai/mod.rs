@@ -60,6 +60,8 @@ pub struct AiConfig {
     /// Tool types a provider runs itself allowed in relayed Responses requests
     /// (`ai.provider_tools`).
     pub provider_tools: Vec<String>,
+    /// `ai.max_draining_streams`.
+    pub max_draining_streams: usize,
 }
 
 /// `ai.models.<alias>`: the name a client asks for, and where it goes.
@@ -106,12 +108,27 @@ impl Route {
 }
 
 /// What the profile configured, swapped whole on reload.
-#[derive(Default)]
 pub struct AiState {
     pub routes: IndexMap<String, Arc<Route>>,
     pub prices: Arc<BTreeMap<String, Price>>,
     pub budgets: Arc<[BudgetRule]>,
     pub provider_tools: Arc<[String]>,
+    /// Permits for streams read to their end after their client left (one per drain).
+    pub drains: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for AiState {
+    fn default() -> AiState {
+        AiState {
+            routes: IndexMap::new(),
+            prices: Arc::default(),
+            budgets: Arc::from([]),
+            provider_tools: Arc::from([]),
+            drains: Arc::new(tokio::sync::Semaphore::new(
+                crate::config::ai::DEFAULT_MAX_DRAINING,
+            )),
+        }
+    }
 }
 
 impl AiState {
@@ -135,6 +152,11 @@ pub struct Ai {
     audit: Audit,
     pool: Pool,
     secrets: SecretStore,
+    /// The tasks that write rows and drain streams after their request's future is gone;
+    /// shutdown waits for them before the audit writer stops.
+    tasks: tokio_util::task::TaskTracker,
+    /// Cancelled at shutdown: no new drains, running ones stop with what they read.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Ai {
@@ -158,6 +180,24 @@ impl Ai {
             audit,
             pool,
             secrets,
+            tasks: tokio_util::task::TaskTracker::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// At shutdown, once no request is served any more: stops the drains (each records
+    /// what it read) and waits, at most `grace`, for every row still being written.
+    pub async fn finish_tasks(&self, grace: Duration) {
+        self.closing.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "model requests were still being recorded when the shutdown grace ran out"
+            );
         }
     }
 
@@ -268,5 +308,6 @@ pub fn prepare(kinds: &ProviderKinds, ai: &AiConfig) -> Result<AiState, SetupErr
         prices: Arc::new(ai.prices.clone()),
         budgets: ai.budgets.clone().into(),
         provider_tools: ai.provider_tools.clone().into(),
+        drains: Arc::new(tokio::sync::Semaphore::new(ai.max_draining_streams)),
     })
 }

@@ -385,6 +385,9 @@ async fn run(
     notice_task.abort();
     let _ = sweeper.await;
     cancel_held_calls(&app, config.server.shutdown_grace).await;
+    // Model requests' rows still being written, and streams read for their usage after
+    // their clients left: stopped and recorded before the writer drains.
+    app.ai.finish_tasks(config.server.shutdown_grace).await;
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
     app.tree.shutdown().await;

@@ -26,6 +26,9 @@ use crate::ai::{AiConfig, ModelRoute, ProviderSettings};
 use crate::policy::MODEL_SCOPE;
 use crate::policy::hooks::Pattern;
 
+/// `ai.max_draining_streams` when the profile names none.
+pub const DEFAULT_MAX_DRAINING: usize = 64;
+
 /// `ai:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +47,9 @@ pub struct RawAi {
     /// servers) allowed in relayed Responses requests.
     #[serde(default)]
     pub provider_tools: Vec<String>,
+    /// How many streams whose clients went away may be read to their end at once
+    /// (`on_client_gone: finish`).
+    pub max_draining_streams: Option<usize>,
 }
 
 /// `ai.providers.<name>`.
@@ -414,6 +420,14 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         }
     }
 
+    let max_draining_streams = raw.max_draining_streams.unwrap_or(DEFAULT_MAX_DRAINING);
+    if !(1..=10_000).contains(&max_draining_streams) {
+        problems.push(located(
+            "ai.max_draining_streams".into(),
+            format!("must be between 1 and 10000, found {max_draining_streams}"),
+        ));
+    }
+
     AiConfig {
         scopes,
         providers,
@@ -421,6 +435,7 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
         prices,
         budgets,
         provider_tools: raw.provider_tools,
+        max_draining_streams,
     }
 }
 
@@ -526,6 +541,7 @@ ai:
         let config = parse(
             "ai:
   provider_tools: [web_search]
+  max_draining_streams: 8
   providers:
     local: {kind: openai_compatible, base_url: http://127.0.0.1:9/v1, responses: translate,
             on_client_gone: finish}
@@ -536,6 +552,11 @@ ai:
         )
         .unwrap();
         assert_eq!(config.ai.provider_tools, ["web_search"]);
+        assert_eq!(config.ai.max_draining_streams, 8);
+        assert_eq!(
+            parse("ai: {}\n").unwrap().ai.max_draining_streams,
+            super::DEFAULT_MAX_DRAINING
+        );
         assert_eq!(
             config.ai.providers["local"].responses,
             Some(ResponsesMode::Translate)
@@ -547,6 +568,7 @@ ai:
         let text = parse(
             "ai:
   provider_tools: [\"web search\"]
+  max_draining_streams: 0
   providers:
     p: {kind: openai, responses: sometimes, on_client_gone: linger}
   models:
@@ -560,6 +582,7 @@ ai:
             "ai.providers.p: `on_client_gone` must be `close` or `finish`, found `linger`",
             "model `m`: `default_max_tokens` must be at least 1",
             "ai.provider_tools: `web search` is not a tool type",
+            "ai.max_draining_streams: must be between 1 and 10000, found 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }

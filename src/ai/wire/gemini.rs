@@ -545,10 +545,15 @@ fn read_tools(request: &mut ChatRequest, body: &Map<String, Value>) -> Result<()
         .flatten()
         .enumerate()
     {
-        let declarations = tool.get("functionDeclarations").and_then(Value::as_array);
-        let other = tool
-            .as_object()
-            .and_then(|t| t.keys().find(|k| k.as_str() != "functionDeclarations"));
+        // Google's REST API takes either spelling.
+        let declarations = tool
+            .get("functionDeclarations")
+            .or_else(|| tool.get("function_declarations"))
+            .and_then(Value::as_array);
+        let other = tool.as_object().and_then(|t| {
+            t.keys()
+                .find(|k| !matches!(k.as_str(), "functionDeclarations" | "function_declarations"))
+        });
         if let Some(other) = other {
             return Err(WireError::Untranslatable {
                 what: format!("tools[{i}] `{other}` (only function declarations cross over)"),
@@ -687,7 +692,11 @@ pub fn check_tools(
     let tools: Value = serde_json::from_str(tools.get()).map_err(|e| e.to_string())?;
     for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
         for key in tool.as_object().into_iter().flat_map(|t| t.keys()) {
-            if key != "functionDeclarations" && !allowed.iter().any(|a| a == key) {
+            let declarations = matches!(
+                key.as_str(),
+                "functionDeclarations" | "function_declarations"
+            );
+            if !declarations && !allowed.iter().any(|a| a == key) {
                 return Err(format!(
                     "tools[{i}] `{key}` would run at the provider, outside Warden's governance; \
                      list `{key}` in ai.provider_tools to allow it"
@@ -780,7 +789,9 @@ impl StreamEncoder for Encoder {
             Delta::Finish(finish) => self.finish = Some(finish.clone()),
             Delta::Usage(usage) => self.usage.merge(*usage),
             Delta::Error(message) => {
-                self.complete_call(out);
+                // A call whose arguments were still arriving is not sent: a client could
+                // run the tool with what it got.
+                self.call = None;
                 if let Some(part) = self.held.take() {
                     self.write(vec![part], None, out);
                 }
@@ -1046,5 +1057,32 @@ mod tests {
             deltas.contains(&Delta::Finish(Finish::Length)),
             "{deltas:?}"
         );
+    }
+
+    #[test]
+    fn an_error_mid_call_sends_the_text_but_not_the_unfinished_call() {
+        let mut encoder = Encoder::default();
+        let mut out = BytesMut::new();
+        for delta in [
+            Delta::Text("Checking".into()),
+            Delta::ToolStart {
+                index: 0,
+                id: "toolu_1".into(),
+                name: "delete_files".into(),
+            },
+            Delta::ToolArgs {
+                index: 0,
+                json: "{\"path\":".into(),
+            },
+            Delta::Error("overloaded".into()),
+            Delta::Done,
+        ] {
+            encoder.encode(&delta, &mut out);
+        }
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("\"text\":\"Checking\""), "{text}");
+        assert!(!text.contains("functionCall"), "{text}");
+        assert!(text.contains("\"message\":\"overloaded\""), "{text}");
+        assert!(!text.contains("finishReason"), "nothing after the error: {text}");
     }
 }

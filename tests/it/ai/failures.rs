@@ -343,17 +343,24 @@ fn answers_and_events_over_the_providers_limits_are_refused_naming_the_key() {
 }
 
 #[test]
-fn on_client_gone_finish_reads_the_rest_of_the_answer_for_its_usage() {
-    let gate = fake::Gate::default();
-    let provider_gate = gate.clone();
+fn on_client_gone_finish_reads_the_rest_for_its_usage_within_its_limits() {
+    // Each request's stream waits at its own gate after its first words: "count" at
+    // `rest`, the others at `never` (a provider still generating at shutdown).
+    let rest = fake::Gate::default();
+    let never = fake::Gate::default();
+    let (provider_rest, provider_never) = (rest.clone(), never.clone());
     let chunk = |delta: Value, finish: Option<&str>| {
         let body = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-test",
                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
         format!("data: {body}\n\n")
     };
-    let openai = FakeProvider::start(move |_| Reply::Gated {
+    let openai = FakeProvider::start(move |seen| Reply::Gated {
         before: vec![chunk(json!({"content": "first words"}), None)],
-        gate: provider_gate.clone(),
+        gate: if seen.body["messages"][0]["content"] == "count" {
+            provider_rest.clone()
+        } else {
+            provider_never.clone()
+        },
         after: vec![
             chunk(json!({"content": " and the rest"}), None),
             chunk(json!({}), Some("stop")),
@@ -365,36 +372,51 @@ fn on_client_gone_finish_reads_the_rest_of_the_answer_for_its_usage() {
             "data: [DONE]\n\n".into(),
         ],
     });
-    let env = Env::start(
+    let mut env = Env::start(
         json!({
             "providers": {"openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url),
                                      "on_client_gone": "finish"}},
             "models": {"gpt": {"provider": "openai", "model": "gpt-test"}},
             "prices": {"gpt-test": {"input": 2, "output": 10}},
             "budgets": [{"name": "daily", "per": "day", "max_tokens": 1000000}],
+            "max_draining_streams": 1,
         }),
         &[],
         |_| {},
     );
     let token = env.token("alice", "ai:chat");
-    let trace = Trace::new();
     let auth = format!("Bearer {token}");
-    let mark = env.warden.log_mark();
-    stream_then_hang_up(
-        &env.warden,
-        "/v1/chat/completions",
-        &[("Authorization", &auth), ("traceparent", &trace.header)],
-        &streamed(ask("gpt", "count"), json!({})),
-        "first words",
-    );
-    // Only once Warden has seen the client go does the provider send the rest.
-    assert!(
-        env.warden
-            .wait_for_line_since(mark, &["the client went away mid-answer", &trace.id], WAIT),
-        "Warden never noticed the client leave"
-    );
-    gate.open();
-    let row = env.row(&trace);
+    let hang_up = |env: &Env, trace: &Trace, text: &str, needle: &str| {
+        let mark = env.warden.log_mark();
+        stream_then_hang_up(
+            &env.warden,
+            "/v1/chat/completions",
+            &[("Authorization", &auth), ("traceparent", &trace.header)],
+            &streamed(ask("gpt", text), json!({})),
+            "first words",
+        );
+        assert!(
+            env.warden
+                .wait_for_line_since(mark, &[needle, &trace.id], WAIT),
+            "no `{needle}` for trace {}",
+            trace.id
+        );
+    };
+
+    // The first client leaves: its stream is read on for its usage (the only drain).
+    let first = Trace::new();
+    hang_up(&env, &first, "count", "reading the rest for its usage");
+    // A second leaves while the first drains: over ai.max_draining_streams, it is closed
+    // and its usage stays unknown.
+    let second = Trace::new();
+    hang_up(&env, &second, "more", "every drain is busy");
+    let row = env.row(&second);
+    assert_eq!(row["status"], "cancelled", "{row}");
+    assert_eq!(row["input_tokens"], Value::Null, "{row}");
+
+    // Only then does the provider send the rest of the first answer.
+    rest.open();
+    let row = env.row(&first);
     assert_eq!(row["status"], "cancelled", "{row}");
     assert_eq!(
         (&row["input_tokens"], &row["output_tokens"]),
@@ -410,7 +432,6 @@ fn on_client_gone_finish_reads_the_rest_of_the_answer_for_its_usage() {
                 && e.contains("Warden read the rest of the answer for its usage")),
         "{row}"
     );
-    // And the budget was charged with it.
     let charged = || {
         env.db
             .query("SELECT coalesce(sum(tokens), 0)::bigint FROM ai_budget_usage")
@@ -419,4 +440,18 @@ fn on_client_gone_finish_reads_the_rest_of_the_answer_for_its_usage() {
             .unwrap_or(0)
     };
     super::eventually("the budget charged with 42 tokens", || charged() == 42);
+
+    // A drain still waiting when Warden stops is stopped, and its row written first.
+    let third = Trace::new();
+    hang_up(&env, &third, "stop", "reading the rest for its usage");
+    assert!(env.warden.sigterm().success());
+    let rows = env.rows(&format!("trace_id = '{}'", third.id));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Warden shut down")),
+        "{rows:?}"
+    );
+    never.open();
 }
