@@ -1083,6 +1083,9 @@ mod tests {
         assert!(text.contains("\"text\":\"Checking\""), "{text}");
         assert!(!text.contains("functionCall"), "{text}");
         assert!(text.contains("\"message\":\"overloaded\""), "{text}");
-        assert!(!text.contains("finishReason"), "nothing after the error: {text}");
+        assert!(
+            !text.contains("finishReason"),
+            "nothing after the error: {text}"
+        );
     }
 }
