@@ -9,8 +9,12 @@
 //!   Anthropic format;
 //! - `ai/event/passthrough`: one streamed OpenAI chunk read from the provider's bytes,
 //!   decoded for usage and time to first token, and written on (per event);
+//! - `ai/request/responses_to_anthropic`: a ~4 KB Responses API request (instructions
+//!   and input items) parsed whole and rendered in the Anthropic format;
 //! - `ai/event/anthropic_to_openai`: one Anthropic `content_block_delta` decoded and
-//!   written as an OpenAI chunk (per event);
+//!   written as an OpenAI chunk (per event); `…_to_responses` and `…_to_gemini`: the
+//!   same, written as a Responses `response.output_text.delta` event and as a Gemini
+//!   chunk;
 //! - `ai/answer/usage_probe`: the usage of a complete ~2 KB answer read without parsing
 //!   the rest;
 //! - `ai/cost`: the cost of a usage report in integer microdollars.
@@ -52,6 +56,31 @@ fn request() -> Value {
     })
 }
 
+/// The conversation of [`request`] as a Responses API request.
+fn responses_request() -> Value {
+    let mut input = Vec::new();
+    for i in 0..10 {
+        input.push(json!({"role": "user", "content": [{"type": "input_text",
+            "text": format!("Question {i}: {}", "words ".repeat(40))}]}));
+        input.push(json!({"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": format!("Answer {i}: {}", "tokens ".repeat(20))}]}));
+    }
+    json!({
+        "model": "claude",
+        "stream": true,
+        "instructions": "You are a careful assistant. ".repeat(10),
+        "input": input,
+        "tools": [
+            {"type": "function", "name": "weather", "description": "Weather for a city",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+            {"type": "function", "name": "search", "description": "Search the web",
+             "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}},
+        ],
+        "max_output_tokens": 512,
+        "store": false,
+    })
+}
+
 fn benches(c: &mut Criterion) {
     let body = serde_json::to_vec(&request()).expect("JSON");
     c.bench_function("ai/request/passthrough", |b| {
@@ -68,6 +97,28 @@ fn benches(c: &mut Criterion) {
                 translate_body(
                     &full,
                     Wire::OpenAi,
+                    &Upstream {
+                        wire: Wire::Anthropic,
+                        model: "claude",
+                        dialect: Dialect {
+                            max_tokens_field: "max_tokens",
+                        },
+                        default_max_tokens: None,
+                    },
+                )
+                .expect("body"),
+            )
+        })
+    });
+
+    let body = serde_json::to_vec(&responses_request()).expect("JSON");
+    c.bench_function("ai/request/responses_to_anthropic", |b| {
+        b.iter(|| {
+            let full: Map<String, Value> = serde_json::from_slice(black_box(&body)).expect("JSON");
+            black_box(
+                translate_body(
+                    &full,
+                    Wire::Responses,
                     &Upstream {
                         wire: Wire::Anthropic,
                         model: "claude",
@@ -139,6 +190,40 @@ fn benches(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    for client in [Wire::Responses, Wire::Gemini] {
+        let mut encoder = wire::encoder(client, false);
+        // Mid-answer: the stream started and its first text item is open.
+        for delta in [
+            Delta::Start {
+                id: "msg_1".into(),
+                model: "claude".into(),
+            },
+            Delta::Text("Hi".into()),
+        ] {
+            encoder.encode(&delta, &mut BytesMut::new());
+        }
+        let name = match client {
+            Wire::Responses => "ai/event/anthropic_to_responses",
+            _ => "ai/event/anthropic_to_gemini",
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                events.clear();
+                deltas.clear();
+                out.clear();
+                reader
+                    .push(black_box(anthropic_delta.as_bytes()), &mut events)
+                    .expect("event");
+                for event in &events {
+                    decoder.decode(event, &mut deltas).expect("decode");
+                }
+                for delta in &deltas {
+                    encoder.encode(delta, &mut out);
+                }
+                black_box(out.len())
+            })
+        });
+    }
 
     let answer = serde_json::to_vec(&json!({
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
