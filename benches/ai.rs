@@ -165,34 +165,13 @@ fn benches(c: &mut Criterion) {
     );
     let mut reader = SseReader::default();
     let mut decoder = wire::decoder(Wire::Anthropic);
-    let mut encoder = wire::encoder(Wire::OpenAi, false);
-    encoder.encode(
-        &Delta::Start {
-            id: "msg_1".into(),
-            model: "claude".into(),
-        },
-        &mut BytesMut::new(),
-    );
-    c.bench_function("ai/event/anthropic_to_openai", |b| {
-        b.iter(|| {
-            events.clear();
-            deltas.clear();
-            out.clear();
-            reader
-                .push(black_box(anthropic_delta.as_bytes()), &mut events)
-                .expect("event");
-            for event in &events {
-                decoder.decode(event, &mut deltas).expect("decode");
-            }
-            for delta in &deltas {
-                encoder.encode(delta, &mut out);
-            }
-            black_box(out.len())
-        })
-    });
-    for client in [Wire::Responses, Wire::Gemini] {
+    for (client, name) in [
+        (Wire::OpenAi, "ai/event/anthropic_to_openai"),
+        (Wire::Responses, "ai/event/anthropic_to_responses"),
+        (Wire::Gemini, "ai/event/anthropic_to_gemini"),
+    ] {
         let mut encoder = wire::encoder(client, false);
-        // Mid-answer: the stream started and its first text item is open.
+        // Mid-answer: the stream started and its first text is out.
         for delta in [
             Delta::Start {
                 id: "msg_1".into(),
@@ -202,10 +181,6 @@ fn benches(c: &mut Criterion) {
         ] {
             encoder.encode(&delta, &mut BytesMut::new());
         }
-        let name = match client {
-            Wire::Responses => "ai/event/anthropic_to_responses",
-            _ => "ai/event/anthropic_to_gemini",
-        };
         c.bench_function(name, |b| {
             b.iter(|| {
                 events.clear();
