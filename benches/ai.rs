@@ -104,6 +104,7 @@ fn benches(c: &mut Criterion) {
                             max_tokens_field: "max_tokens",
                         },
                         default_max_tokens: None,
+                        stream: true,
                     },
                 )
                 .expect("body"),
@@ -126,6 +127,7 @@ fn benches(c: &mut Criterion) {
                             max_tokens_field: "max_tokens",
                         },
                         default_max_tokens: None,
+                        stream: true,
                     },
                 )
                 .expect("body"),

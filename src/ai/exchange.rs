@@ -135,18 +135,25 @@ impl AiError {
 
 impl Ai {
     /// Serves one model request whose body is in `format`.
+    ///
+    /// `from_url`: the model and whether to stream, for a format that says them in the
+    /// URL instead of the body (Gemini's).
     pub async fn chat(
         &self,
         policy: &PolicyEngine,
         limits: &RateLimiter,
         caller: &Caller,
-        format: Wire,
+        (format, from_url): (Wire, Option<(&str, bool)>),
         body: &[u8],
     ) -> Result<Answer, AiError> {
         let started = (Instant::now(), SystemTime::now());
         let state = self.state.load_full();
-        let (top, requested, route) = self.route_for(policy, caller, &state, body)?;
-        let stream = top.get("stream").is_some_and(|v| v.get().trim() == "true");
+        let requested = from_url.map(|(model, _)| model);
+        let (top, requested, route) = self.route_for(policy, caller, &state, body, requested)?;
+        let stream = match from_url {
+            Some((_, stream)) => stream,
+            None => top.get("stream").is_some_and(|v| v.get().trim() == "true"),
+        };
         let mut account = Some(self.account(caller, &state, &route, requested, stream, started));
         let result = self
             .run(
@@ -178,7 +185,7 @@ impl Ai {
     ) -> Result<Bytes, AiError> {
         let started = (Instant::now(), SystemTime::now());
         let state = self.state.load_full();
-        let (mut top, requested, route) = self.route_for(policy, caller, &state, body)?;
+        let (mut top, requested, route) = self.route_for(policy, caller, &state, body, None)?;
         let no_endpoint = || {
             AiError::BadRequest(format!(
                 "model `{}` is served by provider `{}` (kind `{}`), which has no embeddings \
@@ -243,20 +250,27 @@ impl Ai {
     }
 
     /// The request's top-level fields (the rest stays unparsed, forwarded as written
-    /// where no translation is needed), the model it names and that model's route.
+    /// where no translation is needed), the model it names (`requested`, or the body's
+    /// `model`) and that model's route.
     fn route_for(
         &self,
         policy: &PolicyEngine,
         caller: &Caller,
         state: &AiState,
         body: &[u8],
+        requested: Option<&str>,
     ) -> Result<(TopLevel, String, Arc<Route>), AiError> {
         let top: TopLevel = serde_json::from_slice(body)
             .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-        let requested: String = top
-            .get("model")
-            .and_then(|v| serde_json::from_str(v.get()).ok())
-            .ok_or_else(|| AiError::BadRequest("`model` must be a string naming a model".into()))?;
+        let requested: String = match requested {
+            Some(model) => model.to_owned(),
+            None => top
+                .get("model")
+                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .ok_or_else(|| {
+                    AiError::BadRequest("`model` must be a string naming a model".into())
+                })?,
+        };
         let Some(route) = state.routes.get(&requested).cloned() else {
             return Err(AiError::UnknownModel {
                 allowed: self
@@ -537,6 +551,7 @@ impl Ai {
                 model: &route.model,
                 dialect: route.provider.dialect(),
                 default_max_tokens: route.default_max_tokens,
+                stream,
             };
             (translate_body(&full, format, &upstream)?, asked)
         };
@@ -772,12 +787,8 @@ pub fn passthrough_body(
 ) -> Result<(Vec<u8>, bool), AiError> {
     let internal =
         |e: serde_json::Error| AiError::BadRequest(format!("cannot re-encode the request: {e}"));
-    if format == Wire::Gemini {
-        // The model goes in the URL in this format.
-        for field in gemini::ROUTING_FIELDS {
-            top.shift_remove(*field);
-        }
-    } else {
+    // Gemini's format names the model in the URL, not the body.
+    if format != Wire::Gemini {
         top.insert(
             "model".into(),
             serde_json::value::to_raw_value(model).map_err(internal)?,
@@ -814,6 +825,8 @@ pub struct Upstream<'a> {
     pub dialect: openai::Dialect,
     /// The output limit when the client named none (`ai.models.<alias>.default_max_tokens`).
     pub default_max_tokens: Option<u64>,
+    /// Whether the answer is streamed (Gemini's format says so in the URL, not the body).
+    pub stream: bool,
 }
 
 /// The client's request (in `format`) translated into the provider's format.
@@ -833,6 +846,7 @@ pub fn translate_body(
     if neutral.max_tokens.is_none() {
         neutral.max_tokens = upstream.default_max_tokens;
     }
+    neutral.stream = upstream.stream;
     let model = upstream.model;
     let rendered = match target {
         Wire::OpenAi => openai::render_request(&neutral, model, upstream.dialect),

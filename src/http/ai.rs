@@ -33,8 +33,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use indexmap::IndexMap;
-use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 use warden_actors::trace::TraceContext;
 
@@ -67,9 +65,8 @@ async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) 
     serve(app, headers, body, Wire::Responses).await
 }
 
-/// `POST …/models/{model}:generateContent` or `:streamGenerateContent?alt=sse`. The model
-/// and whether to stream come from the URL in this format; they are added to the body
-/// for routing (`gemini::ROUTING_FIELDS`) and taken out before it goes anywhere.
+/// `POST …/models/{model}:generateContent` or `:streamGenerateContent?alt=sse`: the model
+/// and whether to stream come from the URL in this format.
 async fn gemini(
     State(app): State<AppState>,
     Path(target): Path<String>,
@@ -82,22 +79,16 @@ async fn gemini(
         let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
         let stream = gemini_streams(&target, query.as_deref())?;
         let model = target.rsplit_once(':').map_or("", |(model, _)| model);
-        // The client's values stay as it wrote them (raw), in its order.
-        let mut request: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-        let encode_error = |e: serde_json::Error| {
-            ApiError::BadRequest(format!("cannot re-encode the request: {e}"))
-        };
-        request.insert("model".into(), to_raw_value(model).map_err(encode_error)?);
-        request.insert(
-            "stream".into(),
-            to_raw_value(&stream).map_err(encode_error)?,
-        );
-        let bytes = serde_json::to_vec(&request).map_err(encode_error)?;
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
         app.ai
-            .chat(&policy, &limits, &caller, Wire::Gemini, &bytes)
+            .chat(
+                &policy,
+                &limits,
+                &caller,
+                (Wire::Gemini, Some((model, stream))),
+                &bytes,
+            )
             .await
             .map_err(|error| api_error(&app, error))
     }
@@ -209,7 +200,7 @@ async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> R
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
         app.ai
-            .chat(&policy, &limits, &caller, format, &bytes)
+            .chat(&policy, &limits, &caller, (format, None), &bytes)
             .await
             .map_err(|error| api_error(&app, error))
     }

@@ -23,10 +23,6 @@ use super::{
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
 
-/// Fields Warden adds to a Gemini client's body for routing (the model and the streaming
-/// flag come from the URL in this format); taken out again before it goes anywhere.
-pub const ROUTING_FIELDS: &[&str] = &["model", "stream"];
-
 /// Request fields dropped when translating to another format: safety and sampling hints
 /// with no equivalent, and thinking settings (as `thinking` is dropped from Anthropic
 /// requests).
@@ -335,23 +331,27 @@ impl StreamDecoder for Decoder {
 // Clients: requests in
 // -----------------------------------------------------------------------------------
 
-/// Reads a Gemini client's request (with the [`ROUTING_FIELDS`] Warden added), for a
-/// provider of another format.
+/// Reads a Gemini client's request, for a provider of another format (the model and
+/// whether to stream come from its URL).
 ///
 /// Function calls without an id get `call_<n>` (the nth call of the conversation); a
 /// function response without one answers the earliest call of that name not yet answered.
 pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError> {
     let mut request = ChatRequest::default();
-    let mut untranslatable = Vec::new();
-    for (key, value) in body {
-        match key.as_str() {
-            "contents" | "systemInstruction" | "tools" | "toolConfig" | "generationConfig"
-            | "safetySettings" | "labels" => {}
-            "stream" => request.stream = value.as_bool().unwrap_or(false),
-            "model" => {}
-            other => untranslatable.push(format!("`{other}`")),
-        }
-    }
+    const READ: &[&str] = &[
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "generationConfig",
+        "safetySettings",
+        "labels",
+    ];
+    let mut untranslatable: Vec<String> = body
+        .keys()
+        .filter(|key| !READ.contains(&key.as_str()))
+        .map(|key| format!("`{key}`"))
+        .collect();
     if let Some(generation) = body.get("generationConfig").and_then(Value::as_object) {
         read_generation(&mut request, generation, &mut untranslatable)?;
     }
@@ -890,7 +890,6 @@ mod tests {
     #[test]
     fn a_client_request_reads_into_neutral_form_with_call_ids_of_its_own() {
         let request = parse_request(&map(json!({
-            "model": "flash", "stream": true,
             "systemInstruction": {"parts": [{"text": "Be brief."}]},
             "contents": [
                 {"role": "user", "parts": [{"text": "Weather?"},
@@ -913,7 +912,6 @@ mod tests {
             "safetySettings": [],
         })))
         .unwrap();
-        assert!(request.stream);
         assert_eq!(request.system, ["Be brief."]);
         assert_eq!(request.messages.len(), 3);
         assert_eq!(request.messages[1].role, Role::Assistant);
