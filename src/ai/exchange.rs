@@ -600,7 +600,7 @@ impl Ai {
                 Mode::Translate(wire::encoder(format, client_usage))
             };
             let relay = Relay {
-                upstream: Some(response),
+                upstream: response,
                 reader: SseReader::new(route.settings.max_event_bytes),
                 decoder: wire::decoder(provider_wire),
                 client_wire: format,
@@ -614,10 +614,16 @@ impl Ai {
                 closed: false,
                 finished: false,
                 saw_finish: false,
+                gone_after: None,
             };
-            let stream = futures_util::stream::unfold(relay, |mut relay| async move {
-                relay.next().await.map(|bytes| (Ok(bytes), relay))
-            });
+            let stream =
+                futures_util::stream::unfold(RelayGuard(Some(relay)), |mut guard| async move {
+                    let bytes = match guard.0.as_mut() {
+                        Some(relay) => relay.next().await,
+                        None => None,
+                    };
+                    bytes.map(|bytes| (Ok(bytes), guard))
+                });
             return Ok(Answer::Stream(Box::pin(stream)));
         }
 
@@ -1109,37 +1115,22 @@ impl Accounting {
         let _ = written.await;
     }
 
-    /// This accounting, moved out: `self` is left without its row (its `Drop` does
-    /// nothing), the returned one writes it.
-    fn detach(&mut self) -> Accounting {
-        Accounting {
-            row: self.row.take(),
-            started: self.started,
-            usage: self.usage,
-            answered_model: self.answered_model.take(),
-            ttft: self.ttft,
-            content_deltas: self.content_deltas,
-            audit: self.audit.clone(),
-            pool: self.pool.clone(),
-            state: self.state.clone(),
-            route: self.route.clone(),
-            budgets: std::mem::take(&mut self.budgets),
-            tasks: self.tasks.clone(),
-            closing: self.closing.clone(),
-        }
-    }
-
     fn abandoned_message(&self) -> String {
         let tokens = if self.usage.is_empty() {
             "the provider had reported no usage yet, so tokens and cost are unknown"
         } else {
             "tokens are the provider's last report before then (output may be undercounted)"
         };
-        format!(
-            "the client went away before the answer was complete ({} content events relayed); {tokens}",
-            self.content_deltas
-        )
+        gone_message(self.content_deltas, tokens)
     }
+}
+
+/// What a row says of a client that went away mid-answer, after `relayed` content events;
+/// `then`: what became of the rest.
+fn gone_message(relayed: u64, then: &str) -> String {
+    format!(
+        "the client went away before the answer was complete ({relayed} content events relayed); {then}"
+    )
 }
 
 /// Prometheus figures for one finished request (labels bounded by the profile: provider
@@ -1231,10 +1222,9 @@ enum Mode {
 
 /// Relays one upstream event stream to the client. Dropped before the answer ended (the
 /// client went away), it closes the upstream connection — or, with
-/// `ai.providers.<name>.on_client_gone: finish`, hands it to a [`Drain`].
+/// `ai.providers.<name>.on_client_gone: finish`, [`RelayGuard`] hands it to [`drain`].
 struct Relay {
-    /// `None` only once handed to a drain.
-    upstream: Option<reqwest::Response>,
+    upstream: reqwest::Response,
     reader: SseReader,
     decoder: Box<dyn StreamDecoder>,
     client_wire: Wire,
@@ -1254,6 +1244,9 @@ struct Relay {
     finished: bool,
     /// The provider said why the answer ended (`finish_reason`, `stop_reason`, …).
     saw_finish: bool,
+    /// Set when the client went away and the rest is read for its usage only: the
+    /// content events it had received.
+    gone_after: Option<u64>,
 }
 
 /// No upstream bytes for the provider's `timeout`.
@@ -1327,19 +1320,11 @@ impl Relay {
             }
             match failure {
                 Some(Failure::Provider(message)) => {
-                    self.closed = true;
-                    self.account
-                        .finish(
-                            ToolStatus::Error,
-                            Some(format!(
-                                "provider `{}` reported: {message}",
-                                self.account.route.provider_name
-                            )),
-                        )
-                        .await;
+                    let provider = &self.account.route.provider_name;
+                    let message = format!("provider `{provider}` reported: {message}");
+                    self.end(ToolStatus::Error, Some(message)).await;
                 }
                 Some(Failure::Warden(status, message)) => {
-                    self.closed = true;
                     match &mut self.mode {
                         // The encoder writes it in the client's format, numbered and
                         // closed as the rest of its stream.
@@ -1350,12 +1335,9 @@ impl Relay {
                             out.extend_from_slice(&stream_error(self.client_wire, &message))
                         }
                     }
-                    self.account.finish(status, Some(message)).await;
+                    self.end(status, Some(message)).await;
                 }
-                None if self.finished => {
-                    self.closed = true;
-                    self.account.finish(ToolStatus::Success, None).await;
-                }
+                None if self.finished => self.end(ToolStatus::Success, None).await,
                 None => {}
             }
             if !out.is_empty() {
@@ -1363,6 +1345,33 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// The answer is over: its row, with `status` and `error` — or, when its client had
+    /// gone and the rest was read for its usage, `cancelled` and how the reading went.
+    async fn end(&mut self, status: ToolStatus, error: Option<String>) {
+        self.closed = true;
+        let (status, error) = match self.gone_after {
+            None => (status, error),
+            Some(relayed) => {
+                let then = match (status, &error) {
+                    (ToolStatus::Success, _) => {
+                        "Warden read the rest of the answer for its usage".to_owned()
+                    }
+                    (ToolStatus::Cancelled, Some(why)) => {
+                        format!("Warden read what it could of the rest for its usage ({why})")
+                    }
+                    (_, why) => format!(
+                        "Warden read the rest for its usage until it failed: {}",
+                        why.as_deref().unwrap_or("no reason given")
+                    ),
+                };
+                let provider = &self.account.route.provider_name;
+                let then = format!("{then} (ai.providers.{provider}.on_client_gone: finish)");
+                (ToolStatus::Cancelled, Some(gone_message(relayed, &then)))
+            }
+        };
+        self.account.finish(status, error).await;
     }
 
     /// The next piece of the upstream answer, or `Err` when none came for `idle`.
@@ -1378,13 +1387,10 @@ impl Relay {
     /// safe), and the timer keeps its deadline.
     async fn next_chunk(&mut self) -> Result<reqwest::Result<Option<Bytes>>, Elapsed> {
         self.waiting_since = tokio::time::Instant::now();
-        let Some(upstream) = self.upstream.as_mut() else {
-            return Ok(Ok(None));
-        };
         loop {
             tokio::select! {
                 biased;
-                chunk = upstream.chunk() => return Ok(chunk),
+                chunk = self.upstream.chunk() => return Ok(chunk),
                 () = self.idle_timer.as_mut() => {
                     let deadline = self.waiting_since + self.idle;
                     if tokio::time::Instant::now() >= deadline {
@@ -1457,10 +1463,22 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
+/// The relay as the response body owns it: dropped while the answer is still coming
+/// (the client went away), it hands the relay to [`drain`] when the provider has
+/// `on_client_gone: finish`, a drain slot is free and Warden is not shutting down;
+/// otherwise the relay drops, closing the upstream, and its row says `cancelled`.
+struct RelayGuard(Option<Relay>);
+
+impl Drop for RelayGuard {
     fn drop(&mut self) {
-        let account = &self.account;
-        if self.closed || !account.route.settings.finish_when_client_gone {
+        let Some(relay) = self.0.take() else {
+            return;
+        };
+        let account = &relay.account;
+        if relay.closed
+            || !account.route.settings.finish_when_client_gone
+            || account.closing.is_cancelled()
+        {
             return;
         }
         let provider = account.route.provider_name.clone();
@@ -1468,9 +1486,6 @@ impl Drop for Relay {
             .row
             .as_ref()
             .map_or_else(String::new, |r| r.trace_id.clone());
-        if account.closing.is_cancelled() {
-            return; // shutting down: the row records what was relayed
-        }
         let Ok(permit) = account.state.drains.clone().try_acquire_owned() else {
             tracing::warn!(
                 %provider,
@@ -1480,9 +1495,7 @@ impl Drop for Relay {
             );
             return;
         };
-        let (Some(upstream), Ok(runtime)) =
-            (self.upstream.take(), tokio::runtime::Handle::try_current())
-        else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         tracing::info!(
@@ -1490,120 +1503,44 @@ impl Drop for Relay {
             %trace_id,
             "the client went away mid-answer; reading the rest for its usage (on_client_gone: finish)"
         );
-        let tasks = self.account.tasks.clone();
-        let drain = Drain {
-            upstream,
-            reader: std::mem::replace(&mut self.reader, SseReader::new(0)),
-            decoder: std::mem::replace(&mut self.decoder, wire::decoder(Wire::OpenAi)),
-            relayed: self.account.content_deltas,
-            account: self.account.detach(),
-            _permit: permit,
-        };
-        tasks.spawn_on(drain.run(), &runtime);
+        let tasks = account.tasks.clone();
+        tasks.spawn_on(drain(relay, permit), &runtime);
     }
 }
 
-/// The rest of an answer whose client went away, read for its usage only
+/// The rest of an answer whose client went away, relayed to no one for its usage
 /// (`on_client_gone: finish`): providers that report usage at the end of a stream would
 /// otherwise leave the request's tokens and cost unknown, and its budgets uncharged.
 ///
-/// Bounded as a complete answer is: the provider's `timeout` for all of it and its
-/// `max_answer_bytes`; at most `ai.max_draining_streams` at once; stopped at shutdown
-/// (the row then records what was read).
-struct Drain {
-    upstream: reqwest::Response,
-    reader: SseReader,
-    decoder: Box<dyn StreamDecoder>,
-    account: Accounting,
-    /// Content events the client received.
-    relayed: u64,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// How a drain ended.
-enum DrainEnd {
-    /// The provider's end marker, or the end of a stream that has none.
-    Complete,
-    /// The provider reported an error, or sent what Warden cannot read.
-    Failed,
-    /// Silence past the deadline, a broken connection, the size limit, or shutdown.
-    Stopped(&'static str),
-}
-
-impl Drain {
-    async fn run(mut self) {
-        let settings = &self.account.route.settings;
-        let deadline = tokio::time::Instant::now() + settings.timeout;
-        let max_bytes = settings.max_answer_bytes;
-        let closing = self.account.closing.clone();
+/// Bounded as a complete answer is — the provider's `timeout` for all of it, its
+/// `max_answer_bytes` — besides the relay's own limits; holds one of
+/// `ai.max_draining_streams`' permits; stopped at shutdown, recording what it read.
+async fn drain(mut relay: Relay, _permit: tokio::sync::OwnedSemaphorePermit) {
+    relay.gone_after = Some(relay.account.content_deltas);
+    let settings = &relay.account.route.settings;
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let max_bytes = settings.max_answer_bytes;
+    let closing = relay.account.closing.clone();
+    let read_on = async {
         let mut read = 0usize;
-        let mut events = Vec::new();
-        let mut deltas = Vec::new();
-        let end = loop {
-            events.clear();
-            let chunk = tokio::select! {
-                () = closing.cancelled() => break DrainEnd::Stopped("Warden shut down"),
-                chunk = tokio::time::timeout_at(deadline, self.upstream.chunk()) => chunk,
-            };
-            let pushed = match chunk {
-                Ok(Ok(Some(bytes))) => {
-                    read = read.saturating_add(bytes.len());
-                    self.reader.push(&bytes, &mut events)
-                }
-                Ok(Ok(None)) => {
-                    self.reader.finish(&mut events);
-                    break self
-                        .observe(&events, &mut deltas)
-                        .unwrap_or(DrainEnd::Complete);
-                }
-                Ok(Err(_)) => break DrainEnd::Stopped("the connection broke"),
-                Err(_) => break DrainEnd::Stopped("the provider's timeout passed"),
-            };
-            // Events read before an oversized one still count.
-            if let Some(end) = self.observe(&events, &mut deltas) {
-                break end;
-            }
-            if pushed.is_err() || read > max_bytes {
-                break DrainEnd::Stopped("the answer outgrew its size limits");
-            }
-        };
-        let how = match end {
-            DrainEnd::Complete => "Warden read the rest of the answer for its usage".to_owned(),
-            DrainEnd::Failed => {
-                "Warden read the rest for its usage until the provider reported an error".to_owned()
-            }
-            DrainEnd::Stopped(why) => {
-                format!("Warden read what it could of the rest for its usage ({why})")
-            }
-        };
-        let provider = self.account.route.provider_name.clone();
-        let message = format!(
-            "the client went away before the answer was complete ({} content events relayed); \
-             {how} (ai.providers.{provider}.on_client_gone: finish)",
-            self.relayed
-        );
-        self.account
-            .finish(ToolStatus::Cancelled, Some(message))
-            .await;
-    }
-
-    /// Takes note of `events`; how the answer ended, once it did.
-    fn observe(&mut self, events: &[SseEvent], deltas: &mut Vec<Delta>) -> Option<DrainEnd> {
-        for event in events {
-            deltas.clear();
-            if self.decoder.decode(event, deltas).is_err() {
-                return Some(DrainEnd::Failed);
-            }
-            self.account.observe(deltas);
-            for delta in deltas.iter() {
-                match delta {
-                    Delta::Done => return Some(DrainEnd::Complete),
-                    Delta::Error(_) => return Some(DrainEnd::Failed),
-                    _ => {}
-                }
+        while let Some(bytes) = relay.next().await {
+            read = read.saturating_add(bytes.len());
+            if read > max_bytes {
+                return Some("the answer outgrew its max_answer_bytes");
             }
         }
         None
+    };
+    let stopped = tokio::select! {
+        () = closing.cancelled() => Some("Warden shut down"),
+        ended = tokio::time::timeout_at(deadline, read_on) => {
+            ended.unwrap_or(Some("the provider's timeout passed"))
+        }
+    };
+    if let Some(why) = stopped
+        && !relay.closed
+    {
+        relay.end(ToolStatus::Cancelled, Some(why.to_owned())).await;
     }
 }
 

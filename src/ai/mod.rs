@@ -185,10 +185,17 @@ impl Ai {
         }
     }
 
-    /// At shutdown, once no request is served any more: stops the drains (each records
-    /// what it read) and waits, at most `grace`, for every row still being written.
-    pub async fn finish_tasks(&self, grace: Duration) {
+    /// At the start of shutdown: no stream starts being read on for its usage any more
+    /// (the ones the server's grace cuts off record what was relayed), and running
+    /// drains stop, recording what they read.
+    pub fn stop_draining(&self) {
         self.closing.cancel();
+    }
+
+    /// At shutdown, once no request is served any more: waits, at most `grace`, for every
+    /// row still being written (after [`Ai::stop_draining`]).
+    pub async fn finish_tasks(&self, grace: Duration) {
+        self.stop_draining();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await

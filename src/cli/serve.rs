@@ -380,6 +380,7 @@ async fn run(
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
     app.gateway.closing.cancel();
+    app.ai.stop_draining();
     shutdown.cancel();
     let _ = server.await;
     notice_task.abort();
