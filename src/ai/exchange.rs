@@ -987,7 +987,7 @@ fn stream_error(format: Wire, message: &str) -> Bytes {
             &responses::error_event(message, "upstream_error").to_string(),
         ),
         Wire::Gemini => event_bytes(None, &gemini::stream_error_body(message).to_string()),
-        _ => event_bytes(
+        Wire::OpenAi => event_bytes(
             None,
             &openai::error_body(message, "api_error", "upstream_error").to_string(),
         ),

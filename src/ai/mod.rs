@@ -285,6 +285,12 @@ pub fn prepare(kinds: &ProviderKinds, ai: &AiConfig) -> Result<AiState, SetupErr
             path: format!("ai.providers.{name}"),
             message,
         })?;
+        provider::check_responses_setting(settings, provider.as_ref()).map_err(|message| {
+            SetupError::Invalid {
+                path: format!("ai.providers.{name}.responses"),
+                message,
+            }
+        })?;
         providers.insert(name.as_str(), provider);
     }
     let mut routes = IndexMap::new();

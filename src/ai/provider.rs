@@ -111,8 +111,6 @@ pub fn register_builtins(registry: &mut crate::extension::Registry) {
 /// A built-in provider: its wire format, default base URL, key header and URL shape.
 struct Builtin {
     wire: Wire,
-    /// Whether `/v1/responses` requests go to its own `/responses`.
-    relays_responses: bool,
     base_url: String,
     dialect: Dialect,
     key_header: HeaderName,
@@ -155,17 +153,6 @@ fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>,
              API root, such as http://127.0.0.1:8000/v1)"
                 .to_owned()
         })?;
-    let relays_responses = match (settings.responses, wire) {
-        (Some(ResponsesMode::Translate), _) => false,
-        (_, Wire::OpenAi) => true,
-        (Some(ResponsesMode::Relay), _) => {
-            return Err(format!(
-                "`responses: relay` needs a provider that serves OpenAI's Responses API (kind \
-                 `openai` or `openai_compatible`); kind `{kind}` is always translated"
-            ));
-        }
-        (None, _) => false,
-    };
     let mut fixed = Vec::new();
     if wire == Wire::Anthropic {
         fixed.push((
@@ -183,7 +170,6 @@ fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>,
     }
     Ok(Arc::new(Builtin {
         wire,
-        relays_responses,
         base_url,
         dialect: Dialect { max_tokens_field },
         key_header: HeaderName::from_static(key_header),
@@ -200,7 +186,8 @@ impl Provider for Builtin {
     fn url(&self, model: &str, stream: bool) -> String {
         match self.wire {
             Wire::OpenAi => format!("{}/chat/completions", self.base_url),
-            Wire::Responses => format!("{}/responses", self.base_url),
+            // No built-in kind speaks only the Responses API; one that did would be here.
+            Wire::Responses => self.responses_endpoint(),
             Wire::Anthropic => format!("{}/v1/messages", self.base_url),
             Wire::Gemini if stream => format!(
                 "{}/models/{}:streamGenerateContent?alt=sse",
@@ -244,13 +231,34 @@ impl Provider for Builtin {
     fn responses_url(&self) -> Option<String> {
         // OpenAI's API and the servers that copy it (vLLM, Ollama, llama.cpp, LiteLLM)
         // offer chat completions and responses under the same root.
-        self.relays_responses
-            .then(|| format!("{}/responses", self.base_url))
+        (self.wire == Wire::OpenAi).then(|| self.responses_endpoint())
     }
 
     fn dialect(&self) -> Dialect {
         self.dialect
     }
+}
+
+impl Builtin {
+    fn responses_endpoint(&self) -> String {
+        format!("{}/responses", self.base_url)
+    }
+}
+
+/// Checks `responses: relay` against what `provider` serves (any kind, an extension's
+/// too); `translate` is the exchange's to honour.
+pub fn check_responses_setting(
+    settings: &ProviderSettings,
+    provider: &dyn Provider,
+) -> Result<(), String> {
+    if settings.responses == Some(ResponsesMode::Relay) && provider.responses_url().is_none() {
+        return Err(format!(
+            "`responses: relay` needs a provider that serves OpenAI's Responses API (kind \
+             `openai` or `openai_compatible`); kind `{}` is always translated",
+            settings.kind
+        ));
+    }
+    Ok(())
 }
 
 /// Percent-encodes what may not appear in a path segment.
@@ -315,25 +323,20 @@ mod tests {
             Some("https://api.openai.com/v1/responses")
         );
         assert_eq!(anthropic.responses_url(), None);
-        let translated = ProviderSettings {
-            responses: Some(ResponsesMode::Translate),
-            ..settings("openai_compatible", Some("http://127.0.0.1:9/v1"))
-        };
-        assert_eq!(
-            builtin("openai_compatible", &translated)
-                .unwrap()
-                .responses_url(),
-            None
-        );
         let relayed = ProviderSettings {
             responses: Some(ResponsesMode::Relay),
             ..settings("anthropic", None)
         };
-        let refused = builtin("anthropic", &relayed).err().unwrap();
+        let refused = check_responses_setting(&relayed, anthropic.as_ref()).unwrap_err();
         assert!(
             refused.contains("kind `anthropic` is always translated"),
             "{refused}"
         );
+        let relayed = ProviderSettings {
+            kind: "openai".into(),
+            ..relayed
+        };
+        assert_eq!(check_responses_setting(&relayed, openai.as_ref()), Ok(()));
         assert_eq!(openai.dialect().max_tokens_field, "max_completion_tokens");
 
         let gemini = builtin(

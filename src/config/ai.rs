@@ -26,8 +26,9 @@ use crate::ai::{AiConfig, ModelRoute, ProviderSettings};
 use crate::policy::MODEL_SCOPE;
 use crate::policy::hooks::Pattern;
 
-/// `ai.max_draining_streams` when the profile names none.
+/// `ai.max_draining_streams` when the profile names none, and its bounds.
 pub const DEFAULT_MAX_DRAINING: usize = 64;
+const MAX_DRAINING: std::ops::RangeInclusive<usize> = 1..=10_000;
 
 /// `ai:`.
 #[derive(Debug, Default, Deserialize)]
@@ -43,8 +44,8 @@ pub struct RawAi {
     pub prices: BTreeMap<String, Spanned<RawPrice>>,
     #[serde(default)]
     pub budgets: Vec<Spanned<RawBudget>>,
-    /// Tool types a provider runs itself (web search, code interpreter, remote MCP
-    /// servers) allowed in relayed Responses requests.
+    /// Tools a provider runs itself (web search, code interpreter, remote MCP servers)
+    /// allowed in relayed requests: Responses tool types, Gemini tool keys.
     #[serde(default)]
     pub provider_tools: Vec<String>,
     /// How many streams whose clients went away may be read to their end at once
@@ -421,10 +422,14 @@ pub fn build(raw: RawAi, problems: &mut Vec<Located>) -> AiConfig {
     }
 
     let max_draining_streams = raw.max_draining_streams.unwrap_or(DEFAULT_MAX_DRAINING);
-    if !(1..=10_000).contains(&max_draining_streams) {
+    if !MAX_DRAINING.contains(&max_draining_streams) {
         problems.push(located(
             "ai.max_draining_streams".into(),
-            format!("must be between 1 and 10000, found {max_draining_streams}"),
+            format!(
+                "must be between {} and {}, found {max_draining_streams}",
+                MAX_DRAINING.start(),
+                MAX_DRAINING.end()
+            ),
         ));
     }
 

@@ -550,10 +550,9 @@ fn read_tools(request: &mut ChatRequest, body: &Map<String, Value>) -> Result<()
             .get("functionDeclarations")
             .or_else(|| tool.get("function_declarations"))
             .and_then(Value::as_array);
-        let other = tool.as_object().and_then(|t| {
-            t.keys()
-                .find(|k| !matches!(k.as_str(), "functionDeclarations" | "function_declarations"))
-        });
+        let other = tool
+            .as_object()
+            .and_then(|t| t.keys().find(|k| !is_declarations(k)));
         if let Some(other) = other {
             return Err(WireError::Untranslatable {
                 what: format!("tools[{i}] `{other}` (only function declarations cross over)"),
@@ -686,25 +685,20 @@ pub fn check_tools(
     tools: Option<&serde_json::value::RawValue>,
     allowed: &[String],
 ) -> Result<(), String> {
-    let Some(tools) = tools else {
-        return Ok(());
-    };
-    let tools: Value = serde_json::from_str(tools.get()).map_err(|e| e.to_string())?;
-    for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
-        for key in tool.as_object().into_iter().flat_map(|t| t.keys()) {
-            let declarations = matches!(
-                key.as_str(),
-                "functionDeclarations" | "function_declarations"
-            );
-            if !declarations && !allowed.iter().any(|a| a == key) {
-                return Err(format!(
-                    "tools[{i}] `{key}` would run at the provider, outside Warden's governance; \
-                     list `{key}` in ai.provider_tools to allow it"
-                ));
-            }
-        }
-    }
-    Ok(())
+    super::check_provider_tools(tools, allowed, |i, tool| {
+        tool.as_object()
+            .into_iter()
+            .flat_map(|t| t.keys())
+            .filter(|key| !is_declarations(key))
+            .map(|key| (format!("tools[{i}] `{key}`"), key.clone()))
+            .collect()
+    })
+}
+
+/// Whether a tool's key holds function declarations (Google's REST API takes either
+/// spelling).
+fn is_declarations(key: &str) -> bool {
+    matches!(key, "functionDeclarations" | "function_declarations")
 }
 
 /// An error object in Gemini's shape.

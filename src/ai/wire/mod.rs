@@ -325,6 +325,32 @@ pub(crate) fn error_message(error: &Value) -> String {
         .map_or_else(|| error.to_string(), str::to_owned)
 }
 
+/// Refuses a relayed request naming a tool the provider would run itself (calls Warden
+/// never sees, billed beyond the token counts), unless `allowed` (`ai.provider_tools`)
+/// lists its kind. `provider_run` gives, for the `i`th tool, how a message names each
+/// part the provider would run and that part's kind.
+pub(crate) fn check_provider_tools(
+    tools: Option<&serde_json::value::RawValue>,
+    allowed: &[String],
+    provider_run: impl Fn(usize, &Value) -> Vec<(String, String)>,
+) -> Result<(), String> {
+    let Some(tools) = tools else {
+        return Ok(());
+    };
+    let tools: Value = serde_json::from_str(tools.get()).map_err(|e| format!("`tools`: {e}"))?;
+    for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
+        for (named, kind) in provider_run(i, tool) {
+            if !allowed.contains(&kind) {
+                return Err(format!(
+                    "{named} would run at the provider, outside Warden's governance; list \
+                     `{kind}` in ai.provider_tools to allow it"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The text of a message's `content`: a string, or a list of parts whose `type` is one of
 /// `kinds`, each paired with the member holding its text; any other part cannot be
 /// translated.

@@ -23,8 +23,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
-    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, content_text, count,
-    error_message, invalid, openai, refuse_fields, str_or_empty, string, unix_now,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, check_provider_tools,
+    content_text, count, error_message, invalid, openai, refuse_fields, str_or_empty, string,
+    unix_now,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -73,20 +74,13 @@ pub const CLIENT_TOOLS: &[&str] = &[
 /// Refuses a relayed request naming a tool the provider would run itself, unless
 /// `allowed` lists its type.
 pub fn check_tools(tools: Option<&RawValue>, allowed: &[String]) -> Result<(), String> {
-    let Some(tools) = tools else {
-        return Ok(());
-    };
-    let tools: Value = serde_json::from_str(tools.get()).map_err(|e| e.to_string())?;
-    for (i, tool) in tools.as_array().into_iter().flatten().enumerate() {
+    check_provider_tools(tools, allowed, |i, tool| {
         let kind = tool.get("type").and_then(Value::as_str).unwrap_or("?");
-        if !CLIENT_TOOLS.contains(&kind) && !allowed.iter().any(|a| a == kind) {
-            return Err(format!(
-                "tools[{i}] of type `{kind}` would run at the provider, outside Warden's \
-                 governance; list `{kind}` in ai.provider_tools to allow it"
-            ));
+        if CLIENT_TOOLS.contains(&kind) {
+            return Vec::new();
         }
-    }
-    Ok(())
+        vec![(format!("tools[{i}] of type `{kind}`"), kind.to_owned())]
+    })
 }
 
 /// Why a complete answer failed, from its `status` and `error`: `None` unless the
@@ -130,13 +124,28 @@ struct RawEvent<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+/// The members of a response object the decoder reads. The rest — on the final event,
+/// `output` holds the whole answer again — is skipped unread.
+#[derive(Default, Deserialize)]
+struct ResponseHead {
+    id: Option<Value>,
+    model: Option<Value>,
+    usage: Option<Value>,
+    incomplete_details: Option<Value>,
+    error: Option<Value>,
+}
+
+fn text_of(value: Option<&Value>) -> String {
+    value.and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
 impl Decoder {
-    fn start(&mut self, response: &Value, out: &mut Vec<Delta>) {
-        let model = str_or_empty(response, "model");
+    fn start(&mut self, response: &ResponseHead, out: &mut Vec<Delta>) {
+        let model = text_of(response.model.as_ref());
         if !self.started || !model.is_empty() {
             self.started = true;
             out.push(Delta::Start {
-                id: str_or_empty(response, "id"),
+                id: text_of(response.id.as_ref()),
                 model,
             });
         }
@@ -148,9 +157,12 @@ impl StreamDecoder for Decoder {
         let not_json =
             |e: serde_json::Error| format!("the provider sent an event that is not JSON: {e}");
         let raw: RawEvent<'_> = serde_json::from_str(event.data.trim()).map_err(not_json)?;
-        let response = || -> Result<Value, String> {
+        let response = || -> Result<ResponseHead, String> {
             raw.response
-                .map_or(Ok(Value::Null), |r| serde_json::from_str(r.get()))
+                .map_or(Ok(None), |r| {
+                    serde_json::from_str::<Option<ResponseHead>>(r.get())
+                })
+                .map(Option::unwrap_or_default)
                 .map_err(not_json)
         };
         let index = raw
@@ -195,14 +207,16 @@ impl StreamDecoder for Decoder {
             terminal @ ("response.completed" | "response.incomplete" | "response.failed") => {
                 let response = response()?;
                 self.start(&response, out);
-                if let Some(reported) = response.get("usage").filter(|u| u.is_object()) {
+                if let Some(reported) = response.usage.as_ref().filter(|u| u.is_object()) {
                     out.push(Delta::Usage(usage(reported)));
                 }
                 match terminal {
                     "response.completed" => out.push(Delta::Finish(Finish::Stop)),
                     "response.incomplete" => {
                         let reason = response
-                            .pointer("/incomplete_details/reason")
+                            .incomplete_details
+                            .as_ref()
+                            .and_then(|d| d.get("reason"))
                             .and_then(Value::as_str)
                             .unwrap_or("incomplete");
                         out.push(Delta::Finish(match reason {
@@ -212,7 +226,7 @@ impl StreamDecoder for Decoder {
                         }));
                     }
                     _ => {
-                        out.push(Delta::Error(failure_message(response.get("error"))));
+                        out.push(Delta::Error(failure_message(response.error.as_ref())));
                         return Ok(());
                     }
                 }
@@ -795,11 +809,7 @@ impl StreamEncoder for Encoder {
             Delta::Usage(usage) => self.usage.merge(*usage),
             Delta::Error(message) => {
                 self.done = true;
-                self.event(
-                    "error",
-                    json!({"code": "upstream_error", "message": message, "param": null}),
-                    out,
-                );
+                self.event("error", error_event(message, "upstream_error"), out);
             }
             Delta::Done => {
                 self.start(out);
