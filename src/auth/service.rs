@@ -640,11 +640,11 @@ impl Identity {
             .await
             .map_err(|e| SignOutError::Unavailable(e.to_string()))?;
         let transaction = db.transaction().await.map_err(StoreError::from)?;
-        let revoked = store::sign_out(&transaction, name, origin).await?;
+        let signed_out = store::sign_out(&transaction, name, origin).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         self.cache.invalidate(None, Some(name), None);
-        let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
-        self.record(signed_out_event(name, origin, detail)).await;
+        self.record(signed_out_event(name, origin, signed_out.detail))
+            .await;
         Ok(())
     }
 

@@ -349,12 +349,12 @@ SELECT (SELECT count(*) FROM bumped), (SELECT count(*) FROM revoked)";
 /// refused; marks its live refresh tokens revoked; and tells every running server
 /// (notice `user.signed_out`, detail `origin` and `refresh_tokens_revoked`), which drop
 /// their cached verifications. In the caller's transaction, so the notice goes out with
-/// the change at commit. Returns how many refresh tokens were revoked.
+/// the change at commit.
 pub async fn sign_out(
     transaction: &tokio_postgres::Transaction<'_>,
     name: &str,
     origin: &str,
-) -> Result<i64, StoreError> {
+) -> Result<SignedOut, StoreError> {
     let row = transaction.query_one(SIGN_OUT, &[&name]).await?;
     if row.get::<_, i64>(0) == 0 {
         return Err(match find(transaction, name).await? {
@@ -368,8 +368,16 @@ pub async fn sign_out(
     }
     let revoked: i64 = row.get(1);
     let detail = json!({"origin": origin, "refresh_tokens_revoked": revoked});
-    notify(transaction, SIGNED_OUT_NOTICE, name, detail).await?;
-    Ok(revoked)
+    notify(transaction, SIGNED_OUT_NOTICE, name, detail.clone()).await?;
+    Ok(SignedOut { revoked, detail })
+}
+
+/// What a sign-out did.
+pub struct SignedOut {
+    /// Refresh tokens revoked.
+    pub revoked: i64,
+    /// The notice's detail, which the audit row records as well.
+    pub detail: serde_json::Value,
 }
 
 // ---------------------------------------------------------------------------------------

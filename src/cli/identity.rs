@@ -385,14 +385,15 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
                 json!({"origin": "cli"}),
             )
             .await?;
-            let revoked = store::sign_out(&transaction, &name, "cli").await?;
+            let signed_out = store::sign_out(&transaction, &name, "cli").await?;
             transaction.commit().await?;
+            let revoked = signed_out.revoked;
             // Both rows in one batch: neither is written without the other.
             record_all(
                 &database,
                 &[
                     ("user.password_changed", &name, json!({"origin": "cli"})),
-                    sign_out_change(&name, revoked),
+                    (store::SIGNED_OUT_NOTICE, &name, signed_out.detail),
                 ],
             )
             .await?;
@@ -406,9 +407,14 @@ pub(crate) async fn user(command: UserCommand) -> Result<ExitCode> {
             let (config, database) = open(&profile).await?;
             let mut client = database.pool.get().await?;
             let transaction = client.transaction().await?;
-            let revoked = store::sign_out(&transaction, &name, "cli").await?;
+            let signed_out = store::sign_out(&transaction, &name, "cli").await?;
             transaction.commit().await?;
-            record_all(&database, &[sign_out_change(&name, revoked)]).await?;
+            let revoked = signed_out.revoked;
+            record_all(
+                &database,
+                &[(store::SIGNED_OUT_NOTICE, &name, signed_out.detail)],
+            )
+            .await?;
             println!("`{name}` signed out everywhere ({revoked} refresh tokens revoked)");
             drop(client);
             database.shutdown(config.server.shutdown_grace).await?;
@@ -472,15 +478,6 @@ async fn record_all(
                 what.join(", ")
             )
         })
-}
-
-/// The audit change of a sign-out everywhere.
-fn sign_out_change(name: &str, revoked: i64) -> (&'static str, &str, serde_json::Value) {
-    (
-        store::SIGNED_OUT_NOTICE,
-        name,
-        json!({"origin": "cli", "refresh_tokens_revoked": revoked}),
-    )
 }
 
 async fn set_disabled(name: String, profile: ProfileArg, disabled: bool) -> Result<ExitCode> {
