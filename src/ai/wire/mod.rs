@@ -412,6 +412,12 @@ pub(crate) fn merge_turns(messages: &[Message]) -> Vec<Message> {
     merged
 }
 
+/// A JSON object as a request's top level, for the readers' tests.
+#[cfg(test)]
+pub(crate) fn map(value: Value) -> serde_json::Map<String, Value> {
+    value.as_object().cloned().expect("a JSON object")
+}
+
 /// A streamed answer as a provider's decoder gives it, for the encoders' tests: text in
 /// two pieces, then a tool call whose arguments come in two pieces, `finish` and `usage`.
 #[cfg(test)]

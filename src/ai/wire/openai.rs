@@ -781,9 +781,7 @@ impl StreamEncoder for Encoder {
 mod tests {
     use super::*;
 
-    fn map(value: Value) -> Map<String, Value> {
-        value.as_object().cloned().unwrap()
-    }
+    use crate::ai::wire::map;
 
     #[test]
     fn a_conversation_with_tools_reads_into_neutral_form() {

@@ -1003,9 +1003,7 @@ mod tests {
         );
     }
 
-    fn map(value: Value) -> Map<String, Value> {
-        value.as_object().cloned().unwrap()
-    }
+    use crate::ai::wire::map;
 
     #[test]
     fn a_request_with_items_and_tools_reads_into_neutral_form() {

@@ -64,12 +64,9 @@ fn scopes_rate_limits_and_body_limits_decide_who_may_use_which_model() {
             .is_some_and(|v| v.contains("insufficient_scope") && v.contains("ai:premium")),
         "{denied:?}"
     );
-    let decision = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decision[0]["decision"], "deny");
-    assert_eq!(decision[0]["subject"], "ai/premium");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["decision"], "deny");
+    assert_eq!(decision["subject"], "ai/premium");
     assert_eq!(env.row(&trace)["status"], "denied");
     assert!(provider.seen().is_empty());
 

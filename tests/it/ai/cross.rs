@@ -37,26 +37,7 @@ fn env(anthropic: &FakeProvider, openai: &FakeProvider) -> Env {
 
 #[test]
 fn openai_shaped_clients_are_served_by_an_anthropic_provider() {
-    let anthropic = FakeProvider::start(|seen| {
-        let tools = seen.body["tools"].is_array();
-        match (seen.streaming(), tools) {
-            (false, _) => fake::json_reply(fake::anthropic_tool_answer(
-                "claude-test",
-                "weather",
-                json!({"city": "Oslo"}),
-            )),
-            (true, false) => fake::anthropic_stream(
-                "claude-test",
-                &["Hel", "lo"],
-                json!({"input_tokens": 9, "output_tokens": 1}),
-                json!({"output_tokens": 4}),
-                None,
-            ),
-            (true, true) => {
-                fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
-            }
-        }
-    });
+    let anthropic = FakeProvider::start(fake::claude);
     let unused = FakeProvider::start(|_| fake::Reply::Hang);
     let env = env(&anthropic, &unused);
     let token = env.token("alice", "ai:chat");

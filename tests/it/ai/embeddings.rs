@@ -120,16 +120,13 @@ fn embeddings_are_governed_recorded_and_priced_like_chat() {
     assert_eq!(row["cost_microdollars"], 2);
     assert_eq!(row["status"], "success");
     assert_eq!(row["streaming"], false);
-    let decisions = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decisions[0]["subject"], "ai/embed");
-    assert_eq!(decisions[0]["decision"], "allow");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["subject"], "ai/embed");
+    assert_eq!(decision["decision"], "allow");
     assert_eq!(
-        decisions[0]["attributes"]["action"], "ai/embeddings",
+        decision["attributes"]["action"], "ai/embeddings",
         "{}",
-        decisions[0]
+        decision
     );
 
     // A model whose provider has no embeddings endpoint: refused after the permission

@@ -349,28 +349,23 @@ fn on_client_gone_finish_reads_the_rest_for_its_usage_within_its_limits() {
     let rest = fake::Gate::default();
     let never = fake::Gate::default();
     let (provider_rest, provider_never) = (rest.clone(), never.clone());
-    let chunk = |delta: Value, finish: Option<&str>| {
-        let body = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-test",
-                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        format!("data: {body}\n\n")
-    };
-    let openai = FakeProvider::start(move |seen| Reply::Gated {
-        before: vec![chunk(json!({"content": "first words"}), None)],
-        gate: if seen.body["messages"][0]["content"] == "count" {
-            provider_rest.clone()
-        } else {
-            provider_never.clone()
-        },
-        after: vec![
-            chunk(json!({"content": " and the rest"}), None),
-            chunk(json!({}), Some("stop")),
-            format!(
-                "data: {}\n\n",
-                json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-test",
-                       "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 12}})
-            ),
-            "data: [DONE]\n\n".into(),
-        ],
+    // The stand-in's usual stream, held after its first words.
+    let openai = FakeProvider::start(move |seen| {
+        let pieces = ["first words", " and the rest"];
+        let Reply::Events { events, .. } = fake::openai_stream(seen, "gpt-test", &pieces, 30, 12)
+        else {
+            return Reply::Hang;
+        };
+        let (before, after) = events.split_at(2);
+        Reply::Gated {
+            before: before.to_vec(),
+            gate: if seen.body["messages"][0]["content"] == "count" {
+                provider_rest.clone()
+            } else {
+                provider_never.clone()
+            },
+            after: after.to_vec(),
+        }
     });
     let mut env = Env::start(
         json!({
@@ -445,13 +440,12 @@ fn on_client_gone_finish_reads_the_rest_for_its_usage_within_its_limits() {
     let third = Trace::new();
     hang_up(&env, &third, "stop", "reading the rest for its usage");
     assert!(env.warden.sigterm().success());
-    let rows = env.rows(&format!("trace_id = '{}'", third.id));
-    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = env.row(&third);
     assert!(
-        rows[0]["error"]
+        row["error"]
             .as_str()
             .is_some_and(|e| e.contains("Warden shut down")),
-        "{rows:?}"
+        "{row}"
     );
     never.open();
 }

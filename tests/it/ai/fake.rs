@@ -485,6 +485,33 @@ pub fn responses_stream(
 // Anthropic
 // ---------------------------------------------------------------------------------------
 
+/// An Anthropic provider as most tests want it (model `claude-test`): with tools, a
+/// `weather` call for Oslo (complete, or streamed in two pieces of arguments); without,
+/// "Hello" (complete, 9 input and 4 output tokens; streamed in two pieces, input reported
+/// at the start and output at the end).
+pub fn claude(seen: &Seen) -> Reply {
+    match (seen.streaming(), seen.body["tools"].is_array()) {
+        (true, true) => anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}"),
+        (false, true) => json_reply(anthropic_tool_answer(
+            "claude-test",
+            "weather",
+            json!({"city": "Oslo"}),
+        )),
+        (true, false) => anthropic_stream(
+            "claude-test",
+            &["Hel", "lo"],
+            json!({"input_tokens": 9, "output_tokens": 1}),
+            json!({"output_tokens": 4}),
+            None,
+        ),
+        (false, false) => json_reply(anthropic_answer(
+            "claude-test",
+            "Hello",
+            json!({"input_tokens": 9, "output_tokens": 4}),
+        )),
+    }
+}
+
 pub fn anthropic_answer(model: &str, text: &str, usage: Value) -> Value {
     json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
            "content": [{"type": "text", "text": text}],
@@ -617,6 +644,23 @@ pub fn anthropic_tool_stream(model: &str, name: &str, first: &str, second: &str)
 // ---------------------------------------------------------------------------------------
 // Gemini
 // ---------------------------------------------------------------------------------------
+
+/// A Gemini provider answering `model_version`: `text` complete, or streamed in `pieces`,
+/// with `usage` (`usageMetadata`) either way.
+pub fn gemini_provider(
+    model_version: &'static str,
+    text: &'static str,
+    pieces: &'static [&'static str],
+    usage: Value,
+) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    move |seen| {
+        if seen.streaming() {
+            gemini_stream(model_version, pieces, usage.clone())
+        } else {
+            json_reply(gemini_answer(model_version, text, usage.clone()))
+        }
+    }
+}
 
 pub fn gemini_answer(model_version: &str, text: &str, usage: Value) -> Value {
     json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},

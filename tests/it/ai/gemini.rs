@@ -8,25 +8,8 @@
 
 use serde_json::{Value, json};
 
-use super::fake::{self, FakeProvider, Reply};
-use super::{Env, Trace, sse_json};
-use crate::support::http::{self, Response};
-
-/// `POST {path}` the way Google's SDKs send it (`x-goog-api-key`).
-fn post(env: &Env, path: &str, token: &str, body: &Value, trace: &Trace) -> Response {
-    let body = serde_json::to_vec(body).expect("JSON");
-    http::request(
-        "POST",
-        &env.warden.url(path),
-        &[
-            ("x-goog-api-key", token),
-            ("Content-Type", "application/json"),
-            ("traceparent", &trace.header),
-        ],
-        Some(&body),
-    )
-    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
+use super::fake::{self, FakeProvider};
+use super::{Env, Trace, gemini_stream_text, sse_json};
 
 fn ask(text: &str) -> Value {
     json!({
@@ -36,49 +19,18 @@ fn ask(text: &str) -> Value {
     })
 }
 
-fn claude(seen: &fake::Seen) -> Reply {
-    match (seen.streaming(), seen.body["tools"].is_array()) {
-        (true, true) => {
-            fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
-        }
-        (false, true) => fake::json_reply(fake::anthropic_tool_answer(
-            "claude-test",
-            "weather",
-            json!({"city": "Oslo"}),
-        )),
-        (false, false) => fake::json_reply(fake::anthropic_answer(
-            "claude-test",
-            "Hello from claude",
-            json!({"input_tokens": 9, "output_tokens": 4}),
-        )),
-        (true, false) => fake::anthropic_stream(
-            "claude-test",
-            &["Hel", "lo"],
-            json!({"input_tokens": 9, "output_tokens": 1}),
-            json!({"output_tokens": 4}),
-            None,
-        ),
-    }
-}
-
 #[test]
 fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     let usage = json!({"promptTokenCount": 80, "cachedContentTokenCount": 20,
                        "candidatesTokenCount": 12, "thoughtsTokenCount": 8,
                        "totalTokenCount": 100});
-    let stream_usage = usage.clone();
-    let google = FakeProvider::start(move |seen| {
-        if seen.streaming() {
-            fake::gemini_stream("gemini-test-001", &["Hel", "lo"], stream_usage.clone())
-        } else {
-            fake::json_reply(fake::gemini_answer(
-                "gemini-test-001",
-                "Hello from gemini",
-                usage.clone(),
-            ))
-        }
-    });
-    let anthropic = FakeProvider::start(claude);
+    let google = FakeProvider::start(fake::gemini_provider(
+        "gemini-test-001",
+        "Hello from gemini",
+        &["Hel", "lo"],
+        usage,
+    ));
+    let anthropic = FakeProvider::start(fake::claude);
     let key = "gemini-clients-key";
     let env = Env::start(
         json!({
@@ -101,8 +53,7 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     // Relayed, complete: the body as sent (Warden's routing fields taken out again), the
     // upstream model in the URL, Warden's key; the answer as the provider sent it.
     let trace = Trace::new();
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1beta/models/flash:generateContent",
         &token,
         &ask("Hi"),
@@ -131,16 +82,12 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     assert_eq!(row["output_tokens"], 20, "candidates and thoughts");
     // 60 × $0.30 + 20 × $0.075 + 20 × $2.50 per million = 18 + 1.5 + 50 µ$ → 70 (rounded).
     assert_eq!(row["cost_microdollars"], 70);
-    let decisions = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decisions[0]["attributes"]["action"], "ai/generateContent");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["attributes"]["action"], "ai/generateContent");
 
     // Relayed, streamed.
     let trace = Trace::new();
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1beta/models/flash:streamGenerateContent?alt=sse",
         &token,
         &ask("Hi"),
@@ -152,15 +99,7 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
         google.last().path,
         "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
     );
-    let text: String = sse_json(&response.body)
-        .iter()
-        .filter_map(|c| {
-            c["candidates"][0]["content"]["parts"][0]["text"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "Hello");
+    assert_eq!(gemini_stream_text(&response.body), "Hello");
     let row = env.row(&trace);
     assert_eq!(
         (&row["streaming"], &row["status"]),
@@ -173,8 +112,7 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     let mut request = ask("Weather in Oslo?");
     request["tools"] = json!([{"functionDeclarations": [{"name": "weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}]);
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1/models/sonnet:generateContent",
         &token,
         &request,
@@ -196,24 +134,15 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
 
     // Translated, streamed.
     let trace = Trace::new();
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1beta/models/sonnet:streamGenerateContent?alt=sse",
         &token,
         &ask("Hi"),
         &trace,
     );
     assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(gemini_stream_text(&response.body), "Hello");
     let chunks = sse_json(&response.body);
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| {
-            c["candidates"][0]["content"]["parts"][0]["text"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "Hello");
     let last = chunks.last().expect("a last chunk");
     assert_eq!(last["candidates"][0]["finishReason"], "STOP");
     assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 4);
@@ -226,8 +155,7 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     // Translated, streamed, with a function call: sent whole, with the finish reason (no
     // chunk without parts: Gemini CLI takes one for a broken stream).
     let trace = Trace::new();
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1beta/models/sonnet:streamGenerateContent?alt=sse",
         &token,
         &request,
@@ -236,11 +164,8 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     assert_eq!(response.status, 200, "{response:?}");
     let chunks = sse_json(&response.body);
     for chunk in &chunks {
-        assert_ne!(
-            chunk["candidates"][0]["content"]["parts"],
-            json!([]),
-            "{chunk}"
-        );
+        let parts = &chunk["candidates"][0]["content"]["parts"];
+        assert!(parts.as_array().is_some_and(|p| !p.is_empty()), "{chunk}");
     }
     let last = chunks.last().expect("a last chunk");
     assert_eq!(
@@ -254,48 +179,53 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
 
     // Errors, in Google's shape.
     let requests_so_far = (google.seen().len(), anthropic.seen().len());
-    let refused = |path: &str, token: &str| {
-        let response = post(&env, path, token, &ask("Hi"), &Trace::new());
+    // Each refusal: its status, Google's `status` name, and a phrase of its message.
+    let refused = |path: &str, token: &str, (status, name, needle): (u16, &str, &str)| {
+        let response = env.generate(path, token, &ask("Hi"), &Trace::new());
         let error = response.json()["error"].clone();
-        (response.status, error)
+        assert_eq!(response.status, status, "{path}: {error}");
+        assert_eq!(
+            (&error["code"], &error["status"]),
+            (&json!(status), &json!(name)),
+            "{path}"
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle)),
+            "{path}: {error}"
+        );
     };
-    let (status, error) = refused("/v1beta/models/nope:generateContent", &token);
-    assert_eq!(status, 404);
-    assert_eq!(
-        (&error["code"], &error["status"]),
-        (&json!(404), &json!("NOT_FOUND"))
+    refused(
+        "/v1beta/models/nope:generateContent",
+        &token,
+        (404, "NOT_FOUND", "models you may use: flash, sonnet"),
     );
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("models you may use: flash, sonnet")),
-        "{error}"
+    refused(
+        "/v1beta/models/flash:streamGenerateContent",
+        &token,
+        (400, "INVALID_ARGUMENT", "?alt=sse"),
     );
-    let (status, error) = refused("/v1beta/models/flash:streamGenerateContent", &token);
-    assert_eq!(status, 400, "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("?alt=sse")),
-        "{error}"
+    refused(
+        "/v1beta/models/flash:countTokens",
+        &token,
+        (404, "NOT_FOUND", ":generateContent"),
     );
-    let (status, error) = refused("/v1beta/models/flash:countTokens", &token);
-    assert_eq!(status, 404, "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(":generateContent")),
-        "{error}"
+    refused(
+        "/v1beta/models/flash:generateContent",
+        "wrong-token",
+        (401, "UNAUTHENTICATED", ""),
     );
-    let (status, error) = refused("/v1beta/models/flash:generateContent", "wrong-token");
-    assert_eq!((status, &error["status"]), (401, &json!("UNAUTHENTICATED")));
-    let (status, _) = refused("/v1beta/models/flash:countTokens", "wrong-token");
-    assert_eq!(status, 401, "who is asking comes first");
+    // Who is asking comes first.
+    refused(
+        "/v1beta/models/flash:countTokens",
+        "wrong-token",
+        (401, "UNAUTHENTICATED", ""),
+    );
     // A tool Google would run itself, relayed: refused unless ai.provider_tools allows it.
     let mut search = ask("Hi");
     search["tools"] = json!([{"googleSearch": {}}]);
-    let response = post(
-        &env,
+    let response = env.generate(
         "/v1beta/models/flash:generateContent",
         &token,
         &search,

@@ -103,14 +103,11 @@ fn openai_and_openai_compatible_kinds_answer_complete_and_streamed_requests() {
     assert_eq!(row["streaming"], false);
     assert_eq!(row["ttft_ms"], Value::Null);
     assert!(row["latency_ms"].is_i64(), "{row}");
-    let decisions = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decisions[0]["subject"], "ai/gpt");
-    assert_eq!(decisions[0]["decision"], "allow");
-    assert_eq!(decisions[0]["attributes"]["action"], "ai/chat.completions");
-    assert_eq!(decisions[0]["actor_id"], "alice");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["subject"], "ai/gpt");
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["attributes"]["action"], "ai/chat.completions");
+    assert_eq!(decision["actor_id"], "alice");
 
     // Streamed, without asking for usage: Warden asks on the client's behalf and keeps
     // the usage chunk to itself.
@@ -294,18 +291,12 @@ fn anthropic_kind_answers_messages_complete_and_streamed() {
 fn gemini_kind_serves_openai_and_anthropic_clients() {
     let usage = json!({"promptTokenCount": 80, "candidatesTokenCount": 12,
                        "thoughtsTokenCount": 8, "totalTokenCount": 100});
-    let stream_usage = usage.clone();
-    let gemini = FakeProvider::start(move |seen| {
-        if seen.streaming() {
-            fake::gemini_stream("gemini-test-001", &["Hel", "lo"], stream_usage.clone())
-        } else {
-            fake::json_reply(fake::gemini_answer(
-                "gemini-test-001",
-                "Hello from gemini",
-                usage.clone(),
-            ))
-        }
-    });
+    let gemini = FakeProvider::start(fake::gemini_provider(
+        "gemini-test-001",
+        "Hello from gemini",
+        &["Hel", "lo"],
+        usage,
+    ));
     let key = "gemini-kinds-key";
     let env = Env::start(
         json!({

@@ -111,6 +111,32 @@ impl Env {
         )
     }
 
+    pub fn responses(&self, token: &str, body: &Value, trace: &Trace) -> Response {
+        self.post(
+            "/v1/responses",
+            token,
+            body,
+            &[("traceparent", &trace.header)],
+        )
+    }
+
+    /// `POST path` (a Gemini `…:generateContent` URL) the way Google's SDKs send it
+    /// (`x-goog-api-key`).
+    pub fn generate(&self, path: &str, token: &str, body: &Value, trace: &Trace) -> Response {
+        let body = serde_json::to_vec(body).expect("JSON");
+        http::request(
+            "POST",
+            &self.warden.url(path),
+            &[
+                ("x-goog-api-key", token),
+                ("Content-Type", "application/json"),
+                ("traceparent", &trace.header),
+            ],
+            Some(&body),
+        )
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     /// `POST /v1/messages` the way Anthropic's SDKs send it (`x-api-key`).
     pub fn messages(&self, token: &str, body: Value, trace: &Trace) -> Response {
         let body = serde_json::to_vec(&body).expect("JSON");
@@ -166,6 +192,14 @@ impl Env {
             .iter()
             .map(|row| serde_json::from_str(row.get::<_, &str>(0)).expect("row JSON"))
             .collect()
+    }
+
+    /// The one permission decision of a trace.
+    pub fn decision(&self, trace: &Trace) -> Value {
+        let condition = format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id);
+        let mut decisions = self.wait_events(&condition, 1);
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        decisions.remove(0)
     }
 
     pub fn wait_events(&self, condition: &str, n: usize) -> Vec<Value> {
@@ -248,6 +282,27 @@ pub fn openai_stream_text(body: &str) -> String {
                 .as_str()
                 .map(str::to_owned)
         })
+        .collect()
+}
+
+/// The text a Gemini event stream carries.
+pub fn gemini_stream_text(body: &str) -> String {
+    sse_json(body)
+        .iter()
+        .filter_map(|c| {
+            c["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The text a Responses event stream carries (its `response.output_text.delta` events).
+pub fn responses_stream_text(body: &str) -> String {
+    sse_json(body)
+        .iter()
+        .filter(|event| event["type"] == "response.output_text.delta")
+        .filter_map(|event| event["delta"].as_str().map(str::to_owned))
         .collect()
 }
 

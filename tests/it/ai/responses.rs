@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 
 use super::fake::{self, FakeProvider, Reply};
-use super::{Env, Trace, WAIT, sse_events, stream_then_hang_up};
+use super::{Env, Trace, WAIT, responses_stream_text, sse_events, stream_then_hang_up};
 
 const MODEL: &str = "gpt-test-2026";
 
@@ -75,13 +75,13 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
         |_| {},
     );
     let token = env.token("alice", "ai:chat");
-    let post = |body: &Value, trace: &Trace| {
-        env.post(
-            "/v1/responses",
-            &token,
-            body,
-            &[("traceparent", &trace.header)],
-        )
+    let post = |body: &Value, trace: &Trace| env.responses(&token, body, trace);
+    // A stream relayed event for event: the stand-in's own events for the request.
+    let relayed_as_sent = |body: &str| {
+        let Reply::Events { events, .. } = scripted(&openai.last()) else {
+            panic!("the stand-in streams this request");
+        };
+        assert_eq!(body, events.concat(), "relayed event for event");
     };
 
     // Complete: the provider's answer byte for byte; the request as sent, but for `model`.
@@ -128,23 +128,17 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     assert_eq!(row["cost_microdollars"], 575);
     assert_eq!(row["status"], "success");
     assert_eq!(row["streaming"], false);
-    let decisions = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decisions[0]["subject"], "ai/gpt");
-    assert_eq!(decisions[0]["decision"], "allow");
-    assert_eq!(decisions[0]["attributes"]["action"], "ai/responses");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["subject"], "ai/gpt");
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["attributes"]["action"], "ai/responses");
 
     // Streamed: the provider's events, each as it sent it.
     let trace = Trace::new();
     let response = post(&request("gpt", "hi", true), &trace);
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
-    let Reply::Events { events, .. } = scripted(&openai.last()) else {
-        panic!("the stand-in streams this request");
-    };
-    assert_eq!(response.body, events.concat(), "relayed event for event");
+    relayed_as_sent(&response.body);
     let names: Vec<Option<String>> = sse_events(&response.body)
         .into_iter()
         .map(|(name, _)| name)
@@ -169,11 +163,8 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     let trace = Trace::new();
     let response = post(&request("gpt", "long", true), &trace);
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(
-        response.body.contains("response.incomplete"),
-        "{}",
-        response.body
-    );
+    relayed_as_sent(&response.body);
+    assert!(response.body.contains("response.incomplete"));
     let row = env.row(&trace);
     assert_eq!(row["status"], "success", "{row}");
     assert_eq!(
@@ -186,11 +177,8 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     let trace = Trace::new();
     let response = post(&request("gpt", "fail", true), &trace);
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(
-        response.body.contains("response.failed"),
-        "{}",
-        response.body
-    );
+    relayed_as_sent(&response.body);
+    assert!(response.body.contains("response.failed"));
     let row = env.row(&trace);
     assert_eq!(row["status"], "error", "{row}");
     assert!(
@@ -281,11 +269,8 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     );
     // After the permission check: its decision and an error row, like any refusal.
     assert_eq!(env.row(&trace)["status"], "error");
-    let decisions = env.wait_events(
-        &format!("trace_id = '{}' AND kind = 'permission.decision'", trace.id),
-        1,
-    );
-    assert_eq!(decisions[0]["decision"], "allow");
+    let decision = env.decision(&trace);
+    assert_eq!(decision["decision"], "allow");
     // A caller who may not use the model is told only that.
     let outsider = env.token("mallory", "profile");
     let response = env.post("/v1/responses", &outsider, &background, &[]);
@@ -302,31 +287,9 @@ fn responses_requests_are_relayed_and_recorded_like_chat() {
     assert_eq!(openai.last().body["background"], false);
 }
 
-/// The Anthropic stand-in: a tool call when the request has tools (complete or streamed),
-/// else streamed text.
-fn anthropic(seen: &fake::Seen) -> Reply {
-    match (seen.streaming(), seen.body["tools"].is_array()) {
-        (false, _) => fake::json_reply(fake::anthropic_tool_answer(
-            "claude-test",
-            "weather",
-            json!({"city": "Oslo"}),
-        )),
-        (true, false) => fake::anthropic_stream(
-            "claude-test",
-            &["Hel", "lo"],
-            json!({"input_tokens": 9, "output_tokens": 1}),
-            json!({"output_tokens": 4}),
-            None,
-        ),
-        (true, true) => {
-            fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
-        }
-    }
-}
-
 #[test]
 fn responses_clients_are_served_by_an_anthropic_provider() {
-    let provider = FakeProvider::start(anthropic);
+    let provider = FakeProvider::start(fake::claude);
     let chat_only = FakeProvider::start(|_| {
         fake::json_reply(fake::openai_answer("llama-test", "From chat", 7, 3, 0))
     });
@@ -348,14 +311,7 @@ fn responses_clients_are_served_by_an_anthropic_provider() {
         |_| {},
     );
     let token = env.token("alice", "ai:chat");
-    let post = |body: &Value, trace: &Trace| {
-        env.post(
-            "/v1/responses",
-            &token,
-            body,
-            &[("traceparent", &trace.header)],
-        )
-    };
+    let post = |body: &Value, trace: &Trace| env.responses(&token, body, trace);
     let tools = json!([{"type": "function", "name": "weather", "description": "Weather by city",
                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
 
@@ -449,16 +405,7 @@ fn responses_clients_are_served_by_an_anthropic_provider() {
         .collect();
     assert_eq!(names.first(), Some(&"response.created"), "{names:?}");
     assert_eq!(names.last(), Some(&"response.completed"), "{names:?}");
-    let text: String = events
-        .iter()
-        .filter(|(name, _)| name.as_deref() == Some("response.output_text.delta"))
-        .filter_map(|(_, data)| {
-            serde_json::from_str::<Value>(data).ok()?["delta"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "Hello");
+    assert_eq!(responses_stream_text(&response.body), "Hello");
     let (_, last) = &events[events.len() - 1];
     let completed: Value = serde_json::from_str(last).expect("JSON");
     assert_eq!(

@@ -13,34 +13,6 @@ use super::Env;
 use super::fake::{self, FakeProvider, Reply};
 use crate::support::external;
 
-/// An Anthropic-format provider: text, or a tool call when the request has tools.
-fn claude(seen: &fake::Seen) -> Reply {
-    let usage = json!({"input_tokens": 9, "output_tokens": 4});
-    match (seen.streaming(), seen.body["tools"].is_array()) {
-        (true, true) => {
-            fake::anthropic_tool_stream("claude-test", "weather", "{\"city\":", "\"Oslo\"}")
-        }
-        (true, false) => fake::anthropic_stream(
-            "claude-test",
-            &["Hel", "lo"],
-            json!({"input_tokens": 9, "output_tokens": 1}),
-            json!({"output_tokens": 4}),
-            None,
-        ),
-        (false, _) => fake::json_reply(fake::anthropic_answer("claude-test", "Hello", usage)),
-    }
-}
-
-/// A Gemini-format provider.
-fn flash(seen: &fake::Seen) -> Reply {
-    let usage = json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17});
-    if seen.streaming() {
-        fake::gemini_stream("gemini-test", &["Hey ", "you"], usage)
-    } else {
-        fake::json_reply(fake::gemini_answer("gemini-test", "Hey you", usage))
-    }
-}
-
 /// An OpenAI-format provider: chat completions and the Responses API.
 fn gpt(seen: &fake::Seen) -> Reply {
     let responses = seen.path.ends_with("/responses");
@@ -80,9 +52,14 @@ fn run_sdks(env: &Env, token: &str) -> Value {
 
 #[test]
 fn official_sdks_read_what_warden_relays_and_translates() {
-    let anthropic = FakeProvider::start(claude);
+    let anthropic = FakeProvider::start(fake::claude);
     let openai = FakeProvider::start(gpt);
-    let google = FakeProvider::start(flash);
+    let google = FakeProvider::start(fake::gemini_provider(
+        "gemini-test",
+        "Hey you",
+        &["Hey ", "you"],
+        json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17}),
+    ));
     let env = Env::start(
         json!({
             "providers": {
