@@ -90,50 +90,32 @@ fn benches(c: &mut Criterion) {
             black_box(passthrough_body(&mut top, "gpt-4o", Wire::OpenAi, true).expect("body"))
         })
     });
-    c.bench_function("ai/request/openai_to_anthropic", |b| {
-        b.iter(|| {
-            let full: Map<String, Value> = serde_json::from_slice(black_box(&body)).expect("JSON");
-            black_box(
-                translate_body(
-                    &full,
-                    Wire::OpenAi,
-                    &Upstream {
-                        wire: Wire::Anthropic,
-                        model: "claude",
-                        dialect: Dialect {
-                            max_tokens_field: "max_tokens",
-                        },
-                        default_max_tokens: None,
-                        stream: true,
-                    },
-                )
-                .expect("body"),
-            )
-        })
-    });
-
-    let body = serde_json::to_vec(&responses_request()).expect("JSON");
-    c.bench_function("ai/request/responses_to_anthropic", |b| {
-        b.iter(|| {
-            let full: Map<String, Value> = serde_json::from_slice(black_box(&body)).expect("JSON");
-            black_box(
-                translate_body(
-                    &full,
-                    Wire::Responses,
-                    &Upstream {
-                        wire: Wire::Anthropic,
-                        model: "claude",
-                        dialect: Dialect {
-                            max_tokens_field: "max_tokens",
-                        },
-                        default_max_tokens: None,
-                        stream: true,
-                    },
-                )
-                .expect("body"),
-            )
-        })
-    });
+    let to_anthropic = Upstream {
+        wire: Wire::Anthropic,
+        model: "claude",
+        dialect: Dialect {
+            max_tokens_field: "max_tokens",
+        },
+        default_max_tokens: None,
+        stream: true,
+    };
+    let responses_body = serde_json::to_vec(&responses_request()).expect("JSON");
+    for (name, format, body) in [
+        ("ai/request/openai_to_anthropic", Wire::OpenAi, &body),
+        (
+            "ai/request/responses_to_anthropic",
+            Wire::Responses,
+            &responses_body,
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let full: Map<String, Value> =
+                    serde_json::from_slice(black_box(body)).expect("JSON");
+                black_box(translate_body(&full, format, &to_anthropic).expect("body"))
+            })
+        });
+    }
 
     let openai_chunk = format!(
         "data: {}\n\n",
