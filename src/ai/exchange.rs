@@ -79,6 +79,9 @@ pub enum AiError {
     BadRequest(String),
     #[error("{0}")]
     Translation(WireError),
+    /// The request is understood, but the model's provider offers nothing to serve it.
+    #[error("{0}")]
+    NotServed(String),
     #[error("unknown model `{model}`; {}", allowed_list(.allowed))]
     UnknownModel { model: String, allowed: Vec<String> },
     #[error("permission denied for model `{model}`: {denial}")]
@@ -252,7 +255,7 @@ impl Ai {
     /// The request's top-level fields (the rest stays unparsed, forwarded as written
     /// where no translation is needed), the model it names (`requested`, or the body's
     /// `model`) and that model's route.
-    fn route_for(
+    pub(super) fn route_for(
         &self,
         policy: &PolicyEngine,
         caller: &Caller,
@@ -344,6 +347,43 @@ impl Ai {
         account: &mut Option<Accounting>,
         action: &str,
     ) -> Result<Option<AuthHeaders>, AiError> {
+        self.permit((policy, limits), caller, route, action).await?;
+        let principal = &caller.principal;
+        let applied = budgets::applicable(
+            &state.budgets,
+            principal.user_id(),
+            &principal.roles,
+            &route.alias,
+        );
+        if !applied.is_empty() {
+            if let Err(refusal) = budgets::check(&self.pool, &applied).await {
+                let budget = match &refusal {
+                    BudgetError::Exhausted { budget, .. } => Some(budget.clone()),
+                    BudgetError::Unavailable { .. } => None,
+                };
+                let error = AiError::Budget(Box::new(refusal));
+                if budget.is_some() {
+                    self.record_rejection(caller, route, &error, budget.as_deref())
+                        .await?;
+                }
+                return Err(error);
+            }
+            if let Some(account) = account.as_mut() {
+                account.budgets = applied;
+            }
+        }
+        self.provider_key(route).await
+    }
+
+    /// The permission check (audited as `action`), then the `ai` rate limit (a refusal
+    /// audited too).
+    pub(super) async fn permit(
+        &self,
+        (policy, limits): (&PolicyEngine, &RateLimiter),
+        caller: &Caller,
+        route: &Route,
+        action: &str,
+    ) -> Result<(), AiError> {
         let principal = &caller.principal;
         let decision = policy.check(
             principal,
@@ -368,29 +408,11 @@ impl Ai {
             self.record_rejection(caller, route, &error, None).await?;
             return Err(error);
         }
-        let applied = budgets::applicable(
-            &state.budgets,
-            principal.user_id(),
-            &principal.roles,
-            &route.alias,
-        );
-        if !applied.is_empty() {
-            if let Err(refusal) = budgets::check(&self.pool, &applied).await {
-                let budget = match &refusal {
-                    BudgetError::Exhausted { budget, .. } => Some(budget.clone()),
-                    BudgetError::Unavailable { .. } => None,
-                };
-                let error = AiError::Budget(Box::new(refusal));
-                if budget.is_some() {
-                    self.record_rejection(caller, route, &error, budget.as_deref())
-                        .await?;
-                }
-                return Err(error);
-            }
-            if let Some(account) = account.as_mut() {
-                account.budgets = applied;
-            }
-        }
+        Ok(())
+    }
+
+    /// The headers carrying the provider's key, when it has one.
+    pub(super) async fn provider_key(&self, route: &Route) -> Result<Option<AuthHeaders>, AiError> {
         match &route.settings.api_key_secret {
             Some(secret) => Ok(Some(
                 self.keys
@@ -410,7 +432,7 @@ impl Ai {
     /// Posts `body` to the provider at `url` with the request's headers (`extra`: the
     /// client's own Anthropic headers, when they apply); the response once its status
     /// is a success, and the deadline its body must arrive by.
-    async fn send(
+    pub(super) async fn send(
         &self,
         caller: &Caller,
         route: &Route,
@@ -458,7 +480,7 @@ impl Ai {
     }
 
     /// A complete answer's body, within the provider's size limit and deadline.
-    async fn read_answer(
+    pub(super) async fn read_answer(
         route: &Route,
         response: reqwest::Response,
         deadline: tokio::time::Instant,
@@ -745,7 +767,7 @@ async fn settle<T>(
 }
 
 /// A request's top-level fields, their values unparsed.
-type TopLevel = IndexMap<String, Box<RawValue>>;
+pub(super) type TopLevel = IndexMap<String, Box<RawValue>>;
 
 /// What Warden reads of a complete answer in the client's own format: who answered and
 /// the usage report (and, for the Responses API, whether it failed); the rest is passed

@@ -7,7 +7,8 @@
 //! - [`budgets`]: per-user and per-group cost and token budgets in PostgreSQL;
 //! - [`keys`]: provider keys from the secret store, cached as sensitive headers;
 //! - [`sse`]: the event-stream reader and writer;
-//! - [`exchange`]: one model request from the permission check to its `ai_requests` row.
+//! - [`exchange`]: one model request from the permission check to its `ai_requests` row;
+//! - [`count`]: token counting, governed like a model request, counted by the provider.
 //!
 //! [`Ai`] holds what the profile configured ([`AiState`], swapped whole on reload), the
 //! key cache and the one HTTP client every provider request goes through. The order of a
@@ -17,6 +18,7 @@
 //! happens after.
 
 pub mod budgets;
+pub mod count;
 pub mod exchange;
 pub mod keys;
 pub mod pricing;

@@ -86,6 +86,12 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// Where the input tokens of a request for `model` are counted, in the provider's own
+    /// format (Anthropic's `count_tokens`, Gemini's `countTokens`), if it can count them.
+    fn count_tokens_url(&self, _model: &str) -> Option<String> {
+        None
+    }
+
     /// How an OpenAI-format request is spelled for it.
     fn dialect(&self) -> Dialect {
         Dialect {
@@ -228,6 +234,19 @@ impl Provider for Builtin {
         (self.wire == Wire::OpenAi).then(|| format!("{}/embeddings", self.base_url))
     }
 
+    fn count_tokens_url(&self, model: &str) -> Option<String> {
+        // OpenAI's chat API has no way to count a request's tokens without running it.
+        match self.wire {
+            Wire::Anthropic => Some(format!("{}/v1/messages/count_tokens", self.base_url)),
+            Wire::Gemini => Some(format!(
+                "{}/models/{}:countTokens",
+                self.base_url,
+                encode_segment(model)
+            )),
+            Wire::OpenAi | Wire::Responses => None,
+        }
+    }
+
     fn responses_url(&self) -> Option<String> {
         // OpenAI's API and the servers that copy it (vLLM, Ollama, llama.cpp, LiteLLM)
         // offer chat completions and responses under the same root.
@@ -323,6 +342,11 @@ mod tests {
             Some("https://api.openai.com/v1/responses")
         );
         assert_eq!(anthropic.responses_url(), None);
+        assert_eq!(
+            anthropic.count_tokens_url("m").as_deref(),
+            Some("https://api.anthropic.com/v1/messages/count_tokens")
+        );
+        assert_eq!(openai.count_tokens_url("m"), None);
         let relayed = ProviderSettings {
             responses: Some(ResponsesMode::Relay),
             ..settings("anthropic", None)
@@ -351,6 +375,10 @@ mod tests {
         assert_eq!(
             gemini.url("a/b", false),
             "http://127.0.0.1:9/v1beta/models/a%2Fb:generateContent"
+        );
+        assert_eq!(
+            gemini.count_tokens_url("gemini-2.5-flash").as_deref(),
+            Some("http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:countTokens")
         );
 
         let err = builtin("openai_compatible", &settings("openai_compatible", None))

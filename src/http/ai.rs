@@ -2,7 +2,8 @@
 //! `POST /v1/messages` (Anthropic format), `POST /v1/responses` (OpenAI's Responses API,
 //! relayed to the providers that serve it), `POST /v1beta/models/{model}:generateContent`
 //! and `:streamGenerateContent?alt=sse` (Gemini's format, as Gemini CLI and Google's
-//! `genai` SDKs send it; also under `/v1/models/…`), streaming or not, `POST /v1/embeddings`
+//! `genai` SDKs send it; also under `/v1/models/…`), streaming or not; token counts
+//! (`POST /v1/messages/count_tokens`, `models/{model}:countTokens`); `POST /v1/embeddings`
 //! (OpenAI format; providers with an OpenAI-style embeddings endpoint), and
 //! `GET /v1/models` (the
 //! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
@@ -12,17 +13,18 @@
 //! Anthropic's SDKs send it, or `x-goog-api-key` as Google's do; never a URL's `?key=`,
 //! which proxies and access logs keep), the body limit (`server.max_body_bytes`) and depth limit,
 //! `traceparent` in and out, and the status of every failure — answered in the client's
-//! own error shape so its SDK reads it. The request itself is `ai::Ai::chat`.
+//! own error shape so its SDK reads it. The request itself is `ai::Ai::chat` (or `count_tokens`,
+//! `embed`).
 //!
 //! | Failure | Status |
 //! | --- | --- |
 //! | no or bad token | 401 with `WWW-Authenticate` |
 //! | malformed body, or a field the provider's format cannot express | 400 |
-//! | the model is not configured (the message lists the ones the caller may use) | 404 |
+//! | the model is not configured (the message lists the ones the caller may use), or its provider cannot count tokens | 404 |
 //! | missing scope | 403 (`insufficient_scope`) |
 //! | body over `server.max_body_bytes` | 413 |
 //! | rate limit or spent budget | 429 with `Retry-After` |
-//! | provider answered 4xx/5xx | the same status (401/403 from the provider become 502: they are about Warden's key, not the caller's token); 429 keeps `Retry-After` |
+//! | provider answered 4xx/5xx | the same status (401/403 from the provider become 502: they are about Warden's key, not the caller's token); the provider's `Retry-After` kept |
 //! | provider unreachable, or its answer unreadable | 502 |
 //! | provider did not answer within its `timeout` | 504 |
 //! | audit trail refusing, budget counters or key unreachable | 503 |
@@ -46,6 +48,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/responses", post(responses))
         .route("/v1beta/models/{target}", post(gemini))
         .route("/v1/models/{target}", post(gemini).get(model))
@@ -61,12 +64,29 @@ async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -
     serve(app, headers, body, Wire::Anthropic).await
 }
 
+/// `POST /v1/messages/count_tokens` (Anthropic format).
+async fn count_tokens(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let trace = trace_of(&headers);
+    let result = async {
+        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
+        let policy = app.policy.load_full();
+        let limits = app.limits.load_full();
+        app.ai
+            .count_tokens(&policy, &limits, &caller, (Wire::Anthropic, None), &bytes)
+            .await
+            .map(Answer::Complete)
+            .map_err(|error| api_error(&app, error))
+    }
+    .await;
+    with_traceparent(answer(result, Wire::Anthropic), &trace)
+}
+
 async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     serve(app, headers, body, Wire::Responses).await
 }
 
-/// `POST …/models/{model}:generateContent` or `:streamGenerateContent?alt=sse`: the model
-/// and whether to stream come from the URL in this format.
+/// `POST …/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` or
+/// `:countTokens`: the model and what to do with it come from the URL in this format.
 async fn gemini(
     State(app): State<AppState>,
     Path(target): Path<String>,
@@ -77,44 +97,61 @@ async fn gemini(
     let trace = trace_of(&headers);
     let result = async {
         let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let stream = gemini_streams(&target, query.as_deref())?;
+        let method = gemini_method(&target, query.as_deref())?;
         let model = target.rsplit_once(':').map_or("", |(model, _)| model);
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
-        app.ai
-            .chat(
-                &policy,
-                &limits,
-                &caller,
-                (Wire::Gemini, Some((model, stream))),
-                &bytes,
-            )
-            .await
-            .map_err(|error| api_error(&app, error))
+        let result = match method {
+            GeminiMethod::Generate { stream } => {
+                let from_url = (Wire::Gemini, Some((model, stream)));
+                app.ai
+                    .chat(&policy, &limits, &caller, from_url, &bytes)
+                    .await
+            }
+            GeminiMethod::CountTokens => app
+                .ai
+                .count_tokens(
+                    &policy,
+                    &limits,
+                    &caller,
+                    (Wire::Gemini, Some(model)),
+                    &bytes,
+                )
+                .await
+                .map(Answer::Complete),
+        };
+        result.map_err(|error| api_error(&app, error))
     }
     .await;
     with_traceparent(answer(result, Wire::Gemini), &trace)
 }
 
-/// Whether the method a Gemini URL names streams; an error names what Warden serves
-/// instead.
-fn gemini_streams(target: &str, query: Option<&str>) -> Result<bool, ApiError> {
+/// What a Gemini URL asks for.
+#[derive(Debug, PartialEq)]
+enum GeminiMethod {
+    Generate { stream: bool },
+    CountTokens,
+}
+
+/// The method a Gemini URL names; an error names what Warden serves instead.
+fn gemini_method(target: &str, query: Option<&str>) -> Result<GeminiMethod, ApiError> {
     let method = target.rsplit_once(':').map(|(_, method)| method);
     let sse = query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .any(|pair| pair == "alt=sse");
     match method {
-        Some("generateContent") => Ok(false),
-        Some("streamGenerateContent") if sse => Ok(true),
+        Some("generateContent") => Ok(GeminiMethod::Generate { stream: false }),
+        Some("streamGenerateContent") if sse => Ok(GeminiMethod::Generate { stream: true }),
+        Some("countTokens") => Ok(GeminiMethod::CountTokens),
         Some("streamGenerateContent") => Err(ApiError::BadRequest(
             "Warden streams Gemini answers as server-sent events only: add `?alt=sse` (as \
              Google's SDKs do)"
                 .into(),
         )),
         _ => Err(ApiError::NotFound(format!(
-            "`{target}`: Warden serves `models/{{model}}:generateContent` and \
-             `:streamGenerateContent?alt=sse`"
+            "`{target}`: Warden serves `models/{{model}}:generateContent`, \
+             `:streamGenerateContent?alt=sse` and `:countTokens`"
         ))),
     }
 }
@@ -334,7 +371,7 @@ fn api_error(app: &AppState, error: AiError) -> ApiError {
     let message = error.to_string();
     match error {
         AiError::BadRequest(_) | AiError::Translation(_) => ApiError::BadRequest(message),
-        AiError::UnknownModel { .. } => ApiError::NotFound(message),
+        AiError::UnknownModel { .. } | AiError::NotServed(_) => ApiError::NotFound(message),
         AiError::Denied { denial, .. } => ApiError::Forbidden {
             denial,
             resource_metadata: app.resource_metadata_url(),

@@ -40,7 +40,9 @@ pub enum ApiError {
     Unavailable(String),
     /// An upstream's failure passed on (AI proxy): the status is chosen by the caller
     /// (`http/ai.rs`) — the provider's own for most errors, 502 when it could not be
-    /// reached or read, 504 when it did not answer in time. 429 carries `Retry-After`.
+    /// reached or read, 504 when it did not answer in time. The provider's `Retry-After`
+    /// is passed on whatever the status (503 and Anthropic's 529 carry one too); a 429
+    /// always has one.
     Upstream {
         status: StatusCode,
         message: String,
@@ -193,10 +195,10 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             } => Some(retry_after_secs),
             ApiError::Upstream {
-                status,
-                retry_after_secs,
+                retry_after_secs: Some(secs),
                 ..
-            } if status == StatusCode::TOO_MANY_REQUESTS => Some(retry_after_secs.unwrap_or(1)),
+            } => Some(secs),
+            ApiError::Upstream { status, .. } if status == StatusCode::TOO_MANY_REQUESTS => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

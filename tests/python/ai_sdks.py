@@ -1,5 +1,5 @@
 """Drives Warden's AI gateway with the official OpenAI, Anthropic and Google GenAI Python
-SDKs and prints one JSON object of observations for the Rust test that runs it
+SDKs (and their token counting) and prints one JSON object of observations for the Rust test that runs it
 (tests/it/ai/sdks.rs).
 
     python ai_sdks.py BASE_URL TOKEN
@@ -178,6 +178,22 @@ def anthropic_scenarios(client, report):
     observe(report, "anthropic_stream_relayed", stream("sonnet"))
     observe(report, "anthropic_stream_translated", stream("gpt"))
     observe(report, "anthropic_unknown_model", unknown_model)
+
+    def count(model):
+        def run():
+            try:
+                counted = client.messages.count_tokens(
+                    model=model, messages=[{"role": "user", "content": "Hi"}]
+                )
+            except anthropic.NotFoundError as error:
+                return {"raised": "NotFoundError", "message": error.message}
+            return {"input_tokens": counted.input_tokens}
+
+        return run
+
+    observe(report, "anthropic_count_relayed", count("sonnet"))
+    observe(report, "anthropic_count_translated", count("flash"))
+    observe(report, "anthropic_count_uncountable", count("gpt"))
     observe(report, "anthropic_models", lambda: {
         "list": [m.id for m in client.models.list()],
         "retrieved": client.models.retrieve("sonnet").id,
@@ -219,6 +235,16 @@ def genai_scenarios(client, report):
     observe(report, "genai_stream_relayed", stream("flash"))
     observe(report, "genai_stream_translated", stream("sonnet"))
     observe(report, "genai_unknown_model", unknown_model)
+
+    def count(model):
+        def run():
+            counted = client.models.count_tokens(model=model, contents="Hi")
+            return {"total_tokens": counted.total_tokens}
+
+        return run
+
+    observe(report, "genai_count_relayed", count("flash"))
+    observe(report, "genai_count_translated", count("sonnet"))
 
 
 def main():

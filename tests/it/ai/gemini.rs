@@ -207,9 +207,9 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
         (400, "INVALID_ARGUMENT", "?alt=sse"),
     );
     refused(
-        "/v1beta/models/flash:countTokens",
+        "/v1beta/models/flash:embedContent",
         &token,
-        (404, "NOT_FOUND", ":generateContent"),
+        (404, "NOT_FOUND", ":countTokens"),
     );
     refused(
         "/v1beta/models/flash:generateContent",
@@ -218,7 +218,7 @@ fn gemini_clients_are_relayed_to_gemini_and_translated_for_others() {
     );
     // Who is asking comes first.
     refused(
-        "/v1beta/models/flash:countTokens",
+        "/v1beta/models/flash:embedContent",
         "wrong-token",
         (401, "UNAUTHENTICATED", ""),
     );

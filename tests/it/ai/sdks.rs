@@ -2,7 +2,8 @@
 //! (`tests/python/ai_sdks.py`): chat completions, the Responses API, messages and
 //! `generateContent`, each complete and streamed, relayed to a provider of the client's
 //! own format and translated for another — read by the SDKs' own types and stream
-//! helpers, which raise on a malformed answer or an event out of order. Unknown models
+//! helpers, which raise on a malformed answer or an event out of order; token counts
+//! (`messages.count_tokens`, `models.count_tokens`) relayed and translated. Unknown models
 //! raise the SDKs' own errors.
 
 use std::process::Command;
@@ -34,6 +35,14 @@ fn gpt(seen: &fake::Seen) -> Reply {
     }
 }
 
+/// An Anthropic provider: `fake::claude`, and 9 tokens for any count.
+fn claude(seen: &fake::Seen) -> Reply {
+    if seen.path.ends_with("/v1/messages/count_tokens") {
+        return fake::json_reply(json!({"input_tokens": 9}));
+    }
+    fake::claude(seen)
+}
+
 fn run_sdks(env: &Env, token: &str) -> Value {
     let output = Command::new(external::python())
         .arg(external::script("ai_sdks.py"))
@@ -52,14 +61,20 @@ fn run_sdks(env: &Env, token: &str) -> Value {
 
 #[test]
 fn official_sdks_read_what_warden_relays_and_translates() {
-    let anthropic = FakeProvider::start(fake::claude);
+    let anthropic = FakeProvider::start(claude);
     let openai = FakeProvider::start(gpt);
-    let google = FakeProvider::start(fake::gemini_provider(
+    let gemini = fake::gemini_provider(
         "gemini-test",
         "Hey you",
         &["Hey ", "you"],
         json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17}),
-    ));
+    );
+    let google = FakeProvider::start(move |seen| {
+        if seen.path.ends_with(":countTokens") {
+            return fake::json_reply(json!({"totalTokens": 11}));
+        }
+        gemini(seen)
+    });
     let env = Env::start(
         json!({
             "providers": {
@@ -177,6 +192,24 @@ fn official_sdks_read_what_warden_relays_and_translates() {
             "{name}"
         );
     }
+
+    // Token counts, by the provider the model routes to; none made up where it cannot.
+    for (name, expected) in [
+        ("anthropic_count_relayed", json!({"input_tokens": 9})),
+        ("anthropic_count_translated", json!({"input_tokens": 11})),
+        ("genai_count_relayed", json!({"total_tokens": 11})),
+        ("genai_count_translated", json!({"total_tokens": 9})),
+    ] {
+        assert_eq!(scenario(name), expected, "{name}");
+    }
+    let uncountable = &report["anthropic_count_uncountable"];
+    assert_eq!(uncountable["raised"], "NotFoundError", "{uncountable}");
+    assert!(
+        uncountable["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot count tokens")),
+        "{uncountable}"
+    );
 
     // Unknown models: each SDK's own error, with the models the caller may use.
     for name in [

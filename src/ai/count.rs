@@ -1,0 +1,264 @@
+//! Token counting: `POST /v1/messages/count_tokens` (Anthropic's format — Claude Code asks
+//! it every turn to size its context) and `models/{model}:countTokens` (Gemini's — Gemini
+//! CLI asks it before compressing a conversation).
+//!
+//! A count sends the whole prompt to a provider, so it is governed like a model request:
+//! the route, **the permission check** (a `permission.decision` event, action
+//! `ai/count_tokens` or `ai/countTokens`, on the request's trace), the `ai` rate limit,
+//! the provider's key. It generates nothing and costs nothing, so it leaves no
+//! `ai_requests` row (whose tokens would read as used) and is not held to budgets: its
+//! decision event is its record.
+//!
+//! The count comes from the provider the model routes to, in that provider's format
+//! (Anthropic's `count_tokens`, Gemini's `countTokens`; translated both ways, so the
+//! number is the routed model's own). A provider that cannot count — the OpenAI-format
+//! kinds — gives 404, never an invented number: clients then estimate locally (Claude
+//! Code does on any error; a made-up 0 would stop it from ever compacting its context).
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::exchange::{AiError, Caller, TopLevel, passthrough_body};
+use super::wire::{Wire, WireError, anthropic, gemini};
+use super::{Ai, Route};
+use crate::policy::PolicyEngine;
+use crate::policy::limits::RateLimiter;
+
+/// The fields Anthropic's `count_tokens` takes; the rest of a translated request (limits,
+/// sampling) does not change the count and would be refused there.
+const ANTHROPIC_COUNT_FIELDS: &[&str] = &["model", "messages", "system", "tools", "tool_choice"];
+
+impl Ai {
+    /// Counts the input tokens of a request whose body is in `format` (Anthropic's or
+    /// Gemini's); `from_url`: the model, for a format that names it in the URL. The
+    /// answer is in the client's format: `{"input_tokens": n}` or `{"totalTokens": n}`.
+    pub async fn count_tokens(
+        &self,
+        policy: &PolicyEngine,
+        limits: &RateLimiter,
+        caller: &Caller,
+        (format, from_url): (Wire, Option<&str>),
+        body: &[u8],
+    ) -> Result<Bytes, AiError> {
+        let state = self.state.load_full();
+        let (mut top, _, route) = self.route_for(policy, caller, &state, body, from_url)?;
+        let action = match format {
+            Wire::Gemini => "ai/countTokens",
+            _ => "ai/count_tokens",
+        };
+        self.permit((policy, limits), caller, &route, action)
+            .await?;
+        // After the permission check: who may not use the model learns nothing of its
+        // provider.
+        let url = route
+            .provider
+            .count_tokens_url(&route.model)
+            .ok_or_else(|| cannot_count(&route))?;
+        let auth = self.provider_key(&route).await?;
+        let provider_wire = route.wire();
+        let upstream_body = count_request(format, provider_wire, &mut top, body, &route.model)?;
+        let extra = if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
+            &caller.anthropic_headers[..]
+        } else {
+            &[]
+        };
+        let (response, deadline) = self
+            .send(
+                caller,
+                &route,
+                auth.as_ref(),
+                (url, upstream_body.into()),
+                extra,
+            )
+            .await?;
+        let answer = Self::read_answer(&route, response, deadline).await?;
+        let tokens = counted(provider_wire, &answer).map_err(|reason| AiError::BadAnswer {
+            provider: route.provider_name.clone(),
+            reason,
+        })?;
+        tracing::debug!(
+            model = %route.alias,
+            provider = %route.provider_name,
+            tokens,
+            "tokens counted"
+        );
+        if format == provider_wire {
+            return Ok(answer);
+        }
+        Ok(Bytes::from(count_answer(format, tokens).to_string()))
+    }
+}
+
+fn cannot_count(route: &Route) -> AiError {
+    AiError::NotServed(format!(
+        "model `{}` is served by provider `{}` (kind `{}`), which cannot count tokens; \
+         estimate them locally",
+        route.alias, route.provider_name, route.settings.kind
+    ))
+}
+
+/// The client's count request (in `format`) in the provider's count format.
+fn count_request(
+    format: Wire,
+    target: Wire,
+    top: &mut TopLevel,
+    body: &[u8],
+    model: &str,
+) -> Result<Vec<u8>, AiError> {
+    match (format, target) {
+        (Wire::Anthropic, Wire::Anthropic) => Ok(passthrough_body(top, model, format, false)?.0),
+        // The model is in the URL.
+        (Wire::Gemini, Wire::Gemini) => Ok(body.to_vec()),
+        (Wire::Anthropic, Wire::Gemini) => {
+            let neutral = anthropic::parse_request(&object(body)?)
+                .map_err(|e| AiError::Translation(e.toward(target)))?;
+            let mut request = gemini::render_request(&neutral).map_err(AiError::Translation)?;
+            request["model"] = json!(format!("models/{model}"));
+            encode(&json!({ "generateContentRequest": request }))
+        }
+        (Wire::Gemini, Wire::Anthropic) => {
+            let mut full = object(body)?;
+            // Either the contents alone, or a whole request (whose model the URL names).
+            let mut request = match full.remove("generateContentRequest") {
+                Some(Value::Object(request)) => request,
+                Some(_) => {
+                    return Err(AiError::BadRequest(
+                        "`generateContentRequest` must be an object".into(),
+                    ));
+                }
+                None => full,
+            };
+            request.remove("model");
+            let neutral = gemini::parse_request(&request)
+                .map_err(|e| AiError::Translation(e.toward(target)))?;
+            let mut rendered = anthropic::render_request(&neutral, model);
+            if let Some(fields) = rendered.as_object_mut() {
+                fields.retain(|key, _| ANTHROPIC_COUNT_FIELDS.contains(&key.as_str()));
+            }
+            encode(&rendered)
+        }
+        _ => Err(AiError::Translation(WireError::Untranslatable {
+            what: format!("a token count in the {} format", format.as_str()),
+            target: target.as_str(),
+        })),
+    }
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, AiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))
+}
+
+fn encode(value: &Value) -> Result<Vec<u8>, AiError> {
+    serde_json::to_vec(value)
+        .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
+}
+
+/// The count in a provider's answer.
+fn counted(provider: Wire, answer: &[u8]) -> Result<u64, String> {
+    let value: Value =
+        serde_json::from_slice(answer).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let field = match provider {
+        Wire::Anthropic => "input_tokens",
+        _ => "totalTokens",
+    };
+    match value.get(field) {
+        Some(count) => count
+            .as_u64()
+            .ok_or_else(|| format!("`{field}` is not a non-negative integer")),
+        // Gemini's answers are protobuf JSON, which leaves a zero out.
+        None if provider == Wire::Gemini && value.is_object() => Ok(0),
+        None => Err(format!("the answer has no `{field}`")),
+    }
+}
+
+/// A count in the client's format.
+fn count_answer(format: Wire, tokens: u64) -> Value {
+    match format {
+        Wire::Gemini => json!({ "totalTokens": tokens }),
+        _ => json!({ "input_tokens": tokens }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(body: &Value) -> TopLevel {
+        serde_json::from_value(body.clone()).unwrap()
+    }
+
+    fn translated(format: Wire, target: Wire, body: Value) -> Value {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let out = count_request(format, target, &mut top(&body), &bytes, "upstream-1").unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn anthropic_counts_become_gemini_requests_with_the_model() {
+        let out = translated(
+            Wire::Anthropic,
+            Wire::Gemini,
+            json!({"model": "alias", "system": "Be brief.",
+                   "messages": [{"role": "user", "content": "Hi"}],
+                   "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        );
+        let request = &out["generateContentRequest"];
+        assert_eq!(request["model"], "models/upstream-1");
+        assert_eq!(request["contents"][0]["parts"][0]["text"], "Hi");
+        assert_eq!(
+            request["systemInstruction"]["parts"][0]["text"],
+            "Be brief."
+        );
+    }
+
+    #[test]
+    fn gemini_counts_become_anthropic_requests_without_limits() {
+        let contents = json!([{"role": "user", "parts": [{"text": "Hi"}]}]);
+        for body in [
+            json!({"contents": contents}),
+            json!({"generateContentRequest": {"model": "models/alias", "contents": contents,
+                    "generationConfig": {"maxOutputTokens": 10}}}),
+        ] {
+            let out = translated(Wire::Gemini, Wire::Anthropic, body);
+            assert_eq!(
+                out,
+                json!({"model": "upstream-1",
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
+            );
+        }
+        let body = json!({"generateContentRequest": "contents"});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let err = count_request(Wire::Gemini, Wire::Anthropic, &mut top(&body), &bytes, "m");
+        assert!(
+            matches!(err, Err(AiError::BadRequest(ref m)) if m.contains("generateContentRequest")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn same_format_counts_keep_the_body_with_the_upstream_model() {
+        let body = json!({"model": "alias", "messages": [], "thinking": {"type": "enabled"}});
+        let out = translated(Wire::Anthropic, Wire::Anthropic, body);
+        assert_eq!(
+            out,
+            json!({"model": "upstream-1", "messages": [], "thinking": {"type": "enabled"}})
+        );
+        let body = json!({"contents": []});
+        assert_eq!(translated(Wire::Gemini, Wire::Gemini, body.clone()), body);
+    }
+
+    #[test]
+    fn counts_are_read_strictly_except_gemini_zeroes() {
+        assert_eq!(counted(Wire::Anthropic, br#"{"input_tokens": 12}"#), Ok(12));
+        assert_eq!(counted(Wire::Gemini, br#"{"totalTokens": 7}"#), Ok(7));
+        assert_eq!(counted(Wire::Gemini, b"{}"), Ok(0));
+        let missing = counted(Wire::Anthropic, b"{}").unwrap_err();
+        assert!(missing.contains("no `input_tokens`"), "{missing}");
+        let negative = counted(Wire::Anthropic, br#"{"input_tokens": -1}"#).unwrap_err();
+        assert!(negative.contains("non-negative"), "{negative}");
+        assert!(counted(Wire::Gemini, b"[]").is_err());
+        assert_eq!(count_answer(Wire::Gemini, 3), json!({"totalTokens": 3}));
+        assert_eq!(count_answer(Wire::Anthropic, 3), json!({"input_tokens": 3}));
+    }
+}
