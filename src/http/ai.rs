@@ -57,32 +57,25 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    serve(app, headers, body, Wire::OpenAi).await
+    serve(app, headers, body, (Wire::OpenAi, Operation::Chat)).await
 }
 
 async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    serve(app, headers, body, Wire::Anthropic).await
+    serve(app, headers, body, (Wire::Anthropic, Operation::Chat)).await
 }
 
 /// `POST /v1/messages/count_tokens` (Anthropic format).
 async fn count_tokens(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let trace = trace_of(&headers);
-    let result = async {
-        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let policy = app.policy.load_full();
-        let limits = app.limits.load_full();
-        app.ai
-            .count_tokens(&policy, &limits, &caller, (Wire::Anthropic, None), &bytes)
-            .await
-            .map(Answer::Complete)
-            .map_err(|error| api_error(&app, error))
-    }
-    .await;
-    with_traceparent(answer(result, Wire::Anthropic), &trace)
+    serve(app, headers, body, (Wire::Anthropic, Operation::Count)).await
 }
 
 async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    serve(app, headers, body, Wire::Responses).await
+    serve(app, headers, body, (Wire::Responses, Operation::Chat)).await
+}
+
+/// `POST /v1/embeddings` (OpenAI format).
+async fn embeddings(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    serve(app, headers, body, (Wire::OpenAi, Operation::Embed)).await
 }
 
 /// `POST …/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` or
@@ -94,36 +87,70 @@ async fn gemini(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let operation = Operation::Gemini {
+        target: &target,
+        query: query.as_deref(),
+    };
+    serve(app, headers, body, (Wire::Gemini, operation)).await
+}
+
+/// What a request body in some format is for.
+enum Operation<'a> {
+    Chat,
+    Count,
+    Embed,
+    /// A Gemini URL's `{model}:{method}` and query, read once the caller is known.
+    Gemini {
+        target: &'a str,
+        query: Option<&'a str>,
+    },
+}
+
+/// Serves one request whose body is in `format`: the caller, the body, the operation, the
+/// answer in the client's format on the request's trace.
+async fn serve(
+    app: AppState,
+    headers: HeaderMap,
+    body: Body,
+    (format, operation): (Wire, Operation<'_>),
+) -> Response {
     let trace = trace_of(&headers);
     let result = async {
         let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let method = gemini_method(&target, query.as_deref())?;
-        let model = target.rsplit_once(':').map_or("", |(model, _)| model);
         let policy = app.policy.load_full();
         let limits = app.limits.load_full();
-        let result = match method {
-            GeminiMethod::Generate { stream } => {
-                let from_url = (Wire::Gemini, Some((model, stream)));
-                app.ai
-                    .chat(&policy, &limits, &caller, from_url, &bytes)
+        let ai = &app.ai;
+        let result = match operation {
+            Operation::Chat => {
+                ai.chat(&policy, &limits, &caller, (format, None), &bytes)
                     .await
             }
-            GeminiMethod::CountTokens => app
-                .ai
-                .count_tokens(
-                    &policy,
-                    &limits,
-                    &caller,
-                    (Wire::Gemini, Some(model)),
-                    &bytes,
-                )
+            Operation::Count => ai
+                .count_tokens(&policy, &limits, &caller, (format, None), &bytes)
                 .await
                 .map(Answer::Complete),
+            Operation::Embed => ai
+                .embed(&policy, &limits, &caller, &bytes)
+                .await
+                .map(Answer::Complete),
+            Operation::Gemini { target, query } => {
+                let model = target.rsplit_once(':').map_or("", |(model, _)| model);
+                match gemini_method(target, query)? {
+                    GeminiMethod::Generate { stream } => {
+                        let from_url = (format, Some((model, stream)));
+                        ai.chat(&policy, &limits, &caller, from_url, &bytes).await
+                    }
+                    GeminiMethod::CountTokens => ai
+                        .count_tokens(&policy, &limits, &caller, (format, Some(model)), &bytes)
+                        .await
+                        .map(Answer::Complete),
+                }
+            }
         };
         result.map_err(|error| api_error(&app, error))
     }
     .await;
-    with_traceparent(answer(result, Wire::Gemini), &trace)
+    with_traceparent(answer(result, format), &trace)
 }
 
 /// What a Gemini URL asks for.
@@ -208,41 +235,6 @@ async fn read_request(
             .collect(),
     };
     Ok((caller, bytes))
-}
-
-/// `POST /v1/embeddings` (OpenAI format).
-async fn embeddings(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let trace = trace_of(&headers);
-    let result = async {
-        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let policy = app.policy.load_full();
-        let limits = app.limits.load_full();
-        app.ai
-            .embed(&policy, &limits, &caller, &bytes)
-            .await
-            .map_err(|error| api_error(&app, error))
-    }
-    .await;
-    let response = match result {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(error) => error_response(Wire::OpenAi, error),
-    };
-    with_traceparent(response, &trace)
-}
-
-async fn serve(app: AppState, headers: HeaderMap, body: Body, format: Wire) -> Response {
-    let trace = trace_of(&headers);
-    let result = async {
-        let (caller, bytes) = read_request(&app, &headers, body, trace).await?;
-        let policy = app.policy.load_full();
-        let limits = app.limits.load_full();
-        app.ai
-            .chat(&policy, &limits, &caller, (format, None), &bytes)
-            .await
-            .map_err(|error| api_error(&app, error))
-    }
-    .await;
-    with_traceparent(answer(result, format), &trace)
 }
 
 /// The HTTP answer: JSON, an event stream, or the error in the client's format.

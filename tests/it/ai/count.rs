@@ -9,24 +9,11 @@ use serde_json::{Value, json};
 
 use super::fake::{self, FakeProvider, Reply, Seen};
 use super::{Env, Trace};
-use crate::support::http::{self, Response};
+use crate::support::http::Response;
 
 /// `POST /v1/messages/count_tokens` the way Claude Code sends it.
 fn count_anthropic(env: &Env, token: &str, body: &Value, trace: &Trace) -> Response {
-    let body = serde_json::to_vec(body).expect("JSON");
-    http::request(
-        "POST",
-        &env.warden.url("/v1/messages/count_tokens"),
-        &[
-            ("x-api-key", token),
-            ("anthropic-version", "2023-06-01"),
-            ("anthropic-beta", "token-counting-2024-11-01"),
-            ("Content-Type", "application/json"),
-            ("traceparent", &trace.header),
-        ],
-        Some(&body),
-    )
-    .expect("POST /v1/messages/count_tokens")
+    env.anthropic("/v1/messages/count_tokens", token, body, trace)
 }
 
 /// An Anthropic provider that counts 10 tokens per message (and answers chat as
@@ -123,7 +110,7 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
     assert_eq!(seen.header("x-api-key"), Some("sk-ant-count-test"));
     assert_eq!(
         seen.header("anthropic-beta"),
-        Some("token-counting-2024-11-01")
+        Some("prompt-caching-2024-07-31")
     );
     let decision = env.decision(&trace);
     assert_eq!(

@@ -142,10 +142,15 @@ impl Env {
 
     /// `POST /v1/messages` the way Anthropic's SDKs send it (`x-api-key`).
     pub fn messages(&self, token: &str, body: Value, trace: &Trace) -> Response {
-        let body = serde_json::to_vec(&body).expect("JSON");
+        self.anthropic("/v1/messages", token, &body, trace)
+    }
+
+    /// `POST path` the way Anthropic's SDKs send it.
+    pub fn anthropic(&self, path: &str, token: &str, body: &Value, trace: &Trace) -> Response {
+        let body = serde_json::to_vec(body).expect("JSON");
         http::request(
             "POST",
-            &self.warden.url("/v1/messages"),
+            &self.warden.url(path),
             &[
                 ("x-api-key", token),
                 ("anthropic-version", "2023-06-01"),
@@ -155,7 +160,7 @@ impl Env {
             ],
             Some(&body),
         )
-        .expect("POST /v1/messages")
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
     /// Rows of `ai_requests` matching `condition`, as JSON objects, oldest first.
