@@ -5,7 +5,8 @@
 //! AuditWriter (replaying a spool left by a crash) → Scheduler → listener → `READY=1`.
 //! Stop (SIGTERM/SIGINT): `STOPPING=1` → `/readyz` turns 503 → stop accepting → in-flight
 //! requests get `server.shutdown_grace` → calls held for a stateless client's input are
-//! cancelled (`http/mrtr.rs`) → the AuditWriter leaves the tree → the servers
+//! cancelled (`http/mrtr.rs`) and model requests' rows finished, in what is left of that
+//! grace → the AuditWriter leaves the tree → the servers
 //! stop in reverse order → the writer drains every queued record into PostgreSQL or the
 //! spool → the database (embedded cluster) stops → exit 0. SIGHUP re-reads the profile.
 
@@ -377,6 +378,7 @@ async fn run(
 
     let outcome = wait_for_shutdown(&app, tls.as_deref(), signals).await;
 
+    let stopping = tokio::time::Instant::now();
     systemd::notify("STOPPING=1\nSTATUS=draining");
     app.readiness.set_draining();
     app.gateway.closing.cancel();
@@ -385,10 +387,17 @@ async fn run(
     let _ = server.await;
     notice_task.abort();
     let _ = sweeper.await;
-    cancel_held_calls(&app, config.server.shutdown_grace).await;
-    // Model requests' rows still being written, and streams read for their usage after
-    // their clients left: stopped and recorded before the writer drains.
-    app.ai.finish_tasks(config.server.shutdown_grace).await;
+    // Calls held for a client's input, model requests' rows still being written and
+    // streams read for their usage after their clients left: stopped and recorded before
+    // the writer drains, together, in what is left of the one grace (so the stop's worst
+    // case grows by the grace once, not once per phase).
+    let recording = (stopping + config.server.shutdown_grace)
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(RECORDING_FLOOR);
+    tokio::join!(
+        cancel_held_calls(&app, recording),
+        app.ai.finish_tasks(recording)
+    );
     // The writer outlives the tree: it records the servers' stop events, then drains.
     writer.detach();
     app.tree.shutdown().await;
@@ -400,6 +409,11 @@ async fn run(
         .await;
     outcome
 }
+
+/// The least time the rows of requests cut off at shutdown get to be recorded, even when
+/// draining the requests took the whole grace: they are enqueued, not written, so this
+/// is ample unless the audit trail blocks (`audit.on_backlog: block`).
+const RECORDING_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Cancels the calls that wait for a stateless client's input (nobody can answer them
 /// now) and waits, at most `grace`, for each to record its audit row.
