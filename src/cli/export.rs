@@ -1,4 +1,4 @@
-//! `warden export --dir D` and `warden import --dir D [--dry-run]`: the state in
+//! `warden export --dir D` and `warden import --dir D [--dry-run] [--prune]`: the state in
 //! PostgreSQL as Markdown files for git (see `crate::export`).
 
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ pub(crate) struct ImportArgs {
     /// Print what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also undo what has no file: disable the users and service accounts with none under
+    /// `users/`, remove the skills with no folder under `skills/`.
+    #[arg(long)]
+    prune: bool,
     #[command(flatten)]
     profile: ProfileArg,
 }
@@ -80,7 +84,10 @@ pub(crate) async fn import(args: ImportArgs) -> Result<ExitCode> {
             &*transaction,
             &args.dir,
             &|role| policy.has_role(role),
-            args.dry_run,
+            crate::export::ImportMode {
+                dry_run: args.dry_run,
+                prune: args.prune,
+            },
         )
         .await?;
         transaction.commit().await?;
@@ -173,6 +180,16 @@ async fn record_changes(pool: &deadpool_postgres::Pool, changes: &[Change]) -> u
                 };
                 change.event("user", &crate::audit::cli_actor())
             }
+            Change::SkillRemoved {
+                name,
+                removed: Some((version, previous)),
+            } => crate::skills::SkillChange::removed(
+                name,
+                *version,
+                previous.clone(),
+                crate::skills::Origin::Import,
+            )
+            .event("user", &crate::audit::cli_actor()),
             _ => continue,
         };
         events.push(event);

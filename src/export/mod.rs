@@ -398,6 +398,17 @@ pub enum Change {
         name: String,
         disabled: bool,
     },
+    /// `--prune`: a user or service account with no file under `users/` is disabled
+    /// (never deleted: its rows in the audit trail and its API keys keep naming it).
+    Pruned {
+        name: String,
+    },
+    /// `--prune`: a skill with no folder under `skills/` is removed (what removing it
+    /// did, once applied: the removal's version and the hash of the file removed).
+    SkillRemoved {
+        name: String,
+        removed: Option<(i32, String)>,
+    },
     /// A skill's file differs from its current version (or it has none): stored as its
     /// next version (what storing it did, once applied).
     Skill {
@@ -431,6 +442,18 @@ impl std::fmt::Display for Change {
                     if *disabled { "disabled" } else { "enabled" }
                 )
             }
+            Change::Pruned { name } => {
+                write!(
+                    f,
+                    "`{name}` disabled: it has no file under users/ (--prune)"
+                )
+            }
+            Change::SkillRemoved { name, .. } => {
+                write!(
+                    f,
+                    "skill `{name}` removed: it has no folder under skills/ (--prune)"
+                )
+            }
             Change::Skill { skill, created, .. } => {
                 let sha256 = hex::encode(skill.sha256());
                 let what = if *created { "created" } else { "updated" };
@@ -448,17 +471,35 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// Reads `dir/users/*.md` and `dir/tools/*/*.md` and applies them: every file is read
-/// and checked before anything changes, so one bad file changes nothing. `known_role`
-/// says whether the profile defines a role. With `dry_run` the changes are returned,
-/// not made.
+/// How `import` applies a folder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImportMode {
+    /// Return the changes, make none.
+    pub dry_run: bool,
+    /// Also undo what has no file: disable users and service accounts, remove skills.
+    pub prune: bool,
+}
+
+/// Reads `dir/users/*.md`, `dir/tools/*/*.md` and `dir/skills/*/SKILL.md` and applies
+/// them: every file is read and checked before anything changes, so one bad file changes
+/// nothing. `known_role` says whether the profile defines a role.
 pub async fn import<C: GenericClient>(
     client: &C,
     dir: &Path,
     known_role: &dyn Fn(&str) -> bool,
-    dry_run: bool,
+    mode: ImportMode,
 ) -> Result<Vec<Change>, ExportError> {
     let wanted = read_users(&dir.join("users"))?;
+    if mode.prune && wanted.is_empty() {
+        // Every export writes a file per identity, and there is at least the first
+        // admin: no file means the wrong folder, which would disable everyone.
+        return Err(ExportError::Invalid {
+            path: dir.join("users"),
+            message: "holds no identity file; --prune needs the folder an export wrote \
+                      (pruning this one would disable every identity)"
+                .into(),
+        });
+    }
     let current: std::collections::HashMap<String, store::IdentityRow> = store::list(client)
         .await?
         .into_iter()
@@ -531,9 +572,24 @@ pub async fn import<C: GenericClient>(
             }
         }
     }
+    if mode.prune {
+        let named: std::collections::HashSet<&str> =
+            wanted.iter().map(|(_, user)| user.name.as_str()).collect();
+        let mut unnamed: Vec<&store::IdentityRow> = current
+            .values()
+            // Federated identities are their issuer's to manage, created at each one's
+            // first login: a folder exported before that does not unmake them.
+            .filter(|row| row.kind != "federated" && !row.disabled)
+            .filter(|row| !named.contains(row.name.as_str()))
+            .collect();
+        unnamed.sort_by(|a, b| a.name.cmp(&b.name));
+        changes.extend(unnamed.into_iter().map(|row| Change::Pruned {
+            name: row.name.clone(),
+        }));
+    }
     changes.extend(approvals(client, &dir.join("tools")).await?);
-    changes.extend(skill_changes(client, &dir.join("skills")).await?);
-    if dry_run {
+    changes.extend(skill_changes(client, &dir.join("skills"), mode.prune).await?);
+    if mode.dry_run {
         return Ok(changes);
     }
     for change in &mut changes {
@@ -625,6 +681,7 @@ async fn approvals<C: GenericClient>(
 async fn skill_changes<C: GenericClient>(
     client: &C,
     folder: &Path,
+    prune: bool,
 ) -> Result<Vec<Change>, ExportError> {
     let current: std::collections::HashMap<String, String> = crate::skills::store::current(client)
         .await?
@@ -685,6 +742,17 @@ async fn skill_changes<C: GenericClient>(
             stored: None,
         });
     }
+    if prune {
+        let mut gone: Vec<&String> = current
+            .keys()
+            .filter(|name| !folder.join(name.as_str()).is_dir())
+            .collect();
+        gone.sort();
+        changes.extend(gone.into_iter().map(|name| Change::SkillRemoved {
+            name: name.clone(),
+            removed: None,
+        }));
+    }
     Ok(changes)
 }
 
@@ -744,7 +812,12 @@ impl Change {
                 name,
                 json!({"origin": "import"}),
             )),
-            Change::Skill { .. } | Change::Approved { .. } => None,
+            Change::Pruned { name } => Some((
+                "user.disabled",
+                name,
+                json!({"origin": "import", "pruned": true}),
+            )),
+            Change::Skill { .. } | Change::SkillRemoved { .. } | Change::Approved { .. } => None,
         }
     }
 }
@@ -764,6 +837,13 @@ async fn apply<C: GenericClient>(client: &C, change: &mut Change) -> Result<(), 
         }
         Change::Disabled { name, disabled } => {
             store::set_disabled(client, name, *disabled).await?;
+        }
+        Change::Pruned { name } => {
+            store::set_disabled(client, name, true).await?;
+        }
+        Change::SkillRemoved { name, removed } => {
+            *removed =
+                crate::skills::store::remove(client, name, &crate::audit::cli_actor()).await?;
         }
         Change::Skill { skill, stored, .. } => {
             *stored =

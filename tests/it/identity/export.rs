@@ -306,3 +306,83 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
     assert_eq!(attributes["origin"], "import");
     assert_eq!(attributes["definition"]["name"], "echo", "{attributes}");
 }
+
+#[test]
+fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
+    let env = Env::start(|p| {
+        p.set("roles.ops", json!({"scopes": ["tools:read"]}));
+    });
+    env.add_user("bob", "ops");
+    env.add_user("carol", "ops");
+    let work = tempfile::tempdir().expect("a temp dir");
+    let skill_file = work.path().join("SKILL.md");
+    for name in ["triage", "deploy"] {
+        let text = format!("---\nname: {name}\ndescription: The {name} skill.\n---\nSteps.\n");
+        std::fs::write(&skill_file, text).expect("a skill file");
+        let (ok, _, err) = env.cli(&["skill", "put", &skill_file.display().to_string()], None);
+        assert!(ok, "{err}");
+    }
+    let dir = work.path().join("warden-state");
+    let dir_arg = dir.display().to_string();
+    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(ok, "{err}");
+
+    // Without --prune, removed files change nothing (as before).
+    std::fs::remove_file(dir.join("users/carol.md")).expect("remove carol");
+    std::fs::remove_dir_all(dir.join("skills/deploy")).expect("remove deploy");
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
+    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+
+    // With it: carol is disabled (not deleted), the skill removed; a dry run first.
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune", "--dry-run"], None);
+    assert!(ok, "{err}");
+    for line in [
+        "would change: `carol` disabled: it has no file under users/ (--prune)",
+        "would change: skill `deploy` removed: it has no folder under skills/ (--prune)",
+        "2 change(s)",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(
+        list.contains("carol\tuser\troles=ops\tenabled"),
+        "a dry run changed: {list}"
+    );
+
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune"], None);
+    assert!(ok && stdout.contains("2 change(s)"), "{stdout}{err}");
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(list.contains("carol\tuser\troles=ops\tdisabled"), "{list}");
+    assert!(list.contains("bob\tuser\troles=ops\tenabled"), "{list}");
+    let (_, skills, _) = env.cli(&["skill", "list"], None);
+    assert!(
+        skills.contains("triage") && !skills.contains("deploy"),
+        "{skills}"
+    );
+    // Each recorded once, as pruned by the import.
+    let pruned = env.db.query(
+        "SELECT count(*) FROM audit_events WHERE kind = 'identity.changed' AND subject = 'carol' \
+         AND attributes->'detail'->>'pruned' = 'true' AND actor_id LIKE 'cli:%'",
+    );
+    assert_eq!(pruned[0].get::<_, i64>(0), 1);
+    let removed = env.db.query(
+        "SELECT count(*) FROM audit_events WHERE kind = 'skill.changed' AND subject = 'deploy' \
+         AND attributes->>'action' = 'removed' AND attributes->>'origin' = 'import'",
+    );
+    assert_eq!(removed[0].get::<_, i64>(0), 1);
+    // Pruning again finds nothing: disabled identities are not disabled twice.
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune"], None);
+    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+
+    // A folder without identity files is not an export: --prune refuses it whole.
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(empty.join("users")).expect("an empty users/");
+    let empty_arg = empty.display().to_string();
+    let (ok, _, err) = env.cli(&["import", "--dir", &empty_arg, "--prune"], None);
+    assert!(
+        !ok && err.contains("users: holds no identity file"),
+        "{err}"
+    );
+    let (_, list, _) = env.cli(&["user", "list"], None);
+    assert!(list.contains("bob\tuser\troles=ops\tenabled"), "{list}");
+}
