@@ -41,20 +41,46 @@ impl Ai {
         body: &[u8],
     ) -> Result<Bytes, AiError> {
         let state = self.state.load_full();
-        let (mut top, _, route) = self.route_for(policy, caller, &state, body, from_url)?;
+        let (top, _, route) = self.route_for(policy, caller, &state, body, from_url)?;
         let action = match format {
             Wire::Gemini => "ai/countTokens",
             _ => "ai/count_tokens",
         };
-        self.permit((policy, limits), caller, &route, action)
-            .await?;
-        // After the permission check: who may not use the model learns nothing of its
-        // provider.
+        self.decide(policy, caller, &route, action).await?;
+        // After the permission check (who may not use the model learns nothing of its
+        // provider), before the rate limit (a count that cannot be made spends none).
         let url = route
             .provider
             .count_tokens_url(&route.model)
             .ok_or_else(|| cannot_count(&route))?;
-        let auth = self.provider_key(&route).await?;
+        self.limit(limits, caller, &route).await?;
+        let counted = self
+            .ask_count(caller, &route, (format, top, body), url)
+            .await;
+        if let Err(error) = &counted {
+            // Nothing else keeps a failed count: counts leave no row.
+            tracing::warn!(
+                model = %route.alias,
+                provider = %route.provider_name,
+                trace_id = %caller.trace.trace_id_hex(),
+                %error,
+                "token count failed"
+            );
+        }
+        counted
+    }
+
+    /// Asks the route's provider at `url` for the count of the client's request (its
+    /// format, top-level fields and body), in the provider's format; the answer in the
+    /// client's.
+    async fn ask_count(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        (format, mut top, body): (Wire, TopLevel, &[u8]),
+        url: String,
+    ) -> Result<Bytes, AiError> {
+        let auth = self.provider_key(route).await?;
         let provider_wire = route.wire();
         let upstream_body = count_request(format, provider_wire, &mut top, body, &route.model)?;
         let extra = if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
@@ -65,13 +91,13 @@ impl Ai {
         let (response, deadline) = self
             .send(
                 caller,
-                &route,
+                route,
                 auth.as_ref(),
                 (url, upstream_body.into()),
                 extra,
             )
             .await?;
-        let answer = Self::read_answer(&route, response, deadline).await?;
+        let answer = Self::read_answer(route, response, deadline).await?;
         let tokens = counted(provider_wire, &answer).map_err(|reason| AiError::BadAnswer {
             provider: route.provider_name.clone(),
             reason,
@@ -107,8 +133,21 @@ fn count_request(
 ) -> Result<Vec<u8>, AiError> {
     match (format, target) {
         (Wire::Anthropic, Wire::Anthropic) => Ok(passthrough_body(top, model, format, false)?.0),
-        // The model is in the URL.
-        (Wire::Gemini, Wire::Gemini) => Ok(body.to_vec()),
+        // The model is in the URL — and in a whole request's own `model`, which the
+        // client wrote as the alias.
+        (Wire::Gemini, Wire::Gemini) => {
+            if !top.contains_key("generateContentRequest") {
+                return Ok(body.to_vec());
+            }
+            let mut full = object(body)?;
+            match full.get_mut("generateContentRequest") {
+                Some(Value::Object(request)) => {
+                    request.insert("model".into(), json!(format!("models/{model}")));
+                }
+                _ => return Err(not_an_object()),
+            }
+            encode(&Value::Object(full))
+        }
         (Wire::Anthropic, Wire::Gemini) => {
             let neutral = anthropic::parse_request(&object(body)?)
                 .map_err(|e| AiError::Translation(e.toward(target)))?;
@@ -121,11 +160,7 @@ fn count_request(
             // Either the contents alone, or a whole request (whose model the URL names).
             let mut request = match full.remove("generateContentRequest") {
                 Some(Value::Object(request)) => request,
-                Some(_) => {
-                    return Err(AiError::BadRequest(
-                        "`generateContentRequest` must be an object".into(),
-                    ));
-                }
+                Some(_) => return Err(not_an_object()),
                 None => full,
             };
             request.remove("model");
@@ -142,6 +177,10 @@ fn count_request(
             target: target.as_str(),
         })),
     }
+}
+
+fn not_an_object() -> AiError {
+    AiError::BadRequest("`generateContentRequest` must be an object".into())
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, AiError> {
@@ -166,8 +205,9 @@ fn counted(provider: Wire, answer: &[u8]) -> Result<u64, String> {
         Some(count) => count
             .as_u64()
             .ok_or_else(|| format!("`{field}` is not a non-negative integer")),
-        // Gemini's answers are protobuf JSON, which leaves a zero out.
-        None if provider == Wire::Gemini && value.is_object() => Ok(0),
+        // Gemini's answers are protobuf JSON, which leaves a zero out — and with it
+        // every other field: only an empty object is a count of zero.
+        None if provider == Wire::Gemini && value.as_object().is_some_and(Map::is_empty) => Ok(0),
         None => Err(format!("the answer has no `{field}`")),
     }
 }
@@ -246,6 +286,11 @@ mod tests {
         );
         let body = json!({"contents": []});
         assert_eq!(translated(Wire::Gemini, Wire::Gemini, body.clone()), body);
+        let whole = json!({"generateContentRequest": {"model": "models/alias", "contents": []}});
+        assert_eq!(
+            translated(Wire::Gemini, Wire::Gemini, whole),
+            json!({"generateContentRequest": {"model": "models/upstream-1", "contents": []}})
+        );
     }
 
     #[test]
@@ -253,6 +298,8 @@ mod tests {
         assert_eq!(counted(Wire::Anthropic, br#"{"input_tokens": 12}"#), Ok(12));
         assert_eq!(counted(Wire::Gemini, br#"{"totalTokens": 7}"#), Ok(7));
         assert_eq!(counted(Wire::Gemini, b"{}"), Ok(0));
+        let renamed = counted(Wire::Gemini, br#"{"total_tokens": 4}"#).unwrap_err();
+        assert!(renamed.contains("no `totalTokens`"), "{renamed}");
         let missing = counted(Wire::Anthropic, b"{}").unwrap_err();
         assert!(missing.contains("no `input_tokens`"), "{missing}");
         let negative = counted(Wire::Anthropic, br#"{"input_tokens": -1}"#).unwrap_err();

@@ -347,7 +347,8 @@ impl Ai {
         account: &mut Option<Accounting>,
         action: &str,
     ) -> Result<Option<AuthHeaders>, AiError> {
-        self.permit((policy, limits), caller, route, action).await?;
+        self.decide(policy, caller, route, action).await?;
+        self.limit(limits, caller, route).await?;
         let principal = &caller.principal;
         let applied = budgets::applicable(
             &state.budgets,
@@ -375,18 +376,16 @@ impl Ai {
         self.provider_key(route).await
     }
 
-    /// The permission check (audited as `action`), then the `ai` rate limit (a refusal
-    /// audited too).
-    pub(super) async fn permit(
+    /// The permission check, audited as `action`.
+    pub(super) async fn decide(
         &self,
-        (policy, limits): (&PolicyEngine, &RateLimiter),
+        policy: &PolicyEngine,
         caller: &Caller,
         route: &Route,
         action: &str,
     ) -> Result<(), AiError> {
-        let principal = &caller.principal;
         let decision = policy.check(
-            principal,
+            &caller.principal,
             &Permission::UseModel {
                 model: &route.alias,
             },
@@ -396,7 +395,17 @@ impl Ai {
         decision.map_err(|denial| AiError::Denied {
             model: route.alias.clone(),
             denial,
-        })?;
+        })
+    }
+
+    /// The `ai` rate limit (a refusal audited).
+    pub(super) async fn limit(
+        &self,
+        limits: &RateLimiter,
+        caller: &Caller,
+        route: &Route,
+    ) -> Result<(), AiError> {
+        let principal = &caller.principal;
         if let Err(limited) = limits.check(
             Surface::Ai,
             principal.user_id(),

@@ -387,13 +387,14 @@ async fn run(
     let _ = server.await;
     notice_task.abort();
     let _ = sweeper.await;
-    // Calls held for a client's input, model requests' rows still being written and
-    // streams read for their usage after their clients left: stopped and recorded before
-    // the writer drains, together, in what is left of the one grace (so the stop's worst
-    // case grows by the grace once, not once per phase).
+    // Calls held for a client's input, model requests' rows and budget charges still
+    // being written and streams read for their usage after their clients left: stopped
+    // and recorded before the writer drains, together, in what is left of the one grace
+    // (so the stop's worst case grows by the grace once, not once per phase) — and at
+    // least one wait for a pooled connection (a budget charge is a write of its own).
     let recording = (stopping + config.server.shutdown_grace)
         .saturating_duration_since(tokio::time::Instant::now())
-        .max(RECORDING_FLOOR);
+        .max(config.database.connect_timeout + RECORDING_MARGIN);
     tokio::join!(
         cancel_held_calls(&app, recording),
         app.ai.finish_tasks(recording)
@@ -410,10 +411,10 @@ async fn run(
     outcome
 }
 
-/// The least time the rows of requests cut off at shutdown get to be recorded, even when
-/// draining the requests took the whole grace: they are enqueued, not written, so this
-/// is ample unless the audit trail blocks (`audit.on_backlog: block`).
-const RECORDING_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Beyond one pool wait, what the rows of requests cut off at shutdown get to be recorded
+/// even when draining the requests took the whole grace: rows are enqueued, not written,
+/// so this is ample unless the audit trail blocks (`audit.on_backlog: block`).
+const RECORDING_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Cancels the calls that wait for a stateless client's input (nobody can answer them
 /// now) and waits, at most `grace`, for each to record its audit row.

@@ -164,6 +164,10 @@ pub async fn serve(
                 "shutdown grace elapsed; closing the remaining connections"
             );
             connections.abort_all();
+            // Aborted requests finish as they are dropped (a model request's row is
+            // handed to a task then): wait for that, so whatever they start exists before
+            // shutdown looks for it.
+            while connections.join_next().await.is_some() {}
         }
     }
 }

@@ -2,8 +2,9 @@
 //! and `models/{model}:countTokens` (Gemini CLI), each counted by the provider the model
 //! routes to — relayed in its own format, translated into the other — with the provider's
 //! key, the permission decision on the request's trace and no `ai_requests` row; a
-//! provider that cannot count (404, nothing sent), a caller without the scope, a spent
-//! budget (counts still answered), a provider's error and an unreadable count.
+//! provider that cannot count (404, nothing sent, no rate spent), a caller without the
+//! scope, a spent budget (counts still answered), the rate limit, a provider's error and
+//! an unreadable count.
 
 use serde_json::{Value, json};
 
@@ -16,12 +17,39 @@ fn count_anthropic(env: &Env, token: &str, body: &Value, trace: &Trace) -> Respo
     env.anthropic("/v1/messages/count_tokens", token, body, trace)
 }
 
+/// The fields Anthropic's `count_tokens` accepts; it refuses any other.
+const COUNT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
+
 /// An Anthropic provider that counts 10 tokens per message (and answers chat as
 /// `fake::claude`); `"overloaded"` as the first message gets a 529, `"odd"` a count
 /// without its number.
 fn anthropic(seen: &Seen) -> Reply {
     if !seen.path.ends_with("/count_tokens") {
         return fake::claude(seen);
+    }
+    let fields = seen
+        .body
+        .as_object()
+        .into_iter()
+        .flat_map(|body| body.keys());
+    if let Some(extra) = fields
+        .into_iter()
+        .find(|f| !COUNT_FIELDS.contains(&f.as_str()))
+    {
+        return Reply::Json {
+            status: 400,
+            headers: vec![],
+            body: json!({"type": "error", "error": {"type": "invalid_request_error",
+                         "message": format!("{extra}: Extra inputs are not permitted")}}),
+        };
     }
     match seen.body["messages"][0]["content"].as_str() {
         Some("overloaded") => Reply::Json {
@@ -70,6 +98,7 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
                 "flash": {"provider": "google", "model": "gemini-test"},
                 "local": {"provider": "local", "model": "llama"},
                 "opus": {"provider": "claude", "model": "claude-big", "scopes": ["ai:premium"]},
+                "local-big": {"provider": "local", "model": "llama-big", "scopes": ["ai:premium"]},
             },
             "prices": {"claude-test": {"input": 3, "output": 15}},
             "budgets": [{"name": "tiny", "per": "day", "user": "bob", "max_tokens": 1}],
@@ -155,6 +184,19 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
         env.decision(&trace)["attributes"]["action"],
         "ai/countTokens"
     );
+    // The whole-request form names the model again, in the body: the upstream one goes.
+    let whole = json!({"generateContentRequest": {"model": "models/flash", "contents": contents}});
+    let response = env.generate(
+        "/v1beta/models/flash:countTokens",
+        &token,
+        &whole,
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        gemini.last().body["generateContentRequest"]["model"],
+        "models/gemini-test"
+    );
 
     // Gemini CLI to a model on an Anthropic provider, the whole-request form: counted
     // by Anthropic, without the generation limits its count endpoint refuses.
@@ -191,7 +233,27 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
         "{error}"
     );
     assert_eq!(env.decision(&trace)["decision"], "allow");
+    let response = env.generate(
+        "/v1beta/models/local:countTokens",
+        &token,
+        &json!({"contents": contents}),
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 404, "{response:?}");
+    assert_eq!(
+        response.json()["error"]["status"],
+        "NOT_FOUND",
+        "{response:?}"
+    );
     assert!(openai.seen().is_empty(), "{:?}", openai.seen());
+    // Who is asking comes before what is asked.
+    let response = env.generate(
+        "/v1beta/models/local:countTokens",
+        "wrong-token",
+        &json!({"contents": contents}),
+        &Trace::new(),
+    );
+    assert_eq!(response.status, 401, "{response:?}");
 
     // Without the model's scope: 403, the denial recorded, the provider not asked.
     let counted_so_far = claude.seen().len();
@@ -201,6 +263,11 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
     assert_eq!(response.status, 403, "{response:?}");
     assert_eq!(env.decision(&trace)["decision"], "deny");
     assert_eq!(claude.seen().len(), counted_so_far);
+    // Nor does a model's provider show through to who may not use it.
+    request["model"] = json!("local-big");
+    let response = count_anthropic(&env, &token, &request, &Trace::new());
+    assert_eq!(response.status, 403, "{response:?}");
+    assert!(!response.body.contains("cannot count"), "{response:?}");
 
     // The provider's error passed on with its status and Retry-After; an answer without
     // a count is a bad gateway, not a number made up.
@@ -224,7 +291,8 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
     assert_eq!(spent["input_tokens"], 9, "{spent}");
     let refused = env.messages(&bob, chat.clone(), &Trace::new());
     assert_eq!(refused.status, 429, "{refused:?}");
-    let response = count_anthropic(&env, &bob, &chat, &Trace::new());
+    let count = json!({"model": "sonnet", "messages": chat["messages"]});
+    let response = count_anthropic(&env, &bob, &count, &Trace::new());
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.json(), json!({"input_tokens": 10}));
 
@@ -232,4 +300,50 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
     let rows = env.wait_rows("true", 2);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|row| row["user_id"] == "bob"), "{rows:?}");
+}
+
+#[test]
+fn counts_spend_the_ai_rate_only_when_they_can_be_made() {
+    let claude = FakeProvider::start(anthropic);
+    let openai = FakeProvider::start(|_| fake::json_reply(json!({})));
+    let env = Env::start(
+        json!({
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": claude.url},
+                "local": {"kind": "openai_compatible", "base_url": format!("{}/v1", openai.url)},
+            },
+            "models": {
+                "sonnet": {"provider": "claude", "model": "claude-test"},
+                "local": {"provider": "local", "model": "llama"},
+            },
+        }),
+        &[],
+        |p| {
+            p.set("rate_limits.ai", "1/h");
+        },
+    );
+    let token = env.token("alice", "ai:chat");
+    let count = |model: &str, trace: &Trace| {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+        count_anthropic(&env, &token, &body, trace)
+    };
+    // Counts the provider cannot make spend nothing, however many.
+    for _ in 0..3 {
+        assert_eq!(count("local", &Trace::new()).status, 404);
+    }
+    assert_eq!(count("sonnet", &Trace::new()).status, 200);
+    // The hour's one request is spent: the next count is refused, and recorded.
+    let trace = Trace::new();
+    let refused = count("sonnet", &trace);
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+    let condition = format!("trace_id = '{}' AND kind = 'rate_limit.rejected'", trace.id);
+    let rejected = env.wait_events(&condition, 1);
+    assert_eq!(rejected[0]["subject"], "ai/sonnet", "{rejected:?}");
+    assert_eq!(
+        claude.seen().len(),
+        1,
+        "the refused count reached the provider"
+    );
 }
