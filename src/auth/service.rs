@@ -1323,7 +1323,9 @@ impl Identity {
     // -----------------------------------------------------------------------------------
 
     /// Makes the bootstrap token an API key of the `admin` service account
-    /// (role `admin`, scope `*`), revoking earlier bootstrap tokens.
+    /// (role `admin`, scope `*`), revoking earlier bootstrap tokens. While the account is
+    /// disabled the token is kept but not accepted (`warden user enable admin` restores
+    /// it).
     pub async fn register_bootstrap(
         &self,
         token: &Redacted<String>,
@@ -1344,6 +1346,15 @@ impl Identity {
             Some(&secret::hash(token.expose())),
         )
         .await?;
+        if row.disabled {
+            // The in-memory check would accept the token without looking at the account.
+            self.bootstrap.store(Arc::new(None));
+            tracing::info!(
+                account = super::bootstrap::ACCOUNT,
+                "the bootstrap admin account is disabled: its token is not accepted"
+            );
+            return Ok(());
+        }
         let scopes = Scopes::parse("*");
         let principal = Principal {
             subject: super::bootstrap::ACCOUNT.to_owned(),

@@ -17,7 +17,8 @@
 //! file's `approved_hash` set to its `pending_hash`), and each skill whose `SKILL.md`
 //! differs from its current version (stored as the next one). An identity missing from the
 //! database is created without a password (`warden user passwd` sets one). Nothing is
-//! deleted, and clients and secrets are read-only here: clients register themselves,
+//! deleted unless `--prune` asks (then local identities with no file are disabled, skills
+//! with no folder removed), and clients and secrets are read-only here: clients register themselves,
 //! secrets change with `warden secret`. Running instances hear of each change
 //! (`store::notify`, `NOTIFY warden_pins`), as they do from `warden user`.
 
@@ -578,10 +579,29 @@ pub async fn import<C: GenericClient>(
         let mut unnamed: Vec<&store::IdentityRow> = current
             .values()
             // Federated identities are their issuer's to manage, created at each one's
-            // first login: a folder exported before that does not unmake them.
+            // first login: a folder exported before that does not unmake them. The
+            // bootstrap admin is disabled only on purpose (`warden user disable admin`).
             .filter(|row| row.kind != "federated" && !row.disabled)
+            .filter(|row| row.name != crate::auth::bootstrap::ACCOUNT)
             .filter(|row| !named.contains(row.name.as_str()))
             .collect();
+        // On a case-insensitive file system `Bob` and `bob` share a file: one of them
+        // would be pruned for the other's.
+        if let Some(row) = unnamed.iter().find(|row| {
+            named
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(&row.name))
+        }) {
+            return Err(ExportError::Invalid {
+                path: dir.join("users"),
+                message: format!(
+                    "has no file for `{}` but one for a name differing only in case; the \
+                     folder went through a case-insensitive file system, which keeps one \
+                     of the two: prune from an export on a case-sensitive one",
+                    row.name
+                ),
+            });
+        }
         unnamed.sort_by(|a, b| a.name.cmp(&b.name));
         changes.extend(unnamed.into_iter().map(|row| Change::Pruned {
             name: row.name.clone(),
@@ -742,7 +762,9 @@ async fn skill_changes<C: GenericClient>(
             stored: None,
         });
     }
-    if prune {
+    // Without `skills/` the folder says nothing about skills (an export writes it only
+    // when there are some, and git keeps no empty folder).
+    if prune && folder.is_dir() {
         let mut gone: Vec<&String> = current
             .keys()
             .filter(|name| !folder.join(name.as_str()).is_dir())

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Env, PASSWORD};
+use crate::support::http;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -307,13 +308,34 @@ fn export_is_byte_stable_and_import_applies_a_reviewed_change() {
     assert_eq!(attributes["definition"]["name"], "echo", "{attributes}");
 }
 
+/// Whether the import's summary line says `n` changes.
+fn changes(stdout: &str, n: usize) -> bool {
+    stdout
+        .lines()
+        .any(|line| line.starts_with(&format!("{n} change(s) ")))
+}
+
 #[test]
 fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     let env = Env::start(|p| {
         p.set("roles.ops", json!({"scopes": ["tools:read"]}));
     });
-    env.add_user("bob", "ops");
-    env.add_user("carol", "ops");
+    // `.ops` is written as `%2Eops.md`: its file is found by the name inside.
+    for user in ["bob", "carol", ".ops"] {
+        env.add_user(user, "ops");
+    }
+    let (ok, _, err) = env.cli(
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "ci-bot",
+            "--scopes",
+            "tools:read",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
     let work = tempfile::tempdir().expect("a temp dir");
     let skill_file = work.path().join("SKILL.md");
     for name in ["triage", "deploy"] {
@@ -326,23 +348,28 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     let dir_arg = dir.display().to_string();
     let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
     assert!(ok, "{err}");
+    assert!(dir.join("users/%2Eops.md").exists());
 
     // Without --prune, removed files change nothing (as before).
-    std::fs::remove_file(dir.join("users/carol.md")).expect("remove carol");
+    for file in ["users/carol.md", "users/ci-bot.md", "users/admin.md"] {
+        std::fs::remove_file(dir.join(file)).expect("remove a file");
+    }
     std::fs::remove_dir_all(dir.join("skills/deploy")).expect("remove deploy");
     let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg], None);
-    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+    assert!(ok && changes(&stdout, 0), "{stdout}{err}");
 
-    // With it: carol is disabled (not deleted), the skill removed; a dry run first.
+    // With it: carol and the service account are disabled (not deleted), the skill is
+    // removed; the bootstrap admin is kept (disabled only on purpose). A dry run first.
     let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune", "--dry-run"], None);
     assert!(ok, "{err}");
     for line in [
         "would change: `carol` disabled: it has no file under users/ (--prune)",
+        "would change: `ci-bot` disabled: it has no file under users/ (--prune)",
         "would change: skill `deploy` removed: it has no folder under skills/ (--prune)",
-        "2 change(s)",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
+    assert!(changes(&stdout, 3), "{stdout}");
     let (_, list, _) = env.cli(&["user", "list"], None);
     assert!(
         list.contains("carol\tuser\troles=ops\tenabled"),
@@ -350,10 +377,22 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     );
 
     let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune"], None);
-    assert!(ok && stdout.contains("2 change(s)"), "{stdout}{err}");
+    assert!(ok && changes(&stdout, 3), "{stdout}{err}");
     let (_, list, _) = env.cli(&["user", "list"], None);
-    assert!(list.contains("carol\tuser\troles=ops\tdisabled"), "{list}");
-    assert!(list.contains("bob\tuser\troles=ops\tenabled"), "{list}");
+    for expected in [
+        "carol\tuser\troles=ops\tdisabled",
+        "ci-bot\tservice",
+        "bob\tuser\troles=ops\tenabled",
+        ".ops\tuser\troles=ops\tenabled",
+        "admin\tservice\troles=admin\tenabled",
+    ] {
+        assert!(list.contains(expected), "missing `{expected}` in:\n{list}");
+    }
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ci-bot\t") && l.contains("\tdisabled")),
+        "{list}"
+    );
     let (_, skills, _) = env.cli(&["skill", "list"], None);
     assert!(
         skills.contains("triage") && !skills.contains("deploy"),
@@ -361,10 +400,11 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     );
     // Each recorded once, as pruned by the import.
     let pruned = env.db.query(
-        "SELECT count(*) FROM audit_events WHERE kind = 'identity.changed' AND subject = 'carol' \
+        "SELECT count(*) FROM audit_events WHERE kind = 'identity.changed' \
+         AND subject IN ('carol', 'ci-bot') \
          AND attributes->'detail'->>'pruned' = 'true' AND actor_id LIKE 'cli:%'",
     );
-    assert_eq!(pruned[0].get::<_, i64>(0), 1);
+    assert_eq!(pruned[0].get::<_, i64>(0), 2);
     let removed = env.db.query(
         "SELECT count(*) FROM audit_events WHERE kind = 'skill.changed' AND subject = 'deploy' \
          AND attributes->>'action' = 'removed' AND attributes->>'origin' = 'import'",
@@ -372,11 +412,26 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     assert_eq!(removed[0].get::<_, i64>(0), 1);
     // Pruning again finds nothing: disabled identities are not disabled twice.
     let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune"], None);
-    assert!(ok && stdout.contains("0 change(s)"), "{stdout}{err}");
+    assert!(ok && changes(&stdout, 0), "{stdout}{err}");
+
+    // Without skills/ the folder says nothing about skills: none is removed.
+    std::fs::remove_dir_all(dir.join("skills")).expect("remove skills/");
+    let (ok, stdout, err) = env.cli(&["import", "--dir", &dir_arg, "--prune", "--dry-run"], None);
+    assert!(ok && changes(&stdout, 0), "{stdout}{err}");
+
+    // A folder that went through a case-insensitive file system: refused whole.
+    env.add_user("Dana", "ops");
+    env.add_user("dana", "ops");
+    let (ok, _, err) = env.cli(&["export", "--dir", &dir_arg], None);
+    assert!(ok, "{err}");
+    std::fs::remove_file(dir.join("users/Dana.md")).expect("remove Dana");
+    let (ok, _, err) = env.cli(&["import", "--dir", &dir_arg, "--prune"], None);
+    assert!(!ok && err.contains("no file for `Dana`"), "{err}");
 
     // A folder without identity files is not an export: --prune refuses it whole.
     let empty = work.path().join("empty");
     std::fs::create_dir_all(empty.join("users")).expect("an empty users/");
+    std::fs::write(empty.join("users/notes.txt"), "not an identity").expect("notes");
     let empty_arg = empty.display().to_string();
     let (ok, _, err) = env.cli(&["import", "--dir", &empty_arg, "--prune"], None);
     assert!(
@@ -385,4 +440,39 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     );
     let (_, list, _) = env.cli(&["user", "list"], None);
     assert!(list.contains("bob\tuser\troles=ops\tenabled"), "{list}");
+    assert!(list.contains("Dana\tuser\troles=ops\tenabled"), "{list}");
+}
+
+#[test]
+fn a_disabled_bootstrap_admin_stays_disabled_across_a_restart() {
+    let mut env = Env::start(|_| {});
+    let admin = env.admin_token();
+    assert!(!env.tool_names(&admin).is_empty());
+    let (ok, _, err) = env.cli(&["user", "disable", "admin"], None);
+    assert!(ok, "{err}");
+    let status = env.warden.sigterm();
+    assert!(status.success(), "{}", env.warden.log());
+    env.warden = env.profile.start();
+    let response = http::request(
+        "GET",
+        &env.url("/admin/servers"),
+        &[("Authorization", &format!("Bearer {admin}"))],
+        None,
+    )
+    .expect("GET /admin/servers");
+    assert_eq!(response.status, 401, "{response:?}");
+    assert!(
+        env.warden
+            .log()
+            .contains("the bootstrap admin account is disabled"),
+        "{}",
+        env.warden.log()
+    );
+    // Enabled again, the same token works after the next start.
+    let (ok, _, err) = env.cli(&["user", "enable", "admin"], None);
+    assert!(ok, "{err}");
+    let status = env.warden.sigterm();
+    assert!(status.success(), "{}", env.warden.log());
+    env.warden = env.profile.start();
+    assert!(!env.tool_names(&admin).is_empty());
 }
