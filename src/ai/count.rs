@@ -1,25 +1,27 @@
 //! Token counting: `POST /v1/messages/count_tokens` (Anthropic's format — Claude Code asks
-//! it every turn to size its context) and `models/{model}:countTokens` (Gemini's — Gemini
-//! CLI asks it before compressing a conversation).
+//! it every turn to size its context), `models/{model}:countTokens` (Gemini's — Gemini
+//! CLI asks it before compressing a conversation) and `POST /v1/responses/input_tokens`
+//! (OpenAI's Responses API).
 //!
 //! A count sends the whole prompt to a provider, so it is governed like a model request:
 //! the route, **the permission check** (a `permission.decision` event, action
-//! `ai/count_tokens` or `ai/countTokens`, on the request's trace), the `ai` rate limit,
+//! `ai/count_tokens`, `ai/countTokens` or `ai/responses.input_tokens`, on the request's
+//! trace), the `ai` rate limit,
 //! the provider's key. It generates nothing and costs nothing, so it leaves no
 //! `ai_requests` row (whose tokens would read as used) and is not held to budgets: its
 //! decision event is its record.
 //!
 //! The count comes from the provider the model routes to, in that provider's format
-//! (Anthropic's `count_tokens`, Gemini's `countTokens`; translated both ways, so the
-//! number is the routed model's own). A provider that cannot count — the OpenAI-format
-//! kinds — gives 404, never an invented number: clients then estimate locally (Claude
+//! (Anthropic's `count_tokens`, Gemini's `countTokens`, OpenAI's `responses/input_tokens`;
+//! translated between them, so the number is the routed model's own). A provider that
+//! cannot count — kind `openai_compatible` — gives 404, never an invented number: clients then estimate locally (Claude
 //! Code does on any error; a made-up 0 would stop it from ever compacting its context).
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::exchange::{AiError, Caller, TopLevel, passthrough_body};
-use super::wire::{Wire, WireError, anthropic, gemini};
+use super::wire::{ChatRequest, Wire, WireError, anthropic, gemini, responses};
 use super::{Ai, Route};
 use crate::policy::PolicyEngine;
 use crate::policy::limits::RateLimiter;
@@ -29,9 +31,10 @@ use crate::policy::limits::RateLimiter;
 const ANTHROPIC_COUNT_FIELDS: &[&str] = &["model", "messages", "system", "tools", "tool_choice"];
 
 impl Ai {
-    /// Counts the input tokens of a request whose body is in `format` (Anthropic's or
-    /// Gemini's); `from_url`: the model, for a format that names it in the URL. The
-    /// answer is in the client's format: `{"input_tokens": n}` or `{"totalTokens": n}`.
+    /// Counts the input tokens of a request whose body is in `format` (Anthropic's,
+    /// Gemini's or OpenAI's Responses); `from_url`: the model, for a format that names it
+    /// in the URL. The answer is in the client's format: `{"input_tokens": n}`,
+    /// `{"totalTokens": n}` or `{"object": "response.input_tokens", "input_tokens": n}`.
     pub async fn count_tokens(
         &self,
         policy: &PolicyEngine,
@@ -44,18 +47,19 @@ impl Ai {
         let (top, _, route) = self.route_for(policy, caller, &state, body, from_url)?;
         let action = match format {
             Wire::Gemini => "ai/countTokens",
-            _ => "ai/count_tokens",
+            Wire::Responses => "ai/responses.input_tokens",
+            Wire::Anthropic | Wire::OpenAi => "ai/count_tokens",
         };
         self.decide(policy, caller, &route, action).await?;
         // After the permission check (who may not use the model learns nothing of its
         // provider), before the rate limit (a count that cannot be made spends none).
-        let url = route
+        let endpoint = route
             .provider
             .count_tokens_url(&route.model)
             .ok_or_else(|| cannot_count(&route))?;
         self.limit(limits, caller, &route).await?;
         let counted = self
-            .ask_count(caller, &route, (format, top, body), url)
+            .ask_count(caller, &route, (format, top, body), endpoint)
             .await;
         if let Err(error) = &counted {
             // Nothing else keeps a failed count: counts leave no row.
@@ -70,18 +74,18 @@ impl Ai {
         counted
     }
 
-    /// Asks the route's provider at `url` for the count of the client's request (its
-    /// format, top-level fields and body), in the provider's format; the answer in the
-    /// client's.
+    /// Asks the route's provider at its count `endpoint` (the URL, and the format it
+    /// reads) for the count of the client's request (its format, top-level fields and
+    /// body); the answer in the client's format.
     async fn ask_count(
         &self,
         caller: &Caller,
         route: &Route,
         (format, mut top, body): (Wire, TopLevel, &[u8]),
-        url: String,
+        endpoint: (String, Wire),
     ) -> Result<Bytes, AiError> {
         let auth = self.provider_key(route).await?;
-        let provider_wire = route.wire();
+        let (url, provider_wire) = endpoint;
         let upstream_body = count_request(format, provider_wire, &mut top, body, &route.model)?;
         let extra = if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
             &caller.anthropic_headers[..]
@@ -123,7 +127,7 @@ fn cannot_count(route: &Route) -> AiError {
     ))
 }
 
-/// The client's count request (in `format`) in the provider's count format.
+/// The client's count request (in `format`) in the provider's count format (`target`).
 fn count_request(
     format: Wire,
     target: Wire,
@@ -132,7 +136,9 @@ fn count_request(
     model: &str,
 ) -> Result<Vec<u8>, AiError> {
     match (format, target) {
-        (Wire::Anthropic, Wire::Anthropic) => Ok(passthrough_body(top, model, format, false)?.0),
+        (Wire::Anthropic, Wire::Anthropic) | (Wire::Responses, Wire::Responses) => {
+            Ok(passthrough_body(top, model, format, false)?.0)
+        }
         // The model is in the URL — and in a whole request's own `model`, which the
         // client wrote as the alias.
         (Wire::Gemini, Wire::Gemini) => {
@@ -148,32 +154,55 @@ fn count_request(
             }
             encode(&Value::Object(full))
         }
-        (Wire::Anthropic, Wire::Gemini) => {
-            let neutral = anthropic::parse_request(&object(body)?)
-                .map_err(|e| AiError::Translation(e.toward(target)))?;
-            let mut request = gemini::render_request(&neutral).map_err(AiError::Translation)?;
-            request["model"] = json!(format!("models/{model}"));
-            encode(&json!({ "generateContentRequest": request }))
+        _ => {
+            let neutral =
+                client_request(format, body).map_err(|e| AiError::Translation(e.toward(target)))?;
+            encode(&render_count(target, &neutral, model)?)
         }
-        (Wire::Gemini, Wire::Anthropic) => {
-            let mut full = object(body)?;
+    }
+}
+
+/// A client's count request in neutral form.
+fn client_request(format: Wire, body: &[u8]) -> Result<ChatRequest, WireError> {
+    let mut full = object(body).map_err(|e| WireError::Invalid(e.to_string()))?;
+    match format {
+        Wire::Anthropic => anthropic::parse_request(&full),
+        Wire::Responses => responses::parse_request(&full),
+        Wire::Gemini => {
             // Either the contents alone, or a whole request (whose model the URL names).
             let mut request = match full.remove("generateContentRequest") {
                 Some(Value::Object(request)) => request,
-                Some(_) => return Err(not_an_object()),
+                Some(_) => return Err(WireError::Invalid(not_an_object().to_string())),
                 None => full,
             };
             request.remove("model");
-            let neutral = gemini::parse_request(&request)
-                .map_err(|e| AiError::Translation(e.toward(target)))?;
-            let mut rendered = anthropic::render_request(&neutral, model);
+            gemini::parse_request(&request)
+        }
+        Wire::OpenAi => Err(WireError::Untranslatable {
+            what: "a token count in the openai format".into(),
+            target: "",
+        }),
+    }
+}
+
+/// A count request for a provider whose count endpoint speaks `target`.
+fn render_count(target: Wire, neutral: &ChatRequest, model: &str) -> Result<Value, AiError> {
+    match target {
+        Wire::Anthropic => {
+            let mut rendered = anthropic::render_request(neutral, model);
             if let Some(fields) = rendered.as_object_mut() {
                 fields.retain(|key, _| ANTHROPIC_COUNT_FIELDS.contains(&key.as_str()));
             }
-            encode(&rendered)
+            Ok(rendered)
         }
-        _ => Err(AiError::Translation(WireError::Untranslatable {
-            what: format!("a token count in the {} format", format.as_str()),
+        Wire::Gemini => {
+            let mut request = gemini::render_request(neutral).map_err(AiError::Translation)?;
+            request["model"] = json!(format!("models/{model}"));
+            Ok(json!({ "generateContentRequest": request }))
+        }
+        Wire::Responses => Ok(responses::render_input(neutral, model)),
+        Wire::OpenAi => Err(AiError::Translation(WireError::Untranslatable {
+            what: "a token count".into(),
             target: target.as_str(),
         })),
     }
@@ -198,8 +227,8 @@ fn counted(provider: Wire, answer: &[u8]) -> Result<u64, String> {
     let value: Value =
         serde_json::from_slice(answer).map_err(|e| format!("the answer is not JSON: {e}"))?;
     let field = match provider {
-        Wire::Anthropic => "input_tokens",
-        _ => "totalTokens",
+        Wire::Gemini => "totalTokens",
+        Wire::Anthropic | Wire::Responses | Wire::OpenAi => "input_tokens",
     };
     match value.get(field) {
         Some(count) => count
@@ -216,7 +245,8 @@ fn counted(provider: Wire, answer: &[u8]) -> Result<u64, String> {
 fn count_answer(format: Wire, tokens: u64) -> Value {
     match format {
         Wire::Gemini => json!({ "totalTokens": tokens }),
-        _ => json!({ "input_tokens": tokens }),
+        Wire::Responses => json!({ "object": "response.input_tokens", "input_tokens": tokens }),
+        Wire::Anthropic | Wire::OpenAi => json!({ "input_tokens": tokens }),
     }
 }
 
@@ -271,8 +301,61 @@ mod tests {
         let bytes = serde_json::to_vec(&body).unwrap();
         let err = count_request(Wire::Gemini, Wire::Anthropic, &mut top(&body), &bytes, "m");
         assert!(
-            matches!(err, Err(AiError::BadRequest(ref m)) if m.contains("generateContentRequest")),
+            matches!(err, Err(ref e) if e.to_string().contains("generateContentRequest")),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn counts_for_openai_become_responses_input_in_order() {
+        let out = translated(
+            Wire::Anthropic,
+            Wire::Responses,
+            json!({"model": "alias", "system": "Be brief.",
+                   "tools": [{"name": "weather", "input_schema": {"type": "object"}}],
+                   "tool_choice": {"type": "tool", "name": "weather"},
+                   "messages": [
+                       {"role": "user", "content": "Weather in Oslo?"},
+                       {"role": "assistant", "content": [
+                           {"type": "text", "text": "Looking."},
+                           {"type": "tool_use", "id": "t1", "name": "weather",
+                            "input": {"city": "Oslo"}}]},
+                       {"role": "user", "content": [
+                           {"type": "tool_result", "tool_use_id": "t1", "content": "Sunny"},
+                           {"type": "text", "text": "Thanks"}]}]}),
+        );
+        assert_eq!(
+            out,
+            json!({
+                "model": "upstream-1",
+                "instructions": "Be brief.",
+                "input": [
+                    {"type": "message", "role": "user",
+                     "content": [{"type": "input_text", "text": "Weather in Oslo?"}]},
+                    {"type": "message", "role": "assistant",
+                     "content": [{"type": "output_text", "text": "Looking."}]},
+                    {"type": "function_call", "call_id": "t1", "name": "weather",
+                     "arguments": "{\"city\":\"Oslo\"}"},
+                    {"type": "function_call_output", "call_id": "t1", "output": "Sunny"},
+                    {"type": "message", "role": "user",
+                     "content": [{"type": "input_text", "text": "Thanks"}]},
+                ],
+                "tools": [{"type": "function", "name": "weather",
+                           "parameters": {"type": "object"}}],
+                "tool_choice": {"type": "function", "name": "weather"},
+            })
+        );
+        // And the other way: a Responses count for an Anthropic model.
+        let out = translated(
+            Wire::Responses,
+            Wire::Anthropic,
+            json!({"model": "alias", "instructions": "Be brief.", "input": "Hi",
+                   "max_output_tokens": 100}),
+        );
+        assert_eq!(
+            out,
+            json!({"model": "upstream-1", "system": "Be brief.",
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
         );
     }
 
@@ -286,6 +369,11 @@ mod tests {
         );
         let body = json!({"contents": []});
         assert_eq!(translated(Wire::Gemini, Wire::Gemini, body.clone()), body);
+        let body = json!({"model": "alias", "input": "Hi", "reasoning": {"effort": "low"}});
+        assert_eq!(
+            translated(Wire::Responses, Wire::Responses, body),
+            json!({"model": "upstream-1", "input": "Hi", "reasoning": {"effort": "low"}})
+        );
         let whole = json!({"generateContentRequest": {"model": "models/alias", "contents": []}});
         assert_eq!(
             translated(Wire::Gemini, Wire::Gemini, whole),
@@ -307,5 +395,11 @@ mod tests {
         assert!(counted(Wire::Gemini, b"[]").is_err());
         assert_eq!(count_answer(Wire::Gemini, 3), json!({"totalTokens": 3}));
         assert_eq!(count_answer(Wire::Anthropic, 3), json!({"input_tokens": 3}));
+        assert_eq!(
+            count_answer(Wire::Responses, 3),
+            json!({"object": "response.input_tokens", "input_tokens": 3})
+        );
+        let answer = br#"{"object": "response.input_tokens", "input_tokens": 8}"#;
+        assert_eq!(counted(Wire::Responses, answer), Ok(8));
     }
 }

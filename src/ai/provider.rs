@@ -86,9 +86,10 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
-    /// Where the input tokens of a request for `model` are counted, in the provider's own
-    /// format (Anthropic's `count_tokens`, Gemini's `countTokens`), if it can count them.
-    fn count_tokens_url(&self, _model: &str) -> Option<String> {
+    /// Where the input tokens of a request for `model` are counted, and the format of
+    /// that count request (Anthropic's `count_tokens`, Gemini's `countTokens`, OpenAI's
+    /// `responses/input_tokens`), if the provider can count them.
+    fn count_tokens_url(&self, _model: &str) -> Option<(String, Wire)> {
         None
     }
 
@@ -117,6 +118,9 @@ pub fn register_builtins(registry: &mut crate::extension::Registry) {
 /// A built-in provider: its wire format, default base URL, key header and URL shape.
 struct Builtin {
     wire: Wire,
+    /// Kind `openai`: OpenAI's own API, with the endpoints the servers copying its chat
+    /// API lack.
+    openai_api: bool,
     base_url: String,
     dialect: Dialect,
     key_header: HeaderName,
@@ -176,6 +180,7 @@ fn builtin(kind: &str, settings: &ProviderSettings) -> Result<Arc<dyn Provider>,
     }
     Ok(Arc::new(Builtin {
         wire,
+        openai_api: kind == "openai",
         base_url,
         dialect: Dialect { max_tokens_field },
         key_header: HeaderName::from_static(key_header),
@@ -234,14 +239,26 @@ impl Provider for Builtin {
         (self.wire == Wire::OpenAi).then(|| format!("{}/embeddings", self.base_url))
     }
 
-    fn count_tokens_url(&self, model: &str) -> Option<String> {
-        // OpenAI's chat API has no way to count a request's tokens without running it.
+    fn count_tokens_url(&self, model: &str) -> Option<(String, Wire)> {
         match self.wire {
-            Wire::Anthropic => Some(format!("{}/v1/messages/count_tokens", self.base_url)),
-            Wire::Gemini => Some(format!(
-                "{}/models/{}:countTokens",
-                self.base_url,
-                encode_segment(model)
+            Wire::Anthropic => Some((
+                format!("{}/v1/messages/count_tokens", self.base_url),
+                Wire::Anthropic,
+            )),
+            Wire::Gemini => Some((
+                format!(
+                    "{}/models/{}:countTokens",
+                    self.base_url,
+                    encode_segment(model)
+                ),
+                Wire::Gemini,
+            )),
+            // OpenAI counts through its Responses API; the servers that copy its chat API
+            // (kind `openai_compatible`) offer no such endpoint, nor a way to count a
+            // request without running it.
+            Wire::OpenAi if self.openai_api => Some((
+                format!("{}/responses/input_tokens", self.base_url),
+                Wire::Responses,
             )),
             Wire::OpenAi | Wire::Responses => None,
         }
@@ -343,10 +360,25 @@ mod tests {
         );
         assert_eq!(anthropic.responses_url(), None);
         assert_eq!(
-            anthropic.count_tokens_url("m").as_deref(),
-            Some("https://api.anthropic.com/v1/messages/count_tokens")
+            anthropic.count_tokens_url("m"),
+            Some((
+                "https://api.anthropic.com/v1/messages/count_tokens".into(),
+                Wire::Anthropic
+            ))
         );
-        assert_eq!(openai.count_tokens_url("m"), None);
+        assert_eq!(
+            openai.count_tokens_url("m"),
+            Some((
+                "https://api.openai.com/v1/responses/input_tokens".into(),
+                Wire::Responses
+            ))
+        );
+        let compatible = builtin(
+            "openai_compatible",
+            &settings("openai_compatible", Some("http://127.0.0.1:9/v1")),
+        )
+        .unwrap();
+        assert_eq!(compatible.count_tokens_url("m"), None);
         let relayed = ProviderSettings {
             responses: Some(ResponsesMode::Relay),
             ..settings("anthropic", None)
@@ -377,8 +409,11 @@ mod tests {
             "http://127.0.0.1:9/v1beta/models/a%2Fb:generateContent"
         );
         assert_eq!(
-            gemini.count_tokens_url("gemini-2.5-flash").as_deref(),
-            Some("http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:countTokens")
+            gemini.count_tokens_url("gemini-2.5-flash"),
+            Some((
+                "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:countTokens".into(),
+                Wire::Gemini
+            ))
         );
 
         let err = builtin("openai_compatible", &settings("openai_compatible", None))

@@ -3,7 +3,8 @@
 //! relayed to the providers that serve it), `POST /v1beta/models/{model}:generateContent`
 //! and `:streamGenerateContent?alt=sse` (Gemini's format, as Gemini CLI and Google's
 //! `genai` SDKs send it; also under `/v1/models/…`), streaming or not; token counts
-//! (`POST /v1/messages/count_tokens`, `models/{model}:countTokens`); `POST /v1/embeddings`
+//! (`POST /v1/messages/count_tokens`, `models/{model}:countTokens`,
+//! `POST /v1/responses/input_tokens`); `POST /v1/embeddings`
 //! (OpenAI format; providers with an OpenAI-style embeddings endpoint), and
 //! `GET /v1/models` (the
 //! models the caller may use, in the OpenAI shape, or the Anthropic one when the request
@@ -50,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/responses", post(responses))
+        .route("/v1/responses/input_tokens", post(input_tokens))
         .route("/v1beta/models/{target}", post(gemini))
         .route("/v1/models/{target}", post(gemini).get(model))
         .route("/v1/embeddings", post(embeddings))
@@ -71,6 +73,11 @@ async fn count_tokens(State(app): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     serve(app, headers, body, (Wire::Responses, Operation::Chat)).await
+}
+
+/// `POST /v1/responses/input_tokens` (OpenAI's Responses format).
+async fn input_tokens(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    serve(app, headers, body, (Wire::Responses, Operation::Count)).await
 }
 
 /// `POST /v1/embeddings` (OpenAI format).

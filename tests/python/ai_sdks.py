@@ -113,6 +113,13 @@ def openai_scenarios(client, report):
 
         return run
 
+    def input_tokens(model):
+        def run():
+            counted = client.responses.input_tokens.count(model=model, input="Hi")
+            return {"object": counted.object, "input_tokens": counted.input_tokens}
+
+        return run
+
     def unknown_model():
         try:
             client.responses.create(model="no-such-model", input="Hi")
@@ -128,6 +135,8 @@ def openai_scenarios(client, report):
     observe(report, "responses_stream_translated", responses_stream("sonnet"))
     observe(report, "responses_stream_relayed", responses_stream("gpt"))
     observe(report, "responses_stream_tool_translated", responses_stream("sonnet", [WEATHER_TOOL]))
+    observe(report, "responses_input_tokens_relayed", input_tokens("gpt"))
+    observe(report, "responses_input_tokens_translated", input_tokens("sonnet"))
     observe(report, "openai_unknown_model", unknown_model)
     observe(report, "openai_models", lambda: {
         "list": [m.id for m in client.models.list()],
@@ -193,7 +202,7 @@ def anthropic_scenarios(client, report):
 
     observe(report, "anthropic_count_relayed", count("sonnet"))
     observe(report, "anthropic_count_translated", count("flash"))
-    observe(report, "anthropic_count_uncountable", count("gpt"))
+    observe(report, "anthropic_count_openai", count("gpt"))
     observe(report, "anthropic_models", lambda: {
         "list": [m.id for m in client.models.list()],
         "retrieved": client.models.retrieve("sonnet").id,

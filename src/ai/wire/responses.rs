@@ -243,6 +243,81 @@ impl StreamDecoder for Decoder {
 }
 
 // -----------------------------------------------------------------------------------
+// Token counts out
+// -----------------------------------------------------------------------------------
+
+/// A request in the Responses format for counting its input tokens
+/// (`responses/input_tokens`): the instructions, the input items, the function tools and
+/// the tool choice — what the count depends on.
+pub fn render_input(request: &ChatRequest, model: &str) -> Value {
+    let mut input = Vec::new();
+    for message in &request.messages {
+        let (role, text_type) = match message.role {
+            Role::User => ("user", "input_text"),
+            Role::Assistant => ("assistant", "output_text"),
+        };
+        // Text and images gather into a message item; calls and results are items of
+        // their own, in the order they came.
+        let mut content = Vec::new();
+        let flush = |input: &mut Vec<Value>, content: &mut Vec<Value>| {
+            if !content.is_empty() {
+                let content = std::mem::take(content);
+                input.push(json!({"type": "message", "role": role, "content": content}));
+            }
+        };
+        for part in &message.parts {
+            match part {
+                Part::Text(text) => content.push(json!({"type": text_type, "text": text})),
+                Part::Image(image) => {
+                    content.push(json!({"type": "input_image", "image_url": image.to_url()}))
+                }
+                Part::ToolCall(call) => {
+                    flush(&mut input, &mut content);
+                    input.push(json!({"type": "function_call", "call_id": call.id,
+                                      "name": call.name, "arguments": call.arguments}));
+                }
+                Part::ToolResult(result) => {
+                    flush(&mut input, &mut content);
+                    input.push(json!({"type": "function_call_output", "call_id": result.id,
+                                      "output": result.content}));
+                }
+            }
+        }
+        flush(&mut input, &mut content);
+    }
+    let mut body = json!({"model": model, "input": input});
+    if !request.system.is_empty() {
+        body["instructions"] = Value::from(request.system.join("\n\n"));
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut out = json!({"type": "function", "name": tool.name,
+                                     "parameters": tool.parameters});
+                if let Some(description) = &tool.description {
+                    out["description"] = Value::from(description.as_str());
+                }
+                out
+            })
+            .collect();
+    }
+    if let Some(choice) = &request.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Tool(name) => json!({"type": "function", "name": name}),
+        };
+    }
+    if let Some(parallel) = request.parallel_tool_calls {
+        body["parallel_tool_calls"] = Value::Bool(parallel);
+    }
+    body
+}
+
+// -----------------------------------------------------------------------------------
 // Translation: requests in
 // -----------------------------------------------------------------------------------
 

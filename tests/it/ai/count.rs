@@ -218,7 +218,7 @@ fn counts_are_governed_and_answered_by_the_routed_provider() {
         ]})
     );
 
-    // An OpenAI-format provider cannot count: 404 in the client's shape (Claude Code then
+    // An `openai_compatible` provider cannot count: 404 in the client's shape (Claude Code then
     // estimates locally), after the decision, with nothing sent.
     let trace = Trace::new();
     request["model"] = json!("local");
@@ -346,4 +346,111 @@ fn counts_spend_the_ai_rate_only_when_they_can_be_made() {
         1,
         "the refused count reached the provider"
     );
+}
+
+/// OpenAI's own API counting through `responses/input_tokens`: 5 tokens per input item
+/// (1 for a string input).
+fn gpt(seen: &Seen) -> Reply {
+    assert_eq!(seen.path, "/v1/responses/input_tokens", "{seen:?}");
+    let items = seen.body["input"].as_array().map_or(1, Vec::len) as u64;
+    fake::json_reply(json!({"object": "response.input_tokens", "input_tokens": 5 * items}))
+}
+
+#[test]
+fn openai_models_are_counted_through_the_responses_api() {
+    let claude = FakeProvider::start(anthropic);
+    let openai = FakeProvider::start(gpt);
+    let compatible = FakeProvider::start(|_| fake::json_reply(json!({})));
+    let env = Env::start(
+        json!({
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": claude.url},
+                "openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url),
+                           "api_key_secret": "openai_key"},
+                "local": {"kind": "openai_compatible",
+                          "base_url": format!("{}/v1", compatible.url)},
+            },
+            "models": {
+                "sonnet": {"provider": "claude", "model": "claude-test"},
+                "gpt": {"provider": "openai", "model": "gpt-test"},
+                "local": {"provider": "local", "model": "llama"},
+            },
+        }),
+        &[("openai_key", "sk-openai-count-test")],
+        |_| {},
+    );
+    let token = env.token("alice", "ai:chat");
+
+    // Claude Code on a GPT model: its count goes to OpenAI as Responses input items.
+    let body = json!({
+        "model": "gpt",
+        "system": "You are Claude Code.",
+        "messages": [
+            {"role": "user", "content": "Read main.rs"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "Read", "input": {"path": "main.rs"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "fn main() {}"}]},
+        ],
+        "tools": [{"name": "Read", "input_schema": {"type": "object"}}],
+    });
+    let response = count_anthropic(&env, &token, &body, &Trace::new());
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json(), json!({"input_tokens": 15}));
+    let seen = openai.last();
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-openai-count-test")
+    );
+    assert_eq!(seen.body["model"], "gpt-test");
+    assert_eq!(seen.body["instructions"], "You are Claude Code.");
+    let kinds: Vec<&str> = seen.body["input"]
+        .as_array()
+        .expect("input items")
+        .iter()
+        .map(|item| item["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["message", "function_call", "function_call_output"]);
+    assert_eq!(seen.body["tools"][0]["name"], "Read");
+
+    // A Responses client: relayed to OpenAI as written (the model replaced) ...
+    let trace = Trace::new();
+    let request = json!({"model": "gpt", "input": "Hi", "reasoning": {"effort": "low"}});
+    let response = env.post(
+        "/v1/responses/input_tokens",
+        &token,
+        &request,
+        &[("traceparent", &trace.header)],
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.json(),
+        json!({"object": "response.input_tokens", "input_tokens": 5})
+    );
+    assert_eq!(
+        openai.last().body,
+        json!({"model": "gpt-test", "input": "Hi", "reasoning": {"effort": "low"}})
+    );
+    let decision = env.decision(&trace);
+    assert_eq!(
+        decision["attributes"]["action"],
+        "ai/responses.input_tokens"
+    );
+
+    // ... translated for an Anthropic model ...
+    let request = json!({"model": "sonnet", "instructions": "Be brief.", "input": "Hi"});
+    let response = env.post("/v1/responses/input_tokens", &token, &request, &[]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.json(),
+        json!({"object": "response.input_tokens", "input_tokens": 10})
+    );
+    assert_eq!(claude.last().body["system"], "Be brief.");
+
+    // ... and refused in OpenAI's shape where nothing can count.
+    let request = json!({"model": "local", "input": "Hi"});
+    let response = env.post("/v1/responses/input_tokens", &token, &request, &[]);
+    assert_eq!(response.status, 404, "{response:?}");
+    assert_eq!(response.json()["error"]["type"], "not_found_error");
+    assert!(compatible.seen().is_empty(), "{:?}", compatible.seen());
 }

@@ -14,8 +14,11 @@ use super::Env;
 use super::fake::{self, FakeProvider, Reply};
 use crate::support::external;
 
-/// An OpenAI-format provider: chat completions and the Responses API.
+/// An OpenAI-format provider: chat completions, the Responses API and its token counts.
 fn gpt(seen: &fake::Seen) -> Reply {
+    if seen.path.ends_with("/responses/input_tokens") {
+        return fake::json_reply(json!({"object": "response.input_tokens", "input_tokens": 12}));
+    }
     let responses = seen.path.ends_with("/responses");
     match (responses, seen.streaming()) {
         (true, true) => fake::responses_stream(
@@ -193,23 +196,25 @@ fn official_sdks_read_what_warden_relays_and_translates() {
         );
     }
 
-    // Token counts, by the provider the model routes to; none made up where it cannot.
+    // Token counts, by the provider the model routes to.
     for (name, expected) in [
         ("anthropic_count_relayed", json!({"input_tokens": 9})),
         ("anthropic_count_translated", json!({"input_tokens": 11})),
+        // Through OpenAI's `responses/input_tokens`.
+        ("anthropic_count_openai", json!({"input_tokens": 12})),
         ("genai_count_relayed", json!({"total_tokens": 11})),
         ("genai_count_translated", json!({"total_tokens": 9})),
+        (
+            "responses_input_tokens_relayed",
+            json!({"object": "response.input_tokens", "input_tokens": 12}),
+        ),
+        (
+            "responses_input_tokens_translated",
+            json!({"object": "response.input_tokens", "input_tokens": 9}),
+        ),
     ] {
         assert_eq!(scenario(name), expected, "{name}");
     }
-    let uncountable = &report["anthropic_count_uncountable"];
-    assert_eq!(uncountable["raised"], "NotFoundError", "{uncountable}");
-    assert!(
-        uncountable["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("cannot count tokens")),
-        "{uncountable}"
-    );
 
     // Unknown models: each SDK's own error, with the models the caller may use.
     for name in [
