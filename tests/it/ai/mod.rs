@@ -14,8 +14,9 @@
 //!   restart;
 //! - `access`: scopes per model, `/v1/models`, unknown models, rate limits, body limits;
 //! - `embeddings`: `/v1/embeddings` governed, recorded and priced like chat;
-//! - `count`: token counts (`/v1/messages/count_tokens`, `:countTokens`) governed like
-//!   chat and counted by the routed provider, relayed or translated;
+//! - `count`: token counts (`/v1/messages/count_tokens`, `:countTokens`,
+//!   `/v1/responses/input_tokens`) governed like chat and counted by the routed
+//!   provider, relayed or translated;
 //! - `responses`: `/v1/responses` (OpenAI's Responses API) relayed to OpenAI-format
 //!   providers and translated for Anthropic's, recorded and priced like chat;
 //! - `gemini`: Gemini-format clients relayed to a Gemini provider and translated for
