@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
             kind: PrincipalKind::User,
             family: None,
             session_epoch: 0,
+            api_key: None,
             ttl: Duration::from_secs(3600),
         },
     )

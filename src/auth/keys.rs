@@ -46,13 +46,16 @@ pub enum KeyError {
 }
 
 /// One key: its public half always, its private half when it is the active key.
+#[derive(Clone)]
 pub struct Key {
     pub kid: String,
     pub algorithm: Algorithm,
     pub decoding: DecodingKey,
     /// The public JWK as published.
     pub jwk: Value,
-    pub retired: bool,
+    /// A retired key verifies only tokens expiring by this time (Unix seconds): the
+    /// latest expiry of any token it signed. `None`: not retired.
+    pub retired_until: Option<u64>,
     signing: Option<EncodingKey>,
 }
 
@@ -61,7 +64,7 @@ impl fmt::Debug for Key {
         f.debug_struct("Key")
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
-            .field("retired", &self.retired)
+            .field("retired_until", &self.retired_until)
             .field("signing", &self.signing.as_ref().map(|_| "[redacted]"))
             .finish()
     }
@@ -106,12 +109,28 @@ impl KeySet {
         Ok((token, key.kid.clone()))
     }
 
+    /// The same keys, the active one retired as of now with tokens up to `until` (Unix
+    /// seconds) behind it (unit tests).
+    #[cfg(test)]
+    pub fn retire_active(&self, until: u64) -> KeySet {
+        let mut set = KeySet::default();
+        for (kid, key) in &self.keys {
+            let mut key = Key::clone(key);
+            if self.active.as_ref().is_some_and(|a| a.kid == *kid) {
+                key.retired_until = Some(until);
+                key.signing = None;
+            }
+            set.keys.insert(kid.clone(), Arc::new(key));
+        }
+        set
+    }
+
     /// A key set holding one freshly generated key (benchmarks and unit tests).
     pub fn generate_ephemeral() -> KeySet {
         let (kid, seed) = new_seed();
         let mut set = KeySet::default();
         // A fresh seed always makes a valid key.
-        if let Ok(key) = key_from_seed(&kid, &seed, false, true) {
+        if let Ok(key) = key_from_seed(&kid, &seed, None, true) {
             let key = Arc::new(key);
             set.active = Some(key.clone());
             set.keys.insert(kid, key);
@@ -138,7 +157,12 @@ fn pkcs8(seed: &[u8; 32]) -> Vec<u8> {
     der
 }
 
-fn key_from_seed(kid: &str, seed: &[u8; 32], retired: bool, signs: bool) -> Result<Key, KeyError> {
+fn key_from_seed(
+    kid: &str,
+    seed: &[u8; 32],
+    retired_until: Option<u64>,
+    signs: bool,
+) -> Result<Key, KeyError> {
     let malformed = |reason: String| KeyError::Malformed {
         kid: kid.to_owned(),
         reason,
@@ -155,7 +179,7 @@ fn key_from_seed(kid: &str, seed: &[u8; 32], retired: bool, signs: bool) -> Resu
         algorithm: ALGORITHM,
         decoding,
         jwk,
-        retired,
+        retired_until,
         signing: signs.then_some(encoding),
     })
 }
@@ -168,7 +192,8 @@ fn seal_context(kid: &str) -> Vec<u8> {
 pub async fn load<C: GenericClient>(client: &C, master: &MasterKey) -> Result<KeySet, KeyError> {
     let rows = client
         .query(
-            "SELECT kid, algorithm, private_key, retired_at IS NOT NULL AS retired \
+            "SELECT kid, algorithm, private_key, retired_at IS NOT NULL AS retired, \
+             ceil(extract(epoch FROM max_expires_at))::bigint AS max_expires \
              FROM signing_keys WHERE retired_at IS NULL OR max_expires_at > now() \
              ORDER BY created_at, kid",
             &[],
@@ -198,7 +223,10 @@ pub async fn load<C: GenericClient>(client: &C, master: &MasterKey) -> Result<Ke
             reason: "the private key is not 32 bytes".into(),
         })?;
         let active = newest_active.as_deref() == Some(kid.as_str());
-        let key = Arc::new(key_from_seed(&kid, &seed, row.get("retired"), active)?);
+        let retired_until = row
+            .get::<_, bool>("retired")
+            .then(|| u64::try_from(row.get::<_, i64>("max_expires")).unwrap_or(0));
+        let key = Arc::new(key_from_seed(&kid, &seed, retired_until, active)?);
         if active {
             set.active = Some(key.clone());
         }
@@ -209,7 +237,7 @@ pub async fn load<C: GenericClient>(client: &C, master: &MasterKey) -> Result<Ke
 
 async fn insert_new<C: GenericClient>(client: &C, master: &MasterKey) -> Result<String, KeyError> {
     let (kid, seed) = new_seed();
-    let key = key_from_seed(&kid, &seed, false, false)?;
+    let key = key_from_seed(&kid, &seed, None, false)?;
     let public = key
         .jwk
         .get("x")

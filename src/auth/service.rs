@@ -44,9 +44,9 @@ use crate::secrets::MasterKey;
 
 /// Entries in the verified-token cache at most.
 const CACHE_ENTRIES: usize = 100_000;
-/// API-key principals are re-checked at least this often (revocation by a process
-/// whose notice was missed still lands).
-const API_KEY_CACHE_SECS: u64 = 300;
+/// Every cached verification is re-checked at least this often: a revocation, disable or
+/// sign-out whose notice was missed (the listener down) still lands within it.
+const RECHECK_SECS: u64 = 300;
 /// How long a verified token whose revocation state could not be read (PostgreSQL
 /// unreachable) is trusted before it is checked again.
 const DEGRADED_CACHE_SECS: u64 = 60;
@@ -261,26 +261,30 @@ impl Identity {
         if let Some(principal) = self.cache.get(&key) {
             return Ok(principal);
         }
-        if let Some((hash, principal)) = &**self.bootstrap.load()
-            && secret::equal(hash, &key)
-        {
-            return Ok(principal.clone());
-        }
         // Read before the account's state is: a revocation meanwhile keeps this
         // verification out of the cache.
         let generation = self.cache.generation();
         match self.verify_uncached(token).await {
             Ok((principal, expires_at, family)) => {
                 let principal = Arc::new(principal);
+                // A revocation whose notice never came (the listener was down) still
+                // lands within RECHECK_SECS.
                 self.cache.insert_unless_changed(
                     generation,
                     key,
                     principal.clone(),
-                    expires_at,
+                    expires_at.min(unix_now() + RECHECK_SECS),
                     family.as_deref(),
                 );
                 Ok(principal)
             }
+            // The bootstrap token is checked like any API key; only while PostgreSQL
+            // cannot answer does the copy held since start-up stand in, so the operator
+            // keeps a way in during an outage.
+            Err(AuthRejection::Unavailable(reason)) => match &**self.bootstrap.load() {
+                Some((hash, principal)) if secret::equal(hash, &key) => Ok(principal.clone()),
+                _ => Err(AuthRejection::Unavailable(reason)),
+            },
             Err(rejection) => {
                 let mut event = AuditEvent::new("auth.token_refused", "user");
                 event.decision = Some("deny");
@@ -373,7 +377,10 @@ impl Identity {
         if let Some(f) = &family {
             ids.push(f);
         }
-        match self.account_state(&claims.sub, &ids, claims.sep).await {
+        match self
+            .account_state(&claims.sub, &ids, claims.sep, claims.akid.as_deref())
+            .await
+        {
             Ok(None) => {}
             Ok(Some(rejection)) => return Err(rejection),
             Err(error) => {
@@ -394,13 +401,14 @@ impl Identity {
     }
 
     /// `Some(rejection)` when the account is disabled, signed out everywhere since the
-    /// token's session epoch `sep`, or the token revoked; `Err` when PostgreSQL cannot
-    /// answer.
+    /// token's session epoch `sep`, the token revoked, or the API key it was minted with
+    /// (`api_key`) revoked or expired; `Err` when PostgreSQL cannot answer.
     async fn account_state(
         &self,
         subject: &str,
         ids: &[&str],
         sep: i64,
+        api_key: Option<&str>,
     ) -> Result<Option<AuthRejection>, String> {
         let client = self.db.get().await.map_err(|e| e.to_string())?;
         match store::standing(&**client, subject)
@@ -421,6 +429,18 @@ impl Identity {
         {
             return Ok(Some(AuthRejection::Revoked));
         }
+        if let Some(key) = api_key {
+            // A key id that does not parse names no key: nothing it minted stands.
+            let live = match Uuid::parse_str(key) {
+                Ok(id) => store::api_key_live(&**client, id)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Err(_) => false,
+            };
+            if !live {
+                return Ok(Some(AuthRejection::Revoked));
+            }
+        }
         Ok(None)
     }
 
@@ -437,7 +457,7 @@ impl Identity {
             .expires_at
             .and_then(|e| e.duration_since(UNIX_EPOCH).ok())
             .map_or(u64::MAX, |d| d.as_secs())
-            .min(unix_now() + API_KEY_CACHE_SECS);
+            .min(unix_now() + RECHECK_SECS);
         let principal = Principal {
             subject: grant.identity.name.clone(),
             name: Some(grant.identity.name.clone()),
@@ -976,6 +996,7 @@ impl Identity {
                     kind: user.principal_kind(),
                     family: Some(family),
                     session_epoch: user.session_epoch,
+                    api_key: None,
                     ttl: config.access_token_ttl,
                 },
                 grant_type,
@@ -1177,6 +1198,7 @@ impl Identity {
                     kind: PrincipalKind::Service,
                     family: None,
                     session_epoch: grant.identity.session_epoch,
+                    api_key: Some(grant.key_id),
                     ttl: config.access_token_ttl,
                 },
                 "client_credentials",
@@ -1339,6 +1361,7 @@ impl Identity {
         )
         .await?;
         store::insert_api_key(&**db, row.id, token, &Scopes::parse("*"), None).await?;
+        let revoked = !store::api_key_hash_live(&**db, &secret::hash(token.expose())).await?;
         store::revoke_api_keys(
             &**db,
             None,
@@ -1346,12 +1369,13 @@ impl Identity {
             Some(&secret::hash(token.expose())),
         )
         .await?;
-        if row.disabled {
-            // The in-memory check would accept the token without looking at the account.
+        if row.disabled || revoked {
+            // The copy kept for outages would accept the token without the database.
             self.bootstrap.store(Arc::new(None));
             tracing::info!(
                 account = super::bootstrap::ACCOUNT,
-                "the bootstrap admin account is disabled: its token is not accepted"
+                "the bootstrap admin account is disabled or its token revoked: the token is \
+                 not accepted (delete admin.token and restart for a new one)"
             );
             return Ok(());
         }

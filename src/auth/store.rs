@@ -540,6 +540,33 @@ pub async fn revoke_api_keys<C: GenericClient>(
 // Revocation deny-list and change notices
 // ---------------------------------------------------------------------------------------
 
+/// Whether API key `id` still grants: not revoked, not expired. (Its identity's state is
+/// the caller's to check.)
+pub async fn api_key_live<C: GenericClient>(client: &C, id: Uuid) -> Result<bool, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > now())",
+            &[&id],
+        )
+        .await?
+        .is_some())
+}
+
+/// Whether the API key with hash `key_hash` exists and is not revoked.
+pub async fn api_key_hash_live<C: GenericClient>(
+    client: &C,
+    key_hash: &[u8],
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            &[&key_hash],
+        )
+        .await?
+        .is_some())
+}
+
 /// Whether any of `ids` (a `jti`, `family:<uuid>`) is revoked.
 pub async fn any_revoked<C: GenericClient>(client: &C, ids: &[&str]) -> Result<bool, StoreError> {
     let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();

@@ -50,6 +50,10 @@ pub struct AccessClaims {
     /// before sign-outs existed have none: 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sep: i64,
+    /// The API key a `client_credentials` token was minted with: revoking the key (or
+    /// its expiry) refuses the token too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub akid: Option<String>,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -67,6 +71,8 @@ pub struct Grant {
     pub family: Option<Uuid>,
     /// The subject's session epoch the grant was made at (claim `sep`).
     pub session_epoch: i64,
+    /// The API key the grant was made with (claim `akid`).
+    pub api_key: Option<Uuid>,
     pub ttl: Duration,
 }
 
@@ -116,6 +122,7 @@ pub fn issue(
         ),
         fid: grant.family.map(|f| f.to_string()),
         sep: grant.session_epoch,
+        akid: grant.api_key.map(|k| k.to_string()),
     };
     let (token, kid) = keys.sign(&claims, ACCESS_TOKEN_TYP)?;
     Ok(Issued {
@@ -192,6 +199,17 @@ pub fn verify(
     validation.leeway = LEEWAY_SECS;
     let data = decode::<AccessClaims>(token, &key.decoding, &validation)
         .map_err(|e| VerifyError::Rejected(rejection(&e)))?;
+    // A retired key signed nothing expiring later than this: such a token was made
+    // elsewhere (with a leaked key) and is refused, and the key goes dead with it.
+    if key
+        .retired_until
+        .is_some_and(|until| data.claims.exp > until)
+    {
+        return Err(AuthRejection::InvalidToken(
+            "signed by a retired key, expiring after every token that key issued".into(),
+        )
+        .into());
+    }
     Ok(data.claims)
 }
 
@@ -249,7 +267,26 @@ mod tests {
             kind: PrincipalKind::User,
             family: None,
             session_epoch: 0,
+            api_key: None,
             ttl: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn a_retired_key_verifies_only_the_tokens_it_issued() {
+        let keys = KeySet::generate_ephemeral();
+        let issued = issue(&keys, ISS, AUD, &grant()).unwrap();
+        let exp = verify(issued.token.expose(), &keys, ISS, AUD).unwrap().exp;
+        // Retired with this token the latest it signed: still verified.
+        let retired = keys.retire_active(exp);
+        assert!(verify(issued.token.expose(), &retired, ISS, AUD).is_ok());
+        // A token expiring later than anything the key signed was forged with it.
+        let retired = keys.retire_active(exp - 1);
+        match verify(issued.token.expose(), &retired, ISS, AUD) {
+            Err(VerifyError::Rejected(AuthRejection::InvalidToken(reason))) => {
+                assert!(reason.contains("retired key"), "{reason}")
+            }
+            other => panic!("accepted or wrongly refused: {other:?}"),
         }
     }
 

@@ -541,6 +541,7 @@ pub(crate) async fn token(command: TokenCommand) -> Result<ExitCode> {
             kind: PrincipalKind::User,
             family: None,
             session_epoch: row.session_epoch,
+            api_key: None,
             ttl,
         },
     )

@@ -443,8 +443,21 @@ fn import_prune_disables_identities_and_removes_skills_that_have_no_file() {
     assert!(list.contains("Dana\tuser\troles=ops\tenabled"), "{list}");
 }
 
+/// The status of `GET /admin/servers` with `token`.
+fn admin_status(env: &Env, token: &str) -> u16 {
+    let bearer = format!("Bearer {token}");
+    http::request(
+        "GET",
+        &env.url("/admin/servers"),
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .expect("GET /admin/servers")
+    .status
+}
+
 #[test]
-fn a_disabled_bootstrap_admin_stays_disabled_across_a_restart() {
+fn a_disabled_or_revoked_bootstrap_admin_stays_refused_across_a_restart() {
     let mut env = Env::start(|_| {});
     let admin = env.admin_token();
     assert!(!env.tool_names(&admin).is_empty());
@@ -453,14 +466,7 @@ fn a_disabled_bootstrap_admin_stays_disabled_across_a_restart() {
     let status = env.warden.sigterm();
     assert!(status.success(), "{}", env.warden.log());
     env.warden = env.profile.start();
-    let response = http::request(
-        "GET",
-        &env.url("/admin/servers"),
-        &[("Authorization", &format!("Bearer {admin}"))],
-        None,
-    )
-    .expect("GET /admin/servers");
-    assert_eq!(response.status, 401, "{response:?}");
+    assert_eq!(admin_status(&env, &admin), 401);
     assert!(
         env.warden
             .log()
@@ -475,4 +481,28 @@ fn a_disabled_bootstrap_admin_stays_disabled_across_a_restart() {
     assert!(status.success(), "{}", env.warden.log());
     env.warden = env.profile.start();
     assert!(!env.tool_names(&admin).is_empty());
+
+    // Its key revoked by id (not by the account's name): refused at once by the
+    // running server, and after a restart.
+    let (ok, keys, err) = env.cli(&["apikey", "list"], None);
+    assert!(ok, "{err}");
+    let id = keys
+        .lines()
+        .find(|line| line.contains("admin") && line.contains("active"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the admin key in:\n{keys}"))
+        .to_owned();
+    let (ok, _, err) = env.cli(&["apikey", "revoke", &id], None);
+    assert!(ok, "{err}");
+    crate::support::eventually("the revoked bootstrap token refused", WAIT, || {
+        admin_status(&env, &admin) == 401
+    });
+    let status = env.warden.sigterm();
+    assert!(status.success(), "{}", env.warden.log());
+    env.warden = env.profile.start();
+    assert_eq!(
+        admin_status(&env, &admin),
+        401,
+        "a revoked bootstrap token was accepted after a restart"
+    );
 }

@@ -264,6 +264,9 @@ fn cli_users_api_keys_and_key_rotation() {
     );
     let revoked = env.mcp(Some(&key), "tools/list", json!({}));
     assert_eq!(revoked.status, 401, "{revoked:?}");
+    // So is every token the key minted, before its own expiry.
+    let minted = env.mcp(Some(&service_token), "tools/list", json!({}));
+    assert_eq!(minted.status, 401, "{minted:?}");
 
     // Key rotation: old tokens verify, new ones carry the new kid, both are published.
     let before = env.token("bob", "tools:read");
