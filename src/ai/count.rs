@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::exchange::{AiError, Caller, TopLevel, passthrough_body};
+use super::exchange::{AiError, Caller, TopLevel, check_relayed_tools, passthrough_body};
 use super::wire::{ChatRequest, Wire, WireError, anthropic, gemini, responses};
 use super::{Ai, Route};
 use crate::policy::PolicyEngine;
@@ -57,6 +57,11 @@ impl Ai {
             .provider
             .count_tokens_url(&route.model)
             .ok_or_else(|| cannot_count(&route))?;
+        // A relayed count may name what the provider would reach out to (Anthropic's
+        // `mcp_servers` are connected to, to count their tools): the same limits as chat.
+        if endpoint.1 == format {
+            check_relayed_tools(format, &top, &state.provider_tools)?;
+        }
         self.limit(limits, caller, &route).await?;
         let counted = self
             .ask_count(caller, &route, (format, top, body), endpoint)

@@ -558,13 +558,7 @@ impl Ai {
         // Relayed requests are not read whole: tools the provider would run itself are
         // looked for here (a translated request cannot carry them).
         if provider_wire == format {
-            let tools = top.get("tools").map(|t| &**t);
-            match format {
-                Wire::Responses => responses::check_tools(tools, &state.provider_tools),
-                Wire::Gemini => gemini::check_tools(tools, &state.provider_tools),
-                Wire::OpenAi | Wire::Anthropic => Ok(()),
-            }
-            .map_err(AiError::BadRequest)?;
+            check_relayed_tools(format, &top, &state.provider_tools)?;
         }
         let (upstream_body, client_usage) = if provider_wire == format {
             passthrough_body(&mut top, &route.model, format, stream)?
@@ -794,6 +788,23 @@ struct AnswerProbe {
     model_version: Option<String>,
     #[serde(rename = "usageMetadata")]
     usage_metadata: Option<Value>,
+}
+
+/// Refuses a request relayed in `format` that names tools the provider would run itself
+/// (or servers it would call), unless `allowed` (`ai.provider_tools`) lists them.
+pub(super) fn check_relayed_tools(
+    format: Wire,
+    top: &TopLevel,
+    allowed: &[String],
+) -> Result<(), AiError> {
+    let field = |name: &str| top.get(name).map(|v| &**v);
+    match format {
+        Wire::Responses => responses::check_tools(field("tools"), allowed),
+        Wire::Gemini => gemini::check_tools(field("tools"), allowed),
+        Wire::Anthropic => anthropic::check_tools(field("tools"), field("mcp_servers"), allowed),
+        Wire::OpenAi => openai::check_tools(field("web_search_options"), allowed),
+    }
+    .map_err(AiError::BadRequest)
 }
 
 /// A Responses request with `background: true` is refused: its answer is fetched later

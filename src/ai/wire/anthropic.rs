@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 
 use bytes::BytesMut;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Delta, Finish, Image, Message, Part, Role, StreamDecoder,
-    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, count, invalid, merge_turns,
-    refuse_fields, str_or_empty, string,
+    StreamEncoder, Tool, ToolCall, ToolChoice, ToolResult, WireError, check_provider_tools, count,
+    invalid, merge_turns, refuse_fields, str_or_empty, string,
 };
 use crate::ai::pricing::Usage;
 use crate::ai::sse::{SseEvent, write_event};
@@ -21,6 +22,54 @@ use crate::ai::sse::{SseEvent, write_event};
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The API version Warden speaks when the client names none.
 pub const API_VERSION: &str = "2023-06-01";
+
+/// Tool types the client carries out (besides `custom`, and tools without a type):
+/// Anthropic defines them, the client runs them. Their versions follow (`bash_20250124`).
+const CLIENT_TOOLS: &[&str] = &["bash", "text_editor", "computer", "memory"];
+
+/// Refuses a relayed request naming a tool Anthropic would run itself (`web_search`,
+/// `web_fetch`, `code_execution`, … — a type's kind is its name without the version) or
+/// remote MCP servers it would call (`mcp_servers`: kind `mcp`), unless `allowed`
+/// (`ai.provider_tools`) lists the kind.
+pub fn check_tools(
+    tools: Option<&RawValue>,
+    mcp_servers: Option<&RawValue>,
+    allowed: &[String],
+) -> Result<(), String> {
+    let calls_mcp = mcp_servers.is_some_and(|servers| {
+        let servers = servers.get().trim();
+        servers != "null" && servers != "[]"
+    });
+    if calls_mcp && !allowed.iter().any(|kind| kind == "mcp") {
+        return Err(
+            "`mcp_servers` would have the provider call remote MCP servers, outside \
+                    Warden's governance; list `mcp` in ai.provider_tools to allow it"
+                .into(),
+        );
+    }
+    check_provider_tools(tools, allowed, |i, tool| {
+        let Some(kind) = tool.get("type").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        let family = versionless(kind);
+        if kind == "custom" || CLIENT_TOOLS.contains(&family) {
+            return Vec::new();
+        }
+        vec![(format!("tools[{i}] of type `{kind}`"), family.to_owned())]
+    })
+}
+
+/// A tool type without its version suffix: `web_search_20250305` → `web_search`.
+fn versionless(kind: &str) -> &str {
+    match kind.rsplit_once('_') {
+        Some((family, version))
+            if version.len() == 8 && version.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            family
+        }
+        _ => kind,
+    }
+}
 
 /// Request fields dropped when translating to another format: hints that do not change
 /// what the answer means.
@@ -682,6 +731,42 @@ impl StreamEncoder for Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_the_provider_runs_need_provider_tools() {
+        let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
+        let client_run = raw(json!([
+            {"name": "Read", "input_schema": {"type": "object"}},
+            {"type": "custom", "name": "x", "input_schema": {"type": "object"}},
+            {"type": "bash_20250124", "name": "bash"},
+            {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        ]));
+        assert_eq!(check_tools(Some(&client_run), None, &[]), Ok(()));
+        let search = raw(json!([{"type": "web_search_20250305", "name": "web_search"}]));
+        let refused = check_tools(Some(&search), None, &[]).unwrap_err();
+        assert!(
+            refused.contains("tools[0] of type `web_search_20250305`")
+                && refused.contains("list `web_search` in ai.provider_tools"),
+            "{refused}"
+        );
+        assert_eq!(
+            check_tools(Some(&search), None, &["web_search".into()]),
+            Ok(())
+        );
+        let servers = raw(json!([{"type": "url", "url": "https://mcp.example/sse", "name": "x"}]));
+        let refused = check_tools(None, Some(&servers), &["web_search".into()]).unwrap_err();
+        assert!(
+            refused.contains("list `mcp` in ai.provider_tools"),
+            "{refused}"
+        );
+        assert_eq!(check_tools(None, Some(&servers), &["mcp".into()]), Ok(()));
+        assert_eq!(check_tools(None, Some(&raw(json!([]))), &[]), Ok(()));
+        assert_eq!(versionless("code_execution_20250825"), "code_execution");
+        assert_eq!(
+            versionless("tool_search_tool_regex"),
+            "tool_search_tool_regex"
+        );
+    }
 
     #[test]
     fn blocks_read_and_render_with_tool_results_first() {

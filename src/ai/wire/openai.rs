@@ -121,6 +121,24 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
 }
 
 /// A `tool_choice` given by name, as OpenAI's formats name them.
+/// Refuses a relayed chat request asking the provider to search the web itself
+/// (`web_search_options`), unless `allowed` (`ai.provider_tools`) lists `web_search`.
+/// (Its `tools` are functions and custom tools, which the client runs.)
+pub fn check_tools(
+    web_search_options: Option<&serde_json::value::RawValue>,
+    allowed: &[String],
+) -> Result<(), String> {
+    let searches = web_search_options.is_some_and(|options| options.get().trim() != "null");
+    if searches && !allowed.iter().any(|kind| kind == "web_search") {
+        return Err(
+            "`web_search_options` would have the provider search the web, outside \
+                    Warden's governance; list `web_search` in ai.provider_tools to allow it"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn tool_choice_named(name: &str) -> Result<ToolChoice, WireError> {
     match name {
         "auto" => Ok(ToolChoice::Auto),

@@ -157,3 +157,70 @@ fn config_check_refuses_an_unknown_provider_kind_with_the_known_ones() {
         "{output:?}"
     );
 }
+
+#[test]
+fn relayed_requests_may_not_have_the_provider_run_tools_unless_allowed() {
+    let anthropic = FakeProvider::start(fake::claude);
+    let openai =
+        FakeProvider::start(|_| fake::json_reply(fake::openai_answer("gpt-test", "Hi", 3, 1, 0)));
+    let env = Env::start(
+        json!({
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": anthropic.url},
+                "openai": {"kind": "openai", "base_url": format!("{}/v1", openai.url)},
+            },
+            "models": {
+                "sonnet": {"provider": "claude", "model": "claude-test"},
+                "gpt": {"provider": "openai", "model": "gpt-test"},
+            },
+            "provider_tools": ["web_fetch"],
+        }),
+        &[],
+        |_| {},
+    );
+    let token = env.token("alice", "ai:chat");
+    let message = |extra: serde_json::Value| {
+        let mut body = json!({"model": "sonnet", "max_tokens": 50,
+                              "messages": [{"role": "user", "content": "Hi"}]});
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        env.messages(&token, body, &Trace::new())
+    };
+    // Remote MCP servers the provider would call, and its own web search: refused,
+    // naming the key that allows them; nothing reaches the provider.
+    let refused = message(json!({"mcp_servers": [{"type": "url", "name": "x",
+                                                  "url": "https://mcp.example/sse"}]}));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body.contains("list `mcp` in ai.provider_tools"),
+        "{refused:?}"
+    );
+    let refused = message(json!({"tools": [{"type": "web_search_20250305",
+                                            "name": "web_search"}]}));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.contains("`web_search`"), "{refused:?}");
+    assert!(anthropic.seen().is_empty(), "{:?}", anthropic.seen());
+    // Allowed by ai.provider_tools, and tools the client runs: relayed.
+    let allowed = message(
+        json!({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"},
+                                           {"type": "bash_20250124", "name": "bash"}]}),
+    );
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(anthropic.seen().len(), 1);
+    // Chat completions' own web search, the same way.
+    let refused = env.chat(
+        &token,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "Hi"}],
+               "web_search_options": {}}),
+        &Trace::new(),
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .contains("list `web_search` in ai.provider_tools"),
+        "{refused:?}"
+    );
+    assert!(openai.seen().is_empty(), "{:?}", openai.seen());
+}
