@@ -972,7 +972,9 @@ impl Gateway {
         limited
     }
 
-    /// PostToolUse (may rewrite or withhold a result) or PostToolUseFailure (observes).
+    /// PostToolUseFailure (observes a failure), then PostToolUse on any result the client
+    /// will read — an `isError` one too, whose content (a failed command's output) may
+    /// hold what a hook withholds or redacts.
     async fn after_call(
         &self,
         rules: &Rules,
@@ -984,26 +986,27 @@ impl Gateway {
             Ok(result) => result_is_error(result),
             Err(_) => true,
         };
-        let event = if failed {
-            HookEvent::PostToolUseFailure
-        } else {
-            HookEvent::PostToolUse
-        };
-        if !rules.hooks.any(event) {
-            return outcome;
-        }
-        let payload = match &outcome {
+        let payload = || match &outcome {
             Ok(result) => serde_json::from_str(result.get()).unwrap_or(Value::Null),
             Err(error) => json!({ "error": error.to_string() }),
         };
-        let verdict = rules
-            .hooks
-            .run(&hook_ctx(event), &payload, &self.http)
-            .await;
-        self.record_hooks(ctx, &verdict.reports, event).await;
-        if failed {
+        if failed && rules.hooks.any(HookEvent::PostToolUseFailure) {
+            let event = HookEvent::PostToolUseFailure;
+            let verdict = rules
+                .hooks
+                .run(&hook_ctx(event), &payload(), &self.http)
+                .await;
+            self.record_hooks(ctx, &verdict.reports, event).await;
+        }
+        if outcome.is_err() || !rules.hooks.any(HookEvent::PostToolUse) {
             return outcome;
         }
+        let event = HookEvent::PostToolUse;
+        let verdict = rules
+            .hooks
+            .run(&hook_ctx(event), &payload(), &self.http)
+            .await;
+        self.record_hooks(ctx, &verdict.reports, event).await;
         if let Some((hook, reason)) = verdict.denied {
             return Err(GatewayError::HookDenied { hook, reason });
         }

@@ -251,13 +251,13 @@ fn hooks_allow_deny_and_rewrite_where_their_matchers_say() {
                 {"name": "no-crash", "event": "PreToolUse", "match": {"tool": "fix__crash*"}, "deny": "crashing is not allowed here"},
                 {"name": "shout", "event": "PreToolUse", "match": {"tool": "re:^(fix__)?echo$"},
                  "command": {"program": "/bin/sh", "args": ["-c", "cat >/dev/null; echo '{\"arguments\":{\"message\":\"REWRITTEN\"}}'"]}},
+                {"name": "no-keys-in", "event": "PreToolUse", "match": {"tool": "add"}, "secret_scan": {}},
                 {"name": "veto", "event": "PreToolUse", "match": {"tool": "add"},
                  "command": {"program": "/bin/sh", "args": ["-c", "echo 'adding is vetoed' >&2; exit 2"]}},
                 {"name": "slowpoke", "event": "PreToolUse", "match": {"tool": "pid"}, "timeout": "300ms", "on_error": "allow",
                  "command": {"program": "/bin/sh", "args": ["-c", "sleep 30"]}},
                 {"name": "reviewer", "event": "PreToolUse", "match": {"tool": "slow"},
                  "webhook": {"url": url, "secret": "hook-secret"}},
-                {"name": "no-keys-in", "event": "PreToolUse", "match": {"tool": "fail"}, "secret_scan": {}},
                 {"name": "no-keys-out", "event": "PostToolUse", "secret_scan": {}},
             ]),
         );
@@ -313,7 +313,7 @@ fn hooks_allow_deny_and_rewrite_where_their_matchers_say() {
     assert_eq!(body["event"], "PreToolUse");
     assert!(signature.unwrap_or_default().starts_with("sha256="));
 
-    let leaked = client.call("fix__fail", json!({"message": "key AKIAIOSFODNN7EXAMPLE"}));
+    let leaked = client.call("fix__add", json!({"message": "key AKIAIOSFODNN7EXAMPLE"}));
     assert!(
         leaked.error()["message"]
             .as_str()
@@ -328,6 +328,11 @@ fn hooks_allow_deny_and_rewrite_where_their_matchers_say() {
         json!({"ms": 1, "message": format!("here: {key}")}),
     );
     assert_eq!(echoed.text(), "here: [REDACTED:github_token]");
+    // So is one in a failed call's result (a command's output before it failed): the
+    // client reads that content too.
+    let failed = client.call("fix__fail", json!({"message": format!("denied: {key}")}));
+    assert_eq!(failed.result()["isError"], true, "{:?}", failed.message);
+    assert_eq!(failed.text(), "denied: [REDACTED:github_token]");
 
     // Clients report their own events and get the decision back.
     let auth = format!("Bearer {token}");
