@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
         event: HookEvent::PreToolUse,
         server: Some("fs".into()),
         tool: Some("read_file".into()),
+        exposed_tool: Some("fs__read_file".into()),
         principal: "alice".into(),
         roles: vec!["user".into()],
         scopes: vec!["fs:read".into(), "fs:write".into()],

@@ -94,6 +94,50 @@ fn takes_skill_prompts(name: &str, prefix: &str, separator: &str) -> Option<Stri
     }
 }
 
+/// Tool names two servers could both expose, as (server, problem): a namespace
+/// (`{prefix}{separator}`) holding another's, or an alias inside another server's
+/// namespace. The gateway keeps the first of two tools sharing a name, so one server
+/// could take another's calls, and their arguments, by listing a tool named to collide.
+fn namespace_overlaps(
+    naming: &BTreeMap<String, ServerNaming>,
+    separator: &str,
+) -> Vec<(String, String)> {
+    let namespace = |names: &ServerNaming| format!("{}{separator}", names.prefix);
+    let mut problems = Vec::new();
+    for (server, names) in naming {
+        let own = namespace(names);
+        for (other, other_names) in naming {
+            let theirs = namespace(other_names);
+            // Equal prefixes are refused where they are met.
+            if other != server && own != theirs && own.starts_with(&theirs) {
+                problems.push((
+                    server.clone(),
+                    format!(
+                        "tool names `{own}…` fall inside server `{other}`'s `{theirs}…`: a tool \
+                         `{other}` lists could be exposed under the name of one of this \
+                         server's; give one of them another `prefix` (or another \
+                         gateway.separator)"
+                    ),
+                ));
+            }
+            for (tool, naming) in &names.tools {
+                let Some(alias) = &naming.alias else { continue };
+                if other != server && alias.starts_with(&theirs) {
+                    problems.push((
+                        server.clone(),
+                        format!(
+                            "alias `{alias}` of tool `{tool}` lies inside server `{other}`'s \
+                             tool names (`{theirs}…`): a tool `{other}` lists could take it; \
+                             choose an alias outside every server's prefix"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// The validated profile.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -622,6 +666,7 @@ impl Config {
         let mut servers = Vec::new();
         let mut naming = BTreeMap::new();
         let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+        let mut located: BTreeMap<String, Located> = BTreeMap::new();
         for (name, spanned) in raw.servers {
             let enabled = spanned.value.enabled.unwrap_or(true);
             access.insert(
@@ -642,10 +687,19 @@ impl Config {
                             names.prefix
                         )));
                     }
+                    located.insert(name.clone(), spanned.error(String::new()));
                     naming.insert(name.clone(), names);
                     servers.push(spec);
                 }
                 Err(mut errors) => problems.append(&mut errors),
+            }
+        }
+        for (server, message) in namespace_overlaps(&naming, &gateway.separator) {
+            if let Some(at) = located.get(&server) {
+                problems.push(Located {
+                    message,
+                    ..at.clone()
+                });
             }
         }
 
@@ -1101,6 +1155,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.yaml", &|_| None)
+    }
+
+    #[test]
+    fn servers_may_not_share_tool_names() {
+        // With `_` between prefix and tool, `fs`'s `admin_rm` and `fs_admin`'s `rm` are
+        // both `fs_admin_rm`.
+        let text = parse(
+            "gateway: {separator: \"_\"}\nservers:\n  fs: {command: a}\n  fs_admin: {command: b}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("servers.fs_admin")
+                && text.contains("tool names `fs_admin_…` fall inside server `fs`'s `fs_…`"),
+            "{text}"
+        );
+        // The default separator keeps them apart.
+        assert!(parse("servers:\n  fs: {command: a}\n  fs_admin: {command: b}\n").is_ok());
+        // An alias inside another server's names.
+        let text = parse(
+            "servers:\n  fs: {command: a}\n  gh:\n    command: b\n    tools: {create_issue: {alias: fs__create}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("alias `fs__create` of tool `create_issue` lies inside server `fs`'s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -853,6 +853,7 @@ impl Gateway {
             event,
             server: Some(target.server.to_string()),
             tool: Some(target.upstream.clone()),
+            exposed_tool: Some(row.requested_name.clone()),
             principal: ctx.principal.user_id().to_owned(),
             roles: ctx.principal.roles.clone(),
             scopes: ctx.principal.scopes.iter().map(str::to_owned).collect(),

@@ -80,6 +80,7 @@ async fn report(
         event: hook_event,
         server: None,
         tool: None,
+        exposed_tool: None,
         principal: principal.user_id().to_owned(),
         roles: principal.roles.clone(),
         scopes: principal.scopes.iter().map(str::to_owned).collect(),

@@ -1856,6 +1856,7 @@ pub fn session_hook_context(
         event,
         server: session.scope.clone(),
         tool: None,
+        exposed_tool: None,
         principal: session.principal.user_id().to_owned(),
         roles: session.principal.roles.clone(),
         scopes: session.principal.scopes.iter().map(str::to_owned).collect(),

@@ -217,7 +217,11 @@ pub struct Hook {
 pub struct HookContext {
     pub event: HookEvent,
     pub server: Option<String>,
+    /// The tool's upstream name.
     pub tool: Option<String>,
+    /// The name the client called the tool by (`{prefix}{separator}{tool}`, or its
+    /// alias).
+    pub exposed_tool: Option<String>,
     pub principal: String,
     pub roles: Vec<String>,
     pub scopes: Vec<String>,
@@ -230,10 +234,15 @@ impl Hook {
         let m = &self.matcher;
         let server = ctx.server.as_deref().unwrap_or_default();
         let tool = ctx.tool.as_deref().unwrap_or_default();
+        // Every name the tool goes by, so a hook written against the name clients see
+        // fires whatever the prefix, separator or alias.
+        let tool_matches = |p: &Pattern| {
+            p.matches(tool)
+                || p.matches(&format!("{server}__{tool}"))
+                || ctx.exposed_tool.as_deref().is_some_and(|e| p.matches(e))
+        };
         m.server.as_ref().is_none_or(|p| p.matches(server))
-            && m.tool
-                .as_ref()
-                .is_none_or(|p| p.matches(tool) || p.matches(&format!("{server}__{tool}")))
+            && m.tool.as_ref().is_none_or(tool_matches)
             && m.principal
                 .as_ref()
                 .is_none_or(|p| p.matches(&ctx.principal))
@@ -732,12 +741,29 @@ mod tests {
             event,
             server: Some(server.into()),
             tool: Some(tool.into()),
+            exposed_tool: None,
             principal: "alice".into(),
             roles: vec!["developer".into()],
             scopes: vec!["tools:call".into()],
             session_id: None,
             trace_id: "t".into(),
         }
+    }
+
+    #[test]
+    fn tool_matchers_see_the_name_clients_call() {
+        let hook = hook(
+            "h",
+            HookEvent::PreToolUse,
+            "gh_create_*",
+            Handler::Deny {
+                message: "no".into(),
+            },
+        );
+        let mut context = ctx(HookEvent::PreToolUse, "github", "create_issue");
+        assert!(!hook.applies(&context));
+        context.exposed_tool = Some("gh_create_issue".into());
+        assert!(hook.applies(&context));
     }
 
     fn hook(name: &str, event: HookEvent, tool: &str, handler: Handler) -> Hook {
