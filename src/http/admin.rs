@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -185,10 +185,21 @@ fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<SseEven
     })
 }
 
+/// What an approval may say: `hash`, the definition the operator reviewed (its SHA-256 as
+/// `warden export` shows it in `pending_hash`).
+#[derive(serde::Deserialize)]
+struct ApproveQuery {
+    hash: Option<String>,
+}
+
+/// `POST /admin/tools/{server}/{tool}/approve[?hash=…]`: serves the changed definition
+/// withheld since it changed. With `hash`, only if that is still the definition withheld
+/// (the upstream may have changed it again since it was reviewed).
 async fn approve_tool(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path((server, tool)): Path<(String, String)>,
+    Query(query): Query<ApproveQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = admin_principal(&app, &headers, "tools.approve").await?;
     let entry = app
@@ -201,6 +212,15 @@ async fn approve_tool(
     let definition = catalog
         .tool(&tool)
         .ok_or_else(|| ApiError::NotFound(format!("server `{server}` has no tool `{tool}`")))?;
+    let current = crate::gateway::pins::definition_hash(definition);
+    if let Some(reviewed) = &query.hash
+        && !reviewed.eq_ignore_ascii_case(&current)
+    {
+        return Err(ApiError::Conflict(format!(
+            "tool `{tool}` of `{server}` now has the definition {current}, not the {reviewed} \
+             reviewed: the server changed it again; review the current one"
+        )));
+    }
     match app.gateway.pins.approve(&server, &tool, definition).await {
         Ok(()) => {}
         Err(crate::gateway::pins::ApproveError::NothingPending) => {

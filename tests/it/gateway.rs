@@ -872,14 +872,35 @@ fn a_changed_tool_definition_is_withheld_until_approved() {
             .unwrap_or_default()
             .contains("withheld")
     );
-    let approve = http::request(
-        "POST",
-        &gateway.warden.url("/admin/tools/fix/echo/approve"),
-        &[("Authorization", &format!("Bearer {}", gateway.token))],
-        None,
-    )
-    .expect("approve");
-    assert_eq!(approve.status, 200, "{approve:?}");
+    let approve = |query: &str| {
+        http::request(
+            "POST",
+            &gateway
+                .warden
+                .url(&format!("/admin/tools/fix/echo/approve{query}")),
+            &[("Authorization", &format!("Bearer {}", gateway.token))],
+            None,
+        )
+        .expect("approve")
+    };
+    // Naming a definition other than the one withheld (the server changed it again
+    // since it was reviewed): refused, naming the current one.
+    let stale = approve("?hash=0123abcd");
+    assert_eq!(stale.status, 409, "{stale:?}");
+    let message = stale.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("not the 0123abcd reviewed"), "{message}");
+    let refused = client.call("fix__echo", json!({"message": "x"}));
+    assert_eq!(refused.error()["code"], -32003, "still withheld");
+    let current = message
+        .split("now has the definition ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the current hash in the message");
+    let approved = approve(&format!("?hash={current}"));
+    assert_eq!(approved.status, 200, "{approved:?}");
     assert_eq!(
         client
             .call("fix__echo", json!({"message": "approved"}))
