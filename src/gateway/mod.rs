@@ -1234,6 +1234,14 @@ impl Gateway {
             }
         };
         let decision = policy.check(&ctx.principal, &Permission::List { server: &server });
+        // Every governed request leaves its decision, allow or deny.
+        let subject = match (&rewritten, reference.get("uri").and_then(Value::as_str)) {
+            (Some(prompt), _) => format!("{server}/{prompt}"),
+            (None, Some(uri)) => format!("{server}/{uri}"),
+            (None, None) => server.to_string(),
+        };
+        self.record_decision(ctx, &subject, "completion/complete", &decision)
+            .await?;
         decision.map_err(GatewayError::Denied)?;
         if let (Some(upstream), Some(Value::Object(reference))) = (rewritten, params.get_mut("ref"))
         {

@@ -552,6 +552,21 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
         complete(&alice, "skill__pdf-forms")["result"]["completion"]["values"],
         json!([])
     );
+    // A server's prompt: completed by the server, after a permission decision that is
+    // recorded like every governed request's (allow here, deny for who may not list it).
+    complete(&alice, "fx__greet");
+    let decided = |who: &str, decision: &str| {
+        env.db
+            .query(&format!(
+                "SELECT 1 FROM audit_events WHERE kind = 'permission.decision' \
+             AND actor_id = '{who}' AND subject = 'fx/greet' AND decision = '{decision}' \
+             AND attributes->>'action' = 'completion/complete'"
+            ))
+            .len()
+    };
+    crate::support::eventually("the completion's decision recorded", WAIT, || {
+        decided("alice", "allow") == 1
+    });
     assert_eq!(
         complete(&carol, "skill__pdf-forms")["error"]
             .to_string()
