@@ -553,7 +553,7 @@ fn skills_are_prompts_on_the_aggregate_endpoint_and_their_changes_are_announced(
         json!([])
     );
     // A server's prompt: completed by the server, after a permission decision that is
-    // recorded like every governed request's (allow here, deny for who may not list it).
+    // recorded like every governed request's.
     complete(&alice, "fx__greet");
     let decided = |who: &str, decision: &str| {
         env.db
