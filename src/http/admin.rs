@@ -157,31 +157,90 @@ async fn events(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin_principal(&app, &headers, "events.read").await?;
+    let principal = admin_principal(&app, &headers, "events.read").await?;
     let buffer = app.config.load().server.event_buffer;
-    let receiver = app
+    let subscription = app
         .tree
         .events
         .subscribe("sse", buffer)
         .await
         .ok_or_else(|| ApiError::Unavailable("the event bus is not running".into()))?;
-    Ok(Sse::new(event_stream(receiver)).keep_alive(KeepAlive::default()))
+    let listener = Listener {
+        subscription,
+        app,
+        headers,
+        subject: principal.subject.clone(),
+        recheck: Box::pin(tokio::time::sleep(EVENTS_RECHECK)),
+    };
+    Ok(Sse::new(event_stream(listener)).keep_alive(KeepAlive::default()))
 }
 
-/// The bus's deliveries as SSE. A reader that falls behind gets a `lagged` event with
-/// the number of events it missed (`{"lost": n}`) as soon as the loss is counted
-/// (possibly ahead of events still buffered from before it).
-fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let sse = match subscription.recv().await? {
-            Delivery::Event(event) => SseEvent::default()
-                .event(event.name())
-                .data(serde_json::to_string(&*event).unwrap_or_default()),
-            Delivery::Lagged(lost) => SseEvent::default()
-                .event("lagged")
-                .data(json!({ "lost": lost }).to_string()),
-        };
-        Some((Ok(sse), subscription))
+/// How often an open `/events` stream checks that its caller may still read it: a
+/// revoked, expired or disabled credential, or a lost role, ends the stream within this.
+const EVENTS_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One open `/events` stream: its subscription, and who opened it with what.
+struct Listener {
+    subscription: Subscription,
+    app: AppState,
+    headers: HeaderMap,
+    subject: String,
+    recheck: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Listener {
+    /// Whether the credential that opened the stream still verifies and still grants it
+    /// (a cached verification: no database read unless the cache dropped it).
+    async fn still_allowed(&self) -> bool {
+        match super::authenticate(&self.app, &self.headers).await {
+            Ok(principal) => self
+                .app
+                .policy
+                .load()
+                .check(
+                    &principal,
+                    &Permission::Admin {
+                        action: "events.read",
+                    },
+                )
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The bus's deliveries as SSE, until the caller may no longer read them. A reader that
+/// falls behind gets a `lagged` event with the number of events it missed
+/// (`{"lost": n}`) as soon as the loss is counted (possibly ahead of events still
+/// buffered from before it).
+fn event_stream(listener: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(listener, |mut listener| async move {
+        loop {
+            tokio::select! {
+                delivery = listener.subscription.recv() => {
+                    let sse = match delivery? {
+                        Delivery::Event(event) => SseEvent::default()
+                            .event(event.name())
+                            .data(serde_json::to_string(&*event).unwrap_or_default()),
+                        Delivery::Lagged(lost) => SseEvent::default()
+                            .event("lagged")
+                            .data(json!({ "lost": lost }).to_string()),
+                    };
+                    return Some((Ok(sse), listener));
+                }
+                () = &mut listener.recheck => {
+                    if !listener.still_allowed().await {
+                        tracing::info!(
+                            subject = %listener.subject,
+                            "an /events stream ended: its caller may no longer read it"
+                        );
+                        return None;
+                    }
+                    let next = tokio::time::Instant::now() + EVENTS_RECHECK;
+                    listener.recheck.as_mut().reset(next);
+                }
+            }
+        }
     })
 }
 

@@ -284,6 +284,31 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// Whether the server ends the stream within `timeout` (events meanwhile are kept).
+    pub fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return false;
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(remaining))
+                .expect("set a read timeout");
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                // Closed, or the chunked body's last chunk.
+                Ok(0) => return true,
+                Ok(_) if line.trim_end() == "0" => return true,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
 /// An event named `name` about `server`.
 pub fn event(name: &'static str, server: &'static str) -> impl Fn(&Value) -> bool {
     move |e: &Value| e["event"] == name && e["server"] == server

@@ -482,3 +482,17 @@ fn client_id_metadata_documents_identify_clients_by_url() {
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(refused.header("location").is_none());
 }
+
+#[test]
+fn an_open_event_stream_ends_when_its_caller_is_disabled() {
+    let env = Env::start(|_| {});
+    env.add_user("ops", "user");
+    let token = env.token("ops", "admin");
+    let mut events = crate::support::mcp::EventStream::open(&env.warden, &token);
+    let (ok, _, err) = env.cli(&["user", "disable", "ops"], None);
+    assert!(ok, "{err}");
+    assert!(
+        events.ends_within(WAIT),
+        "a disabled caller still reads /events"
+    );
+}
