@@ -594,7 +594,7 @@ impl Gateway {
                     .collect())
             }
             None => {
-                self.start_user_instances(ctx).await;
+                self.start_user_instances(policy, ctx).await;
                 let table = self.routes(config);
                 Ok(table
                     .tool_order
@@ -619,23 +619,40 @@ impl Gateway {
         }
     }
 
-    /// Whether some per-user server has no instance for this caller yet.
-    fn has_unstarted_user_instances(&self, ctx: &CallContext) -> bool {
-        self.directory.all().iter().any(|entry| {
-            matches!(entry.spec().isolation, Isolation::PerUser { .. })
-                && entry.user_instance(ctx.principal.user_id()).is_none()
-        })
+    /// The per-user servers the caller may list that have no instance for them yet.
+    /// (One the caller may not use is never started for them: it would run a process
+    /// under their identity, with their secrets, for nothing they may call.)
+    fn unstarted_user_instances(
+        &self,
+        policy: &PolicyEngine,
+        ctx: &CallContext,
+    ) -> Vec<Arc<ServerEntry>> {
+        self.directory
+            .all()
+            .iter()
+            .filter(|entry| {
+                matches!(entry.spec().isolation, Isolation::PerUser { .. })
+                    && entry.user_instance(ctx.principal.user_id()).is_none()
+                    && policy
+                        .check(
+                            &ctx.principal,
+                            &Permission::List {
+                                server: &entry.name,
+                            },
+                        )
+                        .is_ok()
+            })
+            .cloned()
+            .collect()
     }
 
     /// Per-user servers list the user's own instance: start it so its tools appear.
-    async fn start_user_instances(&self, ctx: &CallContext) {
-        for entry in self.directory.all().iter() {
-            if let Isolation::PerUser { .. } = entry.spec().isolation
-                && entry.user_instance(ctx.principal.user_id()).is_none()
-                && let Ok(instance) = self
-                    .tree
-                    .instance_for(&entry.name, ctx.principal.user_id())
-                    .await
+    async fn start_user_instances(&self, policy: &PolicyEngine, ctx: &CallContext) {
+        for entry in self.unstarted_user_instances(policy, ctx) {
+            if let Ok(instance) = self
+                .tree
+                .instance_for(&entry.name, ctx.principal.user_id())
+                .await
             {
                 let _ = instance.wait_ready(entry.spec().startup_timeout).await;
             }
@@ -774,7 +791,10 @@ impl Gateway {
         let mut labels = CallLabels::default();
         let resolved = match malformed {
             Some(message) => Err(GatewayError::InvalidParams(message.into())),
-            None => self.resolve_tool(config, ctx, &requested).await,
+            None => {
+                self.resolve_tool((config, &rules.policy), ctx, &requested)
+                    .await
+            }
         };
         let outcome = match resolved {
             Ok(target) => {
@@ -1046,7 +1066,7 @@ impl Gateway {
 
     async fn resolve_tool(
         &self,
-        config: &Config,
+        (config, policy): (&Config, &PolicyEngine),
         ctx: &CallContext,
         requested: &str,
     ) -> Result<Target, GatewayError> {
@@ -1077,9 +1097,11 @@ impl Gateway {
             }
             None => {
                 let mut table = self.routes(config);
-                if !table.tools.contains_key(requested) && self.has_unstarted_user_instances(ctx) {
+                if !table.tools.contains_key(requested)
+                    && !self.unstarted_user_instances(policy, ctx).is_empty()
+                {
                     // A per-user server lists its tools once the caller's instance runs.
-                    self.start_user_instances(ctx).await;
+                    self.start_user_instances(policy, ctx).await;
                     table = self.routes(config);
                 }
                 let route = table

@@ -530,6 +530,28 @@ fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
         "{:?}",
         alice_env.message
     );
+    // A caller who may not use the server gets no process of theirs started by listing
+    // or calling: it would run under their identity, with their secrets, for nothing.
+    let (ok, outsider, err) = cli(
+        profile,
+        &["token", "issue", "--user", "carol", "--scopes", "ai:chat"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut outsider = McpClient::connect(running.warden.url("/mcp"), outsider.trim());
+    let listed = outsider.request("tools/list", json!({}));
+    assert_eq!(listed.result()["tools"], json!([]), "{:?}", listed.message);
+    let refused = outsider.call("mail__pid", json!({}));
+    assert!(
+        refused.message.get("error").is_some(),
+        "{:?}",
+        refused.message
+    );
+    let instances = running.server("mail")["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(instances.len(), 1, "only alice's: {instances:?}");
     let bob_env = bob.call("mail__env", reveal.clone());
     assert_eq!(
         bob_env.result()["content"][1]["text"],
