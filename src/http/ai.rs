@@ -225,13 +225,11 @@ async fn read_request(
             "the body nests deeper than {depth} levels (server.max_json_depth)"
         )));
     }
+    let session_id = super::claimed_session(app, headers, &principal);
     let caller = Caller {
         principal,
         trace,
-        session_id: headers
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        session_id,
         anthropic_headers: ["anthropic-version", "anthropic-beta"]
             .iter()
             .filter_map(|name| {

@@ -72,10 +72,7 @@ async fn report(
         .and_then(TraceContext::parse)
         .map(|t| t.child())
         .unwrap_or_else(TraceContext::generate);
-    let session_id = headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let session_id = super::claimed_session(&app, &headers, &principal);
     let context = HookContext {
         event: hook_event,
         server: None,

@@ -172,6 +172,28 @@ pub async fn serve(
     }
 }
 
+/// The MCP session a request names (`Mcp-Session-Id`), for its audit rows — unless this
+/// replica holds that session for someone else: a caller cannot put their requests in
+/// another's session. A session this replica does not know (another replica's, or none)
+/// is kept as the client asserted it, like `traceparent`.
+pub fn claimed_session(
+    app: &AppState,
+    headers: &axum::http::HeaderMap,
+    principal: &crate::auth::Principal,
+) -> Option<String> {
+    let id = headers.get("mcp-session-id")?.to_str().ok()?;
+    match app.gateway.sessions.table.get(id) {
+        Some(session) if session.principal.subject != principal.subject => {
+            tracing::warn!(
+                subject = %principal.subject,
+                "a request named another caller's MCP session; its rows carry none"
+            );
+            None
+        }
+        _ => Some(id.to_owned()),
+    }
+}
+
 /// A request body of at most `limit` bytes (`server.max_body_bytes`); a longer one is
 /// 413, one that breaks off 400.
 pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {

@@ -224,3 +224,43 @@ fn relayed_requests_may_not_have_the_provider_run_tools_unless_allowed() {
     );
     assert!(openai.seen().is_empty(), "{:?}", openai.seen());
 }
+
+#[test]
+fn a_model_request_cannot_claim_another_callers_mcp_session() {
+    let anthropic = FakeProvider::start(fake::claude);
+    let env = Env::start(
+        json!({
+            "providers": {"claude": {"kind": "anthropic", "base_url": anthropic.url}},
+            "models": {"sonnet": {"provider": "claude", "model": "claude-test"}},
+        }),
+        &[],
+        |_| {},
+    );
+    let alice = env.token("alice", "ai:chat tools:read");
+    let bob = env.token("bob", "ai:chat tools:read");
+    let session = crate::support::mcp::McpClient::connect(env.warden.url("/mcp"), &alice)
+        .session
+        .expect("an MCP session");
+    let ask_in = |token: &str, trace: &Trace| {
+        env.post(
+            "/v1/messages",
+            token,
+            &json!({"model": "sonnet", "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "Hi"}]}),
+            &[
+                ("Mcp-Session-Id", session.as_str()),
+                ("anthropic-version", "2023-06-01"),
+                ("traceparent", &trace.header),
+            ],
+        )
+    };
+    // Alice's own session lands on her row; bob naming it gets none on his.
+    let trace = Trace::new();
+    assert_eq!(ask_in(&alice, &trace).status, 200);
+    assert_eq!(env.row(&trace)["session_id"], session.as_str());
+    let trace = Trace::new();
+    assert_eq!(ask_in(&bob, &trace).status, 200);
+    let row = env.row(&trace);
+    assert_eq!(row["user_id"], "bob");
+    assert!(row["session_id"].is_null(), "{row}");
+}
