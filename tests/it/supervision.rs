@@ -552,6 +552,16 @@ fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(instances.len(), 1, "only alice's: {instances:?}");
+    // A child printing its secret: Warden's log gets the variable's name, not the value.
+    alice.call("mail__env", json!({"name": "API_TOKEN", "to_stderr": true}));
+    assert!(
+        running
+            .warden
+            .wait_for_log("API_TOKEN=[REDACTED:API_TOKEN]", WAIT),
+        "{}",
+        running.warden.log()
+    );
+    assert!(!running.warden.log().contains("alice-secret"));
     let bob_env = bob.call("mail__env", reveal.clone());
     assert_eq!(
         bob_env.result()["content"][1]["text"],

@@ -19,6 +19,7 @@ use crate::process::{self, GroupChild, Hardening};
 use crate::redact::Redacted;
 use crate::secrets::SecretSource;
 use crate::spec::{HeaderValue, ProcessSpec, ServerSpec, Transport};
+use crate::upstream::stdio::Scrub;
 use crate::upstream::{self, CallError, CallOptions, Connection, ConnectionEvent, ListKind};
 
 /// The protocol revision Warden asks upstreams for.
@@ -81,7 +82,7 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
 
     let (connection, pid, port, child) = match &ctx.spec.transport {
         Transport::Stdio(process_spec) => {
-            let env = build_env(process_spec, None, &*ctx.secrets, ctx.user.as_deref())
+            let (env, scrub) = build_env(process_spec, None, &*ctx.secrets, ctx.user.as_deref())
                 .await
                 .map_err(|reason| fail(reason, None, None))?;
             let mut child = spawn(process_spec, env, true)
@@ -92,7 +93,7 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
             else {
                 return Err(fail("the child's pipes were not set up".into(), None, None));
             };
-            let stderr = child.child.stderr.take();
+            let stderr = child.child.stderr.take().map(|stderr| (stderr, scrub));
             let connection = upstream::stdio::connect(
                 server.clone(),
                 stdin,
@@ -113,15 +114,17 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 .lease(&ctx.spec.name)
                 .await
                 .map_err(|reason| fail(reason, None, None))?;
-            let env = build_env(process_spec, Some(port), &*ctx.secrets, ctx.user.as_deref())
-                .await
-                .map_err(|reason| fail(reason, None, Some(port)))?;
+            let (env, scrub) =
+                build_env(process_spec, Some(port), &*ctx.secrets, ctx.user.as_deref())
+                    .await
+                    .map_err(|reason| fail(reason, None, Some(port)))?;
             let mut child = spawn(&with_port(process_spec, port), env, false)
                 .await
                 .map_err(|reason| fail(reason, None, Some(port)))?;
             let pid = child.child.id();
             let log_as = server.clone();
             child.drain_output(4096, move |line| {
+                let line = scrub.apply(line);
                 tracing::info!(target: "warden::upstream::stderr", server = %log_as, "{line}");
             });
             let control = watch_child(child, ctx.myself.clone());
@@ -205,8 +208,9 @@ pub(crate) async fn build_env(
     port: Option<u16>,
     secrets: &dyn SecretSource,
     user: Option<&str>,
-) -> Result<Vec<(String, Redacted<String>)>, String> {
+) -> Result<(Vec<(String, Redacted<String>)>, Scrub), String> {
     let mut env: BTreeMap<String, Redacted<String>> = BTreeMap::new();
+    let mut injected = Vec::new();
     for name in &spec.inherit_env {
         if let Ok(value) = std::env::var(name) {
             env.insert(name.clone(), Redacted::new(value));
@@ -224,6 +228,7 @@ pub(crate) async fn build_env(
             .resolve(secret, None)
             .await
             .map_err(|e| format!("environment variable {name}: {e}"))?;
+        injected.push((name.clone(), value.clone()));
         env.insert(name.clone(), value);
     }
     if let Some(user) = user {
@@ -232,10 +237,11 @@ pub(crate) async fn build_env(
                 .resolve(secret, Some(user))
                 .await
                 .map_err(|e| format!("environment variable {name}: {e}"))?;
+            injected.push((name.clone(), value.clone()));
             env.insert(name.clone(), value);
         }
     }
-    Ok(env.into_iter().collect())
+    Ok((env.into_iter().collect(), Scrub::new(injected)))
 }
 
 fn with_port(spec: &ProcessSpec, port: u16) -> ProcessSpec {
