@@ -1085,7 +1085,9 @@ impl Gateway {
                         pin_tools
                             && self.pins.check(server, requested, tool) == pins::PinCheck::Changed,
                     ),
-                    None => (None, false),
+                    // Nothing says what an unlisted tool does: it is checked as one that
+                    // may change things (the server's write scopes), never as a read.
+                    None => (Some(json!({"destructiveHint": true})), false),
                 };
                 Ok(Target {
                     server: server.clone(),

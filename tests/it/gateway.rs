@@ -1017,6 +1017,32 @@ fn per_server_route_keeps_upstream_names() {
         json!({"name": "made_up_tool_name", "arguments": {}}),
     );
     assert!(made_up.message.get("error").is_some() || made_up.result()["isError"] == true);
+    // Nothing says what an unlisted tool does: it takes the server's write scope, so a
+    // reader cannot reach a hidden tool the upstream would still run.
+    let (ok, reader, err) = crate::identity::cli(
+        &gateway.profile,
+        &[
+            "token",
+            "issue",
+            "--user",
+            "reader",
+            "--scopes",
+            "tools:read",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut reader = McpClient::connect(gateway.warden.url("/mcp/fix"), reader.trim());
+    assert_eq!(
+        reader.call("echo", json!({"message": "read"})).text(),
+        "read",
+        "a listed read-only tool"
+    );
+    let hidden = reader.request(
+        "tools/call",
+        json!({"name": "made_up_tool_name", "arguments": {}}),
+    );
+    assert_eq!(hidden.error()["code"], -32003, "{:?}", hidden.message);
     let metrics = http::get(&gateway.warden.url("/metrics")).body;
     assert!(!metrics.contains("made_up_tool_name"), "{metrics}");
     assert!(
