@@ -92,11 +92,7 @@ impl Ai {
         let auth = self.provider_key(route).await?;
         let (url, provider_wire) = endpoint;
         let upstream_body = count_request(format, provider_wire, &mut top, body, &route.model)?;
-        let extra = if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
-            &caller.anthropic_headers[..]
-        } else {
-            &[]
-        };
+        let extra = caller.forwarded_headers(format, provider_wire);
         let (response, deadline) = self
             .send(
                 caller,

@@ -61,6 +61,22 @@ pub struct Caller {
     pub anthropic_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl Caller {
+    /// The client's own headers that travel with a request in `format` to a provider
+    /// speaking `provider`: its Anthropic headers, Anthropic to Anthropic only.
+    pub(super) fn forwarded_headers(
+        &self,
+        format: Wire,
+        provider: Wire,
+    ) -> &[(HeaderName, HeaderValue)] {
+        if format == Wire::Anthropic && provider == Wire::Anthropic {
+            &self.anthropic_headers
+        } else {
+            &[]
+        }
+    }
+}
+
 /// A streamed answer: event-stream bytes in the client's format.
 pub type AnswerStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
 
@@ -581,12 +597,7 @@ impl Ai {
             (translate_body(&full, format, &upstream)?, asked)
         };
 
-        let extra: &[(HeaderName, HeaderValue)] =
-            if format == Wire::Anthropic && provider_wire == Wire::Anthropic {
-                &caller.anthropic_headers
-            } else {
-                &[]
-            };
+        let extra = caller.forwarded_headers(format, provider_wire);
         let url = responses_url.unwrap_or_else(|| route.provider.url(&route.model, stream));
         let (response, deadline) = self
             .send(

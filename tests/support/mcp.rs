@@ -255,12 +255,46 @@ impl EventStream {
     pub fn wait_for(&mut self, timeout: Duration, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                panic!(
+            match self.next_line(deadline) {
+                Line::TimedOut => panic!(
                     "no matching event within {timeout:?}; saw:\n{:#?}",
                     self.seen
-                );
+                ),
+                Line::Ended => panic!("the event stream ended; saw:\n{:#?}", self.seen),
+                Line::Text(line) => {
+                    // Chunked framing: data lines carry the event JSON; other lines are
+                    // framing.
+                    if let Some(data) = line.trim_end().strip_prefix("data:") {
+                        let event: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                        self.seen.push(event.clone());
+                        if matches(&event) {
+                            return event;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the server ends the stream within `timeout` (events meanwhile are skipped).
+    pub fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_line(deadline) {
+                Line::TimedOut => return false,
+                Line::Ended => return true,
+                Line::Text(_) => {}
+            }
+        }
+    }
+
+    /// The next line of the stream, read until `deadline`. The chunked body's last chunk
+    /// (`0`) counts as the end.
+    fn next_line(&mut self, deadline: Instant) -> Line {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Line::TimedOut;
             }
             self.reader
                 .get_ref()
@@ -268,45 +302,20 @@ impl EventStream {
                 .expect("set a read timeout");
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
-                Ok(0) => panic!("the event stream ended; saw:\n{:#?}", self.seen),
-                Ok(_) => {}
+                Ok(0) => return Line::Ended,
+                Ok(_) if line.trim_end() == "0" => return Line::Ended,
+                Ok(_) => return Line::Text(line),
                 Err(_) => continue,
-            }
-            // Chunked framing: data lines carry the event JSON; other lines are framing.
-            if let Some(data) = line.trim_end().strip_prefix("data:") {
-                let event: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-                self.seen.push(event.clone());
-                if matches(&event) {
-                    return event;
-                }
             }
         }
     }
 }
 
-impl EventStream {
-    /// Whether the server ends the stream within `timeout` (events meanwhile are kept).
-    pub fn ends_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return false;
-            }
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(remaining))
-                .expect("set a read timeout");
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                // Closed, or the chunked body's last chunk.
-                Ok(0) => return true,
-                Ok(_) if line.trim_end() == "0" => return true,
-                Ok(_) => {}
-                Err(_) => continue,
-            }
-        }
-    }
+/// One read from an event stream.
+enum Line {
+    Text(String),
+    Ended,
+    TimedOut,
 }
 
 /// An event named `name` about `server`.
