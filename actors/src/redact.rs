@@ -1,6 +1,7 @@
 //! [`Redacted`]: a value that must never be printed. `Debug` and `Display` show
 //! `[redacted]`; the value is reached only through [`Redacted::expose`], which makes every
 //! use greppable. Secrets, tokens and keys travel in this wrapper everywhere in Warden.
+//! [`Scrub`] takes the secrets a child process was given out of what it says.
 
 use std::fmt;
 
@@ -33,9 +34,85 @@ impl<T> fmt::Display for Redacted<T> {
     }
 }
 
+/// The secret values a child was given (its `secrets` and `user_secrets`), to take out of
+/// everything it says before anyone else reads it — its answers and notifications on the
+/// way to clients, its stderr on the way to Warden's log: a tool that echoes its
+/// environment, or a library that prints its key in an error, must not hand the key to a
+/// model or an operator's log.
+#[derive(Clone, Default)]
+pub struct Scrub(std::sync::Arc<[(String, Redacted<String>)]>);
+
+impl Scrub {
+    /// Values shorter than this are not looked for (a secret of a few characters would
+    /// blank out unrelated text, and is no secret worth the name).
+    const MIN_LEN: usize = 6;
+
+    /// `secrets`: the environment variable each value was given as, and the value.
+    pub fn new(secrets: Vec<(String, Redacted<String>)>) -> Scrub {
+        let kept: Vec<_> = secrets
+            .into_iter()
+            .filter(|(_, value)| value.expose().len() >= Self::MIN_LEN)
+            .collect();
+        Scrub(kept.into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` with every secret replaced by `[REDACTED:<variable>]`.
+    pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.replace(text, |value| value.to_owned())
+    }
+
+    /// JSON `text` with every secret replaced inside its strings, as written there
+    /// (JSON-escaped); the result is JSON still (the replacement needs no escaping).
+    pub fn apply_json<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.replace(text, |value| {
+            let quoted = serde_json::Value::from(value).to_string();
+            quoted[1..quoted.len() - 1].to_owned()
+        })
+    }
+
+    fn replace<'a>(
+        &self,
+        text: &'a str,
+        spelled: impl Fn(&str) -> String,
+    ) -> std::borrow::Cow<'a, str> {
+        let mut text = std::borrow::Cow::Borrowed(text);
+        for (name, value) in self.0.iter() {
+            let needle = spelled(value.expose());
+            if text.contains(needle.as_str()) {
+                text = std::borrow::Cow::Owned(
+                    text.replace(needle.as_str(), &format!("[REDACTED:{name}]")),
+                );
+            }
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_replaces_the_secrets_a_child_was_given() {
+        let scrub = Scrub::new(vec![
+            ("API_TOKEN".into(), Redacted::new("s3cr3t-value".into())),
+            ("SHORT".into(), Redacted::new("ab".into())),
+        ]);
+        assert_eq!(
+            scrub.apply("auth s3cr3t-value failed (s3cr3t-value)"),
+            "auth [REDACTED:API_TOKEN] failed ([REDACTED:API_TOKEN])"
+        );
+        // Too short to look for: left alone rather than blanking unrelated text.
+        assert_eq!(scrub.apply("about"), "about");
+        assert!(matches!(
+            scrub.apply("clean"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn redacted_values_never_print() {

@@ -327,10 +327,17 @@ fn secrets_reach_the_child_environment_and_never_the_log() {
         events.wait_for(WAIT, event("ready", "fix"));
     }
     let mut client = McpClient::connect(warden.url("/mcp"), &token);
+    let sha256 = |text: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+    let digest = json!({"name": "API_TOKEN", "digest": true});
+    assert_eq!(
+        client.call("fix__env", digest.clone()).text(),
+        sha256(&value)
+    );
+    // Handed back by the tool, it reaches the client as its variable's name.
     let answer = client.call("fix__env", json!({"name": "API_TOKEN", "reveal": true}));
     assert_eq!(
         answer.result()["content"][1]["text"],
-        value.as_str(),
+        "[REDACTED:API_TOKEN]",
         "{:?}",
         answer.message
     );
@@ -362,8 +369,10 @@ fn secrets_reach_the_child_environment_and_never_the_log() {
             .success()
     );
     events.wait_for(WAIT, event("ready", "fix"));
-    let answer = client.call("fix__env", json!({"name": "API_TOKEN", "reveal": true}));
-    assert_eq!(answer.result()["content"][1]["text"], new_value.as_str());
+    assert_eq!(
+        client.call("fix__env", digest.clone()).text(),
+        sha256(&new_value)
+    );
 
     let list = profile
         .command(&["secret", "list"])
@@ -522,11 +531,21 @@ fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
     };
     let mut alice = McpClient::connect(running.warden.url("/mcp"), &token("alice"));
     let mut bob = McpClient::connect(running.warden.url("/mcp"), &token("bob"));
+    // Each user's process has that user's secret (compared by digest: the value itself
+    // never comes back, below).
+    let digest = json!({"name": "API_TOKEN", "digest": true});
+    let sha256 = |text: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+    assert_eq!(
+        alice.call("mail__env", digest.clone()).text(),
+        sha256("alice-secret")
+    );
+    // A tool handing its secret back: the client gets the variable's name, not the value
+    // — injected secrets never reach a prompt.
     let reveal = json!({"name": "API_TOKEN", "reveal": true});
     let alice_env = alice.call("mail__env", reveal.clone());
     assert_eq!(
         alice_env.result()["content"][1]["text"],
-        "alice-secret",
+        "[REDACTED:API_TOKEN]",
         "{:?}",
         alice_env.message
     );
@@ -562,12 +581,9 @@ fn per_user_isolation_gives_each_user_a_process_with_their_own_secret() {
         running.warden.log()
     );
     assert!(!running.warden.log().contains("alice-secret"));
-    let bob_env = bob.call("mail__env", reveal.clone());
     assert_eq!(
-        bob_env.result()["content"][1]["text"],
-        "bob-secret",
-        "{:?}",
-        bob_env.message
+        bob.call("mail__env", digest.clone()).text(),
+        sha256("bob-secret")
     );
     let alice_pid = alice.call("mail__pid", json!({})).text();
     let bob_pid = bob.call("mail__pid", json!({})).text();

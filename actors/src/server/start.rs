@@ -17,9 +17,9 @@ use super::ServerMsg;
 use crate::directory::Catalog;
 use crate::process::{self, GroupChild, Hardening};
 use crate::redact::Redacted;
+use crate::redact::Scrub;
 use crate::secrets::SecretSource;
 use crate::spec::{HeaderValue, ProcessSpec, ServerSpec, Transport};
-use crate::upstream::stdio::Scrub;
 use crate::upstream::{self, CallError, CallOptions, Connection, ConnectionEvent, ListKind};
 
 /// The protocol revision Warden asks upstreams for.
@@ -93,13 +93,13 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
             else {
                 return Err(fail("the child's pipes were not set up".into(), None, None));
             };
-            let stderr = child.child.stderr.take().map(|stderr| (stderr, scrub));
+            let stderr = child.child.stderr.take();
             let connection = upstream::stdio::connect(
                 server.clone(),
                 stdin,
                 stdout,
                 stderr,
-                ctx.spec.max_message_bytes,
+                (ctx.spec.max_message_bytes, scrub),
                 events_tx,
             );
             let control = watch_child(child, ctx.myself.clone());
@@ -123,8 +123,9 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 .map_err(|reason| fail(reason, None, Some(port)))?;
             let pid = child.child.id();
             let log_as = server.clone();
+            let log_scrub = scrub.clone();
             child.drain_output(4096, move |line| {
-                let line = scrub.apply(line);
+                let line = log_scrub.apply(line);
                 tracing::info!(target: "warden::upstream::stderr", server = %log_as, "{line}");
             });
             let control = watch_child(child, ctx.myself.clone());
@@ -138,7 +139,10 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
             )
             .map_err(|reason| fail(reason, None, Some(port)));
             match connection {
-                Ok(connection) => (connection, pid, Some(port), Some(control)),
+                Ok(connection) => {
+                    connection.scrub_with(scrub);
+                    (connection, pid, Some(port), Some(control))
+                }
                 Err(mut failure) => {
                     failure.child = Some(control);
                     return Err(failure);

@@ -141,6 +141,8 @@ pub struct Connection {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     protocol_version: Mutex<Option<String>>,
+    /// The secrets the server was given, taken out of its answers and notifications.
+    scrub: std::sync::OnceLock<crate::redact::Scrub>,
 }
 
 impl Connection {
@@ -158,7 +160,44 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             protocol_version: Mutex::new(None),
+            scrub: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Takes `scrub`'s secrets out of everything the server sends from now on (set once,
+    /// when it starts, before any call).
+    pub fn scrub_with(&self, scrub: crate::redact::Scrub) {
+        if !scrub.is_empty() {
+            let _ = self.scrub.set(scrub);
+        }
+    }
+
+    /// `result` without the server's secrets.
+    fn scrubbed(&self, result: &RawValue) -> Box<RawValue> {
+        let Some(scrub) = self.scrub.get() else {
+            return result.to_owned();
+        };
+        match scrub.apply_json(result.get()) {
+            std::borrow::Cow::Borrowed(_) => result.to_owned(),
+            // The replacement is plain JSON string content: still valid JSON.
+            std::borrow::Cow::Owned(text) => {
+                RawValue::from_string(text).unwrap_or_else(|_| result.to_owned())
+            }
+        }
+    }
+
+    /// `error` without the server's secrets.
+    fn scrubbed_error(&self, error: &RpcError) -> RpcError {
+        let Some(scrub) = self.scrub.get() else {
+            return error.clone();
+        };
+        RpcError {
+            code: error.code,
+            message: scrub.apply(&error.message).into_owned(),
+            data: error.data.as_ref().map(|data| {
+                serde_json::from_str(&scrub.apply_json(&data.to_string())).unwrap_or(Value::Null)
+            }),
+        }
     }
 
     pub fn server(&self) -> &str {
@@ -348,8 +387,8 @@ impl Connection {
             return;
         };
         let outcome = match (&envelope.error, envelope.result) {
-            (Some(error), _) => Err(CallError::Rpc(error.clone())),
-            (None, Some(result)) => Ok(result.to_owned()),
+            (Some(error), _) => Err(CallError::Rpc(self.scrubbed_error(error))),
+            (None, Some(result)) => Ok(self.scrubbed(result)),
             (None, None) => Err(CallError::Rpc(RpcError::new(
                 code::INTERNAL_ERROR,
                 "upstream sent an empty response",
@@ -362,7 +401,7 @@ impl Connection {
         let method = envelope.method.as_deref().unwrap_or_default();
         let params: Value = envelope
             .params
-            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .and_then(|p| serde_json::from_str(self.scrubbed(p).get()).ok())
             .unwrap_or(Value::Null);
         match method {
             "notifications/tools/list_changed" => self.list_changed(ListKind::Tools),

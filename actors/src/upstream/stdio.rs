@@ -47,15 +47,17 @@ pub fn connect(
     server: Arc<str>,
     stdin: ChildStdin,
     stdout: ChildStdout,
-    stderr: Option<(ChildStderr, Scrub)>,
-    max_message_bytes: usize,
+    stderr: Option<ChildStderr>,
+    (max_message_bytes, scrub): (usize, crate::redact::Scrub),
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Arc<Connection> {
     let (frames, queue) = mpsc::unbounded_channel();
     let conn = Connection::new(server.clone(), Box::new(StdioOutbound { frames }), events);
+    // Before anything is read: no message gets past it.
+    conn.scrub_with(scrub.clone());
     tokio::spawn(write_loop(conn.clone(), stdin, queue));
     tokio::spawn(read_loop(conn.clone(), stdout, max_message_bytes));
-    if let Some((stderr, scrub)) = stderr {
+    if let Some(stderr) = stderr {
         drain_to_log(server, stderr, scrub);
     }
     conn
@@ -146,46 +148,12 @@ fn message_len(line: &[u8]) -> usize {
 pub fn drain_to_log(
     server: Arc<str>,
     stream: impl tokio::io::AsyncRead + Send + Unpin + 'static,
-    scrub: Scrub,
+    scrub: crate::redact::Scrub,
 ) {
     crate::process::read_lines(stream, MAX_STDERR_LINE, move |line| {
         let line = scrub.apply(line);
         tracing::info!(target: "warden::upstream::stderr", server = %server, "{line}");
     });
-}
-
-/// The secret values a child was given (its `secrets` and `user_secrets`), to take out of
-/// what it prints before Warden logs it: a tool that echoes its environment, or a
-/// library that prints its key in an error, must not put the key in Warden's log.
-#[derive(Clone, Default)]
-pub struct Scrub(Arc<[(String, crate::redact::Redacted<String>)]>);
-
-impl Scrub {
-    /// Values shorter than this are not looked for (a secret of a few characters would
-    /// blank out unrelated text, and is no secret worth the name).
-    const MIN_LEN: usize = 6;
-
-    /// `secrets`: the environment variable each value was given as, and the value.
-    pub fn new(secrets: Vec<(String, crate::redact::Redacted<String>)>) -> Scrub {
-        let kept: Vec<_> = secrets
-            .into_iter()
-            .filter(|(_, value)| value.expose().len() >= Self::MIN_LEN)
-            .collect();
-        Scrub(kept.into())
-    }
-
-    /// `line` with every secret replaced by `[REDACTED:<variable>]`.
-    pub fn apply<'a>(&self, line: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut line = std::borrow::Cow::Borrowed(line);
-        for (name, value) in self.0.iter() {
-            if line.contains(value.expose().as_str()) {
-                line = std::borrow::Cow::Owned(
-                    line.replace(value.expose().as_str(), &format!("[REDACTED:{name}]")),
-                );
-            }
-        }
-        line
-    }
 }
 
 #[cfg(test)]
@@ -194,27 +162,6 @@ mod tests {
 
     use super::*;
     use crate::upstream::ListKind;
-
-    #[test]
-    fn scrub_replaces_the_secrets_a_child_was_given() {
-        let scrub = Scrub::new(vec![
-            (
-                "API_TOKEN".into(),
-                crate::redact::Redacted::new("s3cr3t-value".into()),
-            ),
-            ("SHORT".into(), crate::redact::Redacted::new("ab".into())),
-        ]);
-        assert_eq!(
-            scrub.apply("auth s3cr3t-value failed (s3cr3t-value)"),
-            "auth [REDACTED:API_TOKEN] failed ([REDACTED:API_TOKEN])"
-        );
-        // Too short to look for: left alone rather than blanking unrelated text.
-        assert_eq!(scrub.apply("about"), "about");
-        assert!(matches!(
-            scrub.apply("clean"),
-            std::borrow::Cow::Borrowed(_)
-        ));
-    }
 
     struct Nowhere;
 
