@@ -40,7 +40,15 @@ impl<T> fmt::Display for Redacted<T> {
 /// environment, or a library that prints its key in an error, must not hand the key to a
 /// model or an operator's log.
 #[derive(Clone, Default)]
-pub struct Scrub(std::sync::Arc<[(String, Redacted<String>)]>);
+pub struct Scrub(std::sync::Arc<[Scrubbed]>);
+
+/// One secret as it is looked for: its value, plain and as a JSON string spells it, and
+/// what replaces it. (Its `Debug` shows the variable only.)
+struct Scrubbed {
+    plain: Redacted<String>,
+    json: Redacted<String>,
+    replacement: String,
+}
 
 impl Scrub {
     /// Values shorter than this are not looked for (a secret of a few characters would
@@ -49,9 +57,17 @@ impl Scrub {
 
     /// `secrets`: the environment variable each value was given as, and the value.
     pub fn new(secrets: Vec<(String, Redacted<String>)>) -> Scrub {
-        let kept: Vec<_> = secrets
+        let kept: Vec<Scrubbed> = secrets
             .into_iter()
             .filter(|(_, value)| value.expose().len() >= Self::MIN_LEN)
+            .map(|(name, value)| {
+                let quoted = serde_json::Value::from(value.expose().as_str()).to_string();
+                Scrubbed {
+                    json: Redacted::new(quoted[1..quoted.len() - 1].to_owned()),
+                    plain: value,
+                    replacement: format!("[REDACTED:{name}]"),
+                }
+            })
             .collect();
         Scrub(kept.into())
     }
@@ -62,30 +78,25 @@ impl Scrub {
 
     /// `text` with every secret replaced by `[REDACTED:<variable>]`.
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        self.replace(text, |value| value.to_owned())
+        self.replace(text, |secret| &secret.plain)
     }
 
     /// JSON `text` with every secret replaced inside its strings, as written there
     /// (JSON-escaped); the result is JSON still (the replacement needs no escaping).
     pub fn apply_json<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        self.replace(text, |value| {
-            let quoted = serde_json::Value::from(value).to_string();
-            quoted[1..quoted.len() - 1].to_owned()
-        })
+        self.replace(text, |secret| &secret.json)
     }
 
     fn replace<'a>(
         &self,
         text: &'a str,
-        spelled: impl Fn(&str) -> String,
+        spelled: impl Fn(&Scrubbed) -> &Redacted<String>,
     ) -> std::borrow::Cow<'a, str> {
         let mut text = std::borrow::Cow::Borrowed(text);
-        for (name, value) in self.0.iter() {
-            let needle = spelled(value.expose());
-            if text.contains(needle.as_str()) {
-                text = std::borrow::Cow::Owned(
-                    text.replace(needle.as_str(), &format!("[REDACTED:{name}]")),
-                );
+        for secret in self.0.iter() {
+            let needle = spelled(secret).expose().as_str();
+            if text.contains(needle) {
+                text = std::borrow::Cow::Owned(text.replace(needle, &secret.replacement));
             }
         }
         text
