@@ -123,6 +123,14 @@ mod tests {
             scrub.apply("clean"),
             std::borrow::Cow::Borrowed(_)
         ));
+        // In JSON, as a string spells it.
+        let quoted = Scrub::new(vec![("PW".into(), Redacted::new("pa\"ss-word".into()))]);
+        let json = serde_json::json!({"text": "pw is pa\"ss-word"}).to_string();
+        let scrubbed = quoted.apply_json(&json);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&scrubbed).unwrap()["text"],
+            "pw is [REDACTED:PW]"
+        );
     }
 
     #[test]
