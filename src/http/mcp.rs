@@ -776,7 +776,16 @@ async fn request(
             };
         }
         "subscriptions/listen" if modern => {
-            return listen(&app, &config, scope, principal, trace, id, &params).await;
+            let credential = headers.clone();
+            return listen(
+                &app,
+                &config,
+                (scope, principal, credential),
+                trace,
+                id,
+                &params,
+            )
+            .await;
         }
         _ => {}
     }
@@ -1645,13 +1654,13 @@ async fn handle_delete(app: AppState, scope: Option<String>, headers: HeaderMap)
 
 /// `subscriptions/listen` (2026-07-28): an SSE stream that first acknowledges the
 /// notification types Warden will honour, then carries them, each tagged with the
-/// subscription id, until the client leaves or Warden shuts down (then a final result
-/// closes it gracefully).
+/// subscription id, until the client leaves, Warden shuts down (then a final result
+/// closes it gracefully), or the credential that opened it (`headers`) stops verifying —
+/// checked every [`LISTEN_RECHECK`].
 async fn listen(
     app: &AppState,
     config: &Config,
-    scope: Option<String>,
-    principal: Arc<Principal>,
+    (scope, principal, headers): (Option<String>, Arc<Principal>, HeaderMap),
     trace: TraceContext,
     id: Value,
     params: &Map<String, Value>,
@@ -1708,23 +1717,39 @@ async fn listen(
         stream::once(async move { Ok::<_, Infallible>(sse_bytes(ack.to_string().as_bytes())) });
     // The stream's resource subscriptions end when it does, however it ends.
     let subscribed = resources.map(|resources| resources.guard);
+    let credential = (
+        app.clone(),
+        headers,
+        Box::pin(tokio::time::sleep(LISTEN_RECHECK)),
+    );
     let rest = stream::unfold(
-        (receiver, closing, Some(id), subscribed),
-        |(mut receiver, closing, id, subscribed)| async move {
+        (receiver, closing, Some(id), subscribed, credential),
+        |(mut receiver, closing, id, subscribed, mut credential)| async move {
             let id = id?;
-            tokio::select! {
-                item = receiver.recv() => {
-                    let data = item?;
-                    Some((Ok(sse_bytes(data.as_bytes())), (receiver, closing, Some(id), subscribed)))
-                }
-                _ = closing.cancelled() => {
-                    let result = json!({
-                        "resultType": "complete",
-                        "_meta": {"io.modelcontextprotocol/subscriptionId": id},
-                    });
-                    let mut frame = Vec::new();
-                    jsonrpc::write_result(&mut frame, &id.to_string(), &result.to_string());
-                    Some((Ok(sse_bytes(&frame)), (receiver, closing, None, subscribed)))
+            loop {
+                tokio::select! {
+                    item = receiver.recv() => {
+                        let data = item?;
+                        let state = (receiver, closing, Some(id), subscribed, credential);
+                        return Some((Ok(sse_bytes(data.as_bytes())), state));
+                    }
+                    _ = closing.cancelled() => {
+                        let result = json!({
+                            "resultType": "complete",
+                            "_meta": {"io.modelcontextprotocol/subscriptionId": id},
+                        });
+                        let mut frame = Vec::new();
+                        jsonrpc::write_result(&mut frame, &id.to_string(), &result.to_string());
+                        let state = (receiver, closing, None, subscribed, credential);
+                        return Some((Ok(sse_bytes(&frame)), state));
+                    }
+                    () = &mut credential.2 => {
+                        // Revoked, expired, disabled or signed out: the stream ends (and
+                        // with it its subscriptions).
+                        super::authenticate(&credential.0, &credential.1).await.ok()?;
+                        let next = tokio::time::Instant::now() + LISTEN_RECHECK;
+                        credential.2.as_mut().reset(next);
+                    }
                 }
             }
         },
@@ -1738,6 +1763,10 @@ async fn listen(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
+
+/// How often an open `subscriptions/listen` stream checks that its credential still
+/// verifies.
+const LISTEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The resources a listen stream subscribed to, under one subscriber key.
 struct ListenResources {

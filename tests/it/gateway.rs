@@ -1201,6 +1201,17 @@ fn open_stream(
     headers: &[(&str, &str)],
     body: &str,
 ) -> BufReader<std::net::TcpStream> {
+    open_stream_as(gateway, &gateway.token, method, headers, body)
+}
+
+/// [`open_stream`] with `token`.
+fn open_stream_as(
+    gateway: &Gateway,
+    token: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> BufReader<std::net::TcpStream> {
     let authority = gateway
         .warden
         .base_url()
@@ -1210,7 +1221,7 @@ fn open_stream(
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut head = format!(
         "{method} /mcp HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n",
-        gateway.token,
+        token,
         body.len()
     );
     for (name, value) in headers {
@@ -1415,6 +1426,59 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
         touch();
         upstream() == "[]"
     });
+
+    // A stream whose caller is disabled ends (and its subscriptions with it).
+    let (ok, _, err) = crate::identity::cli(
+        &gateway.profile,
+        &["user", "add", "watcher", "--role", "user"],
+        Some("a long test password"),
+    );
+    assert!(ok, "{err}");
+    let (ok, watcher, err) = crate::identity::cli(
+        &gateway.profile,
+        &[
+            "token",
+            "issue",
+            "--user",
+            "watcher",
+            "--scopes",
+            "tools:read",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut stream = open_stream_as(
+        &gateway,
+        watcher.trim(),
+        "POST",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", JSON_OR_SSE),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "subscriptions/listen"),
+        ],
+        &body,
+    );
+    read_until(&mut stream, "subscriptions/acknowledged");
+    assert_eq!(upstream(), r#"["fixture://hello"]"#);
+    let (ok, _, err) =
+        crate::identity::cli(&gateway.profile, &["user", "disable", "watcher"], None);
+    assert!(ok, "{err}");
+    let mut rest = String::new();
+    // Ends: the read sees the end of the body (or the connection closing).
+    loop {
+        let mut line = String::new();
+        match stream.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if line.trim_end() == "0" => break,
+            Ok(_) => rest.push_str(&line),
+            Err(error) => panic!("the stream of a disabled caller stayed open: {error}; {rest}"),
+        }
+    }
+    eventually(
+        "the disabled caller's subscription outlived its stream",
+        || upstream() == "[]",
+    );
 }
 
 #[test]
