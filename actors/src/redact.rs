@@ -42,8 +42,8 @@ impl<T> fmt::Display for Redacted<T> {
 #[derive(Clone, Default)]
 pub struct Scrub(std::sync::Arc<[Scrubbed]>);
 
-/// One secret as it is looked for: its value, plain and as a JSON string spells it, and
-/// what replaces it. (Its `Debug` shows the variable only.)
+/// One secret as it is looked for: its value, plain and as a JSON string spells it (both
+/// `Redacted`, never printed), and what replaces it.
 struct Scrubbed {
     plain: Redacted<String>,
     json: Redacted<String>,
