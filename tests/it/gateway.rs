@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::supervision::fixture;
-use crate::support::mcp::{Answer, EventStream, McpClient, admin_token, event, parse_answer};
+use crate::support::mcp::{
+    Answer, EventStream, Line, McpClient, admin_token, event, next_line, parse_answer,
+};
 use crate::support::{TestDb, external, http, warden};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -1019,20 +1021,8 @@ fn per_server_route_keeps_upstream_names() {
     assert!(made_up.message.get("error").is_some() || made_up.result()["isError"] == true);
     // Nothing says what an unlisted tool does: it takes the server's write scope, so a
     // reader cannot reach a hidden tool the upstream would still run.
-    let (ok, reader, err) = crate::identity::cli(
-        &gateway.profile,
-        &[
-            "token",
-            "issue",
-            "--user",
-            "reader",
-            "--scopes",
-            "tools:read",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
-    let mut reader = McpClient::connect(gateway.warden.url("/mcp/fix"), reader.trim());
+    let reader = token_with(&gateway, "reader", "tools:read");
+    let mut reader = McpClient::connect(gateway.warden.url("/mcp/fix"), &reader);
     assert_eq!(
         reader.call("echo", json!({"message": "read"})).text(),
         "read",
@@ -1367,17 +1357,13 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
         },
     }})
     .to_string();
-    let mut stream = open_stream(
-        &gateway,
-        "POST",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", JSON_OR_SSE),
-            ("MCP-Protocol-Version", "2026-07-28"),
-            ("Mcp-Method", "subscriptions/listen"),
-        ],
-        &body,
-    );
+    let listen_headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", JSON_OR_SSE),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "subscriptions/listen"),
+    ];
+    let mut stream = open_stream(&gateway, "POST", &listen_headers, &body);
     let mut read = |needle: &str| read_until(&mut stream, needle);
     // The acknowledgement names what was honoured: the unknown resource is not.
     let ack = read("subscriptions/acknowledged");
@@ -1428,53 +1414,25 @@ fn a_stateless_listen_stream_subscribes_to_resources_for_as_long_as_it_is_open()
     });
 
     // A stream whose caller is disabled ends (and its subscriptions with it).
-    let (ok, _, err) = crate::identity::cli(
-        &gateway.profile,
-        &["user", "add", "watcher", "--role", "user"],
-        Some("a long test password"),
-    );
-    assert!(ok, "{err}");
-    let (ok, watcher, err) = crate::identity::cli(
-        &gateway.profile,
-        &[
-            "token",
-            "issue",
-            "--user",
-            "watcher",
-            "--scopes",
-            "tools:read",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
-    let mut stream = open_stream_as(
-        &gateway,
-        watcher.trim(),
-        "POST",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", JSON_OR_SSE),
-            ("MCP-Protocol-Version", "2026-07-28"),
-            ("Mcp-Method", "subscriptions/listen"),
-        ],
-        &body,
-    );
+    let watcher = token_with(&gateway, "watcher", "tools:read");
+    let mut stream = open_stream_as(&gateway, &watcher, "POST", &listen_headers, &body);
     read_until(&mut stream, "subscriptions/acknowledged");
     assert_eq!(upstream(), r#"["fixture://hello"]"#);
     let (ok, _, err) =
         crate::identity::cli(&gateway.profile, &["user", "disable", "watcher"], None);
     assert!(ok, "{err}");
-    let mut rest = String::new();
     // Ends: the read sees the end of the body (or the connection closing).
-    loop {
-        let mut line = String::new();
-        match stream.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(_) if line.trim_end() == "0" => break,
-            Ok(_) => rest.push_str(&line),
-            Err(error) => panic!("the stream of a disabled caller stayed open: {error}; {rest}"),
+    let deadline = std::time::Instant::now() + WAIT;
+    let end = loop {
+        match next_line(&mut stream, deadline) {
+            Line::Text(_) => {}
+            other => break other,
         }
-    }
+    };
+    assert!(
+        matches!(end, Line::Ended),
+        "the stream of a disabled caller stayed open"
+    );
     eventually(
         "the disabled caller's subscription outlived its stream",
         || upstream() == "[]",

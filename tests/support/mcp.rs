@@ -288,31 +288,35 @@ impl EventStream {
         }
     }
 
-    /// The next line of the stream, read until `deadline`. The chunked body's last chunk
-    /// (`0`) counts as the end.
     fn next_line(&mut self, deadline: Instant) -> Line {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Line::TimedOut;
-            }
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(remaining))
-                .expect("set a read timeout");
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return Line::Ended,
-                Ok(_) if line.trim_end() == "0" => return Line::Ended,
-                Ok(_) => return Line::Text(line),
-                Err(_) => continue,
-            }
+        next_line(&mut self.reader, deadline)
+    }
+}
+
+/// The next line of an event stream's chunked body, read until `deadline`. The body's
+/// last chunk (`0`) counts as the end.
+pub fn next_line(reader: &mut BufReader<TcpStream>, deadline: Instant) -> Line {
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Line::TimedOut;
+        }
+        reader
+            .get_ref()
+            .set_read_timeout(Some(remaining))
+            .expect("set a read timeout");
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Line::Ended,
+            Ok(_) if line.trim_end() == "0" => return Line::Ended,
+            Ok(_) => return Line::Text(line),
+            Err(_) => continue,
         }
     }
 }
 
 /// One read from an event stream.
-enum Line {
+pub enum Line {
     Text(String),
     Ended,
     TimedOut,
