@@ -34,78 +34,114 @@ impl<T> fmt::Display for Redacted<T> {
     }
 }
 
+/// Secret values shorter than this many characters are not searched for: they would
+/// match all over ordinary text (the audit scrubber and [`Scrub`] both keep to it).
+pub const MIN_SECRET_LEN: usize = 6;
+
 /// The secret values a child was given (its `secrets` and `user_secrets`), to take out of
 /// everything it says before anyone else reads it — its answers and notifications on the
 /// way to clients, its stderr on the way to Warden's log: a tool that echoes its
 /// environment, or a library that prints its key in an error, must not hand the key to a
 /// model or an operator's log.
+///
+/// One search finds every secret in both spellings it can take — plain, and as a JSON
+/// string writes it — the longest match first, so a secret that begins another never
+/// leaves the other's tail behind. The replacement needs no JSON escaping, so JSON stays
+/// JSON.
 #[derive(Clone, Default)]
-pub struct Scrub(std::sync::Arc<[Scrubbed]>);
+pub struct Scrub(Option<std::sync::Arc<Needles>>);
 
-/// One secret as it is looked for: its value, plain and as a JSON string spells it (both
-/// `Redacted`, never printed), and what replaces it.
-struct Scrubbed {
-    plain: Redacted<String>,
-    json: Redacted<String>,
-    replacement: String,
+struct Needles {
+    automaton: aho_corasick::AhoCorasick,
+    /// The replacement of each pattern, by pattern index.
+    replacements: Vec<String>,
 }
 
 impl Scrub {
-    /// Values shorter than this are not looked for (a secret of a few characters would
-    /// blank out unrelated text, and is no secret worth the name).
-    const MIN_LEN: usize = 6;
-
     /// `secrets`: the environment variable each value was given as, and the value.
+    /// Values under [`MIN_SECRET_LEN`] characters are left out, with a warning naming the
+    /// variable.
     pub fn new(secrets: Vec<(String, Redacted<String>)>) -> Scrub {
-        let kept: Vec<Scrubbed> = secrets
-            .into_iter()
-            .filter(|(_, value)| value.expose().len() >= Self::MIN_LEN)
-            .map(|(name, value)| {
-                let quoted = serde_json::Value::from(value.expose().as_str()).to_string();
-                Scrubbed {
-                    json: Redacted::new(quoted[1..quoted.len() - 1].to_owned()),
-                    plain: value,
-                    replacement: format!("[REDACTED:{name}]"),
-                }
-            })
-            .collect();
-        Scrub(kept.into())
+        let mut needles = Vec::new();
+        let mut replacements = Vec::new();
+        for (name, value) in secrets {
+            let plain = value.expose();
+            if plain.chars().count() < MIN_SECRET_LEN {
+                tracing::warn!(
+                    variable = %name,
+                    "a secret under {MIN_SECRET_LEN} characters is not taken out of the server's output"
+                );
+                continue;
+            }
+            let quoted = serde_json::Value::from(plain.as_str()).to_string();
+            let escaped = quoted[1..quoted.len() - 1].to_owned();
+            let replacement = format!("[REDACTED:{name}]");
+            if escaped != *plain {
+                needles.push(escaped);
+                replacements.push(replacement.clone());
+            }
+            needles.push(plain.clone());
+            replacements.push(replacement);
+        }
+        if needles.is_empty() {
+            return Scrub(None);
+        }
+        let automaton = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&needles);
+        match automaton {
+            Ok(automaton) => Scrub(Some(std::sync::Arc::new(Needles {
+                automaton,
+                replacements,
+            }))),
+            // Only a pattern set past the automaton's size limits fails: far more
+            // secrets than a server is given. Said, never silent.
+            Err(error) => {
+                tracing::error!(%error, "the server's secrets cannot be searched for in its output");
+                Scrub(None)
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
-    /// `text` with every secret replaced by `[REDACTED:<variable>]`.
+    /// `text` (plain or JSON) with every secret replaced by `[REDACTED:<variable>]`;
+    /// borrowed, without a copy, when it holds none.
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        self.replace(text, |secret| &secret.plain)
-    }
-
-    /// JSON `text` with every secret replaced inside its strings, as written there
-    /// (JSON-escaped); the result is JSON still (the replacement needs no escaping).
-    pub fn apply_json<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        self.replace(text, |secret| &secret.json)
-    }
-
-    fn replace<'a>(
-        &self,
-        text: &'a str,
-        spelled: impl Fn(&Scrubbed) -> &Redacted<String>,
-    ) -> std::borrow::Cow<'a, str> {
-        let mut text = std::borrow::Cow::Borrowed(text);
-        for secret in self.0.iter() {
-            let needle = spelled(secret).expose().as_str();
-            if text.contains(needle) {
-                text = std::borrow::Cow::Owned(text.replace(needle, &secret.replacement));
-            }
+        let Some(needles) = &self.0 else {
+            return std::borrow::Cow::Borrowed(text);
+        };
+        if !needles.automaton.is_match(text) {
+            return std::borrow::Cow::Borrowed(text);
         }
-        text
+        let mut out = String::with_capacity(text.len());
+        needles
+            .automaton
+            .replace_all_with(text, &mut out, |found, _, dst| {
+                dst.push_str(&needles.replacements[found.pattern().as_usize()]);
+                true
+            });
+        std::borrow::Cow::Owned(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_begins_another_leaves_none_of_it() {
+        let scrub = Scrub::new(vec![
+            ("SHORT".into(), Redacted::new("abcdef".into())),
+            ("LONG".into(), Redacted::new("abcdef123456".into())),
+        ]);
+        assert_eq!(
+            scrub.apply("x abcdef123456 y abcdef"),
+            "x [REDACTED:LONG] y [REDACTED:SHORT]"
+        );
+    }
 
     #[test]
     fn scrub_replaces_the_secrets_a_child_was_given() {
@@ -126,7 +162,7 @@ mod tests {
         // In JSON, as a string spells it.
         let quoted = Scrub::new(vec![("PW".into(), Redacted::new("pa\"ss-word".into()))]);
         let json = serde_json::json!({"text": "pw is pa\"ss-word"}).to_string();
-        let scrubbed = quoted.apply_json(&json);
+        let scrubbed = quoted.apply(&json);
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&scrubbed).unwrap()["text"],
             "pw is [REDACTED:PW]"

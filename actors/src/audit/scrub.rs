@@ -27,7 +27,7 @@ use crate::redact::Redacted;
 pub const REPLACEMENT: &str = "[redacted]";
 
 /// Secret values shorter than this are not redacted (see the module doc).
-pub const MIN_SECRET_LEN: usize = 6;
+pub use crate::redact::MIN_SECRET_LEN;
 
 /// Credential formats redacted whatever the profile says.
 pub const BUILTIN_PATTERNS: &[(&str, &str)] = &[

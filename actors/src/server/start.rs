@@ -99,7 +99,8 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 stdin,
                 stdout,
                 stderr,
-                (ctx.spec.max_message_bytes, scrub),
+                ctx.spec.max_message_bytes,
+                scrub,
                 events_tx,
             );
             let control = watch_child(child, ctx.myself.clone());
@@ -135,14 +136,12 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 url,
                 Vec::new(),
                 ctx.spec.max_message_bytes,
+                scrub,
                 events_tx,
             )
             .map_err(|reason| fail(reason, None, Some(port)));
             match connection {
-                Ok(connection) => {
-                    connection.scrub_with(scrub);
-                    (connection, pid, Some(port), Some(control))
-                }
+                Ok(connection) => (connection, pid, Some(port), Some(control)),
                 Err(mut failure) => {
                     failure.child = Some(control);
                     return Err(failure);
@@ -151,6 +150,8 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
         }
         Transport::Remote { url, headers } => {
             let mut resolved = Vec::with_capacity(headers.len());
+            // A remote server that echoes its credential hands it to no one either.
+            let mut secret_values = Vec::new();
             for header in headers {
                 let value = match &header.value {
                     HeaderValue::Literal(v) => Redacted::new(v.clone()),
@@ -162,6 +163,7 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                             .map_err(|e| {
                                 fail(format!("header `{}`: {e}", header.name), None, None)
                             })?;
+                        secret_values.push((header.name.clone(), secret.clone()));
                         Redacted::new(format!("{prefix}{}", secret.expose()))
                     }
                 };
@@ -172,6 +174,7 @@ pub async fn start(ctx: StartContext) -> Result<Running, StartFailure> {
                 url.clone(),
                 resolved,
                 ctx.spec.max_message_bytes,
+                Scrub::new(secret_values),
                 events_tx,
             )
             .map_err(|reason| fail(reason, None, None))?;

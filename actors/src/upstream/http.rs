@@ -60,6 +60,7 @@ pub fn connect(
     url: String,
     headers: Vec<(String, Redacted<String>)>,
     max_message_bytes: usize,
+    scrub: crate::redact::Scrub,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Result<Arc<Connection>, String> {
     let mut map = HeaderMap::new();
@@ -86,7 +87,7 @@ pub fn connect(
             max_message_bytes,
         }),
     };
-    Ok(Connection::new(server, Box::new(outbound), events))
+    Ok(Connection::new(server, Box::new(outbound), events, scrub))
 }
 
 impl HttpInner {

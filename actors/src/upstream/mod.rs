@@ -142,14 +142,16 @@ pub struct Connection {
     close_reason: Mutex<Option<String>>,
     protocol_version: Mutex<Option<String>>,
     /// The secrets the server was given, taken out of its answers and notifications.
-    scrub: std::sync::OnceLock<crate::redact::Scrub>,
+    scrub: crate::redact::Scrub,
 }
 
 impl Connection {
+    /// A connection whose answers and notifications reach no one with `scrub`'s secrets.
     pub(crate) fn new(
         server: Arc<str>,
         outbound: Box<dyn Outbound>,
         events: mpsc::UnboundedSender<ConnectionEvent>,
+        scrub: crate::redact::Scrub,
     ) -> Arc<Connection> {
         Arc::new(Connection {
             server,
@@ -160,24 +162,13 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             protocol_version: Mutex::new(None),
-            scrub: std::sync::OnceLock::new(),
+            scrub,
         })
-    }
-
-    /// Takes `scrub`'s secrets out of everything the server sends from now on (set once,
-    /// when it starts, before any call).
-    pub fn scrub_with(&self, scrub: crate::redact::Scrub) {
-        if !scrub.is_empty() {
-            let _ = self.scrub.set(scrub);
-        }
     }
 
     /// `result` without the server's secrets.
     fn scrubbed(&self, result: &RawValue) -> Box<RawValue> {
-        let Some(scrub) = self.scrub.get() else {
-            return result.to_owned();
-        };
-        match scrub.apply_json(result.get()) {
+        match self.scrub.apply(result.get()) {
             std::borrow::Cow::Borrowed(_) => result.to_owned(),
             // The replacement is plain JSON string content: still valid JSON.
             std::borrow::Cow::Owned(text) => {
@@ -188,14 +179,14 @@ impl Connection {
 
     /// `error` without the server's secrets.
     fn scrubbed_error(&self, error: &RpcError) -> RpcError {
-        let Some(scrub) = self.scrub.get() else {
+        if self.scrub.is_empty() {
             return error.clone();
-        };
+        }
         RpcError {
             code: error.code,
-            message: scrub.apply(&error.message).into_owned(),
+            message: self.scrub.apply(&error.message).into_owned(),
             data: error.data.as_ref().map(|data| {
-                serde_json::from_str(&scrub.apply_json(&data.to_string())).unwrap_or(Value::Null)
+                serde_json::from_str(&self.scrub.apply(&data.to_string())).unwrap_or(Value::Null)
             }),
         }
     }
@@ -401,7 +392,7 @@ impl Connection {
         let method = envelope.method.as_deref().unwrap_or_default();
         let params: Value = envelope
             .params
-            .and_then(|p| serde_json::from_str(self.scrubbed(p).get()).ok())
+            .and_then(|p| serde_json::from_str(&self.scrub.apply(p.get())).ok())
             .unwrap_or(Value::Null);
         match method {
             "notifications/tools/list_changed" => self.list_changed(ListKind::Tools),

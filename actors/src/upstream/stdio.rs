@@ -48,13 +48,13 @@ pub fn connect(
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: Option<ChildStderr>,
-    (max_message_bytes, scrub): (usize, crate::redact::Scrub),
+    max_message_bytes: usize,
+    scrub: crate::redact::Scrub,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) -> Arc<Connection> {
     let (frames, queue) = mpsc::unbounded_channel();
-    let conn = Connection::new(server.clone(), Box::new(StdioOutbound { frames }), events);
-    // Before anything is read: no message gets past it.
-    conn.scrub_with(scrub.clone());
+    let outbound = Box::new(StdioOutbound { frames });
+    let conn = Connection::new(server.clone(), outbound, events, scrub.clone());
     tokio::spawn(write_loop(conn.clone(), stdin, queue));
     tokio::spawn(read_loop(conn.clone(), stdout, max_message_bytes));
     if let Some(stderr) = stderr {
@@ -189,7 +189,12 @@ mod tests {
     async fn a_message_of_the_limit_passes_and_one_byte_more_closes_the_connection() {
         const MAX: usize = 1024;
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let conn = Connection::new(Arc::from("fx"), Box::new(Nowhere), events_tx);
+        let conn = Connection::new(
+            Arc::from("fx"),
+            Box::new(Nowhere),
+            events_tx,
+            crate::redact::Scrub::default(),
+        );
         let (mut child_stdout, stdout) = tokio::io::duplex(8 * 1024);
         tokio::spawn(read_loop(conn.clone(), stdout, MAX));
 
