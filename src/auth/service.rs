@@ -1346,8 +1346,9 @@ impl Identity {
 
     /// Makes the bootstrap token an API key of the `admin` service account
     /// (role `admin`, scope `*`), revoking earlier bootstrap tokens. While the account is
-    /// disabled the token is kept but not accepted (`warden user enable admin` restores
-    /// it).
+    /// disabled the token is refused like any key of a disabled account; once it is
+    /// enabled again (`warden user enable admin`) the token verifies through the database
+    /// at once, and its copy for outages is held again from the next start.
     pub async fn register_bootstrap(
         &self,
         token: &Redacted<String>,
@@ -1361,14 +1362,9 @@ impl Identity {
         )
         .await?;
         store::insert_api_key(&**db, row.id, token, &Scopes::parse("*"), None).await?;
-        let revoked = !store::api_key_hash_live(&**db, &secret::hash(token.expose())).await?;
-        store::revoke_api_keys(
-            &**db,
-            None,
-            Some(super::bootstrap::ACCOUNT),
-            Some(&secret::hash(token.expose())),
-        )
-        .await?;
+        let hash = secret::hash(token.expose());
+        let revoked = !store::api_key_hash_live(&**db, &hash).await?;
+        store::revoke_api_keys(&**db, None, Some(super::bootstrap::ACCOUNT), Some(&hash)).await?;
         if row.disabled || revoked {
             // The copy kept for outages would accept the token without the database.
             self.bootstrap.store(Arc::new(None));

@@ -711,6 +711,11 @@ async fn skill_changes<C: GenericClient>(
     let mut listing = entries(folder)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
     let mut changes = Vec::new();
+    // The skills the folder holds, for `prune` (every entry is checked to be one below).
+    let present: std::collections::HashSet<String> = listing
+        .iter()
+        .filter_map(|(path, _)| path.file_name()?.to_str().map(str::to_owned))
+        .collect();
     for (path, kind) in listing {
         let invalid = |path: &Path, message: String| ExportError::Invalid {
             path: path.to_owned(),
@@ -767,7 +772,7 @@ async fn skill_changes<C: GenericClient>(
     if prune && folder.is_dir() {
         let mut gone: Vec<&String> = current
             .keys()
-            .filter(|name| !folder.join(name.as_str()).is_dir())
+            .filter(|name| !present.contains(name.as_str()))
             .collect();
         gone.sort();
         changes.extend(gone.into_iter().map(|name| Change::SkillRemoved {

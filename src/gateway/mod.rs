@@ -354,6 +354,10 @@ pub struct Gateway {
 }
 
 /// A resolved tool: where it goes and what the permission check needs to know.
+/// The annotations an unlisted tool is checked with: nothing says what it does.
+static UNLISTED_TOOL: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| json!({"destructiveHint": true}));
+
 struct Target {
     server: Arc<str>,
     upstream: String,
@@ -594,7 +598,8 @@ impl Gateway {
                     .collect())
             }
             None => {
-                self.start_user_instances(policy, ctx).await;
+                let unstarted = self.unstarted_user_instances(policy, ctx);
+                self.start_user_instances(unstarted, ctx).await;
                 let table = self.routes(config);
                 Ok(table
                     .tool_order
@@ -647,8 +652,8 @@ impl Gateway {
     }
 
     /// Per-user servers list the user's own instance: start it so its tools appear.
-    async fn start_user_instances(&self, policy: &PolicyEngine, ctx: &CallContext) {
-        for entry in self.unstarted_user_instances(policy, ctx) {
+    async fn start_user_instances(&self, unstarted: Vec<Arc<ServerEntry>>, ctx: &CallContext) {
+        for entry in unstarted {
             if let Ok(instance) = self
                 .tree
                 .instance_for(&entry.name, ctx.principal.user_id())
@@ -1007,25 +1012,31 @@ impl Gateway {
             Ok(result) => result_is_error(result),
             Err(_) => true,
         };
-        let payload = || match &outcome {
+        let observed = failed && rules.hooks.any(HookEvent::PostToolUseFailure);
+        let rewritable = outcome.is_ok() && rules.hooks.any(HookEvent::PostToolUse);
+        if !observed && !rewritable {
+            return outcome;
+        }
+        // Parsed once for both events.
+        let payload = match &outcome {
             Ok(result) => serde_json::from_str(result.get()).unwrap_or(Value::Null),
             Err(error) => json!({ "error": error.to_string() }),
         };
-        if failed && rules.hooks.any(HookEvent::PostToolUseFailure) {
+        if observed {
             let event = HookEvent::PostToolUseFailure;
             let verdict = rules
                 .hooks
-                .run(&hook_ctx(event), &payload(), &self.http)
+                .run(&hook_ctx(event), &payload, &self.http)
                 .await;
             self.record_hooks(ctx, &verdict.reports, event).await;
         }
-        if outcome.is_err() || !rules.hooks.any(HookEvent::PostToolUse) {
+        if !rewritable {
             return outcome;
         }
         let event = HookEvent::PostToolUse;
         let verdict = rules
             .hooks
-            .run(&hook_ctx(event), &payload(), &self.http)
+            .run(&hook_ctx(event), &payload, &self.http)
             .await;
         self.record_hooks(ctx, &verdict.reports, event).await;
         if let Some((hook, reason)) = verdict.denied {
@@ -1087,7 +1098,7 @@ impl Gateway {
                     ),
                     // Nothing says what an unlisted tool does: it is checked as one that
                     // may change things (the server's write scopes), never as a read.
-                    None => (Some(json!({"destructiveHint": true})), false),
+                    None => (Some(UNLISTED_TOOL.clone()), false),
                 };
                 Ok(Target {
                     server: server.clone(),
@@ -1099,12 +1110,13 @@ impl Gateway {
             }
             None => {
                 let mut table = self.routes(config);
-                if !table.tools.contains_key(requested)
-                    && !self.unstarted_user_instances(policy, ctx).is_empty()
-                {
-                    // A per-user server lists its tools once the caller's instance runs.
-                    self.start_user_instances(policy, ctx).await;
-                    table = self.routes(config);
+                if !table.tools.contains_key(requested) {
+                    let unstarted = self.unstarted_user_instances(policy, ctx);
+                    if !unstarted.is_empty() {
+                        // A per-user server lists its tools once the caller's instance runs.
+                        self.start_user_instances(unstarted, ctx).await;
+                        table = self.routes(config);
+                    }
                 }
                 let route = table
                     .tools

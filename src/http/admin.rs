@@ -167,50 +167,22 @@ async fn events(
         .ok_or_else(|| ApiError::Unavailable("the event bus is not running".into()))?;
     let listener = Listener {
         subscription,
-        app,
-        headers,
         subject: principal.subject.clone(),
-        recheck: Box::pin(tokio::time::sleep(EVENTS_RECHECK)),
+        recheck: super::Recheck::new(app, headers),
     };
     Ok(Sse::new(event_stream(listener)).keep_alive(KeepAlive::default()))
 }
 
-/// How often an open `/events` stream checks that its caller may still read it: a
-/// revoked, expired or disabled credential, or a lost role, ends the stream within this.
-const EVENTS_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// One open `/events` stream: its subscription, and who opened it with what.
 struct Listener {
     subscription: Subscription,
-    app: AppState,
-    headers: HeaderMap,
     subject: String,
-    recheck: std::pin::Pin<Box<tokio::time::Sleep>>,
+    recheck: super::Recheck,
 }
 
-impl Listener {
-    /// Whether the credential that opened the stream still verifies and still grants it
-    /// (a cached verification: no database read unless the cache dropped it).
-    async fn still_allowed(&self) -> bool {
-        match super::authenticate(&self.app, &self.headers).await {
-            Ok(principal) => self
-                .app
-                .policy
-                .load()
-                .check(
-                    &principal,
-                    &Permission::Admin {
-                        action: "events.read",
-                    },
-                )
-                .is_ok(),
-            Err(_) => false,
-        }
-    }
-}
-
-/// The bus's deliveries as SSE, until the caller may no longer read them. A reader that
-/// falls behind gets a `lagged` event with the number of events it missed
+/// The bus's deliveries as SSE, until the caller may no longer read them (checked every
+/// [`super::STREAM_RECHECK`]: the credential, and that it still grants `events.read`). A
+/// reader that falls behind gets a `lagged` event with the number of events it missed
 /// (`{"lost": n}`) as soon as the loss is counted (possibly ahead of events still
 /// buffered from before it).
 fn event_stream(listener: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -228,16 +200,19 @@ fn event_stream(listener: Listener) -> impl Stream<Item = Result<SseEvent, Infal
                     };
                     return Some((Ok(sse), listener));
                 }
-                () = &mut listener.recheck => {
-                    if !listener.still_allowed().await {
+                principal = listener.recheck.next() => {
+                    let allowed = principal.is_some_and(|principal| {
+                        let action = "events.read";
+                        let policy = listener.recheck.app().policy.load();
+                        policy.check(&principal, &Permission::Admin { action }).is_ok()
+                    });
+                    if !allowed {
                         tracing::info!(
                             subject = %listener.subject,
                             "an /events stream ended: its caller may no longer read it"
                         );
                         return None;
                     }
-                    let next = tokio::time::Instant::now() + EVENTS_RECHECK;
-                    listener.recheck.as_mut().reset(next);
                 }
             }
         }

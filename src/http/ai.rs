@@ -141,8 +141,8 @@ async fn serve(
                 .await
                 .map(Answer::Complete),
             Operation::Gemini { target, query } => {
-                let model = target.rsplit_once(':').map_or("", |(model, _)| model);
-                match gemini_method(target, query)? {
+                let (model, method) = gemini_method(target, query)?;
+                match method {
                     GeminiMethod::Generate { stream } => {
                         let from_url = (format, Some((model, stream)));
                         ai.chat(&policy, &limits, &caller, from_url, &bytes).await
@@ -168,26 +168,37 @@ enum GeminiMethod {
 }
 
 /// The method a Gemini URL names; an error names what Warden serves instead.
-fn gemini_method(target: &str, query: Option<&str>) -> Result<GeminiMethod, ApiError> {
-    let method = target.rsplit_once(':').map(|(_, method)| method);
+fn gemini_method<'a>(
+    target: &'a str,
+    query: Option<&str>,
+) -> Result<(&'a str, GeminiMethod), ApiError> {
+    let (model, method) = match target.rsplit_once(':') {
+        Some((model, method)) => (model, Some(method)),
+        None => ("", None),
+    };
     let sse = query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .any(|pair| pair == "alt=sse");
-    match method {
-        Some("generateContent") => Ok(GeminiMethod::Generate { stream: false }),
-        Some("streamGenerateContent") if sse => Ok(GeminiMethod::Generate { stream: true }),
-        Some("countTokens") => Ok(GeminiMethod::CountTokens),
-        Some("streamGenerateContent") => Err(ApiError::BadRequest(
-            "Warden streams Gemini answers as server-sent events only: add `?alt=sse` (as \
-             Google's SDKs do)"
-                .into(),
-        )),
-        _ => Err(ApiError::NotFound(format!(
-            "`{target}`: Warden serves `models/{{model}}:generateContent`, \
-             `:streamGenerateContent?alt=sse` and `:countTokens`"
-        ))),
-    }
+    let method = match method {
+        Some("generateContent") => GeminiMethod::Generate { stream: false },
+        Some("streamGenerateContent") if sse => GeminiMethod::Generate { stream: true },
+        Some("countTokens") => GeminiMethod::CountTokens,
+        Some("streamGenerateContent") => {
+            return Err(ApiError::BadRequest(
+                "Warden streams Gemini answers as server-sent events only: add `?alt=sse` \
+                 (as Google's SDKs do)"
+                    .into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "`{target}`: Warden serves `models/{{model}}:generateContent`, \
+                 `:streamGenerateContent?alt=sse` and `:countTokens`"
+            )));
+        }
+    };
+    Ok((model, method))
 }
 
 /// `response` carrying the request's trace (`traceparent`), as every AI answer does.

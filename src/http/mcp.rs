@@ -1656,7 +1656,7 @@ async fn handle_delete(app: AppState, scope: Option<String>, headers: HeaderMap)
 /// notification types Warden will honour, then carries them, each tagged with the
 /// subscription id, until the client leaves, Warden shuts down (then a final result
 /// closes it gracefully), or the credential that opened it (`headers`) stops verifying —
-/// checked every [`LISTEN_RECHECK`].
+/// checked every [`super::STREAM_RECHECK`].
 async fn listen(
     app: &AppState,
     config: &Config,
@@ -1717,11 +1717,7 @@ async fn listen(
         stream::once(async move { Ok::<_, Infallible>(sse_bytes(ack.to_string().as_bytes())) });
     // The stream's resource subscriptions end when it does, however it ends.
     let subscribed = resources.map(|resources| resources.guard);
-    let credential = (
-        app.clone(),
-        headers,
-        Box::pin(tokio::time::sleep(LISTEN_RECHECK)),
-    );
+    let credential = super::Recheck::new(app.clone(), headers);
     let rest = stream::unfold(
         (receiver, closing, Some(id), subscribed, credential),
         |(mut receiver, closing, id, subscribed, mut credential)| async move {
@@ -1743,12 +1739,10 @@ async fn listen(
                         let state = (receiver, closing, None, subscribed, credential);
                         return Some((Ok(sse_bytes(&frame)), state));
                     }
-                    () = &mut credential.2 => {
+                    principal = credential.next() => {
                         // Revoked, expired, disabled or signed out: the stream ends (and
                         // with it its subscriptions).
-                        super::authenticate(&credential.0, &credential.1).await.ok()?;
-                        let next = tokio::time::Instant::now() + LISTEN_RECHECK;
-                        credential.2.as_mut().reset(next);
+                        principal?;
                     }
                 }
             }
@@ -1763,10 +1757,6 @@ async fn listen(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
-
-/// How often an open `subscriptions/listen` stream checks that its credential still
-/// verifies.
-const LISTEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The resources a listen stream subscribed to, under one subscriber key.
 struct ListenResources {

@@ -172,6 +172,44 @@ pub async fn serve(
     }
 }
 
+/// How often a long-lived stream (`/events`, `subscriptions/listen`) re-checks the
+/// credential that opened it: a revoked, expired, disabled or signed-out caller loses the
+/// stream within this.
+pub const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The credential an open stream was opened with, checked again every
+/// [`STREAM_RECHECK`] (a cached verification: no database read unless the cache dropped
+/// it).
+pub struct Recheck {
+    app: AppState,
+    headers: axum::http::HeaderMap,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Recheck {
+    pub fn new(app: AppState, headers: axum::http::HeaderMap) -> Recheck {
+        Recheck {
+            app,
+            headers,
+            timer: Box::pin(tokio::time::sleep(STREAM_RECHECK)),
+        }
+    }
+
+    /// Waits for the next check; the caller as the credential now verifies, or `None`.
+    /// (Cancel-safe: dropped mid-check, the next call checks at once.)
+    pub async fn next(&mut self) -> Option<std::sync::Arc<crate::auth::Principal>> {
+        (&mut self.timer).await;
+        let principal = authenticate(&self.app, &self.headers).await.ok();
+        let next = tokio::time::Instant::now() + STREAM_RECHECK;
+        self.timer.as_mut().reset(next);
+        principal
+    }
+
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
+}
+
 /// The MCP session a request names (`Mcp-Session-Id`), for its audit rows — unless this
 /// replica holds that session for someone else: a caller cannot put their requests in
 /// another's session. A session this replica does not know (another replica's, or none)

@@ -120,7 +120,6 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<ChatRequest, WireError
     Ok(request)
 }
 
-/// A `tool_choice` given by name, as OpenAI's formats name them.
 /// Refuses a relayed chat request asking the provider to search the web itself
 /// (`web_search_options`), unless `allowed` (`ai.provider_tools`) lists `web_search`.
 /// (Its `tools` are functions and custom tools, which the client runs.)
@@ -139,6 +138,7 @@ pub fn check_tools(
     Ok(())
 }
 
+/// A `tool_choice` given by name, as OpenAI's formats name them.
 pub(crate) fn tool_choice_named(name: &str) -> Result<ToolChoice, WireError> {
     match name {
         "auto" => Ok(ToolChoice::Auto),
