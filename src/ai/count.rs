@@ -20,8 +20,10 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::exchange::{AiError, Caller, TopLevel, check_relayed_tools, passthrough_body};
-use super::wire::{ChatRequest, Wire, WireError, anthropic, gemini, responses};
+use super::exchange::{
+    AiError, Caller, TopLevel, check_relayed_tools, encode_request, json_object, passthrough_body,
+};
+use super::wire::{self, ChatRequest, Wire, WireError, anthropic, gemini, responses};
 use super::{Ai, Route};
 use crate::policy::PolicyEngine;
 use crate::policy::limits::RateLimiter;
@@ -146,44 +148,38 @@ fn count_request(
             if !top.contains_key("generateContentRequest") {
                 return Ok(body.to_vec());
             }
-            let mut full = object(body)?;
+            let mut full = json_object::<Map<String, Value>>(body)?;
             match full.get_mut("generateContentRequest") {
                 Some(Value::Object(request)) => {
                     request.insert("model".into(), json!(format!("models/{model}")));
                 }
                 _ => return Err(not_an_object()),
             }
-            encode(&Value::Object(full))
+            encode_request(&Value::Object(full))
         }
         _ => {
             let neutral =
                 client_request(format, body).map_err(|e| AiError::Translation(e.toward(target)))?;
-            encode(&render_count(target, &neutral, model)?)
+            encode_request(&render_count(target, &neutral, model)?)
         }
     }
 }
 
 /// A client's count request in neutral form.
 fn client_request(format: Wire, body: &[u8]) -> Result<ChatRequest, WireError> {
-    let mut full = object(body).map_err(|e| WireError::Invalid(e.to_string()))?;
-    match format {
-        Wire::Anthropic => anthropic::parse_request(&full),
-        Wire::Responses => responses::parse_request(&full),
-        Wire::Gemini => {
-            // Either the contents alone, or a whole request (whose model the URL names).
-            let mut request = match full.remove("generateContentRequest") {
-                Some(Value::Object(request)) => request,
-                Some(_) => return Err(WireError::Invalid(not_an_object().to_string())),
-                None => full,
-            };
-            request.remove("model");
-            gemini::parse_request(&request)
-        }
-        Wire::OpenAi => Err(WireError::Untranslatable {
-            what: "a token count in the openai format".into(),
-            target: "",
-        }),
+    let mut full: Map<String, Value> =
+        json_object(body).map_err(|e| WireError::Invalid(e.to_string()))?;
+    if format == Wire::Gemini {
+        // Either the contents alone, or a whole request (whose model the URL names).
+        let mut request = match full.remove("generateContentRequest") {
+            Some(Value::Object(request)) => request,
+            Some(_) => return Err(WireError::Invalid(not_an_object().to_string())),
+            None => full,
+        };
+        request.remove("model");
+        return gemini::parse_request(&request);
     }
+    wire::parse_request(format, &full)
 }
 
 /// A count request for a provider whose count endpoint speaks `target`.
@@ -211,16 +207,6 @@ fn render_count(target: Wire, neutral: &ChatRequest, model: &str) -> Result<Valu
 
 fn not_an_object() -> AiError {
     AiError::BadRequest("`generateContentRequest` must be an object".into())
-}
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, AiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))
-}
-
-fn encode(value: &Value) -> Result<Vec<u8>, AiError> {
-    serde_json::to_vec(value)
-        .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
 }
 
 /// The count in a provider's answer.

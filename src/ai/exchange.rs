@@ -279,8 +279,7 @@ impl Ai {
         body: &[u8],
         requested: Option<&str>,
     ) -> Result<(TopLevel, String, Arc<Route>), AiError> {
-        let top: TopLevel = serde_json::from_slice(body)
-            .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+        let top: TopLevel = json_object(body)?;
         let requested: String = match requested {
             Some(model) => model.to_owned(),
             None => top
@@ -579,8 +578,7 @@ impl Ai {
         let (upstream_body, client_usage) = if provider_wire == format {
             passthrough_body(&mut top, &route.model, format, stream)?
         } else {
-            let full: Map<String, Value> = serde_json::from_slice(body)
-                .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+            let full: Map<String, Value> = json_object(body)?;
             let asked = format == Wire::OpenAi
                 && full
                     .get("stream_options")
@@ -895,13 +893,8 @@ pub fn translate_body(
     upstream: &Upstream<'_>,
 ) -> Result<Vec<u8>, AiError> {
     let target = upstream.wire;
-    let mut neutral = match format {
-        Wire::Anthropic => anthropic::parse_request(full),
-        Wire::Responses => responses::parse_request(full),
-        Wire::Gemini => gemini::parse_request(full),
-        Wire::OpenAi => openai::parse_request(full),
-    }
-    .map_err(|e| AiError::Translation(e.toward(target)))?;
+    let mut neutral =
+        wire::parse_request(format, full).map_err(|e| AiError::Translation(e.toward(target)))?;
     if neutral.max_tokens.is_none() {
         neutral.max_tokens = upstream.default_max_tokens;
     }
@@ -920,7 +913,18 @@ pub fn translate_body(
             }));
         }
     };
-    serde_json::to_vec(&rendered)
+    encode_request(&rendered)
+}
+
+/// A client's body read as a JSON object (of `T`'s shape).
+pub(super) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AiError::BadRequest(format!("the body is not a JSON object: {e}")))
+}
+
+/// A request for a provider, encoded.
+pub(super) fn encode_request(request: &Value) -> Result<Vec<u8>, AiError> {
+    serde_json::to_vec(request)
         .map_err(|e| AiError::BadRequest(format!("cannot encode the request: {e}")))
 }
 

@@ -283,6 +283,19 @@ pub trait StreamEncoder: Send {
 }
 
 /// The decoder for a provider's format.
+/// Reads a client's request in `format` into neutral form.
+pub fn parse_request(
+    format: Wire,
+    body: &serde_json::Map<String, Value>,
+) -> Result<ChatRequest, WireError> {
+    match format {
+        Wire::Anthropic => anthropic::parse_request(body),
+        Wire::Responses => responses::parse_request(body),
+        Wire::Gemini => gemini::parse_request(body),
+        Wire::OpenAi => openai::parse_request(body),
+    }
+}
+
 pub fn decoder(wire: Wire) -> Box<dyn StreamDecoder> {
     match wire {
         Wire::OpenAi => Box::new(openai::Decoder::default()),
